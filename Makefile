@@ -1,0 +1,44 @@
+# Thin wrappers: the real work lives in cargo, scripts/ and tests/e2e/.
+SHELL := /bin/bash
+CONF_FILES := $(wildcard conf/*.yaml conf/*.yml)
+SLUICE_DEBUG := target/debug/sluice
+# cargo-nextest when installed, else the built-in runner.
+CARGO_TEST := $(if $(shell command -v cargo-nextest),cargo nextest run --locked,cargo test --locked)
+
+.PHONY: setup deps build run test unit e2e validate lint bench demo release
+
+setup: ## system packages + .venv for the e2e suite (idempotent)
+	scripts/setup.sh
+
+deps: ## only the system packages a cargo build needs
+	scripts/setup.sh system
+
+build: deps
+	cargo build --locked
+
+run: deps
+	cargo run --release --locked -- run -c conf/sluice.yaml
+
+test: setup lint unit e2e
+
+unit: deps
+	$(CARGO_TEST)
+
+e2e: setup build
+	SLUICE_BIN=$(SLUICE_DEBUG) .venv/bin/pytest -q tests/e2e
+
+validate: build
+	@set -e; for f in $(CONF_FILES); do echo "validate $$f"; $(SLUICE_DEBUG) validate "$$f"; done
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+bench: deps
+	cargo bench --locked
+
+demo: setup build
+	scripts/demo.sh
+
+release: deps
+	cargo build --release --locked

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Install what building and testing sluice needs; fast and silent when already done.
+#
+#   scripts/setup.sh          system packages + the e2e Python venv (.venv)
+#   scripts/setup.sh system   system packages only (what `cargo build` needs)
+#
+# System: cmake (pingora-core builds zlib-ng with it) and python3-venv. apt-get runs
+# only when something is missing; sudo only when not root.
+# Venv: .venv is (re)installed only when tests/e2e/requirements.txt is newer than the
+# stamp .venv/.requirements.stamp.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want="${1:-all}"
+requirements=tests/e2e/requirements.txt
+venv=.venv
+stamp="$venv/.requirements.stamp"
+
+missing_packages() {
+    local pkgs=()
+    command -v cmake >/dev/null 2>&1 || pkgs+=(cmake)
+    if ! command -v python3 >/dev/null 2>&1; then
+        pkgs+=(python3 python3-venv)
+    elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        # Debian's python3 ships venv without ensurepip; python3-venv adds it.
+        pkgs+=(python3-venv)
+    fi
+    echo "${pkgs[@]:-}"
+}
+
+install_system() {
+    local pkgs
+    pkgs="$(missing_packages)"
+    [ -z "$pkgs" ] && return 0
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "setup: installing $pkgs"
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # shellcheck disable=SC2086
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
+}
+
+install_venv() {
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ ! "$requirements" -nt "$stamp" ]; then
+        return 0
+    fi
+    echo "setup: installing $requirements into $venv"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
+    touch "$stamp"
+}
+
+install_system
+case "$want" in
+    system) ;;
+    all) install_venv ;;
+    *) echo "usage: $0 [all|system]" >&2; exit 2 ;;
+esac

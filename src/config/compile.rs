@@ -1,0 +1,349 @@
+//! [`ConfigFile`] -> [`Snapshot`]: semantic validation (references, URLs, globs, names) with
+//! every error collected and path-qualified, then compilation into the runtime form.
+
+use super::parse::ConfigFile;
+use super::schema::{EndpointConf, PoolConf, ProviderKind};
+use super::snapshot::{Endpoint, Pool, Route, Snapshot, Tenants, TenantId, Timeouts};
+use super::{ConfigError, ConfigErrors, Secret};
+use globset::Glob;
+use http::{HeaderName, Uri};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Whether compilation reads secrets (env vars, key files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Read every key; a missing one is an error (`sluice run`).
+    Load,
+    /// Check the structure only (`sluice validate`, where Secrets are not mounted).
+    Skip,
+}
+
+/// Validate and compile. Errors: every problem found, in document order, path-qualified.
+pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigErrors> {
+    let mut errs = Errors::default();
+
+    let proxy: Option<SocketAddr> = errs.addr("listeners.proxy", &file.listeners.proxy);
+    let admin: Option<SocketAddr> = errs.addr("listeners.admin", &file.listeners.admin);
+    if proxy.is_some() && proxy == admin {
+        errs.push("listeners.admin", "must differ from listeners.proxy");
+    }
+    if file.server.threads == 0 {
+        errs.push("server.threads", "must be at least 1");
+    }
+    if file.server.max_body_bytes == 0 {
+        errs.push("server.max_body_bytes", "must be greater than 0");
+    }
+
+    let mut pools: HashMap<String, Arc<Pool>> = HashMap::new();
+    for (i, p) in file.pools.iter().enumerate() {
+        let path = format!("pools[{i}]");
+        if p.name.is_empty() {
+            errs.push(format!("{path}.name"), "must not be empty");
+        } else if pools.contains_key(&p.name) {
+            errs.push(format!("{path}.name"), format!("duplicate pool name {:?}", p.name));
+        }
+        if let Some(pool) = compile_pool(&path, p, secrets, &mut errs) {
+            pools.insert(p.name.clone(), Arc::new(pool));
+        }
+    }
+
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if r.name.is_empty() {
+            errs.push(format!("{path}.name"), "must not be empty");
+        } else if !route_names.insert(r.name.as_str()) {
+            errs.push(format!("{path}.name"), format!("duplicate route name {:?}", r.name));
+        }
+        let m = &r.matcher;
+        if !m.path_prefix.starts_with('/') {
+            errs.push(format!("{path}.match.path_prefix"), "must start with '/'");
+        }
+        let model = m.model.as_ref().and_then(|g| match Glob::new(g) {
+            Ok(glob) => Some(glob.compile_matcher()),
+            Err(e) => {
+                errs.push(format!("{path}.match.model"), format!("invalid glob: {e}"));
+                None
+            }
+        });
+        let header = m.header.as_ref().and_then(|h| {
+            match HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()) {
+                Ok(name) => Some((name, h.value.clone())),
+                Err(_) => {
+                    errs.push(format!("{path}.match.header.name"), "invalid header name");
+                    None
+                }
+            }
+        });
+        if r.pools.is_empty() {
+            errs.push(format!("{path}.pools"), "must name at least one pool");
+        }
+        let mut resolved = Vec::new();
+        for (j, name) in r.pools.iter().enumerate() {
+            match pools.get(name) {
+                Some(p) => resolved.push(p.clone()),
+                None if file.pools.iter().any(|p| &p.name == name) => {} // pool had errors
+                None => errs.push(format!("{path}.pools[{j}]"), format!("unknown pool {name:?}")),
+            }
+        }
+        if !resolved.is_empty() && resolved.len() == r.pools.len() {
+            routes.push(Route {
+                name: Arc::from(r.name.as_str()),
+                path_prefix: m.path_prefix.clone(),
+                model,
+                header,
+                pools: resolved,
+            });
+        }
+    }
+
+    let tenants = compile_tenants(file, secrets, &mut errs);
+
+    if !errs.0.is_empty() {
+        return Err(ConfigErrors(errs.0));
+    }
+    let (Some(proxy), Some(admin)) = (proxy, admin) else {
+        return Err(ConfigErrors::one("listeners", "invalid address"));
+    };
+    Ok(Snapshot {
+        proxy_addr: proxy.to_string(),
+        admin_addr: admin.to_string(),
+        threads: file.server.threads,
+        max_body_bytes: usize::try_from(file.server.max_body_bytes).unwrap_or(usize::MAX),
+        log_format: file.server.log_format,
+        routes,
+        pools,
+        tenants,
+    })
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(path, format!("{value:?} is not an ip:port address"));
+                None
+            }
+        }
+    }
+}
+
+fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -> Option<Pool> {
+    let before = errs.0.len();
+    if p.endpoints.is_empty() {
+        errs.push(format!("{path}.endpoints"), "must list at least one endpoint");
+    }
+    if p.provider == ProviderKind::AzureOpenAi && p.api_version.is_none() {
+        errs.push(format!("{path}.api_version"), "required for provider azure_openai");
+    }
+    let t = &p.timeouts;
+    for (name, v) in [("connect_ms", t.connect_ms), ("ttfb_ms", t.ttfb_ms), ("idle_ms", t.idle_ms)]
+    {
+        if v == 0 {
+            errs.push(format!("{path}.timeouts.{name}"), "must be greater than 0");
+        }
+    }
+    let mut endpoints = Vec::new();
+    for (j, e) in p.endpoints.iter().enumerate() {
+        if let Some(ep) = compile_endpoint(&format!("{path}.endpoints[{j}]"), e, secrets, errs) {
+            endpoints.push(ep);
+        }
+    }
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(Pool::new(
+        Arc::from(p.name.as_str()),
+        p.provider,
+        endpoints,
+        Timeouts {
+            connect: Duration::from_millis(t.connect_ms),
+            ttfb: Duration::from_millis(t.ttfb_ms),
+            idle: Duration::from_millis(t.idle_ms),
+        },
+        p.api_version.clone(),
+    ))
+}
+
+fn compile_endpoint(
+    path: &str,
+    e: &EndpointConf,
+    secrets: Secrets,
+    errs: &mut Errors,
+) -> Option<Endpoint> {
+    let url_path = format!("{path}.url");
+    let uri: Uri = match e.url.parse() {
+        Ok(u) => u,
+        Err(err) => {
+            errs.push(url_path, format!("invalid URL {:?}: {err}", e.url));
+            return None;
+        }
+    };
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            errs.push(url_path, format!("{:?}: scheme must be http or https", e.url));
+            return None;
+        }
+    };
+    let Some(host) = uri.host().map(str::to_owned) else {
+        errs.push(url_path, format!("{:?}: missing host", e.url));
+        return None;
+    };
+    if uri.query().is_some() {
+        errs.push(url_path.clone(), format!("{:?}: must not have a query", e.url));
+    }
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    if e.keys.is_empty() {
+        errs.push(format!("{path}.keys"), "must list at least one key (env or file)");
+    }
+    for (k, src) in e.keys.iter().enumerate() {
+        if src.env.is_some() == src.file.is_some() && secrets == Secrets::Skip {
+            errs.push(format!("{path}.keys[{k}]"), "set exactly one of env, file");
+        }
+    }
+    let mut keys = Vec::new();
+    if secrets == Secrets::Load {
+        for (k, src) in e.keys.iter().enumerate() {
+            let kp = format!("{path}.keys[{k}]");
+            let loaded = match (&src.env, &src.file) {
+                (Some(name), None) => read_env(name),
+                (None, Some(file)) => read_file(file),
+                _ => Err("set exactly one of env, file".to_owned()),
+            };
+            match loaded {
+                Ok(v) => keys.push(Secret::new(v)),
+                Err(msg) => errs.push(kp, msg),
+            }
+        }
+    }
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Some(Endpoint {
+        addr,
+        host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        tls,
+        base_path,
+        keys,
+    })
+}
+
+fn read_env(name: &str) -> Result<String, String> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        Ok(_) => Err(format!("environment variable {name} is empty")),
+        Err(_) => Err(format!("environment variable {name} is not set")),
+    }
+}
+
+fn read_file(path: &str) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        Ok(_) => Err(format!("key file {path} is empty")),
+        Err(e) => Err(format!("cannot read key file {path}: {}", e.kind())),
+    }
+}
+
+fn compile_tenants(file: &ConfigFile, secrets: Secrets, errs: &mut Errors) -> Tenants {
+    let conf = &file.tenants;
+    let mut t = Tenants {
+        reject_unknown_keys: conf.reject_unknown_keys,
+        ..Tenants::default()
+    };
+    for (i, tc) in conf.list.iter().enumerate() {
+        let path = format!("tenants.list[{i}]");
+        if tc.name.is_empty() {
+            errs.push(format!("{path}.name"), "must not be empty");
+            continue;
+        }
+        if t.by_name.contains_key(&tc.name) {
+            errs.push(format!("{path}.name"), format!("duplicate tenant {:?}", tc.name));
+            continue;
+        }
+        let id: TenantId = Arc::from(tc.name.as_str());
+        t.by_name.insert(tc.name.clone(), id.clone());
+        for (k, vk) in tc.virtual_keys.iter().enumerate() {
+            let kp = format!("{path}.virtual_keys[{k}]");
+            let digest = match (&vk.env, &vk.file, &vk.sha256) {
+                (None, None, Some(hexed)) => match hex::decode(hexed.trim()) {
+                    Ok(bytes) if bytes.len() == 32 => {
+                        let mut d = [0u8; 32];
+                        d.copy_from_slice(&bytes);
+                        Some(d)
+                    }
+                    _ => {
+                        errs.push(kp.clone(), "sha256 must be 64 hex characters");
+                        None
+                    }
+                },
+                (Some(_), None, None) | (None, Some(_), None) if secrets == Secrets::Skip => None,
+                (Some(name), None, None) => hash_loaded(read_env(name), &kp, errs),
+                (None, Some(f), None) => hash_loaded(read_file(f), &kp, errs),
+                _ => {
+                    errs.push(kp.clone(), "set exactly one of env, file, sha256");
+                    None
+                }
+            };
+            if let Some(d) = digest {
+                if t.by_key_sha256.insert(d, id.clone()).is_some() {
+                    errs.push(kp, "virtual key already assigned to another tenant");
+                }
+            }
+        }
+    }
+    if let Some(h) = &conf.header {
+        match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            Ok(name) => t.header = Some(name),
+            Err(_) => errs.push("tenants.header", "invalid header name"),
+        }
+    }
+    let default = match (&conf.default, conf.list.is_empty()) {
+        (Some(name), _) => Some(name.clone()),
+        // No tenants configured at all: everything is tenant "default".
+        (None, true) => Some("default".to_owned()),
+        (None, false) => None,
+    };
+    if let Some(name) = default {
+        let id = t
+            .by_name
+            .entry(name.clone())
+            .or_insert_with(|| Arc::from(name.as_str()))
+            .clone();
+        t.default = Some(id);
+    }
+    t
+}
+
+fn hash_loaded(v: Result<String, String>, path: &str, errs: &mut Errors) -> Option<[u8; 32]> {
+    match v {
+        Ok(key) => Some(Sha256::digest(key.as_bytes()).into()),
+        Err(msg) => {
+            errs.push(path, msg);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+//! Configuration: the YAML schema (`schema`), its parsing with path-qualified errors
+//! (`parse`), and its compilation into the immutable [`Snapshot`] the request path reads
+//! (`snapshot`, `compile`).
+
+mod compile;
+mod parse;
+pub mod schema;
+mod secret;
+mod snapshot;
+
+pub use compile::{compile, Secrets};
+pub use parse::{parse, ConfigFile};
+pub use secret::Secret;
+pub use snapshot::{Endpoint, Pool, Route, Snapshot, Tenants, Timeouts, TenantId};
+
+use std::fmt;
+use std::path::Path;
+
+/// One validation problem: `path` is where in the YAML (`routes[2].pools[0]`), `message` what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Location in the document, dotted with indices (`pools[0].endpoints[1].url`).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config, in document order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    pub(crate) fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self(vec![ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// Read, parse and validate a config file without touching secrets (what `sluice validate`
+/// runs: key files and env vars may not exist where configs are checked).
+///
+/// Errors: every problem, path-qualified; a file that cannot be read is one error.
+pub fn validate_file(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
+    let file = parse(&text)?;
+    compile(&file, Secrets::Skip)
+}
+
+/// Read, parse, validate and compile a config file, loading every key (what `sluice run`
+/// does). Errors: as [`validate_file`], plus missing env vars or unreadable key files.
+pub fn load_file(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
+    let file = parse(&text)?;
+    compile(&file, Secrets::Load)
+}

@@ -1,0 +1,281 @@
+//! The YAML schema platform teams write (serde types only): parsed, then compiled into a
+//! [`crate::config::Snapshot`] by `compile.rs`. Nothing on the hot path reads these types.
+//!
+//! Every struct denies unknown fields, so a typo in a ConfigMap fails validation instead of
+//! silently disabling something. Names carry their units (`_ms`, `_bytes`).
+
+use serde::Deserialize;
+
+/// `listeners`: where sluice accepts connections. Addresses are `host:port`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenersConf {
+    /// The proxy listener apps point their SDK at. Default `127.0.0.1:8080` (loopback: a sidecar
+    /// serves its own pod only).
+    #[serde(default = "default_proxy_addr")]
+    pub proxy: String,
+    /// The admin listener serving `/metrics`, `/healthz` and `/readyz`. Default `127.0.0.1:9090`.
+    #[serde(default = "default_admin_addr")]
+    pub admin: String,
+}
+
+impl Default for ListenersConf {
+    fn default() -> Self {
+        Self {
+            proxy: default_proxy_addr(),
+            admin: default_admin_addr(),
+        }
+    }
+}
+
+fn default_proxy_addr() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_admin_addr() -> String {
+    "127.0.0.1:9090".to_owned()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `server`: process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConf {
+    /// Pingora worker threads of the proxy service. Default 2.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Largest request body (bytes) accepted on inspected routes; larger gets a native 413.
+    /// Default 32 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConf {
+    fn default() -> Self {
+        Self {
+            threads: default_threads(),
+            max_body_bytes: default_max_body_bytes(),
+            log_format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    2
+}
+fn default_max_body_bytes() -> u64 {
+    32 * 1024 * 1024
+}
+
+/// Provider kind of a pool: decides the auth header, the path layout and the native error shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum ProviderKind {
+    /// OpenAI (`Authorization: Bearer`).
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Azure OpenAI (`api-key`, `/openai/deployments/{model}/...?api-version=`).
+    #[serde(rename = "azure_openai")]
+    AzureOpenAi,
+    /// Anthropic (`x-api-key`).
+    #[serde(rename = "anthropic")]
+    Anthropic,
+    /// Any OpenAI-compatible server (vLLM, llama.cpp, ...): `Authorization: Bearer`.
+    #[serde(rename = "openai_compatible")]
+    OpenAiCompatible,
+}
+
+/// Where a provider key comes from: exactly one of `env` or `file`. The value itself is never
+/// in the config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySource {
+    /// Name of an environment variable holding the key.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Path of a file holding the key (e.g. a Kubernetes Secret mount); surrounding whitespace
+    /// is trimmed.
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+/// Where a virtual key (the key an app sends) comes from: exactly one of `env`, `file` or
+/// `sha256`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualKeySource {
+    /// Name of an environment variable holding the key.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Path of a file holding the key.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Lower-case hex SHA-256 of the key: the config then holds nothing secret.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// Upstream timeouts of a pool, in milliseconds. Each expiry is a native 504.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConf {
+    /// TCP (+TLS) connect. Default 5,000.
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    /// From sending the request to the response header. Default 120,000.
+    #[serde(default = "default_ttfb_ms")]
+    pub ttfb_ms: u64,
+    /// Between two chunks of the response body. Default 60,000.
+    #[serde(default = "default_idle_ms")]
+    pub idle_ms: u64,
+}
+
+impl Default for TimeoutsConf {
+    fn default() -> Self {
+        Self {
+            connect_ms: default_connect_ms(),
+            ttfb_ms: default_ttfb_ms(),
+            idle_ms: default_idle_ms(),
+        }
+    }
+}
+
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_ttfb_ms() -> u64 {
+    120_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+
+/// One upstream endpoint of a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConf {
+    /// `http://host[:port][/base]` or `https://...`. A base path is prepended to the client's
+    /// path (`http://mock:8000/anthropic` + `/v1/messages`).
+    pub url: String,
+    /// Keys for this endpoint; the first one is used (rotation comes with failover).
+    #[serde(default)]
+    pub keys: Vec<KeySource>,
+}
+
+/// `pools[]`: a named group of endpoints of one provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConf {
+    /// Unique name, referenced by routes and used as a metric label.
+    pub name: String,
+    /// Provider kind.
+    pub provider: ProviderKind,
+    /// At least one endpoint.
+    pub endpoints: Vec<EndpointConf>,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsConf,
+    /// Azure OpenAI `api-version` query parameter (required for `azure_openai`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+}
+
+/// A header a route requires: `name` equal to `value` (exact).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchConf {
+    /// Header name (case-insensitive).
+    pub name: String,
+    /// Required value (exact).
+    pub value: String,
+}
+
+/// `routes[].match`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConf {
+    /// Path prefix, on segment boundaries (`/v1` matches `/v1/chat/completions`, not `/v10`).
+    /// Default `/`.
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    /// Glob on the body's `model` (`gpt-4o*`, `claude-*`). A route with a model glob only
+    /// matches requests whose JSON body names a matching model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Required header.
+    #[serde(default)]
+    pub header: Option<HeaderMatchConf>,
+}
+
+fn default_prefix() -> String {
+    "/".to_owned()
+}
+
+/// `routes[]`: first match wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConf {
+    /// Unique name, used as a metric label.
+    pub name: String,
+    /// What the route matches.
+    #[serde(rename = "match")]
+    pub matcher: MatchConf,
+    /// Pool names, in order of preference (primary first).
+    pub pools: Vec<String>,
+}
+
+/// `tenants.list[]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConf {
+    /// Unique name, used as a metric label.
+    pub name: String,
+    /// Keys apps of this tenant send (Bearer or `x-api-key`).
+    #[serde(default)]
+    pub virtual_keys: Vec<VirtualKeySource>,
+}
+
+/// `tenants`: how a request is attributed to a tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsConf {
+    /// Header naming the tenant, checked when the key is not a virtual key.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Tenant of requests identified neither way; without it they get a native 401.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// With virtual keys configured, a key that is not one of them gets a native 401.
+    /// Default true.
+    #[serde(default = "default_true")]
+    pub reject_unknown_keys: bool,
+    /// The tenants.
+    #[serde(default)]
+    pub list: Vec<TenantConf>,
+}
+
+impl Default for TenantsConf {
+    fn default() -> Self {
+        Self {
+            header: None,
+            default: None,
+            reject_unknown_keys: true,
+            list: Vec::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}

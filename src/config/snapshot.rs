@@ -1,0 +1,218 @@
+//! The compiled, immutable configuration the request path reads: routes resolved to pools,
+//! globs compiled, keys loaded, virtual keys hashed. Built once per (re)load by `compile.rs`.
+
+use super::schema::{LogFormat, ProviderKind};
+use super::Secret;
+use globset::GlobMatcher;
+use http::HeaderName;
+use pingora_http::RequestHeader;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A tenant name as configured (a bounded set: safe as a metric label).
+pub type TenantId = Arc<str>;
+
+/// Upstream timeouts of a pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP (+TLS) connect.
+    pub connect: Duration,
+    /// Request sent -> response header.
+    pub ttfb: Duration,
+    /// Between two response body chunks.
+    pub idle: Duration,
+}
+
+/// One upstream endpoint: where to connect and with which key.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// `host:port`, the metric/log label and the connect address.
+    pub addr: String,
+    /// Host name for SNI and the `Host` header.
+    pub host: String,
+    /// TLS (https) or not.
+    pub tls: bool,
+    /// Path prefix prepended to the client's path (`""` or `/anthropic`), no trailing slash.
+    pub base_path: String,
+    /// Keys, first is used. Empty only when the snapshot was compiled without secrets
+    /// (`sluice validate`).
+    pub keys: Vec<Secret>,
+}
+
+/// A pool of endpoints of one provider.
+#[derive(Debug)]
+pub struct Pool {
+    /// Configured name (metric label).
+    pub name: Arc<str>,
+    /// Provider kind.
+    pub provider: ProviderKind,
+    /// At least one endpoint.
+    pub endpoints: Vec<Endpoint>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Azure `api-version`.
+    pub api_version: Option<String>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        name: Arc<str>,
+        provider: ProviderKind,
+        endpoints: Vec<Endpoint>,
+        timeouts: Timeouts,
+        api_version: Option<String>,
+    ) -> Self {
+        Self {
+            name,
+            provider,
+            endpoints,
+            timeouts,
+            api_version,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Pick an endpoint round robin. Returns its index; `None` only for an empty pool, which
+    /// validation rejects.
+    pub fn pick(&self) -> Option<usize> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        Some(self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len())
+    }
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Configured name (metric label).
+    pub name: Arc<str>,
+    /// Path prefix, matched on segment boundaries.
+    pub path_prefix: String,
+    /// Model glob, if any.
+    pub model: Option<GlobMatcher>,
+    /// Required header (name, exact value), if any.
+    pub header: Option<(HeaderName, String)>,
+    /// Pools in order of preference; never empty.
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl Route {
+    /// Whether this route takes a request with `path`, body `model` (None when the body was not
+    /// inspected or names no model) and `req` headers.
+    pub fn matches(&self, path: &str, model: Option<&str>, req: &RequestHeader) -> bool {
+        if !prefix_matches(&self.path_prefix, path) {
+            return false;
+        }
+        if let Some(glob) = &self.model {
+            match model {
+                Some(m) if glob.is_match(m) => {}
+                _ => return false,
+            }
+        }
+        if let Some((name, value)) = &self.header {
+            match req.headers.get(name) {
+                Some(v) if v.as_bytes() == value.as_bytes() => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Whether the route needs the body's model to decide.
+    pub fn needs_model(&self) -> bool {
+        self.model.is_some()
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    if prefix == "/" {
+        return true;
+    }
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Tenant identification tables.
+#[derive(Debug, Default)]
+pub struct Tenants {
+    /// SHA-256 of a virtual key -> tenant.
+    pub by_key_sha256: HashMap<[u8; 32], TenantId>,
+    /// Every configured tenant by name.
+    pub by_name: HashMap<String, TenantId>,
+    /// Header naming the tenant.
+    pub header: Option<HeaderName>,
+    /// Tenant for unidentified requests.
+    pub default: Option<TenantId>,
+    /// Reject keys that are not virtual keys (only meaningful when some are configured).
+    pub reject_unknown_keys: bool,
+}
+
+impl Tenants {
+    /// The tenant owning virtual key `key`, if any.
+    pub fn by_virtual_key(&self, key: &str) -> Option<&TenantId> {
+        if self.by_key_sha256.is_empty() {
+            return None;
+        }
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        self.by_key_sha256.get(&digest)
+    }
+}
+
+/// The whole compiled configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Proxy listener `host:port`.
+    pub proxy_addr: String,
+    /// Admin listener `host:port`.
+    pub admin_addr: String,
+    /// Pingora worker threads.
+    pub threads: usize,
+    /// Request body cap on inspected routes, bytes.
+    pub max_body_bytes: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Routes in match order.
+    pub routes: Vec<Route>,
+    /// Pools by name.
+    pub pools: HashMap<String, Arc<Pool>>,
+    /// Tenants.
+    pub tenants: Tenants,
+}
+
+impl Snapshot {
+    /// First route matching the request, see [`Route::matches`].
+    pub fn route(&self, path: &str, model: Option<&str>, req: &RequestHeader) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(path, model, req))
+    }
+
+    /// Whether any route that could take `path` depends on the body's model.
+    pub fn path_needs_model(&self, path: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.needs_model() && prefix_matches(&r.path_prefix, path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_matches;
+
+    #[test]
+    fn prefix_on_segment_boundaries() {
+        assert!(prefix_matches("/v1", "/v1/chat/completions"));
+        assert!(prefix_matches("/v1/", "/v1/chat/completions"));
+        assert!(prefix_matches("/v1", "/v1"));
+        assert!(prefix_matches("/v1", "/v1?x=1"));
+        assert!(!prefix_matches("/v1", "/v10/models"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+}

@@ -1,0 +1,18 @@
+//! sluice: a sidecar reverse proxy for LLM API traffic on Pingora. Apps keep their official
+//! OpenAI / Anthropic SDKs and point their base URL at sluice, which injects the real provider
+//! keys, identifies tenants, counts every token (streamed included) and exports what it saw.
+//!
+//! Module map, in the order a request meets it: [`proxy`] (the pipeline, one module per
+//! stage), [`provider`] (one file per provider), [`usage`] (SSE/JSON token accounting),
+//! [`metrics`], [`admin`]; [`config`] compiles the YAML into the snapshot the pipeline reads;
+//! [`server`] wires it into Pingora.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod provider;
+pub mod proxy;
+pub mod server;
+pub mod usage;

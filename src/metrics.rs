@@ -1,0 +1,166 @@
+//! Every Prometheus metric sluice exports, declared and registered once (default registry),
+//! served by the admin listener. Label values are bounded: configured route/pool/tenant
+//! names, status classes, token kinds, and model names through [`model_label`].
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
+    IntCounterVec, IntGauge,
+};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+// `register_*!` fails only on a duplicate name or invalid label names: both are programmer
+// errors fixed at compile time of this file, and each metric is registered exactly once
+// (Lazy), so the panic below can only fire in development.
+macro_rules! metric {
+    ($e:expr) => {
+        match $e {
+            Ok(m) => m,
+            Err(err) => panic!("metric registration: {err}"),
+        }
+    };
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// `sluice_requests_total{route,pool,model,status_class}`: finished requests.
+pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_requests_total",
+        "Requests finished, by route, pool, model and status class (2xx..5xx)",
+        &["route", "pool", "model", "status_class"]
+    ))
+});
+
+/// `sluice_tokens_total{tenant,model,kind,source}`: tokens by kind (`prompt`, `completion`,
+/// `cached`, `cache_write`, `reasoning`) and source (`exact` from upstream usage, `estimated`
+/// by tiktoken when the upstream sent none).
+pub static TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_tokens_total",
+        "Tokens counted, by tenant, model, kind and source (exact or estimated)",
+        &["tenant", "model", "kind", "source"]
+    ))
+});
+
+/// `sluice_upstream_duration_seconds{route,pool}`: attempt start to end of response.
+pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    metric!(register_histogram_vec!(
+        "sluice_upstream_duration_seconds",
+        "Upstream request duration, from sending the request to the end of the response",
+        &["route", "pool"],
+        LATENCY_BUCKETS.to_vec()
+    ))
+});
+
+/// `sluice_ttft_seconds{route,pool}`: time to first token (first response body byte).
+pub static TTFT: Lazy<HistogramVec> = Lazy::new(|| {
+    metric!(register_histogram_vec!(
+        "sluice_ttft_seconds",
+        "Time to first token: request start to the first response body byte sent to the client",
+        &["route", "pool"],
+        LATENCY_BUCKETS.to_vec()
+    ))
+});
+
+/// `sluice_streams_in_flight`: streamed responses being relayed now.
+pub static STREAMS_IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
+    metric!(register_int_gauge!(
+        "sluice_streams_in_flight",
+        "Streamed (SSE) responses currently being relayed"
+    ))
+});
+
+/// `sluice_client_disconnects_total{route}`: clients that left before the response ended
+/// (the upstream call is then cancelled).
+pub static CLIENT_DISCONNECTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_client_disconnects_total",
+        "Clients that disconnected before the end of the response; the upstream call was closed",
+        &["route"]
+    ))
+});
+
+/// `sluice_errors_total{reason}`: requests sluice answered itself with an error.
+pub static ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_errors_total",
+        "Requests answered by sluice with its own error, by reason",
+        &["reason"]
+    ))
+});
+
+/// Force registration of every metric (so `/metrics` lists them from the start).
+pub fn init() {
+    Lazy::force(&REQUESTS);
+    Lazy::force(&TOKENS);
+    Lazy::force(&UPSTREAM_DURATION);
+    Lazy::force(&TTFT);
+    Lazy::force(&STREAMS_IN_FLIGHT);
+    Lazy::force(&CLIENT_DISCONNECTS);
+    Lazy::force(&ERRORS);
+}
+
+/// Most distinct model names exported as labels; later ones are exported as `other`.
+pub const MAX_MODEL_LABELS: usize = 200;
+
+static MODELS: Lazy<Mutex<HashSet<String>>> = Lazy::new(|| Mutex::new(HashSet::new()));
+
+/// Bounded label for a client-supplied model name: the name itself when it is short, made of
+/// `[A-Za-z0-9._:/@-]`, and among the first [`MAX_MODEL_LABELS`] distinct names seen; `other`
+/// otherwise; `none` when the request named no model.
+pub fn model_label(model: Option<&str>) -> String {
+    let Some(m) = model else {
+        return "none".to_owned();
+    };
+    let clean = m.len() <= 64
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b));
+    if !clean {
+        return "other".to_owned();
+    }
+    let Ok(mut seen) = MODELS.lock() else {
+        return "other".to_owned();
+    };
+    if seen.contains(m) {
+        return m.to_owned();
+    }
+    if seen.len() < MAX_MODEL_LABELS {
+        seen.insert(m.to_owned());
+        return m.to_owned();
+    }
+    "other".to_owned()
+}
+
+/// `2xx`..`5xx` for a status code (`0` when no response was sent).
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_labels_are_bounded() {
+        assert_eq!(model_label(None), "none");
+        assert_eq!(model_label(Some("gpt-4o-mini")), "gpt-4o-mini");
+        assert_eq!(model_label(Some("bad model\n")), "other");
+        assert_eq!(model_label(Some(&"x".repeat(65))), "other");
+        for i in 0..MAX_MODEL_LABELS + 10 {
+            model_label(Some(&format!("m{i}")));
+        }
+        assert_eq!(model_label(Some("brand-new-model")), "other");
+        assert_eq!(model_label(Some("gpt-4o-mini")), "gpt-4o-mini");
+    }
+}

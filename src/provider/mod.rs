@@ -1,0 +1,173 @@
+//! Provider differences behind one small trait, one file per provider: how the upstream key
+//! is sent, how the client's path maps onto the upstream's, and the native error body.
+//! Adding a provider touches one file and the [`ProviderKind`] enum.
+
+mod anthropic;
+mod azure_openai;
+mod openai;
+mod openai_compatible;
+
+pub use crate::config::schema::ProviderKind;
+use bytes::Bytes;
+use pingora_http::RequestHeader;
+
+/// Native error shape an SDK understands (FACTS.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorStyle {
+    /// `{"error":{"message","type","param","code"}}`, request id in `x-request-id`.
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`, request id in `request-id`.
+    Anthropic,
+}
+
+impl ErrorStyle {
+    /// Guess the style of a request that matched no route: Anthropic when the path is the
+    /// Messages API or the client sent `anthropic-version`, else OpenAI.
+    pub fn guess(req: &RequestHeader) -> Self {
+        let path = req.uri.path();
+        if path.contains("/messages") || req.headers.contains_key("anthropic-version") {
+            ErrorStyle::Anthropic
+        } else {
+            ErrorStyle::OpenAi
+        }
+    }
+
+    /// Header carrying the request id for this style.
+    pub fn request_id_header(self) -> &'static str {
+        match self {
+            ErrorStyle::OpenAi => "x-request-id",
+            ErrorStyle::Anthropic => "request-id",
+        }
+    }
+
+    /// A native in-stream error event carrying `body` (an error body of this style): OpenAI
+    /// SDKs raise on a `data:` JSON with an `error` key, Anthropic SDKs on `event: error`.
+    pub fn sse_error_event(self, body: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(body.len() + 24);
+        if self == ErrorStyle::Anthropic {
+            out.extend_from_slice(b"event: error\n");
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    /// Serialize a native error body. `kind` is the error's type (`invalid_request_error`...),
+    /// `code` the OpenAI `code` (ignored by the Anthropic shape).
+    pub fn body(self, kind: &str, code: Option<&str>, message: &str) -> Bytes {
+        match self {
+            ErrorStyle::OpenAi => openai::error_body(kind, code, message),
+            ErrorStyle::Anthropic => anthropic::error_body(kind, message),
+        }
+    }
+}
+
+/// What a provider does to an upstream request.
+pub trait Provider {
+    /// Write `key` in the provider's auth header. Client credentials were already removed.
+    fn set_auth(&self, req: &mut RequestHeader, key: &str) -> pingora_error::Result<()>;
+    /// Upstream path-and-query for the client's `path_and_query`, given the endpoint's base
+    /// path, the request's model (from the body, if inspected) and the pool's api version.
+    fn upstream_path(
+        &self,
+        base_path: &str,
+        path_and_query: &str,
+        model: Option<&str>,
+        api_version: Option<&str>,
+    ) -> String;
+    /// Native error style of this provider's API.
+    fn error_style(&self) -> ErrorStyle;
+}
+
+/// The provider implementation for `kind`.
+pub fn provider(kind: ProviderKind) -> &'static dyn Provider {
+    match kind {
+        ProviderKind::OpenAi => &openai::OpenAi,
+        ProviderKind::AzureOpenAi => &azure_openai::AzureOpenAi,
+        ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::OpenAiCompatible => &openai_compatible::OpenAiCompatible,
+    }
+}
+
+/// Headers that carry a client credential; all are removed before the upstream key is set.
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+
+/// The client's credential: `Authorization: Bearer <k>`, else `x-api-key`, else `api-key`.
+pub fn client_key(req: &RequestHeader) -> Option<&str> {
+    if let Some(v) = req.headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if let Some(k) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+            return Some(k.trim());
+        }
+    }
+    ["x-api-key", "api-key"]
+        .iter()
+        .find_map(|h| req.headers.get(*h).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+/// Prefix `path_and_query` with `base_path` (no trailing slash).
+pub(crate) fn join(base_path: &str, path_and_query: &str) -> String {
+    let mut s = String::with_capacity(base_path.len() + path_and_query.len());
+    s.push_str(base_path);
+    s.push_str(path_and_query);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_headers_per_provider() {
+        for (kind, header, value) in [
+            (ProviderKind::OpenAi, "authorization", "Bearer k1"),
+            (ProviderKind::OpenAiCompatible, "authorization", "Bearer k1"),
+            (ProviderKind::AzureOpenAi, "api-key", "k1"),
+            (ProviderKind::Anthropic, "x-api-key", "k1"),
+        ] {
+            let mut req = RequestHeader::build("POST", b"/v1/x", None).unwrap();
+            provider(kind).set_auth(&mut req, "k1").unwrap();
+            assert_eq!(req.headers.get(header).unwrap(), value, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn client_key_forms() {
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        assert_eq!(client_key(&req), None);
+        req.insert_header("x-api-key", "a").unwrap();
+        assert_eq!(client_key(&req), Some("a"));
+        req.insert_header("authorization", "Bearer b").unwrap();
+        assert_eq!(client_key(&req), Some("b"));
+    }
+
+    #[test]
+    fn azure_paths() {
+        let p = provider(ProviderKind::AzureOpenAi);
+        assert_eq!(
+            p.upstream_path("", "/v1/chat/completions", Some("gpt-4o"), Some("2024-10-21")),
+            "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            p.upstream_path("", "/v1/models?x=1", None, Some("v")),
+            "/openai/models?x=1&api-version=v"
+        );
+        let o = provider(ProviderKind::OpenAi);
+        assert_eq!(o.upstream_path("/base", "/v1/models", None, None), "/base/v1/models");
+    }
+
+    #[test]
+    fn native_error_bodies_parse() {
+        let b = ErrorStyle::OpenAi.body("invalid_request_error", Some("x"), "m \"q\"");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"]["message"], "m \"q\"");
+        assert_eq!(v["error"]["code"], "x");
+        assert!(v["error"]["param"].is_null());
+        let b = ErrorStyle::Anthropic.body("rate_limit_error", None, "m");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+}

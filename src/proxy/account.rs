@@ -1,0 +1,155 @@
+//! Pipeline stage 6 (logging): settle the request's tokens (exact from upstream usage, else
+//! estimated with tiktoken and labelled so), export metrics, and write the one structured log
+//! line per request. Never a key, never prompt text.
+
+use super::ctx::{Phase, RequestCtx};
+use crate::metrics;
+use crate::usage::{estimate, Usage};
+use std::fmt::Write;
+
+/// Where a token count came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The upstream's own usage report.
+    Exact,
+    /// Counted by sluice (tiktoken) because the upstream reported none or the stream was cut.
+    Estimated,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Exact => "exact",
+            Source::Estimated => "estimated",
+        }
+    }
+}
+
+/// Settled tokens of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Token counts.
+    pub usage: Usage,
+    /// Source of `prompt_tokens` (and cached/cache-write counts).
+    pub prompt_source: Source,
+    /// Source of `completion_tokens` (and reasoning).
+    pub completion_source: Source,
+}
+
+/// Settle the tokens of an inspected request that got a 2xx: the upstream's usage when the
+/// response completed; otherwise the reported prompt (if any) plus a tiktoken count of the
+/// delivered text (never less than what the upstream already reported).
+pub fn settle(ctx: &RequestCtx) -> Option<Settled> {
+    if ctx.phase != Phase::Inspected || !(200..300).contains(&ctx.status) {
+        return None;
+    }
+    let api = ctx.api?;
+    let model = ctx.inspected.model.as_deref().unwrap_or("");
+    let estimate_completion = || {
+        ctx.output_text
+            .as_deref()
+            .map_or(0, |t| estimate::count_tokens(model, t))
+    };
+    match ctx.usage {
+        Some(u) if ctx.stream_completed => Some(Settled {
+            usage: u,
+            prompt_source: Source::Exact,
+            completion_source: Source::Exact,
+        }),
+        Some(mut u) => {
+            u.completion_tokens = u.completion_tokens.max(estimate_completion());
+            Some(Settled {
+                usage: u,
+                prompt_source: if u.prompt_tokens > 0 { Source::Exact } else { Source::Estimated },
+                completion_source: Source::Estimated,
+            })
+        }
+        None => {
+            let body = ctx.body.as_ref()?;
+            let prompt = serde_json::from_slice::<serde_json::Value>(body)
+                .map_or(0, |v| estimate::estimate_prompt_tokens(api, model, &v));
+            Some(Settled {
+                usage: Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: estimate_completion(),
+                    ..Usage::default()
+                },
+                prompt_source: Source::Estimated,
+                completion_source: Source::Estimated,
+            })
+        }
+    }
+}
+
+/// Export the request's metrics and write its log line.
+pub fn finish(ctx: &RequestCtx, status: u16) {
+    let model = metrics::model_label(ctx.inspected.model.as_deref());
+    let tenant = ctx.tenant.as_deref().unwrap_or("none");
+    let route = ctx.route_name();
+    let pool = ctx.pool_name();
+    metrics::REQUESTS
+        .with_label_values(&[route, pool, &model, metrics::status_class(status)])
+        .inc();
+    let duration = ctx.start.elapsed();
+    if ctx.pool.is_some() {
+        metrics::UPSTREAM_DURATION
+            .with_label_values(&[route, pool])
+            .observe(duration.as_secs_f64());
+    }
+    if let Some(ttft) = ctx.ttft {
+        metrics::TTFT
+            .with_label_values(&[route, pool])
+            .observe(ttft.as_secs_f64());
+    }
+    let settled = settle(ctx);
+    if let Some(s) = &settled {
+        let u = &s.usage;
+        for (kind, n, src) in [
+            ("prompt", u.prompt_tokens, s.prompt_source),
+            ("completion", u.completion_tokens, s.completion_source),
+            ("cached", u.cached_tokens, s.prompt_source),
+            ("cache_write", u.cache_write_tokens, s.prompt_source),
+            ("reasoning", u.reasoning_tokens, s.completion_source),
+        ] {
+            if n > 0 || kind == "prompt" || kind == "completion" {
+                metrics::TOKENS
+                    .with_label_values(&[tenant, &model, kind, src.label()])
+                    .inc_by(n);
+            }
+        }
+    }
+    let mut attempts = String::new();
+    for (i, a) in ctx.attempts.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(attempts, "{sep}{}/{}:{}:{}", a.pool, a.endpoint, a.status, a.outcome);
+    }
+    let u = settled.map(|s| s.usage).unwrap_or_default();
+    let token_source = settled.map_or("none", |s| s.completion_source.label());
+    let endpoint = ctx
+        .pool
+        .as_ref()
+        .and_then(|p| p.endpoints.get(ctx.endpoint))
+        .map_or("none", |e| e.addr.as_str());
+    tracing::info!(
+        target: "sluice::access",
+        request_id = %ctx.request_id,
+        tenant,
+        route,
+        pool,
+        endpoint,
+        model = %model,
+        status,
+        stream = ctx.inspected.stream,
+        prompt_tokens = u.prompt_tokens,
+        completion_tokens = u.completion_tokens,
+        cached_tokens = u.cached_tokens,
+        reasoning_tokens = u.reasoning_tokens,
+        token_source,
+        ttft_ms = ctx.ttft.map_or(-1.0, |t| t.as_secs_f64() * 1e3),
+        duration_ms = duration.as_secs_f64() * 1e3,
+        attempts = %attempts,
+        client_disconnected = ctx.client_disconnected,
+        error = ctx.error.as_ref().map_or("", |e| e.label()),
+        "request"
+    );
+}

@@ -1,0 +1,252 @@
+//! Pipeline stage 2 (request_filter): read the JSON body of an LLM API call (up to the cap),
+//! learn `model`, `stream` and the output ceiling, and rewrite it where sluice must (OpenAI
+//! streamed chat: ask for the usage chunk).
+//!
+//! Requests sluice need not inspect (GETs, multipart uploads, unknown paths no model route
+//! depends on) are never buffered: they stream through Pingora's normal path.
+
+use super::ctx::Inspected;
+use crate::config::Snapshot;
+use crate::error::SluiceError;
+use crate::usage::ApiKind;
+use bytes::{Bytes, BytesMut};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// A client sending more than this (bytes) after the cap is not drained: the connection is
+/// closed after the 413.
+const MAX_DRAIN_BYTES: usize = 256 * 1024 * 1024;
+
+/// Whether sluice reads this request's body before routing it: a POST with a JSON (or
+/// unspecified) content type, on an API path sluice accounts or on a path where a route
+/// matches on the model.
+pub fn should_inspect(req: &RequestHeader, snapshot: &Snapshot) -> bool {
+    if req.method != http::Method::POST {
+        return false;
+    }
+    let json = match req.headers.get(http::header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => v.to_str().map(|s| s.contains("json")).unwrap_or(false),
+    };
+    let path = req.uri.path();
+    json && (ApiKind::from_path(path).is_some() || snapshot.path_needs_model(path))
+}
+
+/// Read the whole request body, at most `cap` bytes.
+///
+/// Answers `Expect: 100-continue` first. A declared `content-length` over the cap, or a body
+/// that grows past it, is [`SluiceError::BodyTooLarge`]; the rest of the body is then drained
+/// (up to 256 MiB) so the client reads the 413 instead of a reset.
+pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, SluiceError> {
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if let Some(len) = declared.filter(|len| *len > cap) {
+        if !expects_continue {
+            drain(session, len).await;
+        } else {
+            // The client waits for our go-ahead: answer without reading, then close.
+            session.set_keepalive(None);
+        }
+        return Err(SluiceError::BodyTooLarge(cap));
+    }
+    if expects_continue {
+        let downstream = session.as_downstream_mut();
+        downstream.set_close_on_response_before_downstream_finish(false);
+        let sent = downstream.write_continue_response().await;
+        downstream.set_close_on_response_before_downstream_finish(true);
+        sent.map_err(|_| SluiceError::Internal)?;
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(cap));
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > cap {
+                    let seen = buf.len() + chunk.len();
+                    drain(session, seen).await;
+                    return Err(SluiceError::BodyTooLarge(cap));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(_) => return Err(SluiceError::ClientGone),
+        }
+    }
+}
+
+async fn drain(session: &mut Session, mut seen: usize) {
+    while seen <= MAX_DRAIN_BYTES {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => seen += chunk.len(),
+            Ok(None) => return,
+            Err(_) => break,
+        }
+    }
+    session.set_keepalive(None);
+}
+
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+    #[serde(flatten)]
+    _rest: std::collections::HashMap<String, IgnoredAny>,
+}
+
+/// Learn the fields sluice needs from a JSON body and rewrite it if needed. Returns what was
+/// learned and the body to forward (the same `Bytes` when unchanged).
+///
+/// Rewrite: an OpenAI chat/completions request with `stream: true` that does not ask for
+/// `stream_options.include_usage` gets it (so the upstream reports exact usage); the usage
+/// chunk is then hidden from the client by the response stage.
+///
+/// Errors: [`SluiceError::BadJson`] when the body is not a JSON object.
+pub fn inspect(api: Option<ApiKind>, body: Bytes) -> Result<(Inspected, Bytes), SluiceError> {
+    let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
+        SluiceError::BadJson(e.to_string())
+    })?;
+    let mut out = Inspected {
+        model: peek.model.map(Cow::into_owned),
+        stream: peek.stream.unwrap_or(false),
+        max_tokens: peek
+            .max_tokens
+            .or(peek.max_completion_tokens)
+            .or(peek.max_output_tokens),
+        injected_include_usage: false,
+    };
+    let wants_usage = peek
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let chat_like = matches!(api, Some(ApiKind::OpenAiChat | ApiKind::OpenAiCompletions));
+    if !(chat_like && out.stream && !wants_usage) {
+        return Ok((out, body));
+    }
+    out.injected_include_usage = true;
+    let rewritten = if peek.stream_options.is_none() {
+        insert_first_member(&body, br#""stream_options":{"include_usage":true}"#)
+    } else {
+        set_include_usage(&body)?
+    };
+    Ok((out, rewritten))
+}
+
+/// Insert `member` as the first member of the JSON object in `body` (which was just parsed as
+/// an object, so its first non-blank byte is `{`). One copy of the body, no re-serialization.
+fn insert_first_member(body: &Bytes, member: &[u8]) -> Bytes {
+    let open = body.iter().position(|b| *b == b'{').unwrap_or(0);
+    let rest = &body[open + 1..];
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut out = BytesMut::with_capacity(body.len() + member.len() + 1);
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(member);
+    if !empty {
+        out.extend_from_slice(b",");
+    }
+    out.extend_from_slice(rest);
+    out.freeze()
+}
+
+/// Rewrite an existing `stream_options` to `include_usage: true` (rare: re-serializes).
+fn set_include_usage(body: &Bytes) -> Result<Bytes, SluiceError> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| SluiceError::BadJson(e.to_string()))?;
+    if let Some(opts) = v.get_mut("stream_options").and_then(|o| o.as_object_mut()) {
+        opts.insert("include_usage".into(), serde_json::Value::Bool(true));
+    } else if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "stream_options".into(),
+            serde_json::json!({"include_usage": true}),
+        );
+    }
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|_| SluiceError::Internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn run(api: ApiKind, body: &str) -> (Inspected, Value) {
+        let (i, b) = inspect(Some(api), Bytes::from(body.to_owned())).unwrap();
+        (i, serde_json::from_slice(&b).unwrap())
+    }
+
+    #[test]
+    fn learns_fields() {
+        let (i, _) = run(
+            ApiKind::AnthropicMessages,
+            r#"{"model":"claude-x","max_tokens":64,"stream":true,"messages":[]}"#,
+        );
+        assert_eq!(i.model.as_deref(), Some("claude-x"));
+        assert_eq!(i.max_tokens, Some(64));
+        assert!(i.stream && !i.injected_include_usage);
+        let (i, _) = run(ApiKind::OpenAiChat, r#"{"model":"m","max_completion_tokens":9}"#);
+        assert_eq!(i.max_tokens, Some(9));
+        assert!(!i.stream);
+    }
+
+    #[test]
+    fn adds_include_usage_only_when_missing() {
+        let (i, v) = run(ApiKind::OpenAiChat, r#" {"model":"m","stream":true,"messages":[]}"#);
+        assert!(i.injected_include_usage);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "m");
+        let (i, v) = run(
+            ApiKind::OpenAiChat,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
+        );
+        assert!(i.injected_include_usage);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+        let (i, b) = inspect(Some(ApiKind::OpenAiChat), Bytes::from(body)).unwrap();
+        assert!(!i.injected_include_usage);
+        assert_eq!(b, body.as_bytes());
+        // Not streamed: stream_options would be a 400 upstream, never added.
+        let (i, v) = run(ApiKind::OpenAiChat, r#"{"model":"m"}"#);
+        assert!(!i.injected_include_usage);
+        assert!(v.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn empty_object_and_bad_json() {
+        assert_eq!(
+            insert_first_member(&Bytes::from_static(b"{ }"), b"\"a\":1"),
+            Bytes::from_static(b"{\"a\":1 }")
+        );
+        assert!(matches!(
+            inspect(Some(ApiKind::OpenAiChat), Bytes::from_static(b"{\"model\":")),
+            Err(SluiceError::BadJson(_))
+        ));
+    }
+}

@@ -1,0 +1,144 @@
+//! The proxy: Pingora's `ProxyHttp` implemented as a thin list of delegations to one module
+//! per pipeline stage, in the order a request meets them:
+//!
+//! 1. `identify`  (request_filter) tenant from virtual key / header / default
+//! 2. `inspect`   (request_filter) read + parse + rewrite the JSON body of API calls
+//! 3. `upstream`  (upstream_peer, upstream_request_filter) endpoint, key injection, path
+//! 4. `attempt`   (request_filter) upstream attempts as subrequests, failover before first byte
+//! 5. `relay`     response to the client chunk by chunk, usage accounting, cancellation
+//! 6. `account`   (logging) tokens settled, metrics, one log line
+//!
+//! Every hook runs in both the parent (client-facing) session and the subrequests performing
+//! attempts: hooks branch on [`ctx::Phase`].
+
+pub mod account;
+mod attempt;
+pub mod ctx;
+pub mod identify;
+pub mod inspect;
+mod relay;
+mod request;
+mod respond;
+mod upstream;
+
+use crate::config::Snapshot;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use ctx::{Phase, RequestCtx};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+
+/// The sluice proxy app. Holds the current config snapshot; each request pins the snapshot it
+/// started with.
+pub struct Sluice {
+    config: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Sluice {
+    /// A proxy serving `config` (swappable for hot reload).
+    pub fn new(config: Arc<ArcSwap<Snapshot>>) -> Self {
+        Self { config }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Sluice {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    /// Only client-facing sessions spawn attempts; attempts never nest.
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
+        session.subrequest_ctx.is_none()
+    }
+
+    /// Parent: stages 1, 2 and 4 (or hand over to Pingora for passthrough). Attempt: adopt
+    /// the parent's spec. Returns true when the response was already written.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if session.subrequest_ctx.is_some() {
+            upstream::begin_attempt(session, ctx)?;
+            return Ok(false);
+        }
+        match request::handle(self.config.load_full(), session, ctx).await {
+            Ok(request::Flow::Passthrough) => Ok(false),
+            Ok(request::Flow::Done) => Ok(true),
+            Err(e) => {
+                respond::send_error(session, ctx, e).await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        upstream::peer(ctx).await
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream::rewrite_request(upstream_request, ctx)
+    }
+
+    /// Passthrough responses get the request id header (attempts get it from the relay).
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.phase == Phase::Passthrough {
+            upstream_response.insert_header("x-sluice-request-id", ctx.request_id.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Attempt: report nothing to the (virtual) client: the parent reads the error from the
+    /// subrequest handle and decides. Passthrough: a native error.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        if ctx.phase == Phase::Attempt {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        if *e.esource() == pingora_error::ErrorSource::Downstream {
+            // The client is gone or sent garbage mid-body: nobody to answer.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let endpoint = ctx
+            .pool
+            .as_ref()
+            .and_then(|p| p.endpoints.get(ctx.endpoint))
+            .map_or("upstream", |ep| ep.addr.as_str())
+            .to_owned();
+        let err = attempt::classify(e, &endpoint, session.response_written().is_none());
+        let code = err.status();
+        respond::send_error(session, ctx, err).await;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.phase == Phase::Attempt {
+            return;
+        }
+        let status = match session.response_written() {
+            Some(h) if ctx.status == 0 => h.status.as_u16(),
+            _ => ctx.status,
+        };
+        account::finish(ctx, status);
+    }
+}

@@ -1,0 +1,197 @@
+//! Pipeline stage 5 (inspected requests): relay the chosen attempt's response to the client
+//! chunk by chunk as it arrives, accounting usage on the way (SSE or JSON), hiding the usage
+//! chunk sluice asked for, and closing the upstream at once when the client leaves or the
+//! upstream stalls past the idle timeout.
+
+use super::attempt::Child;
+use super::ctx::RequestCtx;
+use crate::error::{SluiceError, TimeoutPhase};
+use crate::metrics;
+use crate::usage::{JsonAccountant, SseAccountant};
+use bytes::{Bytes, BytesMut};
+use pingora_core::protocols::http::HttpTask;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// Largest non-streamed response body kept for usage parsing (bytes). Bigger bodies (large
+/// embedding batches) are still relayed, their usage estimated.
+const MAX_JSON_ACCOUNTING_BYTES: usize = 16 * 1024 * 1024;
+
+enum Accounting {
+    Sse(Box<SseAccountant>),
+    Json(Box<JsonAccountant>),
+    Off,
+}
+
+impl Accounting {
+    fn push(&mut self, chunk: &Bytes) -> Bytes {
+        match self {
+            Accounting::Sse(a) => a.push(chunk),
+            Accounting::Json(a) => {
+                a.push(chunk);
+                chunk.clone()
+            }
+            Accounting::Off => chunk.clone(),
+        }
+    }
+}
+
+/// Decrements `sluice_streams_in_flight` when the relay ends, however it ends.
+struct StreamGauge;
+impl StreamGauge {
+    fn start() -> Self {
+        metrics::STREAMS_IN_FLIGHT.inc();
+        StreamGauge
+    }
+}
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        metrics::STREAMS_IN_FLIGHT.dec();
+    }
+}
+
+enum Event {
+    Task(Option<HttpTask>),
+    Idle,
+    ClientGone,
+}
+
+/// Relay the response whose header is `header` from `child` to the client. Never fails: what
+/// went wrong is recorded in `ctx` (status, error, client_disconnected) for the log stage.
+pub async fn relay(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut child: Child,
+    mut header: Box<ResponseHeader>,
+    end: bool,
+) {
+    let status = header.status.as_u16();
+    ctx.status = status;
+    let is_sse = header
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let success = header.status.is_success();
+    let hide = is_sse && ctx.inspected.injected_include_usage;
+    if hide {
+        // The body changes length: let Pingora frame it (chunked).
+        header.remove_header(&http::header::CONTENT_LENGTH);
+    }
+    let _ = header.insert_header("x-sluice-request-id", ctx.request_id.as_str());
+    if session.write_response_header(header, end).await.is_err() {
+        ctx.client_disconnected = true;
+        return;
+    }
+    if end {
+        return;
+    }
+    let mut acc = match ctx.api {
+        Some(api) if success && is_sse => Accounting::Sse(Box::new(SseAccountant::new(api, hide))),
+        Some(api) if success => {
+            Accounting::Json(Box::new(JsonAccountant::new(api, MAX_JSON_ACCOUNTING_BYTES)))
+        }
+        _ => Accounting::Off,
+    };
+    let _gauge = is_sse.then(StreamGauge::start);
+    let idle = child.timeouts.idle;
+    let mut failure: Option<SluiceError> = None;
+    loop {
+        let event = tokio::select! {
+            task = child.rx.recv() => Event::Task(task),
+            _ = tokio::time::sleep(idle) => Event::Idle,
+            _ = session.as_downstream_mut().read_body_or_idle(true) => Event::ClientGone,
+        };
+        match event {
+            Event::Task(Some(HttpTask::Body(data, body_end))) => {
+                if let Some(data) = data.filter(|d| !d.is_empty()) {
+                    let out = acc.push(&data);
+                    if !out.is_empty() {
+                        if ctx.ttft.is_none() {
+                            ctx.ttft = Some(ctx.start.elapsed());
+                        }
+                        if session.write_response_body(Some(out), false).await.is_err() {
+                            ctx.client_disconnected = true;
+                            break;
+                        }
+                    }
+                }
+                if body_end {
+                    break;
+                }
+            }
+            Event::Task(Some(HttpTask::Done)) => break,
+            Event::Task(Some(HttpTask::Failed(e))) => {
+                failure = Some(super::attempt::classify(&e, &child.endpoint, false));
+                break;
+            }
+            Event::Task(Some(_)) => {} // trailers, stray headers: not forwarded
+            Event::Task(None) => {
+                // The subrequest ended without an end-of-body: it failed mid-response.
+                failure = Some(child.failure(false));
+                break;
+            }
+            Event::Idle => {
+                failure = Some(SluiceError::UpstreamTimeout {
+                    upstream: child.endpoint.clone(),
+                    phase: TimeoutPhase::Idle,
+                });
+                break;
+            }
+            Event::ClientGone => {
+                ctx.client_disconnected = true;
+                break;
+            }
+        }
+    }
+    // Close the upstream now (abort the subrequest) whatever happened.
+    drop(child);
+
+    let mut tail = BytesMut::new();
+    match &mut acc {
+        Accounting::Sse(a) => {
+            tail.extend_from_slice(&a.finish());
+            ctx.stream_completed = a.completed();
+            ctx.usage = a.usage();
+            ctx.output_text = Some(a.output_text().to_owned());
+        }
+        Accounting::Json(a) => {
+            ctx.usage = a.finish();
+            ctx.stream_completed = failure.is_none() && !ctx.client_disconnected;
+            if ctx.usage.is_none() {
+                ctx.output_text = Some(a.output_text());
+            }
+        }
+        Accounting::Off => {}
+    }
+    if let Some(err) = &failure {
+        if is_sse {
+            // A native in-stream error event: the SDK raises instead of silently stopping.
+            tail.extend_from_slice(&ctx.style.sse_error_event(&err.body(ctx.style)));
+        } else {
+            // A non-streamed body cut short: close the connection so the client sees it.
+            session.set_keepalive(None);
+        }
+    }
+    if let Some(err) = failure {
+        ctx.error = Some(err);
+    }
+    if ctx.client_disconnected {
+        metrics::CLIENT_DISCONNECTS
+            .with_label_values(&[ctx.route_name()])
+            .inc();
+        session.set_keepalive(None);
+        return;
+    }
+    if ctx.error.is_some() && !is_sse {
+        return;
+    }
+    let tail = tail.freeze();
+    if session
+        .write_response_body(Some(tail), true)
+        .await
+        .is_err()
+    {
+        ctx.client_disconnected = true;
+    }
+}

@@ -1,0 +1,78 @@
+//! The parent's request_filter, in pipeline order: snapshot, tenant, inspection, route, then
+//! either the attempts (inspected) or Pingora's own proxy path (passthrough).
+
+use super::ctx::{Phase, RequestCtx};
+use super::{attempt, identify, inspect};
+use crate::config::Snapshot;
+use crate::error::SluiceError;
+use crate::provider::{provider, ErrorStyle};
+use crate::usage::ApiKind;
+use pingora_proxy::Session;
+use std::sync::Arc;
+
+/// What Pingora should do after request_filter.
+pub enum Flow {
+    /// The response was written (attempts relayed it).
+    Done,
+    /// Continue on Pingora's proxy path (upstream_peer etc.) with `ctx.pool` chosen.
+    Passthrough,
+}
+
+/// Run the parent's request stages. Errors are answered natively by the caller.
+pub async fn handle(
+    snapshot: Arc<Snapshot>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Flow, SluiceError> {
+    ctx.snapshot = Some(snapshot.clone());
+    let req = session.req_header();
+    ctx.style = ErrorStyle::guess(req);
+    ctx.tenant = Some(identify::tenant(req, &snapshot.tenants)?);
+    let path = req.uri.path().to_owned();
+    ctx.api = ApiKind::from_path(&path);
+
+    if inspect::should_inspect(req, &snapshot) {
+        let body = inspect::read_body(session, snapshot.max_body_bytes).await?;
+        let (fields, body) = inspect::inspect(ctx.api, body)?;
+        ctx.inspected = fields;
+        ctx.body = Some(body);
+        ctx.phase = Phase::Inspected;
+        select_route(&snapshot, session, ctx, &path)?;
+        attempt::run(session, ctx).await?;
+        return Ok(Flow::Done);
+    }
+
+    select_route(&snapshot, session, ctx, &path)?;
+    let route = ctx
+        .route
+        .and_then(|i| snapshot.routes.get(i))
+        .ok_or(SluiceError::Internal)?;
+    let pool = route.pools.first().ok_or(SluiceError::Internal)?;
+    let ep = pool.pick().ok_or(SluiceError::Internal)?;
+    if pool.endpoints[ep].keys.is_empty() {
+        return Err(SluiceError::NoUpstreamKey(pool.name.to_string()));
+    }
+    ctx.pool = Some(pool.clone());
+    ctx.endpoint = ep;
+    ctx.phase = Phase::Passthrough;
+    Ok(Flow::Passthrough)
+}
+
+fn select_route(
+    snapshot: &Snapshot,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    path: &str,
+) -> Result<(), SluiceError> {
+    let req = session.req_header();
+    let idx = snapshot
+        .routes
+        .iter()
+        .position(|r| r.matches(path, ctx.inspected.model.as_deref(), req))
+        .ok_or_else(|| SluiceError::NoRoute(format!("{} {path}", req.method)))?;
+    ctx.route = Some(idx);
+    if let Some(pool) = snapshot.routes[idx].pools.first() {
+        ctx.style = provider(pool.provider).error_style();
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! sluice's own answers: a [`SluiceError`] written in the route's native error shape (OpenAI
+//! or Anthropic JSON) with the request id header the SDK reads.
+
+use super::ctx::RequestCtx;
+use crate::error::SluiceError;
+use crate::metrics;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// Write `err` as the whole response (when nothing was sent yet) and record it in `ctx`.
+pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: SluiceError) {
+    metrics::ERRORS.with_label_values(&[err.label()]).inc();
+    let status = err.status();
+    ctx.status = status;
+    if session.response_written().is_none() {
+        let body = err.body(ctx.style);
+        if let Ok(header) = error_header(status, body.len(), ctx) {
+            let sent = session.write_response_header(Box::new(header), false).await;
+            if sent.is_err() || session.write_response_body(Some(body), true).await.is_err() {
+                ctx.client_disconnected = true;
+            }
+        }
+    }
+    ctx.error = Some(err);
+}
+
+fn error_header(
+    status: u16,
+    len: usize,
+    ctx: &RequestCtx,
+) -> pingora_error::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(5))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, len)?;
+    h.insert_header(ctx.style.request_id_header(), ctx.request_id.as_str())?;
+    h.insert_header("x-sluice-request-id", ctx.request_id.as_str())?;
+    Ok(h)
+}

@@ -1,0 +1,189 @@
+//! Token estimates with tiktoken (used when the upstream reports no usage): the BPE each model
+//! family uses, text counts, and a prompt estimate from a request body.
+
+use serde_json::Value;
+use tiktoken_rs::CoreBPE;
+
+use super::ApiKind;
+
+/// OpenAI's per-message framing in chat prompts (`<|start|>role ... <|end|>`), from its
+/// token-counting cookbook: about 3 tokens per message, plus 3 that prime the reply.
+const TOKENS_PER_MESSAGE: u64 = 3;
+const TOKENS_REPLY_PRIMING: u64 = 3;
+
+/// Deepest JSON nesting walked when collecting prompt text (serde_json already stops at 128).
+const MAX_DEPTH: usize = 16;
+
+/// The tiktoken encoding [`count_tokens`] uses for a model name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `o200k_base`: gpt-4o, gpt-4.1, gpt-4.5, gpt-5, o1/o3/o4, chatgpt-4o, gpt-oss, and the
+    /// fallback for every other model.
+    O200kBase,
+    /// `cl100k_base`: gpt-4 (not 4o/4.1/4.5), gpt-3.5 (`gpt-35` on Azure), text-embedding-*.
+    Cl100kBase,
+}
+
+/// The encoding for `model`, matched case-insensitively on its name after any provider prefix
+/// (`openai/`, `azure/`) and fine-tune prefix (`ft:`). Models of other vendors (Claude, Llama,
+/// Mistral, unknown names) get `o200k_base`: Anthropic publishes no tokenizer, so their counts
+/// are an approximation only.
+pub fn encoding_for(model: &str) -> Encoding {
+    let name = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+    let name = name.strip_prefix("ft:").unwrap_or(&name);
+    const O200K: [&str; 9] = [
+        "gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss",
+    ];
+    const CL100K: [&str; 4] = ["gpt-4", "gpt-3.5", "gpt-35", "text-embedding-"];
+    if O200K.iter().any(|p| name.starts_with(p)) {
+        Encoding::O200kBase
+    } else if CL100K.iter().any(|p| name.starts_with(p)) {
+        Encoding::Cl100kBase
+    } else {
+        Encoding::O200kBase
+    }
+}
+
+fn bpe(encoding: Encoding) -> &'static CoreBPE {
+    // tiktoken-rs singletons: built once, on first use, from tables bundled in the crate.
+    match encoding {
+        Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
+        Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+    }
+}
+
+/// Builds both BPE tables now rather than on the first estimate (each takes a noticeable
+/// fraction of a second); call it at start-up, off the request path.
+pub fn preload() {
+    bpe(Encoding::O200kBase);
+    bpe(Encoding::Cl100kBase);
+}
+
+/// Number of tokens (u64) of `text` in `model`'s encoding (see [`encoding_for`]), counting
+/// special-token look-alikes such as `<|endoftext|>` as ordinary text, as the APIs do for user
+/// content. Empty text is 0.
+pub fn count_tokens(model: &str, text: &str) -> u64 {
+    if text.is_empty() {
+        return 0;
+    }
+    bpe(encoding_for(model)).encode_ordinary(text).len() as u64
+}
+
+/// Estimated prompt tokens (u64) of a request body (already parsed JSON) for `api`:
+/// [`count_tokens`] of the request's text joined with newlines, plus OpenAI's framing of
+/// 3 tokens per message and 3 for the reply (none for embeddings). Text taken: chat
+/// `messages[]` role, name and content (a string, or parts with `text`), tool calls, and
+/// `tools` as JSON; legacy completions `prompt`; Responses `instructions`, `input` (a string or
+/// items: message content, function call arguments and outputs) and `tools`; Anthropic `system`
+/// and `messages[]` (text, thinking, tool_use input, tool_result content) and `tools`;
+/// embeddings `input` (a string or strings; arrays of token ids count their length). Images,
+/// audio and files are not counted, so multimodal prompts are underestimated.
+pub fn estimate_prompt_tokens(api: ApiKind, model: &str, body: &Value) -> u64 {
+    let mut text = String::new();
+    let mut messages = 0u64;
+    let mut token_ids = 0u64;
+    match api {
+        ApiKind::OpenAiChat | ApiKind::AnthropicMessages => {
+            if let Some(system) = body.get("system") {
+                messages += 1;
+                collect(system, &mut text, 0);
+            }
+            for message in array(body.get("messages")) {
+                messages += 1;
+                collect(message, &mut text, 0);
+            }
+        }
+        ApiKind::OpenAiResponses => {
+            if let Some(instructions) = body.get("instructions") {
+                messages += 1;
+                collect(instructions, &mut text, 0);
+            }
+            match body.get("input") {
+                Some(Value::Array(items)) => {
+                    messages += items.len() as u64;
+                    items.iter().for_each(|item| collect(item, &mut text, 0));
+                }
+                Some(input) => {
+                    messages += 1;
+                    collect(input, &mut text, 0);
+                }
+                None => {}
+            }
+        }
+        ApiKind::OpenAiCompletions => prompt_input(body.get("prompt"), &mut text, &mut token_ids),
+        ApiKind::Embeddings => prompt_input(body.get("input"), &mut text, &mut token_ids),
+    }
+    if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {
+        push(&mut text, &tools.to_string());
+    }
+    let framing = if messages > 0 {
+        messages * TOKENS_PER_MESSAGE + TOKENS_REPLY_PRIMING
+    } else {
+        0
+    };
+    count_tokens(model, &text) + token_ids + framing
+}
+
+fn array(value: Option<&Value>) -> &[Value] {
+    match value {
+        Some(Value::Array(items)) => items,
+        _ => &[],
+    }
+}
+
+fn push(text: &mut String, piece: &str) {
+    if piece.is_empty() {
+        return;
+    }
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(piece);
+}
+
+/// Embeddings `input` / completions `prompt`: a string, strings, token ids, or arrays of ids.
+fn prompt_input(value: Option<&Value>, text: &mut String, token_ids: &mut u64) {
+    match value {
+        Some(Value::String(s)) => push(text, s),
+        Some(Value::Array(items)) => {
+            for item in items {
+                match item {
+                    Value::String(s) => push(text, s),
+                    Value::Number(_) => *token_ids += 1,
+                    Value::Array(ids) => *token_ids += ids.len() as u64,
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Collects the text of a message, content part, or input item. Keys read: `role`, `name`,
+/// `content`, `text`, `thinking`, `arguments`, `output`, `input` (tool_use, as JSON),
+/// `tool_calls` / `function` (chat tool calls); images, audio, ids and signatures are skipped.
+fn collect(value: &Value, text: &mut String, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    match value {
+        Value::String(s) => push(text, s),
+        Value::Array(items) => items.iter().for_each(|item| collect(item, text, depth + 1)),
+        Value::Object(map) => {
+            for key in ["role", "name", "text", "thinking", "arguments"] {
+                if let Some(Value::String(s)) = map.get(key) {
+                    push(text, s);
+                }
+            }
+            for key in ["content", "output", "tool_calls", "function"] {
+                if let Some(inner) = map.get(key) {
+                    collect(inner, text, depth + 1);
+                }
+            }
+            if let Some(input) = map.get("input").filter(|v| v.is_object()) {
+                push(text, &input.to_string());
+            }
+        }
+        _ => {}
+    }
+}

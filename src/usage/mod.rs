@@ -1,0 +1,105 @@
+//! Exact token accounting from LLM API responses (response path): usage read from streamed and
+//! non-streamed bodies, generated text for estimates, and prompt-token estimates with tiktoken.
+//!
+//! The proxy picks an [`ApiKind`] from the request path, then feeds the upstream body to a
+//! [`SseAccountant`] (text/event-stream) or a [`JsonAccountant`] (application/json). When the
+//! upstream reports no usage, [`estimate::count_tokens`] over the accountant's output text and
+//! [`estimate::estimate_prompt_tokens`] over the request body give an estimate instead.
+
+pub mod estimate;
+
+mod anthropic;
+mod json_body;
+mod openai_chat;
+mod openai_responses;
+mod sse;
+mod stream;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use estimate::{count_tokens, estimate_prompt_tokens};
+pub use json_body::JsonAccountant;
+pub use stream::SseAccountant;
+
+/// Token counts of one response, as the upstream reported them. All counts are tokens (u64);
+/// a field the upstream did not send (absent or `null`) is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input tokens. OpenAI chat/completions/embeddings `usage.prompt_tokens`; Responses
+    /// `usage.input_tokens`; Anthropic `usage.input_tokens` as given, which EXCLUDES the
+    /// cache reads and writes counted in `cached_tokens` / `cache_write_tokens`. OpenAI's
+    /// `prompt_tokens` / `input_tokens` INCLUDE their cached part.
+    pub prompt_tokens: u64,
+    /// Output tokens. OpenAI `usage.completion_tokens`; Responses and Anthropic
+    /// `usage.output_tokens` (Anthropic: the last, cumulative `message_delta` value).
+    pub completion_tokens: u64,
+    /// Input tokens read from the prompt cache. OpenAI `usage.prompt_tokens_details.cached_tokens`;
+    /// Responses `usage.input_tokens_details.cached_tokens`; Anthropic
+    /// `usage.cache_read_input_tokens`.
+    pub cached_tokens: u64,
+    /// Input tokens written to the prompt cache: Anthropic `usage.cache_creation_input_tokens`
+    /// (OpenAI does not report cache writes: always 0 there).
+    pub cache_write_tokens: u64,
+    /// Reasoning tokens, already included in `completion_tokens`. OpenAI
+    /// `usage.completion_tokens_details.reasoning_tokens`; Responses
+    /// `usage.output_tokens_details.reasoning_tokens`; Anthropic reports none (0).
+    pub reasoning_tokens: u64,
+}
+
+/// Which API a response belongs to, decided by the proxy from the request path
+/// (see [`ApiKind::from_path`]). It selects the wire format the accountants parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    /// OpenAI chat completions, `POST /v1/chat/completions` (also Azure
+    /// `/openai/deployments/{d}/chat/completions`).
+    OpenAiChat,
+    /// OpenAI legacy completions, `POST /v1/completions`: the same usage shape as chat,
+    /// text in `choices[].text`.
+    OpenAiCompletions,
+    /// OpenAI Responses API, `POST /v1/responses`.
+    OpenAiResponses,
+    /// Anthropic Messages API, `POST /v1/messages`.
+    AnthropicMessages,
+    /// OpenAI embeddings, `POST /v1/embeddings`: usage `prompt_tokens` only.
+    Embeddings,
+}
+
+impl ApiKind {
+    /// The API of a request path, matched on how the path ends after dropping any query string
+    /// (`?...`), fragment and trailing `/`, so prefixes are free: `/v1/chat/completions`,
+    /// `/openai/deployments/x/chat/completions?api-version=..` and `/anthropic/v1/messages` all
+    /// match. Endings: `/chat/completions` -> chat, `/completions` -> legacy completions,
+    /// `/responses` -> Responses, `/v1/messages` (or exactly `/messages`) -> Anthropic,
+    /// `/embeddings` -> embeddings. Anything else is `None`, e.g. `/v1/models`,
+    /// `/v1/messages/count_tokens`, `/v1/responses/{id}`, or OpenAI Assistants'
+    /// `/v1/threads/{id}/messages` (hence the `/v1` required before `/messages`).
+    pub fn from_path(path: &str) -> Option<ApiKind> {
+        let end = path.find(['?', '#']).unwrap_or(path.len());
+        let path = path[..end].trim_end_matches('/');
+        if path.ends_with("/chat/completions") {
+            Some(ApiKind::OpenAiChat)
+        } else if path.ends_with("/completions") {
+            Some(ApiKind::OpenAiCompletions)
+        } else if path.ends_with("/responses") {
+            Some(ApiKind::OpenAiResponses)
+        } else if path.ends_with("/v1/messages") || path == "/messages" {
+            Some(ApiKind::AnthropicMessages)
+        } else if path.ends_with("/embeddings") {
+            Some(ApiKind::Embeddings)
+        } else {
+            None
+        }
+    }
+
+    /// True for the APIs whose streams use OpenAI chat-completion chunks (`data:` JSON lines
+    /// ending with `data: [DONE]`): chat, legacy completions, and embeddings (never streamed,
+    /// parsed the same way if it ever is).
+    pub(crate) fn is_openai_chunked(self) -> bool {
+        matches!(
+            self,
+            ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings
+        )
+    }
+}

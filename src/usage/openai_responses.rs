@@ -1,0 +1,97 @@
+//! OpenAI Responses API wire format: one streamed `response.*` event -> usage, generated text,
+//! terminal and error flags.
+
+use serde::Deserialize;
+
+use super::stream::StreamState;
+use super::wire::Text;
+use super::Usage;
+
+/// Responses `usage` object: `input_tokens`, `input_tokens_details.cached_tokens`,
+/// `output_tokens`, `output_tokens_details.reasoning_tokens`. Missing or null numbers read as 0.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct WireUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens_details: Option<InputDetails>,
+    #[serde(default)]
+    output_tokens_details: Option<OutputDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct InputDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct OutputDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    pub(crate) fn to_usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.input_tokens.unwrap_or(0),
+            completion_tokens: self.output_tokens.unwrap_or(0),
+            cached_tokens: self
+                .input_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            cache_write_tokens: 0,
+            reasoning_tokens: self
+                .output_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// The fields of a Responses stream event that accounting reads.
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Text<'a>,
+    #[serde(default, borrow)]
+    delta: Text<'a>,
+    #[serde(default)]
+    response: Option<ResponseObject>,
+}
+
+#[derive(Deserialize)]
+struct ResponseObject {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+/// Accounts one event. The JSON `type` names the event; the SSE `event:` name is the fallback.
+/// `response.completed` and `response.incomplete` (a clean stop at `max_output_tokens` or a
+/// content filter) end the stream normally; `error` and `response.failed` are errors. Usage
+/// comes from `response.usage` of any of the three terminal events that carries it.
+pub(crate) fn on_event(state: &mut StreamState, name: &str, data: &[u8]) -> Result<(), serde_json::Error> {
+    let event: Event = serde_json::from_slice(data)?;
+    let kind = event.kind.0.as_deref().unwrap_or(name);
+    match kind {
+        "response.output_text.delta"
+        | "response.refusal.delta"
+        | "response.function_call_arguments.delta" => state.text.push(event.delta.as_str()),
+        "response.completed" | "response.incomplete" => state.completed = true,
+        "response.failed" | "error" => state.saw_error = true,
+        _ => {}
+    }
+    if matches!(
+        kind,
+        "response.completed" | "response.incomplete" | "response.failed"
+    ) {
+        if let Some(usage) = event.response.as_ref().and_then(|r| r.usage.as_ref()) {
+            state.usage = Some(usage.to_usage());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Serde helpers shared by the per-API parsers: lenient borrowed strings, absent-vs-null
+//! fields, and the capped buffer that collects generated text.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// Most generated text kept per response (bytes): 4 MiB. Enough to estimate any real
+/// completion; beyond it the text is dropped, never the stream.
+pub(crate) const MAX_OUTPUT_TEXT_BYTES: usize = 4 * 1024 * 1024;
+
+/// A JSON value kept only when it is a string; any other JSON type (object, array, number,
+/// bool, null) is skipped as `None` instead of failing the whole event. Borrows from the input
+/// when the string has no escapes, so a typical delta costs no allocation.
+#[derive(Debug, Default)]
+pub(crate) struct Text<'a>(pub(crate) Option<Cow<'a, str>>);
+
+impl<'a> Text<'a> {
+    /// The string, or "" when absent or not a string.
+    pub(crate) fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("")
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TextVisitor(PhantomData))
+    }
+}
+
+struct TextVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+    type Value = Text<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Text(Some(Cow::Borrowed(v))))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Text(Some(Cow::Owned(v.to_owned()))))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Text(Some(Cow::Owned(v))))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Text(None))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Text(None))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Text(None))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Text(None))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Text(None))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Text(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Text(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Text(None))
+    }
+}
+
+/// Deserializer for `Option<Option<T>>` fields that must tell an absent member (outer `None`,
+/// via `#[serde(default)]`) from an explicit `null` (`Some(None)`).
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Generated text collected from a response, capped at [`MAX_OUTPUT_TEXT_BYTES`] (cut on a
+/// UTF-8 character boundary).
+#[derive(Debug, Default)]
+pub(crate) struct TextBuf {
+    text: String,
+}
+
+impl TextBuf {
+    /// Appends as much of `piece` as fits under the cap.
+    pub(crate) fn push(&mut self, piece: &str) {
+        let room = MAX_OUTPUT_TEXT_BYTES.saturating_sub(self.text.len());
+        if piece.len() <= room {
+            self.text.push_str(piece);
+            return;
+        }
+        let mut cut = room;
+        while cut > 0 && !piece.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.text.push_str(&piece[..cut]);
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        a: Text<'a>,
+        #[serde(default, deserialize_with = "present")]
+        b: Option<Option<u64>>,
+    }
+
+    #[test]
+    fn text_borrows_plain_strings_and_skips_other_types() {
+        let p: Probe = serde_json::from_str(r#"{"a":"plain","b":null}"#).unwrap();
+        assert!(matches!(p.a.0, Some(Cow::Borrowed("plain"))));
+        assert_eq!(p.b, Some(None));
+        let p: Probe = serde_json::from_str(r#"{"a":"caf\u00e9"}"#).unwrap();
+        assert_eq!(p.a.as_str(), "café");
+        assert_eq!(p.b, None);
+        let p: Probe = serde_json::from_str(r#"{"a":{"x":[1,{"y":2}]},"b":7}"#).unwrap();
+        assert!(p.a.0.is_none());
+        assert_eq!(p.b, Some(Some(7)));
+    }
+
+    #[test]
+    fn text_buf_caps_on_a_char_boundary() {
+        let mut buf = TextBuf::default();
+        buf.push(&"a".repeat(MAX_OUTPUT_TEXT_BYTES - 1));
+        buf.push("é and more");
+        assert_eq!(buf.as_str().len(), MAX_OUTPUT_TEXT_BYTES - 1);
+        buf.push("b");
+        assert_eq!(buf.as_str().len(), MAX_OUTPUT_TEXT_BYTES);
+        buf.push("c");
+        assert_eq!(buf.as_str().len(), MAX_OUTPUT_TEXT_BYTES);
+    }
+}
