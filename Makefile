@@ -2,8 +2,8 @@
 SHELL := /bin/bash
 CONF_FILES := $(wildcard conf/*.yaml conf/*.yml)
 SLUICE_DEBUG := target/debug/sluice
-# cargo-nextest when installed, else the built-in runner.
-CARGO_TEST := $(if $(shell command -v cargo-nextest),cargo nextest run --locked,cargo test --locked)
+# cargo-nextest when installed (it skips doctests: run those with cargo), else cargo test.
+CARGO_TEST := $(if $(shell command -v cargo-nextest),cargo nextest run --locked && cargo test --locked --doc,cargo test --locked)
 
 .PHONY: setup deps build run test unit e2e validate lint bench demo release
 

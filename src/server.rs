@@ -21,6 +21,9 @@ const SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 /// Build the Pingora server for `snapshot` and run it until shutdown. Never returns.
 pub fn run(snapshot: Snapshot) -> ! {
     crate::metrics::init();
+    // Load the tokenizer tables off the request path (hundreds of ms in a debug build), without
+    // delaying readiness: only estimation needs them.
+    std::thread::spawn(crate::usage::estimate::preload);
     let conf = ServerConf {
         threads: snapshot.threads,
         grace_period_seconds: Some(GRACE_PERIOD_SECONDS),

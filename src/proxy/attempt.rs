@@ -17,18 +17,23 @@ use pingora_error::{Error, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora_proxy::Session;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Upstream statuses worth another pool before the first byte reached the client.
 const FAILOVER_STATUSES: [u16; 6] = [429, 500, 502, 503, 504, 529];
 
-/// A running attempt. Dropping it aborts the subrequest task, which closes its upstream
-/// connection at once (cancellation is money).
+/// The subrequest's future, polled inline by the parent (not spawned): dropping it drops the
+/// upstream connection synchronously, whatever else the worker thread is doing.
+type ChildFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A running attempt. Dropping it drops the subrequest, which closes its upstream connection
+/// at once (cancellation is money).
 pub struct Child {
-    join: tokio::task::JoinHandle<()>,
-    /// Response tasks from the subrequest.
-    pub rx: mpsc::Receiver<HttpTask>,
+    fut: Option<ChildFuture>,
+    rx: mpsc::Receiver<HttpTask>,
     /// Request-side channel, kept open: the subrequest treats its closing as a client leaving.
     _tx: mpsc::Sender<HttpTask>,
     proxy_error: oneshot::Receiver<Box<Error>>,
@@ -38,13 +43,22 @@ pub struct Child {
     pub timeouts: Timeouts,
 }
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.join.abort();
-    }
-}
-
 impl Child {
+    /// Receive the subrequest's next response task while driving it. `None` once it ended
+    /// and every task was read.
+    pub async fn next_task(&mut self) -> Option<HttpTask> {
+        loop {
+            let Some(fut) = self.fut.as_mut() else {
+                return self.rx.recv().await;
+            };
+            tokio::select! {
+                biased;
+                task = self.rx.recv() => return task,
+                () = fut => self.fut = None,
+            }
+        }
+    }
+
     /// The error the subrequest ended with, if it reported one, mapped to a [`SluiceError`].
     pub fn failure(&mut self, before_header: bool) -> SluiceError {
         match self.proxy_error.try_recv() {
@@ -142,16 +156,14 @@ async fn spawn(
         return Err(SluiceError::Internal);
     };
     let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
-    let join = tokio::spawn(prepared.run());
     let tx = handle.tx;
     // The channel has room for a few tasks: the whole body goes in as one `Bytes` (a refcount
     // bump, not a copy) and the subrequest reads it when it wants it.
     if tx.send(HttpTask::Body(Some(body.clone()), true)).await.is_err() {
-        join.abort();
         return Err(SluiceError::Internal);
     }
     Ok(Child {
-        join,
+        fut: Some(Box::pin(prepared.run())),
         rx: handle.rx,
         _tx: tx,
         proxy_error: handle.subreq_proxy_error,
@@ -166,7 +178,7 @@ async fn first_response(session: &mut Session, child: &mut Child) -> First {
     let deadline = tokio::time::Instant::now() + child.timeouts.connect + child.timeouts.ttfb;
     loop {
         let event = tokio::select! {
-            task = child.rx.recv() => Some(task),
+            task = child.next_task() => Some(task),
             _ = tokio::time::sleep_until(deadline) => None,
             _ = session.as_downstream_mut().read_body_or_idle(true) => return First::ClientGone,
         };

@@ -124,6 +124,8 @@ impl ProxyHttp for Sluice {
             .to_owned();
         let err = attempt::classify(e, &endpoint, session.response_written().is_none());
         let code = err.status();
+        // The client's request body may be half-read: say `connection: close` on the error.
+        session.set_keepalive(None);
         respond::send_error(session, ctx, err).await;
         FailToProxy {
             error_code: code,

@@ -98,7 +98,7 @@ pub async fn relay(
     let mut failure: Option<SluiceError> = None;
     loop {
         let event = tokio::select! {
-            task = child.rx.recv() => Event::Task(task),
+            task = child.next_task() => Event::Task(task),
             _ = tokio::time::sleep(idle) => Event::Idle,
             _ = session.as_downstream_mut().read_body_or_idle(true) => Event::ClientGone,
         };
@@ -139,12 +139,13 @@ pub async fn relay(
                 break;
             }
             Event::ClientGone => {
+                tracing::debug!(request_id = %ctx.request_id, "client left mid-response");
                 ctx.client_disconnected = true;
                 break;
             }
         }
     }
-    // Close the upstream now (abort the subrequest) whatever happened.
+    // Close the upstream now (drop the subrequest) whatever happened.
     drop(child);
 
     let mut tail = BytesMut::new();

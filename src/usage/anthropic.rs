@@ -29,7 +29,10 @@ impl WireUsage {
         let fields = [
             (self.input_tokens, &mut usage.prompt_tokens),
             (self.output_tokens, &mut usage.completion_tokens),
-            (self.cache_creation_input_tokens, &mut usage.cache_write_tokens),
+            (
+                self.cache_creation_input_tokens,
+                &mut usage.cache_write_tokens,
+            ),
             (self.cache_read_input_tokens, &mut usage.cached_tokens),
         ];
         for (value, slot) in fields {
@@ -75,7 +78,11 @@ struct Delta<'a> {
 /// Accounts one event. The JSON `type` names the event; the SSE `event:` name is the fallback.
 /// Usage: `message_start.message.usage` sets all fields it has; each `message_delta.usage`
 /// then overrides the fields it repeats (its `output_tokens` is cumulative, so the last wins).
-pub(crate) fn on_event(state: &mut StreamState, name: &str, data: &[u8]) -> Result<(), serde_json::Error> {
+pub(crate) fn on_event(
+    state: &mut StreamState,
+    name: &str,
+    data: &[u8],
+) -> Result<(), serde_json::Error> {
     let event: Event = serde_json::from_slice(data)?;
     let kind = event.kind.0.as_deref().unwrap_or(name);
     match kind {

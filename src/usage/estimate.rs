@@ -29,10 +29,22 @@ pub enum Encoding {
 /// Mistral, unknown names) get `o200k_base`: Anthropic publishes no tokenizer, so their counts
 /// are an approximation only.
 pub fn encoding_for(model: &str) -> Encoding {
-    let name = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+    let name = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
     let name = name.strip_prefix("ft:").unwrap_or(&name);
     const O200K: [&str; 9] = [
-        "gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss",
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-4.5",
+        "gpt-5",
+        "o1",
+        "o3",
+        "o4",
+        "chatgpt-4o",
+        "gpt-oss",
     ];
     const CL100K: [&str; 4] = ["gpt-4", "gpt-3.5", "gpt-35", "text-embedding-"];
     if O200K.iter().any(|p| name.starts_with(p)) {

@@ -133,7 +133,9 @@ fn parse_chat(body: &[u8], text: &mut TextBuf) -> Option<Usage> {
     let body: ChatBody = serde_json::from_slice(body).ok()?;
     for choice in body.choices.iter().flatten() {
         text.push(choice.text.as_str());
-        let Some(message) = &choice.message else { continue };
+        let Some(message) = &choice.message else {
+            continue;
+        };
         text.push(message.reasoning_content.as_str());
         text.push(message.content.as_str());
         text.push(message.refusal.as_str());

@@ -74,7 +74,11 @@ struct ResponseObject {
 /// `response.completed` and `response.incomplete` (a clean stop at `max_output_tokens` or a
 /// content filter) end the stream normally; `error` and `response.failed` are errors. Usage
 /// comes from `response.usage` of any of the three terminal events that carries it.
-pub(crate) fn on_event(state: &mut StreamState, name: &str, data: &[u8]) -> Result<(), serde_json::Error> {
+pub(crate) fn on_event(
+    state: &mut StreamState,
+    name: &str,
+    data: &[u8],
+) -> Result<(), serde_json::Error> {
     let event: Event = serde_json::from_slice(data)?;
     let kind = event.kind.0.as_deref().unwrap_or(name);
     match kind {

@@ -134,7 +134,12 @@ impl SseFramer {
         i
     }
 
-    fn on_line<F: FnMut(SseEvent<'_>, Boundary)>(&mut self, line: &[u8], at: Boundary, emit: &mut F) {
+    fn on_line<F: FnMut(SseEvent<'_>, Boundary)>(
+        &mut self,
+        line: &[u8],
+        at: Boundary,
+        emit: &mut F,
+    ) {
         if line.is_empty() {
             self.dispatch(at, emit);
             return;
@@ -217,7 +222,11 @@ mod tests {
         let want = vec![ev("a", "1\n2"), ev("", "x"), ev("b", "y")];
         assert_eq!(frame(&[stream]), want);
         for cut in 0..=stream.len() {
-            assert_eq!(frame(&[&stream[..cut], &stream[cut..]]), want, "cut at {cut}");
+            assert_eq!(
+                frame(&[&stream[..cut], &stream[cut..]]),
+                want,
+                "cut at {cut}"
+            );
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(frame(&bytes), want);

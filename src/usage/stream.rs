@@ -34,9 +34,10 @@ pub(crate) struct StreamState {
 #[derive(Debug, Default)]
 struct Hider {
     held: Vec<u8>,
-    /// A dropped event ended on a `\r` that was its chunk's last byte: a `\n` opening the next
-    /// chunk is the rest of that terminator and must go too.
-    skip_lf: bool,
+    /// The last event ended on a `\r` that was its chunk's last byte, so a `\n` opening the
+    /// next chunk is the rest of its terminator: `Some(true)` forwards that `\n` (the event
+    /// was forwarded), `Some(false)` drops it (the event was dropped).
+    pending_lf: Option<bool>,
 }
 
 /// Incremental accountant for one streamed (`text/event-stream`) response body, fed the body
@@ -66,7 +67,8 @@ impl SseAccountant {
     /// `stream_options.include_usage` to an OpenAI chat/completions request the client sent
     /// without it (see the type's doc for exactly what is removed).
     pub fn new(api: ApiKind, hide_usage_chunk: bool) -> Self {
-        let hide = hide_usage_chunk && matches!(api, ApiKind::OpenAiChat | ApiKind::OpenAiCompletions);
+        let hide =
+            hide_usage_chunk && matches!(api, ApiKind::OpenAiChat | ApiKind::OpenAiCompletions);
         SseAccountant {
             api,
             framer: SseFramer::default(),
@@ -94,16 +96,21 @@ impl SseAccountant {
             return chunk.clone();
         };
         let mut seg = 0;
-        if hider.skip_lf && !chunk.is_empty() {
-            hider.skip_lf = false;
-            if chunk[0] == b'\n' {
-                seg = 1;
+        let mut out = Vec::new();
+        if !chunk.is_empty() {
+            if let Some(forward) = hider.pending_lf.take() {
+                if chunk[0] == b'\n' {
+                    seg = 1;
+                    if forward {
+                        out.push(b'\n');
+                    }
+                }
             }
         }
-        let mut out = Vec::new();
         framer.feed(chunk, |event, at: Boundary| {
             let tail = &chunk[seg..at.end];
-            match account(api, state, &event) {
+            let verdict = account(api, state, &event);
+            match verdict {
                 Verdict::Keep => {
                     out.extend_from_slice(&hider.held);
                     out.extend_from_slice(tail);
@@ -113,7 +120,10 @@ impl SseAccountant {
                     strip_usage_null(&mut hider.held);
                     out.extend_from_slice(&hider.held);
                 }
-                Verdict::Drop => hider.skip_lf = at.cr_pending,
+                Verdict::Drop => {}
+            }
+            if at.cr_pending {
+                hider.pending_lf = Some(verdict != Verdict::Drop);
             }
             hider.held.clear();
             seg = at.end;
@@ -201,8 +211,12 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
     }
     let name = std::str::from_utf8(event.name).unwrap_or("");
     let parsed = match api {
-        ApiKind::OpenAiResponses => openai_responses::on_event(state, name, event.data).map(|()| Verdict::Keep),
-        ApiKind::AnthropicMessages => anthropic::on_event(state, name, event.data).map(|()| Verdict::Keep),
+        ApiKind::OpenAiResponses => {
+            openai_responses::on_event(state, name, event.data).map(|()| Verdict::Keep)
+        }
+        ApiKind::AnthropicMessages => {
+            anthropic::on_event(state, name, event.data).map(|()| Verdict::Keep)
+        }
         _ if api.is_openai_chunked() => openai_chat::on_event(state, event.data),
         _ => Ok(Verdict::Keep),
     };
@@ -243,16 +257,23 @@ pub(crate) fn strip_usage_null(raw: &mut Vec<u8>) -> bool {
             raw.drain(k - 1..end);
             return true;
         }
-        // First member: cut the separator after it (`"usage":null,`).
-        let after = skip(raw, end, is_blank);
-        if raw.get(after) == Some(&b',') {
-            let after = skip(raw, after + 1, is_blank);
-            raw.drain(key..after);
-            return true;
+        if k == 0 || raw[k - 1] != b'{' {
+            continue; // not a plain object member (e.g. data split over lines): leave it
         }
-        // Only member.
-        raw.drain(key..end);
-        return true;
+        // First member: cut the separator after it (`"usage":null,`), or only member.
+        let after = skip(raw, end, is_blank);
+        match raw.get(after) {
+            Some(b',') => {
+                let after = skip(raw, after + 1, is_blank);
+                raw.drain(key..after);
+                return true;
+            }
+            Some(b'}') => {
+                raw.drain(key..end);
+                return true;
+            }
+            _ => continue,
+        }
     }
     false
 }
@@ -281,7 +302,10 @@ mod tests {
     #[test]
     fn strip_rule_covers_the_shapes_seen_on_the_wire() {
         // llmock (usage last) and real OpenAI (usage before obfuscation).
-        assert_eq!(strip(r#"data: {"choices":[],"usage":null}"#), r#"data: {"choices":[]}"#);
+        assert_eq!(
+            strip(r#"data: {"choices":[],"usage":null}"#),
+            r#"data: {"choices":[]}"#
+        );
         assert_eq!(
             strip(r#"data: {"choices":[],"usage":null,"obfuscation":"x"}"#),
             r#"data: {"choices":[],"obfuscation":"x"}"#
@@ -294,13 +318,17 @@ mod tests {
         let content = r#"{"c":"say \"usage\":null","usage":null}"#;
         assert_eq!(strip(content), r#"{"c":"say \"usage\":null"}"#);
         assert_eq!(strip(r#"{"usage":nullx}"#), r#"{"usage":nullx}"#);
+        // JSON split over two data lines: no separator next to it, left alone (still valid).
+        let split = "data: {\"choices\":[],\ndata: \"usage\":null}";
+        assert_eq!(strip(split), split);
         assert_eq!(strip(r#"{"usage":{"a":1}}"#), r#"{"usage":{"a":1}}"#);
     }
 
     #[test]
     fn hide_is_ignored_outside_chat_apis() {
         let mut acc = SseAccountant::new(ApiKind::AnthropicMessages, true);
-        let chunk = Bytes::from_static(b"event: ping\ndata: {\"type\":\"ping\",\"usage\":null}\n\n");
+        let chunk =
+            Bytes::from_static(b"event: ping\ndata: {\"type\":\"ping\",\"usage\":null}\n\n");
         let out = acc.push(&chunk);
         assert_eq!(out, chunk);
         assert_eq!(out.as_ptr(), chunk.as_ptr());

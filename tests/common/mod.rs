@@ -1,0 +1,304 @@
+//! Test harness: an in-process mock LLM upstream on 127.0.0.1:0 that records every request,
+//! and the `sluice` binary started on ports picked by binding port 0, stopped on drop.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A mock upstream speaking enough of OpenAI / Anthropic.
+#[derive(Clone)]
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// When a connection that was streaming `/slow` saw the peer close.
+    pub slow_closed_at: Arc<Mutex<Option<Instant>>>,
+    /// Connections accepted.
+    pub connections: Arc<Mutex<usize>>,
+    /// Status for every request, if set (e.g. 503 for a failing upstream).
+    pub force_status: Arc<Mutex<Option<u16>>>,
+}
+
+impl Mock {
+    pub async fn start() -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mock = Mock {
+            addr: listener.local_addr().unwrap(),
+            requests: Arc::default(),
+            slow_closed_at: Arc::default(),
+            connections: Arc::default(),
+            force_status: Arc::default(),
+        };
+        let m = mock.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                *m.connections.lock().unwrap() += 1;
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let _ = m.serve(sock).await;
+                });
+            }
+        });
+        mock
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    async fn serve(&self, mut sock: TcpStream) -> std::io::Result<()> {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            // Read one request head.
+            let head_end = loop {
+                if let Some(p) = find(&buf, b"\r\n\r\n") {
+                    break p;
+                }
+                let mut chunk = [0u8; 65536];
+                let n = sock.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+            buf.drain(..head_end + 4);
+            let mut lines = head.split("\r\n");
+            let mut first = lines.next().unwrap_or("").split(' ');
+            let method = first.next().unwrap_or("").to_owned();
+            let path = first.next().unwrap_or("").to_owned();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < len {
+                let mut chunk = vec![0u8; 1 << 20];
+                let n = sock.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body: Vec<u8> = buf.drain(..len).collect();
+            let rec = Recorded {
+                method,
+                path,
+                headers,
+                body,
+            };
+            self.requests.lock().unwrap().push(rec.clone());
+            if !self.respond(&mut sock, &rec).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Answer `rec`; returns whether the connection stays open.
+    async fn respond(&self, sock: &mut TcpStream, rec: &Recorded) -> std::io::Result<bool> {
+        let forced = *self.force_status.lock().unwrap();
+        if let Some(status) = forced {
+            let body = format!(r#"{{"error":{{"message":"forced {status}","type":"server_error","param":null,"code":null}}}}"#);
+            write_json(sock, status, &body).await?;
+            return Ok(true);
+        }
+        let path = rec.path.split('?').next().unwrap_or("");
+        let json: serde_json::Value = serde_json::from_slice(&rec.body).unwrap_or_default();
+        let stream = json["stream"].as_bool().unwrap_or(false);
+        let model = json["model"].as_str().unwrap_or("none").to_owned();
+        match path {
+            "/slow" | "/v1/slow/chat/completions" => {
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+                for i in 0..400 {
+                    let event = format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]}}\n\n");
+                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                    if sock.write_all(chunk.as_bytes()).await.is_err() {
+                        break;
+                    }
+                    // Watch for the peer closing while we pace the stream.
+                    let mut probe = [0u8; 1];
+                    match tokio::time::timeout(Duration::from_millis(20), sock.read(&mut probe)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        _ => {}
+                    }
+                }
+                *self.slow_closed_at.lock().unwrap() = Some(Instant::now());
+                Ok(false)
+            }
+            "/v1/chat/completions" if stream => {
+                let include = json["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+                let usage_null = if include { r#","usage":null"# } else { "" };
+                let mut events = Vec::new();
+                for (i, word) in ["Hello", " from", " the", " mock"].iter().enumerate() {
+                    let role = if i == 0 { r#""role":"assistant","# } else { "" };
+                    events.push(format!(
+                        "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{{role}\"content\":\"{word}\"}},\"finish_reason\":null}}]{usage_null}}}\n\n"
+                    ));
+                }
+                if include {
+                    events.push(format!("data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":17,\"completion_tokens\":4,\"total_tokens\":21}}}}\n\n"));
+                }
+                events.push("data: [DONE]\n\n".to_owned());
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+                for e in events {
+                    sock.write_all(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes()).await?;
+                }
+                sock.write_all(b"0\r\n\r\n").await?;
+                Ok(true)
+            }
+            "/v1/chat/completions" => {
+                let body = format!(
+                    r#"{{"id":"c2","object":"chat.completion","model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"Hi"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{},"completion_tokens":1,"total_tokens":{}}},"echo_body_len":{}}}"#,
+                    rec.body.len() / 4, rec.body.len() / 4 + 1, rec.body.len()
+                );
+                write_json(sock, 200, &body).await?;
+                Ok(true)
+            }
+            _ => {
+                let body = serde_json::json!({"echo_path": rec.path, "echo_method": rec.method, "echo_body_len": rec.body.len()}).to_string();
+                write_json(sock, 200, &body).await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+async fn write_json(sock: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(body.as_bytes()).await
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A free 127.0.0.1 port (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `sluice` process; killed on drop.
+pub struct Sluice {
+    child: Child,
+    pub proxy: String,
+    pub admin: String,
+    pub dir: PathBuf,
+}
+
+impl Sluice {
+    /// Start sluice with `body` (YAML without `listeners`) and `env` vars.
+    pub fn start(body: &str, env: &[(&str, &str)]) -> Sluice {
+        let proxy = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let dir = std::env::temp_dir().join(format!("sluice-test-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.yaml");
+        std::fs::write(&path, format!("listeners: {{proxy: '{proxy}', admin: '{admin}'}}\n{body}")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let log = std::fs::File::create(dir.join("sluice.log")).unwrap();
+        cmd.args(["run", "-c"]).arg(&path).stdout(Stdio::null()).stderr(log);
+        cmd.env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn,sluice::access=info".into()));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut s = Sluice { child, proxy: format!("http://{proxy}"), admin: format!("http://{admin}"), dir };
+        s.wait_ready();
+        s
+    }
+
+    /// What sluice wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sluice.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = self.admin.trim_start_matches("http://").to_owned();
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sluice exited early ({status}): {}", self.log());
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                use std::io::Write;
+                let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let mut line = String::new();
+                let _ = BufReader::new(s).read_line(&mut line);
+                if line.contains(" 200 ") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("sluice not ready in 20 s");
+    }
+
+    /// Poll metric `name`/`labels` until `ok(value)` or 10 s; returns the last value. For values
+    /// written by the log stage, which runs just after the response ends.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(name, labels).await;
+            if ok(v) || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sum of the samples of metric `name` whose labels include every `labels` pair.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin)).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
