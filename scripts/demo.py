@@ -65,7 +65,8 @@ def wait_ready(name: str, url: str, log: str) -> None:
 def counted(before: Metrics, after: Metrics, model: str) -> tuple[float, float, str]:
     def delta(kind: str, source: str) -> float:
         labels = {"tenant": TENANT, "model": model, "kind": kind, "source": source}
-        return after.sum("sluice_tokens_total", **labels) - before.sum("sluice_tokens_total", **labels)
+        name = "sluice_tokens_total"
+        return after.sum(name, **labels) - before.sum(name, **labels)
 
     exact = (delta("prompt", "exact"), delta("completion", "exact"))
     estimated = (delta("prompt", "estimated"), delta("completion", "estimated"))
@@ -111,9 +112,9 @@ def run(proxy: str, admin: str) -> int:
                                  timeout=10)
     before = scrape(admin)
     print(f"anthropic SDK -> sluice -> llmock  ({model}, messages stream)\n  ", end="")
-    with claude.messages.stream(
-            model=model, max_tokens=256,
-            messages=[{"role": "user", "content": "Describe a reverse proxy for model traffic"}]) as stream:
+    prompt = "Describe a reverse proxy for model traffic"
+    with claude.messages.stream(model=model, max_tokens=256,
+                                messages=[{"role": "user", "content": prompt}]) as stream:
         for text in stream.text_stream:
             print(text, end="", flush=True)
         final = stream.get_final_message()

@@ -106,28 +106,40 @@ impl SluiceError {
     pub fn body(&self, style: ErrorStyle) -> Bytes {
         let (openai_type, anthropic_type, code) = match self {
             SluiceError::NoRoute(_) => ("invalid_request_error", "not_found_error", "no_route"),
-            SluiceError::UnknownVirtualKey => {
-                ("invalid_request_error", "authentication_error", "invalid_api_key")
-            }
-            SluiceError::UnknownTenant => {
-                ("invalid_request_error", "authentication_error", "unknown_tenant")
-            }
-            SluiceError::BodyTooLarge(_) => {
-                ("invalid_request_error", "request_too_large", "request_too_large")
-            }
-            SluiceError::BadJson(_) => {
-                ("invalid_request_error", "invalid_request_error", "invalid_json")
-            }
-            SluiceError::ClientGone => {
-                ("invalid_request_error", "invalid_request_error", "client_gone")
-            }
+            SluiceError::UnknownVirtualKey => (
+                "invalid_request_error",
+                "authentication_error",
+                "invalid_api_key",
+            ),
+            SluiceError::UnknownTenant => (
+                "invalid_request_error",
+                "authentication_error",
+                "unknown_tenant",
+            ),
+            SluiceError::BodyTooLarge(_) => (
+                "invalid_request_error",
+                "request_too_large",
+                "request_too_large",
+            ),
+            SluiceError::BadJson(_) => (
+                "invalid_request_error",
+                "invalid_request_error",
+                "invalid_json",
+            ),
+            SluiceError::ClientGone => (
+                "invalid_request_error",
+                "invalid_request_error",
+                "client_gone",
+            ),
             SluiceError::NoUpstreamKey(_) | SluiceError::Internal => {
                 ("server_error", "api_error", "internal_error")
             }
             SluiceError::UpstreamUnreachable(_) | SluiceError::UpstreamFailed(_) => {
                 ("server_error", "api_error", "upstream_error")
             }
-            SluiceError::UpstreamTimeout { .. } => ("server_error", "api_error", "upstream_timeout"),
+            SluiceError::UpstreamTimeout { .. } => {
+                ("server_error", "api_error", "upstream_timeout")
+            }
         };
         let message = format!("sluice: {self}");
         match style {
@@ -152,7 +164,10 @@ mod tests {
             SluiceError::ClientGone,
             SluiceError::NoUpstreamKey("p".into()),
             SluiceError::UpstreamUnreachable("h:1".into()),
-            SluiceError::UpstreamTimeout { upstream: "h:1".into(), phase: TimeoutPhase::Idle },
+            SluiceError::UpstreamTimeout {
+                upstream: "h:1".into(),
+                phase: TimeoutPhase::Idle,
+            },
             SluiceError::UpstreamFailed("h:1".into()),
             SluiceError::Internal,
         ];
@@ -161,14 +176,18 @@ mod tests {
             assert!((400..600).contains(&e.status()));
             assert!(labels.insert(e.label()), "duplicate label {}", e.label());
             let o: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::OpenAi)).unwrap();
-            assert!(o["error"]["message"].as_str().unwrap().starts_with("sluice: "));
+            assert!(o["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("sluice: "));
             let a: serde_json::Value =
                 serde_json::from_slice(&e.body(ErrorStyle::Anthropic)).unwrap();
             assert_eq!(a["type"], "error");
         }
         assert_eq!(SluiceError::BodyTooLarge(1).status(), 413);
         let a: serde_json::Value =
-            serde_json::from_slice(&SluiceError::BodyTooLarge(1).body(ErrorStyle::Anthropic)).unwrap();
+            serde_json::from_slice(&SluiceError::BodyTooLarge(1).body(ErrorStyle::Anthropic))
+                .unwrap();
         assert_eq!(a["error"]["type"], "request_too_large");
     }
 }

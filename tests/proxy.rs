@@ -59,13 +59,19 @@ async fn setup() -> (Mock, Mock, Sluice) {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn injects_the_pool_key_and_never_forwards_the_client_key() {
     let (_a, b, s) = setup().await;
-    for (header, value) in [("authorization", format!("Bearer {VK}")), ("x-api-key", VK.to_owned())] {
+    for (header, value) in [
+        ("authorization", format!("Bearer {VK}")),
+        ("x-api-key", VK.to_owned()),
+    ] {
         let resp = client()
             .post(format!("{}/v1/chat/completions", s.proxy))
             .header(header, &value)
@@ -79,7 +85,10 @@ async fn injects_the_pool_key_and_never_forwards_the_client_key() {
     let reqs = b.requests();
     assert_eq!(reqs.len(), 2);
     for r in &reqs {
-        assert_eq!(r.header("authorization"), Some("Bearer sk-real-upstream-key"));
+        assert_eq!(
+            r.header("authorization"),
+            Some("Bearer sk-real-upstream-key")
+        );
         assert_eq!(r.header("x-api-key"), None);
         assert_eq!(r.header("x-custom-passthrough"), Some("kept"));
         for (_, v) in &r.headers {
@@ -107,16 +116,31 @@ async fn unknown_paths_and_uploads_pass_through_untouched() {
     let payload = vec![b'x'; 300_000];
     let form = reqwest::multipart::Form::new()
         .text("purpose", "batch")
-        .part("file", reqwest::multipart::Part::bytes(payload).file_name("a.jsonl"));
-    let resp = c.post(format!("{}/v1/files", s.proxy)).bearer_auth(VK).multipart(form).send().await.unwrap();
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(payload).file_name("a.jsonl"),
+        );
+    let resp = c
+        .post(format!("{}/v1/files", s.proxy))
+        .bearer_auth(VK)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let r: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(r["echo_path"], "/v1/files");
     assert!(r["echo_body_len"].as_u64().unwrap() > 300_000);
     let reqs = b.requests();
     assert_eq!(reqs.len(), 2);
-    assert!(reqs[1].header("content-type").unwrap().starts_with("multipart/form-data"));
-    assert_eq!(reqs[1].header("authorization"), Some("Bearer sk-real-upstream-key"));
+    assert!(reqs[1]
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/form-data"));
+    assert_eq!(
+        reqs[1].header("authorization"),
+        Some("Bearer sk-real-upstream-key")
+    );
 }
 
 fn big_body(model: &str, bytes: usize) -> Vec<u8> {
@@ -128,7 +152,11 @@ fn big_body(model: &str, bytes: usize) -> Vec<u8> {
 #[tokio::test]
 async fn large_bodies_are_routed_by_model_and_forwarded_whole() {
     let (a, b, s) = setup().await;
-    for (size, model) in [(1usize << 20, "big-1"), (5 << 20, "big-5"), (5 << 20, "gpt-4o")] {
+    for (size, model) in [
+        (1usize << 20, "big-1"),
+        (5 << 20, "big-5"),
+        (5 << 20, "gpt-4o"),
+    ] {
         let body = big_body(model, size);
         let resp = client()
             .post(format!("{}/v1/chat/completions", s.proxy))
@@ -144,7 +172,10 @@ async fn large_bodies_are_routed_by_model_and_forwarded_whole() {
         let target = if model.starts_with("big-") { &a } else { &b };
         let last = target.requests().pop().unwrap();
         assert_eq!(last.body, body, "body forwarded byte for byte");
-        assert_eq!(last.header("content-length").unwrap(), body.len().to_string());
+        assert_eq!(
+            last.header("content-length").unwrap(),
+            body.len().to_string()
+        );
     }
     assert_eq!(a.requests().len(), 2);
     assert_eq!(b.requests().len(), 1);
@@ -171,14 +202,26 @@ async fn body_over_the_cap_gets_a_native_413() {
 
 async fn sse_lines(resp: reqwest::Response) -> Vec<String> {
     let text = resp.text().await.unwrap();
-    text.split("\n\n").filter(|e| !e.trim().is_empty()).map(str::to_owned).collect()
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[tokio::test]
 async fn include_usage_is_added_and_its_chunk_hidden_from_a_client_that_did_not_ask() {
     let (_a, b, s) = setup().await;
-    let labels = [("tenant", "team-a"), ("model", "gpt-4o"), ("source", "exact")];
-    let prompt_before = s.metric("sluice_tokens_total", &[labels[0], labels[1], labels[2], ("kind", "prompt")]).await;
+    let labels = [
+        ("tenant", "team-a"),
+        ("model", "gpt-4o"),
+        ("source", "exact"),
+    ];
+    let prompt_before = s
+        .metric(
+            "sluice_tokens_total",
+            &[labels[0], labels[1], labels[2], ("kind", "prompt")],
+        )
+        .await;
     let resp = client()
         .post(format!("{}/v1/chat/completions", s.proxy))
         .bearer_auth(VK)
@@ -196,8 +239,19 @@ async fn include_usage_is_added_and_its_chunk_hidden_from_a_client_that_did_not_
     let up = b.requests().pop().unwrap().json();
     assert_eq!(up["stream_options"]["include_usage"], true);
     // ...and sluice counted it exactly.
-    let prompt = s.wait_metric("sluice_tokens_total", &[labels[0], labels[1], labels[2], ("kind", "prompt")], |v| v > prompt_before).await;
-    let completion = s.metric("sluice_tokens_total", &[labels[0], labels[1], labels[2], ("kind", "completion")]).await;
+    let prompt = s
+        .wait_metric(
+            "sluice_tokens_total",
+            &[labels[0], labels[1], labels[2], ("kind", "prompt")],
+            |v| v > prompt_before,
+        )
+        .await;
+    let completion = s
+        .metric(
+            "sluice_tokens_total",
+            &[labels[0], labels[1], labels[2], ("kind", "completion")],
+        )
+        .await;
     assert_eq!(prompt - prompt_before, 17.0);
     assert_eq!(completion, 4.0);
 
@@ -219,10 +273,8 @@ async fn include_usage_is_added_and_its_chunk_hidden_from_a_client_that_did_not_
 async fn client_disconnect_closes_the_upstream_connection_at_once() {
     let a = Mock::start().await;
     let b = Mock::start().await;
-    let routes = format!(
-        "  - {{name: slow, match: {{path_prefix: /v1/slow}}, pools: [slowpool]}}\n"
-    );
-    let cfg = config(&a, &b, &routes).replace(
+    let routes = "  - {name: slow, match: {path_prefix: /v1/slow}, pools: [slowpool]}\n";
+    let cfg = config(&a, &b, routes).replace(
         "pools:\n",
         &format!("pools:\n  - name: slowpool\n    provider: openai\n    endpoints: [{{url: \"{}\", keys: [{{env: SLUICE_TEST_KEY}}]}}]\n", a.url()),
     );
@@ -238,7 +290,10 @@ async fn client_disconnect_closes_the_upstream_connection_at_once() {
     for _ in 0..3 {
         assert!(resp.chunk().await.unwrap().is_some());
     }
-    assert!(a.slow_closed_at.lock().unwrap().is_none(), "upstream still streaming");
+    assert!(
+        a.slow_closed_at.lock().unwrap().is_none(),
+        "upstream still streaming"
+    );
     let left = Instant::now();
     drop(resp);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -246,15 +301,32 @@ async fn client_disconnect_closes_the_upstream_connection_at_once() {
         if let Some(t) = *a.slow_closed_at.lock().unwrap() {
             break t;
         }
-        assert!(Instant::now() < deadline, "upstream connection never closed");
+        assert!(
+            Instant::now() < deadline,
+            "upstream connection never closed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let gap = closed.saturating_duration_since(left);
-    assert!(gap < Duration::from_millis(100), "upstream closed {gap:?} after the client left\n{}", s.log());
+    assert!(
+        gap < Duration::from_millis(100),
+        "upstream closed {gap:?} after the client left\n{}",
+        s.log()
+    );
     // Tokens delivered so far are counted (estimated: the stream never finished).
-    let est_labels = [("tenant", "team-a"), ("kind", "completion"), ("source", "estimated")];
-    let est = s.wait_metric("sluice_tokens_total", &est_labels, |v| v > 0.0).await;
-    assert_eq!(s.metric("sluice_client_disconnects_total", &[("route", "slow")]).await, 1.0);
+    let est_labels = [
+        ("tenant", "team-a"),
+        ("kind", "completion"),
+        ("source", "estimated"),
+    ];
+    let est = s
+        .wait_metric("sluice_tokens_total", &est_labels, |v| v > 0.0)
+        .await;
+    assert_eq!(
+        s.metric("sluice_client_disconnects_total", &[("route", "slow")])
+            .await,
+        1.0
+    );
     assert!(est >= 3.0, "estimated completion tokens {est}");
 }
 
@@ -263,33 +335,71 @@ async fn native_errors_for_unknown_key_no_route_and_dead_upstream() {
     let (_a, _b, s) = setup().await;
     let c = client();
     // Unknown virtual key, OpenAI shape.
-    let resp = c.post(format!("{}/v1/chat/completions", s.proxy)).bearer_auth("sk-wrong").json(&serde_json::json!({"model": "m"})).send().await.unwrap();
+    let resp = c
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .bearer_auth("sk-wrong")
+        .json(&serde_json::json!({"model": "m"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "invalid_api_key");
     // Unknown virtual key on the Messages API, Anthropic shape + request-id.
-    let resp = c.post(format!("{}/v1/messages", s.proxy)).header("x-api-key", "sk-wrong").header("anthropic-version", "2023-06-01").json(&serde_json::json!({"model": "claude"})).send().await.unwrap();
+    let resp = c
+        .post(format!("{}/v1/messages", s.proxy))
+        .header("x-api-key", "sk-wrong")
+        .header("anthropic-version", "2023-06-01")
+        .json(&serde_json::json!({"model": "claude"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     assert!(resp.headers().contains_key("request-id"));
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "authentication_error");
     // No route.
-    let resp = c.get(format!("{}/v2/models", s.proxy)).bearer_auth(VK).send().await.unwrap();
+    let resp = c
+        .get(format!("{}/v2/models", s.proxy))
+        .bearer_auth(VK)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "no_route");
     // Dead upstream: inspected and passthrough paths both answer a native 502 promptly.
-    for (method, path) in [("POST", "/dead/v1/chat/completions"), ("GET", "/dead/v1/models")] {
-        let req = c.request(method.parse().unwrap(), format!("{}{path}", s.proxy)).bearer_auth(VK);
-        let req = if method == "POST" { req.json(&serde_json::json!({"model": "m"})) } else { req };
+    for (method, path) in [
+        ("POST", "/dead/v1/chat/completions"),
+        ("GET", "/dead/v1/models"),
+    ] {
+        let req = c
+            .request(method.parse().unwrap(), format!("{}{path}", s.proxy))
+            .bearer_auth(VK);
+        let req = if method == "POST" {
+            req.json(&serde_json::json!({"model": "m"}))
+        } else {
+            req
+        };
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 502, "{path}");
         let v: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(v["error"]["code"], "upstream_error", "{path}");
     }
     // Bad JSON on an inspected path.
-    let resp = c.post(format!("{}/v1/chat/completions", s.proxy)).bearer_auth(VK).header("content-type", "application/json").body("{\"model\":").send().await.unwrap();
+    let resp = c
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .bearer_auth(VK)
+        .header("content-type", "application/json")
+        .body("{\"model\":")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
-    assert!(s.metric("sluice_errors_total", &[("reason", "upstream_unreachable")]).await >= 2.0);
+    assert!(
+        s.metric("sluice_errors_total", &[("reason", "upstream_unreachable")])
+            .await
+            >= 2.0
+    );
 }

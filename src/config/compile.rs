@@ -3,7 +3,7 @@
 
 use super::parse::ConfigFile;
 use super::schema::{EndpointConf, PoolConf, ProviderKind};
-use super::snapshot::{Endpoint, Pool, Route, Snapshot, Tenants, TenantId, Timeouts};
+use super::snapshot::{Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
 use super::{ConfigError, ConfigErrors, Secret};
 use globset::Glob;
 use http::{HeaderName, Uri};
@@ -44,7 +44,10 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         if p.name.is_empty() {
             errs.push(format!("{path}.name"), "must not be empty");
         } else if pools.contains_key(&p.name) {
-            errs.push(format!("{path}.name"), format!("duplicate pool name {:?}", p.name));
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate pool name {:?}", p.name),
+            );
         }
         if let Some(pool) = compile_pool(&path, p, secrets, &mut errs) {
             pools.insert(p.name.clone(), Arc::new(pool));
@@ -58,7 +61,10 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         if r.name.is_empty() {
             errs.push(format!("{path}.name"), "must not be empty");
         } else if !route_names.insert(r.name.as_str()) {
-            errs.push(format!("{path}.name"), format!("duplicate route name {:?}", r.name));
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate route name {:?}", r.name),
+            );
         }
         let m = &r.matcher;
         if !m.path_prefix.starts_with('/') {
@@ -87,8 +93,13 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         for (j, name) in r.pools.iter().enumerate() {
             match pools.get(name) {
                 Some(p) => resolved.push(p.clone()),
-                None if file.pools.iter().any(|p| &p.name == name) => {} // pool had errors
-                None => errs.push(format!("{path}.pools[{j}]"), format!("unknown pool {name:?}")),
+                // The pool had errors of its own, already reported.
+                None if file.pools.iter().any(|p| &p.name == name)
+                    || file.broken_pools.contains(name) => {}
+                None => errs.push(
+                    format!("{path}.pools[{j}]"),
+                    format!("unknown pool {name:?}"),
+                ),
             }
         }
         if !resolved.is_empty() && resolved.len() == r.pools.len() {
@@ -147,14 +158,23 @@ impl Errors {
 fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -> Option<Pool> {
     let before = errs.0.len();
     if p.endpoints.is_empty() {
-        errs.push(format!("{path}.endpoints"), "must list at least one endpoint");
+        errs.push(
+            format!("{path}.endpoints"),
+            "must list at least one endpoint",
+        );
     }
     if p.provider == ProviderKind::AzureOpenAi && p.api_version.is_none() {
-        errs.push(format!("{path}.api_version"), "required for provider azure_openai");
+        errs.push(
+            format!("{path}.api_version"),
+            "required for provider azure_openai",
+        );
     }
     let t = &p.timeouts;
-    for (name, v) in [("connect_ms", t.connect_ms), ("ttfb_ms", t.ttfb_ms), ("idle_ms", t.idle_ms)]
-    {
+    for (name, v) in [
+        ("connect_ms", t.connect_ms),
+        ("ttfb_ms", t.ttfb_ms),
+        ("idle_ms", t.idle_ms),
+    ] {
         if v == 0 {
             errs.push(format!("{path}.timeouts.{name}"), "must be greater than 0");
         }
@@ -199,7 +219,10 @@ fn compile_endpoint(
         Some("https") => true,
         Some("http") => false,
         _ => {
-            errs.push(url_path, format!("{:?}: scheme must be http or https", e.url));
+            errs.push(
+                url_path,
+                format!("{:?}: scheme must be http or https", e.url),
+            );
             return None;
         }
     };
@@ -208,12 +231,18 @@ fn compile_endpoint(
         return None;
     };
     if uri.query().is_some() {
-        errs.push(url_path.clone(), format!("{:?}: must not have a query", e.url));
+        errs.push(
+            url_path.clone(),
+            format!("{:?}: must not have a query", e.url),
+        );
     }
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let base_path = uri.path().trim_end_matches('/').to_owned();
     if e.keys.is_empty() {
-        errs.push(format!("{path}.keys"), "must list at least one key (env or file)");
+        errs.push(
+            format!("{path}.keys"),
+            "must list at least one key (env or file)",
+        );
     }
     for (k, src) in e.keys.iter().enumerate() {
         if src.env.is_some() == src.file.is_some() && secrets == Secrets::Skip {
@@ -242,7 +271,10 @@ fn compile_endpoint(
     };
     Some(Endpoint {
         addr,
-        host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
         tls,
         base_path,
         keys,
@@ -278,7 +310,10 @@ fn compile_tenants(file: &ConfigFile, secrets: Secrets, errs: &mut Errors) -> Te
             continue;
         }
         if t.by_name.contains_key(&tc.name) {
-            errs.push(format!("{path}.name"), format!("duplicate tenant {:?}", tc.name));
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate tenant {:?}", tc.name),
+            );
             continue;
         }
         let id: TenantId = Arc::from(tc.name.as_str());

@@ -9,9 +9,9 @@ mod secret;
 mod snapshot;
 
 pub use compile::{compile, Secrets};
-pub use parse::{parse, ConfigFile};
+pub use parse::{parse, parse_lenient, ConfigFile};
 pub use secret::Secret;
-pub use snapshot::{Endpoint, Pool, Route, Snapshot, Tenants, Timeouts, TenantId};
+pub use snapshot::{Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
 
 use std::fmt;
 use std::path::Path;
@@ -65,19 +65,28 @@ impl ConfigErrors {
 /// Read, parse and validate a config file without touching secrets (what `sluice validate`
 /// runs: key files and env vars may not exist where configs are checked).
 ///
-/// Errors: every problem, path-qualified; a file that cannot be read is one error.
+/// Errors: every problem, path-qualified (schema errors, then semantic ones); a file that
+/// cannot be read is one error.
 pub fn validate_file(path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
-    let file = parse(&text)?;
-    compile(&file, Secrets::Skip)
+    load(path, Secrets::Skip)
 }
 
 /// Read, parse, validate and compile a config file, loading every key (what `sluice run`
 /// does). Errors: as [`validate_file`], plus missing env vars or unreadable key files.
 pub fn load_file(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    load(path, Secrets::Load)
+}
+
+fn load(path: &Path, secrets: Secrets) -> Result<Snapshot, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
-    let file = parse(&text)?;
-    compile(&file, Secrets::Load)
+    let (file, mut errors) = parse_lenient(&text)?;
+    match compile(&file, secrets) {
+        Ok(snapshot) if errors.is_empty() => Ok(snapshot),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(more) => {
+            errors.extend(more.0);
+            Err(ConfigErrors(errors))
+        }
+    }
 }

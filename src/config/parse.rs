@@ -22,6 +22,9 @@ pub struct ConfigFile {
     pub routes: Vec<RouteConf>,
     /// `tenants`.
     pub tenants: TenantsConf,
+    /// Names of pools that failed to parse (so routes naming them are not also reported as
+    /// naming an unknown pool).
+    pub broken_pools: Vec<String>,
 }
 
 const SECTIONS: &[&str] = &["listeners", "server", "pools", "routes", "tenants"];
@@ -29,6 +32,18 @@ const SECTIONS: &[&str] = &["listeners", "server", "pools", "routes", "tenants"]
 /// Parse YAML text. Errors: YAML syntax (one error, with line and column), an unknown top-level
 /// section, and every item that does not fit the schema, each with its path.
 pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
+    let (file, errors) = parse_lenient(text)?;
+    if errors.is_empty() {
+        Ok(file)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Like [`parse`], but returns what did parse alongside the item errors, so that validation
+/// can go on and report semantic errors too. Errors: only a YAML syntax error or a document
+/// that is not a mapping.
+pub fn parse_lenient(text: &str) -> Result<(ConfigFile, Vec<ConfigError>), ConfigErrors> {
     let root: Value = serde_yaml::from_str(text)
         .map_err(|e| ConfigErrors::one("", format!("invalid YAML: {e}")))?;
     let map = match root {
@@ -47,7 +62,12 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
             "listeners" => section(name, value, &mut errors, &mut file.listeners),
             "server" => section(name, value, &mut errors, &mut file.server),
             "tenants" => section(name, value, &mut errors, &mut file.tenants),
-            "pools" => file.pools = list(name, value, &mut errors),
+            "pools" => {
+                file.broken_pools = broken_names(&value);
+                file.pools = list(name, value, &mut errors);
+                file.broken_pools
+                    .retain(|n| !file.pools.iter().any(|p| &p.name == n));
+            }
             "routes" => file.routes = list(name, value, &mut errors),
             other => errors.push(err(
                 other,
@@ -55,11 +75,20 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
             )),
         }
     }
-    if errors.is_empty() {
-        Ok(file)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    Ok((file, errors))
+}
+
+/// Every `name` of the items of a list (those that parse drop out later).
+fn broken_names(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -119,9 +148,17 @@ mod tests {
         let errors = parse(text).unwrap_err().0;
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec!["pools[0]", "pools[1]", "routes[0]", "extra"]);
-        assert!(errors[0].message.contains("colour"), "{}", errors[0].message);
+        assert!(
+            errors[0].message.contains("colour"),
+            "{}",
+            errors[0].message
+        );
         assert!(errors[1].message.contains("nope"), "{}", errors[1].message);
-        assert!(errors[2].message.contains("path_prefx"), "{}", errors[2].message);
+        assert!(
+            errors[2].message.contains("path_prefx"),
+            "{}",
+            errors[2].message
+        );
     }
 
     #[test]

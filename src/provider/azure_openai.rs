@@ -8,12 +8,7 @@ use pingora_http::RequestHeader;
 /// The Azure OpenAI provider.
 pub struct AzureOpenAi;
 
-const DEPLOYMENT_OPS: [&str; 4] = [
-    "chat/completions",
-    "completions",
-    "embeddings",
-    "audio/",
-];
+const DEPLOYMENT_OPS: [&str; 4] = ["chat/completions", "completions", "embeddings", "audio/"];
 
 impl Provider for AzureOpenAi {
     fn set_auth(&self, req: &mut RequestHeader, key: &str) -> pingora_error::Result<()> {
@@ -31,7 +26,9 @@ impl Provider for AzureOpenAi {
             Some((p, q)) => (p, Some(q)),
             None => (pq, None),
         };
-        let rest = path.strip_prefix("/v1/").unwrap_or(path.trim_start_matches('/'));
+        let rest = path
+            .strip_prefix("/v1/")
+            .unwrap_or(path.trim_start_matches('/'));
         let mut out = match model {
             Some(m) if DEPLOYMENT_OPS.iter().any(|op| rest.starts_with(op)) => {
                 join(base, &format!("/openai/deployments/{m}/{rest}"))

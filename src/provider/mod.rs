@@ -95,9 +95,16 @@ pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", 
 
 /// The client's credential: `Authorization: Bearer <k>`, else `x-api-key`, else `api-key`.
 pub fn client_key(req: &RequestHeader) -> Option<&str> {
-    if let Some(v) = req.headers.get("authorization").and_then(|v| v.to_str().ok()) {
+    if let Some(v) = req
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
-        if let Some(k) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+        if let Some(k) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
             return Some(k.trim());
         }
     }
@@ -147,7 +154,12 @@ mod tests {
     fn azure_paths() {
         let p = provider(ProviderKind::AzureOpenAi);
         assert_eq!(
-            p.upstream_path("", "/v1/chat/completions", Some("gpt-4o"), Some("2024-10-21")),
+            p.upstream_path(
+                "",
+                "/v1/chat/completions",
+                Some("gpt-4o"),
+                Some("2024-10-21")
+            ),
             "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
         );
         assert_eq!(
@@ -155,7 +167,10 @@ mod tests {
             "/openai/models?x=1&api-version=v"
         );
         let o = provider(ProviderKind::OpenAi);
-        assert_eq!(o.upstream_path("/base", "/v1/models", None, None), "/base/v1/models");
+        assert_eq!(
+            o.upstream_path("/base", "/v1/models", None, None),
+            "/base/v1/models"
+        );
     }
 
     #[test]

@@ -60,7 +60,11 @@ pub fn settle(ctx: &RequestCtx) -> Option<Settled> {
             u.completion_tokens = u.completion_tokens.max(estimate_completion());
             Some(Settled {
                 usage: u,
-                prompt_source: if u.prompt_tokens > 0 { Source::Exact } else { Source::Estimated },
+                prompt_source: if u.prompt_tokens > 0 {
+                    Source::Exact
+                } else {
+                    Source::Estimated
+                },
                 completion_source: Source::Estimated,
             })
         }
@@ -121,7 +125,11 @@ pub fn finish(ctx: &RequestCtx, status: u16) {
     let mut attempts = String::new();
     for (i, a) in ctx.attempts.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
-        let _ = write!(attempts, "{sep}{}/{}:{}:{}", a.pool, a.endpoint, a.status, a.outcome);
+        let _ = write!(
+            attempts,
+            "{sep}{}/{}:{}:{}",
+            a.pool, a.endpoint, a.status, a.outcome
+        );
     }
     let u = settled.map(|s| s.usage).unwrap_or_default();
     let token_source = settled.map_or("none", |s| s.completion_source.label());

@@ -125,7 +125,13 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
     Err(last_err)
 }
 
-fn record(ctx: &mut RequestCtx, pool: &Arc<Pool>, endpoint: &str, status: u16, outcome: &'static str) {
+fn record(
+    ctx: &mut RequestCtx,
+    pool: &Arc<Pool>,
+    endpoint: &str,
+    status: u16,
+    outcome: &'static str,
+) {
     ctx.attempts.push(AttemptRecord {
         pool: pool.name.clone(),
         endpoint: endpoint.to_owned(),
@@ -159,7 +165,11 @@ async fn spawn(
     let tx = handle.tx;
     // The channel has room for a few tasks: the whole body goes in as one `Bytes` (a refcount
     // bump, not a copy) and the subrequest reads it when it wants it.
-    if tx.send(HttpTask::Body(Some(body.clone()), true)).await.is_err() {
+    if tx
+        .send(HttpTask::Body(Some(body.clone()), true))
+        .await
+        .is_err()
+    {
         return Err(SluiceError::Internal);
     }
     Ok(Child {

@@ -46,7 +46,9 @@ mod tests {
         let yaml = format!(
             "tenants:\n  header: x-tenant\n  list:\n    - name: a\n      virtual_keys: [{{sha256: {hash}}}]\n    - name: b\n{extra}"
         );
-        compile(&parse(&yaml).unwrap(), Secrets::Skip).unwrap().tenants
+        compile(&parse(&yaml).unwrap(), Secrets::Skip)
+            .unwrap()
+            .tenants
     }
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
@@ -60,7 +62,10 @@ mod tests {
     #[test]
     fn identification_order() {
         let t = tenants("");
-        assert_eq!(&*tenant(&req(&[("authorization", "Bearer vk-a")]), &t).unwrap(), "a");
+        assert_eq!(
+            &*tenant(&req(&[("authorization", "Bearer vk-a")]), &t).unwrap(),
+            "a"
+        );
         assert_eq!(&*tenant(&req(&[("x-api-key", "vk-a")]), &t).unwrap(), "a");
         assert_eq!(&*tenant(&req(&[("x-tenant", "b")]), &t).unwrap(), "b");
         assert!(matches!(
@@ -71,13 +76,19 @@ mod tests {
             tenant(&req(&[("authorization", "Bearer nope")]), &t),
             Err(SluiceError::UnknownVirtualKey)
         ));
-        assert!(matches!(tenant(&req(&[]), &t), Err(SluiceError::UnknownTenant)));
+        assert!(matches!(
+            tenant(&req(&[]), &t),
+            Err(SluiceError::UnknownTenant)
+        ));
     }
 
     #[test]
     fn default_tenant_when_unknown_keys_allowed() {
         let t = tenants("  default: b\n  reject_unknown_keys: false\n");
-        assert_eq!(&*tenant(&req(&[("authorization", "Bearer nope")]), &t).unwrap(), "b");
+        assert_eq!(
+            &*tenant(&req(&[("authorization", "Bearer nope")]), &t).unwrap(),
+            "b"
+        );
         assert_eq!(&*tenant(&req(&[]), &t).unwrap(), "b");
     }
 }

@@ -129,9 +129,8 @@ struct StreamOptions {
 ///
 /// Errors: [`SluiceError::BadJson`] when the body is not a JSON object.
 pub fn inspect(api: Option<ApiKind>, body: Bytes) -> Result<(Inspected, Bytes), SluiceError> {
-    let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
-        SluiceError::BadJson(e.to_string())
-    })?;
+    let peek: Peek<'_> =
+        serde_json::from_slice(&body).map_err(|e| SluiceError::BadJson(e.to_string()))?;
     let mut out = Inspected {
         model: peek.model.map(Cow::into_owned),
         stream: peek.stream.unwrap_or(false),
@@ -211,14 +210,20 @@ mod tests {
         assert_eq!(i.model.as_deref(), Some("claude-x"));
         assert_eq!(i.max_tokens, Some(64));
         assert!(i.stream && !i.injected_include_usage);
-        let (i, _) = run(ApiKind::OpenAiChat, r#"{"model":"m","max_completion_tokens":9}"#);
+        let (i, _) = run(
+            ApiKind::OpenAiChat,
+            r#"{"model":"m","max_completion_tokens":9}"#,
+        );
         assert_eq!(i.max_tokens, Some(9));
         assert!(!i.stream);
     }
 
     #[test]
     fn adds_include_usage_only_when_missing() {
-        let (i, v) = run(ApiKind::OpenAiChat, r#" {"model":"m","stream":true,"messages":[]}"#);
+        let (i, v) = run(
+            ApiKind::OpenAiChat,
+            r#" {"model":"m","stream":true,"messages":[]}"#,
+        );
         assert!(i.injected_include_usage);
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["model"], "m");
@@ -245,7 +250,10 @@ mod tests {
             Bytes::from_static(b"{\"a\":1 }")
         );
         assert!(matches!(
-            inspect(Some(ApiKind::OpenAiChat), Bytes::from_static(b"{\"model\":")),
+            inspect(
+                Some(ApiKind::OpenAiChat),
+                Bytes::from_static(b"{\"model\":")
+            ),
             Err(SluiceError::BadJson(_))
         ));
     }

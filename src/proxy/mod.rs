@@ -74,7 +74,11 @@ impl ProxyHttp for Sluice {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         upstream::peer(ctx).await
     }
 
@@ -102,7 +106,12 @@ impl ProxyHttp for Sluice {
 
     /// Attempt: report nothing to the (virtual) client: the parent reads the error from the
     /// subrequest handle and decides. Passthrough: a native error.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         if ctx.phase == Phase::Attempt {
             return FailToProxy {
                 error_code: 0,

@@ -88,9 +88,10 @@ pub async fn relay(
     }
     let mut acc = match ctx.api {
         Some(api) if success && is_sse => Accounting::Sse(Box::new(SseAccountant::new(api, hide))),
-        Some(api) if success => {
-            Accounting::Json(Box::new(JsonAccountant::new(api, MAX_JSON_ACCOUNTING_BYTES)))
-        }
+        Some(api) if success => Accounting::Json(Box::new(JsonAccountant::new(
+            api,
+            MAX_JSON_ACCOUNTING_BYTES,
+        ))),
         _ => Accounting::Off,
     };
     let _gauge = is_sse.then(StreamGauge::start);
@@ -188,11 +189,7 @@ pub async fn relay(
         return;
     }
     let tail = tail.freeze();
-    if session
-        .write_response_body(Some(tail), true)
-        .await
-        .is_err()
-    {
+    if session.write_response_body(Some(tail), true).await.is_err() {
         ctx.client_disconnected = true;
     }
 }

@@ -26,7 +26,10 @@ pub fn begin_attempt(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> 
         .and_then(|c| c.user_ctx())
         .and_then(|u| u.downcast_ref::<Arc<AttemptSpec>>())
         .cloned()
-        .or_err(ErrorType::InternalError, "subrequest without an attempt spec")?;
+        .or_err(
+            ErrorType::InternalError,
+            "subrequest without an attempt spec",
+        )?;
     ctx.phase = Phase::Attempt;
     ctx.request_id.clone_from(&spec.request_id);
     let req = session.req_header_mut();
@@ -61,7 +64,9 @@ pub async fn peer(ctx: &RequestCtx) -> Result<Box<HttpPeer>> {
         .await
         .ok()
         .and_then(|mut it| it.next())
-        .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "upstream name did not resolve"))?;
+        .ok_or_else(|| {
+            Error::explain(ErrorType::ConnectNoRoute, "upstream name did not resolve")
+        })?;
     let mut peer = HttpPeer::new(addr, ep.tls, ep.host.clone());
     let t = pool.timeouts;
     peer.options.connection_timeout = Some(t.connect);
@@ -92,8 +97,10 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> 
         .map_or_else(|| req.uri.path().to_owned(), |pq| pq.as_str().to_owned());
     let path = p.upstream_path(&ep.base_path, &pq, model, pool.api_version.as_deref());
     if path != pq {
-        let uri = http::Uri::try_from(path)
-            .or_err(ErrorType::InternalError, "rewritten upstream path is invalid")?;
+        let uri = http::Uri::try_from(path).or_err(
+            ErrorType::InternalError,
+            "rewritten upstream path is invalid",
+        )?;
         req.set_uri(uri);
     }
     let default_port = if ep.tls { ":443" } else { ":80" };

@@ -132,7 +132,9 @@ impl Mock {
     async fn respond(&self, sock: &mut TcpStream, rec: &Recorded) -> std::io::Result<bool> {
         let forced = *self.force_status.lock().unwrap();
         if let Some(status) = forced {
-            let body = format!(r#"{{"error":{{"message":"forced {status}","type":"server_error","param":null,"code":null}}}}"#);
+            let body = format!(
+                r#"{{"error":{{"message":"forced {status}","type":"server_error","param":null,"code":null}}}}"#
+            );
             write_json(sock, status, &body).await?;
             return Ok(true);
         }
@@ -151,7 +153,9 @@ impl Mock {
                     }
                     // Watch for the peer closing while we pace the stream.
                     let mut probe = [0u8; 1];
-                    match tokio::time::timeout(Duration::from_millis(20), sock.read(&mut probe)).await {
+                    match tokio::time::timeout(Duration::from_millis(20), sock.read(&mut probe))
+                        .await
+                    {
                         Ok(Ok(0)) | Ok(Err(_)) => break,
                         _ => {}
                     }
@@ -160,7 +164,9 @@ impl Mock {
                 Ok(false)
             }
             "/v1/chat/completions" if stream => {
-                let include = json["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+                let include = json["stream_options"]["include_usage"]
+                    .as_bool()
+                    .unwrap_or(false);
                 let usage_null = if include { r#","usage":null"# } else { "" };
                 let mut events = Vec::new();
                 for (i, word) in ["Hello", " from", " the", " mock"].iter().enumerate() {
@@ -175,7 +181,8 @@ impl Mock {
                 events.push("data: [DONE]\n\n".to_owned());
                 sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
                 for e in events {
-                    sock.write_all(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes()).await?;
+                    sock.write_all(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes())
+                        .await?;
                 }
                 sock.write_all(b"0\r\n\r\n").await?;
                 Ok(true)
@@ -183,7 +190,9 @@ impl Mock {
             "/v1/chat/completions" => {
                 let body = format!(
                     r#"{{"id":"c2","object":"chat.completion","model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"Hi"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{},"completion_tokens":1,"total_tokens":{}}},"echo_body_len":{}}}"#,
-                    rec.body.len() / 4, rec.body.len() / 4 + 1, rec.body.len()
+                    rec.body.len() / 4,
+                    rec.body.len() / 4 + 1,
+                    rec.body.len()
                 );
                 write_json(sock, 200, &body).await?;
                 Ok(true)
@@ -212,7 +221,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// A free 127.0.0.1 port (bound to port 0, then released).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `sluice` process; killed on drop.
@@ -228,19 +241,38 @@ impl Sluice {
     pub fn start(body: &str, env: &[(&str, &str)]) -> Sluice {
         let proxy = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
-        let dir = std::env::temp_dir().join(format!("sluice-test-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("sluice.yaml");
-        std::fs::write(&path, format!("listeners: {{proxy: '{proxy}', admin: '{admin}'}}\n{body}")).unwrap();
+        std::fs::write(
+            &path,
+            format!("listeners: {{proxy: '{proxy}', admin: '{admin}'}}\n{body}"),
+        )
+        .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         let log = std::fs::File::create(dir.join("sluice.log")).unwrap();
-        cmd.args(["run", "-c"]).arg(&path).stdout(Stdio::null()).stderr(log);
-        cmd.env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn,sluice::access=info".into()));
+        cmd.args(["run", "-c"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn,sluice::access=info".into()),
+        );
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let mut s = Sluice { child, proxy: format!("http://{proxy}"), admin: format!("http://{admin}"), dir };
+        let mut s = Sluice {
+            child,
+            proxy: format!("http://{proxy}"),
+            admin: format!("http://{admin}"),
+            dir,
+        };
         s.wait_ready();
         s
     }
@@ -259,7 +291,8 @@ impl Sluice {
             }
             if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
                 use std::io::Write;
-                let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let _ =
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
                 let mut line = String::new();
                 let _ = BufReader::new(s).read_line(&mut line);
                 if line.contains(" 200 ") {
@@ -273,7 +306,12 @@ impl Sluice {
 
     /// Poll metric `name`/`labels` until `ok(value)` or 10 s; returns the last value. For values
     /// written by the log stage, which runs just after the response ends.
-    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], ok: impl Fn(f64) -> bool) -> f64 {
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        ok: impl Fn(f64) -> bool,
+    ) -> f64 {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let v = self.metric(name, labels).await;
@@ -286,10 +324,19 @@ impl Sluice {
 
     /// Sum of the samples of metric `name` whose labels include every `labels` pair.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.admin)).await.unwrap().text().await.unwrap();
+        let text = reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }

@@ -123,7 +123,8 @@ class Proc:
                 self.popen.wait(grace_s)
 
 
-def start_llmock(workdir: Path, name: str = "llmock", extra_args: list[str] = ()) -> tuple[Proc, str]:
+def start_llmock(workdir: Path, name: str = "llmock",
+                 extra_args: tuple[str, ...] | list[str] = ()) -> tuple[Proc, str]:
     """Start `llmock serve` on a free port; returns the process and its base URL."""
     port = free_port()
     argv = [*llmock_command(), "serve", "--host", "127.0.0.1", "--port", str(port),

@@ -26,7 +26,9 @@ fn every_error_is_listed_with_its_path() {
     for e in expected {
         assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
     }
-    assert!(errs.iter().any(|x| x.starts_with("routes[0].match.model: invalid glob")));
+    assert!(errs
+        .iter()
+        .any(|x| x.starts_with("routes[0].match.model: invalid glob")));
 }
 
 #[test]
@@ -36,8 +38,20 @@ fn valid_config_compiles_and_routes() {
     );
     let snap = compile(&parse(&yaml).unwrap(), Secrets::Skip).unwrap();
     let req = pingora_http::RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
-    assert_eq!(&*snap.route("/v1/chat/completions", Some("gpt-4o"), &req).unwrap().name, "gpt");
-    assert_eq!(&*snap.route("/v1/chat/completions", Some("o3"), &req).unwrap().name, "rest");
+    assert_eq!(
+        &*snap
+            .route("/v1/chat/completions", Some("gpt-4o"), &req)
+            .unwrap()
+            .name,
+        "gpt"
+    );
+    assert_eq!(
+        &*snap
+            .route("/v1/chat/completions", Some("o3"), &req)
+            .unwrap()
+            .name,
+        "rest"
+    );
     assert!(snap.route("/v2/x", None, &req).is_none());
     assert!(snap.path_needs_model("/v1/chat/completions"));
     assert_eq!(snap.pools["oa"].endpoints[0].addr, "127.0.0.1:9");
@@ -61,8 +75,13 @@ fn missing_secret_is_an_error_only_when_loading() {
 fn virtual_keys_hash_and_identify() {
     let hash = hex::encode(Sha256::digest(b"vk-1"));
     let yaml = format!("{POOL}tenants:\n  list:\n    - name: a\n      virtual_keys: [{{sha256: {hash}}}]\n    - name: b\n      virtual_keys: [{{sha256: zz}}]\n");
-    assert_eq!(errors(&yaml), vec!["tenants.list[1].virtual_keys[0]: sha256 must be 64 hex characters"]);
-    let ok = format!("{POOL}tenants:\n  list:\n    - name: a\n      virtual_keys: [{{sha256: {hash}}}]\n");
+    assert_eq!(
+        errors(&yaml),
+        vec!["tenants.list[1].virtual_keys[0]: sha256 must be 64 hex characters"]
+    );
+    let ok = format!(
+        "{POOL}tenants:\n  list:\n    - name: a\n      virtual_keys: [{{sha256: {hash}}}]\n"
+    );
     let snap = compile(&parse(&ok).unwrap(), Secrets::Skip).unwrap();
     assert_eq!(snap.tenants.by_virtual_key("vk-1").map(|t| &**t), Some("a"));
     assert!(snap.tenants.by_virtual_key("vk-2").is_none());

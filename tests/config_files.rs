@@ -1,0 +1,90 @@
+//! Every config we ship or show validates: `conf/*.yaml`, every ```yaml block in README.md,
+//! and `sluice validate` exits 1 listing every error with its path.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_file_in_conf_validates() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(root().join("conf")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            if let Err(e) = sluice::config::validate_file(&path) {
+                panic!("{}:\n{e}", path.display());
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no config in conf/");
+}
+
+#[test]
+fn every_readme_yaml_example_validates() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```yaml") => current = Some(String::new()),
+            (Some(_), l) if l.starts_with("```") => blocks.push(current.take().unwrap()),
+            (Some(buf), _) => {
+                buf.push_str(line);
+                buf.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(!blocks.is_empty(), "README has no yaml example");
+    for (i, yaml) in blocks.iter().enumerate() {
+        let file = sluice::config::parse(yaml)
+            .unwrap_or_else(|e| panic!("README yaml block {i}:\n{e}\n{yaml}"));
+        if let Err(e) = sluice::config::compile(&file, sluice::config::Secrets::Skip) {
+            panic!("README yaml block {i}:\n{e}\n{yaml}");
+        }
+    }
+}
+
+#[test]
+fn validate_command_lists_every_error_and_exits_1() {
+    let bin = env!("CARGO_BIN_EXE_sluice");
+    let ok = Command::new(bin)
+        .args(["validate"])
+        .arg(root().join("conf/sluice.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = std::env::temp_dir().join(format!("sluice-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "pools:\n  - name: p\n    provider: openai\n    endpoints: [{url: 'http://127.0.0.1:1', keys: [{env: K}]}]\n    colour: red\nroutes:\n  - name: r\n    match: {path_prefix: /v1}\n    pools: [azure]\n  - name: r2\n    match: {path_prefix: v1}\n    pools: []\n",
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .arg("validate")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "pools[0]: unknown field `colour`",
+        "routes[1].match.path_prefix: must start with '/'",
+        "routes[1].pools: must name at least one pool",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
