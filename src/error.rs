@@ -1,8 +1,11 @@
 //! Everything sluice itself can answer with instead of the upstream, in one enum mapped
 //! exhaustively to an HTTP status, a provider-native error body and a metric label.
 
+use crate::limits::budget::Period;
+use crate::limits::Rejection;
 use crate::provider::ErrorStyle;
 use bytes::Bytes;
+use std::time::Duration;
 use thiserror::Error;
 
 /// Which upstream timeout expired.
@@ -65,6 +68,12 @@ pub enum SluiceError {
     /// The upstream failed after connecting (reset, protocol error).
     #[error("upstream {0} failed")]
     UpstreamFailed(String),
+    /// A tenant limit refused the request (requests, tokens or concurrency).
+    #[error("{}", rejection_message(.0))]
+    RateLimited(Rejection),
+    /// A tenant budget is spent (the SDK is told not to retry).
+    #[error("budget exceeded")]
+    BudgetExceeded(Period),
     /// A bug or resource problem inside sluice.
     #[error("internal error")]
     Internal,
@@ -81,6 +90,7 @@ impl SluiceError {
             SluiceError::NoUpstreamKey(_) | SluiceError::Internal => 500,
             SluiceError::UpstreamUnreachable(_) | SluiceError::UpstreamFailed(_) => 502,
             SluiceError::UpstreamTimeout { .. } => 504,
+            SluiceError::RateLimited(_) | SluiceError::BudgetExceeded(_) => 429,
         }
     }
 
@@ -98,6 +108,8 @@ impl SluiceError {
             SluiceError::UpstreamTimeout { .. } => "upstream_timeout",
             SluiceError::UpstreamFailed(_) => "upstream_failed",
             SluiceError::Internal => "internal",
+            SluiceError::RateLimited(_) => "rate_limited",
+            SluiceError::BudgetExceeded(_) => "budget_exceeded",
         }
     }
 
@@ -140,12 +152,114 @@ impl SluiceError {
             SluiceError::UpstreamTimeout { .. } => {
                 ("server_error", "api_error", "upstream_timeout")
             }
+            SluiceError::RateLimited(Rejection::Tokens { .. }) => {
+                ("tokens", "rate_limit_error", "rate_limit_exceeded")
+            }
+            SluiceError::RateLimited(_) => ("requests", "rate_limit_error", "rate_limit_exceeded"),
+            SluiceError::BudgetExceeded(_) => (
+                "insufficient_quota",
+                "rate_limit_error",
+                "insufficient_quota",
+            ),
         };
         let message = format!("sluice: {self}");
         match style {
             ErrorStyle::OpenAi => style.body(openai_type, Some(code), &message),
             ErrorStyle::Anthropic => style.body(anthropic_type, None, &message),
         }
+    }
+}
+
+fn rejection_message(r: &Rejection) -> String {
+    match r {
+        Rejection::Requests { limit, retry_after } => format!(
+            "rate limit reached for requests: limit {limit}, retry in {:.3}s",
+            retry_after.as_secs_f64()
+        ),
+        Rejection::Tokens { limit, remaining, retry_after } => format!(
+            "rate limit reached for tokens: limit {limit} per minute, {remaining} left, window resets in {:.3}s",
+            retry_after.as_secs_f64()
+        ),
+        Rejection::Concurrency { limit } => {
+            format!("too many concurrent requests: limit {limit}")
+        }
+        Rejection::Budget { period } => format!("{} budget exceeded", period.as_str()),
+    }
+}
+
+/// OpenAI's duration format for `x-ratelimit-reset-*` (`1s`, `6m0s`, `250ms`).
+pub fn reset_format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = d.as_secs_f64();
+        format!("{}s", (s * 1000.0).round() / 1000.0)
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+impl SluiceError {
+    /// Extra response headers: `retry-after` (seconds) and `retry-after-ms` on rate limits
+    /// (when the request would fit), `x-ratelimit-*` like OpenAI's, and `x-should-retry:
+    /// false` on a spent budget (FACTS.md §1: SDKs then do not retry).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            SluiceError::RateLimited(r) => {
+                let (retry, kind, limit, remaining) = match r {
+                    Rejection::Requests { limit, retry_after } => {
+                        (*retry_after, "requests", *limit, 0)
+                    }
+                    Rejection::Tokens {
+                        limit,
+                        remaining,
+                        retry_after,
+                    } => (*retry_after, "tokens", *limit, *remaining),
+                    Rejection::Concurrency { limit } => {
+                        (Duration::from_secs(1), "requests", *limit, 0)
+                    }
+                    Rejection::Budget { .. } => (Duration::ZERO, "requests", 0, 0),
+                };
+                let retry = retry.max(Duration::from_millis(1));
+                vec![
+                    ("retry-after", retry.as_secs_f64().ceil().to_string()),
+                    ("retry-after-ms", retry.as_millis().to_string()),
+                    (limit_header(kind), limit.to_string()),
+                    (remaining_header(kind), remaining.to_string()),
+                    (reset_header(kind), reset_format(retry)),
+                ]
+            }
+            SluiceError::BudgetExceeded(_) => vec![("x-should-retry", "false".to_owned())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `x-ratelimit-limit-{requests,tokens}`.
+pub fn limit_header(kind: &str) -> &'static str {
+    if kind == "tokens" {
+        "x-ratelimit-limit-tokens"
+    } else {
+        "x-ratelimit-limit-requests"
+    }
+}
+
+/// `x-ratelimit-remaining-{requests,tokens}`.
+pub fn remaining_header(kind: &str) -> &'static str {
+    if kind == "tokens" {
+        "x-ratelimit-remaining-tokens"
+    } else {
+        "x-ratelimit-remaining-requests"
+    }
+}
+
+/// `x-ratelimit-reset-{requests,tokens}`.
+pub fn reset_header(kind: &str) -> &'static str {
+    if kind == "tokens" {
+        "x-ratelimit-reset-tokens"
+    } else {
+        "x-ratelimit-reset-requests"
     }
 }
 
@@ -170,6 +284,8 @@ mod tests {
             },
             SluiceError::UpstreamFailed("h:1".into()),
             SluiceError::Internal,
+            SluiceError::RateLimited(Rejection::Concurrency { limit: 2 }),
+            SluiceError::BudgetExceeded(Period::Day),
         ];
         let mut labels = std::collections::HashSet::new();
         for e in &all {

@@ -93,6 +93,64 @@ pub static ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_limit_decisions_total{tenant,decision,reason}`: limiter decisions; `decision` is
+/// `admitted` (reason `ok`) or `rejected` (reason `requests`, `tokens`, `concurrency`,
+/// `budget`).
+pub static LIMIT_DECISIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_limit_decisions_total",
+        "Limiter decisions by tenant, decision (admitted, rejected) and reason",
+        &["tenant", "decision", "reason"]
+    ))
+});
+
+/// `sluice_tokens_reserved_total{tenant}`: tokens reserved before forwarding (prompt
+/// estimate + output ceiling, per limited counter).
+pub static TOKENS_RESERVED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_tokens_reserved_total",
+        "Tokens reserved by the limiter before forwarding (worst case), by tenant",
+        &["tenant"]
+    ))
+});
+
+/// `sluice_tokens_settled_total{tenant}`: tokens the reservations settled to (exact usage).
+pub static TOKENS_SETTLED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_tokens_settled_total",
+        "Tokens the limiter's reservations settled to (prompt + completion), by tenant",
+        &["tenant"]
+    ))
+});
+
+/// `sluice_spend_usd_total{tenant,model}`: cost of requests from exact usage and the price
+/// table.
+pub static SPEND: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    metric!(prometheus::register_counter_vec!(
+        "sluice_spend_usd_total",
+        "Spend in USD computed from usage and the models price table, by tenant and model",
+        &["tenant", "model"]
+    ))
+});
+
+/// `sluice_budget_remaining_usd{tenant,period}`: USD left under a tenant's day/month budget.
+pub static BUDGET_REMAINING: Lazy<prometheus::GaugeVec> = Lazy::new(|| {
+    metric!(prometheus::register_gauge_vec!(
+        "sluice_budget_remaining_usd",
+        "USD left under the tenant's budget, by period (day, month)",
+        &["tenant", "period"]
+    ))
+});
+
+/// `sluice_tenant_requests_in_flight{tenant}`: requests holding a concurrency permit.
+pub static TENANT_IN_FLIGHT: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    metric!(prometheus::register_int_gauge_vec!(
+        "sluice_tenant_requests_in_flight",
+        "Requests of tenants with a concurrency limit currently holding a permit",
+        &["tenant"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -102,6 +160,12 @@ pub fn init() {
     Lazy::force(&STREAMS_IN_FLIGHT);
     Lazy::force(&CLIENT_DISCONNECTS);
     Lazy::force(&ERRORS);
+    Lazy::force(&LIMIT_DECISIONS);
+    Lazy::force(&TOKENS_RESERVED);
+    Lazy::force(&TOKENS_SETTLED);
+    Lazy::force(&SPEND);
+    Lazy::force(&BUDGET_REMAINING);
+    Lazy::force(&TENANT_IN_FLIGHT);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

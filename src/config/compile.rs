@@ -1,6 +1,7 @@
 //! [`ConfigFile`] -> [`Snapshot`]: semantic validation (references, URLs, globs, names) with
 //! every error collected and path-qualified, then compilation into the runtime form.
 
+use super::limits::{compile_limits, compile_models};
 use super::parse::ConfigFile;
 use super::schema::{EndpointConf, PoolConf, ProviderKind};
 use super::snapshot::{Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
@@ -114,6 +115,25 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
     }
 
     let tenants = compile_tenants(file, secrets, &mut errs);
+    let mut limits = HashMap::new();
+    for (i, t) in file.tenants.list.iter().enumerate() {
+        if let Some(l) = &t.limits {
+            let path = format!("tenants.list[{i}].limits");
+            limits.insert(
+                t.name.clone(),
+                Arc::new(compile_limits(&path, l, &mut errs.0)),
+            );
+        }
+    }
+    let default_limits = file
+        .limits
+        .default
+        .as_ref()
+        .map(|l| Arc::new(compile_limits("limits.default", l, &mut errs.0)));
+    if file.limits.default_max_output_tokens == 0 {
+        errs.push("limits.default_max_output_tokens", "must be at least 1");
+    }
+    let models = compile_models(&file.models, &mut errs.0);
 
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
@@ -130,6 +150,10 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         routes,
         pools,
         tenants,
+        limits,
+        default_limits,
+        default_max_output_tokens: file.limits.default_max_output_tokens,
+        models,
     })
 }
 

@@ -3,6 +3,7 @@
 //! (`snapshot`, `compile`).
 
 mod compile;
+pub mod limits;
 mod parse;
 pub mod schema;
 mod secret;

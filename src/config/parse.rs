@@ -4,7 +4,9 @@
 //! each section (and each list item) is deserialized on its own: one typo per pool or route is
 //! reported, not just the first one in the file.
 
-use super::schema::{ListenersConf, PoolConf, RouteConf, ServerConf, TenantsConf};
+use super::schema::{
+    LimitsSection, ListenersConf, ModelConf, PoolConf, RouteConf, ServerConf, TenantsConf,
+};
 use super::{ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -22,12 +24,24 @@ pub struct ConfigFile {
     pub routes: Vec<RouteConf>,
     /// `tenants`.
     pub tenants: TenantsConf,
+    /// `limits`.
+    pub limits: LimitsSection,
+    /// `models`.
+    pub models: Vec<ModelConf>,
     /// Names of pools that failed to parse (so routes naming them are not also reported as
     /// naming an unknown pool).
     pub broken_pools: Vec<String>,
 }
 
-const SECTIONS: &[&str] = &["listeners", "server", "pools", "routes", "tenants"];
+const SECTIONS: &[&str] = &[
+    "listeners",
+    "server",
+    "pools",
+    "routes",
+    "tenants",
+    "limits",
+    "models",
+];
 
 /// Parse YAML text. Errors: YAML syntax (one error, with line and column), an unknown top-level
 /// section, and every item that does not fit the schema, each with its path.
@@ -62,6 +76,8 @@ pub fn parse_lenient(text: &str) -> Result<(ConfigFile, Vec<ConfigError>), Confi
             "listeners" => section(name, value, &mut errors, &mut file.listeners),
             "server" => section(name, value, &mut errors, &mut file.server),
             "tenants" => section(name, value, &mut errors, &mut file.tenants),
+            "limits" => section(name, value, &mut errors, &mut file.limits),
+            "models" => file.models = list(name, value, &mut errors),
             "pools" => {
                 file.broken_pools = broken_names(&value);
                 file.pools = list(name, value, &mut errors);

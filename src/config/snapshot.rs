@@ -1,6 +1,7 @@
 //! The compiled, immutable configuration the request path reads: routes resolved to pools,
 //! globs compiled, keys loaded, virtual keys hashed. Built once per (re)load by `compile.rs`.
 
+use super::limits::{ModelInfo, TenantLimits};
 use super::schema::{LogFormat, ProviderKind};
 use super::Secret;
 use globset::GlobMatcher;
@@ -186,12 +187,38 @@ pub struct Snapshot {
     pub pools: HashMap<String, Arc<Pool>>,
     /// Tenants.
     pub tenants: Tenants,
+    /// Limits of tenants by name (explicit or the default).
+    pub limits: HashMap<String, Arc<TenantLimits>>,
+    /// Limits of tenants not listed with their own (e.g. the default tenant).
+    pub default_limits: Option<Arc<TenantLimits>>,
+    /// Output ceiling when neither request nor model sets one.
+    pub default_max_output_tokens: u64,
+    /// Model table (first matching glob wins).
+    pub models: Vec<ModelInfo>,
 }
 
 impl Snapshot {
     /// First route matching the request, see [`Route::matches`].
     pub fn route(&self, path: &str, model: Option<&str>, req: &RequestHeader) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(path, model, req))
+    }
+
+    /// Limits of `tenant`, `None` when it has none (no cost on the request path).
+    pub fn tenant_limits(&self, tenant: &str) -> Option<&Arc<TenantLimits>> {
+        self.limits.get(tenant).or(self.default_limits.as_ref())
+    }
+
+    /// Model table entry for `model`.
+    pub fn model_info(&self, model: &str) -> Option<&ModelInfo> {
+        self.models.iter().find(|m| m.glob.is_match(model))
+    }
+
+    /// Output ceiling reserved for a request: its own `max_tokens`, else the model's, else
+    /// the default.
+    pub fn output_ceiling(&self, model: Option<&str>, requested: Option<u64>) -> u64 {
+        requested
+            .or_else(|| model.and_then(|m| self.model_info(m)?.max_output_tokens))
+            .unwrap_or(self.default_max_output_tokens)
     }
 
     /// Whether any route that could take `path` depends on the body's model.

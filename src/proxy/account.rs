@@ -3,6 +3,7 @@
 //! line per request. Never a key, never prompt text.
 
 use super::ctx::{Phase, RequestCtx};
+use crate::limits::budget;
 use crate::metrics;
 use crate::usage::{estimate, Usage};
 use std::fmt::Write;
@@ -85,8 +86,20 @@ pub fn settle(ctx: &RequestCtx) -> Option<Settled> {
     }
 }
 
-/// Export the request's metrics and write its log line.
-pub fn finish(ctx: &RequestCtx, status: u16) {
+/// USD cost of `usage` from the request's model price, if the model table has one.
+fn cost(ctx: &RequestCtx, usage: &Usage) -> Option<f64> {
+    let snapshot = ctx.snapshot.as_ref()?;
+    let price = snapshot
+        .model_info(ctx.inspected.model.as_deref()?)?
+        .price?;
+    let anthropic = ctx.api == Some(crate::usage::ApiKind::AnthropicMessages);
+    Some(budget::cost_usd(usage, &price, anthropic))
+}
+
+/// Export the request's metrics, settle its limiter admission (exact tokens, cost), and
+/// write its log line.
+pub fn finish(ctx: &mut RequestCtx, status: u16) {
+    let admission = ctx.admission.take();
     let model = metrics::model_label(ctx.inspected.model.as_deref());
     let tenant = ctx.tenant.as_deref().unwrap_or("none");
     let route = ctx.route_name();
@@ -122,6 +135,16 @@ pub fn finish(ctx: &RequestCtx, status: u16) {
             }
         }
     }
+    let cost = settled.as_ref().and_then(|s| cost(ctx, &s.usage));
+    if let Some(usd) = cost {
+        metrics::SPEND
+            .with_label_values(&[tenant, &model])
+            .inc_by(usd);
+    }
+    if let Some(admission) = admission {
+        let u = settled.map(|s| s.usage).unwrap_or_default();
+        admission.settle(u.prompt_tokens, u.completion_tokens, cost);
+    }
     let mut attempts = String::new();
     for (i, a) in ctx.attempts.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
@@ -153,6 +176,7 @@ pub fn finish(ctx: &RequestCtx, status: u16) {
         cached_tokens = u.cached_tokens,
         reasoning_tokens = u.reasoning_tokens,
         token_source,
+        cost_usd = cost.unwrap_or(0.0),
         ttft_ms = ctx.ttft.map_or(-1.0, |t| t.as_secs_f64() * 1e3),
         duration_ms = duration.as_secs_f64() * 1e3,
         attempts = %attempts,

@@ -4,6 +4,7 @@
 
 use crate::config::{Pool, Snapshot, TenantId};
 use crate::error::SluiceError;
+use crate::limits::Admission;
 use crate::provider::ErrorStyle;
 use crate::usage::{ApiKind, Usage};
 use bytes::Bytes;
@@ -97,6 +98,9 @@ pub struct RequestCtx {
     pub client_disconnected: bool,
     /// Set in a subrequest: the attempt it performs.
     pub attempt: Option<Arc<AttemptSpec>>,
+    /// The request's hold on its tenant's limits (reservations, concurrency permit); settled
+    /// by the log stage, released if dropped.
+    pub admission: Option<Admission>,
 }
 
 impl Default for RequestCtx {
@@ -124,6 +128,7 @@ impl Default for RequestCtx {
             ttft: None,
             client_disconnected: false,
             attempt: None,
+            admission: None,
         }
     }
 }

@@ -16,12 +16,14 @@ mod attempt;
 pub mod ctx;
 pub mod identify;
 pub mod inspect;
+pub mod limit;
 mod relay;
 mod request;
 mod respond;
 mod upstream;
 
 use crate::config::Snapshot;
+use crate::limits::Limiter;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ctx::{Phase, RequestCtx};
@@ -35,12 +37,16 @@ use std::sync::Arc;
 /// started with.
 pub struct Sluice {
     config: Arc<ArcSwap<Snapshot>>,
+    limiter: Arc<Limiter>,
 }
 
 impl Sluice {
     /// A proxy serving `config` (swappable for hot reload).
     pub fn new(config: Arc<ArcSwap<Snapshot>>) -> Self {
-        Self { config }
+        Self {
+            config,
+            limiter: Arc::new(Limiter::default()),
+        }
     }
 }
 
@@ -64,7 +70,7 @@ impl ProxyHttp for Sluice {
             upstream::begin_attempt(session, ctx)?;
             return Ok(false);
         }
-        match request::handle(self.config.load_full(), session, ctx).await {
+        match request::handle(&self.limiter, self.config.load_full(), session, ctx).await {
             Ok(request::Flow::Passthrough) => Ok(false),
             Ok(request::Flow::Done) => Ok(true),
             Err(e) => {
@@ -100,6 +106,7 @@ impl ProxyHttp for Sluice {
     ) -> Result<()> {
         if ctx.phase == Phase::Passthrough {
             upstream_response.insert_header("x-sluice-request-id", ctx.request_id.as_str())?;
+            respond::rate_limit_headers(upstream_response, ctx)?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 use super::attempt::Child;
 use super::ctx::RequestCtx;
 use crate::error::{SluiceError, TimeoutPhase};
+use crate::limits::budget::Period;
 use crate::metrics;
 use crate::usage::{JsonAccountant, SseAccountant};
 use bytes::{Bytes, BytesMut};
@@ -50,6 +51,46 @@ impl Drop for StreamGauge {
     }
 }
 
+/// Budget cut-off of one stream: the USD left when it was admitted, and its price.
+struct CutOff {
+    left_usd: f64,
+    prompt_usd: f64,
+    output_per_token_usd: f64,
+    period: Period,
+}
+
+impl CutOff {
+    /// Set when the tenant's budget has `cut_off_streams` and the model has a price.
+    fn for_request(ctx: &RequestCtx) -> Option<CutOff> {
+        let adm = ctx.admission.as_ref()?;
+        let budget = adm.limits().budget.filter(|b| b.cut_off_streams)?;
+        let left_usd = adm.budget_left?;
+        let model = ctx.inspected.model.as_deref()?;
+        let price = ctx.snapshot.as_ref()?.model_info(model)?.price?;
+        let prompt = ctx
+            .body
+            .as_ref()
+            .zip(ctx.api)
+            .map_or(0, |(b, api)| super::limit::prompt_estimate(api, model, b));
+        Some(CutOff {
+            left_usd,
+            prompt_usd: prompt as f64 * price.input * 1e-6,
+            output_per_token_usd: price.output * 1e-6,
+            period: if budget.usd_per_day.is_some() {
+                Period::Day
+            } else {
+                Period::Month
+            },
+        })
+    }
+
+    /// Whether `output_bytes` of generated text (about 4 bytes per token) would overspend.
+    fn exceeded(&self, output_bytes: usize) -> bool {
+        let tokens = output_bytes.div_ceil(4) as f64;
+        self.prompt_usd + tokens * self.output_per_token_usd > self.left_usd
+    }
+}
+
 enum Event {
     Task(Option<HttpTask>),
     Idle,
@@ -79,6 +120,7 @@ pub async fn relay(
         header.remove_header(&http::header::CONTENT_LENGTH);
     }
     let _ = header.insert_header("x-sluice-request-id", ctx.request_id.as_str());
+    let _ = super::respond::rate_limit_headers(&mut header, ctx);
     if session.write_response_header(header, end).await.is_err() {
         ctx.client_disconnected = true;
         return;
@@ -95,6 +137,11 @@ pub async fn relay(
         _ => Accounting::Off,
     };
     let _gauge = is_sse.then(StreamGauge::start);
+    let cutoff = if is_sse {
+        CutOff::for_request(ctx)
+    } else {
+        None
+    };
     let idle = child.timeouts.idle;
     let mut failure: Option<SluiceError> = None;
     loop {
@@ -107,6 +154,12 @@ pub async fn relay(
             Event::Task(Some(HttpTask::Body(data, body_end))) => {
                 if let Some(data) = data.filter(|d| !d.is_empty()) {
                     let out = acc.push(&data);
+                    if let (Some(c), Accounting::Sse(a)) = (&cutoff, &acc) {
+                        if c.exceeded(a.output_text().len()) {
+                            failure = Some(SluiceError::BudgetExceeded(c.period));
+                            break;
+                        }
+                    }
                     if !out.is_empty() {
                         if ctx.ttft.is_none() {
                             ctx.ttft = Some(ctx.start.elapsed());

@@ -2,9 +2,10 @@
 //! either the attempts (inspected) or Pingora's own proxy path (passthrough).
 
 use super::ctx::{Phase, RequestCtx};
-use super::{attempt, identify, inspect};
+use super::{attempt, identify, inspect, limit};
 use crate::config::Snapshot;
 use crate::error::SluiceError;
+use crate::limits::Limiter;
 use crate::provider::{provider, ErrorStyle};
 use crate::usage::ApiKind;
 use pingora_proxy::Session;
@@ -20,6 +21,7 @@ pub enum Flow {
 
 /// Run the parent's request stages. Errors are answered natively by the caller.
 pub async fn handle(
+    limiter: &Arc<Limiter>,
     snapshot: Arc<Snapshot>,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -38,6 +40,7 @@ pub async fn handle(
         ctx.body = Some(body);
         ctx.phase = Phase::Inspected;
         select_route(&snapshot, session, ctx, &path)?;
+        limit::admit(limiter, &snapshot, ctx)?;
         attempt::run(session, ctx).await?;
         return Ok(Flow::Done);
     }
@@ -52,6 +55,7 @@ pub async fn handle(
     if pool.endpoints[ep].keys.is_empty() {
         return Err(SluiceError::NoUpstreamKey(pool.name.to_string()));
     }
+    limit::admit(limiter, &snapshot, ctx)?;
     ctx.pool = Some(pool.clone());
     ctx.endpoint = ep;
     ctx.phase = Phase::Passthrough;

@@ -2,7 +2,7 @@
 //! or Anthropic JSON) with the request id header the SDK reads.
 
 use super::ctx::RequestCtx;
-use crate::error::SluiceError;
+use crate::error::{self, SluiceError};
 use crate::metrics;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -14,7 +14,7 @@ pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: Sluice
     ctx.status = status;
     if session.response_written().is_none() {
         let body = err.body(ctx.style);
-        if let Ok(header) = error_header(status, body.len(), ctx) {
+        if let Ok(header) = error_header(status, body.len(), ctx, Some(err.headers())) {
             let sent = session.write_response_header(Box::new(header), false).await;
             if sent.is_err() || session.write_response_body(Some(body), true).await.is_err() {
                 ctx.client_disconnected = true;
@@ -28,11 +28,36 @@ fn error_header(
     status: u16,
     len: usize,
     ctx: &RequestCtx,
+    err_headers: Option<Vec<(&'static str, String)>>,
 ) -> pingora_error::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(status, Some(5))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CONTENT_LENGTH, len)?;
     h.insert_header(ctx.style.request_id_header(), ctx.request_id.as_str())?;
     h.insert_header("x-sluice-request-id", ctx.request_id.as_str())?;
+    if let Some(err) = &err_headers {
+        for (name, value) in err {
+            h.insert_header(*name, value.as_str())?;
+        }
+    }
     Ok(h)
+}
+
+/// `x-ratelimit-*` on a response of an admitted request whose tenant has rate limits, like
+/// OpenAI's (limit, remaining, reset per requests and tokens).
+pub fn rate_limit_headers(h: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_error::Result<()> {
+    let Some(adm) = &ctx.admission else {
+        return Ok(());
+    };
+    for (kind, v) in [
+        ("requests", adm.headers.requests),
+        ("tokens", adm.headers.tokens),
+    ] {
+        if let Some((limit, remaining, reset)) = v {
+            h.insert_header(error::limit_header(kind), limit.to_string())?;
+            h.insert_header(error::remaining_header(kind), remaining.to_string())?;
+            h.insert_header(error::reset_header(kind), error::reset_format(reset))?;
+        }
+    }
+    Ok(())
 }

@@ -143,7 +143,7 @@ impl Mock {
         let stream = json["stream"].as_bool().unwrap_or(false);
         let model = json["model"].as_str().unwrap_or("none").to_owned();
         match path {
-            "/slow" | "/v1/slow/chat/completions" => {
+            "/slow" | "/v1/slow/chat/completions" | "/v1/slow/messages" => {
                 sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
                 for i in 0..400 {
                     let event = format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]}}\n\n");
@@ -176,7 +176,9 @@ impl Mock {
                     ));
                 }
                 if include {
-                    events.push(format!("data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":17,\"completion_tokens\":4,\"total_tokens\":21}}}}\n\n"));
+                    // Reported completion = max_tokens when given (a long answer), else 4.
+                    let completion = json["max_tokens"].as_u64().unwrap_or(4);
+                    events.push(format!("data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":17,\"completion_tokens\":{completion},\"total_tokens\":{}}}}}\n\n", 17 + completion));
                 }
                 events.push("data: [DONE]\n\n".to_owned());
                 sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;

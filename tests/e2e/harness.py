@@ -63,6 +63,18 @@ class ProcessFailed(RuntimeError):
     pass
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test runner dies, even by SIGKILL,
+    so no llmock or sluice outlives a killed CI run (Linux; a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class Proc:
     """A child process whose stdout+stderr go to `log_path`."""
@@ -77,7 +89,7 @@ class Proc:
         log = open(log_path, "wb")  # noqa: SIM115 (owned by the child; closed in stop())
         popen = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})}, cwd=REPO_ROOT, preexec_fn=_die_with_parent,
         )
         log.close()  # the child holds its own descriptor
         return cls(name, popen, log_path)

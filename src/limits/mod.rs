@@ -1,0 +1,372 @@
+//! Per-tenant limits enforced on the request path: reserve before forwarding, settle after.
+//!
+//! - requests per second / minute: pingora-limits `Rate` (fixed windows; a count-min sketch
+//!   that may over-count on a hash collision, never under: the safe side for a limit);
+//! - concurrency: pingora-limits `Inflight`, whose RAII guard lives in the [`Admission`], so a
+//!   permit is returned however the request ends (success, error, client disconnect);
+//! - tokens per minute: [`window::Windows`], our own exact counters with reservations (see
+//!   there why `Rate` does not fit);
+//! - USD budgets: [`budget::Budgets`], charged with each request's exact cost.
+//!
+//! The limiter outlives config snapshots: counters are keyed by tenant name, so a reload does
+//! not reset anyone's minute or budget.
+
+pub mod budget;
+pub mod window;
+
+use crate::config::limits::TenantLimits;
+use crate::metrics;
+use budget::{Budgets, Period};
+use pingora_limits::inflight::{Guard, Inflight};
+use pingora_limits::rate::Rate;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use window::{Reservation, WindowState, Windows};
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    /// A requests-per-second/minute limit.
+    Requests {
+        /// The limit hit.
+        limit: u64,
+        /// When a request would fit again.
+        retry_after: Duration,
+    },
+    /// A tokens-per-minute limit.
+    Tokens {
+        /// The limit hit.
+        limit: u64,
+        /// Tokens left in the window.
+        remaining: u64,
+        /// When the window resets.
+        retry_after: Duration,
+    },
+    /// `max_concurrent`.
+    Concurrency {
+        /// The limit hit.
+        limit: u64,
+    },
+    /// A USD budget is spent.
+    Budget {
+        /// Which cap.
+        period: Period,
+    },
+}
+
+impl Rejection {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Requests { .. } => "requests",
+            Rejection::Tokens { .. } => "tokens",
+            Rejection::Concurrency { .. } => "concurrency",
+            Rejection::Budget { .. } => "budget",
+        }
+    }
+}
+
+/// What a request asks the limiter for.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Tenant name.
+    pub tenant: &'a str,
+    /// Model from the body.
+    pub model: Option<&'a str>,
+    /// Estimated prompt tokens (0 when the request is not token-accounted).
+    pub prompt_tokens: u64,
+    /// Output ceiling: `max_tokens`, the model's, or the default (0 when not accounted).
+    pub output_ceiling: u64,
+}
+
+/// `x-ratelimit-*` values: (limit, remaining, reset).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateHeaders {
+    /// Requests window, if limited.
+    pub requests: Option<(u64, u64, Duration)>,
+    /// Tokens window, if limited.
+    pub tokens: Option<(u64, u64, Duration)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Weighted,
+    Input,
+    Output,
+}
+
+/// The limiter: all counters of this process.
+pub struct Limiter {
+    per_minute: Rate,
+    per_second: Rate,
+    inflight: Inflight,
+    tokens: Windows,
+    budgets: Budgets,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Self {
+            per_minute: Rate::new(Duration::from_secs(60)),
+            per_second: Rate::new(Duration::from_secs(1)),
+            inflight: Inflight::new(),
+            tokens: Windows::new(Duration::from_secs(60)),
+            budgets: Budgets::default(),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An admitted request's hold on the limiter. Dropping it without [`Admission::settle`]
+/// releases every reservation (the request used nothing).
+pub struct Admission {
+    limiter: Arc<Limiter>,
+    tenant: String,
+    limits: Arc<TenantLimits>,
+    _guards: Vec<Guard>,
+    reservations: Vec<(String, Reservation, Kind)>,
+    /// Tokens reserved (prompt estimate, output ceiling).
+    pub reserved: (u64, u64),
+    /// Values for `x-ratelimit-*` headers.
+    pub headers: RateHeaders,
+    /// USD left under the tenant's budget at admission, when it has one.
+    pub budget_left: Option<f64>,
+    settled: bool,
+    counted: bool,
+}
+
+impl Admission {
+    /// The tenant's limits.
+    pub fn limits(&self) -> &TenantLimits {
+        &self.limits
+    }
+
+    /// Replace the reservations by the exact usage and charge `cost_usd` to the budget.
+    pub fn settle(mut self, input: u64, output: u64, cost_usd: Option<f64>) {
+        self.release(input, output);
+        if let (Some(usd), Some(budget)) = (cost_usd, self.limits.budget.as_ref()) {
+            self.limiter.budgets.charge(&self.tenant, usd);
+            let (day, month) = self.limiter.budgets.spent(&self.tenant);
+            for (period, cap, spent) in [
+                ("day", budget.usd_per_day, day),
+                ("month", budget.usd_per_month, month),
+            ] {
+                if let Some(cap) = cap {
+                    metrics::BUDGET_REMAINING
+                        .with_label_values(&[&self.tenant, period])
+                        .set((cap - spent).max(0.0));
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, input: u64, output: u64) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let now = now_ms();
+        for (key, r, kind) in &self.reservations {
+            let actual = match kind {
+                Kind::Weighted => self.limits.weighted(input, output),
+                Kind::Input => input,
+                Kind::Output => output,
+            };
+            self.limiter.tokens.settle(key, *r, actual, now);
+        }
+        if !self.reservations.is_empty() {
+            metrics::TOKENS_SETTLED
+                .with_label_values(&[&self.tenant])
+                .inc_by(input + output);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.release(0, 0);
+        if self.counted {
+            metrics::TENANT_IN_FLIGHT
+                .with_label_values(&[&self.tenant])
+                .dec();
+        }
+    }
+}
+
+impl Limiter {
+    /// Admit `ask` under `limits` or say why not. Checks, cheapest and side-effect-free first:
+    /// budget, concurrency, tokens (all-or-nothing reservation), then request rates (undone
+    /// if refused), so a refused request leaves no trace in any counter.
+    pub fn admit(
+        self: &Arc<Self>,
+        limits: &Arc<TenantLimits>,
+        ask: Ask<'_>,
+    ) -> Result<Admission, Rejection> {
+        let model_limits: Vec<_> = match ask.model {
+            Some(m) => limits
+                .models
+                .iter()
+                .filter(|ml| ml.glob.is_match(m))
+                .collect(),
+            None => Vec::new(),
+        };
+        let budget_left = match &limits.budget {
+            Some(b) => Some(
+                self.budgets
+                    .remaining(ask.tenant, b)
+                    .map_err(|period| Rejection::Budget { period })?,
+            ),
+            None => None,
+        };
+
+        let mut guards = Vec::new();
+        let mut counted = false;
+        for (key, limit) in std::iter::once((format!("c:{}", ask.tenant), limits.max_concurrent))
+            .chain(model_limits.iter().map(|ml| {
+                (
+                    format!("c:{}\0{}", ask.tenant, ml.pattern),
+                    ml.max_concurrent,
+                )
+            }))
+        {
+            let Some(limit) = limit else { continue };
+            let (guard, n) = self.inflight.incr(key, 1);
+            if n > limit as isize {
+                return Err(Rejection::Concurrency { limit });
+            }
+            guards.push(guard);
+            counted = true;
+        }
+
+        let mut headers = RateHeaders::default();
+        let (input, output) = (ask.prompt_tokens, ask.output_ceiling);
+        let mut pairs: Vec<(String, u64, u64, Kind)> = Vec::new();
+        if input + output > 0 {
+            if let Some(l) = limits.tokens_per_minute {
+                pairs.push((
+                    format!("t:{}", ask.tenant),
+                    limits.weighted(input, output),
+                    l,
+                    Kind::Weighted,
+                ));
+            }
+            if let Some(l) = limits.input_tokens_per_minute {
+                pairs.push((format!("i:{}", ask.tenant), input, l, Kind::Input));
+            }
+            if let Some(l) = limits.output_tokens_per_minute {
+                pairs.push((format!("o:{}", ask.tenant), output, l, Kind::Output));
+            }
+            for ml in &model_limits {
+                if let Some(l) = ml.tokens_per_minute {
+                    let key = format!("t:{}\0{}", ask.tenant, ml.pattern);
+                    pairs.push((key, limits.weighted(input, output), l, Kind::Weighted));
+                }
+            }
+        }
+        let mut reservations = Vec::new();
+        if !pairs.is_empty() {
+            let now = now_ms();
+            let view: Vec<(&str, u64, u64)> = pairs
+                .iter()
+                .map(|(k, a, l, _)| (k.as_str(), *a, *l))
+                .collect();
+            match self.tokens.try_reserve(&view, now) {
+                Ok(res) => {
+                    let (first_state, first_limit): (WindowState, u64) = (res[0].1, pairs[0].2);
+                    headers.tokens = Some((first_limit, first_state.remaining, first_state.reset));
+                    for ((key, amount, _, kind), (r, _)) in pairs.into_iter().zip(res) {
+                        metrics::TOKENS_RESERVED
+                            .with_label_values(&[ask.tenant])
+                            .inc_by(amount);
+                        reservations.push((key, r, kind));
+                    }
+                }
+                Err((i, state)) => {
+                    return Err(Rejection::Tokens {
+                        limit: pairs[i].2,
+                        remaining: state.remaining,
+                        retry_after: state.reset,
+                    })
+                }
+            }
+        }
+        let admission = Admission {
+            limiter: self.clone(),
+            tenant: ask.tenant.to_owned(),
+            limits: limits.clone(),
+            _guards: guards,
+            reservations,
+            reserved: (input, output),
+            headers,
+            budget_left,
+            settled: false,
+            counted,
+        };
+        if counted {
+            metrics::TENANT_IN_FLIGHT
+                .with_label_values(&[ask.tenant])
+                .inc();
+        }
+        // Request rates last: a refusal above leaves them untouched, and a refusal here is
+        // undone, along with the reservations (dropping `admission`).
+        let mut observed: Vec<(&Rate, String)> = Vec::new();
+        let mut rates = vec![
+            (
+                &self.per_second,
+                format!("s:{}", ask.tenant),
+                limits.requests_per_second,
+            ),
+            (
+                &self.per_minute,
+                format!("m:{}", ask.tenant),
+                limits.requests_per_minute,
+            ),
+        ];
+        for ml in &model_limits {
+            rates.push((
+                &self.per_minute,
+                format!("m:{}\0{}", ask.tenant, ml.pattern),
+                ml.requests_per_minute,
+            ));
+        }
+        let mut admission = admission;
+        for (rate, key, limit) in rates {
+            let Some(limit) = limit else { continue };
+            let n = rate.observe(&key, 1);
+            let reset = rate.rate_with(&key, |c| {
+                c.interval
+                    .mul_f64((1.0 - c.current_interval_fraction).clamp(0.0, 1.0))
+            });
+            if n > limit as isize {
+                rate.observe(&key, -1);
+                for (r, k) in &observed {
+                    r.observe(k, -1);
+                }
+                return Err(Rejection::Requests {
+                    limit,
+                    retry_after: reset,
+                });
+            }
+            let remaining = (limit as isize - n).max(0) as u64;
+            let tighter = admission
+                .headers
+                .requests
+                .is_none_or(|(_, rem, _)| remaining < rem);
+            if tighter {
+                admission.headers.requests = Some((limit, remaining, reset));
+            }
+            observed.push((rate, key));
+        }
+        Ok(admission)
+    }
+
+    /// USD left under `tenant`'s budget now (for the budget gauge and tests).
+    pub fn budget_spent(&self, tenant: &str) -> (f64, f64) {
+        self.budgets.spent(tenant)
+    }
+}
