@@ -1,0 +1,109 @@
+//! Micro-benchmarks of sluice's hot paths (`make bench`): SSE usage parsing per API (MB/s),
+//! request body inspection (10 KiB, 1 MiB), route matching on 1,000 routes, limit checks
+//! (ns per admit + settle, and the cost of absent limits), token estimation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sluice::config::{compile, parse, Secrets};
+use sluice::limits::{Ask, Limiter};
+use sluice::proxy::inspect::inspect;
+use sluice::usage::{estimate, ApiKind, SseAccountant};
+use std::sync::Arc;
+
+fn fixture(path: &str) -> Bytes {
+    let p = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    Bytes::from(std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}")))
+}
+
+/// Repeat a fixture's events so one pass is ~1 MiB of SSE, split in 1,500-byte chunks like a
+/// TCP stream.
+fn stream_chunks(one: &Bytes) -> Vec<Bytes> {
+    let mut all = Vec::new();
+    while all.len() < 1 << 20 {
+        all.extend_from_slice(one);
+    }
+    all.chunks(1500).map(Bytes::copy_from_slice).collect()
+}
+
+fn sse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sse_usage");
+    for (name, api, file) in [
+        ("openai_chat", ApiKind::OpenAiChat, "openai_chat/llmock_include_usage.sse"),
+        ("openai_responses", ApiKind::OpenAiResponses, "openai_responses/llmock_capture.sse"),
+        ("anthropic", ApiKind::AnthropicMessages, "anthropic/llmock_capture.sse"),
+    ] {
+        let chunks = stream_chunks(&fixture(file));
+        let bytes: usize = chunks.iter().map(Bytes::len).sum();
+        g.throughput(Throughput::Bytes(bytes as u64));
+        for hide in [false, true] {
+            if hide && api != ApiKind::OpenAiChat {
+                continue;
+            }
+            let id = if hide { format!("{name}_hide_usage") } else { name.to_owned() };
+            g.bench_function(id, |b| {
+                b.iter(|| {
+                    let mut acc = SseAccountant::new(api, hide);
+                    for ch in &chunks {
+                        black_box(acc.push(ch));
+                    }
+                    black_box(acc.finish());
+                    acc.usage()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn body(c: &mut Criterion) {
+    let mut g = c.benchmark_group("inspect_body");
+    for size in [10 * 1024, 1 << 20] {
+        let text = "lorem ipsum dolor ".repeat(size / 18 + 1);
+        let v = serde_json::json!({"model": "gpt-4o", "stream": true, "max_tokens": 512,
+            "messages": [{"role": "user", "content": &text[..size]}]});
+        let body = Bytes::from(serde_json::to_vec(&v).unwrap());
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| inspect(Some(ApiKind::OpenAiChat), body.clone()).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn routes(c: &mut Criterion) {
+    let mut yaml = String::from("pools:\n  - name: p\n    provider: openai\n    endpoints: [{url: 'http://127.0.0.1:1', keys: [{env: K}]}]\nroutes:\n");
+    for i in 0..1000 {
+        yaml.push_str(&format!("  - {{name: r{i}, match: {{path_prefix: /t{i}/v1, model: 'model-{i}-*'}}, pools: [p]}}\n"));
+    }
+    let snap = compile(&parse(&yaml).unwrap(), Secrets::Skip).unwrap();
+    let req = pingora_http::RequestHeader::build("POST", b"/t999/v1/chat/completions", None).unwrap();
+    c.bench_function("route_match_1000_routes_last", |b| {
+        b.iter(|| snap.route(black_box("/t999/v1/chat/completions"), Some("model-999-x"), &req).is_some())
+    });
+}
+
+fn limits(c: &mut Criterion) {
+    let yaml = "tenants:\n  list:\n    - name: t\n      limits: {requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000}\n    - name: free\n";
+    let snap = compile(&parse(yaml).unwrap(), Secrets::Skip).unwrap();
+    let limiter = Arc::new(Limiter::default());
+    let limits = snap.tenant_limits("t").unwrap().clone();
+    let ask = Ask { tenant: "t", model: Some("gpt-4o"), prompt_tokens: 1200, output_ceiling: 512 };
+    c.bench_function("limits_admit_settle_rpm_tpm_concurrency", |b| {
+        b.iter(|| limiter.admit(&limits, ask).unwrap().settle(1100, 300, None))
+    });
+    c.bench_function("limits_absent_lookup", |b| b.iter(|| snap.tenant_limits(black_box("free")).is_none()));
+}
+
+fn tokens(c: &mut Criterion) {
+    estimate::preload();
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(100);
+    let mut g = c.benchmark_group("estimate_tokens");
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.bench_function("o200k_4500_bytes", |b| b.iter(|| estimate::count_tokens("gpt-4o", black_box(&text))));
+    g.bench_function("cl100k_4500_bytes", |b| b.iter(|| estimate::count_tokens("gpt-4", black_box(&text))));
+    g.finish();
+}
+
+criterion_group!(benches, sse, body, routes, limits, tokens);
+criterion_main!(benches);
