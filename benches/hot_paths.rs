@@ -29,9 +29,21 @@ fn stream_chunks(one: &Bytes) -> Vec<Bytes> {
 fn sse(c: &mut Criterion) {
     let mut g = c.benchmark_group("sse_usage");
     for (name, api, file) in [
-        ("openai_chat", ApiKind::OpenAiChat, "openai_chat/llmock_include_usage.sse"),
-        ("openai_responses", ApiKind::OpenAiResponses, "openai_responses/llmock_capture.sse"),
-        ("anthropic", ApiKind::AnthropicMessages, "anthropic/llmock_capture.sse"),
+        (
+            "openai_chat",
+            ApiKind::OpenAiChat,
+            "openai_chat/llmock_include_usage.sse",
+        ),
+        (
+            "openai_responses",
+            ApiKind::OpenAiResponses,
+            "openai_responses/llmock_capture.sse",
+        ),
+        (
+            "anthropic",
+            ApiKind::AnthropicMessages,
+            "anthropic/llmock_capture.sse",
+        ),
     ] {
         let chunks = stream_chunks(&fixture(file));
         let bytes: usize = chunks.iter().map(Bytes::len).sum();
@@ -40,7 +52,11 @@ fn sse(c: &mut Criterion) {
             if hide && api != ApiKind::OpenAiChat {
                 continue;
             }
-            let id = if hide { format!("{name}_hide_usage") } else { name.to_owned() };
+            let id = if hide {
+                format!("{name}_hide_usage")
+            } else {
+                name.to_owned()
+            };
             g.bench_function(id, |b| {
                 b.iter(|| {
                     let mut acc = SseAccountant::new(api, hide);
@@ -77,9 +93,17 @@ fn routes(c: &mut Criterion) {
         yaml.push_str(&format!("  - {{name: r{i}, match: {{path_prefix: /t{i}/v1, model: 'model-{i}-*'}}, pools: [p]}}\n"));
     }
     let snap = compile(&parse(&yaml).unwrap(), Secrets::Skip).unwrap();
-    let req = pingora_http::RequestHeader::build("POST", b"/t999/v1/chat/completions", None).unwrap();
+    let req =
+        pingora_http::RequestHeader::build("POST", b"/t999/v1/chat/completions", None).unwrap();
     c.bench_function("route_match_1000_routes_last", |b| {
-        b.iter(|| snap.route(black_box("/t999/v1/chat/completions"), Some("model-999-x"), &req).is_some())
+        b.iter(|| {
+            snap.route(
+                black_box("/t999/v1/chat/completions"),
+                Some("model-999-x"),
+                &req,
+            )
+            .is_some()
+        })
     });
 }
 
@@ -88,11 +112,18 @@ fn limits(c: &mut Criterion) {
     let snap = compile(&parse(yaml).unwrap(), Secrets::Skip).unwrap();
     let limiter = Arc::new(Limiter::default());
     let limits = snap.tenant_limits("t").unwrap().clone();
-    let ask = Ask { tenant: "t", model: Some("gpt-4o"), prompt_tokens: 1200, output_ceiling: 512 };
+    let ask = Ask {
+        tenant: "t",
+        model: Some("gpt-4o"),
+        prompt_tokens: 1200,
+        output_ceiling: 512,
+    };
     c.bench_function("limits_admit_settle_rpm_tpm_concurrency", |b| {
         b.iter(|| limiter.admit(&limits, ask).unwrap().settle(1100, 300, None))
     });
-    c.bench_function("limits_absent_lookup", |b| b.iter(|| snap.tenant_limits(black_box("free")).is_none()));
+    c.bench_function("limits_absent_lookup", |b| {
+        b.iter(|| snap.tenant_limits(black_box("free")).is_none())
+    });
 }
 
 fn tokens(c: &mut Criterion) {
@@ -100,8 +131,12 @@ fn tokens(c: &mut Criterion) {
     let text = "The quick brown fox jumps over the lazy dog. ".repeat(100);
     let mut g = c.benchmark_group("estimate_tokens");
     g.throughput(Throughput::Bytes(text.len() as u64));
-    g.bench_function("o200k_4500_bytes", |b| b.iter(|| estimate::count_tokens("gpt-4o", black_box(&text))));
-    g.bench_function("cl100k_4500_bytes", |b| b.iter(|| estimate::count_tokens("gpt-4", black_box(&text))));
+    g.bench_function("o200k_4500_bytes", |b| {
+        b.iter(|| estimate::count_tokens("gpt-4o", black_box(&text)))
+    });
+    g.bench_function("cl100k_4500_bytes", |b| {
+        b.iter(|| estimate::count_tokens("gpt-4", black_box(&text)))
+    });
     g.finish();
 }
 

@@ -67,7 +67,7 @@ def render_with_tool(kdir: Path) -> list[dict] | None:
         argv = ["kustomize", "build", str(kdir)]
     else:
         return None
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"{' '.join(argv)} failed:\n{out.stderr}"
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -226,6 +226,13 @@ def rendered(request) -> tuple[str, list[dict]]:
     return request.param, RENDERED[request.param]
 
 
+def probe(container: dict, kind: str, ports: dict[str, int]) -> tuple[str, int]:
+    """(path, port number) of a container's HTTP probe; named ports resolved."""
+    get = container[kind]["httpGet"]
+    port = get["port"]
+    return get["path"], ports[port] if isinstance(port, str) else port
+
+
 def test_sidecar_wiring(rendered):
     kdir, docs = rendered
     configs = dict(sluice_configs(docs))
@@ -264,7 +271,7 @@ def test_sidecar_wiring(rendered):
         # Provider keys: a read-only Secret mount in the sidecar only; the config reads its files.
         secret_mounts = [m for m in sc["volumeMounts"] if "secret" in volumes[m["name"]]]
         assert [m["mountPath"] for m in secret_mounts] == [SECRET_MOUNT], where
-        assert all(m.get("readOnly") is True for m in secret_mounts), f"{where}: Secret not readOnly"
+        assert all(m.get("readOnly") is True for m in secret_mounts), f"{where}: Secret rw"
         secret_volumes = {m["name"] for m in secret_mounts}
         for app in apps:
             mounted = {m["name"] for m in app.get("volumeMounts", [])}
@@ -285,15 +292,10 @@ def test_sidecar_wiring(rendered):
         ports = {p["name"]: p["containerPort"] for p in sc.get("ports", []) if "name" in p}
         assert admin_port in ports.values(), f"{where}: admin port {admin_port} not declared"
 
-        def probe(kind: str) -> tuple[str, int]:
-            get = sc[kind]["httpGet"]
-            port = get["port"]
-            return get["path"], ports[port] if isinstance(port, str) else port
-
-        assert probe("readinessProbe") == ("/readyz", admin_port), where
-        assert probe("livenessProbe") == ("/healthz", admin_port), where
+        assert probe(sc, "readinessProbe", ports) == ("/readyz", admin_port), where
+        assert probe(sc, "livenessProbe", ports) == ("/healthz", admin_port), where
         if "startupProbe" in sc:
-            assert probe("startupProbe")[1] == admin_port, where
+            assert probe(sc, "startupProbe", ports)[1] == admin_port, where
 
         # Prometheus scrapes the admin listener.
         ann = tmpl["metadata"].get("annotations", {})
@@ -389,15 +391,15 @@ def test_secret_example_is_placeholder_and_not_applied():
 
 def test_dockerfile_matches_manifests():
     text = (DEPLOY / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    stages = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
     assert stages[0].startswith("rust:") and stages[-1] == "gcr.io/distroless/cc-debian12:nonroot"
     assert "cargo build --release --locked" in text
-    assert re.search(r"^USER\s+65532(:65532)?\s*$", text, re.M), "numeric non-root USER"
-    assert re.search(r"^EXPOSE\s+8080\s+9090\s*$", text, re.M)
+    assert re.search(r"^USER\s+65532(:65532)?\s*$", text, re.MULTILINE), "numeric non-root USER"
+    assert re.search(r"^EXPOSE\s+8080\s+9090\s*$", text, re.MULTILINE)
     assert 'ENTRYPOINT ["/usr/local/bin/sluice"]' in text
     assert f'CMD ["run", "-c", "{CONFIG_MOUNT}/{CONFIG_KEY}"]' in text
-    ignored = {line.strip() for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    lines = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    ignored = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
     assert {"target/", ".venv/", ".git/"} <= ignored, "the build context must skip target/ (GiBs)"
 
 
@@ -419,7 +421,7 @@ def test_sluice_validates_configmap(name: str, text: str, tmp_path: Path):
     conf = tmp_path / CONFIG_KEY
     conf.write_text(text)
     out = subprocess.run([str(sluice_bin()), "validate", str(conf)],
-                         capture_output=True, text=True, timeout=60)
+                         check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"{name}: sluice validate exited {out.returncode}:\n{out.stderr}"
 
 
