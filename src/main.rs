@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         Command::Run { config } => match sluice::config::load_file(&config) {
             Ok(snapshot) => {
                 sluice::logging::init(snapshot.log_format);
-                sluice::server::run(snapshot)
+                sluice::server::run(config, snapshot)
             }
             Err(errors) => {
                 let mut err = std::io::stderr().lock();

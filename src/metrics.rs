@@ -151,6 +151,31 @@ pub static TENANT_IN_FLIGHT: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_config_reload_total{result}`: reload attempts, `success` or `failure`.
+pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_config_reload_total",
+        "Config reload attempts by result (success, failure)",
+        &["result"]
+    ))
+});
+
+/// `sluice_config_last_success_timestamp_seconds`: when the config in force was loaded.
+pub static CONFIG_LAST_SUCCESS: Lazy<prometheus::Gauge> = Lazy::new(|| {
+    metric!(prometheus::register_gauge!(
+        "sluice_config_last_success_timestamp_seconds",
+        "Unix time at which the config in force was loaded"
+    ))
+});
+
+/// `sluice_config_hash`: the first 52 bits of the SHA-256 of the config text in force.
+pub static CONFIG_HASH: Lazy<prometheus::Gauge> = Lazy::new(|| {
+    metric!(prometheus::register_gauge!(
+        "sluice_config_hash",
+        "First 52 bits of the SHA-256 of the config text in force (compare across replicas)"
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -166,6 +191,9 @@ pub fn init() {
     Lazy::force(&SPEND);
     Lazy::force(&BUDGET_REMAINING);
     Lazy::force(&TENANT_IN_FLIGHT);
+    Lazy::force(&CONFIG_RELOADS);
+    Lazy::force(&CONFIG_LAST_SUCCESS);
+    Lazy::force(&CONFIG_HASH);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

@@ -4,6 +4,9 @@
 use crate::admin::Admin;
 use crate::config::Snapshot;
 use crate::proxy::Sluice;
+use crate::reload::Reloader;
+use pingora_core::services::background::background_service;
+use std::path::PathBuf;
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::ServerConf;
@@ -12,21 +15,17 @@ use pingora_core::services::listening::Service;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Seconds to keep serving in-flight requests after SIGTERM before closing (well under
-/// Kubernetes' 30 s grace period).
-const GRACE_PERIOD_SECONDS: u64 = 10;
-/// Seconds for the final shutdown of services after the grace period.
-const SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
+/// Seconds for the final shutdown of services after the drain deadline.
+const SHUTDOWN_TIMEOUT_SECONDS: u64 = 2;
 
-/// Build the Pingora server for `snapshot` and run it until shutdown. Never returns.
-pub fn run(snapshot: Snapshot) -> ! {
+/// Build the Pingora server for `snapshot` (loaded from `path`, watched for reloads) and run
+/// it until shutdown. SIGTERM: stop accepting, readiness false, drain for
+/// `server.drain_timeout_seconds`, exit. SIGINT: exit at once. SIGHUP: reload. Never returns.
+pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     crate::metrics::init();
-    // Load the tokenizer tables off the request path (hundreds of ms in a debug build), without
-    // delaying readiness: only estimation needs them.
-    std::thread::spawn(crate::usage::estimate::preload);
     let conf = ServerConf {
         threads: snapshot.threads,
-        grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
+        grace_period_seconds: Some(snapshot.drain_timeout.as_secs()),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
         ..ServerConf::default()
     };
@@ -36,6 +35,7 @@ pub fn run(snapshot: Snapshot) -> ! {
     server.bootstrap();
 
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
+    let config_for_reload = config.clone();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Sluice::new(config),
@@ -52,8 +52,10 @@ pub fn run(snapshot: Snapshot) -> ! {
     );
     admin.add_tcp(&admin_addr);
 
+    let reloader = Reloader::new(path, config_for_reload, ready.clone());
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(background_service("config reload", reloader));
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "sluice starting");
     ready.store(true, Ordering::Release);
     server.run_forever()

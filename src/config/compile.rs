@@ -35,6 +35,9 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
     if file.server.threads == 0 {
         errs.push("server.threads", "must be at least 1");
     }
+    if file.reload.poll_interval_ms < 100 {
+        errs.push("reload.poll_interval_ms", "must be at least 100");
+    }
     if file.server.max_body_bytes == 0 {
         errs.push("server.max_body_bytes", "must be greater than 0");
     }
@@ -147,6 +150,10 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         threads: file.server.threads,
         max_body_bytes: usize::try_from(file.server.max_body_bytes).unwrap_or(usize::MAX),
         log_format: file.server.log_format,
+        drain_timeout: Duration::from_secs(file.server.drain_timeout_seconds),
+        reload_watch: file.reload.watch,
+        reload_poll: Duration::from_millis(file.reload.poll_interval_ms),
+        source_sha256: String::new(),
         routes,
         pools,
         tenants,

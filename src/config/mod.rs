@@ -81,9 +81,18 @@ pub fn load_file(path: &Path) -> Result<Snapshot, ConfigErrors> {
 fn load(path: &Path, secrets: Secrets) -> Result<Snapshot, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
-    let (file, mut errors) = parse_lenient(&text)?;
+    load_text(&text, secrets)
+}
+
+/// Parse, validate and compile config `text`; the snapshot records the text's SHA-256.
+pub fn load_text(text: &str, secrets: Secrets) -> Result<Snapshot, ConfigErrors> {
+    use sha2::{Digest, Sha256};
+    let (file, mut errors) = parse_lenient(text)?;
     match compile(&file, secrets) {
-        Ok(snapshot) if errors.is_empty() => Ok(snapshot),
+        Ok(mut snapshot) if errors.is_empty() => {
+            snapshot.source_sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+            Ok(snapshot)
+        }
         Ok(_) => Err(ConfigErrors(errors)),
         Err(more) => {
             errors.extend(more.0);

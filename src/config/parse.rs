@@ -5,7 +5,8 @@
 //! reported, not just the first one in the file.
 
 use super::schema::{
-    LimitsSection, ListenersConf, ModelConf, PoolConf, RouteConf, ServerConf, TenantsConf,
+    LimitsSection, ListenersConf, ModelConf, PoolConf, ReloadConf, RouteConf, ServerConf,
+    TenantsConf,
 };
 use super::{ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -28,6 +29,8 @@ pub struct ConfigFile {
     pub limits: LimitsSection,
     /// `models`.
     pub models: Vec<ModelConf>,
+    /// `reload`.
+    pub reload: ReloadConf,
     /// Names of pools that failed to parse (so routes naming them are not also reported as
     /// naming an unknown pool).
     pub broken_pools: Vec<String>,
@@ -77,6 +80,7 @@ pub fn parse_lenient(text: &str) -> Result<(ConfigFile, Vec<ConfigError>), Confi
             "server" => section(name, value, &mut errors, &mut file.server),
             "tenants" => section(name, value, &mut errors, &mut file.tenants),
             "limits" => section(name, value, &mut errors, &mut file.limits),
+            "reload" => section(name, value, &mut errors, &mut file.reload),
             "models" => file.models = list(name, value, &mut errors),
             "pools" => {
                 file.broken_pools = broken_names(&value);

@@ -60,6 +60,40 @@ pub struct ServerConf {
     /// `text` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// After SIGTERM: seconds in-flight requests and streams may take to finish before the
+    /// process closes them (new connections are refused at once, `/readyz` turns 503).
+    /// Default 20, under Kubernetes' 30 s grace period. Not reloadable.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_seconds: u64,
+}
+
+fn default_drain() -> u64 {
+    20
+}
+
+/// `reload`: how config changes are picked up (a ConfigMap's `..data` swap, an edit, SIGHUP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConf {
+    /// Watch the config file's directory (inotify) and reload on change. Default true.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// Fallback: re-read the file and compare its checksum this often (ms). Default 5,000.
+    #[serde(default = "default_poll")]
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ReloadConf {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            poll_interval_ms: default_poll(),
+        }
+    }
+}
+
+fn default_poll() -> u64 {
+    5_000
 }
 
 impl Default for ServerConf {
@@ -68,6 +102,7 @@ impl Default for ServerConf {
             threads: default_threads(),
             max_body_bytes: default_max_body_bytes(),
             log_format: LogFormat::default(),
+            drain_timeout_seconds: default_drain(),
         }
     }
 }

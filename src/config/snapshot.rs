@@ -181,6 +181,14 @@ pub struct Snapshot {
     pub max_body_bytes: usize,
     /// Log format.
     pub log_format: LogFormat,
+    /// Drain deadline after SIGTERM.
+    pub drain_timeout: Duration,
+    /// Watch the config directory.
+    pub reload_watch: bool,
+    /// Checksum poll interval.
+    pub reload_poll: Duration,
+    /// SHA-256 of the config text this snapshot was compiled from (hex), when known.
+    pub source_sha256: String,
     /// Routes in match order.
     pub routes: Vec<Route>,
     /// Pools by name.

@@ -37,20 +37,52 @@ pub struct Settled {
     pub completion_source: Source,
 }
 
+/// Token counts sluice had to compute itself (tiktoken), when the upstream's usage was
+/// missing or the response was cut.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Estimates {
+    /// Prompt tokens counted from the request body.
+    pub prompt: Option<u64>,
+    /// Completion tokens counted from the delivered text.
+    pub completion: Option<u64>,
+}
+
+/// Count what [`settle`] will need, on a blocking thread: tokenizing is CPU work (and the
+/// first use builds the tables), which must not stall the worker running other requests.
+pub async fn estimates(ctx: &RequestCtx) -> Estimates {
+    if ctx.phase != Phase::Inspected || !(200..300).contains(&ctx.status) {
+        return Estimates::default();
+    }
+    let Some(api) = ctx.api else {
+        return Estimates::default();
+    };
+    let need_completion = !(ctx.usage.is_some() && ctx.stream_completed);
+    let need_prompt = ctx.usage.is_none();
+    if !need_completion && !need_prompt {
+        return Estimates::default();
+    }
+    let model = ctx.inspected.model.clone().unwrap_or_default();
+    let text = ctx.output_text.clone().filter(|_| need_completion);
+    let body = ctx.body.clone().filter(|_| need_prompt);
+    let work = move || Estimates {
+        prompt: body.map(|b| {
+            serde_json::from_slice::<serde_json::Value>(&b)
+                .map_or(0, |v| estimate::estimate_prompt_tokens(api, &model, &v))
+        }),
+        completion: Some(text.map_or(0, |t| estimate::count_tokens(&model, &t))),
+    };
+    tokio::task::spawn_blocking(work).await.unwrap_or_default()
+}
+
 /// Settle the tokens of an inspected request that got a 2xx: the upstream's usage when the
 /// response completed; otherwise the reported prompt (if any) plus a tiktoken count of the
 /// delivered text (never less than what the upstream already reported).
-pub fn settle(ctx: &RequestCtx) -> Option<Settled> {
+pub fn settle(ctx: &RequestCtx, est: Estimates) -> Option<Settled> {
     if ctx.phase != Phase::Inspected || !(200..300).contains(&ctx.status) {
         return None;
     }
-    let api = ctx.api?;
-    let model = ctx.inspected.model.as_deref().unwrap_or("");
-    let estimate_completion = || {
-        ctx.output_text
-            .as_deref()
-            .map_or(0, |t| estimate::count_tokens(model, t))
-    };
+    ctx.api?;
+    let completion_estimate = est.completion.unwrap_or(0);
     match ctx.usage {
         Some(u) if ctx.stream_completed => Some(Settled {
             usage: u,
@@ -58,7 +90,7 @@ pub fn settle(ctx: &RequestCtx) -> Option<Settled> {
             completion_source: Source::Exact,
         }),
         Some(mut u) => {
-            u.completion_tokens = u.completion_tokens.max(estimate_completion());
+            u.completion_tokens = u.completion_tokens.max(completion_estimate);
             Some(Settled {
                 usage: u,
                 prompt_source: if u.prompt_tokens > 0 {
@@ -69,20 +101,15 @@ pub fn settle(ctx: &RequestCtx) -> Option<Settled> {
                 completion_source: Source::Estimated,
             })
         }
-        None => {
-            let body = ctx.body.as_ref()?;
-            let prompt = serde_json::from_slice::<serde_json::Value>(body)
-                .map_or(0, |v| estimate::estimate_prompt_tokens(api, model, &v));
-            Some(Settled {
-                usage: Usage {
-                    prompt_tokens: prompt,
-                    completion_tokens: estimate_completion(),
-                    ..Usage::default()
-                },
-                prompt_source: Source::Estimated,
-                completion_source: Source::Estimated,
-            })
-        }
+        None => Some(Settled {
+            usage: Usage {
+                prompt_tokens: est.prompt.unwrap_or(0),
+                completion_tokens: completion_estimate,
+                ..Usage::default()
+            },
+            prompt_source: Source::Estimated,
+            completion_source: Source::Estimated,
+        }),
     }
 }
 
@@ -98,7 +125,7 @@ fn cost(ctx: &RequestCtx, usage: &Usage) -> Option<f64> {
 
 /// Export the request's metrics, settle its limiter admission (exact tokens, cost), and
 /// write its log line.
-pub fn finish(ctx: &mut RequestCtx, status: u16) {
+pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
     let admission = ctx.admission.take();
     let model = metrics::model_label(ctx.inspected.model.as_deref());
     let tenant = ctx.tenant.as_deref().unwrap_or("none");
@@ -118,7 +145,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16) {
             .with_label_values(&[route, pool])
             .observe(ttft.as_secs_f64());
     }
-    let settled = settle(ctx);
+    let settled = settle(ctx, est);
     if let Some(s) = &settled {
         let u = &s.usage;
         for (kind, n, src) in [

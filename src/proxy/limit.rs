@@ -69,14 +69,17 @@ pub fn admit(
 }
 
 /// Prompt tokens a request will likely use: tiktoken over the prompt text for OpenAI models
-/// (bodies up to 8 KiB), otherwise the body's bytes / 4 (about 4 bytes per token of English
+/// (bodies up to 8 KiB, once the tokenizer is loaded), otherwise the body's bytes / 4 (about 4 bytes per token of English
 /// text; JSON syntax makes this over-estimate, the safe side for a reservation).
 pub fn prompt_estimate(api: ApiKind, model: &str, body: &Bytes) -> u64 {
     let openai_model = ["gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-"]
         .iter()
         .any(|p| model.starts_with(p));
     if openai_model && body.len() <= TOKENIZE_MAX_BYTES {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        // The tables are built on first need, off the request path; until then, the heuristic.
+        if !estimate::is_loaded(model) {
+            estimate::load_in_background(model);
+        } else if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
             return estimate::estimate_prompt_tokens(api, model, &v);
         }
     }

@@ -157,6 +157,10 @@ impl ProxyHttp for Sluice {
             Some(h) if ctx.status == 0 => h.status.as_u16(),
             _ => ctx.status,
         };
-        account::finish(ctx, status);
+        if ctx.status == 0 {
+            ctx.status = status;
+        }
+        let est = account::estimates(ctx).await;
+        account::finish(ctx, status, est);
     }
 }

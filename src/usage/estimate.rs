@@ -56,12 +56,41 @@ pub fn encoding_for(model: &str) -> Encoding {
     }
 }
 
+static LOADED: [std::sync::atomic::AtomicBool; 2] = [
+    std::sync::atomic::AtomicBool::new(false),
+    std::sync::atomic::AtomicBool::new(false),
+];
+static LOADING: [std::sync::atomic::AtomicBool; 2] = [
+    std::sync::atomic::AtomicBool::new(false),
+    std::sync::atomic::AtomicBool::new(false),
+];
+
 fn bpe(encoding: Encoding) -> &'static CoreBPE {
     // tiktoken-rs singletons: built once, on first use, from tables bundled in the crate.
-    match encoding {
+    let b = match encoding {
         Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
         Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+    };
+    LOADED[encoding as usize].store(true, std::sync::atomic::Ordering::Release);
+    b
+}
+
+/// Whether `model`'s tokenizer tables are built, so counting costs no start-up delay. Each
+/// table takes a fraction of a second and ~30 MiB to build: they are built on first need.
+pub fn is_loaded(model: &str) -> bool {
+    LOADED[encoding_for(model) as usize].load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Build `model`'s tokenizer tables on a background thread (once), so a later
+/// [`count_tokens`] does not stall the request path.
+pub fn load_in_background(model: &str) {
+    let enc = encoding_for(model);
+    if LOADING[enc as usize].swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
     }
+    std::thread::spawn(move || {
+        bpe(enc);
+    });
 }
 
 /// Builds both BPE tables now rather than on the first estimate (each takes a noticeable

@@ -1,0 +1,193 @@
+//! Hot reload and readiness, as a Pingora background service.
+//!
+//! Triggers: a change in the config file's directory (inotify through `notify`; a Kubernetes
+//! ConfigMap update is a new `..<timestamp>` directory and an atomic rename of the `..data`
+//! symlink, FACTS.md §5, so the directory is watched, not the file), a checksum poll as a
+//! fallback, and SIGHUP (forces a reload, e.g. after a key file rotated). A new config is
+//! parsed, validated and compiled whole (keys re-read) before it is swapped in with
+//! `ArcSwap`; requests in flight keep the snapshot they started with. A bad config is
+//! rejected with every path-qualified error in the log and the last good one keeps serving.
+//! On shutdown (SIGTERM), readiness turns false at once.
+
+use crate::config::{load_text, Secrets, Snapshot};
+use crate::metrics;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Debounce after a directory event: the kubelet's swap is several renames in a row.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Why a reload was attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A change in the config directory.
+    Watch,
+    /// The checksum poll.
+    Poll,
+    /// SIGHUP: reload even if the file did not change (key files may have).
+    Signal,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Watch => "watch",
+            Trigger::Poll => "poll",
+            Trigger::Signal => "sighup",
+        }
+    }
+}
+
+/// The reload service.
+pub struct Reloader {
+    path: PathBuf,
+    config: Arc<ArcSwap<Snapshot>>,
+    ready: Arc<AtomicBool>,
+    last_text_sha256: Mutex<String>,
+}
+
+impl Reloader {
+    /// Reload `path` into `config`; `ready` is the admin listener's readiness flag.
+    pub fn new(path: PathBuf, config: Arc<ArcSwap<Snapshot>>, ready: Arc<AtomicBool>) -> Self {
+        let current = config.load().source_sha256.clone();
+        record_success(&current);
+        Self {
+            path,
+            config,
+            ready,
+            last_text_sha256: Mutex::new(current),
+        }
+    }
+
+    /// Re-read the file and swap it in if it changed (or `trigger` is SIGHUP) and is valid.
+    /// Returns whether a new snapshot is in force.
+    pub fn check(&self, trigger: Trigger) -> bool {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                // Mid-swap the file can be briefly missing; the next event or poll retries.
+                tracing::warn!(path = %self.path.display(), error = %e, "config unreadable");
+                return false;
+            }
+        };
+        let sha = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(text.as_bytes()))
+        };
+        let Ok(mut last) = self.last_text_sha256.lock() else {
+            return false;
+        };
+        if *last == sha && trigger != Trigger::Signal {
+            return false;
+        }
+        // Remember the text even if it is rejected: log a bad config once, not every poll.
+        *last = sha.clone();
+        match load_text(&text, Secrets::Load) {
+            Ok(mut next) => {
+                let current = self.config.load();
+                if next.proxy_addr != current.proxy_addr || next.admin_addr != current.admin_addr {
+                    tracing::warn!(
+                        proxy = %current.proxy_addr,
+                        admin = %current.admin_addr,
+                        "listener addresses cannot change by reload: keeping the current ones (restart to move them)"
+                    );
+                    next.proxy_addr.clone_from(&current.proxy_addr);
+                    next.admin_addr.clone_from(&current.admin_addr);
+                }
+                let routes = next.routes.len();
+                let pools = next.pools.len();
+                self.config.store(Arc::new(next));
+                metrics::CONFIG_RELOADS.with_label_values(&["success"]).inc();
+                record_success(&sha);
+                tracing::info!(trigger = trigger.as_str(), sha256 = %sha, routes, pools, "config reloaded");
+                true
+            }
+            Err(errors) => {
+                metrics::CONFIG_RELOADS.with_label_values(&["failure"]).inc();
+                for e in &errors.0 {
+                    tracing::error!(trigger = trigger.as_str(), path = %e.path, "config rejected: {}", e.message);
+                }
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    errors = errors.0.len(),
+                    "config rejected: the last good config keeps serving"
+                );
+                false
+            }
+        }
+    }
+}
+
+fn record_success(sha: &str) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::CONFIG_LAST_SUCCESS.set(now);
+    // The first 13 hex digits (52 bits) fit a float exactly: a gauge that changes with the
+    // config, comparable across replicas.
+    let short = u64::from_str_radix(sha.get(..13).unwrap_or("0"), 16).unwrap_or(0);
+    metrics::CONFIG_HASH.set(short as f64);
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let snapshot = self.config.load_full();
+        let (tx, mut events) = mpsc::channel::<()>(64);
+        let _watcher = if snapshot.reload_watch {
+            let dir = self
+                .path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from);
+            let w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+                let _ = tx.try_send(());
+            });
+            let watching = w.map_err(|e| e.to_string()).and_then(|mut w| {
+                w.watch(&dir, RecursiveMode::NonRecursive)
+                    .map(|()| w)
+                    .map_err(|e| e.to_string())
+            });
+            match watching {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory: polling only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut poll = tokio::time::interval(snapshot.reload_poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.ready.store(false, Ordering::Release);
+                    tracing::info!("shutting down: not ready, draining in-flight requests");
+                    return;
+                }
+                Some(()) = events.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while events.try_recv().is_ok() {}
+                    self.check(Trigger::Watch);
+                }
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    self.check(Trigger::Signal);
+                }
+                _ = poll.tick() => {
+                    self.check(Trigger::Poll);
+                }
+            }
+        }
+    }
+}
