@@ -14,7 +14,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod provider;
-pub mod reload;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod usage;

@@ -105,15 +105,19 @@ impl Reloader {
                 let routes = next.routes.len();
                 let pools = next.pools.len();
                 self.config.store(Arc::new(next));
-                metrics::CONFIG_RELOADS.with_label_values(&["success"]).inc();
+                metrics::CONFIG_RELOADS
+                    .with_label_values(&["success"])
+                    .inc();
                 record_success(&sha);
                 tracing::info!(trigger = trigger.as_str(), sha256 = %sha, routes, pools, "config reloaded");
                 true
             }
             Err(errors) => {
-                metrics::CONFIG_RELOADS.with_label_values(&["failure"]).inc();
+                metrics::CONFIG_RELOADS
+                    .with_label_values(&["failure"])
+                    .inc();
                 for e in &errors.0 {
-                    tracing::error!(trigger = trigger.as_str(), path = %e.path, "config rejected: {}", e.message);
+                    tracing::error!(trigger = trigger.as_str(), "config rejected: {e}");
                 }
                 tracing::error!(
                     trigger = trigger.as_str(),
@@ -166,7 +170,8 @@ impl BackgroundService for Reloader {
         } else {
             None
         };
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut poll = tokio::time::interval(snapshot.reload_poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -5,13 +5,13 @@ use crate::admin::Admin;
 use crate::config::Snapshot;
 use crate::proxy::Sluice;
 use crate::reload::Reloader;
-use pingora_core::services::background::background_service;
-use std::path::PathBuf;
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

@@ -78,7 +78,16 @@ pub fn parse_lenient(text: &str) -> Result<(ConfigFile, Vec<ConfigError>), Confi
         match name {
             "listeners" => section(name, value, &mut errors, &mut file.listeners),
             "server" => section(name, value, &mut errors, &mut file.server),
-            "tenants" => section(name, value, &mut errors, &mut file.tenants),
+            "tenants" => {
+                // Tenants one by one, so a typo in one tenant's limits names that tenant.
+                let mut value = value;
+                let tenants = value
+                    .as_mapping_mut()
+                    .and_then(|m| m.remove("list"))
+                    .unwrap_or(Value::Null);
+                section(name, value, &mut errors, &mut file.tenants);
+                file.tenants.list = list("tenants.list", tenants, &mut errors);
+            }
             "limits" => section(name, value, &mut errors, &mut file.limits),
             "reload" => section(name, value, &mut errors, &mut file.reload),
             "models" => file.models = list(name, value, &mut errors),
@@ -178,6 +187,23 @@ mod tests {
             errors[2].message.contains("path_prefx"),
             "{}",
             errors[2].message
+        );
+    }
+
+    #[test]
+    fn nested_errors_name_the_tenant() {
+        let text = "tenants:\n  default: a\n  list:\n    - name: a\n    - name: b\n      limits: {requests_per_minit: 5}\n";
+        let errors = parse(text).unwrap_err().0;
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].path.starts_with("tenants.list[1]"),
+            "{:?}",
+            errors[0]
+        );
+        assert!(
+            errors[0].message.contains("requests_per_minit"),
+            "{:?}",
+            errors[0]
         );
     }
 

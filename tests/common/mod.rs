@@ -241,29 +241,59 @@ pub struct Sluice {
 impl Sluice {
     /// Start sluice with `body` (YAML without `listeners`) and `env` vars.
     pub fn start(body: &str, env: &[(&str, &str)]) -> Sluice {
-        let proxy = format!("127.0.0.1:{}", free_port());
-        let admin = format!("127.0.0.1:{}", free_port());
+        let (proxy, admin) = Self::listeners();
+        let dir = Self::temp_dir();
+        let path = dir.join("sluice.yaml");
+        std::fs::write(
+            &path,
+            format!("{}{body}", Self::listeners_yaml(&proxy, &admin)),
+        )
+        .unwrap();
+        Self::start_file(dir, &path, &proxy, &admin, env)
+    }
+
+    /// Two free `127.0.0.1:port` addresses (proxy, admin).
+    pub fn listeners() -> (String, String) {
+        (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        )
+    }
+
+    /// The `listeners:` YAML line for `proxy` / `admin`.
+    pub fn listeners_yaml(proxy: &str, admin: &str) -> String {
+        format!("listeners: {{proxy: '{proxy}', admin: '{admin}'}}\n")
+    }
+
+    /// A fresh temp dir (removed when the `Sluice` using it drops).
+    pub fn temp_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "sluice-test-{}-{}",
             std::process::id(),
             free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("sluice.yaml");
-        std::fs::write(
-            &path,
-            format!("listeners: {{proxy: '{proxy}', admin: '{admin}'}}\n{body}"),
-        )
-        .unwrap();
+        dir
+    }
+
+    /// Start sluice on the config at `path` (which names `proxy`/`admin` as listeners).
+    pub fn start_file(
+        dir: PathBuf,
+        path: &std::path::Path,
+        proxy: &str,
+        admin: &str,
+        env: &[(&str, &str)],
+    ) -> Sluice {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         let log = std::fs::File::create(dir.join("sluice.log")).unwrap();
         cmd.args(["run", "-c"])
-            .arg(&path)
+            .arg(path)
             .stdout(Stdio::null())
             .stderr(log);
         cmd.env(
             "RUST_LOG",
-            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn,sluice::access=info".into()),
+            std::env::var("SLUICE_TEST_LOG")
+                .unwrap_or_else(|_| "warn,sluice::access=info,sluice::reload=info".into()),
         );
         for (k, v) in env {
             cmd.env(k, v);
@@ -277,6 +307,27 @@ impl Sluice {
         };
         s.wait_ready();
         s
+    }
+
+    /// Send `signal` (e.g. "HUP", "TERM") to sluice.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Wait (bounded) for the process to exit; returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// What sluice wrote to stderr so far.
