@@ -68,6 +68,13 @@ pub enum SluiceError {
     /// The upstream failed after connecting (reset, protocol error).
     #[error("upstream {0} failed")]
     UpstreamFailed(String),
+    /// Every endpoint of the route is unavailable (breakers open, cooling down after a
+    /// `retry-after`, no usable key); `retry_after` is the earliest cooldown end, if known.
+    #[error("no upstream available")]
+    NoUpstreamAvailable {
+        /// When the earliest endpoint or key is usable again.
+        retry_after: Option<Duration>,
+    },
     /// A tenant limit refused the request (requests, tokens or concurrency).
     #[error("{}", rejection_message(.0))]
     RateLimited(Rejection),
@@ -91,6 +98,7 @@ impl SluiceError {
             SluiceError::UpstreamUnreachable(_) | SluiceError::UpstreamFailed(_) => 502,
             SluiceError::UpstreamTimeout { .. } => 504,
             SluiceError::RateLimited(_) | SluiceError::BudgetExceeded(_) => 429,
+            SluiceError::NoUpstreamAvailable { .. } => 503,
         }
     }
 
@@ -110,6 +118,7 @@ impl SluiceError {
             SluiceError::Internal => "internal",
             SluiceError::RateLimited(_) => "rate_limited",
             SluiceError::BudgetExceeded(_) => "budget_exceeded",
+            SluiceError::NoUpstreamAvailable { .. } => "no_upstream_available",
         }
     }
 
@@ -161,6 +170,9 @@ impl SluiceError {
                 "rate_limit_error",
                 "insufficient_quota",
             ),
+            SluiceError::NoUpstreamAvailable { .. } => {
+                ("server_error", "overloaded_error", "no_upstream_available")
+            }
         };
         let message = format!("sluice: {self}");
         match style {
@@ -231,6 +243,15 @@ impl SluiceError {
                 ]
             }
             SluiceError::BudgetExceeded(_) => vec![("x-should-retry", "false".to_owned())],
+            SluiceError::NoUpstreamAvailable {
+                retry_after: Some(d),
+            } => {
+                let d = (*d).max(Duration::from_millis(1));
+                vec![
+                    ("retry-after", d.as_secs_f64().ceil().to_string()),
+                    ("retry-after-ms", d.as_millis().to_string()),
+                ]
+            }
             _ => Vec::new(),
         }
     }
@@ -286,6 +307,9 @@ mod tests {
             SluiceError::Internal,
             SluiceError::RateLimited(Rejection::Concurrency { limit: 2 }),
             SluiceError::BudgetExceeded(Period::Day),
+            SluiceError::NoUpstreamAvailable {
+                retry_after: Some(Duration::from_secs(2)),
+            },
         ];
         let mut labels = std::collections::HashSet::new();
         for e in &all {

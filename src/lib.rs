@@ -8,6 +8,7 @@
 //! [`server`] wires it into Pingora.
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod error;
 pub mod limits;

@@ -176,6 +176,55 @@ pub static CONFIG_HASH: Lazy<prometheus::Gauge> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_breaker_state{pool,endpoint}`: 0 closed, 1 half-open, 2 open.
+pub static BREAKER_STATE: Lazy<prometheus::GaugeVec> = Lazy::new(|| {
+    metric!(prometheus::register_gauge_vec!(
+        "sluice_breaker_state",
+        "Circuit breaker state per endpoint: 0 closed, 1 half-open, 2 open",
+        &["pool", "endpoint"]
+    ))
+});
+
+/// `sluice_endpoint_skips_total{pool,endpoint,reason}`: endpoints skipped without a connect
+/// attempt (`breaker_open`, `cooling_down`, `no_usable_key`).
+pub static ENDPOINT_SKIPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_endpoint_skips_total",
+        "Endpoints skipped without a connection attempt, by reason",
+        &["pool", "endpoint", "reason"]
+    ))
+});
+
+/// `sluice_failovers_total{route,from_pool,to_pool,reason}`: an attempt abandoned for the
+/// next endpoint or pool (before any byte reached the client).
+pub static FAILOVERS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_failovers_total",
+        "Failovers from one pool to the next attempt's pool, by reason (status or error)",
+        &["route", "from_pool", "to_pool", "reason"]
+    ))
+});
+
+/// `sluice_upstream_attempts`: upstream attempts per request.
+pub static ATTEMPTS: Lazy<prometheus::HistogramVec> = Lazy::new(|| {
+    metric!(register_histogram_vec!(
+        "sluice_upstream_attempts",
+        "Upstream attempts per request",
+        &["route"],
+        vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0]
+    ))
+});
+
+/// `sluice_key_cooldowns_total{pool,endpoint,reason}`: keys cooled down (`rate_limited`) or
+/// disabled until reload (`unauthorized`).
+pub static KEY_COOLDOWNS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_key_cooldowns_total",
+        "Upstream keys cooled down (rate_limited) or disabled until reload (unauthorized)",
+        &["pool", "endpoint", "reason"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -194,6 +243,11 @@ pub fn init() {
     Lazy::force(&CONFIG_RELOADS);
     Lazy::force(&CONFIG_LAST_SUCCESS);
     Lazy::force(&CONFIG_HASH);
+    Lazy::force(&BREAKER_STATE);
+    Lazy::force(&ENDPOINT_SKIPS);
+    Lazy::force(&FAILOVERS);
+    Lazy::force(&ATTEMPTS);
+    Lazy::force(&KEY_COOLDOWNS);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

@@ -5,7 +5,9 @@ use super::limits::{compile_limits, compile_models};
 use super::parse::ConfigFile;
 use super::schema::{EndpointConf, PoolConf, ProviderKind};
 use super::snapshot::{Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
+use super::snapshot::{Failover, HealthCheck};
 use super::{ConfigError, ConfigErrors, Secret};
+use crate::balance::EndpointState;
 use globset::Glob;
 use http::{HeaderName, Uri};
 use sha2::{Digest, Sha256};
@@ -107,12 +109,40 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
             }
         }
         if !resolved.is_empty() && resolved.len() == r.pools.len() {
+            let f = &r.failover;
+            if f.max_attempts == 0 {
+                errs.push(
+                    format!("{path}.failover.max_attempts"),
+                    "must be at least 1",
+                );
+            }
+            if f.deadline_ms == 0 {
+                errs.push(
+                    format!("{path}.failover.deadline_ms"),
+                    "must be greater than 0",
+                );
+            }
+            for (j, st) in f.retry_on_status.iter().enumerate() {
+                if !(400..600).contains(st) || (*st != 429 && *st < 500 && *st != 408) {
+                    errs.push(
+                        format!("{path}.failover.retry_on_status[{j}]"),
+                        format!("{st}: only 408, 429 and 5xx can be retried elsewhere"),
+                    );
+                }
+            }
             routes.push(Route {
                 name: Arc::from(r.name.as_str()),
                 path_prefix: m.path_prefix.clone(),
                 model,
                 header,
                 pools: resolved,
+                failover: Failover {
+                    retry_on_status: f.retry_on_status.clone(),
+                    retry_on_connect_error: f.retry_on_connect_error,
+                    retry_on_timeout: f.retry_on_timeout,
+                    max_attempts: f.max_attempts,
+                    deadline: Duration::from_millis(f.deadline_ms),
+                },
             });
         }
     }
@@ -212,14 +242,46 @@ fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -
     }
     let mut endpoints = Vec::new();
     for (j, e) in p.endpoints.iter().enumerate() {
-        if let Some(ep) = compile_endpoint(&format!("{path}.endpoints[{j}]"), e, secrets, errs) {
+        if let Some(ep) = compile_endpoint(p, &format!("{path}.endpoints[{j}]"), e, secrets, errs) {
             endpoints.push(ep);
         }
     }
+    let b = &p.breaker;
+    if b.consecutive_failures == 0 {
+        errs.push(
+            format!("{path}.breaker.consecutive_failures"),
+            "must be at least 1",
+        );
+    }
+    if b.failure_ratio.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
+        errs.push(format!("{path}.breaker.failure_ratio"), "must be in (0, 1]");
+    }
+    if b.open_ms == 0 || b.window_ms == 0 {
+        errs.push(
+            format!("{path}.breaker"),
+            "open_ms and window_ms must be greater than 0",
+        );
+    }
+    let health_check = p.health_check.as_ref().map(|h| {
+        if !h.path.starts_with('/') {
+            errs.push(format!("{path}.health_check.path"), "must start with '/'");
+        }
+        if h.interval_ms < 100 || h.timeout_ms == 0 {
+            errs.push(
+                format!("{path}.health_check"),
+                "interval_ms must be at least 100 and timeout_ms greater than 0",
+            );
+        }
+        HealthCheck {
+            path: h.path.clone(),
+            interval: Duration::from_millis(h.interval_ms),
+            timeout: Duration::from_millis(h.timeout_ms),
+        }
+    });
     if errs.0.len() != before {
         return None;
     }
-    Some(Pool::new(
+    let mut pool = Pool::new(
         Arc::from(p.name.as_str()),
         p.provider,
         endpoints,
@@ -229,10 +291,15 @@ fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -
             idle: Duration::from_millis(t.idle_ms),
         },
         p.api_version.clone(),
-    ))
+    );
+    pool.policy = p.policy;
+    pool.model_map = p.model_map.clone().into_iter().collect();
+    pool.health_check = health_check;
+    Some(pool)
 }
 
 fn compile_endpoint(
+    pool: &PoolConf,
     path: &str,
     e: &EndpointConf,
     secrets: Secrets,
@@ -300,7 +367,13 @@ fn compile_endpoint(
     } else {
         format!("{host}:{port}")
     };
+    if e.weight == 0 {
+        errs.push(format!("{path}.weight"), "must be at least 1");
+    }
+    let state = EndpointState::new(&pool.breaker, &pool.name, &addr, keys.len());
     Some(Endpoint {
+        weight: e.weight,
+        state,
         addr,
         host: host
             .trim_start_matches('[')

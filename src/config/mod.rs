@@ -12,7 +12,9 @@ mod snapshot;
 pub use compile::{compile, Secrets};
 pub use parse::{parse, parse_lenient, ConfigFile};
 pub use secret::Secret;
-pub use snapshot::{Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
+pub use snapshot::{
+    Endpoint, Failover, HealthCheck, Pool, Route, Snapshot, TenantId, Tenants, Timeouts,
+};
 
 use std::fmt;
 use std::path::Path;

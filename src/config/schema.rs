@@ -203,9 +203,100 @@ pub struct EndpointConf {
     /// `http://host[:port][/base]` or `https://...`. A base path is prepended to the client's
     /// path (`http://mock:8000/anthropic` + `/v1/messages`).
     pub url: String,
-    /// Keys for this endpoint; the first one is used (rotation comes with failover).
+    /// Keys for this endpoint, used in order: a key answered 401/403 is disabled until the
+    /// next reload, a key answered 429 cools down for the upstream's `retry-after`.
     #[serde(default)]
     pub keys: Vec<KeySource>,
+    /// Relative weight for the `weighted` policy. Default 1.
+    #[serde(default = "one_u32")]
+    pub weight: u32,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+/// How a pool picks among its healthy endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Each endpoint in turn (default).
+    #[default]
+    RoundRobin,
+    /// The endpoint with the fewest requests in flight.
+    LeastInFlight,
+    /// Smooth weighted round robin by `endpoints[].weight`.
+    Weighted,
+}
+
+/// `pools[].breaker`: the circuit breaker of each endpoint of the pool. Failures are connect
+/// errors, timeouts and 500/502/503/504/529 answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConf {
+    /// Opens after this many consecutive failures. Default 5.
+    #[serde(default = "default_failures")]
+    pub consecutive_failures: u32,
+    /// Also opens when the failure ratio over `window_ms` exceeds this (0..1), once
+    /// `min_requests` were seen. Default: off.
+    #[serde(default)]
+    pub failure_ratio: Option<f64>,
+    /// Requests needed in the window before `failure_ratio` applies. Default 20.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    /// Window of `failure_ratio`, ms. Default 30,000.
+    #[serde(default = "default_window")]
+    pub window_ms: u64,
+    /// How long the breaker stays open before half-open probes, ms. Default 10,000.
+    #[serde(default = "default_open")]
+    pub open_ms: u64,
+}
+
+impl Default for BreakerConf {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_failures(),
+            failure_ratio: None,
+            min_requests: default_min_requests(),
+            window_ms: default_window(),
+            open_ms: default_open(),
+        }
+    }
+}
+
+fn default_failures() -> u32 {
+    5
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_window() -> u64 {
+    30_000
+}
+fn default_open() -> u64 {
+    10_000
+}
+
+/// `pools[].health_check`: an active check per endpoint (with its key); a failing check counts
+/// as a breaker failure, a passing one as a success (closing a half-open breaker).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConf {
+    /// Path to GET, e.g. `/v1/models` (cheap, no tokens).
+    pub path: String,
+    /// Interval, ms. Default 10,000.
+    #[serde(default = "default_hc_interval")]
+    pub interval_ms: u64,
+    /// Timeout of one check, ms. Default 2,000.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_hc_interval() -> u64 {
+    10_000
+}
+fn default_hc_timeout() -> u64 {
+    2_000
 }
 
 /// `pools[]`: a named group of endpoints of one provider.
@@ -224,6 +315,19 @@ pub struct PoolConf {
     /// Azure OpenAI `api-version` query parameter (required for `azure_openai`).
     #[serde(default)]
     pub api_version: Option<String>,
+    /// Endpoint selection policy. Default `round_robin`.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Model renames for this pool (`gpt-4o: my-gpt4o-deployment`): the body's `model` and,
+    /// for Azure, the deployment in the URL.
+    #[serde(default)]
+    pub model_map: std::collections::BTreeMap<String, String>,
+    /// Circuit breaker per endpoint.
+    #[serde(default)]
+    pub breaker: BreakerConf,
+    /// Optional active health check.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConf>,
 }
 
 /// A header a route requires: `name` equal to `value` (exact).
@@ -268,6 +372,54 @@ pub struct RouteConf {
     pub matcher: MatchConf,
     /// Pool names, in order of preference (primary first).
     pub pools: Vec<String>,
+    /// When and how often to try another endpoint / pool.
+    #[serde(default)]
+    pub failover: FailoverConf,
+}
+
+/// `routes[].failover`: failover happens only before the first response byte reached the
+/// client; endpoints of a pool are tried before the next pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConf {
+    /// Upstream statuses that move on to the next endpoint. Default 429, 500, 502, 503, 504,
+    /// 529 (never another 4xx).
+    #[serde(default = "default_retry_statuses")]
+    pub retry_on_status: Vec<u16>,
+    /// Move on after a connect error. Default true.
+    #[serde(default = "default_true")]
+    pub retry_on_connect_error: bool,
+    /// Move on after a connect or time-to-first-byte timeout. Default true.
+    #[serde(default = "default_true")]
+    pub retry_on_timeout: bool,
+    /// Most upstream attempts per request. Default 4.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Deadline for all attempts until a response starts, ms. Default 180,000.
+    #[serde(default = "default_deadline")]
+    pub deadline_ms: u64,
+}
+
+impl Default for FailoverConf {
+    fn default() -> Self {
+        Self {
+            retry_on_status: default_retry_statuses(),
+            retry_on_connect_error: true,
+            retry_on_timeout: true,
+            max_attempts: default_attempts(),
+            deadline_ms: default_deadline(),
+        }
+    }
+}
+
+fn default_retry_statuses() -> Vec<u16> {
+    vec![429, 500, 502, 503, 504, 529]
+}
+fn default_attempts() -> u32 {
+    4
+}
+fn default_deadline() -> u64 {
+    180_000
 }
 
 /// `tenants.list[]`.

@@ -2,14 +2,15 @@
 //! globs compiled, keys loaded, virtual keys hashed. Built once per (re)load by `compile.rs`.
 
 use super::limits::{ModelInfo, TenantLimits};
-use super::schema::{LogFormat, ProviderKind};
+use super::schema::{LogFormat, Policy, ProviderKind};
 use super::Secret;
+use crate::balance::{EndpointState, Selector};
 use globset::GlobMatcher;
 use http::HeaderName;
 use pingora_http::RequestHeader;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,9 +39,39 @@ pub struct Endpoint {
     pub tls: bool,
     /// Path prefix prepended to the client's path (`""` or `/anthropic`), no trailing slash.
     pub base_path: String,
-    /// Keys, first is used. Empty only when the snapshot was compiled without secrets
-    /// (`sluice validate`).
+    /// Keys, tried in order (see [`crate::balance::keys`]). Empty only when the snapshot was
+    /// compiled without secrets (`sluice validate`).
     pub keys: Vec<Secret>,
+    /// Weight for the `weighted` policy.
+    pub weight: u32,
+    /// Breaker, key rotation, in-flight count, cooldown.
+    pub state: EndpointState,
+}
+
+/// `pools[].health_check`, compiled.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// Path to GET.
+    pub path: String,
+    /// Interval.
+    pub interval: Duration,
+    /// Timeout of one check.
+    pub timeout: Duration,
+}
+
+/// `routes[].failover`, compiled.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    /// Statuses that move on.
+    pub retry_on_status: Vec<u16>,
+    /// Move on after a connect error.
+    pub retry_on_connect_error: bool,
+    /// Move on after a connect / TTFB timeout.
+    pub retry_on_timeout: bool,
+    /// Most attempts.
+    pub max_attempts: u32,
+    /// Deadline for all attempts.
+    pub deadline: Duration,
 }
 
 /// A pool of endpoints of one provider.
@@ -56,7 +87,13 @@ pub struct Pool {
     pub timeouts: Timeouts,
     /// Azure `api-version`.
     pub api_version: Option<String>,
-    next: AtomicUsize,
+    /// Selection policy.
+    pub policy: Policy,
+    /// Model renames.
+    pub model_map: HashMap<String, String>,
+    /// Active health check.
+    pub health_check: Option<HealthCheck>,
+    selector: Selector,
 }
 
 impl Pool {
@@ -73,17 +110,27 @@ impl Pool {
             endpoints,
             timeouts,
             api_version,
-            next: AtomicUsize::new(0),
+            policy: Policy::RoundRobin,
+            model_map: HashMap::new(),
+            health_check: None,
+            selector: Selector::default(),
         }
     }
 
-    /// Pick an endpoint round robin. Returns its index; `None` only for an empty pool, which
-    /// validation rejects.
-    pub fn pick(&self) -> Option<usize> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        Some(self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len())
+    /// Endpoint indices in the order to try them under the pool's policy.
+    pub fn order(&self) -> Vec<usize> {
+        let in_flight: Vec<u64> = self
+            .endpoints
+            .iter()
+            .map(|e| e.state.in_flight.load(Ordering::Relaxed))
+            .collect();
+        let weight: Vec<u32> = self.endpoints.iter().map(|e| e.weight).collect();
+        self.selector.order(self.policy, &in_flight, &weight)
+    }
+
+    /// The model name this pool's upstream knows `model` by.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map.get(model).map_or(model, String::as_str)
     }
 }
 
@@ -100,6 +147,8 @@ pub struct Route {
     pub header: Option<(HeaderName, String)>,
     /// Pools in order of preference; never empty.
     pub pools: Vec<Arc<Pool>>,
+    /// Failover rules.
+    pub failover: Failover,
 }
 
 impl Route {

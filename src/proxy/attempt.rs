@@ -9,8 +9,10 @@
 
 use super::ctx::{AttemptRecord, AttemptSpec, RequestCtx};
 use super::relay;
+use crate::balance::now_ms;
 use crate::config::{Pool, Timeouts};
 use crate::error::{SluiceError, TimeoutPhase};
+use crate::metrics;
 use bytes::Bytes;
 use pingora_core::protocols::http::HttpTask;
 use pingora_error::{Error, ErrorType};
@@ -19,11 +21,30 @@ use pingora_proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora_proxy::Session;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// Upstream statuses worth another pool before the first byte reached the client.
-const FAILOVER_STATUSES: [u16; 6] = [429, 500, 502, 503, 504, 529];
+/// Counts an attempt in flight on its endpoint (for `least_in_flight`) while it lives.
+struct InFlight(Arc<Pool>, usize);
+
+impl InFlight {
+    fn new(pool: Arc<Pool>, endpoint: usize) -> Self {
+        if let Some(e) = pool.endpoints.get(endpoint) {
+            e.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        Self(pool, endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(e) = self.0.endpoints.get(self.1) {
+            e.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// The subrequest's future, polled inline by the parent (not spawned): dropping it drops the
 /// upstream connection synchronously, whatever else the worker thread is doing.
@@ -32,6 +53,7 @@ type ChildFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A running attempt. Dropping it drops the subrequest, which closes its upstream connection
 /// at once (cancellation is money).
 pub struct Child {
+    _in_flight: InFlight,
     fut: Option<ChildFuture>,
     rx: mpsc::Receiver<HttpTask>,
     /// Request-side channel, kept open: the subrequest treats its closing as a client leaving.
@@ -75,10 +97,26 @@ enum First {
     ClientGone,
 }
 
-/// Run the route's pools in order until one answers; relay that answer to the client.
+/// A response held back because another endpoint may do better; returned as-is if none does.
+struct Held {
+    child: Child,
+    header: Box<ResponseHeader>,
+    end: bool,
+    pool: Arc<Pool>,
+    endpoint: usize,
+}
+
+/// Statuses that count as an endpoint failure for its circuit breaker.
+const BREAKER_FAILURES: [u16; 5] = [500, 502, 503, 504, 529];
+
+/// Run the route's pools in order (each pool's endpoints in its policy's order) until one
+/// answers with a status that is not retryable; relay that answer to the client.
 ///
-/// Errors: the last attempt's failure when no pool produced a response (nothing was sent to
-/// the client yet, so the caller answers natively).
+/// Skipped without a connection attempt: endpoints whose breaker is open, cooling down after a
+/// `retry-after`, or without a usable key. Bounded by the route's `max_attempts` and
+/// `deadline`. When every candidate failed, the last upstream answer is relayed as-is if
+/// there was one; otherwise the last error (or [`SluiceError::NoUpstreamAvailable`] with the
+/// earliest cooldown) is returned for the caller to answer natively.
 pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
     let (Some(snapshot), Some(route_idx)) = (ctx.snapshot.clone(), ctx.route) else {
         return Err(SluiceError::Internal);
@@ -86,43 +124,219 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
     let Some(route) = snapshot.routes.get(route_idx) else {
         return Err(SluiceError::Internal);
     };
+    let rules = &route.failover;
+    let deadline = tokio::time::Instant::now() + rules.deadline;
     let body = ctx.body.clone().unwrap_or_default();
-    let mut last_err = SluiceError::Internal;
-    for (i, pool) in route.pools.iter().enumerate() {
-        let is_last = i + 1 == route.pools.len();
-        let Some(ep) = pool.pick() else { continue };
-        ctx.pool = Some(pool.clone());
-        ctx.endpoint = ep;
-        let endpoint = pool.endpoints[ep].addr.clone();
-        if pool.endpoints[ep].keys.is_empty() {
-            last_err = SluiceError::NoUpstreamKey(pool.name.to_string());
-            record(ctx, pool, &endpoint, 0, last_err.label());
-            continue;
-        }
-        let mut child = spawn(session, ctx, pool, ep, &body).await?;
-        match first_response(session, &mut child).await {
-            First::Header(header, end) => {
-                let status = header.status.as_u16();
-                if !is_last && FAILOVER_STATUSES.contains(&status) {
-                    record(ctx, pool, &endpoint, status, "failover");
-                    continue; // `child` dropped: subrequest aborted, connection closed
+    let mut last_err: Option<SluiceError> = None;
+    let mut held: Option<Held> = None;
+    let mut earliest: Option<u64> = None;
+    let mut attempts = 0u32;
+    let mut previous: Option<(Arc<str>, String)> = None;
+    let outcome = 'pools: {
+        for pool in &route.pools {
+            let model = ctx
+                .inspected
+                .model
+                .as_deref()
+                .map(|m| pool.upstream_model(m).to_owned());
+            let pool_body = match (&ctx.inspected.model, &model) {
+                (Some(asked), Some(renamed)) if asked != renamed => {
+                    super::inspect::with_model(&body, renamed)?
                 }
-                record(ctx, pool, &endpoint, status, "ok");
-                relay::relay(session, ctx, child, header, end).await;
-                return Ok(());
+                _ => body.clone(),
+            };
+            for ep_idx in pool.order() {
+                let ep = &pool.endpoints[ep_idx];
+                let mut key = match usable(pool, ep_idx, &mut earliest) {
+                    Some(k) => k,
+                    None => {
+                        if ep.keys.is_empty() {
+                            last_err = Some(SluiceError::NoUpstreamKey(pool.name.to_string()));
+                        }
+                        continue;
+                    }
+                };
+                loop {
+                    if attempts >= rules.max_attempts || tokio::time::Instant::now() >= deadline {
+                        break 'pools None;
+                    }
+                    attempts += 1;
+                    if let Some((from, reason)) = previous.take() {
+                        metrics::FAILOVERS
+                            .with_label_values(&[
+                                &*route.name,
+                                &*from,
+                                &*pool.name,
+                                reason.as_str(),
+                            ])
+                            .inc();
+                    }
+                    ctx.pool = Some(pool.clone());
+                    ctx.endpoint = ep_idx;
+                    let mut child =
+                        spawn(session, ctx, pool, ep_idx, key, model.clone(), &pool_body).await?;
+                    match first_response(session, &mut child, deadline).await {
+                        First::Header(header, end) => {
+                            let status = header.status.as_u16();
+                            let now = now_ms();
+                            if BREAKER_FAILURES.contains(&status) {
+                                ep.state.breaker.failure();
+                            } else {
+                                ep.state.breaker.success();
+                            }
+                            let wait = retry_after_ms(&header);
+                            match status {
+                                401 | 403 => {
+                                    ep.state.keys.disable(key);
+                                    metrics::KEY_COOLDOWNS
+                                        .with_label_values(&[
+                                            &*pool.name,
+                                            ep.addr.as_str(),
+                                            "unauthorized",
+                                        ])
+                                        .inc();
+                                    if let Ok(next) = ep.state.keys.pick(now) {
+                                        // Another key of the same endpoint may work.
+                                        record(ctx, pool, &ep.addr, status, "key_disabled");
+                                        key = next;
+                                        continue;
+                                    }
+                                }
+                                429 => {
+                                    let until = now + wait.unwrap_or(1_000);
+                                    ep.state.keys.cool_down(key, until);
+                                    earliest = Some(earliest.map_or(until, |e| e.min(until)));
+                                    metrics::KEY_COOLDOWNS
+                                        .with_label_values(&[
+                                            &*pool.name,
+                                            ep.addr.as_str(),
+                                            "rate_limited",
+                                        ])
+                                        .inc();
+                                }
+                                503 | 529 => {
+                                    if let Some(w) = wait {
+                                        ep.state
+                                            .cooldown_until_ms
+                                            .fetch_max(now + w, Ordering::AcqRel);
+                                        earliest =
+                                            Some(earliest.map_or(now + w, |e| e.min(now + w)));
+                                    }
+                                }
+                                _ => {}
+                            }
+                            if rules.retry_on_status.contains(&status) {
+                                record(ctx, pool, &ep.addr, status, "failover");
+                                previous = Some((pool.name.clone(), status.to_string()));
+                                // Keep this answer: it is returned as-is if nothing does better.
+                                held = Some(Held {
+                                    child,
+                                    header,
+                                    end,
+                                    pool: pool.clone(),
+                                    endpoint: ep_idx,
+                                });
+                                break;
+                            }
+                            record(ctx, pool, &ep.addr, status, "ok");
+                            drop(held.take());
+                            break 'pools Some((child, header, end));
+                        }
+                        First::Failed(err) => {
+                            ep.state.breaker.failure();
+                            record(ctx, pool, &ep.addr, 0, err.label());
+                            let retry = match &err {
+                                SluiceError::UpstreamTimeout { .. } => rules.retry_on_timeout,
+                                _ => rules.retry_on_connect_error,
+                            };
+                            previous = Some((pool.name.clone(), err.label().to_owned()));
+                            last_err = Some(err);
+                            if !retry {
+                                break 'pools None;
+                            }
+                            break;
+                        }
+                        First::ClientGone => {
+                            record(ctx, pool, &ep.addr, 0, "client_gone");
+                            ctx.client_disconnected = true;
+                            metrics::ATTEMPTS
+                                .with_label_values(&[&route.name])
+                                .observe(f64::from(attempts));
+                            return Ok(());
+                        }
+                    }
+                }
             }
-            First::Failed(err) => {
-                record(ctx, pool, &endpoint, 0, err.label());
-                last_err = err;
+        }
+        None
+    };
+    metrics::ATTEMPTS
+        .with_label_values(&[&route.name])
+        .observe(f64::from(attempts));
+    if let Some((child, header, end)) = outcome {
+        relay::relay(session, ctx, child, header, end).await;
+        return Ok(());
+    }
+    if let Some(h) = held {
+        // Every candidate failed: the last upstream answer goes back as-is.
+        ctx.pool = Some(h.pool);
+        ctx.endpoint = h.endpoint;
+        relay::relay(session, ctx, h.child, h.header, h.end).await;
+        return Ok(());
+    }
+    let retry_after = earliest.map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
+    Err(match last_err {
+        Some(e) => e,
+        None => SluiceError::NoUpstreamAvailable { retry_after },
+    })
+}
+
+/// A usable key of endpoint `idx` if the endpoint may be tried now (not cooling down, breaker
+/// not open); records why not otherwise and updates the earliest cooldown.
+fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Option<usize> {
+    let ep = &pool.endpoints[idx];
+    let now = now_ms();
+    let until = ep.state.cooldown_until_ms.load(Ordering::Acquire);
+    if until > now {
+        *earliest = Some(earliest.map_or(until, |e| e.min(until)));
+        metrics::ENDPOINT_SKIPS
+            .with_label_values(&[&*pool.name, ep.addr.as_str(), "cooling_down"])
+            .inc();
+        return None;
+    }
+    if !ep.state.breaker.permits() {
+        return None;
+    }
+    match ep.state.keys.pick(now) {
+        Ok(k) => Some(k),
+        Err(until) => {
+            if let Some(u) = until {
+                *earliest = Some(earliest.map_or(u, |e| e.min(u)));
             }
-            First::ClientGone => {
-                record(ctx, pool, &endpoint, 0, "client_gone");
-                ctx.client_disconnected = true;
-                return Ok(());
-            }
+            metrics::ENDPOINT_SKIPS
+                .with_label_values(&[&*pool.name, ep.addr.as_str(), "no_usable_key"])
+                .inc();
+            None
         }
     }
-    Err(last_err)
+}
+
+/// The upstream's `retry-after-ms`, else `retry-after` in seconds (HTTP dates are not
+/// honoured: sluice then uses its default cooldown).
+pub fn retry_after_ms(h: &ResponseHeader) -> Option<u64> {
+    let get = |n: &str| {
+        h.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        return (ms.is_finite() && ms >= 0.0).then_some(ms as u64);
+    }
+    get("retry-after")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| (s * 1000.0) as u64)
 }
 
 fn record(
@@ -145,12 +359,15 @@ async fn spawn(
     ctx: &RequestCtx,
     pool: &Arc<Pool>,
     endpoint: usize,
+    key: usize,
+    model: Option<String>,
     body: &Bytes,
 ) -> Result<Child, SluiceError> {
     let spec = AttemptSpec {
         pool: pool.clone(),
         endpoint,
-        model: ctx.inspected.model.clone(),
+        key,
+        model,
         body_len: body.len(),
         request_id: ctx.request_id.clone(),
     };
@@ -173,6 +390,7 @@ async fn spawn(
         return Err(SluiceError::Internal);
     }
     Ok(Child {
+        _in_flight: InFlight::new(pool.clone(), endpoint),
         fut: Some(Box::pin(prepared.run())),
         rx: handle.rx,
         _tx: tx,
@@ -182,10 +400,15 @@ async fn spawn(
     })
 }
 
-/// Wait for the attempt's response header, bounded by connect + TTFB timeouts, while
-/// watching the client.
-async fn first_response(session: &mut Session, child: &mut Child) -> First {
-    let deadline = tokio::time::Instant::now() + child.timeouts.connect + child.timeouts.ttfb;
+/// Wait for the attempt's response header, bounded by connect + TTFB timeouts and the route's
+/// failover deadline, while watching the client.
+async fn first_response(
+    session: &mut Session,
+    child: &mut Child,
+    route_deadline: tokio::time::Instant,
+) -> First {
+    let deadline = (tokio::time::Instant::now() + child.timeouts.connect + child.timeouts.ttfb)
+        .min(route_deadline);
     loop {
         let event = tokio::select! {
             task = child.next_task() => Some(task),

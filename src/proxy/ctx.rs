@@ -80,6 +80,8 @@ pub struct RequestCtx {
     pub pool: Option<Arc<Pool>>,
     /// Endpoint index in `pool`.
     pub endpoint: usize,
+    /// Key index on the endpoint (passthrough requests).
+    pub key: usize,
     /// Attempts made.
     pub attempts: Vec<AttemptRecord>,
     /// Status sent to the client (0 = none).
@@ -119,6 +121,7 @@ impl Default for RequestCtx {
             prompt_estimate: None,
             pool: None,
             endpoint: 0,
+            key: 0,
             attempts: Vec::new(),
             status: 0,
             error: None,
@@ -156,7 +159,9 @@ pub struct AttemptSpec {
     pub pool: Arc<Pool>,
     /// Endpoint index in the pool.
     pub endpoint: usize,
-    /// Model from the body (Azure deployment name).
+    /// Key index on the endpoint.
+    pub key: usize,
+    /// Model as the pool's upstream knows it (after `model_map`; Azure deployment name).
     pub model: Option<String>,
     /// Length of the body the parent sends, for the subrequest's `content-length`.
     pub body_len: usize,

@@ -191,6 +191,19 @@ fn set_include_usage(body: &Bytes) -> Result<Bytes, SluiceError> {
         .map_err(|_| SluiceError::Internal)
 }
 
+/// The body with its `model` replaced by `model` (a pool's `model_map`): one copy per pool that
+/// renames, re-serialized.
+pub fn with_model(body: &Bytes, model: &str) -> Result<Bytes, SluiceError> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| SluiceError::BadJson(e.to_string()))?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("model".into(), serde_json::Value::String(model.to_owned()));
+    }
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|_| SluiceError::Internal)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

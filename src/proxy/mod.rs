@@ -160,6 +160,20 @@ impl ProxyHttp for Sluice {
         if ctx.status == 0 {
             ctx.status = status;
         }
+        if ctx.phase == Phase::Passthrough {
+            // Passive health from streamed-through traffic too.
+            if let Some(ep) = ctx
+                .pool
+                .as_ref()
+                .and_then(|p| p.endpoints.get(ctx.endpoint))
+            {
+                if status == 0 || [500, 502, 503, 504, 529].contains(&status) {
+                    ep.state.breaker.failure();
+                } else {
+                    ep.state.breaker.success();
+                }
+            }
+        }
         let est = account::estimates(ctx).await;
         account::finish(ctx, status, est);
     }

@@ -50,14 +50,27 @@ pub async fn handle(
         .route
         .and_then(|i| snapshot.routes.get(i))
         .ok_or(SluiceError::Internal)?;
-    let pool = route.pools.first().ok_or(SluiceError::Internal)?;
-    let ep = pool.pick().ok_or(SluiceError::Internal)?;
-    if pool.endpoints[ep].keys.is_empty() {
-        return Err(SluiceError::NoUpstreamKey(pool.name.to_string()));
-    }
+    // A streamed-through body cannot be replayed: one attempt, on the first usable endpoint.
+    let (pool, ep, key) = route
+        .pools
+        .iter()
+        .find_map(|p| {
+            p.order().into_iter().find_map(|i| {
+                let e = &p.endpoints[i];
+                let free = e
+                    .state
+                    .cooldown_until_ms
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    <= crate::balance::now_ms();
+                let key = e.state.keys.pick(crate::balance::now_ms()).ok()?;
+                (free && e.state.breaker.permits()).then(|| (p.clone(), i, key))
+            })
+        })
+        .ok_or(SluiceError::NoUpstreamAvailable { retry_after: None })?;
     limit::admit(limiter, &snapshot, ctx)?;
-    ctx.pool = Some(pool.clone());
+    ctx.pool = Some(pool);
     ctx.endpoint = ep;
+    ctx.key = key;
     ctx.phase = Phase::Passthrough;
     Ok(Flow::Passthrough)
 }

@@ -40,11 +40,13 @@ pub fn begin_attempt(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> 
     Ok(())
 }
 
-/// The (pool, endpoint index, model) this hook serves.
-fn target(ctx: &RequestCtx) -> Option<(&Arc<Pool>, usize, Option<&str>)> {
+/// The (pool, endpoint index, key index, model) this hook serves.
+fn target(ctx: &RequestCtx) -> Option<(&Arc<Pool>, usize, usize, Option<&str>)> {
     match (&ctx.attempt, ctx.phase) {
-        (Some(spec), Phase::Attempt) => Some((&spec.pool, spec.endpoint, spec.model.as_deref())),
-        (_, Phase::Passthrough) => ctx.pool.as_ref().map(|p| (p, ctx.endpoint, None)),
+        (Some(spec), Phase::Attempt) => {
+            Some((&spec.pool, spec.endpoint, spec.key, spec.model.as_deref()))
+        }
+        (_, Phase::Passthrough) => ctx.pool.as_ref().map(|p| (p, ctx.endpoint, ctx.key, None)),
         _ => None,
     }
 }
@@ -58,7 +60,7 @@ fn endpoint(pool: &Pool, idx: usize) -> Result<&Endpoint> {
 /// upstream_peer: the endpoint's address (resolved asynchronously: Pingora's `HttpPeer::new`
 /// would resolve blocking and panic on failure) with the pool's timeouts.
 pub async fn peer(ctx: &RequestCtx) -> Result<Box<HttpPeer>> {
-    let (pool, idx, _) = target(ctx).or_err(ErrorType::InternalError, "no upstream chosen")?;
+    let (pool, idx, _, _) = target(ctx).or_err(ErrorType::InternalError, "no upstream chosen")?;
     let ep = endpoint(pool, idx)?;
     let addr = tokio::net::lookup_host(ep.addr.as_str())
         .await
@@ -80,7 +82,8 @@ pub async fn peer(ctx: &RequestCtx) -> Result<Box<HttpPeer>> {
 
 /// upstream_request_filter: credentials, path, host, encoding.
 pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-    let (pool, idx, model) = target(ctx).or_err(ErrorType::InternalError, "no upstream chosen")?;
+    let (pool, idx, key, model) =
+        target(ctx).or_err(ErrorType::InternalError, "no upstream chosen")?;
     let ep = endpoint(pool, idx)?;
     let p = provider(pool.provider);
     for h in CLIENT_CREDENTIAL_HEADERS {
@@ -88,8 +91,8 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> 
     }
     let key = ep
         .keys
-        .first()
-        .or_err(ErrorType::InternalError, "endpoint has no key")?;
+        .get(key)
+        .or_err(ErrorType::InternalError, "endpoint has no such key")?;
     p.set_auth(req, key.expose())?;
     let pq = req
         .uri
