@@ -43,6 +43,24 @@ pub struct Mock {
     pub connections: Arc<Mutex<usize>>,
     /// Status for every request, if set (e.g. 503 for a failing upstream).
     pub force_status: Arc<Mutex<Option<u16>>>,
+    /// What to do instead of answering normally.
+    pub behavior: Arc<Mutex<Behavior>>,
+}
+
+/// Faults the mock can inject.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Behavior {
+    /// Answer normally.
+    #[default]
+    Normal,
+    /// Answer this status with an OpenAI error body and optional `retry-after` (seconds).
+    Status(u16, Option<u32>),
+    /// Read the request, never answer.
+    Stall,
+    /// Stream 3 SSE chunks, then drop the connection.
+    CutAfterThree,
+    /// 401 when the request's `authorization` contains this key.
+    RejectKey(String),
 }
 
 impl Mock {
@@ -54,6 +72,7 @@ impl Mock {
             slow_closed_at: Arc::default(),
             connections: Arc::default(),
             force_status: Arc::default(),
+            behavior: Arc::default(),
         };
         let m = mock.clone();
         tokio::spawn(async move {
@@ -70,6 +89,14 @@ impl Mock {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, b: Behavior) {
+        *self.behavior.lock().unwrap() = b;
+    }
+
+    pub fn connections(&self) -> usize {
+        *self.connections.lock().unwrap()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -130,6 +157,45 @@ impl Mock {
 
     /// Answer `rec`; returns whether the connection stays open.
     async fn respond(&self, sock: &mut TcpStream, rec: &Recorded) -> std::io::Result<bool> {
+        let behavior = self.behavior.lock().unwrap().clone();
+        match behavior {
+            Behavior::Normal => {}
+            Behavior::Status(status, retry_after) => {
+                let body = format!(
+                    r#"{{"error":{{"message":"mock {status}","type":"server_error","param":null,"code":null}}}}"#
+                );
+                let ra = retry_after
+                    .map(|s| format!("retry-after: {s}\r\n"))
+                    .unwrap_or_default();
+                let head = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{ra}content-length: {}\r\n\r\n", body.len());
+                sock.write_all(head.as_bytes()).await?;
+                sock.write_all(body.as_bytes()).await?;
+                return Ok(true);
+            }
+            Behavior::RejectKey(k)
+                if rec.header("authorization").is_some_and(|a| a.contains(&k)) =>
+            {
+                let body = r#"{"error":{"message":"bad key","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+                write_json(sock, 401, body).await?;
+                return Ok(true);
+            }
+            Behavior::RejectKey(_) => {}
+            Behavior::Stall => {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return Ok(false);
+            }
+            Behavior::CutAfterThree => {
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+                for i in 0..3 {
+                    let e = format!("data: {{\"id\":\"cut\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"part{i} \"}}}}]}}\n\n");
+                    sock.write_all(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes())
+                        .await?;
+                    sock.flush().await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return Ok(false);
+            }
+        }
         let forced = *self.force_status.lock().unwrap();
         if let Some(status) = forced {
             let body = format!(

@@ -1,0 +1,296 @@
+//! Failover between endpoints and pools before the first byte, native errors after it,
+//! circuit breakers and key rotation, with in-process mock upstreams.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{free_port, Behavior, Mock, Sluice};
+use std::time::Duration;
+
+const KEYS: [(&str, &str); 2] = [("KEY_A", "sk-primary-1"), ("KEY_B", "sk-primary-2")];
+
+/// Route /v1 -> [primary, fallback]; `primary_url` may be a dead port.
+fn config(primary_url: &str, fallback: &Mock, primary_extra: &str) -> String {
+    format!(
+        r#"pools:
+  - name: primary
+    provider: openai
+    endpoints: [{{url: "{primary_url}", keys: [{{env: KEY_A}}, {{env: KEY_B}}]}}]
+    timeouts: {{connect_ms: 500, ttfb_ms: 500, idle_ms: 2000}}
+{primary_extra}  - name: fallback
+    provider: openai
+    endpoints: [{{url: "{}", keys: [{{env: KEY_A}}]}}]
+routes:
+  - {{name: main, match: {{path_prefix: /v1}}, pools: [primary, fallback]}}
+"#,
+        fallback.url()
+    )
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+fn chat(s: &Sluice, stream: bool, pad: usize) -> reqwest::RequestBuilder {
+    let content = "x".repeat(pad.max(2));
+    client()
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .json(&serde_json::json!({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": content}]}))
+}
+
+/// Non-stream, stream and a 2 MiB body all get the fallback's 200, counted once each.
+async fn assert_fails_over(s: &Sluice, primary: Option<&Mock>, fallback: &Mock) {
+    for (stream, pad) in [(false, 2), (true, 2), (false, 2 << 20)] {
+        let before = s
+            .metric("sluice_requests_total", &[("route", "main")])
+            .await;
+        let resp = chat(s, stream, pad).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "stream={stream} pad={pad}\n{}", s.log());
+        let text = resp.text().await.unwrap();
+        if stream {
+            assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+            assert!(!text.contains("usage"), "hidden usage chunk leaked: {text}");
+        }
+        let last = fallback.requests().pop().unwrap();
+        assert!(last.body.len() > pad, "fallback got the whole body");
+        let after = s
+            .wait_metric("sluice_requests_total", &[("route", "main")], |v| {
+                v > before
+            })
+            .await;
+        assert_eq!(after - before, 1.0, "one request counted once");
+    }
+    if let Some(p) = primary {
+        // The 2 MiB body reached the primary whole before it failed, if it was tried.
+        if let Some(big) = p.requests().iter().find(|r| r.body.len() > 2 << 20) {
+            assert_eq!(big.body, fallback.requests().pop().unwrap().body);
+        }
+    }
+    // Exact tokens of the one streamed answer, counted once (17 prompt from the mock).
+    let prompt = s
+        .metric(
+            "sluice_tokens_total",
+            &[("kind", "prompt"), ("source", "exact")],
+        )
+        .await;
+    assert!(prompt >= 17.0);
+}
+
+#[tokio::test]
+async fn primary_503_fails_over() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::Status(503, None));
+    let s = Sluice::start(&config(&a.url(), &b, ""), &KEYS);
+    assert_fails_over(&s, Some(&a), &b).await;
+    assert_eq!(
+        a.requests().len(),
+        3,
+        "each request tried the primary first"
+    );
+    assert!(
+        s.metric(
+            "sluice_failovers_total",
+            &[
+                ("from_pool", "primary"),
+                ("to_pool", "fallback"),
+                ("reason", "503")
+            ]
+        )
+        .await
+            >= 3.0
+    );
+    assert!(
+        s.log().contains("primary/"),
+        "attempts listed in the log line"
+    );
+}
+
+#[tokio::test]
+async fn primary_429_cools_the_key_down_for_its_retry_after() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::Status(429, Some(30)));
+    let s = Sluice::start(&config(&a.url(), &b, ""), &KEYS);
+    assert_fails_over(&s, Some(&a), &b).await;
+    // Both keys got a 429 once and are cooling down for 30 s: later requests skip the primary.
+    let keys: Vec<String> = a
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, vec!["Bearer sk-primary-1", "Bearer sk-primary-2"]);
+    assert_eq!(
+        s.metric(
+            "sluice_key_cooldowns_total",
+            &[("pool", "primary"), ("reason", "rate_limited")]
+        )
+        .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_fails_over() {
+    let b = Mock::start().await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let s = Sluice::start(&config(&dead, &b, ""), &KEYS);
+    assert_fails_over(&s, None, &b).await;
+}
+
+#[tokio::test]
+async fn stall_past_the_ttfb_timeout_fails_over() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::Stall);
+    let s = Sluice::start(&config(&a.url(), &b, ""), &KEYS);
+    assert_fails_over(&s, Some(&a), &b).await;
+    assert!(
+        s.metric("sluice_failovers_total", &[("reason", "upstream_timeout")])
+            .await
+            >= 3.0
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cut_after_three_chunks_ends_with_a_native_error_and_nothing_from_the_fallback() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::CutAfterThree);
+    let s = Sluice::start(&config(&a.url(), &b, ""), &KEYS);
+    let resp = chat(&s, true, 2).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 4, "{text}");
+    for (i, e) in events[..3].iter().enumerate() {
+        assert!(e.contains(&format!("part{i}")), "{e}");
+    }
+    let err: serde_json::Value =
+        serde_json::from_str(events[3].trim_start_matches("data: ")).unwrap();
+    assert_eq!(err["error"]["code"], "upstream_error");
+    assert!(b.requests().is_empty(), "nothing from the fallback");
+    // The delivered tokens are counted (estimated: the stream never completed).
+    let est = s
+        .wait_metric(
+            "sluice_tokens_total",
+            &[("kind", "completion"), ("source", "estimated")],
+            |v| v > 0.0,
+        )
+        .await;
+    assert!(est >= 3.0);
+}
+
+#[tokio::test]
+async fn breaker_skips_a_dead_endpoint_without_connecting_then_a_probe_closes_it() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::Status(503, None));
+    let breaker = "    breaker: {consecutive_failures: 3, open_ms: 6000}\n";
+    let s = Sluice::start(&config(&a.url(), &b, breaker), &KEYS);
+    for _ in 0..3 {
+        assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
+    }
+    let opened = std::time::Instant::now();
+    assert_eq!(
+        s.metric("sluice_breaker_state", &[("pool", "primary")])
+            .await,
+        2.0,
+        "open"
+    );
+    let (conns, reqs) = (a.connections(), a.requests().len());
+    for _ in 0..100 {
+        assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        a.connections(),
+        conns,
+        "no connection attempt to the open endpoint"
+    );
+    assert_eq!(a.requests().len(), reqs);
+    assert!(
+        s.metric(
+            "sluice_endpoint_skips_total",
+            &[("pool", "primary"), ("reason", "breaker_open")]
+        )
+        .await
+            >= 100.0
+    );
+    // The endpoint recovers; after open_ms a half-open probe goes through and closes it.
+    a.set(Behavior::Normal);
+    assert!(
+        opened.elapsed() < Duration::from_millis(6000),
+        "100 requests outlasted open_ms"
+    );
+    tokio::time::sleep(Duration::from_millis(6100).saturating_sub(opened.elapsed())).await;
+    assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
+    assert_eq!(
+        a.requests().len(),
+        reqs + 1,
+        "the probe reached the primary"
+    );
+    assert_eq!(
+        s.metric("sluice_breaker_state", &[("pool", "primary")])
+            .await,
+        0.0,
+        "closed"
+    );
+    let b_before = b.requests().len();
+    assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
+    assert_eq!(b.requests().len(), b_before, "traffic back on the primary");
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_disabled_and_the_next_key_serves() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::RejectKey("sk-primary-1".into()));
+    let s = Sluice::start(&config(&a.url(), &b, ""), &KEYS);
+    for _ in 0..3 {
+        assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
+    }
+    let keys: Vec<String> = a
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            "Bearer sk-primary-1",
+            "Bearer sk-primary-2",
+            "Bearer sk-primary-2",
+            "Bearer sk-primary-2"
+        ]
+    );
+    assert!(b.requests().is_empty());
+    assert_eq!(
+        s.metric("sluice_key_cooldowns_total", &[("reason", "unauthorized")])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn when_every_pool_fails_the_last_answer_is_returned_as_is() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::Status(503, None));
+    b.set(Behavior::Status(529, None));
+    let s = Sluice::start(&config(&a.url(), &b, ""), &KEYS);
+    let resp = chat(&s, false, 2).send().await.unwrap();
+    assert_eq!(resp.status(), 529);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "mock 529");
+    // Both dead and nothing to answer: a native 503 whose retry-after is the earliest cooldown.
+    a.set(Behavior::Status(503, Some(7)));
+    b.set(Behavior::Status(503, Some(9)));
+    let resp = chat(&s, false, 2).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let resp = chat(&s, false, 2).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let ra: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((5..=7).contains(&ra), "retry-after {ra}");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "no_upstream_available");
+}
