@@ -11,6 +11,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::Snapshot;
+use crate::health::HealthChecker;
 use crate::proxy::Sluice;
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
@@ -36,6 +37,7 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
 
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let config_for_reload = config.clone();
+    let config_for_health = config.clone();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Sluice::new(config),
@@ -56,6 +58,10 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("config reload", reloader));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker::new(config_for_health),
+    ));
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "sluice starting");
     ready.store(true, Ordering::Release);
     server.run_forever()

@@ -294,3 +294,32 @@ async fn when_every_pool_fails_the_last_answer_is_returned_as_is() {
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "no_upstream_available");
 }
+
+#[tokio::test]
+async fn active_health_checks_open_and_close_the_breaker_without_traffic() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::Status(503, None));
+    let extra = "    breaker: {consecutive_failures: 2, open_ms: 300}\n    health_check: {path: /v1/models, interval_ms: 100, timeout_ms: 500}\n";
+    let s = Sluice::start(&config(&a.url(), &b, extra), &KEYS);
+    let open = s
+        .wait_metric("sluice_breaker_state", &[("pool", "primary")], |v| v == 2.0)
+        .await;
+    assert_eq!(open, 2.0, "health checks alone opened the breaker");
+    let checks = a.requests();
+    assert!(
+        checks.len() >= 2
+            && checks
+                .iter()
+                .all(|r| r.path == "/v1/models" && r.method == "GET")
+    );
+    assert_eq!(
+        checks[0].header("authorization"),
+        Some("Bearer sk-primary-1")
+    );
+    a.set(Behavior::Normal);
+    let closed = s
+        .wait_metric("sluice_breaker_state", &[("pool", "primary")], |v| v == 0.0)
+        .await;
+    assert_eq!(closed, 0.0, "a passing check closed it");
+    assert!(b.requests().is_empty(), "no client traffic was involved");
+}
