@@ -57,8 +57,9 @@ pub struct Reloader {
 impl Reloader {
     /// Reload `path` into `config`; `ready` is the admin listener's readiness flag.
     pub fn new(path: PathBuf, config: Arc<ArcSwap<Snapshot>>, ready: Arc<AtomicBool>) -> Self {
-        let current = config.load().source_sha256.clone();
-        record_success(&current);
+        let snapshot = config.load_full();
+        record_success(&snapshot.source_sha256);
+        let current = fingerprint(&snapshot.source_sha256, &snapshot.key_files);
         Self {
             path,
             config,
@@ -82,14 +83,16 @@ impl Reloader {
             use sha2::{Digest, Sha256};
             hex::encode(Sha256::digest(text.as_bytes()))
         };
+        // What is compared: the config text and the key files it reads (a rotated Secret).
+        let fingerprint = fingerprint(&sha, &self.config.load().key_files);
         let Ok(mut last) = self.last_text_sha256.lock() else {
             return false;
         };
-        if *last == sha && trigger != Trigger::Signal {
+        if *last == fingerprint && trigger != Trigger::Signal {
             return false;
         }
-        // Remember the text even if it is rejected: log a bad config once, not every poll.
-        *last = sha.clone();
+        // Remember it even if rejected: log a bad config once, not every poll.
+        *last = fingerprint;
         match load_text(&text, Secrets::Load) {
             Ok(mut next) => {
                 let current = self.config.load();
@@ -130,6 +133,18 @@ impl Reloader {
     }
 }
 
+/// The config text's hash plus a hash of the key files' contents (missing files hash as
+/// empty; a Secret mid-swap is retried by the next event or poll).
+fn fingerprint(text_sha: &str, key_files: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in key_files {
+        h.update(f.as_bytes());
+        h.update(std::fs::read(f).unwrap_or_default());
+    }
+    format!("{text_sha}/{}", hex::encode(h.finalize()))
+}
+
 fn record_success(sha: &str) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -147,18 +162,33 @@ impl BackgroundService for Reloader {
         let snapshot = self.config.load_full();
         let (tx, mut events) = mpsc::channel::<()>(64);
         let _watcher = if snapshot.reload_watch {
-            let dir = self
-                .path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), PathBuf::from);
+            let dir_of = |p: &std::path::Path| {
+                p.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), PathBuf::from)
+            };
+            let dir = dir_of(&self.path);
+            // Key files' directories too (Secret mounts swap `..data` the same way).
+            let mut key_dirs: Vec<PathBuf> = snapshot
+                .key_files
+                .iter()
+                .map(|f| dir_of(std::path::Path::new(f)))
+                .filter(|d| *d != dir)
+                .collect();
+            key_dirs.sort();
+            key_dirs.dedup();
             let w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
                 let _ = tx.try_send(());
             });
             let watching = w.map_err(|e| e.to_string()).and_then(|mut w| {
                 w.watch(&dir, RecursiveMode::NonRecursive)
-                    .map(|()| w)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                for d in &key_dirs {
+                    if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
+                        tracing::warn!(dir = %d.display(), error = %e, "cannot watch a key directory: polling only");
+                    }
+                }
+                Ok(w)
             });
             match watching {
                 Ok(w) => Some(w),

@@ -351,3 +351,48 @@ async fn sigint_exits_at_once() {
     );
     eprintln!("SIGINT exit took {:?}", t0.elapsed());
 }
+
+#[tokio::test]
+async fn a_rotated_key_file_is_picked_up_without_a_config_change() {
+    let mock = Mock::start().await;
+    let dir = Sluice::temp_dir();
+    let secrets = dir.join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let key = secrets.join("openai-api-key");
+    std::fs::write(&key, "sk-old\n").unwrap();
+    let conf_dir = dir.join("config");
+    std::fs::create_dir(&conf_dir).unwrap();
+    let mut kubelet = Kubelet::new(&conf_dir);
+    let key_path = key.display().to_string();
+    let s = start(&mut kubelet, |l| {
+        config(l, &mock, "").replace(
+            "{env: SLUICE_TEST_KEY}",
+            &format!("{{file: \"{key_path}\"}}"),
+        )
+    });
+    let send = || {
+        client()
+            .post(format!("{}/v1/chat/completions", s.proxy))
+            .json(&serde_json::json!({"model": "m"}))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    std::fs::write(&key, "sk-new\n").unwrap();
+    s.wait_metric(
+        "sluice_config_reload_total",
+        &[("result", "success")],
+        |v| v >= 1.0,
+    )
+    .await;
+    assert_eq!(send().await.unwrap().status(), 200);
+    let auth: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_owned())
+        .collect();
+    assert_eq!(auth, vec!["Bearer sk-old", "Bearer sk-new"]);
+    assert!(
+        !s.log().contains("sk-new") && !s.log().contains("sk-old"),
+        "a key reached the log"
+    );
+}

@@ -184,6 +184,7 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         reload_watch: file.reload.watch,
         reload_poll: Duration::from_millis(file.reload.poll_interval_ms),
         source_sha256: String::new(),
+        key_files: key_files(file),
         routes,
         pools,
         tenants,
@@ -192,6 +193,27 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         default_max_output_tokens: file.limits.default_max_output_tokens,
         models,
     })
+}
+
+/// Every `file:` key source in the config, deduplicated.
+fn key_files(file: &ConfigFile) -> Vec<String> {
+    let mut out: Vec<String> = file
+        .pools
+        .iter()
+        .flat_map(|p| p.endpoints.iter())
+        .flat_map(|e| e.keys.iter())
+        .filter_map(|k| k.file.clone())
+        .chain(
+            file.tenants
+                .list
+                .iter()
+                .flat_map(|t| t.virtual_keys.iter())
+                .filter_map(|k| k.file.clone()),
+        )
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[derive(Default)]

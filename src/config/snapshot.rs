@@ -238,6 +238,9 @@ pub struct Snapshot {
     pub reload_poll: Duration,
     /// SHA-256 of the config text this snapshot was compiled from (hex), when known.
     pub source_sha256: String,
+    /// Key files the config reads (provider and virtual keys): watched and checksummed by the
+    /// reloader, so a rotated Secret is picked up like a config change.
+    pub key_files: Vec<String>,
     /// Routes in match order.
     pub routes: Vec<Route>,
     /// Pools by name.
