@@ -2,10 +2,11 @@
 SHELL := /bin/bash
 CONF_FILES := $(wildcard conf/*.yaml conf/*.yml)
 SLUICE_DEBUG := target/debug/sluice
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # cargo-nextest when installed (it skips doctests: run those with cargo), else cargo test.
 CARGO_TEST := $(if $(shell command -v cargo-nextest),cargo nextest run --locked && cargo test --locked --doc,cargo test --locked)
 
-.PHONY: setup deps build run test unit e2e validate lint bench demo release
+.PHONY: setup deps build run test unit e2e validate lint bench demo release docker
 
 setup: ## system packages + .venv for the e2e suite (idempotent)
 	scripts/setup.sh
@@ -28,7 +29,7 @@ e2e: setup build
 	SLUICE_BIN=$(SLUICE_DEBUG) .venv/bin/pytest -q tests/e2e
 
 validate: build
-	@set -e; for f in $(CONF_FILES); do echo "validate $$f"; $(SLUICE_DEBUG) validate "$$f"; done
+	$(SLUICE_DEBUG) validate $(CONF_FILES)
 
 lint: deps
 	cargo fmt --all -- --check
@@ -42,3 +43,6 @@ demo: setup build
 
 release: deps
 	cargo build --release --locked
+
+docker:
+	docker build -f deploy/Dockerfile -t sluice:$(VERSION) .

@@ -118,8 +118,9 @@ fn limits(c: &mut Criterion) {
         prompt_tokens: 1200,
         output_ceiling: 512,
     };
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     c.bench_function("limits_admit_settle_rpm_tpm_concurrency", |b| {
-        b.iter(|| limiter.admit(&limits, ask).unwrap().settle(1100, 300, None))
+        b.iter(|| rt.block_on(limiter.admit(&limits, ask)).unwrap().settle(1100, 300, None))
     });
     c.bench_function("limits_absent_lookup", |b| {
         b.iter(|| snap.tenant_limits(black_box("free")).is_none())

@@ -21,7 +21,9 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 import yaml  # noqa: E402
 
-from harness import Metrics, free_port, pool, route, scrape, sha256_hex  # noqa: E402
+from harness import (  # noqa: E402
+    Metrics, free_port, pool, route, scrape, sha256_hex, wait_listening,
+)
 
 TENANT = "demo-app"
 VIRTUAL_KEY = "sk-sluice-demo-app"
@@ -87,6 +89,7 @@ def settle(admin: str, before: Metrics, model: str, want: tuple[int, int]) -> Me
 
 
 def run(proxy: str, admin: str) -> int:
+    wait_listening(proxy)  # /readyz may answer just before the proxy port is bound
     rows = []
 
     model = "gpt-4o-mini"

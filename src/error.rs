@@ -78,6 +78,9 @@ pub enum SluiceError {
     /// A tenant limit refused the request (requests, tokens or concurrency).
     #[error("{}", rejection_message(.0))]
     RateLimited(Rejection),
+    /// Shared limits cannot be checked (Redis unreachable) and the tenant's policy is `closed`.
+    #[error("the shared limit store is unavailable")]
+    LimitStoreUnavailable,
     /// A tenant budget is spent (the SDK is told not to retry).
     #[error("budget exceeded")]
     BudgetExceeded(Period),
@@ -98,7 +101,7 @@ impl SluiceError {
             SluiceError::UpstreamUnreachable(_) | SluiceError::UpstreamFailed(_) => 502,
             SluiceError::UpstreamTimeout { .. } => 504,
             SluiceError::RateLimited(_) | SluiceError::BudgetExceeded(_) => 429,
-            SluiceError::NoUpstreamAvailable { .. } => 503,
+            SluiceError::NoUpstreamAvailable { .. } | SluiceError::LimitStoreUnavailable => 503,
         }
     }
 
@@ -119,6 +122,7 @@ impl SluiceError {
             SluiceError::RateLimited(_) => "rate_limited",
             SluiceError::BudgetExceeded(_) => "budget_exceeded",
             SluiceError::NoUpstreamAvailable { .. } => "no_upstream_available",
+            SluiceError::LimitStoreUnavailable => "limit_store_unavailable",
         }
     }
 
@@ -173,6 +177,9 @@ impl SluiceError {
             SluiceError::NoUpstreamAvailable { .. } => {
                 ("server_error", "overloaded_error", "no_upstream_available")
             }
+            SluiceError::LimitStoreUnavailable => {
+                ("server_error", "overloaded_error", "limit_store_unavailable")
+            }
         };
         let message = format!("sluice: {self}");
         match style {
@@ -196,6 +203,7 @@ fn rejection_message(r: &Rejection) -> String {
             format!("too many concurrent requests: limit {limit}")
         }
         Rejection::Budget { period } => format!("{} budget exceeded", period.as_str()),
+        Rejection::StoreUnavailable => "the shared limit store is unavailable".to_owned(),
     }
 }
 
@@ -231,7 +239,9 @@ impl SluiceError {
                     Rejection::Concurrency { limit } => {
                         (Duration::from_secs(1), "requests", *limit, 0)
                     }
-                    Rejection::Budget { .. } => (Duration::ZERO, "requests", 0, 0),
+                    Rejection::Budget { .. } | Rejection::StoreUnavailable => {
+                        (Duration::ZERO, "requests", 0, 0)
+                    }
                 };
                 let retry = retry.max(Duration::from_millis(1));
                 vec![

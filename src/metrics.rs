@@ -225,6 +225,55 @@ pub static KEY_COOLDOWNS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_redis_round_trips_total{op}`: Redis round trips of the shared limit store
+/// (`lease`, `return`, `spend`).
+pub static REDIS_ROUND_TRIPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_redis_round_trips_total",
+        "Round trips to Redis by the shared limit store, by operation",
+        &["op"]
+    ))
+});
+
+/// `sluice_redis_latency_seconds{op}`.
+pub static REDIS_LATENCY: Lazy<HistogramVec> = Lazy::new(|| {
+    metric!(register_histogram_vec!(
+        "sluice_redis_latency_seconds",
+        "Latency of Redis round trips of the shared limit store",
+        &["op"],
+        vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]
+    ))
+});
+
+/// `sluice_redis_errors_total{op}`: failed or timed-out round trips.
+pub static REDIS_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_redis_errors_total",
+        "Redis round trips that failed or timed out",
+        &["op"]
+    ))
+});
+
+/// `sluice_redis_leases_total{kind}`: quota units leased (`granted`) and given back
+/// (`returned`).
+pub static LEASES: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_redis_leases_total",
+        "Quota units leased from Redis (granted) and given back (returned)",
+        &["kind"]
+    ))
+});
+
+/// `sluice_redis_fallbacks_total{policy}`: admissions decided without Redis (`open`: local
+/// limits; `closed`: refused).
+pub static REDIS_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_redis_fallbacks_total",
+        "Admissions decided without Redis by failure policy (open: local limits, closed: refused)",
+        &["policy"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -248,6 +297,11 @@ pub fn init() {
     Lazy::force(&FAILOVERS);
     Lazy::force(&ATTEMPTS);
     Lazy::force(&KEY_COOLDOWNS);
+    Lazy::force(&REDIS_ROUND_TRIPS);
+    Lazy::force(&REDIS_LATENCY);
+    Lazy::force(&REDIS_ERRORS);
+    Lazy::force(&LEASES);
+    Lazy::force(&REDIS_FALLBACKS);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

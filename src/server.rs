@@ -4,6 +4,8 @@
 use crate::admin::Admin;
 use crate::config::Snapshot;
 use crate::health::HealthChecker;
+use crate::limits::shared::SharedStore;
+use crate::limits::Limiter;
 use crate::proxy::Sluice;
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
@@ -18,6 +20,28 @@ use std::sync::Arc;
 
 /// Seconds for the final shutdown of services after the drain deadline.
 const SHUTDOWN_TIMEOUT_SECONDS: u64 = 2;
+
+/// Flushes budget spend to Redis and returns idle leases, every [`FLUSH_INTERVAL`].
+struct SharedFlush(Arc<SharedStore>);
+
+/// Budget spend batching interval (bounds a shared budget's overshoot, see `limits::shared`).
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for SharedFlush {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.0.flush().await;
+                    return;
+                }
+                _ = tick.tick() => self.0.flush().await,
+            }
+        }
+    }
+}
 
 /// Build the Pingora server for `snapshot` (loaded from `path`, watched for reloads) and run
 /// it until shutdown. SIGTERM: stop accepting, readiness false, drain for
@@ -35,12 +59,23 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let shared = match &snapshot.redis {
+        Some(conf) => match SharedStore::new(conf) {
+            Ok(store) => Some(Arc::new(store)),
+            Err(e) => {
+                tracing::error!(error = %e, "limits.redis.url: cannot use it");
+                std::process::exit(1);
+            }
+        },
+        None => None,
+    };
+    let limiter = Arc::new(Limiter::new(shared.clone()));
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let config_for_reload = config.clone();
     let config_for_health = config.clone();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Sluice::new(config),
+        Sluice::new(config, limiter),
         "sluice proxy",
     );
     proxy.add_tcp(&proxy_addr);
@@ -62,6 +97,9 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
         "health checks",
         HealthChecker::new(config_for_health),
     ));
+    if let Some(store) = shared {
+        server.add_service(background_service("shared limits", SharedFlush(store)));
+    }
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "sluice starting");
     ready.store(true, Ordering::Release);
     server.run_forever()

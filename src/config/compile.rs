@@ -3,7 +3,7 @@
 
 use super::limits::{compile_limits, compile_models};
 use super::parse::ConfigFile;
-use super::schema::{EndpointConf, PoolConf, ProviderKind};
+use super::schema::{EndpointConf, PoolConf, ProviderKind, StoreKind};
 use super::snapshot::{Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
 use super::snapshot::{Failover, HealthCheck};
 use super::{ConfigError, ConfigErrors, Secret};
@@ -167,6 +167,22 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         errs.push("limits.default_max_output_tokens", "must be at least 1");
     }
     let models = compile_models(&file.models, &mut errs.0);
+    let redis = match (file.limits.store, &file.limits.redis) {
+        (StoreKind::Local, _) => None,
+        (StoreKind::Redis, None) => {
+            errs.push("limits.redis", "required with store: redis");
+            None
+        }
+        (StoreKind::Redis, Some(r)) => {
+            if !(r.url.starts_with("redis://") || r.url.starts_with("redis+unix://")) {
+                errs.push("limits.redis.url", "must be a redis:// URL");
+            }
+            if r.timeout_ms == 0 || r.expected_replicas == 0 || r.lease_ms == 0 {
+                errs.push("limits.redis", "timeout_ms, expected_replicas and lease_ms must be at least 1");
+            }
+            Some(r.clone())
+        }
+    };
 
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
@@ -192,6 +208,7 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         default_limits,
         default_max_output_tokens: file.limits.default_max_output_tokens,
         models,
+        redis,
     })
 }
 

@@ -2,7 +2,7 @@
 //! default limits, and the model table (output ceilings, prices). Validation errors are
 //! path-qualified like the rest of the config.
 
-use super::schema::{LimitsConf, ModelConf};
+use super::schema::{FailurePolicy, LimitsConf, ModelConf};
 use super::ConfigError;
 use globset::{Glob, GlobMatcher};
 
@@ -81,6 +81,8 @@ pub struct TenantLimits {
     pub budget: Option<Budget>,
     /// Tenant + model limits.
     pub models: Vec<ModelLimits>,
+    /// Failure policy override for shared limits.
+    pub redis_failure_policy: Option<FailurePolicy>,
 }
 
 impl TenantLimits {
@@ -183,6 +185,7 @@ pub fn compile_limits(path: &str, c: &LimitsConf, errs: &mut Vec<ConfigError>) -
         max_concurrent: c.max_concurrent,
         budget,
         models,
+        redis_failure_policy: c.redis_failure_policy,
     }
 }
 

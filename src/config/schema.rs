@@ -507,6 +507,61 @@ pub struct LimitsConf {
     /// the tenant-wide ones.
     #[serde(default)]
     pub models: Vec<ModelLimitsConf>,
+    /// With `limits.store: redis`: what to do when Redis is unreachable, for this tenant
+    /// (else `limits.redis.failure_policy`).
+    #[serde(default)]
+    pub redis_failure_policy: Option<FailurePolicy>,
+}
+
+/// What shared limits do when Redis is unreachable or slow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Keep serving under local limits of `limit ÷ expected_replicas` (default).
+    #[default]
+    Open,
+    /// Refuse with a native 503 until Redis is back.
+    Closed,
+}
+
+/// Where limit counters live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In this process (default; needs nothing).
+    #[default]
+    Local,
+    /// Shared by every replica through Redis, served from leased slices.
+    Redis,
+}
+
+/// `limits.redis`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConf {
+    /// `redis://[:password@]host:port[/db]` (standalone). Not reloadable.
+    pub url: String,
+    /// Bound on one Redis round trip, ms; past it the failure policy applies. Default 50.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+    /// `open` (default) or `closed`.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// Replicas sharing the limits: the local fallback allows `limit ÷ expected_replicas`.
+    /// Default 1.
+    #[serde(default = "one_u32")]
+    pub expected_replicas: u32,
+    /// Longest a leased slice covers at the current rate, ms: bigger means fewer round trips,
+    /// more quota held per replica. Default 250.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_redis_timeout() -> u64 {
+    50
+}
+fn default_lease_ms() -> u64 {
+    250
 }
 
 fn one() -> f64 {
@@ -557,6 +612,12 @@ pub struct LimitsSection {
     /// (`models[].max_output_tokens`) sets one. Default 4096.
     #[serde(default = "default_output_ceiling")]
     pub default_max_output_tokens: u64,
+    /// `local` (default) or `redis`. Not reloadable.
+    #[serde(default)]
+    pub store: StoreKind,
+    /// Redis settings, required with `store: redis`.
+    #[serde(default)]
+    pub redis: Option<RedisConf>,
 }
 
 impl Default for LimitsSection {
@@ -564,6 +625,8 @@ impl Default for LimitsSection {
         Self {
             default: None,
             default_max_output_tokens: default_output_ceiling(),
+            store: StoreKind::Local,
+            redis: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! globs compiled, keys loaded, virtual keys hashed. Built once per (re)load by `compile.rs`.
 
 use super::limits::{ModelInfo, TenantLimits};
-use super::schema::{LogFormat, Policy, ProviderKind};
+use super::schema::{LogFormat, Policy, ProviderKind, RedisConf};
 use super::Secret;
 use crate::balance::{EndpointState, Selector};
 use globset::GlobMatcher;
@@ -255,6 +255,8 @@ pub struct Snapshot {
     pub default_max_output_tokens: u64,
     /// Model table (first matching glob wins).
     pub models: Vec<ModelInfo>,
+    /// Shared limit store (`limits.store: redis`), if any.
+    pub redis: Option<RedisConf>,
 }
 
 impl Snapshot {

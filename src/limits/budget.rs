@@ -56,7 +56,8 @@ impl Period {
     }
 }
 
-fn today() -> (i64, i64) {
+/// (UTC day number, UTC month number) now.
+pub fn today() -> (i64, i64) {
     let now = Utc::now();
     (
         now.timestamp().div_euclid(86_400),

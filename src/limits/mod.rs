@@ -12,11 +12,14 @@
 //! not reset anyone's minute or budget.
 
 pub mod budget;
+pub mod shared;
 pub mod window;
 
 use crate::config::limits::TenantLimits;
 use crate::metrics;
+use crate::config::schema::FailurePolicy;
 use budget::{Budgets, Period};
+use shared::{SharedStore, StoreDown};
 use pingora_limits::inflight::{Guard, Inflight};
 use pingora_limits::rate::Rate;
 use std::sync::Arc;
@@ -52,6 +55,8 @@ pub enum Rejection {
         /// Which cap.
         period: Period,
     },
+    /// The shared store (Redis) is unreachable and the tenant's failure policy is `closed`.
+    StoreUnavailable,
 }
 
 impl Rejection {
@@ -62,6 +67,7 @@ impl Rejection {
             Rejection::Tokens { .. } => "tokens",
             Rejection::Concurrency { .. } => "concurrency",
             Rejection::Budget { .. } => "budget",
+            Rejection::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -102,17 +108,51 @@ pub struct Limiter {
     inflight: Inflight,
     tokens: Windows,
     budgets: Budgets,
+    /// The Redis-backed store for requests/tokens per minute and budgets, when configured.
+    shared: Option<Arc<SharedStore>>,
 }
 
 impl Default for Limiter {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+/// Which of a tenant's per-minute limits the local counters enforce for one request: all of
+/// them with the local store; none (Redis did) with the shared one; a share of them
+/// (`limit ÷ expected_replicas`) when Redis is down and the policy is `open`.
+#[derive(Debug, Clone, Copy)]
+struct Local {
+    requests_per_minute: Option<u64>,
+    tokens_per_minute: Option<u64>,
+}
+
+/// A quota unit taken from a shared window, settled at the end.
+struct SharedHold {
+    key: String,
+    window: u64,
+    reserved: u64,
+    tokens: bool,
+}
+
+const MINUTE_MS: u64 = 60_000;
+
+impl Limiter {
+    /// A limiter; `shared` moves requests/tokens per minute and budgets to Redis.
+    pub fn new(shared: Option<Arc<SharedStore>>) -> Self {
         Self {
             per_minute: Rate::new(Duration::from_secs(60)),
             per_second: Rate::new(Duration::from_secs(1)),
             inflight: Inflight::new(),
             tokens: Windows::new(Duration::from_secs(60)),
             budgets: Budgets::default(),
+            shared,
         }
+    }
+
+    /// The shared store, if any (for its background flush).
+    pub fn shared(&self) -> Option<&Arc<SharedStore>> {
+        self.shared.as_ref()
     }
 }
 
@@ -138,6 +178,7 @@ pub struct Admission {
     pub budget_left: Option<f64>,
     settled: bool,
     counted: bool,
+    shared: Vec<SharedHold>,
 }
 
 impl Admission {
@@ -150,8 +191,25 @@ impl Admission {
     pub fn settle(mut self, input: u64, output: u64, cost_usd: Option<f64>) {
         self.release(input, output);
         if let (Some(usd), Some(budget)) = (cost_usd, self.limits.budget.as_ref()) {
-            self.limiter.budgets.charge(&self.tenant, usd);
-            let (day, month) = self.limiter.budgets.spent(&self.tenant);
+            let (day, month) = match &self.limiter.shared {
+                Some(sh) => {
+                    sh.charge(&self.tenant, usd);
+                    let left = sh
+                        .budget_left(&self.tenant, budget.usd_per_day, None)
+                        .unwrap_or(0.0);
+                    let left_m = sh
+                        .budget_left(&self.tenant, None, budget.usd_per_month)
+                        .unwrap_or(0.0);
+                    (
+                        budget.usd_per_day.map_or(0.0, |c| c - left),
+                        budget.usd_per_month.map_or(0.0, |c| c - left_m),
+                    )
+                }
+                None => {
+                    self.limiter.budgets.charge(&self.tenant, usd);
+                    self.limiter.budgets.spent(&self.tenant)
+                }
+            };
             for (period, cap, spent) in [
                 ("day", budget.usd_per_day, day),
                 ("month", budget.usd_per_month, month),
@@ -171,6 +229,16 @@ impl Admission {
         }
         self.settled = true;
         let now = now_ms();
+        if let Some(sh) = &self.limiter.shared {
+            for h in &self.shared {
+                let actual = if h.tokens {
+                    self.limits.weighted(input, output)
+                } else {
+                    h.reserved
+                };
+                sh.settle(&h.key, h.window, h.reserved, actual);
+            }
+        }
         for (key, r, kind) in &self.reservations {
             let actual = match kind {
                 Kind::Weighted => self.limits.weighted(input, output),
@@ -202,10 +270,126 @@ impl Limiter {
     /// Admit `ask` under `limits` or say why not. Checks, cheapest and side-effect-free first:
     /// budget, concurrency, tokens (all-or-nothing reservation), then request rates (undone
     /// if refused), so a refused request leaves no trace in any counter.
-    pub fn admit(
+    pub async fn admit(
         self: &Arc<Self>,
         limits: &Arc<TenantLimits>,
         ask: Ask<'_>,
+    ) -> Result<Admission, Rejection> {
+        let all = Local {
+            requests_per_minute: limits.requests_per_minute,
+            tokens_per_minute: limits.tokens_per_minute,
+        };
+        let Some(shared) = &self.shared else {
+            return self.admit_local(limits, ask, all);
+        };
+        if all.requests_per_minute.is_none() && all.tokens_per_minute.is_none() {
+            return self.admit_local(limits, ask, all);
+        }
+        let (local, holds) = match self.take_shared(shared, limits, &ask).await {
+            Ok(Ok(holds)) => (
+                Local {
+                    requests_per_minute: None,
+                    tokens_per_minute: None,
+                },
+                holds,
+            ),
+            Ok(Err(rejection)) => return Err(rejection),
+            Err(StoreDown) => match limits.redis_failure_policy.unwrap_or(shared.failure_policy) {
+                FailurePolicy::Open => {
+                    metrics::REDIS_FALLBACKS.with_label_values(&["open"]).inc();
+                    let share = |l: u64| (l / u64::from(shared.expected_replicas)).max(1);
+                    (
+                        Local {
+                            requests_per_minute: all.requests_per_minute.map(share),
+                            tokens_per_minute: all.tokens_per_minute.map(share),
+                        },
+                        Vec::new(),
+                    )
+                }
+                FailurePolicy::Closed => {
+                    metrics::REDIS_FALLBACKS.with_label_values(&["closed"]).inc();
+                    return Err(Rejection::StoreUnavailable);
+                }
+            },
+        };
+        match self.admit_local(limits, ask, local) {
+            Ok(mut admission) => {
+                admission.shared = holds;
+                Ok(admission)
+            }
+            Err(r) => {
+                for h in holds {
+                    shared.settle(&h.key, h.window, h.reserved, 0);
+                }
+                Err(r)
+            }
+        }
+    }
+
+    /// Take this request's requests-per-minute unit and weighted-token reservation from the
+    /// shared windows. `Ok(Err(_))`: refused (nothing kept); `Err(StoreDown)`: Redis failed.
+    async fn take_shared(
+        &self,
+        shared: &SharedStore,
+        limits: &TenantLimits,
+        ask: &Ask<'_>,
+    ) -> Result<Result<Vec<SharedHold>, Rejection>, StoreDown> {
+        let window_reset = || {
+            let now = now_ms();
+            Duration::from_millis(MINUTE_MS - now % MINUTE_MS)
+        };
+        let mut holds = Vec::new();
+        if let Some(limit) = limits.requests_per_minute {
+            let key = format!("{}:rpm", ask.tenant);
+            match shared.take(&key, limit, 1, MINUTE_MS).await? {
+                Some(window) => holds.push(SharedHold { key, window, reserved: 1, tokens: false }),
+                None => {
+                    return Ok(Err(Rejection::Requests {
+                        limit,
+                        retry_after: window_reset(),
+                    }))
+                }
+            }
+        }
+        let amount = limits.weighted(ask.prompt_tokens, ask.output_ceiling);
+        if let (Some(limit), true) = (limits.tokens_per_minute, amount > 0) {
+            let key = format!("{}:tpm", ask.tenant);
+            let taken = match shared.take(&key, limit, amount, MINUTE_MS).await {
+                Ok(t) => t,
+                Err(e) => {
+                    for h in holds {
+                        shared.settle(&h.key, h.window, h.reserved, 0);
+                    }
+                    return Err(e);
+                }
+            };
+            match taken {
+                Some(window) => {
+                    metrics::TOKENS_RESERVED
+                        .with_label_values(&[ask.tenant])
+                        .inc_by(amount);
+                    holds.push(SharedHold { key, window, reserved: amount, tokens: true });
+                }
+                None => {
+                    for h in holds {
+                        shared.settle(&h.key, h.window, h.reserved, 0);
+                    }
+                    return Ok(Err(Rejection::Tokens {
+                        limit,
+                        remaining: 0,
+                        retry_after: window_reset(),
+                    }));
+                }
+            }
+        }
+        Ok(Ok(holds))
+    }
+
+    fn admit_local(
+        self: &Arc<Self>,
+        limits: &Arc<TenantLimits>,
+        ask: Ask<'_>,
+        local: Local,
     ) -> Result<Admission, Rejection> {
         let model_limits: Vec<_> = match ask.model {
             Some(m) => limits
@@ -215,13 +399,17 @@ impl Limiter {
                 .collect(),
             None => Vec::new(),
         };
-        let budget_left = match &limits.budget {
-            Some(b) => Some(
+        let budget_left = match (&limits.budget, &self.shared) {
+            (Some(b), Some(sh)) => Some(
+                sh.budget_left(ask.tenant, b.usd_per_day, b.usd_per_month)
+                    .map_err(|period| Rejection::Budget { period })?,
+            ),
+            (Some(b), None) => Some(
                 self.budgets
                     .remaining(ask.tenant, b)
                     .map_err(|period| Rejection::Budget { period })?,
             ),
-            None => None,
+            (None, _) => None,
         };
 
         let mut guards = Vec::new();
@@ -247,7 +435,7 @@ impl Limiter {
         let (input, output) = (ask.prompt_tokens, ask.output_ceiling);
         let mut pairs: Vec<(String, u64, u64, Kind)> = Vec::new();
         if input + output > 0 {
-            if let Some(l) = limits.tokens_per_minute {
+            if let Some(l) = local.tokens_per_minute {
                 pairs.push((
                     format!("t:{}", ask.tenant),
                     limits.weighted(input, output),
@@ -306,6 +494,7 @@ impl Limiter {
             budget_left,
             settled: false,
             counted,
+            shared: Vec::new(),
         };
         if counted {
             metrics::TENANT_IN_FLIGHT
@@ -324,7 +513,7 @@ impl Limiter {
             (
                 &self.per_minute,
                 format!("m:{}", ask.tenant),
-                limits.requests_per_minute,
+                local.requests_per_minute,
             ),
         ];
         for ml in &model_limits {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 const TOKENIZE_MAX_BYTES: usize = 8 * 1024;
 
 /// Admit `ctx`'s request or return the rejection as a [`SluiceError`].
-pub fn admit(
+pub async fn admit(
     limiter: &Arc<Limiter>,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
@@ -48,7 +48,7 @@ pub fn admit(
         prompt_tokens: prompt,
         output_ceiling: ceiling,
     };
-    match limiter.admit(limits, ask) {
+    match limiter.admit(limits, ask).await {
         Ok(admission) => {
             metrics::LIMIT_DECISIONS
                 .with_label_values(&[&tenant, "admitted", "ok"])
@@ -62,6 +62,7 @@ pub fn admit(
                 .inc();
             Err(match rejection {
                 crate::limits::Rejection::Budget { period } => SluiceError::BudgetExceeded(period),
+                crate::limits::Rejection::StoreUnavailable => SluiceError::LimitStoreUnavailable,
                 other => SluiceError::RateLimited(other),
             })
         }

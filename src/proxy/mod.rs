@@ -41,12 +41,9 @@ pub struct Sluice {
 }
 
 impl Sluice {
-    /// A proxy serving `config` (swappable for hot reload).
-    pub fn new(config: Arc<ArcSwap<Snapshot>>) -> Self {
-        Self {
-            config,
-            limiter: Arc::new(Limiter::default()),
-        }
+    /// A proxy serving `config` (swappable for hot reload) under `limiter`.
+    pub fn new(config: Arc<ArcSwap<Snapshot>>, limiter: Arc<Limiter>) -> Self {
+        Self { config, limiter }
     }
 }
 

@@ -40,7 +40,7 @@ pub async fn handle(
         ctx.body = Some(body);
         ctx.phase = Phase::Inspected;
         select_route(&snapshot, session, ctx, &path)?;
-        limit::admit(limiter, &snapshot, ctx)?;
+        limit::admit(limiter, &snapshot, ctx).await?;
         attempt::run(session, ctx).await?;
         return Ok(Flow::Done);
     }
@@ -67,7 +67,7 @@ pub async fn handle(
             })
         })
         .ok_or(SluiceError::NoUpstreamAvailable { retry_after: None })?;
-    limit::admit(limiter, &snapshot, ctx)?;
+    limit::admit(limiter, &snapshot, ctx).await?;
     ctx.pool = Some(pool);
     ctx.endpoint = ep;
     ctx.key = key;

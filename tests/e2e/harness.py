@@ -165,10 +165,29 @@ def start_sluice(workdir: Path, config: dict[str, Any], env: dict[str, str],
     admin = config["listeners"]["admin"]
     try:
         proc.wait_ready(f"http://{admin}/readyz")
+        # /readyz can say 200 a moment before the proxy listener is bound (seen in about
+        # 1 start in 15): wait for the proxy port too, so the suite does not flake on it.
+        wait_listening(config["listeners"]["proxy"], proc)
     except BaseException:
         proc.stop()
         raise
     return proc
+
+
+def wait_listening(addr: str, proc: Proc | None = None, timeout_s: float = 10.0) -> None:
+    """Poll until `host:port` accepts a TCP connection."""
+    host, port = addr.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                log = f"\n{proc.log_tail()}" if proc else ""
+                raise ProcessFailed(f"{addr} refuses connections after {timeout_s:.0f}s "
+                                    f"({exc}).{log}") from exc
+            time.sleep(0.02)
 
 
 def pool(name: str, provider: str, url: str, key_env: str) -> dict[str, Any]:

@@ -6,7 +6,10 @@ which is not the APIStatusError these tests expect.
 
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -60,3 +63,42 @@ def test_anthropic_pool_down(sluice: Sluice) -> None:
         client.messages.create(**MESSAGE)
     assert caught.value.status_code in (502, 503), caught.value.response.text
     anthropic_error_body(caught.value)
+
+
+@pytest.fixture
+def scenario(upstream: Upstream) -> Iterator[Callable[[dict], None]]:
+    """Queue one llmock behaviour; whatever is left unconsumed is dropped afterwards."""
+
+    def queue(behavior: dict) -> None:
+        httpx.post(f"{upstream.base}/_llmock/scenario", json={"behaviors": [behavior]},
+                   timeout=10.0).raise_for_status()
+
+    upstream.reset()
+    try:
+        yield queue
+    finally:
+        upstream.reset()
+
+
+def test_openai_upstream_drops_mid_stream(sluice: Sluice, scenario: Callable[[dict], None],
+                                          openai_via: openai.OpenAI) -> None:
+    """The upstream closes the connection after 3 events: the SDK must raise its own
+    exception (an in-stream error event or a connection error), not end quietly."""
+    scenario({"type": "stream_fault", "kind": "disconnect", "after_chunks": 3,
+              "match": {"path": "/v1/chat/completions"}})
+    received = []
+    with pytest.raises(openai.APIError):
+        for chunk in openai_via.chat.completions.create(**CHAT, stream=True):
+            received.append(chunk)
+    assert 1 <= len(received) <= 3, "the events sent before the drop should reach the client"
+
+
+def test_anthropic_upstream_drops_mid_stream(sluice: Sluice, scenario: Callable[[dict], None],
+                                             anthropic_via: anthropic.Anthropic) -> None:
+    """Direct, the anthropic SDK surfaces a raw httpx error here; through sluice it should
+    get `event: error` and raise anthropic.APIError."""
+    scenario({"type": "stream_fault", "kind": "disconnect", "after_chunks": 3,
+              "match": {"provider": "anthropic"}})
+    with pytest.raises(anthropic.APIError):
+        for _ in anthropic_via.messages.create(**MESSAGE, stream=True):
+            pass
