@@ -117,10 +117,17 @@ fn limits(c: &mut Criterion) {
         model: Some("gpt-4o"),
         prompt_tokens: 1200,
         output_ceiling: 512,
+        cost_ceiling_usd: None,
     };
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     c.bench_function("limits_admit_settle_rpm_tpm_concurrency", |b| {
-        b.iter(|| rt.block_on(limiter.admit(&limits, ask)).unwrap().settle(1100, 300, None))
+        b.iter(|| {
+            rt.block_on(limiter.admit(&limits, ask))
+                .unwrap()
+                .settle(1100, 300, None)
+        })
     });
     c.bench_function("limits_absent_lookup", |b| {
         b.iter(|| snap.tenant_limits(black_box("free")).is_none())

@@ -177,9 +177,11 @@ impl SluiceError {
             SluiceError::NoUpstreamAvailable { .. } => {
                 ("server_error", "overloaded_error", "no_upstream_available")
             }
-            SluiceError::LimitStoreUnavailable => {
-                ("server_error", "overloaded_error", "limit_store_unavailable")
-            }
+            SluiceError::LimitStoreUnavailable => (
+                "server_error",
+                "overloaded_error",
+                "limit_store_unavailable",
+            ),
         };
         let message = format!("sluice: {self}");
         match style {

@@ -966,7 +966,49 @@ type Metrics = BTreeMap<String, f64>;
 
 // ------------------------------------------------------------------------------------------
 
+/// `bench_load --load-only ADDR [REQUESTS [STREAMS [CONNS]]]`: just send a fixed load (for
+/// profiling a proxy under callgrind/perf: scripts/bench_load_profile.sh).
+fn load_only(args: &[String]) -> i32 {
+    let addr: SocketAddr = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .expect("--load-only ADDR");
+    let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let streams_n: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let conns: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(8);
+    let auth = std::env::var("BENCH_AUTH").unwrap_or_else(|_| VIRTUAL_KEY.to_string());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let to = Duration::from_secs(120);
+        let (ok, err, secs) = closed_count(addr, &chat_request(addr, &auth, false, ""), conns, n, to).await;
+        let (ttft, _) = streams(addr, &chat_request(addr, &auth, true, ""), streams_n, to).await;
+        eprintln!(
+            "load-only: {ok} ok / {err} errors in {secs:.2} s on {conns} connections; {} streams ok, {} failed",
+            ttft.ns.len(),
+            ttft.errors
+        );
+        i32::from(err > 0 || ttft.errors > 0)
+    })
+}
+
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--load-only") {
+        std::process::exit(load_only(&argv[2..]));
+    }
+    if argv.get(1).map(String::as_str) == Some("--sluice-config") {
+        // `bench_load --sluice-config PROXY_PORT ADMIN_PORT UPSTREAM_PORT`: the bench config.
+        let port = |i: usize| {
+            argv.get(i)
+                .and_then(|a| a.parse::<u16>().ok())
+                .expect("ports")
+        };
+        print!("{}", sluice_config(port(2), port(3), port(4)));
+        return;
+    }
     let opts = parse_opts();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1392,6 +1434,31 @@ async fn run(opts: Opts) -> Result<(), String> {
         }
     }
     let mut checks: Vec<String> = Vec::new();
+    for a in &arms {
+        let (mut inj, mut reqs, mut conns) = (0.0, 0.0, Vec::new());
+        for r in &per_round {
+            if let Some(m) = r.get(&a.name) {
+                inj += m
+                    .get("upstream_injected_key_in_cpu_phase")
+                    .copied()
+                    .unwrap_or(0.0);
+                reqs += m
+                    .get("upstream_requests_in_cpu_phase")
+                    .copied()
+                    .unwrap_or(0.0);
+                conns.push(
+                    m.get("upstream_conns_per_1k_req")
+                        .copied()
+                        .unwrap_or(f64::NAN),
+                );
+            }
+        }
+        checks.push(format!(
+            "{}: upstream saw {reqs} chat requests in the CPU phases, {inj} with the injected pool key; new upstream connections per 1k requests per round: {}",
+            a.name,
+            conns.iter().map(|c| f(*c, 1)).collect::<Vec<_>>().join(" / ")
+        ));
+    }
     if let Some(a) = arms.iter().find(|a| a.kind == Kind::Sluice) {
         if let Some((200, body)) = get(a.admin.unwrap_or(a.addr), "/metrics").await {
             let exact = body
@@ -1608,7 +1675,7 @@ async fn run(opts: Opts) -> Result<(), String> {
 
     let machine = json!({
         "cpu_model": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("").trim(),
-        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "nproc": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().filter(|l| l.starts_with("processor")).count(),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "loadavg_start": loadavg_start.trim(),
         "loadavg_end": loadavg_end.trim(),
@@ -1689,8 +1756,8 @@ async fn run(opts: Opts) -> Result<(), String> {
         p.cpu_requests, pl.cpu_requests, p.cpu_conns, p.rps_conns, p.rps_secs, p.seq_requests, pl.seq_requests, p.open_secs, p.open_conns, p.streams, pl.streams
     ));
     let _ = writeln_s(w, "## CPU and throughput (one worker thread)\n");
-    let _ = writeln_s(w, "| arm | CPU µs/req | ×bare | CPU µs/req (schedstat) | CPU µs/req at 200 req/s | max RPS | ×bare | upstream CPU µs/req | errors |");
-    let _ = writeln_s(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln_s(w, "| arm | CPU µs/req | ×bare | CPU µs/req (schedstat) | CPU µs/req at 200 req/s | max RPS | ×bare | upstream CPU µs/req | upstream conns per 1k req | errors |");
+    let _ = writeln_s(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for a in &names {
         let _ = writeln_s(
             w,
@@ -1951,6 +2018,13 @@ async fn measure_arm(
     let upstream_reqs = st1["chat"].as_f64().unwrap_or(0.0) - st0["chat"].as_f64().unwrap_or(0.0);
     m.insert("upstream_requests_in_cpu_phase".into(), upstream_reqs);
     m.insert("upstream_injected_key_in_cpu_phase".into(), injected);
+    let conns =
+        st1["connections"].as_f64().unwrap_or(0.0) - st0["connections"].as_f64().unwrap_or(0.0);
+    // The two /_stats calls themselves open one connection each.
+    m.insert(
+        "upstream_conns_per_1k_req".into(),
+        (conns - 1.0).max(0.0) * 1000.0 / n,
+    );
 
     // max RPS
     let (rps, err) = closed_for(arm.addr, &req, p.rps_conns, p.rps_secs, to).await;

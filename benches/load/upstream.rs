@@ -11,7 +11,7 @@
 //!   usage chunk with `"choices": []`, then `data: [DONE]`. The query parameters `chunks` and
 //!   `gap_ms` override N and G per request. While pacing, a client that closes is noticed at
 //!   once (the connection is dropped), so thousands of held streams cost nothing after.
-//! - `GET /_stats`: JSON counters (requests, streams, open streams, requests that carried the
+//! - `GET /_stats`: JSON counters (connections accepted, requests, streams, open streams, requests that carried the
 //!   injected key `Bearer sk-bench-upstream-key`).
 //! - anything else: `200 {}` (health checks) for GET, 404 otherwise.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -23,6 +23,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 static CHAT: AtomicU64 = AtomicU64::new(0);
 static STREAMS: AtomicU64 = AtomicU64::new(0);
@@ -79,6 +80,7 @@ fn main() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             };
+            CONNECTIONS.fetch_add(1, Relaxed);
             tokio::spawn(async move {
                 let _ = serve(s, pace).await;
             });
@@ -199,7 +201,8 @@ async fn serve(mut s: TcpStream, pace: Pace) -> std::io::Result<()> {
             chat(&mut s, &req, query, pace).await?;
         } else if req.method == "GET" && path == "/_stats" {
             let body = format!(
-                "{{\"requests\":{},\"chat\":{},\"streams\":{},\"open_streams\":{},\"max_open_streams\":{},\"injected_key\":{}}}",
+                "{{\"connections\":{},\"requests\":{},\"chat\":{},\"streams\":{},\"open_streams\":{},\"max_open_streams\":{},\"injected_key\":{}}}",
+                CONNECTIONS.load(Relaxed),
                 REQUESTS.load(Relaxed),
                 CHAT.load(Relaxed),
                 STREAMS.load(Relaxed),

@@ -178,7 +178,10 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
                 errs.push("limits.redis.url", "must be a redis:// URL");
             }
             if r.timeout_ms == 0 || r.expected_replicas == 0 || r.lease_ms == 0 {
-                errs.push("limits.redis", "timeout_ms, expected_replicas and lease_ms must be at least 1");
+                errs.push(
+                    "limits.redis",
+                    "timeout_ms, expected_replicas and lease_ms must be at least 1",
+                );
             }
             Some(r.clone())
         }

@@ -16,12 +16,12 @@ pub mod shared;
 pub mod window;
 
 use crate::config::limits::TenantLimits;
-use crate::metrics;
 use crate::config::schema::FailurePolicy;
+use crate::metrics;
 use budget::{Budgets, Period};
-use shared::{SharedStore, StoreDown};
 use pingora_limits::inflight::{Guard, Inflight};
 use pingora_limits::rate::Rate;
+use shared::{SharedStore, StoreDown};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use window::{Reservation, WindowState, Windows};
@@ -83,6 +83,9 @@ pub struct Ask<'a> {
     pub prompt_tokens: u64,
     /// Output ceiling: `max_tokens`, the model's, or the default (0 when not accounted).
     pub output_ceiling: u64,
+    /// Worst-case cost (prompt estimate and ceiling at the model's price), when priced: what a
+    /// shared budget reserves.
+    pub cost_ceiling_usd: Option<f64>,
 }
 
 /// `x-ratelimit-*` values: (limit, remaining, reset).
@@ -127,12 +130,20 @@ struct Local {
     tokens_per_minute: Option<u64>,
 }
 
+/// What a shared hold counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldKind {
+    Requests,
+    Tokens,
+    MicroUsd,
+}
+
 /// A quota unit taken from a shared window, settled at the end.
 struct SharedHold {
     key: String,
     window: u64,
     reserved: u64,
-    tokens: bool,
+    kind: HoldKind,
 }
 
 const MINUTE_MS: u64 = 60_000;
@@ -154,6 +165,11 @@ impl Limiter {
     pub fn shared(&self) -> Option<&Arc<SharedStore>> {
         self.shared.as_ref()
     }
+}
+
+/// USD as whole micro-dollars (shared budgets count integers in Redis).
+fn micro(usd: f64) -> u64 {
+    (usd * 1e6).ceil().max(0.0) as u64
 }
 
 fn now_ms() -> u64 {
@@ -189,27 +205,15 @@ impl Admission {
 
     /// Replace the reservations by the exact usage and charge `cost_usd` to the budget.
     pub fn settle(mut self, input: u64, output: u64, cost_usd: Option<f64>) {
+        self.settle_shared(input, output, cost_usd);
         self.release(input, output);
-        if let (Some(usd), Some(budget)) = (cost_usd, self.limits.budget.as_ref()) {
-            let (day, month) = match &self.limiter.shared {
-                Some(sh) => {
-                    sh.charge(&self.tenant, usd);
-                    let left = sh
-                        .budget_left(&self.tenant, budget.usd_per_day, None)
-                        .unwrap_or(0.0);
-                    let left_m = sh
-                        .budget_left(&self.tenant, None, budget.usd_per_month)
-                        .unwrap_or(0.0);
-                    (
-                        budget.usd_per_day.map_or(0.0, |c| c - left),
-                        budget.usd_per_month.map_or(0.0, |c| c - left_m),
-                    )
-                }
-                None => {
-                    self.limiter.budgets.charge(&self.tenant, usd);
-                    self.limiter.budgets.spent(&self.tenant)
-                }
-            };
+        if let (Some(usd), Some(budget), None) = (
+            cost_usd,
+            self.limits.budget.as_ref(),
+            self.limiter.shared.as_ref(),
+        ) {
+            self.limiter.budgets.charge(&self.tenant, usd);
+            let (day, month) = self.limiter.budgets.spent(&self.tenant);
             for (period, cap, spent) in [
                 ("day", budget.usd_per_day, day),
                 ("month", budget.usd_per_month, month),
@@ -223,22 +227,27 @@ impl Admission {
         }
     }
 
+    /// Settle shared holds (once): tokens to the weighted usage, budgets to the exact cost.
+    fn settle_shared(&mut self, input: u64, output: u64, cost_usd: Option<f64>) {
+        let Some(sh) = self.limiter.shared.clone() else {
+            return;
+        };
+        for h in std::mem::take(&mut self.shared) {
+            let actual = match h.kind {
+                HoldKind::Requests => h.reserved,
+                HoldKind::Tokens => self.limits.weighted(input, output),
+                HoldKind::MicroUsd => cost_usd.map_or(0, micro),
+            };
+            sh.settle(&h.key, h.window, h.reserved, actual);
+        }
+    }
+
     fn release(&mut self, input: u64, output: u64) {
         if self.settled {
             return;
         }
         self.settled = true;
         let now = now_ms();
-        if let Some(sh) = &self.limiter.shared {
-            for h in &self.shared {
-                let actual = if h.tokens {
-                    self.limits.weighted(input, output)
-                } else {
-                    h.reserved
-                };
-                sh.settle(&h.key, h.window, h.reserved, actual);
-            }
-        }
         for (key, r, kind) in &self.reservations {
             let actual = match kind {
                 Kind::Weighted => self.limits.weighted(input, output),
@@ -257,6 +266,7 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
+        self.settle_shared(0, 0, None);
         self.release(0, 0);
         if self.counted {
             metrics::TENANT_IN_FLIGHT
@@ -282,7 +292,10 @@ impl Limiter {
         let Some(shared) = &self.shared else {
             return self.admit_local(limits, ask, all);
         };
-        if all.requests_per_minute.is_none() && all.tokens_per_minute.is_none() {
+        if all.requests_per_minute.is_none()
+            && all.tokens_per_minute.is_none()
+            && limits.budget.is_none()
+        {
             return self.admit_local(limits, ask, all);
         }
         let (local, holds) = match self.take_shared(shared, limits, &ask).await {
@@ -307,7 +320,9 @@ impl Limiter {
                     )
                 }
                 FailurePolicy::Closed => {
-                    metrics::REDIS_FALLBACKS.with_label_values(&["closed"]).inc();
+                    metrics::REDIS_FALLBACKS
+                        .with_label_values(&["closed"])
+                        .inc();
                     return Err(Rejection::StoreUnavailable);
                 }
             },
@@ -342,7 +357,12 @@ impl Limiter {
         if let Some(limit) = limits.requests_per_minute {
             let key = format!("{}:rpm", ask.tenant);
             match shared.take(&key, limit, 1, MINUTE_MS).await? {
-                Some(window) => holds.push(SharedHold { key, window, reserved: 1, tokens: false }),
+                Some(window) => holds.push(SharedHold {
+                    key,
+                    window,
+                    reserved: 1,
+                    kind: HoldKind::Requests,
+                }),
                 None => {
                     return Ok(Err(Rejection::Requests {
                         limit,
@@ -368,7 +388,12 @@ impl Limiter {
                     metrics::TOKENS_RESERVED
                         .with_label_values(&[ask.tenant])
                         .inc_by(amount);
-                    holds.push(SharedHold { key, window, reserved: amount, tokens: true });
+                    holds.push(SharedHold {
+                        key,
+                        window,
+                        reserved: amount,
+                        kind: HoldKind::Tokens,
+                    });
                 }
                 None => {
                     for h in holds {
@@ -379,6 +404,37 @@ impl Limiter {
                         remaining: 0,
                         retry_after: window_reset(),
                     }));
+                }
+            }
+        }
+        if let (Some(b), Some(cost)) = (&limits.budget, ask.cost_ceiling_usd) {
+            let (day, month) = budget::today();
+            let amount = micro(cost).max(1);
+            for (period, cap, window, ttl) in [
+                (Period::Day, b.usd_per_day, day, 2 * 86_400_000),
+                (Period::Month, b.usd_per_month, month, 32 * 86_400_000),
+            ] {
+                let Some(cap) = cap else { continue };
+                let key = format!("{}:usd:{}", ask.tenant, period.as_str());
+                let taken = shared
+                    .take_in(&key, micro(cap), amount, window as u64, ttl)
+                    .await;
+                match taken {
+                    Ok(Some(w)) => holds.push(SharedHold {
+                        key,
+                        window: w,
+                        reserved: amount,
+                        kind: HoldKind::MicroUsd,
+                    }),
+                    Ok(None) | Err(_) => {
+                        for h in holds {
+                            shared.settle(&h.key, h.window, h.reserved, 0);
+                        }
+                        return match taken {
+                            Err(e) => Err(e),
+                            _ => Ok(Err(Rejection::Budget { period })),
+                        };
+                    }
                 }
             }
         }
@@ -400,10 +456,8 @@ impl Limiter {
             None => Vec::new(),
         };
         let budget_left = match (&limits.budget, &self.shared) {
-            (Some(b), Some(sh)) => Some(
-                sh.budget_left(ask.tenant, b.usd_per_day, b.usd_per_month)
-                    .map_err(|period| Rejection::Budget { period })?,
-            ),
+            // Shared budgets were reserved in Redis: the request may spend its reservation.
+            (Some(_), Some(_)) => ask.cost_ceiling_usd,
             (Some(b), None) => Some(
                 self.budgets
                     .remaining(ask.tenant, b)

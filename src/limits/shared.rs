@@ -8,10 +8,15 @@
 //! and aligned on wall-clock time (`unix_ms ÷ window`), so every replica counts the same window.
 //!
 //! Consistency: Redis never grants more than the limit per window, so requests admitted across
-//! replicas never exceed a requests-per-minute limit; tokens exceed a tokens-per-minute limit
-//! only by usage above a request's own reservation (a prompt estimate that came out low).
-//! Budgets are charged to Redis in batches (every flush interval), so the overshoot of a budget
-//! is at most what every replica spends in one interval, plus requests in flight.
+//! replicas never exceed a requests-per-minute limit; settled tokens exceed a tokens-per-minute
+//! limit only by usage above requests' own reservations (prompt estimates that came out low).
+//! Budgets work the same way in micro-USD per UTC day and month: a request reserves its
+//! worst-case cost (prompt estimate and output ceiling at the model's price) and settles to its
+//! exact cost, so spend exceeds a budget only by cost above reservations. The cost of this
+//! exactness: a replica may hold up to `limit ÷ (4 × expected_replicas)` it does not use yet
+//! (given back after 4 × `lease_ms` idle), so others can be refused while quota is stranded.
+//! Spend lives in Redis (keys per day/month, expiring), so it survives a sidecar restart; the
+//! unused part of a restarted replica's slice counts as spent.
 
 use crate::balance::now_ms;
 use crate::config::schema::{FailurePolicy, RedisConf};
@@ -41,16 +46,6 @@ if back > 0 then redis.call('DECRBY', KEYS[1], back) end
 return back
 ";
 
-/// Add ARGV[1] USD to the day (KEYS[1]) and month (KEYS[2]) spend, with expiries ARGV[2] and
-/// ARGV[3] seconds. Returns both totals (as strings).
-const SPEND: &str = r"
-local d = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-local m = redis.call('INCRBYFLOAT', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return {d, m}
-";
-
 /// Redis was unreachable or too slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreDown;
@@ -66,17 +61,6 @@ struct Slice {
     last_used_ms: u64,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Spend {
-    /// Global spend (all replicas) as of the last flush, for the day and month keys in
-    /// `day`/`month`.
-    day: i64,
-    month: i64,
-    global_day: f64,
-    global_month: f64,
-    unflushed: f64,
-}
-
 /// The shared store of one sluice process.
 pub struct SharedStore {
     client: redis::Client,
@@ -88,11 +72,16 @@ pub struct SharedStore {
     /// Replicas sharing the limits (local fallback = limit ÷ this).
     pub expected_replicas: u32,
     slices: Mutex<HashMap<String, Slice>>,
-    spend: Mutex<HashMap<String, Spend>>,
     lease: Script,
     give_back: Script,
-    spend_script: Script,
+    /// After a failure, calls fail fast until then (ms since the epoch), then a fresh
+    /// connection is tried: an outage costs requests no wait at all, a recovery is noticed
+    /// within [`RETRY_AFTER_FAILURE`].
+    down_until_ms: std::sync::atomic::AtomicU64,
 }
+
+/// How long the store fails fast after a Redis failure before trying again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
 impl SharedStore {
     /// A store for `conf`. Errors: an unparseable URL. Connecting happens on first use.
@@ -106,10 +95,9 @@ impl SharedStore {
             failure_policy: conf.failure_policy,
             expected_replicas: conf.expected_replicas.max(1),
             slices: Mutex::new(HashMap::new()),
-            spend: Mutex::new(HashMap::new()),
             lease: Script::new(LEASE),
             give_back: Script::new(RETURN),
-            spend_script: Script::new(SPEND),
+            down_until_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -134,8 +122,20 @@ impl SharedStore {
         keys: &[&str],
         args: &[String],
     ) -> Result<T, StoreDown> {
+        use std::sync::atomic::Ordering;
+        if now_ms() < self.down_until_ms.load(Ordering::Acquire) {
+            metrics::REDIS_ERRORS.with_label_values(&[op]).inc();
+            return Err(StoreDown);
+        }
         let started = Instant::now();
-        let mut conn = self.connection().await?;
+        let conn = self.connection().await;
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                self.mark_down().await;
+                return Err(e);
+            }
+        };
         let mut inv = script.prepare_invoke();
         for k in keys {
             inv.key(*k);
@@ -152,9 +152,18 @@ impl SharedStore {
             Ok(Ok(v)) => Ok(v),
             _ => {
                 metrics::REDIS_ERRORS.with_label_values(&[op]).inc();
+                self.mark_down().await;
                 Err(StoreDown)
             }
         }
+    }
+
+    /// Fail fast for a while and forget the connection (the next try makes a new one).
+    async fn mark_down(&self) {
+        let until = now_ms() + RETRY_AFTER_FAILURE.as_millis() as u64;
+        self.down_until_ms
+            .store(until, std::sync::atomic::Ordering::Release);
+        *self.conn.lock().await = None;
     }
 
     fn redis_key(key: &str, window: u64) -> String {
@@ -171,10 +180,24 @@ impl SharedStore {
         amount: u64,
         window_ms: u64,
     ) -> Result<Option<u64>, StoreDown> {
+        let now = now_ms();
+        self.take_in(key, limit, amount, now / window_ms, window_ms * 2)
+            .await
+    }
+
+    /// [`SharedStore::take`] in an explicit window (`window` id, Redis key expiring after
+    /// `ttl_ms`), e.g. a UTC day or month for budgets.
+    pub async fn take_in(
+        &self,
+        key: &str,
+        limit: u64,
+        amount: u64,
+        window: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, StoreDown> {
         // A single request larger than the whole limit takes the whole window.
         let amount = amount.min(limit) as i64;
         let now = now_ms();
-        let window = now / window_ms;
         let want = {
             let Ok(mut slices) = self.slices.lock() else {
                 return Err(StoreDown);
@@ -186,7 +209,11 @@ impl SharedStore {
             }
             let sec = now / 1000;
             if s.second != sec {
-                s.last_second = if s.second + 1 == sec { s.this_second } else { 0 };
+                s.last_second = if s.second + 1 == sec {
+                    s.this_second
+                } else {
+                    0
+                };
                 s.this_second = 0;
                 s.second = sec;
             }
@@ -202,9 +229,11 @@ impl SharedStore {
             (amount - s.remaining) as u64 + by_rate
         };
         let rkey = Self::redis_key(key, window);
-        let args = [limit.to_string(), want.to_string(), (window_ms * 2).to_string()];
+        let args = [limit.to_string(), want.to_string(), ttl_ms.to_string()];
         let got: i64 = self.call("lease", &self.lease, &[&rkey], &args).await?;
-        metrics::LEASES.with_label_values(&["granted"]).inc_by(got.max(0) as u64);
+        metrics::LEASES
+            .with_label_values(&["granted"])
+            .inc_by(got.max(0) as u64);
         let Ok(mut slices) = self.slices.lock() else {
             return Err(StoreDown);
         };
@@ -231,70 +260,8 @@ impl SharedStore {
         }
     }
 
-    /// USD left under `day_cap` / `month_cap` for `tenant`, from the last flushed global spend
-    /// plus this replica's unflushed spend. `Err(period)` names a spent cap.
-    pub fn budget_left(
-        &self,
-        tenant: &str,
-        day_cap: Option<f64>,
-        month_cap: Option<f64>,
-    ) -> Result<f64, super::budget::Period> {
-        let (day, month) = super::budget::today();
-        let s = self
-            .spend
-            .lock()
-            .ok()
-            .and_then(|m| m.get(tenant).copied())
-            .unwrap_or_default();
-        let d = if s.day == day { s.global_day } else { 0.0 } + s.unflushed;
-        let m = if s.month == month { s.global_month } else { 0.0 } + s.unflushed;
-        let mut left = f64::INFINITY;
-        if let Some(cap) = day_cap {
-            if d >= cap {
-                return Err(super::budget::Period::Day);
-            }
-            left = left.min(cap - d);
-        }
-        if let Some(cap) = month_cap {
-            if m >= cap {
-                return Err(super::budget::Period::Month);
-            }
-            left = left.min(cap - m);
-        }
-        Ok(left)
-    }
-
-    /// Charge `usd` to `tenant` (flushed to Redis by [`SharedStore::flush`]).
-    pub fn charge(&self, tenant: &str, usd: f64) {
-        if let Ok(mut m) = self.spend.lock() {
-            m.entry(tenant.to_owned()).or_default().unflushed += usd;
-        }
-    }
-
-    /// Push unflushed spend to Redis and refresh every known tenant's global spend; return
-    /// idle slices' leftovers. Runs every flush interval.
+    /// Return idle slices' leftovers to Redis. Runs every flush interval.
     pub async fn flush(&self) {
-        let (day, month) = super::budget::today();
-        let tenants: Vec<(String, f64)> = self
-            .spend
-            .lock()
-            .map(|m| m.iter().map(|(t, s)| (t.clone(), s.unflushed)).collect())
-            .unwrap_or_default();
-        for (tenant, usd) in tenants {
-            let keys = [format!("sluice:{tenant}:usd:d{day}"), format!("sluice:{tenant}:usd:m{month}")];
-            let args = [format!("{usd}"), (2 * 86_400).to_string(), (32 * 86_400).to_string()];
-            let res: Result<(String, String), _> = self
-                .call("spend", &self.spend_script, &[&keys[0], &keys[1]], &args)
-                .await;
-            if let (Ok((d, m)), Ok(mut book)) = (res, self.spend.lock()) {
-                let s = book.entry(tenant).or_default();
-                s.unflushed -= usd;
-                s.day = day;
-                s.month = month;
-                s.global_day = d.parse().unwrap_or(s.global_day);
-                s.global_month = m.parse().unwrap_or(s.global_month);
-            }
-        }
         self.return_idle().await;
     }
 
@@ -306,7 +273,9 @@ impl SharedStore {
             .lock()
             .map(|mut m| {
                 m.iter_mut()
-                    .filter(|(_, s)| s.remaining > 0 && now.saturating_sub(s.last_used_ms) > 4 * self.lease_ms)
+                    .filter(|(_, s)| {
+                        s.remaining > 0 && now.saturating_sub(s.last_used_ms) > 4 * self.lease_ms
+                    })
                     .map(|(k, s)| {
                         let back = s.remaining;
                         s.remaining = 0;
@@ -321,7 +290,9 @@ impl SharedStore {
                 .call::<i64>("return", &self.give_back, &[&rkey], &[back.to_string()])
                 .await
             {
-                metrics::LEASES.with_label_values(&["returned"]).inc_by(n.max(0) as u64);
+                metrics::LEASES
+                    .with_label_values(&["returned"])
+                    .inc_by(n.max(0) as u64);
             }
         }
     }

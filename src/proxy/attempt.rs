@@ -66,6 +66,11 @@ pub struct Child {
 }
 
 impl Child {
+    /// Drop the subrequest now, closing its upstream connection.
+    pub fn close(&mut self) {
+        self.fut = None;
+    }
+
     /// Receive the subrequest's next response task while driving it. `None` once it ended
     /// and every task was read.
     pub async fn next_task(&mut self) -> Option<HttpTask> {

@@ -42,11 +42,29 @@ pub async fn admit(
         ),
         _ => (0, 0),
     };
+    // Worst-case cost, for budgets shared across replicas (they reserve it).
+    let cost_ceiling_usd = match (
+        &limits.budget,
+        model.and_then(|m| snapshot.model_info(m)?.price),
+    ) {
+        (Some(_), Some(price)) => {
+            let (p, c) = match (ctx.api, &ctx.body) {
+                (Some(api), Some(body)) if prompt == 0 => (
+                    prompt_estimate(api, model.unwrap_or(""), body),
+                    snapshot.output_ceiling(model, ctx.inspected.max_tokens),
+                ),
+                _ => (prompt, ceiling),
+            };
+            Some((p as f64 * price.input + c as f64 * price.output) * 1e-6)
+        }
+        _ => None,
+    };
     let ask = Ask {
         tenant: &tenant,
         model,
         prompt_tokens: prompt,
         output_ceiling: ceiling,
+        cost_ceiling_usd,
     };
     match limiter.admit(limits, ask).await {
         Ok(admission) => {

@@ -115,6 +115,14 @@ pub async fn relay(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let success = header.status.is_success();
     let hide = is_sse && ctx.inspected.injected_include_usage;
+    // When the client has every byte of a sized response it may send its next request at
+    // once: from then on the downstream must not be read (see `complete` below).
+    let content_length = header
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|_| !hide);
     if hide {
         // The body changes length: let Pingora frame it (chunked).
         header.remove_header(&http::header::CONTENT_LENGTH);
@@ -144,6 +152,11 @@ pub async fn relay(
     };
     let idle = child.timeouts.idle;
     let mut failure: Option<SluiceError> = None;
+    // The upstream's last bytes, written together with the end of the response.
+    let mut last = Bytes::new();
+    let mut written = 0usize;
+    let mut complete = false;
+    let mut child_done = false;
     loop {
         let event = tokio::select! {
             task = child.next_task() => Event::Task(task),
@@ -152,29 +165,32 @@ pub async fn relay(
         };
         match event {
             Event::Task(Some(HttpTask::Body(data, body_end))) => {
-                if let Some(data) = data.filter(|d| !d.is_empty()) {
-                    let out = acc.push(&data);
-                    if let (Some(c), Accounting::Sse(a)) = (&cutoff, &acc) {
-                        if c.exceeded(a.output_text().len()) {
-                            failure = Some(SluiceError::BudgetExceeded(c.period));
-                            break;
-                        }
-                    }
-                    if !out.is_empty() {
-                        if ctx.ttft.is_none() {
-                            ctx.ttft = Some(ctx.start.elapsed());
-                        }
-                        if session.write_response_body(Some(out), false).await.is_err() {
-                            ctx.client_disconnected = true;
-                            break;
-                        }
+                let out = data.filter(|d| !d.is_empty()).map(|d| acc.push(&d));
+                let out = out.unwrap_or_default();
+                if let (Some(c), Accounting::Sse(a)) = (&cutoff, &acc) {
+                    if c.exceeded(a.output_text().len()) {
+                        failure = Some(SluiceError::BudgetExceeded(c.period));
+                        break;
                     }
                 }
-                if body_end {
+                if ctx.ttft.is_none() && !out.is_empty() {
+                    ctx.ttft = Some(ctx.start.elapsed());
+                }
+                written += out.len();
+                if body_end || content_length.is_some_and(|n| written >= n) {
+                    last = out;
+                    complete = true;
+                    break;
+                }
+                if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+                    ctx.client_disconnected = true;
                     break;
                 }
             }
-            Event::Task(Some(HttpTask::Done)) => break,
+            Event::Task(Some(HttpTask::Done)) => {
+                complete = true;
+                break;
+            }
             Event::Task(Some(HttpTask::Failed(e))) => {
                 failure = Some(super::attempt::classify(&e, &child.endpoint, false));
                 break;
@@ -199,10 +215,14 @@ pub async fn relay(
             }
         }
     }
-    // Close the upstream now (drop the subrequest) whatever happened.
-    drop(child);
+    if !complete {
+        // Close the upstream now (drop the subrequest): the client left, or it failed.
+        child.close();
+        child_done = true;
+    }
 
     let mut tail = BytesMut::new();
+    tail.extend_from_slice(&last);
     match &mut acc {
         Accounting::Sse(a) => {
             tail.extend_from_slice(&a.finish());
@@ -244,5 +264,17 @@ pub async fn relay(
     let tail = tail.freeze();
     if session.write_response_body(Some(tail), true).await.is_err() {
         ctx.client_disconnected = true;
+    }
+    if !child_done {
+        // The client has its whole response; let the subrequest read the upstream's end so
+        // the connection goes back to the pool (bounded by the idle timeout).
+        let _ = tokio::time::timeout(idle, async {
+            while let Some(task) = child.next_task().await {
+                if matches!(task, HttpTask::Done | HttpTask::Failed(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }

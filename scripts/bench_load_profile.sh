@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Where sluice's CPU goes, for the load benchmark's workload (benches/load/): sluice with the
+# bench config (every policy on) under valgrind --tool=callgrind for a fixed request count,
+# collection switched on after a warm-up, then `perf record` of the native binary under the
+# same load when perf is allowed. Loopback only; every process started here is stopped.
+#
+#   scripts/bench_load_profile.sh [REQUESTS] [STREAMS]     (default 2000 and 200)
+#
+# Builds an unstripped sluice with line tables into target/prof (the [profile.release] of
+# Cargo.toml is not touched: CARGO_PROFILE_RELEASE_* overrides). Output: target/bench/profile/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+N=${1:-2000}
+S=${2:-200}
+OUT=$ROOT/target/bench/profile
+BIN=$ROOT/target/bench/bin
+mkdir -p "$OUT"
+CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+    cargo build --release --locked --bin sluice --target-dir target/prof
+PROF=$ROOT/target/prof/release/sluice
+if ! [ -x "$BIN/bench_load" ] || ! [ -x "$BIN/bench_upstream" ]; then
+    cargo build --release --locked --example bench_upstream --example bench_load
+    mkdir -p "$BIN"
+    cp -f target/release/examples/bench_upstream target/release/examples/bench_load "$BIN/"
+fi
+
+TMP=$(mktemp -d /tmp/sluice-bench-profile-XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 0.5
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ready() { # admin port, seconds
+    for _ in $(seq 1 $(( $2 * 10 ))); do
+        if python3 - "$1" <<'PY' 2>/dev/null; then return 0; fi
+import socket, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
+c.sendall(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+sys.exit(0 if b" 200 " in c.recv(100) else 1)
+PY
+        sleep 0.1
+    done
+    echo "sluice not ready" >&2; return 1
+}
+
+taskset -c 0 "$BIN/bench_upstream" --port 0 > "$TMP/up.out" &
+PIDS+=($!)
+for _ in $(seq 1 50); do grep -q listening "$TMP/up.out" 2>/dev/null && break; sleep 0.1; done
+UP=$(sed -n 's/^listening 127.0.0.1://p' "$TMP/up.out")
+export BENCH_UPSTREAM_KEY=sk-bench-upstream-key BENCH_VIRTUAL_KEY=sk-bench-virtual-key-0001
+
+# --- callgrind: instruction counts, repeatable
+PX=$(free_port); AD=$(free_port)
+"$BIN/bench_load" --sluice-config "$PX" "$AD" "$UP" > "$TMP/s.yaml"
+taskset -c 1 valgrind --tool=callgrind --collect-atstart=no --dump-instr=no \
+    --callgrind-out-file="$OUT/callgrind.out" "$PROF" run -c "$TMP/s.yaml" 2> "$TMP/vg.err" &
+VG=$!; PIDS+=($VG)
+wait_ready "$AD" 120
+taskset -c 0 "$BIN/bench_load" --load-only "127.0.0.1:$PX" 200 20 4
+callgrind_control -i on "$VG" > /dev/null
+taskset -c 0 "$BIN/bench_load" --load-only "127.0.0.1:$PX" "$N" "$S" 8
+callgrind_control -d "$VG" > /dev/null
+callgrind_control -i off "$VG" > /dev/null
+kill -TERM "$VG" 2>/dev/null || true; wait "$VG" 2>/dev/null || true
+F=$(ls -t "$OUT"/callgrind.out* | head -1)
+callgrind_annotate --inclusive=yes "$F" > "$OUT/callgrind-inclusive.txt" 2>/dev/null || true
+callgrind_annotate "$F" > "$OUT/callgrind-self.txt" 2>/dev/null || true
+TOTAL=$(grep -m1 -E '^ *[0-9,]+ .*PROGRAM TOTALS' "$OUT/callgrind-self.txt" | awk '{gsub(",","",$1); print $1}')
+echo "callgrind: ${TOTAL:-?} instructions for $N requests + $S streams ($(( ${TOTAL:-0} / (N + S) )) per request)"
+echo "  self:      $OUT/callgrind-self.txt"
+echo "  inclusive: $OUT/callgrind-inclusive.txt"
+
+# --- perf: where the time goes natively (user + kernel), when allowed
+if command -v perf >/dev/null 2>&1; then
+    PX=$(free_port); AD=$(free_port)
+    "$BIN/bench_load" --sluice-config "$PX" "$AD" "$UP" > "$TMP/s2.yaml"
+    taskset -c 1 "$PROF" run -c "$TMP/s2.yaml" 2> /dev/null &
+    SP=$!; PIDS+=($SP)
+    wait_ready "$AD" 20
+    taskset -c 0 "$BIN/bench_load" --load-only "127.0.0.1:$PX" 2000 20 8
+    if perf record -F 2000 -g -p "$SP" -o "$OUT/perf.data" -- sleep 6 > /dev/null 2>&1 &
+    then
+        PERF=$!
+        taskset -c 0 "$BIN/bench_load" --load-only "127.0.0.1:$PX" $(( N * 10 )) "$S" 8 || true
+        wait "$PERF" || true
+        perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | head -120 > "$OUT/perf-self.txt" || true
+        perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none 2>/dev/null | head -150 > "$OUT/perf-children.txt" || true
+        echo "perf: $OUT/perf-self.txt, $OUT/perf-children.txt"
+    fi
+fi
