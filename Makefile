@@ -6,7 +6,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # cargo-nextest when installed (it skips doctests: run those with cargo), else cargo test.
 CARGO_TEST := $(if $(shell command -v cargo-nextest),cargo nextest run --locked && cargo test --locked --doc,cargo test --locked)
 
-.PHONY: setup deps build run test unit e2e validate lint bench demo release docker
+.PHONY: setup deps build run test unit e2e deploy-test validate lint bench bench-load demo release docker
 
 setup: ## system packages + .venv for the e2e suite (idempotent)
 	scripts/setup.sh
@@ -20,13 +20,16 @@ build: deps
 run: deps
 	cargo run --release --locked -- run -c conf/sluice.yaml
 
-test: setup lint unit e2e
+test: setup lint unit e2e deploy-test
 
 unit: deps
 	$(CARGO_TEST)
 
 e2e: setup build
 	SLUICE_BIN=$(SLUICE_DEBUG) .venv/bin/pytest -q tests/e2e
+
+deploy-test: setup build ## manifests validated offline, ConfigMaps through `sluice validate`
+	SLUICE_BIN=$(SLUICE_DEBUG) .venv/bin/pytest -q tests/deploy
 
 validate: build
 	$(SLUICE_DEBUG) validate $(CONF_FILES)

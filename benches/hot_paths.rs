@@ -129,8 +129,69 @@ fn limits(c: &mut Criterion) {
                 .settle(1100, 300, None)
         })
     });
+    shared_limits(c, &rt);
     c.bench_function("limits_absent_lookup", |b| {
         b.iter(|| snap.tenant_limits(black_box("free")).is_none())
+    });
+}
+
+/// The same admit + settle with `limits.store: redis` against a local redis-server (started
+/// here on a free port; skipped with a message when the binary is missing). Most admissions
+/// are served from the leased slice; the difference to the local store is the added latency.
+fn shared_limits(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    /// Kills the redis-server even if the bench panics.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let Ok(redis) = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        eprintln!("redis-server not found: skipping limits_admit_settle_redis_store");
+        return;
+    };
+    let _redis = Guard(redis);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let yaml = format!("limits:\n  store: redis\n  redis: {{url: \"redis://127.0.0.1:{port}\"}}\ntenants:\n  list:\n    - name: t\n      limits: {{requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000}}\n");
+    let snap = compile(&parse(&yaml).unwrap(), Secrets::Skip).unwrap();
+    let store = sluice::limits::shared::SharedStore::new(snap.redis.as_ref().unwrap()).unwrap();
+    let limiter = Arc::new(Limiter::new(Some(Arc::new(store))));
+    let limits = snap.tenant_limits("t").unwrap().clone();
+    let ask = Ask {
+        tenant: "t",
+        model: Some("gpt-4o"),
+        prompt_tokens: 1200,
+        output_ceiling: 512,
+        cost_ceiling_usd: None,
+    };
+    c.bench_function("limits_admit_settle_redis_store", |b| {
+        b.iter(|| {
+            rt.block_on(limiter.admit(&limits, ask))
+                .unwrap()
+                .settle(1100, 300, None)
+        })
     });
 }
 

@@ -2,7 +2,7 @@
 # Side-by-side load benchmark (issue 6): direct, bare Pingora, nginx, sluice (every policy on)
 # and LiteLLM, interleaved over rounds, on loopback. See benches/load/harness.rs.
 #
-#   scripts/bench_load.sh                 # full run (3 rounds, ~10 min + builds), make bench-load
+#   scripts/bench_load.sh                 # full run (5 rounds in a 13-min budget, ~10 min + builds), make bench-load
 #   scripts/bench_load.sh --quick --rounds 1 --no-hold --arms direct,bare,sluice   # dev loop
 #
 # Environment: BENCH_SKIP_BUILD=1 reuses target/bench/bin; BENCH_SKIP_LITELLM=1 skips the

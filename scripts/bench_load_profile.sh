@@ -16,6 +16,7 @@ S=${2:-200}
 OUT=$ROOT/target/bench/profile
 BIN=$ROOT/target/bench/bin
 mkdir -p "$OUT"
+rm -f "$OUT"/callgrind.out*
 CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
     cargo build --release --locked --bin sluice --target-dir target/prof
 PROF=$ROOT/target/prof/release/sluice
@@ -28,8 +29,9 @@ fi
 TMP=$(mktemp -d /tmp/sluice-bench-profile-XXXXXX)
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 0.5
+    # SIGINT: sluice exits at once (SIGTERM would drain first).
+    for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+    sleep 1
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
@@ -56,9 +58,10 @@ export BENCH_UPSTREAM_KEY=sk-bench-upstream-key BENCH_VIRTUAL_KEY=sk-bench-virtu
 
 # --- callgrind: instruction counts, repeatable
 PX=$(free_port); AD=$(free_port)
-"$BIN/bench_load" --sluice-config "$PX" "$AD" "$UP" > "$TMP/s.yaml"
-taskset -c 1 valgrind --tool=callgrind --collect-atstart=no --dump-instr=no \
-    --callgrind-out-file="$OUT/callgrind.out" "$PROF" run -c "$TMP/s.yaml" 2> "$TMP/vg.err" &
+mkdir -p "$TMP/c1" "$TMP/c2"   # config dirs of their own: sluice watches them
+"$BIN/bench_load" --sluice-config "$PX" "$AD" "$UP" > "$TMP/c1/s.yaml"
+taskset -c 1 valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$OUT/callgrind.out" "$PROF" run -c "$TMP/c1/s.yaml" 2> "$TMP/vg.err" &
 VG=$!; PIDS+=($VG)
 wait_ready "$AD" 120
 taskset -c 0 "$BIN/bench_load" --load-only "127.0.0.1:$PX" 200 20 4
@@ -66,11 +69,11 @@ callgrind_control -i on "$VG" > /dev/null
 taskset -c 0 "$BIN/bench_load" --load-only "127.0.0.1:$PX" "$N" "$S" 8
 callgrind_control -d "$VG" > /dev/null
 callgrind_control -i off "$VG" > /dev/null
-kill -TERM "$VG" 2>/dev/null || true; wait "$VG" 2>/dev/null || true
-F=$(ls -t "$OUT"/callgrind.out* | head -1)
+kill -INT "$VG" 2>/dev/null || true; wait "$VG" 2>/dev/null || true
+F=$OUT/callgrind.out.1   # the dump taken right after the measured load
 callgrind_annotate --inclusive=yes "$F" > "$OUT/callgrind-inclusive.txt" 2>/dev/null || true
 callgrind_annotate "$F" > "$OUT/callgrind-self.txt" 2>/dev/null || true
-TOTAL=$(grep -m1 -E '^ *[0-9,]+ .*PROGRAM TOTALS' "$OUT/callgrind-self.txt" | awk '{gsub(",","",$1); print $1}')
+TOTAL=$(grep -m1 -E '^ *[0-9,]+ .*PROGRAM TOTALS' "$OUT/callgrind-self.txt" | awk '{gsub(",","",$1); print $1}' || true)
 echo "callgrind: ${TOTAL:-?} instructions for $N requests + $S streams ($(( ${TOTAL:-0} / (N + S) )) per request)"
 echo "  self:      $OUT/callgrind-self.txt"
 echo "  inclusive: $OUT/callgrind-inclusive.txt"
@@ -78,18 +81,19 @@ echo "  inclusive: $OUT/callgrind-inclusive.txt"
 # --- perf: where the time goes natively (user + kernel), when allowed
 if command -v perf >/dev/null 2>&1; then
     PX=$(free_port); AD=$(free_port)
-    "$BIN/bench_load" --sluice-config "$PX" "$AD" "$UP" > "$TMP/s2.yaml"
-    taskset -c 1 "$PROF" run -c "$TMP/s2.yaml" 2> /dev/null &
+    "$BIN/bench_load" --sluice-config "$PX" "$AD" "$UP" > "$TMP/c2/s.yaml"
+    taskset -c 1 "$PROF" run -c "$TMP/c2/s.yaml" 2> /dev/null &
     SP=$!; PIDS+=($SP)
     wait_ready "$AD" 20
     taskset -c 0 "$BIN/bench_load" --load-only "127.0.0.1:$PX" 2000 20 8
-    if perf record -F 2000 -g -p "$SP" -o "$OUT/perf.data" -- sleep 6 > /dev/null 2>&1 &
+    if perf record -F 2000 -p "$SP" -o "$OUT/perf.data" -- sleep 6 > /dev/null 2>&1 &
     then
         PERF=$!
         taskset -c 0 "$BIN/bench_load" --load-only "127.0.0.1:$PX" $(( N * 10 )) "$S" 8 || true
         wait "$PERF" || true
-        perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | head -120 > "$OUT/perf-self.txt" || true
-        perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none 2>/dev/null | head -150 > "$OUT/perf-children.txt" || true
-        echo "perf: $OUT/perf-self.txt, $OUT/perf-children.txt"
+        # Self time only: the release build has no frame pointers, so call chains would lie.
+        perf report -i "$OUT/perf.data" --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' > "$OUT/perf-dso.txt" || true
+        perf report -i "$OUT/perf.data" --sort symbol --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -80 > "$OUT/perf-self.txt" || true
+        echo "perf: $OUT/perf-dso.txt (user/kernel/libc split), $OUT/perf-self.txt (top symbols)"
     fi
 fi

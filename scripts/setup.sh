@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # Install what building and testing sluice needs; fast and silent when already done.
 #
-#   scripts/setup.sh          system packages + the e2e Python venv (.venv)
+#   scripts/setup.sh          system packages + test tools + the Python venv (.venv)
 #   scripts/setup.sh system   system packages only (what `cargo build` needs)
 #
-# System: cmake (pingora-core builds zlib-ng with it) and python3-venv. apt-get runs
-# only when something is missing; sudo only when not root.
-# Venv: .venv is (re)installed only when tests/e2e/requirements.txt is newer than the
-# stamp .venv/.requirements.stamp.
+# System: cmake (pingora-core builds zlib-ng with it) and python3-venv; for the tests also
+# redis-server (the shared-limits tests start their own on a free port). apt-get runs only
+# when something is missing; sudo only when not root.
+# Venv: .venv is (re)installed only when a requirements file (tests/e2e, tests/deploy) is
+# newer than the stamp .venv/.requirements.stamp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want="${1:-all}"
-requirements=tests/e2e/requirements.txt
+requirements=(tests/e2e/requirements.txt tests/deploy/requirements.txt)
 venv=.venv
 stamp="$venv/.requirements.stamp"
 
 missing_packages() {
     local pkgs=()
     command -v cmake >/dev/null 2>&1 || pkgs+=(cmake)
+    if [ "$want" = all ]; then
+        command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
+    fi
     if ! command -v python3 >/dev/null 2>&1; then
         pkgs+=(python3 python3-venv)
     elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -42,12 +46,16 @@ install_system() {
 }
 
 install_venv() {
-    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ ! "$requirements" -nt "$stamp" ]; then
+    local stale=0 r
+    for r in "${requirements[@]}"; do
+        [ "$r" -nt "$stamp" ] && stale=1
+    done
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$stale" -eq 0 ]; then
         return 0
     fi
-    echo "setup: installing $requirements into $venv"
+    echo "setup: installing ${requirements[*]} into $venv"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "${requirements[@]/#/-r}"
     touch "$stamp"
 }
 

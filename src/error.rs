@@ -74,6 +74,9 @@ pub enum SluiceError {
     NoUpstreamAvailable {
         /// When the earliest endpoint or key is usable again.
         retry_after: Option<Duration>,
+        /// Every candidate was cooling down after upstream 429s: answered as a 429 (the SDK's
+        /// RateLimitError) rather than a 503.
+        rate_limited: bool,
     },
     /// A tenant limit refused the request (requests, tokens or concurrency).
     #[error("{}", rejection_message(.0))]
@@ -101,6 +104,9 @@ impl SluiceError {
             SluiceError::UpstreamUnreachable(_) | SluiceError::UpstreamFailed(_) => 502,
             SluiceError::UpstreamTimeout { .. } => 504,
             SluiceError::RateLimited(_) | SluiceError::BudgetExceeded(_) => 429,
+            SluiceError::NoUpstreamAvailable {
+                rate_limited: true, ..
+            } => 429,
             SluiceError::NoUpstreamAvailable { .. } | SluiceError::LimitStoreUnavailable => 503,
         }
     }
@@ -174,6 +180,9 @@ impl SluiceError {
                 "rate_limit_error",
                 "insufficient_quota",
             ),
+            SluiceError::NoUpstreamAvailable {
+                rate_limited: true, ..
+            } => ("requests", "rate_limit_error", "rate_limit_exceeded"),
             SluiceError::NoUpstreamAvailable { .. } => {
                 ("server_error", "overloaded_error", "no_upstream_available")
             }
@@ -257,6 +266,7 @@ impl SluiceError {
             SluiceError::BudgetExceeded(_) => vec![("x-should-retry", "false".to_owned())],
             SluiceError::NoUpstreamAvailable {
                 retry_after: Some(d),
+                ..
             } => {
                 let d = (*d).max(Duration::from_millis(1));
                 vec![
@@ -321,6 +331,7 @@ mod tests {
             SluiceError::BudgetExceeded(Period::Day),
             SluiceError::NoUpstreamAvailable {
                 retry_after: Some(Duration::from_secs(2)),
+                rate_limited: false,
             },
         ];
         let mut labels = std::collections::HashSet::new();

@@ -160,6 +160,15 @@ fn record_success(sha: &str) {
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let snapshot = self.config.load_full();
+        // Ready once the proxy listener accepts connections (Pingora starts services in an
+        // order of its own: the admin listener may answer before the proxy listens).
+        let (addr, ready) = (snapshot.proxy_addr.clone(), self.ready.clone());
+        tokio::spawn(async move {
+            while tokio::net::TcpStream::connect(addr.as_str()).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            ready.store(true, Ordering::Release);
+        });
         let (tx, mut events) = mpsc::channel::<()>(64);
         let _watcher = if snapshot.reload_watch {
             let dir_of = |p: &std::path::Path| {
@@ -209,7 +218,13 @@ impl BackgroundService for Reloader {
                 _ = shutdown.changed() => {
                     self.ready.store(false, Ordering::Release);
                     tracing::info!("shutting down: not ready, draining in-flight requests");
-                    return;
+                    // Pingora waits out the whole drain deadline; exit as soon as nothing is
+                    // in flight instead (new connections are already refused).
+                    while crate::proxy::active_requests() > 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    tracing::info!("drained: exiting");
+                    std::process::exit(0);
                 }
                 Some(()) = events.recv() => {
                     tokio::time::sleep(DEBOUNCE).await;

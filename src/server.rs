@@ -15,7 +15,7 @@ use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Seconds for the final shutdown of services after the drain deadline.
@@ -101,6 +101,5 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
         server.add_service(background_service("shared limits", SharedFlush(store)));
     }
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "sluice starting");
-    ready.store(true, Ordering::Release);
     server.run_forever()
 }

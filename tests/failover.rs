@@ -323,3 +323,30 @@ async fn active_health_checks_open_and_close_the_breaker_without_traffic() {
     assert_eq!(closed, 0.0, "a passing check closed it");
     assert!(b.requests().is_empty(), "no client traffic was involved");
 }
+
+#[tokio::test]
+async fn every_endpoint_cooling_after_429s_answers_a_native_429_not_a_503() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::Status(429, Some(30)));
+    b.set(Behavior::Status(429, Some(20)));
+    let s = Sluice::start(&config(&a.url(), &b, ""), &KEYS);
+    // The first two requests meet the 429s themselves (primary has two keys): the last
+    // upstream answer comes back as-is.
+    for _ in 0..2 {
+        let resp = chat(&s, false, 2).send().await.unwrap();
+        assert_eq!(resp.status(), 429);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["message"], "mock 429");
+    }
+    // Now every key cools down: sluice answers for them, as a rate limit with the earliest end.
+    let resp = chat(&s, false, 2).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let ra: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((18..=20).contains(&ra), "retry-after {ra}");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+}

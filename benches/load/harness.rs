@@ -51,6 +51,7 @@ struct Opts {
     out_dir: PathBuf,
     litellm_venv: PathBuf,
     hold_streams: usize,
+    hold_set: bool,
     budget: Duration,
     proxy_core: u32,
     hold: bool,
@@ -59,7 +60,7 @@ struct Opts {
 
 fn parse_opts() -> Opts {
     let mut o = Opts {
-        rounds: 3,
+        rounds: 5,
         quick: false,
         arms: ["direct", "bare", "nginx", "sluice", "litellm"]
             .iter()
@@ -70,6 +71,7 @@ fn parse_opts() -> Opts {
         litellm_venv: PathBuf::from("target/bench/litellm-venv"),
         // The fd hard limit here is 20,000 and a proxy holds two sockets per stream.
         hold_streams: 9_800,
+        hold_set: false,
         budget: Duration::from_secs(13 * 60),
         proxy_core: 1,
         hold: true,
@@ -85,7 +87,10 @@ fn parse_opts() -> Opts {
             "--bin-dir" => o.bin_dir = val().into(),
             "--out-dir" => o.out_dir = val().into(),
             "--litellm-venv" => o.litellm_venv = val().into(),
-            "--hold-streams" => o.hold_streams = val().parse().expect("--hold-streams"),
+            "--hold-streams" => {
+                o.hold_streams = val().parse().expect("--hold-streams");
+                o.hold_set = true;
+            }
             "--budget-s" => o.budget = Duration::from_secs(val().parse().expect("--budget-s")),
             "--proxy-core" => o.proxy_core = val().parse().expect("--proxy-core"),
             "--no-hold" => o.hold = false,
@@ -305,6 +310,31 @@ fn mem_kib(pid: u32) -> (u64, u64) {
         }
     }
     (rss, hwm)
+}
+
+/// Move every thread of `pids` to `core` (`taskset -a -p -c`).
+fn set_affinity(pids: &[u32], core: u32) {
+    for p in pids {
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", &core.to_string(), &p.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The core this process is pinned to (the first allowed one).
+fn client_core() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().split([',', '-']).next().map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn free_port() -> u16 {
@@ -782,7 +812,7 @@ fn sluice_config(proxy: u16, admin: u16, upstream: u16) -> String {
     format!(
         r#"# sluice bench config: every policy on, limits far above the load so nothing is rejected.
 listeners: {{proxy: "127.0.0.1:{proxy}", admin: "127.0.0.1:{admin}"}}
-server: {{threads: 1, log_format: json}}
+server: {{threads: 1, log_format: json, drain_timeout_seconds: 1}}
 pools:
   - name: local
     provider: openai
@@ -1238,7 +1268,11 @@ async fn run(opts: Opts) -> Result<(), String> {
     };
     if want("sluice") {
         let (port, admin) = (free_port(), free_port());
-        let cfg = dir.join("sluice.yaml");
+        // The config gets a directory of its own: sluice watches the config's directory, and a
+        // log file written next to it would trigger a re-read on every write.
+        let conf_dir = dir.join("sluice-conf");
+        std::fs::create_dir_all(&conf_dir).map_err(|e| e.to_string())?;
+        let cfg = conf_dir.join("sluice.yaml");
         std::fs::write(&cfg, sluice_config(port, admin, up_addr.port()))
             .map_err(|e| e.to_string())?;
         let v = Command::new(bin("sluice"))
@@ -1374,7 +1408,7 @@ async fn run(opts: Opts) -> Result<(), String> {
             let arm = &arms[idx];
             pause_all(&arms, Some(idx));
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let m = measure_arm(arm, up_addr, up_pid, opts.quick, clk_tck, round == 0).await;
+            let m = measure_arm(arm, up_addr, up_pid, opts.quick, clk_tck, round == 0, core).await;
             log(
                 t0,
                 format!(
@@ -1400,6 +1434,8 @@ async fn run(opts: Opts) -> Result<(), String> {
             for key in [
                 "seq_p50_us",
                 "seq_p99_us",
+                "seq_samecore_p50_us",
+                "seq_samecore_p99_us",
                 "open50_p50_us",
                 "open50_p99_us",
                 "open200_p50_us",
@@ -1483,7 +1519,7 @@ async fn run(opts: Opts) -> Result<(), String> {
     // ---------------------------------------------------------------- open streams
     let mut hold_res: BTreeMap<String, Value> = BTreeMap::new();
     if opts.hold {
-        let n = if opts.quick {
+        let n = if opts.quick && !opts.hold_set {
             opts.hold_streams.min(2000)
         } else {
             opts.hold_streams
@@ -1637,10 +1673,17 @@ async fn run(opts: Opts) -> Result<(), String> {
             "×",
         ),
         (
-            "added p50 over direct, 1 connection sequential (µs)",
+            "added p50 over direct, 1 connection sequential, proxy on its own core (µs)",
             "≤ 100 µs",
             g("sluice", "seq_p50_added_us"),
             g("sluice", "seq_p50_added_us") <= 100.0,
+            "µs",
+        ),
+        (
+            "the same with the proxy on the client's core (no cross-core wake-ups) (µs)",
+            "≤ 100 µs",
+            g("sluice", "seq_samecore_p50_added_us"),
+            g("sluice", "seq_samecore_p50_added_us") <= 100.0,
             "µs",
         ),
         (
@@ -1756,39 +1799,46 @@ async fn run(opts: Opts) -> Result<(), String> {
         p.cpu_requests, pl.cpu_requests, p.cpu_conns, p.rps_conns, p.rps_secs, p.seq_requests, pl.seq_requests, p.open_secs, p.open_conns, p.streams, pl.streams
     ));
     let _ = writeln_s(w, "## CPU and throughput (one worker thread)\n");
-    let _ = writeln_s(w, "| arm | CPU µs/req | ×bare | CPU µs/req (schedstat) | CPU µs/req at 200 req/s | max RPS | ×bare | upstream CPU µs/req | upstream conns per 1k req | errors |");
-    let _ = writeln_s(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln_s(w, "CPU µs/req: the fixed-count closed-loop phase (utime+stime from /proc/<pid>/stat; the schedstat column is the same interval in ns). The 1-connection and 200 req/s columns divide the proxy's on-CPU time over those latency phases by their requests: at low load every request also pays the proxy's sleep/wake-up cycle.\n");
+    let _ = writeln_s(w, "| arm | CPU µs/req | ×bare | CPU µs/req (schedstat) | CPU µs/req, 1 conn sequential | CPU µs/req at 200 req/s | max RPS | ×bare | upstream CPU µs/req | upstream conns per 1k req | errors |");
+    let _ = writeln_s(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for a in &names {
         let _ = writeln_s(
             w,
             &format!(
-                "| {a} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {a} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 f(g(a, "cpu_us_per_req"), 1),
                 f(r(a, "cpu_us_per_req"), 2),
                 f(g(a, "cpu_sched_us_per_req"), 1),
+                f(g(a, "seq_cpu_us_per_req"), 1),
                 f(g(a, "open200_cpu_us_per_req"), 1),
                 f(g(a, "max_rps"), 0),
                 f(r(a, "max_rps"), 2),
                 f(g(a, "upstream_cpu_us_per_req"), 1),
+                f(g(a, "upstream_conns_per_1k_req"), 1),
                 f(g(a, "errors"), 0)
             ),
         );
     }
     let _ = writeln_s(w, "\n## Latency (µs; added = minus direct, same round)\n");
-    let _ = writeln_s(w, "| arm | seq p50 | seq p99 | added p50 | added p99 | 50/s p50 | 50/s p99 | added p50 | added p99 | 200/s p50 | 200/s p99 | added p50 | added p99 |");
+    let _ = writeln_s(w, "seq = 1 connection, one request after the other, proxy pinned to its own core (each request crosses cores 4 times: client → proxy → upstream → proxy → client). same-core = the same phase with the proxy moved onto the load generator's core. 50/s and 200/s = open loop (latency from the scheduled send when the connection was still busy).\n");
+    let _ = writeln_s(w, "| arm | seq p50 | seq p99 | added p50 | added p99 | same-core seq p50 | same-core added p50 | same-core added p99 | 50/s p50 | 50/s p99 | added p50 | added p99 | 200/s p50 | 200/s p99 | added p50 | added p99 |");
     let _ = writeln_s(
         w,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     );
     for a in &names {
         let _ = writeln_s(
             w,
             &format!(
-                "| {a} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {a} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 f(g(a, "seq_p50_us"), 0),
                 f(g(a, "seq_p99_us"), 0),
                 f(g(a, "seq_p50_added_us"), 0),
                 f(g(a, "seq_p99_added_us"), 0),
+                f(g(a, "seq_samecore_p50_us"), 0),
+                f(g(a, "seq_samecore_p50_added_us"), 0),
+                f(g(a, "seq_samecore_p99_added_us"), 0),
                 f(g(a, "open50_p50_us"), 0),
                 f(g(a, "open50_p99_us"), 0),
                 f(g(a, "open50_p50_added_us"), 0),
@@ -1966,6 +2016,7 @@ async fn measure_arm(
     quick: bool,
     clk_tck: f64,
     first: bool,
+    proxy_core: u32,
 ) -> Metrics {
     let slow = arm.kind == Kind::Litellm;
     let p = plan(quick, slow);
@@ -2044,6 +2095,17 @@ async fn measure_arm(
             (after.1 - before.1) as f64 / 1e3 / lat.ns.len().max(1) as f64,
         );
     }
+
+    // The same, with the proxy moved onto the load generator's core for the phase: no
+    // cross-core wake-ups (what the pinned figure pays on each of its 4 hops).
+    let pids = arm.pid.map(tree).unwrap_or_default();
+    set_affinity(&pids, client_core());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut lat = sequential(arm.addr, &req, p.seq_requests, to).await;
+    set_affinity(&pids, proxy_core);
+    errors += lat.errors as f64;
+    m.insert("seq_samecore_p50_us".into(), lat.p(0.50));
+    m.insert("seq_samecore_p99_us".into(), lat.p(0.99));
 
     // open loop
     for rate in p.open_rates.clone() {
@@ -2159,7 +2221,9 @@ async fn measure_startup(
     let mut errors = Vec::new();
     for i in 0..runs {
         let (port, admin) = (free_port(), free_port());
-        let cfg = dir.join(format!("startup-{i}.yaml"));
+        let cfg_dir = dir.join(format!("startup-{i}"));
+        let _ = std::fs::create_dir_all(&cfg_dir);
+        let cfg = cfg_dir.join("sluice.yaml");
         if std::fs::write(&cfg, sluice_config(port, admin, up.port())).is_err() {
             continue;
         }

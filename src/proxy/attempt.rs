@@ -135,6 +135,8 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
     let mut last_err: Option<SluiceError> = None;
     let mut held: Option<Held> = None;
     let mut earliest: Option<u64> = None;
+    // Whether every endpoint that could not serve was held back by upstream 429s only.
+    let (mut rate_limited, mut other_unavailable) = (false, false);
     let mut attempts = 0u32;
     let mut previous: Option<(Arc<str>, String)> = None;
     let outcome = 'pools: {
@@ -153,8 +155,10 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
             for ep_idx in pool.order() {
                 let ep = &pool.endpoints[ep_idx];
                 let mut key = match usable(pool, ep_idx, &mut earliest) {
-                    Some(k) => k,
-                    None => {
+                    Ok(k) => k,
+                    Err(keys_cooling) => {
+                        rate_limited |= keys_cooling;
+                        other_unavailable |= !keys_cooling;
                         if ep.keys.is_empty() {
                             last_err = Some(SluiceError::NoUpstreamKey(pool.name.to_string()));
                         }
@@ -208,6 +212,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                                     }
                                 }
                                 429 => {
+                                    rate_limited = true;
                                     let until = now + wait.unwrap_or(1_000);
                                     ep.state.keys.cool_down(key, until);
                                     earliest = Some(earliest.map_or(until, |e| e.min(until)));
@@ -248,6 +253,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                             break 'pools Some((child, header, end));
                         }
                         First::Failed(err) => {
+                            other_unavailable = true;
                             ep.state.breaker.failure();
                             record(ctx, pool, &ep.addr, 0, err.label());
                             let retry = match &err {
@@ -292,13 +298,17 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
     let retry_after = earliest.map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
     Err(match last_err {
         Some(e) => e,
-        None => SluiceError::NoUpstreamAvailable { retry_after },
+        None => SluiceError::NoUpstreamAvailable {
+            retry_after,
+            rate_limited: rate_limited && !other_unavailable,
+        },
     })
 }
 
 /// A usable key of endpoint `idx` if the endpoint may be tried now (not cooling down, breaker
-/// not open); records why not otherwise and updates the earliest cooldown.
-fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Option<usize> {
+/// not open); records why not otherwise and updates the earliest cooldown. `Err(true)`: its
+/// keys are all cooling down after 429s; `Err(false)`: unavailable for another reason.
+fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Result<usize, bool> {
     let ep = &pool.endpoints[idx];
     let now = now_ms();
     let until = ep.state.cooldown_until_ms.load(Ordering::Acquire);
@@ -307,13 +317,13 @@ fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Option<usize> 
         metrics::ENDPOINT_SKIPS
             .with_label_values(&[&*pool.name, ep.addr.as_str(), "cooling_down"])
             .inc();
-        return None;
+        return Err(false);
     }
     if !ep.state.breaker.permits() {
-        return None;
+        return Err(false);
     }
     match ep.state.keys.pick(now) {
-        Ok(k) => Some(k),
+        Ok(k) => Ok(k),
         Err(until) => {
             if let Some(u) = until {
                 *earliest = Some(earliest.map_or(u, |e| e.min(u)));
@@ -321,7 +331,7 @@ fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Option<usize> 
             metrics::ENDPOINT_SKIPS
                 .with_label_values(&[&*pool.name, ep.addr.as_str(), "no_usable_key"])
                 .inc();
-            None
+            Err(until.is_some())
         }
     }
 }

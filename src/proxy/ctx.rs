@@ -103,6 +103,8 @@ pub struct RequestCtx {
     /// The request's hold on its tenant's limits (reservations, concurrency permit); settled
     /// by the log stage, released if dropped.
     pub admission: Option<Admission>,
+    /// Counts this request in flight (client requests only).
+    pub active: Option<super::ActiveGuard>,
 }
 
 impl Default for RequestCtx {
@@ -132,6 +134,7 @@ impl Default for RequestCtx {
             client_disconnected: false,
             attempt: None,
             admission: None,
+            active: None,
         }
     }
 }

@@ -31,7 +31,32 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+
+/// Client requests in flight in this process (subrequests excluded).
+static ACTIVE: AtomicI64 = AtomicI64::new(0);
+
+/// Client requests in flight now (drain on shutdown).
+pub fn active_requests() -> i64 {
+    ACTIVE.load(Ordering::Acquire)
+}
+
+/// Counts one client request in flight for as long as its context lives.
+pub struct ActiveGuard(());
+
+impl ActiveGuard {
+    fn new() -> Self {
+        ACTIVE.fetch_add(1, Ordering::AcqRel);
+        Self(())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The sluice proxy app. Holds the current config snapshot; each request pins the snapshot it
 /// started with.
@@ -67,6 +92,7 @@ impl ProxyHttp for Sluice {
             upstream::begin_attempt(session, ctx)?;
             return Ok(false);
         }
+        ctx.active = Some(ActiveGuard::new());
         match request::handle(&self.limiter, self.config.load_full(), session, ctx).await {
             Ok(request::Flow::Passthrough) => Ok(false),
             Ok(request::Flow::Done) => Ok(true),

@@ -66,7 +66,10 @@ pub async fn handle(
                 (free && e.state.breaker.permits()).then(|| (p.clone(), i, key))
             })
         })
-        .ok_or(SluiceError::NoUpstreamAvailable { retry_after: None })?;
+        .ok_or(SluiceError::NoUpstreamAvailable {
+            retry_after: None,
+            rate_limited: false,
+        })?;
     limit::admit(limiter, &snapshot, ctx).await?;
     ctx.pool = Some(pool);
     ctx.endpoint = ep;
