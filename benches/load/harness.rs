@@ -16,7 +16,11 @@
 //! Usage: see `scripts/bench_load.sh` (it builds, installs the peers and pins the cores).
 //! `bench_load [--rounds N] [--quick] [--arms direct,bare,nginx,sluice,litellm]
 //!   [--bin-dir target/bench/bin] [--out-dir target/bench] [--litellm-venv DIR]
-//!   [--hold-streams N] [--budget-s S] [--proxy-core C] [--no-hold] [--no-pause]`
+//!   [--hold-streams N] [--budget-s S] [--proxy-core C] [--no-hold] [--no-pause]
+//!   [--extra-sluice NAME=PATH ...]`   (another sluice build as arm `sluice-NAME`, same config)
+//! `bench_load --load-only ADDR [REQUESTS [STREAMS [CONNS]]]` and
+//! `bench_load --sluice-config PROXY_PORT ADMIN_PORT UPSTREAM_PORT`: helpers for
+//! scripts/bench_load_profile.sh.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -52,6 +56,7 @@ struct Opts {
     litellm_venv: PathBuf,
     hold_streams: usize,
     hold_set: bool,
+    extra_sluice: Vec<(String, PathBuf)>,
     budget: Duration,
     proxy_core: u32,
     hold: bool,
@@ -72,6 +77,7 @@ fn parse_opts() -> Opts {
         // The fd hard limit here is 20,000 and a proxy holds two sockets per stream.
         hold_streams: 9_800,
         hold_set: false,
+        extra_sluice: Vec::new(),
         budget: Duration::from_secs(13 * 60),
         proxy_core: 1,
         hold: true,
@@ -93,6 +99,11 @@ fn parse_opts() -> Opts {
             }
             "--budget-s" => o.budget = Duration::from_secs(val().parse().expect("--budget-s")),
             "--proxy-core" => o.proxy_core = val().parse().expect("--proxy-core"),
+            "--extra-sluice" => {
+                let v = val();
+                let (name, path) = v.split_once('=').expect("--extra-sluice NAME=PATH");
+                o.extra_sluice.push((format!("sluice-{name}"), path.into()));
+            }
             "--no-hold" => o.hold = false,
             "--no-pause" => o.pause = false,
             _ => panic!("unknown option {a} (see benches/load/harness.rs)"),
@@ -1266,34 +1277,43 @@ async fn run(opts: Opts) -> Result<(), String> {
             .env("BENCH_VIRTUAL_KEY", VIRTUAL_KEY)
             .env("RUST_LOG", "info");
     };
+    // The main sluice arm, then any `--extra-sluice NAME=PATH` variants (other builds of the
+    // same config, e.g. a profile experiment or a fix, measured in the same interleaved session).
+    let mut sluices: Vec<(String, PathBuf)> = Vec::new();
     if want("sluice") {
+        sluices.push(("sluice".into(), bin("sluice")));
+    }
+    sluices.extend(opts.extra_sluice.iter().cloned());
+    for (name, exe) in sluices {
         let (port, admin) = (free_port(), free_port());
         // The config gets a directory of its own: sluice watches the config's directory, and a
         // log file written next to it would trigger a re-read on every write.
-        let conf_dir = dir.join("sluice-conf");
+        let conf_dir = dir.join(format!("{name}-conf"));
         std::fs::create_dir_all(&conf_dir).map_err(|e| e.to_string())?;
         let cfg = conf_dir.join("sluice.yaml");
         std::fs::write(&cfg, sluice_config(port, admin, up_addr.port()))
             .map_err(|e| e.to_string())?;
-        let v = Command::new(bin("sluice"))
+        let v = Command::new(&exe)
             .arg("validate")
             .arg(&cfg)
             .output()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("{}: {e}", exe.display()))?;
         if !v.status.success() {
             return Err(format!(
-                "bench sluice config invalid:\n{}",
+                "bench sluice config invalid for {}:\n{}",
+                exe.display(),
                 String::from_utf8_lossy(&v.stderr)
             ));
         }
-        let mut c = taskset(core, &bin("sluice"));
+        let log_path = dir.join(format!("{name}.log"));
+        let mut c = taskset(core, &exe);
         c.arg("run")
             .arg("-c")
             .arg(&cfg)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("sluice.log")).map_err(|e| e.to_string())?);
+            .stderr(std::fs::File::create(&log_path).map_err(|e| e.to_string())?);
         sluice_env(&mut c);
-        let pid = procs.spawn("sluice", c).map_err(|e| e.to_string())?;
+        let pid = procs.spawn(&name, c).map_err(|e| e.to_string())?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let admin = SocketAddr::from(([127, 0, 0, 1], admin));
         let ready = wait_until(Duration::from_secs(15), || async move {
@@ -1302,12 +1322,12 @@ async fn run(opts: Opts) -> Result<(), String> {
         .await;
         if !ready {
             return Err(format!(
-                "sluice not ready: {}",
-                std::fs::read_to_string(dir.join("sluice.log")).unwrap_or_default()
+                "{name} not ready: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
             ));
         }
         arms.push(Arm {
-            name: "sluice".into(),
+            name,
             kind: Kind::Sluice,
             addr,
             pid: Some(pid),
