@@ -350,3 +350,29 @@ async fn every_endpoint_cooling_after_429s_answers_a_native_429_not_a_503() {
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
 }
+
+#[tokio::test]
+async fn a_lone_pool_past_its_timeouts_answers_native_504s() {
+    let a = Mock::start().await;
+    let cfg = format!(
+        "pools:\n  - name: only\n    provider: openai\n    endpoints: [{{url: \"{}\", keys: [{{env: KEY_A}}]}}]\n    timeouts: {{connect_ms: 500, ttfb_ms: 400, idle_ms: 300}}\nroutes:\n  - {{name: main, match: {{path_prefix: /v1}}, pools: [only]}}\n",
+        a.url()
+    );
+    let s = Sluice::start(&cfg, &KEYS);
+    // Time to first byte: nothing answers.
+    a.set(Behavior::Stall);
+    let resp = chat(&s, false, 2).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+    // The log line is written just after the response.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !s.log().contains("error=\"upstream_timeout\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log line names the timeout:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
