@@ -1,7 +1,9 @@
-//! OpenAI-compatible servers (vLLM, llama.cpp, Ollama...): OpenAI's wire format and auth; they
-//! may never send usage, which the accounting then estimates.
+//! OpenAI-compatible servers (vLLM, llama.cpp, Ollama...): OpenAI's wire format, auth and
+//! errors (delegated to [`super::openai::OpenAi`]); they may never send usage, which the
+//! accounting then estimates. Kept as its own kind so it can diverge without touching OpenAI.
 
-use super::{join, ErrorStyle, Provider};
+use super::openai::OpenAi;
+use super::{ErrorStyle, Provider};
 use pingora_http::RequestHeader;
 
 /// The OpenAI-compatible provider.
@@ -9,14 +11,14 @@ pub struct OpenAiCompatible;
 
 impl Provider for OpenAiCompatible {
     fn set_auth(&self, req: &mut RequestHeader, key: &str) -> pingora_error::Result<()> {
-        req.insert_header("authorization", format!("Bearer {key}"))
+        OpenAi.set_auth(req, key)
     }
 
-    fn upstream_path(&self, base: &str, pq: &str, _: Option<&str>, _: Option<&str>) -> String {
-        join(base, pq)
+    fn upstream_path(&self, base: &str, pq: &str, m: Option<&str>, v: Option<&str>) -> String {
+        OpenAi.upstream_path(base, pq, m, v)
     }
 
     fn error_style(&self) -> ErrorStyle {
-        ErrorStyle::OpenAi
+        OpenAi.error_style()
     }
 }
