@@ -11,6 +11,7 @@
 //! The limiter outlives config snapshots: counters are keyed by tenant name, so a reload does
 //! not reset anyone's minute or budget.
 
+mod admission;
 pub mod budget;
 pub mod shared;
 pub mod window;
@@ -18,13 +19,14 @@ pub mod window;
 use crate::config::limits::TenantLimits;
 use crate::config::schema::FailurePolicy;
 use crate::metrics;
+pub use admission::Admission;
 use budget::{Budgets, Period};
-use pingora_limits::inflight::{Guard, Inflight};
+use pingora_limits::inflight::Inflight;
 use pingora_limits::rate::Rate;
 use shared::{SharedStore, StoreDown};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use window::{Reservation, WindowState, Windows};
+use window::{WindowState, Windows};
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +100,7 @@ pub struct RateHeaders {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Weighted,
     Input,
     Output,
@@ -109,10 +111,10 @@ pub struct Limiter {
     per_minute: Rate,
     per_second: Rate,
     inflight: Inflight,
-    tokens: Windows,
-    budgets: Budgets,
+    pub(crate) tokens: Windows,
+    pub(crate) budgets: Budgets,
     /// The Redis-backed store for requests/tokens per minute and budgets, when configured.
-    shared: Option<Arc<SharedStore>>,
+    pub(crate) shared: Option<Arc<SharedStore>>,
 }
 
 impl Default for Limiter {
@@ -132,18 +134,18 @@ struct Local {
 
 /// What a shared hold counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HoldKind {
+pub(crate) enum HoldKind {
     Requests,
     Tokens,
     MicroUsd,
 }
 
 /// A quota unit taken from a shared window, settled at the end.
-struct SharedHold {
-    key: String,
-    window: u64,
-    reserved: u64,
-    kind: HoldKind,
+pub(crate) struct SharedHold {
+    pub(crate) key: String,
+    pub(crate) window: u64,
+    pub(crate) reserved: u64,
+    pub(crate) kind: HoldKind,
 }
 
 const MINUTE_MS: u64 = 60_000;
@@ -168,112 +170,14 @@ impl Limiter {
 }
 
 /// USD as whole micro-dollars (shared budgets count integers in Redis).
-fn micro(usd: f64) -> u64 {
+pub(crate) fn micro(usd: f64) -> u64 {
     (usd * 1e6).ceil().max(0.0) as u64
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// An admitted request's hold on the limiter. Dropping it without [`Admission::settle`]
-/// releases every reservation (the request used nothing).
-pub struct Admission {
-    limiter: Arc<Limiter>,
-    tenant: String,
-    limits: Arc<TenantLimits>,
-    _guards: Vec<Guard>,
-    reservations: Vec<(String, Reservation, Kind)>,
-    /// Tokens reserved (prompt estimate, output ceiling).
-    pub reserved: (u64, u64),
-    /// Values for `x-ratelimit-*` headers.
-    pub headers: RateHeaders,
-    /// USD left under the tenant's budget at admission, when it has one.
-    pub budget_left: Option<f64>,
-    settled: bool,
-    counted: bool,
-    shared: Vec<SharedHold>,
-}
-
-impl Admission {
-    /// The tenant's limits.
-    pub fn limits(&self) -> &TenantLimits {
-        &self.limits
-    }
-
-    /// Replace the reservations by the exact usage and charge `cost_usd` to the budget.
-    pub fn settle(mut self, input: u64, output: u64, cost_usd: Option<f64>) {
-        self.settle_shared(input, output, cost_usd);
-        self.release(input, output);
-        if let (Some(usd), Some(budget), None) = (
-            cost_usd,
-            self.limits.budget.as_ref(),
-            self.limiter.shared.as_ref(),
-        ) {
-            self.limiter.budgets.charge(&self.tenant, usd);
-            let (day, month) = self.limiter.budgets.spent(&self.tenant);
-            for (period, cap, spent) in [
-                ("day", budget.usd_per_day, day),
-                ("month", budget.usd_per_month, month),
-            ] {
-                if let Some(cap) = cap {
-                    metrics::BUDGET_REMAINING
-                        .with_label_values(&[&self.tenant, period])
-                        .set((cap - spent).max(0.0));
-                }
-            }
-        }
-    }
-
-    /// Settle shared holds (once): tokens to the weighted usage, budgets to the exact cost.
-    fn settle_shared(&mut self, input: u64, output: u64, cost_usd: Option<f64>) {
-        let Some(sh) = self.limiter.shared.clone() else {
-            return;
-        };
-        for h in std::mem::take(&mut self.shared) {
-            let actual = match h.kind {
-                HoldKind::Requests => h.reserved,
-                HoldKind::Tokens => self.limits.weighted(input, output),
-                HoldKind::MicroUsd => cost_usd.map_or(0, micro),
-            };
-            sh.settle(&h.key, h.window, h.reserved, actual);
-        }
-    }
-
-    fn release(&mut self, input: u64, output: u64) {
-        if self.settled {
-            return;
-        }
-        self.settled = true;
-        let now = now_ms();
-        for (key, r, kind) in &self.reservations {
-            let actual = match kind {
-                Kind::Weighted => self.limits.weighted(input, output),
-                Kind::Input => input,
-                Kind::Output => output,
-            };
-            self.limiter.tokens.settle(key, *r, actual, now);
-        }
-        if !self.reservations.is_empty() {
-            metrics::TOKENS_SETTLED
-                .with_label_values(&[&self.tenant])
-                .inc_by(input + output);
-        }
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.settle_shared(0, 0, None);
-        self.release(0, 0);
-        if self.counted {
-            metrics::TENANT_IN_FLIGHT
-                .with_label_values(&[&self.tenant])
-                .dec();
-        }
-    }
 }
 
 impl Limiter {

@@ -16,6 +16,7 @@ Session layout (every port free-picked on 127.0.0.1):
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,13 @@ from harness import (
     Proc,
     diff,
     free_port,
+    parse_access_log,
     pool,
+    post_scenario,
     route,
     scrape,
     sha256_hex,
+    sluice_config_from,
     start_llmock,
     start_sluice,
 )
@@ -85,6 +89,20 @@ class Upstream:
         """Forget requests, queued scenarios and spent rate-limit buckets."""
         httpx.post(f"{self.base}/_llmock/reset", timeout=10.0).raise_for_status()
 
+    def scenario(self, *behaviors: dict[str, Any]) -> None:
+        """Queue llmock behaviours (fail, delay, stream_fault, ...; LLMOCK_NOTES.md)."""
+        post_scenario(self.base, *behaviors)
+
+    def wait_for_requests(self, count: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """The journal once it holds at least `count` requests (an abandoned delayed request
+        is journaled only when llmock finishes it), or as it is at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            records = self.requests()
+            if len(records) >= count or time.monotonic() > deadline:
+                return records
+            time.sleep(0.05)
+
     def only_request(self) -> dict[str, Any]:
         """The one request the journal holds (fails when there are none or several)."""
         records = self.requests()
@@ -113,6 +131,23 @@ class Sluice:
 
     def meter(self) -> "Meter":
         return Meter(self)
+
+    def access_log(self) -> list[dict[str, str]]:
+        """Every access-log line sluice wrote so far, parsed (oldest first)."""
+        return parse_access_log(self.proc.log_path.read_text(errors="replace"))
+
+    def access_entry(self, request_id: str, wait_s: float = 5.0) -> dict[str, str]:
+        """The access-log line of `request_id` (the `x-sluice-request-id` response header).
+        sluice writes it when the request ends, which may be just after the client saw the
+        end of the body: poll (bounded)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            found = [e for e in self.access_log() if e.get("request_id") == request_id]
+            if found:
+                return found[-1]
+            assert time.monotonic() < deadline, (
+                f"no access-log line with request_id={request_id} after {wait_s}s")
+            time.sleep(0.05)
 
 
 class Meter:
@@ -246,7 +281,65 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     sluice_fixture = getattr(item, "funcargs", {}).get("sluice")
     if report.when == "call" and report.failed and isinstance(sluice_fixture, Sluice):
         report.sections.append(("sluice log (tail)", sluice_fixture.proc.log_tail(4000)))
+    factory = getattr(item, "funcargs", {}).get("sluice_factory")
+    if report.when == "call" and report.failed and isinstance(factory, SluiceFactory):
+        for started in factory.started:
+            report.sections.append((f"{started.proc.name} log (tail)",
+                                    started.proc.log_tail(4000)))
     return report
+
+
+class SluiceFactory:
+    """Starts sluice instances of a test's own config (fresh limiter counters, breakers and
+    key cooldowns per test); every one is stopped when the test ends."""
+
+    def __init__(self, workdir: Path, test_name: str) -> None:
+        self.workdir = workdir
+        self.test_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
+        self.started: list[Sluice] = []
+
+    def start(self, *, pools: list[dict[str, Any]], routes: list[dict[str, Any]],
+              tenants: dict[str, Any] | None = None, **sections: Any) -> Sluice:
+        """Run sluice with these pools and routes (upstream keys from the usual env vars),
+        `tenants` (default: team-a with VIRTUAL_KEY, unknown keys rejected) and any other
+        top-level section (`models=`, `limits=`)."""
+        proxy = f"127.0.0.1:{free_port()}"
+        admin = f"127.0.0.1:{free_port()}"
+        if tenants is None:
+            tenants = default_tenants()
+        config = sluice_config_from(proxy, admin, pools=pools, routes=routes, tenants=tenants,
+                                    **sections)
+        name = f"sluice-{self.test_name}-{len(self.started)}"
+        env = {OPENAI_KEY_ENV: OPENAI_UPSTREAM_KEY, ANTHROPIC_KEY_ENV: ANTHROPIC_UPSTREAM_KEY,
+               "RUST_LOG": "info"}
+        try:
+            proc = start_sluice(self.workdir, config, env, name=name)
+        except Exception as exc:  # noqa: BLE001 - reported as one readable failure
+            pytest.fail(str(exc), pytrace=False)
+        instance = Sluice(proxy, admin, proc)
+        self.started.append(instance)
+        return instance
+
+    def stop_all(self) -> None:
+        for instance in self.started:
+            instance.proc.stop()
+
+
+def default_tenants(limits: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The suite's tenant team-a (VIRTUAL_KEY), with `limits` if given."""
+    tenant: dict[str, Any] = {"name": TENANT, "virtual_keys": [{"sha256": sha256_hex(VIRTUAL_KEY)}]}
+    if limits is not None:
+        tenant["limits"] = limits
+    return {"reject_unknown_keys": True, "list": [tenant]}
+
+
+@pytest.fixture
+def sluice_factory(workdir: Path, request: pytest.FixtureRequest) -> Iterator[SluiceFactory]:
+    factory = SluiceFactory(workdir, request.node.name)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
 
 
 # -- SDK clients ----------------------------------------------------------------------

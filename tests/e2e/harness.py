@@ -276,3 +276,50 @@ def scrape(admin_addr: str) -> Metrics:
     resp = httpx.get(f"http://{admin_addr}/metrics", timeout=5.0)
     resp.raise_for_status()
     return Metrics.parse(resp.text)
+
+
+# -- helpers for the limits and failover suites -----------------------------------------
+
+def sluice_config_from(proxy: str, admin: str, *, pools: list[dict[str, Any]],
+                       routes: list[dict[str, Any]], tenants: dict[str, Any],
+                       **sections: Any) -> dict[str, Any]:
+    """A whole sluice config: listeners, a one-thread text-logging server that drains at
+    once on SIGTERM, then `pools`, `routes`, `tenants` and any other top-level section
+    (`models`, `limits`, ...) passed by keyword."""
+    config: dict[str, Any] = {
+        "listeners": {"proxy": proxy, "admin": admin},
+        "server": {"threads": 1, "log_format": "text", "drain_timeout_seconds": 1},
+        "pools": pools,
+        "routes": routes,
+        "tenants": tenants,
+    }
+    config.update(sections)
+    return config
+
+
+def post_scenario(base: str, *behaviors: dict[str, Any]) -> None:
+    """Queue llmock behaviours (`POST /_llmock/scenario`, LLMOCK_NOTES.md)."""
+    resp = httpx.post(f"{base}/_llmock/scenario", json={"behaviors": list(behaviors)},
+                      timeout=10.0)
+    resp.raise_for_status()
+
+
+# One `sluice::access` line (text log format): `request key=value key="quoted value" ...`.
+_ACCESS_FIELD_RE = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_access_log(text: str) -> list[dict[str, str]]:
+    """Every access-log line in `text` (sluice's log, text format) as a dict of its fields,
+    quotes removed, oldest first."""
+    entries = []
+    for line in text.splitlines():
+        if "sluice::access" not in line:
+            continue
+        _, _, fields = line.partition("sluice::access:")
+        entry = {}
+        for key, value in _ACCESS_FIELD_RE.findall(fields):
+            if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+                value = _unescape(value[1:-1])
+            entry[key] = value
+        entries.append(entry)
+    return entries

@@ -1,0 +1,107 @@
+//! An admitted request's hold on the limiter: its reservations, concurrency permits and
+//! shared-window holds, settled to exact usage (or released if dropped).
+
+use super::window::Reservation;
+use super::{micro, now_ms, HoldKind, Kind, Limiter, RateHeaders, SharedHold};
+use crate::config::limits::TenantLimits;
+use crate::metrics;
+use pingora_limits::inflight::Guard;
+use std::sync::Arc;
+
+/// An admitted request's hold on the limiter. Dropping it without [`Admission::settle`]
+/// releases every reservation (the request used nothing).
+pub struct Admission {
+    pub(super) limiter: Arc<Limiter>,
+    pub(super) tenant: String,
+    pub(super) limits: Arc<TenantLimits>,
+    pub(super) _guards: Vec<Guard>,
+    pub(super) reservations: Vec<(String, Reservation, Kind)>,
+    /// Tokens reserved (prompt estimate, output ceiling).
+    pub reserved: (u64, u64),
+    /// Values for `x-ratelimit-*` headers.
+    pub headers: RateHeaders,
+    /// USD left under the tenant's budget at admission, when it has one.
+    pub budget_left: Option<f64>,
+    pub(super) settled: bool,
+    pub(super) counted: bool,
+    pub(super) shared: Vec<SharedHold>,
+}
+
+impl Admission {
+    /// The tenant's limits.
+    pub fn limits(&self) -> &TenantLimits {
+        &self.limits
+    }
+
+    /// Replace the reservations by the exact usage and charge `cost_usd` to the budget.
+    pub fn settle(mut self, input: u64, output: u64, cost_usd: Option<f64>) {
+        self.settle_shared(input, output, cost_usd);
+        self.release(input, output);
+        if let (Some(usd), Some(budget), None) = (
+            cost_usd,
+            self.limits.budget.as_ref(),
+            self.limiter.shared.as_ref(),
+        ) {
+            self.limiter.budgets.charge(&self.tenant, usd);
+            let (day, month) = self.limiter.budgets.spent(&self.tenant);
+            for (period, cap, spent) in [
+                ("day", budget.usd_per_day, day),
+                ("month", budget.usd_per_month, month),
+            ] {
+                if let Some(cap) = cap {
+                    metrics::BUDGET_REMAINING
+                        .with_label_values(&[&self.tenant, period])
+                        .set((cap - spent).max(0.0));
+                }
+            }
+        }
+    }
+
+    /// Settle shared holds (once): tokens to the weighted usage, budgets to the exact cost.
+    fn settle_shared(&mut self, input: u64, output: u64, cost_usd: Option<f64>) {
+        let Some(sh) = self.limiter.shared.clone() else {
+            return;
+        };
+        for h in std::mem::take(&mut self.shared) {
+            let actual = match h.kind {
+                HoldKind::Requests => h.reserved,
+                HoldKind::Tokens => self.limits.weighted(input, output),
+                HoldKind::MicroUsd => cost_usd.map_or(0, micro),
+            };
+            sh.settle(&h.key, h.window, h.reserved, actual);
+        }
+    }
+
+    fn release(&mut self, input: u64, output: u64) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let now = now_ms();
+        for (key, r, kind) in &self.reservations {
+            let actual = match kind {
+                Kind::Weighted => self.limits.weighted(input, output),
+                Kind::Input => input,
+                Kind::Output => output,
+            };
+            self.limiter.tokens.settle(key, *r, actual, now);
+        }
+        if !self.reservations.is_empty() {
+            metrics::TOKENS_SETTLED
+                .with_label_values(&[&self.tenant])
+                .inc_by(input + output);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.settle_shared(0, 0, None);
+        self.release(0, 0);
+        if self.counted {
+            metrics::TENANT_IN_FLIGHT
+                .with_label_values(&[&self.tenant])
+                .dec();
+        }
+    }
+}
