@@ -87,6 +87,10 @@ pub enum SluiceError {
     /// A tenant budget is spent (the SDK is told not to retry).
     #[error("budget exceeded")]
     BudgetExceeded(Period),
+    /// A streamed response ended without its API's final event (`[DONE]`, `message_stop`,
+    /// `response.completed`): the client is told instead of seeing a silent cut.
+    #[error("upstream {0} ended the stream before its final event")]
+    UpstreamTruncated(String),
     /// A bug or resource problem inside sluice.
     #[error("internal error")]
     Internal,
@@ -101,7 +105,9 @@ impl SluiceError {
             SluiceError::BodyTooLarge(_) => 413,
             SluiceError::BadJson(_) | SluiceError::ClientGone => 400,
             SluiceError::NoUpstreamKey(_) | SluiceError::Internal => 500,
-            SluiceError::UpstreamUnreachable(_) | SluiceError::UpstreamFailed(_) => 502,
+            SluiceError::UpstreamUnreachable(_)
+            | SluiceError::UpstreamFailed(_)
+            | SluiceError::UpstreamTruncated(_) => 502,
             SluiceError::UpstreamTimeout { .. } => 504,
             SluiceError::RateLimited(_) | SluiceError::BudgetExceeded(_) => 429,
             SluiceError::NoUpstreamAvailable {
@@ -124,6 +130,7 @@ impl SluiceError {
             SluiceError::UpstreamUnreachable(_) => "upstream_unreachable",
             SluiceError::UpstreamTimeout { .. } => "upstream_timeout",
             SluiceError::UpstreamFailed(_) => "upstream_failed",
+            SluiceError::UpstreamTruncated(_) => "upstream_truncated",
             SluiceError::Internal => "internal",
             SluiceError::RateLimited(_) => "rate_limited",
             SluiceError::BudgetExceeded(_) => "budget_exceeded",
@@ -191,6 +198,9 @@ impl SluiceError {
                 "overloaded_error",
                 "limit_store_unavailable",
             ),
+            SluiceError::UpstreamTruncated(_) => {
+                ("server_error", "api_error", "upstream_truncated")
+            }
         };
         let message = format!("sluice: {self}");
         match style {
@@ -326,6 +336,7 @@ mod tests {
                 phase: TimeoutPhase::Idle,
             },
             SluiceError::UpstreamFailed("h:1".into()),
+            SluiceError::UpstreamTruncated("h:1".into()),
             SluiceError::Internal,
             SluiceError::RateLimited(Rejection::Concurrency { limit: 2 }),
             SluiceError::BudgetExceeded(Period::Day),

@@ -47,13 +47,18 @@ pub struct Estimates {
     pub completion: Option<u64>,
 }
 
+/// Whether [`settle`] needs sluice's own token counts (usage missing or the response cut).
+pub fn needs_estimates(ctx: &RequestCtx) -> bool {
+    ctx.phase == Phase::Inspected
+        && (200..300).contains(&ctx.status)
+        && ctx.api.is_some()
+        && !(ctx.usage.is_some() && ctx.stream_completed)
+}
+
 /// Count what [`settle`] will need, on a blocking thread: tokenizing is CPU work (and the
 /// first use builds the tables), which must not stall the worker running other requests.
 pub async fn estimates(ctx: &RequestCtx) -> Estimates {
-    if ctx.phase != Phase::Inspected || !(200..300).contains(&ctx.status) {
-        return Estimates::default();
-    }
-    let Some(api) = ctx.api else {
+    let Some(api) = ctx.api.filter(|_| needs_estimates(ctx)) else {
         return Estimates::default();
     };
     let need_completion = !(ctx.usage.is_some() && ctx.stream_completed);

@@ -53,6 +53,7 @@ type ChildFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A running attempt. Dropping it drops the subrequest, which closes its upstream connection
 /// at once (cancellation is money).
 pub struct Child {
+    spec: Arc<AttemptSpec>,
     _in_flight: InFlight,
     fut: Option<ChildFuture>,
     rx: mpsc::Receiver<HttpTask>,
@@ -385,10 +386,12 @@ async fn spawn(
         model,
         body_len: body.len(),
         request_id: ctx.request_id.clone(),
+        sent_ms: std::sync::atomic::AtomicU64::new(0),
     };
+    let spec = Arc::new(spec);
     let sub_ctx = SubrequestCtx::builder()
         .body_mode(BodyMode::ExpectBody)
-        .user_ctx(Box::new(Arc::new(spec)))
+        .user_ctx(Box::new(spec.clone()))
         .build();
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Err(SluiceError::Internal);
@@ -405,6 +408,7 @@ async fn spawn(
         return Err(SluiceError::Internal);
     }
     Ok(Child {
+        spec,
         _in_flight: InFlight::new(pool.clone(), endpoint),
         fut: Some(Box::pin(prepared.run())),
         rx: handle.rx,
@@ -422,29 +426,40 @@ async fn first_response(
     child: &mut Child,
     route_deadline: tokio::time::Instant,
 ) -> First {
-    let deadline = (tokio::time::Instant::now() + child.timeouts.connect + child.timeouts.ttfb)
-        .min(route_deadline);
+    let started = tokio::time::Instant::now();
+    let started_ms = now_ms();
+    // Until the request is sent, the bound is connect + TTFB; once sent, TTFB from then.
+    // Re-evaluated every RECHECK while waiting.
+    const RECHECK: Duration = Duration::from_millis(20);
     loop {
-        let event = tokio::select! {
-            task = child.next_task() => Some(task),
-            _ = tokio::time::sleep_until(deadline) => None,
+        let sent = child.spec.sent_ms.load(Ordering::Acquire);
+        let deadline = if sent == 0 {
+            started + child.timeouts.connect + child.timeouts.ttfb
+        } else {
+            started + Duration::from_millis(sent.saturating_sub(started_ms)) + child.timeouts.ttfb
+        }
+        .min(route_deadline);
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return First::Failed(SluiceError::UpstreamTimeout {
+                upstream: child.endpoint.clone(),
+                phase: TimeoutPhase::FirstByte,
+            });
+        }
+        // Both other branches are cancel-safe: the subrequest future lives in `child` and is
+        // only borrowed by `next_task`; the idle probe consumes nothing unless it completes.
+        let task = tokio::select! {
+            task = child.next_task() => task,
+            _ = tokio::time::sleep_until(deadline.min(now + RECHECK)) => continue,
             _ = session.as_downstream_mut().read_body_or_idle(true) => return First::ClientGone,
         };
-        match event {
-            None => {
-                return First::Failed(SluiceError::UpstreamTimeout {
-                    upstream: child.endpoint.clone(),
-                    phase: TimeoutPhase::FirstByte,
-                })
-            }
+        match task {
             // 1xx (e.g. 100 Continue from the upstream) is not the client's business.
-            Some(Some(HttpTask::Header(h, _))) if h.status.is_informational() => continue,
-            Some(Some(HttpTask::Header(h, end))) => return First::Header(h, end),
-            Some(Some(HttpTask::Failed(e))) => {
-                return First::Failed(classify(&e, &child.endpoint, true))
-            }
-            Some(Some(_)) => continue,
-            Some(None) => return First::Failed(child.failure(true)),
+            Some(HttpTask::Header(h, _)) if h.status.is_informational() => continue,
+            Some(HttpTask::Header(h, end)) => return First::Header(h, end),
+            Some(HttpTask::Failed(e)) => return First::Failed(classify(&e, &child.endpoint, true)),
+            Some(_) => continue,
+            None => return First::Failed(child.failure(true)),
         }
     }
 }

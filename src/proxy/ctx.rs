@@ -170,4 +170,7 @@ pub struct AttemptSpec {
     pub body_len: usize,
     /// The parent's request id.
     pub request_id: String,
+    /// When the subrequest sent the request upstream (ms since the epoch, 0 = not yet): the
+    /// parent's time-to-first-byte deadline counts from there, not from the connect.
+    pub sent_ms: std::sync::atomic::AtomicU64,
 }

@@ -197,7 +197,16 @@ impl ProxyHttp for Sluice {
                 }
             }
         }
-        let est = account::estimates(ctx).await;
-        account::finish(ctx, status, est);
+        if account::needs_estimates(ctx) {
+            // Tokenizing (and, the first time, building the tables) must not hold the client's
+            // connection: settle, export and log from a task of its own.
+            let mut owned = std::mem::take(ctx);
+            tokio::spawn(async move {
+                let est = account::estimates(&owned).await;
+                account::finish(&mut owned, status, est);
+            });
+        } else {
+            account::finish(ctx, status, account::Estimates::default());
+        }
     }
 }

@@ -227,6 +227,9 @@ pub async fn relay(
         Accounting::Sse(a) => {
             tail.extend_from_slice(&a.finish());
             ctx.stream_completed = a.completed();
+            if complete && failure.is_none() && !a.completed() && !a.saw_error() {
+                failure = Some(SluiceError::UpstreamTruncated(child.endpoint.clone()));
+            }
             ctx.usage = a.usage();
             ctx.output_text = Some(a.output_text().to_owned());
         }

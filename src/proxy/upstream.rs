@@ -112,6 +112,13 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> 
     if ctx.phase == Phase::Attempt {
         // Usage is parsed from the bytes: ask for an identity-encoded response.
         req.remove_header(&http::header::ACCEPT_ENCODING);
+        if let Some(spec) = &ctx.attempt {
+            // Connected; the request goes out now: the parent's TTFB clock starts.
+            spec.sent_ms.store(
+                crate::balance::now_ms(),
+                std::sync::atomic::Ordering::Release,
+            );
+        }
     }
     Ok(())
 }

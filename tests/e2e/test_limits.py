@@ -266,7 +266,8 @@ def test_sdk_does_not_retry_a_minute_limit_at_once(sluice_factory: SluiceFactory
     retry_ms = int(responses[0]["retry_after_ms"])
     assert retry_ms > 5000, (
         f"retry-after-ms {retry_ms}: the minute window was about to end, nothing to show")
-    assert len(requests) == 1, f"the SDK retried within 2 s of a {retry_ms} ms retry-after: {events}"
+    assert len(requests) == 1, (
+        f"the SDK retried within 2 s of a {retry_ms} ms retry-after: {events}")
     assert still_sleeping, f"the SDK gave up instead of waiting: {events}"
     plans = [e["message"] for e in events
              if e["kind"] == "log" and e["message"].startswith("Retrying request in")]
