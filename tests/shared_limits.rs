@@ -306,15 +306,17 @@ async fn round_trips_per_admitted_request_stay_under_a_tenth_at_500_rps() {
     let statuses = join_all(handles).await;
     let rate = 1500.0 / t0.elapsed().as_secs_f64();
     let admitted = statuses.iter().filter(|s| matches!(s, Ok(200))).count();
+    // The metric first: a background slice return between the two reads only adds to Redis.
+    let counted = s.metric("sluice_redis_round_trips_total", &[]).await as u64;
     let trips = redis.script_calls() - calls_before;
     let per = trips as f64 / admitted as f64;
     eprintln!("{admitted} admitted at {rate:.0} req/s, {trips} Redis round trips (INFO commandstats): {per:.4} per request");
     assert_eq!(admitted, 1500);
     assert!(per < 0.1, "{per} round trips per request");
-    // Redis also counts the retry of a script's first EVALSHA after NOSCRIPT.
-    let counted = s.metric("sluice_redis_round_trips_total", &[]).await as u64;
+    // Redis also counts the retry of each script's first EVALSHA after NOSCRIPT (2 scripts),
+    // and returns made after the metric was read (at most one flush in between).
     assert!(
-        counted <= trips && trips - counted <= 2,
+        counted <= trips && trips - counted <= 4,
         "metric {counted} vs redis {trips}"
     );
 }
