@@ -38,8 +38,11 @@ lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-bench: deps
+bench: deps ## criterion micro-benchmarks of the hot paths -> target/criterion
 	cargo bench --locked
+
+bench-load: deps ## side-by-side load benchmark -> target/bench/load-latest.md + load-<ts>.json
+	scripts/bench_load.sh $(BENCH_LOAD_ARGS)
 
 demo: setup build
 	scripts/demo.sh

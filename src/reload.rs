@@ -186,8 +186,14 @@ impl BackgroundService for Reloader {
                 .collect();
             key_dirs.sort();
             key_dirs.dedup();
-            let w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-                let _ = tx.try_send(());
+            let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                // Reads (our own `check` among them) are not changes: reacting to them made an
+                // idle sluice re-read its config many times a second.
+                if let Ok(ev) = res {
+                    if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                        let _ = tx.try_send(());
+                    }
+                }
             });
             let watching = w.map_err(|e| e.to_string()).and_then(|mut w| {
                 w.watch(&dir, RecursiveMode::NonRecursive)

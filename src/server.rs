@@ -70,6 +70,11 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
         None => None,
     };
     let limiter = Arc::new(Limiter::new(shared.clone()));
+    if snapshot.has_token_limits() {
+        // Token reservations refine their byte guess with tiktoken near a limit: build the
+        // tables now, off the request path (without token limits they load on first need).
+        std::thread::spawn(crate::usage::estimate::preload);
+    }
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let config_for_reload = config.clone();
     let config_for_health = config.clone();

@@ -345,3 +345,36 @@ async fn concurrency_limit_rejects_the_third_stream_and_never_leaks_permits() {
     assert_eq!((x.status().as_u16(), y.status().as_u16()), (200, 200));
     assert!(x.chunk().await.unwrap().is_some() && y.chunk().await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_prompt_refused_on_its_byte_guess_is_admitted_on_its_tiktoken_count() {
+    let mock = Mock::start().await;
+    let s = Sluice::start(
+        &config(&mock, "        input_tokens_per_minute: 1400", ""),
+        &[KEY_ENV],
+    );
+    // Occupy the window a little: an empty window would admit anything once.
+    let small = chat(
+        &s,
+        serde_json::json!({"model": "gpt-4o", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(small.send().await.unwrap().status(), 200);
+    // ~6 KB of text: the byte guess is ~1,530 tokens (over what is left), tiktoken's count
+    // about 1,000 (under it).
+    let long = serde_json::json!({"model": "gpt-4o", "max_tokens": 1,
+        "messages": [{"role": "user", "content": "hello ".repeat(1000)}]});
+    // The tokenizer loads in the background at start; until then the guess stands.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = chat(&s, long.clone()).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never admitted on the precise count"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

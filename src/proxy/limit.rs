@@ -5,7 +5,7 @@
 use super::ctx::RequestCtx;
 use crate::config::Snapshot;
 use crate::error::SluiceError;
-use crate::limits::{Ask, Limiter};
+use crate::limits::{Ask, Limiter, Rejection};
 use crate::metrics;
 use crate::usage::{estimate, ApiKind};
 use bytes::Bytes;
@@ -34,7 +34,7 @@ pub async fn admit(
         || limits.models.iter().any(|m| m.tokens_per_minute.is_some());
     let (prompt, ceiling) = match (ctx.api, &ctx.body) {
         (Some(api), Some(body)) if counts_tokens => (
-            prompt_estimate(api, model.unwrap_or(""), body),
+            byte_estimate(body),
             match api {
                 ApiKind::Embeddings => 0,
                 _ => snapshot.output_ceiling(model, ctx.inspected.max_tokens),
@@ -66,7 +66,20 @@ pub async fn admit(
         output_ceiling: ceiling,
         cost_ceiling_usd,
     };
-    match limiter.admit(limits, ask).await {
+    let mut result = limiter.admit(limits, ask).await;
+    if let (Err(Rejection::Tokens { .. }), Some(api), Some(body)) = (&result, ctx.api, &ctx.body) {
+        // The byte heuristic over-estimates; before refusing, count the prompt with tiktoken
+        // (OpenAI models, small bodies) and ask again: a refusal leaves no trace to undo.
+        let precise = prompt_estimate(api, model.unwrap_or(""), body);
+        if precise < prompt {
+            let ask = Ask {
+                prompt_tokens: precise,
+                ..ask
+            };
+            result = limiter.admit(limits, ask).await;
+        }
+    }
+    match result {
         Ok(admission) => {
             metrics::LIMIT_DECISIONS
                 .with_label_values(&[&tenant, "admitted", "ok"])
@@ -79,12 +92,19 @@ pub async fn admit(
                 .with_label_values(&[&tenant, "rejected", rejection.reason()])
                 .inc();
             Err(match rejection {
-                crate::limits::Rejection::Budget { period } => SluiceError::BudgetExceeded(period),
-                crate::limits::Rejection::StoreUnavailable => SluiceError::LimitStoreUnavailable,
+                Rejection::Budget { period } => SluiceError::BudgetExceeded(period),
+                Rejection::StoreUnavailable => SluiceError::LimitStoreUnavailable,
                 other => SluiceError::RateLimited(other),
             })
         }
     }
+}
+
+/// The reservation's first guess at the prompt: the body's bytes / 4 (JSON syntax makes it an
+/// over-estimate, the safe side). Cheap; refined with [`prompt_estimate`] only when the guess
+/// does not fit the window (tiktoken-rs costs tens of µs even for a short prompt).
+pub fn byte_estimate(body: &Bytes) -> u64 {
+    (body.len() as u64).div_ceil(4)
 }
 
 /// Prompt tokens a request will likely use: tiktoken over the prompt text for OpenAI models
