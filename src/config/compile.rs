@@ -174,8 +174,14 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
             None
         }
         (StoreKind::Redis, Some(r)) => {
-            if !(r.url.starts_with("redis://") || r.url.starts_with("redis+unix://")) {
-                errs.push("limits.redis.url", "must be a redis:// URL");
+            if !["redis://", "rediss://", "redis+unix://"]
+                .iter()
+                .any(|p| r.url.starts_with(p))
+            {
+                errs.push(
+                    "limits.redis.url",
+                    "must be a redis:// (or rediss:// for TLS) URL",
+                );
             }
             if r.timeout_ms == 0 || r.expected_replicas == 0 || r.lease_ms == 0 {
                 errs.push(

@@ -297,3 +297,40 @@ impl SharedStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(url: &str) -> RedisConf {
+        RedisConf {
+            url: url.to_owned(),
+            timeout_ms: 50,
+            failure_policy: FailurePolicy::Open,
+            expected_replicas: 2,
+            lease_ms: 250,
+        }
+    }
+
+    #[test]
+    fn plain_and_tls_urls_make_a_store() {
+        assert!(SharedStore::new(&conf("redis://127.0.0.1:6379/0")).is_ok());
+        // TLS support is compiled in: a rediss:// client can be created.
+        assert!(SharedStore::new(&conf("rediss://redis.example:6380")).is_ok());
+        assert!(SharedStore::new(&conf("http://nope")).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_fails_fast_after_the_first_timeout() {
+        // Nothing listens on the port: the first call fails, the next ones fail at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let store = SharedStore::new(&conf(&format!("redis://127.0.0.1:{port}"))).unwrap();
+        assert_eq!(store.take("t:rpm", 10, 1, 60_000).await, Err(StoreDown));
+        let t0 = Instant::now();
+        assert_eq!(store.take("t:rpm", 10, 1, 60_000).await, Err(StoreDown));
+        assert!(t0.elapsed() < Duration::from_millis(10), "not failing fast");
+    }
+}

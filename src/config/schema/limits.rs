@@ -73,7 +73,8 @@ pub enum StoreKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConf {
-    /// `redis://[:password@]host:port[/db]` (standalone). Not reloadable.
+    /// `redis://[:password@]host:port[/db]` (standalone), or `rediss://` for TLS (server
+    /// certificate checked against the Mozilla roots bundled in the binary). Not reloadable.
     pub url: String,
     /// Bound on one Redis round trip, ms; past it the failure policy applies. Default 50.
     #[serde(default = "default_redis_timeout")]
