@@ -120,6 +120,7 @@ fn limits(c: &mut Criterion) {
         cost_ceiling_usd: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     c.bench_function("limits_admit_settle_rpm_tpm_concurrency", |b| {
