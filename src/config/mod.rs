@@ -3,15 +3,15 @@
 //! (`snapshot`, `compile`).
 
 mod compile;
+mod key;
 pub mod limits;
 mod parse;
 pub mod schema;
-mod secret;
 mod snapshot;
 
 pub use compile::{compile, Secrets};
+pub use key::Secret;
 pub use parse::{parse, parse_lenient, ConfigFile};
-pub use secret::Secret;
 pub use snapshot::{
     Endpoint, Failover, HealthCheck, Pool, Route, Snapshot, TenantId, Tenants, Timeouts,
 };

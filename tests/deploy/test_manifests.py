@@ -370,7 +370,7 @@ def test_no_real_looking_keys_under_deploy():
 
 def test_secret_example_is_placeholder_and_not_applied():
     secrets = [(p, d) for p in manifest_files() for d in load_docs(p) if d["kind"] == "Secret"]
-    assert secrets, "secret.example.yaml should show the Secret's shape"
+    assert secrets, "provider-keys.example.yaml should show the Secret's shape"
     for path, secret in secrets:
         assert path.name.endswith(".example.yaml"), f"{rel(path)}: a Secret outside an example"
         assert not secret.get("data"), f"{rel(path)}: use stringData placeholders"
