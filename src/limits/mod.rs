@@ -511,9 +511,4 @@ impl Limiter {
         }
         Ok(admission)
     }
-
-    /// USD left under `tenant`'s budget now (for the budget gauge and tests).
-    pub fn budget_spent(&self, tenant: &str) -> (f64, f64) {
-        self.budgets.spent(tenant)
-    }
 }

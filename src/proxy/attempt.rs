@@ -309,7 +309,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
 /// A usable key of endpoint `idx` if the endpoint may be tried now (not cooling down, breaker
 /// not open); records why not otherwise and updates the earliest cooldown. `Err(true)`: its
 /// keys are all cooling down after 429s; `Err(false)`: unavailable for another reason.
-fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Result<usize, bool> {
+pub(super) fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Result<usize, bool> {
     let ep = &pool.endpoints[idx];
     let now = now_ms();
     let until = ep.state.cooldown_until_ms.load(Ordering::Acquire);

@@ -56,14 +56,9 @@ pub async fn handle(
         .iter()
         .find_map(|p| {
             p.order().into_iter().find_map(|i| {
-                let e = &p.endpoints[i];
-                let free = e
-                    .state
-                    .cooldown_until_ms
-                    .load(std::sync::atomic::Ordering::Acquire)
-                    <= crate::balance::now_ms();
-                let key = e.state.keys.pick(crate::balance::now_ms()).ok()?;
-                (free && e.state.breaker.permits()).then(|| (p.clone(), i, key))
+                // The same checks as an inspected request's attempts (cooldown, breaker, key).
+                let key = attempt::usable(p, i, &mut None).ok()?;
+                Some((p.clone(), i, key))
             })
         })
         .ok_or(SluiceError::NoUpstreamAvailable {
