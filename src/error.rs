@@ -94,6 +94,10 @@ pub enum SluiceError {
     /// A bug or resource problem inside sluice.
     #[error("internal error")]
     Internal,
+    /// The proxy listener already holds `server.max_client_connections` client connections:
+    /// the new one is answered (before its request is read) and closed.
+    #[error("too many client connections (limit {0}), retry shortly")]
+    TooManyConnections(usize),
 }
 
 impl SluiceError {
@@ -114,6 +118,7 @@ impl SluiceError {
                 rate_limited: true, ..
             } => 429,
             SluiceError::NoUpstreamAvailable { .. } | SluiceError::LimitStoreUnavailable => 503,
+            SluiceError::TooManyConnections(_) => 503,
         }
     }
 
@@ -136,6 +141,7 @@ impl SluiceError {
             SluiceError::BudgetExceeded(_) => "budget_exceeded",
             SluiceError::NoUpstreamAvailable { .. } => "no_upstream_available",
             SluiceError::LimitStoreUnavailable => "limit_store_unavailable",
+            SluiceError::TooManyConnections(_) => "too_many_connections",
         }
     }
 
@@ -201,6 +207,11 @@ impl SluiceError {
             SluiceError::UpstreamTruncated(_) => {
                 ("server_error", "api_error", "upstream_truncated")
             }
+            SluiceError::TooManyConnections(_) => (
+                "server_error",
+                "overloaded_error",
+                "too_many_connections",
+            ),
         };
         let message = format!("sluice: {self}");
         match style {
@@ -344,6 +355,7 @@ mod tests {
                 retry_after: Some(Duration::from_secs(2)),
                 rate_limited: false,
             },
+            SluiceError::TooManyConnections(8),
         ];
         let mut labels = std::collections::HashSet::new();
         for e in &all {

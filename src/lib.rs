@@ -5,7 +5,7 @@
 //! Module map, in the order a request meets it: [`proxy`] (the pipeline, one module per
 //! stage), [`provider`] (one file per provider), [`usage`] (SSE/JSON token accounting),
 //! [`metrics`], [`admin`]; [`config`] compiles the YAML into the snapshot the pipeline reads;
-//! [`server`] wires it into Pingora.
+//! [`server`] wires it into Pingora, behind [`listener`]'s bounds on client connections.
 
 pub mod admin;
 pub mod balance;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod limits;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod provider;

@@ -274,8 +274,31 @@ pub static REDIS_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_client_connections`: client connections open on the proxy listener.
+pub static CLIENT_CONNECTIONS: Lazy<IntGauge> = Lazy::new(|| {
+    metric!(register_int_gauge!(
+        "sluice_client_connections",
+        "Client connections open on the proxy listener"
+    ))
+});
+
+/// `sluice_client_connections_closed_total{reason}`: client connections sluice closed to
+/// bound them: `header_timeout` (request header not complete within
+/// `server.header_timeout_ms`), `idle_timeout` (kept alive with no request for
+/// `server.keepalive_idle_timeout_ms`), `over_limit` (refused past
+/// `server.max_client_connections`).
+pub static CLIENT_CONNECTIONS_CLOSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_client_connections_closed_total",
+        "Client connections closed by sluice's bounds (header_timeout, idle_timeout, over_limit)",
+        &["reason"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
+    Lazy::force(&CLIENT_CONNECTIONS);
+    Lazy::force(&CLIENT_CONNECTIONS_CLOSED);
     Lazy::force(&REQUESTS);
     Lazy::force(&TOKENS);
     Lazy::force(&UPSTREAM_DURATION);

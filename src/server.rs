@@ -6,6 +6,7 @@ use crate::config::Snapshot;
 use crate::health::HealthChecker;
 use crate::limits::shared::SharedStore;
 use crate::limits::Limiter;
+use crate::listener::Listener;
 use crate::proxy::Sluice;
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
@@ -78,11 +79,14 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let config_for_reload = config.clone();
     let config_for_health = config.clone();
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    // The proxy app behind the connection bounds. Subrequests are spawned from this `Arc` of
+    // Pingora's `HttpProxy` itself, never from the wrapper.
+    let connections = config.load().connections;
+    let app = Arc::new(pingora_proxy::http_proxy(
         &server.configuration,
         Sluice::new(config, limiter),
-        "sluice proxy",
-    );
+    ));
+    let mut proxy = Service::new("sluice proxy".to_owned(), Listener::new(app, connections));
     proxy.add_tcp(&proxy_addr);
 
     let ready = Arc::new(AtomicBool::new(false));

@@ -43,6 +43,15 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
     if file.server.max_body_bytes == 0 {
         errs.push("server.max_body_bytes", "must be greater than 0");
     }
+    if file.server.header_timeout_ms == 0 {
+        errs.push("server.header_timeout_ms", "must be greater than 0");
+    }
+    if file.server.keepalive_idle_timeout_ms == 0 {
+        errs.push("server.keepalive_idle_timeout_ms", "must be greater than 0");
+    }
+    if file.server.max_client_connections == 0 {
+        errs.push("server.max_client_connections", "must be at least 1");
+    }
 
     let mut pools: HashMap<String, Arc<Pool>> = HashMap::new();
     for (i, p) in file.pools.iter().enumerate() {
@@ -218,6 +227,11 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         default_max_output_tokens: file.limits.default_max_output_tokens,
         models,
         redis,
+        connections: super::snapshot::ConnectionLimits {
+            header_timeout: Duration::from_millis(file.server.header_timeout_ms),
+            keepalive_idle_timeout: Duration::from_millis(file.server.keepalive_idle_timeout_ms),
+            max_connections: file.server.max_client_connections,
+        },
     })
 }
 

@@ -13,7 +13,8 @@ pub use compile::{compile, Secrets};
 pub use key::Secret;
 pub use parse::{parse, parse_lenient, ConfigFile};
 pub use snapshot::{
-    Endpoint, Failover, HealthCheck, Pool, Route, Snapshot, TenantId, Tenants, Timeouts,
+    ConnectionLimits, Endpoint, Failover, HealthCheck, Pool, Route, Snapshot, TenantId, Tenants,
+    Timeouts,
 };
 
 use std::fmt;

@@ -257,6 +257,19 @@ pub struct Snapshot {
     pub models: Vec<ModelInfo>,
     /// Shared limit store (`limits.store: redis`), if any.
     pub redis: Option<RedisConf>,
+    /// Bounds on client connections (`server.header_timeout_ms`, ...), fixed at start.
+    pub connections: ConnectionLimits,
+}
+
+/// Bounds on the proxy listener's client connections (see [`crate::listener`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Whole request header deadline (`server.header_timeout_ms`).
+    pub header_timeout: Duration,
+    /// Idle time allowed between two requests (`server.keepalive_idle_timeout_ms`).
+    pub keepalive_idle_timeout: Duration,
+    /// Most client connections open at once (`server.max_client_connections`).
+    pub max_connections: usize,
 }
 
 impl Snapshot {

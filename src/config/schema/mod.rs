@@ -68,6 +68,30 @@ pub struct ServerConf {
     /// Default 20, under Kubernetes' 30 s grace period. Not reloadable.
     #[serde(default = "default_drain")]
     pub drain_timeout_seconds: u64,
+    /// Deadline (ms) for a client to send a whole request header, counted from the accept
+    /// (first request) or from the first byte of a later request on a kept-alive connection;
+    /// past it the connection is closed without a response (slowloris). Default 10,000.
+    /// Not reloadable.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// A kept-alive client connection with no request for this long (ms) is closed.
+    /// Default 75,000 (above the 4-5 s idle expiry of the SDKs' HTTP pools). Not reloadable.
+    #[serde(default = "default_keepalive_idle_timeout_ms")]
+    pub keepalive_idle_timeout_ms: u64,
+    /// Most client connections open at once; past it a new connection gets a 503 with
+    /// `connection: close` and `retry-after: 1`. Default 2,048. Not reloadable.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_keepalive_idle_timeout_ms() -> u64 {
+    75_000
+}
+fn default_max_client_connections() -> usize {
+    2_048
 }
 
 fn default_drain() -> u64 {
@@ -106,6 +130,9 @@ impl Default for ServerConf {
             max_body_bytes: default_max_body_bytes(),
             log_format: LogFormat::default(),
             drain_timeout_seconds: default_drain(),
+            header_timeout_ms: default_header_timeout_ms(),
+            keepalive_idle_timeout_ms: default_keepalive_idle_timeout_ms(),
+            max_client_connections: default_max_client_connections(),
         }
     }
 }
