@@ -207,11 +207,9 @@ impl SluiceError {
             SluiceError::UpstreamTruncated(_) => {
                 ("server_error", "api_error", "upstream_truncated")
             }
-            SluiceError::TooManyConnections(_) => (
-                "server_error",
-                "overloaded_error",
-                "too_many_connections",
-            ),
+            SluiceError::TooManyConnections(_) => {
+                ("server_error", "overloaded_error", "too_many_connections")
+            }
         };
         let message = format!("sluice: {self}");
         match style {

@@ -26,8 +26,8 @@ use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::tls::SslDigest;
 use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    Stream, TimingDigest, UniqueID, UniqueIDType, ALPN,
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use pingora_core::server::ShutdownWatch;
 use std::future::Future;
@@ -107,10 +107,9 @@ where
         loop {
             let mut session = ServerSession::new_http1(stream);
             match settings {
-                Some(s) => pingora_core::apps::HttpPersistentSettings::apply_to_session(
-                    s,
-                    &mut session,
-                ),
+                Some(s) => {
+                    pingora_core::apps::HttpPersistentSettings::apply_to_session(s, &mut session)
+                }
                 None => {
                     session.set_keepalive(Some(FIRST_REQUEST_KEEPALIVE_SECONDS));
                     session.set_keepalive_reuses_remaining(
@@ -279,7 +278,8 @@ impl AsyncRead for GuardedIo {
         }
         // A client sending a byte now and then must not push the deadline back: check it on
         // every read, not only when the stream is silent.
-        if matches!(this.phase, Phase::Header { .. }) && Instant::now() >= this.deadline.deadline() {
+        if matches!(this.phase, Phase::Header { .. }) && Instant::now() >= this.deadline.deadline()
+        {
             return Poll::Ready(Err(header_timeout()));
         }
         let before = buf.filled().len();
@@ -387,9 +387,7 @@ impl GetTimingDigest for GuardedIo {
 }
 
 impl GetProxyDigest for GuardedIo {
-    fn get_proxy_digest(
-        &self,
-    ) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
         self.inner.get_proxy_digest()
     }
 }

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::Run { config } => match sluice::config::load_file(&config) {
             Ok(snapshot) => {
                 sluice::logging::init(snapshot.log_format);
+                sluice::logging::remember_keys(&snapshot);
                 sluice::server::run(config, snapshot)
             }
             Err(errors) => {

@@ -107,6 +107,7 @@ impl Reloader {
                 }
                 let routes = next.routes.len();
                 let pools = next.pools.len();
+                crate::logging::remember_keys(&next);
                 self.config.store(Arc::new(next));
                 metrics::CONFIG_RELOADS
                     .with_label_values(&["success"])
