@@ -87,3 +87,25 @@ fn virtual_keys_hash_and_identify() {
     assert!(snap.tenants.by_virtual_key("vk-2").is_none());
     assert!(snap.tenants.default.is_none());
 }
+
+#[test]
+fn connection_bounds_default_and_reject_zero() {
+    let snap = compile(&parse(POOL).unwrap(), Secrets::Skip).unwrap();
+    assert_eq!(snap.connections.header_timeout, Duration::from_secs(10));
+    assert_eq!(
+        snap.connections.keepalive_idle_timeout,
+        Duration::from_secs(75)
+    );
+    assert_eq!(snap.connections.max_connections, 2048);
+    let yaml = format!(
+        "{POOL}server: {{header_timeout_ms: 0, keepalive_idle_timeout_ms: 0, max_client_connections: 0}}\n"
+    );
+    assert_eq!(
+        errors(&yaml),
+        vec![
+            "server.header_timeout_ms: must be greater than 0",
+            "server.keepalive_idle_timeout_ms: must be greater than 0",
+            "server.max_client_connections: must be at least 1",
+        ]
+    );
+}
