@@ -8,9 +8,8 @@ use std::process::ExitCode;
 
 /// jemalloc rather than glibc's malloc: with 2,000 idle client connections opened and closed,
 /// glibc kept the whole peak resident (+122 MiB), mimalloc most of it (+173 MiB), while
-/// jemalloc's background threads give
-/// freed pages back to the OS within its decay time (measured in tests/connections.rs; figures
-/// in the README's "Client connections" section).
+/// jemalloc's background threads give freed pages back to the OS within its decay time
+/// (measured in tests/connections.rs; figures in the README's "Client connections" section).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
