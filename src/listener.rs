@@ -68,6 +68,29 @@ impl<A> Listener<A> {
     }
 }
 
+/// Log a warning at start when the soft open-files limit (`Max open files` in
+/// /proc/self/limits, Linux) leaves less than two descriptors per allowed client connection
+/// (one for the client, about one for its upstream): past it, accepts fail before the cap.
+pub fn warn_if_open_files_low(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(soft) = soft {
+        if soft < max_connections.saturating_mul(2) {
+            tracing::warn!(
+                open_files_limit = soft,
+                max_client_connections = max_connections,
+                "the open-files limit (ulimit -n) is below twice server.max_client_connections: raise it or lower the cap"
+            );
+        }
+    }
+}
+
 /// Decrements the open-connections gauge when the connection ends, however it ends.
 struct OpenConnection;
 

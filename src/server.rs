@@ -82,6 +82,7 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     // The proxy app behind the connection bounds. Subrequests are spawned from this `Arc` of
     // Pingora's `HttpProxy` itself, never from the wrapper.
     let connections = config.load().connections;
+    crate::listener::warn_if_open_files_low(connections.max_connections);
     let app = Arc::new(pingora_proxy::http_proxy(
         &server.configuration,
         Sluice::new(config, limiter),
