@@ -91,6 +91,9 @@ pub enum SluiceError {
     /// `response.completed`): the client is told instead of seeing a silent cut.
     #[error("upstream {0} ended the stream before its final event")]
     UpstreamTruncated(String),
+    /// The drain deadline after SIGTERM passed while the response was still open.
+    #[error("sluice is shutting down")]
+    ShuttingDown,
     /// A bug or resource problem inside sluice.
     #[error("internal error")]
     Internal,
@@ -113,7 +116,9 @@ impl SluiceError {
             SluiceError::NoUpstreamAvailable {
                 rate_limited: true, ..
             } => 429,
-            SluiceError::NoUpstreamAvailable { .. } | SluiceError::LimitStoreUnavailable => 503,
+            SluiceError::NoUpstreamAvailable { .. }
+            | SluiceError::LimitStoreUnavailable
+            | SluiceError::ShuttingDown => 503,
         }
     }
 
@@ -136,6 +141,7 @@ impl SluiceError {
             SluiceError::BudgetExceeded(_) => "budget_exceeded",
             SluiceError::NoUpstreamAvailable { .. } => "no_upstream_available",
             SluiceError::LimitStoreUnavailable => "limit_store_unavailable",
+            SluiceError::ShuttingDown => "shutting_down",
         }
     }
 
@@ -201,6 +207,7 @@ impl SluiceError {
             SluiceError::UpstreamTruncated(_) => {
                 ("server_error", "api_error", "upstream_truncated")
             }
+            SluiceError::ShuttingDown => ("server_error", "overloaded_error", "shutting_down"),
         };
         let message = format!("sluice: {self}");
         match style {
@@ -337,6 +344,7 @@ mod tests {
             },
             SluiceError::UpstreamFailed("h:1".into()),
             SluiceError::UpstreamTruncated("h:1".into()),
+            SluiceError::ShuttingDown,
             SluiceError::Internal,
             SluiceError::RateLimited(Rejection::Concurrency { limit: 2 }),
             SluiceError::BudgetExceeded(Period::Day),

@@ -95,6 +95,7 @@ enum Event {
     Task(Option<HttpTask>),
     Idle,
     ClientGone,
+    DrainDeadline,
 }
 
 /// Relay the response whose header is `header` from `child` to the client. Never fails: what
@@ -157,11 +158,14 @@ pub async fn relay(
     let mut written = 0usize;
     let mut complete = false;
     let mut child_done = false;
+    let drain_deadline = crate::drain::deadline();
+    tokio::pin!(drain_deadline);
     loop {
         let event = tokio::select! {
             task = child.next_task() => Event::Task(task),
             _ = tokio::time::sleep(idle) => Event::Idle,
             _ = session.as_downstream_mut().read_body_or_idle(true) => Event::ClientGone,
+            () = &mut drain_deadline => Event::DrainDeadline,
         };
         match event {
             Event::Task(Some(HttpTask::Body(data, body_end))) => {
@@ -206,6 +210,10 @@ pub async fn relay(
                     upstream: child.endpoint.clone(),
                     phase: TimeoutPhase::Idle,
                 });
+                break;
+            }
+            Event::DrainDeadline => {
+                failure = Some(SluiceError::ShuttingDown);
                 break;
             }
             Event::ClientGone => {
