@@ -108,8 +108,19 @@ struct Peek<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     max_output_tokens: Option<u64>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
+    /// Absent: `None`; `null`: `Some(None)` (treated as absent, but the member must be
+    /// replaced rather than a second one added).
+    #[serde(default, deserialize_with = "present")]
+    stream_options: Option<Option<StreamOptions>>,
+}
+
+/// Deserialize a member that is present (`null` included) as `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -143,6 +154,7 @@ pub fn inspect(api: Option<ApiKind>, body: Bytes) -> Result<(Inspected, Bytes), 
     let wants_usage = peek
         .stream_options
         .as_ref()
+        .and_then(|o| o.as_ref())
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let chat_like = matches!(api, Some(ApiKind::OpenAiChat | ApiKind::OpenAiCompletions));
@@ -251,6 +263,18 @@ mod tests {
         assert!(!i.injected_include_usage);
         assert_eq!(b, body.as_bytes());
         // Not streamed: stream_options would be a 400 upstream, never added.
+        // `null` is absent: replaced, never a second `stream_options` member.
+        let body = r#"{"model":"m","stream":true,"stream_options":null}"#;
+        let (i, b) = inspect(Some(ApiKind::OpenAiChat), Bytes::from(body)).unwrap();
+        assert!(i.injected_include_usage);
+        assert_eq!(
+            String::from_utf8_lossy(&b)
+                .matches("stream_options")
+                .count(),
+            1
+        );
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
         let (i, v) = run(ApiKind::OpenAiChat, r#"{"model":"m"}"#);
         assert!(!i.injected_include_usage);
         assert!(v.get("stream_options").is_none());
