@@ -233,7 +233,8 @@ pub enum Policy {
 }
 
 /// `pools[].breaker`: the circuit breaker of each endpoint of the pool. Failures are connect
-/// errors, timeouts and 500/502/503/504/529 answers.
+/// errors, timeouts, upstream resets and 500/502/503/504/529 answers; a client that leaves or
+/// sends garbage, and a request sluice refuses before sending, never count.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConf {
