@@ -115,9 +115,9 @@ impl SluiceError {
             SluiceError::NoRoute(_) => 404,
             SluiceError::UnknownVirtualKey | SluiceError::UnknownTenant => 401,
             SluiceError::BodyTooLarge(_) => 413,
-            SluiceError::BadJson(_)
-            | SluiceError::ClientGone
-            | SluiceError::BadRequestFraming => 400,
+            SluiceError::BadJson(_) | SluiceError::ClientGone | SluiceError::BadRequestFraming => {
+                400
+            }
             SluiceError::TenantMismatch | SluiceError::TenantHeaderNotAllowed => 403,
             SluiceError::NoUpstreamKey(_) | SluiceError::Internal => 500,
             SluiceError::UpstreamUnreachable(_)
@@ -416,9 +416,10 @@ mod tests {
         assert_eq!(a["error"]["type"], "request_too_large");
         assert_eq!(SluiceError::BadRequestFraming.status(), 400);
         assert_eq!(SluiceError::TenantMismatch.status(), 403);
-        let a: serde_json::Value =
-            serde_json::from_slice(&SluiceError::TenantHeaderNotAllowed.body(ErrorStyle::Anthropic))
-                .unwrap();
+        let a: serde_json::Value = serde_json::from_slice(
+            &SluiceError::TenantHeaderNotAllowed.body(ErrorStyle::Anthropic),
+        )
+        .unwrap();
         assert_eq!(a["error"]["type"], "permission_error");
         let upstream: Vec<_> = all.iter().filter(|e| e.is_upstream_fault()).collect();
         assert_eq!(upstream.len(), 4, "{upstream:?}");

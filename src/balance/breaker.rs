@@ -210,7 +210,10 @@ mod tests {
             b.record(Outcome::Neutral);
         }
         b.record(Outcome::Failure);
-        assert!(b.permits(), "neutral outcomes neither open nor reset the count");
+        assert!(
+            b.permits(),
+            "neutral outcomes neither open nor reset the count"
+        );
         b.record(Outcome::Neutral);
         b.record(Outcome::Failure);
         assert!(!b.permits(), "two consecutive upstream failures open it");
