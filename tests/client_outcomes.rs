@@ -68,16 +68,24 @@ async fn aborted_and_refused_requests_leave_breakers_closed_and_upstream_failure
         sock.write_all(b"GET /v1/models HTTP/1.1\r\nhost: sluice\r\n\r\n")
             .await
             .unwrap();
-        until("the upstream to get the request", || {
-            mock.requests().len() > i
-        })
+        until(
+            "the upstream to get the request (not skipped by an open breaker)",
+            || mock.requests().len() > i,
+        )
         .await;
         drop(sock);
     }
-    until("50 log lines of clients that left", || {
-        s.log().matches("client_disconnected=true").count() >= 50
+    // The breaker hears of a request in its log stage, just before its log line.
+    until("the 50 access log lines", || {
+        s.log().matches("request_id=").count() >= 50
     })
     .await;
+    assert_eq!(
+        s.log().matches("client_disconnected=true").count(),
+        50,
+        "each logged as a client that left"
+    );
+    assert_eq!(breaker(&s, "p").await, 0.0, "aborted clients do not count");
 
     // Fifty requests sluice refuses before sending: a model that cannot be an Azure
     // deployment in a URL.
@@ -92,7 +100,11 @@ async fn aborted_and_refused_requests_leave_breakers_closed_and_upstream_failure
             .unwrap();
         assert_ne!(resp.status(), 200);
     }
-    assert_eq!(mock.requests().len(), forwarded, "nothing was sent upstream");
+    assert_eq!(
+        mock.requests().len(),
+        forwarded,
+        "nothing was sent upstream"
+    );
     assert_eq!(breaker(&s, "p").await, 0.0, "p stays closed");
     assert_eq!(breaker(&s, "az").await, 0.0, "az stays closed");
 
@@ -176,10 +188,7 @@ async fn exchange(proxy: &str, request: &[u8]) -> (String, bool) {
 const BAD_CHUNK_SIZES: [&str; 3] = ["zz", "-1", "1234567890abcdef123456"];
 
 fn assert_framing_400(what: &str, response: &str, closed: bool) {
-    assert!(
-        response.starts_with("HTTP/1.1 400"),
-        "{what}: {response:?}"
-    );
+    assert!(response.starts_with("HTTP/1.1 400"), "{what}: {response:?}");
     let lower = response.to_ascii_lowercase();
     assert!(
         lower.contains("\r\nconnection: close\r\n"),
