@@ -225,6 +225,28 @@ async fn bad_chunked_framing_is_a_native_400_that_closes_the_connection() {
         let (resp, closed) = exchange(&proxy, req.as_bytes()).await;
         assert_framing_400(&format!("passthrough, size {size}"), &resp, closed);
     }
+    // A framing header Pingora cannot parse (RFC 9112 §6.3: an invalid or repeated, differing
+    // content-length) is refused by Pingora before any sluice stage runs: a bare 400, closed.
+    for cl in [
+        "content-length: abc",
+        "content-length: 5\r\ncontent-length: 6",
+    ] {
+        let req = format!("POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\n{cl}\r\n\r\n{{}}");
+        let (resp, closed) = exchange(&proxy, req.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{cl}: {resp:?}");
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n")
+                && closed,
+            "{cl}: {resp:?}"
+        );
+    }
+    assert!(
+        mock.requests()
+            .iter()
+            .all(|r| r.path != "/v1/chat/completions"),
+        "nothing reached the upstream"
+    );
     let labelled = s
         .wait_metric(
             "sluice_errors_total",
