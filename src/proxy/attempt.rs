@@ -519,3 +519,61 @@ pub fn client_error(e: &Error) -> SluiceError {
         SluiceError::ClientGone
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(etype: ErrorType, source: Option<ErrorSource>) -> Box<Error> {
+        let mut e = Error::explain(etype, "test");
+        match source {
+            Some(ErrorSource::Upstream) => e.as_up(),
+            Some(ErrorSource::Downstream) => e.as_down(),
+            Some(_) => e.as_in(),
+            None => {}
+        }
+        e
+    }
+
+    #[test]
+    fn errors_are_classified_by_who_caused_them() {
+        let c = |e: Box<Error>| classify(&e, "h:1", true);
+        let down = Some(ErrorSource::Downstream);
+        let up = Some(ErrorSource::Upstream);
+        assert!(matches!(
+            c(err(INVALID_CHUNK, down.clone())),
+            SluiceError::BadRequestFraming
+        ));
+        assert!(matches!(
+            c(err(ErrorType::ConnectionClosed, down.clone())),
+            SluiceError::ClientGone
+        ));
+        // A read error is the client's when it comes from downstream, the upstream's otherwise.
+        assert!(matches!(
+            c(err(ErrorType::ReadError, down)),
+            SluiceError::ClientGone
+        ));
+        assert!(matches!(
+            c(err(ErrorType::ReadError, up)),
+            SluiceError::UpstreamFailed(_)
+        ));
+        // Sluice's own refusals (a hook that failed before sending) are internal.
+        assert!(matches!(
+            c(err(ErrorType::InternalError, None)),
+            SluiceError::Internal
+        ));
+        assert!(matches!(
+            c(err(ErrorType::InternalError, Some(ErrorSource::Internal))),
+            SluiceError::Internal
+        ));
+        // Connect failures and timeouts are the upstream's even before Pingora tags them.
+        assert!(matches!(
+            c(err(ErrorType::ConnectNoRoute, None)),
+            SluiceError::UpstreamUnreachable(_)
+        ));
+        assert!(matches!(
+            c(err(ErrorType::ConnectTimedout, None)),
+            SluiceError::UpstreamTimeout { .. }
+        ));
+    }
+}
