@@ -97,6 +97,18 @@ pub enum SluiceError {
     /// A bug or resource problem inside sluice.
     #[error("internal error")]
     Internal,
+    /// The client's request body framing is invalid (RFC 9112 §7.1: a chunk size that is not
+    /// hex, too long, or a chunk not ended by CRLF; a bad trailer section): the rest of the
+    /// connection cannot be parsed, so it is answered and closed.
+    #[error("invalid request body framing")]
+    BadRequestFraming,
+    /// A known virtual key came with a tenant header naming another tenant.
+    #[error("the tenant header names another tenant than the API key's")]
+    TenantMismatch,
+    /// The tenant header names a tenant that may not be selected by header
+    /// (`tenants.list[].allow_header` is off): only its virtual keys reach it.
+    #[error("this tenant cannot be selected by header; send one of its API keys")]
+    TenantHeaderNotAllowed,
 }
 
 impl SluiceError {
@@ -106,7 +118,10 @@ impl SluiceError {
             SluiceError::NoRoute(_) => 404,
             SluiceError::UnknownVirtualKey | SluiceError::UnknownTenant => 401,
             SluiceError::BodyTooLarge(_) => 413,
-            SluiceError::BadJson(_) | SluiceError::ClientGone => 400,
+            SluiceError::BadJson(_) | SluiceError::ClientGone | SluiceError::BadRequestFraming => {
+                400
+            }
+            SluiceError::TenantMismatch | SluiceError::TenantHeaderNotAllowed => 403,
             SluiceError::NoUpstreamKey(_) | SluiceError::Internal => 500,
             SluiceError::UpstreamUnreachable(_)
             | SluiceError::UpstreamFailed(_)
@@ -142,6 +157,9 @@ impl SluiceError {
             SluiceError::NoUpstreamAvailable { .. } => "no_upstream_available",
             SluiceError::LimitStoreUnavailable => "limit_store_unavailable",
             SluiceError::ShuttingDown => "shutting_down",
+            SluiceError::BadRequestFraming => "bad_request_framing",
+            SluiceError::TenantMismatch => "tenant_mismatch",
+            SluiceError::TenantHeaderNotAllowed => "tenant_header_not_allowed",
         }
     }
 
@@ -208,12 +226,42 @@ impl SluiceError {
                 ("server_error", "api_error", "upstream_truncated")
             }
             SluiceError::ShuttingDown => ("server_error", "overloaded_error", "shutting_down"),
+            SluiceError::BadRequestFraming => (
+                "invalid_request_error",
+                "invalid_request_error",
+                "bad_request_framing",
+            ),
+            SluiceError::TenantMismatch => (
+                "invalid_request_error",
+                "permission_error",
+                "tenant_mismatch",
+            ),
+            SluiceError::TenantHeaderNotAllowed => (
+                "invalid_request_error",
+                "permission_error",
+                "tenant_header_not_allowed",
+            ),
         };
         let message = format!("sluice: {self}");
         match style {
             ErrorStyle::OpenAi => style.body(openai_type, Some(code), &message),
             ErrorStyle::Anthropic => style.body(anthropic_type, None, &message),
         }
+    }
+}
+
+impl SluiceError {
+    /// Whether the upstream caused this (connect failure, timeout, reset, invalid or cut
+    /// response): only these count against an endpoint's circuit breaker. Errors of the client
+    /// or of sluice itself never do.
+    pub fn is_upstream_fault(&self) -> bool {
+        matches!(
+            self,
+            SluiceError::UpstreamUnreachable(_)
+                | SluiceError::UpstreamTimeout { .. }
+                | SluiceError::UpstreamFailed(_)
+                | SluiceError::UpstreamTruncated(_)
+        )
     }
 }
 
@@ -352,6 +400,9 @@ mod tests {
                 retry_after: Some(Duration::from_secs(2)),
                 rate_limited: false,
             },
+            SluiceError::BadRequestFraming,
+            SluiceError::TenantMismatch,
+            SluiceError::TenantHeaderNotAllowed,
         ];
         let mut labels = std::collections::HashSet::new();
         for e in &all {
@@ -371,5 +422,14 @@ mod tests {
             serde_json::from_slice(&SluiceError::BodyTooLarge(1).body(ErrorStyle::Anthropic))
                 .unwrap();
         assert_eq!(a["error"]["type"], "request_too_large");
+        assert_eq!(SluiceError::BadRequestFraming.status(), 400);
+        assert_eq!(SluiceError::TenantMismatch.status(), 403);
+        let a: serde_json::Value = serde_json::from_slice(
+            &SluiceError::TenantHeaderNotAllowed.body(ErrorStyle::Anthropic),
+        )
+        .unwrap();
+        assert_eq!(a["error"]["type"], "permission_error");
+        let upstream: Vec<_> = all.iter().filter(|e| e.is_upstream_fault()).collect();
+        assert_eq!(upstream.len(), 4, "{upstream:?}");
     }
 }

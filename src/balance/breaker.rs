@@ -1,8 +1,13 @@
 //! The circuit breaker of one endpoint: failsafe's state machine (closed → open after N
 //! consecutive failures or a failure ratio over a window → half-open after `open_ms` → closed
 //! on a success), instrumented into `sluice_breaker_state`.
+//!
+//! Only the upstream's own behaviour feeds it ([`Outcome`]): a connect failure, a timeout, a
+//! reset or garbage from the upstream, or one of [`FAILURE_STATUSES`]. A client that leaves or
+//! sends garbage, and a request sluice refuses before sending, are neutral.
 
 use crate::config::schema::BreakerConf;
+use crate::error::SluiceError;
 use crate::metrics;
 use failsafe::backoff::{self, Constant};
 use failsafe::failure_policy::{
@@ -49,6 +54,46 @@ impl Instrument for Gauge {
     fn on_closed(&self) {
         tracing::info!(pool = %self.pool, endpoint = %self.endpoint, "circuit breaker closed");
         self.set(CLOSED);
+    }
+}
+
+/// Upstream statuses that count as an endpoint failure, for breakers, passive health (traffic
+/// streamed through) and active health checks alike: 500, 502, 503, 504 (RFC 9110 §15.6) and
+/// Anthropic's 529 `overloaded_error`.
+pub const FAILURE_STATUSES: [u16; 5] = [500, 502, 503, 504, 529];
+
+/// What one exchange with an endpoint says about the endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered with a status outside [`FAILURE_STATUSES`] (a 4xx is an answer:
+    /// the endpoint is up).
+    Success,
+    /// Upstream-caused: connect failure, timeout, reset or invalid response, or a status in
+    /// [`FAILURE_STATUSES`].
+    Failure,
+    /// Says nothing about the upstream: the client left or sent garbage, sluice refused the
+    /// request itself, or no upstream answer was seen.
+    Neutral,
+}
+
+impl Outcome {
+    /// The outcome of an upstream response with HTTP status `status` (0: no response seen,
+    /// neutral).
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            0 => Outcome::Neutral,
+            s if FAILURE_STATUSES.contains(&s) => Outcome::Failure,
+            _ => Outcome::Success,
+        }
+    }
+
+    /// The outcome of a request that ended with `err` instead of an upstream answer.
+    pub fn of_error(err: &SluiceError) -> Self {
+        if err.is_upstream_fault() {
+            Outcome::Failure
+        } else {
+            Outcome::Neutral
+        }
     }
 }
 
@@ -100,6 +145,15 @@ impl Breaker {
     pub fn failure(&self) {
         self.sm.on_error();
     }
+
+    /// Record `outcome` (a neutral one changes nothing).
+    pub fn record(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Success => self.success(),
+            Outcome::Failure => self.failure(),
+            Outcome::Neutral => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -125,5 +179,43 @@ mod tests {
         assert!(b.permits());
         b.failure();
         assert!(b.permits(), "closed again: one failure does not reopen");
+    }
+
+    #[test]
+    fn only_upstream_outcomes_count() {
+        assert_eq!(Outcome::of_status(0), Outcome::Neutral);
+        assert_eq!(Outcome::of_status(200), Outcome::Success);
+        assert_eq!(Outcome::of_status(404), Outcome::Success);
+        for s in FAILURE_STATUSES {
+            assert_eq!(Outcome::of_status(s), Outcome::Failure);
+        }
+        assert_eq!(
+            Outcome::of_error(&SluiceError::UpstreamUnreachable("h:1".into())),
+            Outcome::Failure
+        );
+        for neutral in [
+            SluiceError::ClientGone,
+            SluiceError::BadRequestFraming,
+            SluiceError::Internal,
+            SluiceError::UnknownTenant,
+        ] {
+            assert_eq!(Outcome::of_error(&neutral), Outcome::Neutral);
+        }
+        let conf = BreakerConf {
+            consecutive_failures: 2,
+            ..BreakerConf::default()
+        };
+        let b = Breaker::new(&conf, "p", "unit-test:2");
+        for _ in 0..50 {
+            b.record(Outcome::Neutral);
+        }
+        b.record(Outcome::Failure);
+        assert!(
+            b.permits(),
+            "neutral outcomes neither open nor reset the count"
+        );
+        b.record(Outcome::Neutral);
+        b.record(Outcome::Failure);
+        assert!(!b.permits(), "two consecutive upstream failures open it");
     }
 }

@@ -470,6 +470,15 @@ fn compile_tenants(file: &ConfigFile, secrets: Secrets, errs: &mut Errors) -> Te
         }
         let id: TenantId = Arc::from(tc.name.as_str());
         t.by_name.insert(tc.name.clone(), id.clone());
+        if tc.allow_header {
+            if conf.header.is_none() {
+                errs.push(
+                    format!("{path}.allow_header"),
+                    "needs tenants.header (the header that selects the tenant)",
+                );
+            }
+            t.by_header.insert(tc.name.clone(), id.clone());
+        }
         for (k, vk) in tc.virtual_keys.iter().enumerate() {
             let kp = format!("{path}.virtual_keys[{k}]");
             let digest = match (&vk.env, &vk.file, &vk.sha256) {
@@ -512,6 +521,16 @@ fn compile_tenants(file: &ConfigFile, secrets: Secrets, errs: &mut Errors) -> Te
         (None, false) => None,
     };
     if let Some(name) = default {
+        if conf
+            .list
+            .iter()
+            .any(|tc| tc.name == name && !tc.virtual_keys.is_empty())
+        {
+            errs.push(
+                "tenants.default",
+                format!("tenant {name:?} has virtual keys: only they may reach it"),
+            );
+        }
         let id = t
             .by_name
             .entry(name.clone())

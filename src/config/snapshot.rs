@@ -198,6 +198,8 @@ pub struct Tenants {
     pub by_key_sha256: HashMap<[u8; 32], TenantId>,
     /// Every configured tenant by name.
     pub by_name: HashMap<String, TenantId>,
+    /// Tenants the tenant header may select (`allow_header: true`), by name.
+    pub by_header: HashMap<String, TenantId>,
     /// Header naming the tenant.
     pub header: Option<HeaderName>,
     /// Tenant for unidentified requests.

@@ -9,13 +9,14 @@
 
 use super::ctx::{AttemptRecord, AttemptSpec, RequestCtx};
 use super::relay;
+use crate::balance::breaker::Outcome;
 use crate::balance::now_ms;
 use crate::config::{Pool, Timeouts};
 use crate::error::{SluiceError, TimeoutPhase};
 use crate::metrics;
 use bytes::Bytes;
 use pingora_core::protocols::http::HttpTask;
-use pingora_error::{Error, ErrorType};
+use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora_proxy::Session;
@@ -112,9 +113,6 @@ struct Held {
     endpoint: usize,
 }
 
-/// Statuses that count as an endpoint failure for its circuit breaker.
-const BREAKER_FAILURES: [u16; 5] = [500, 502, 503, 504, 529];
-
 /// Run the route's pools in order (each pool's endpoints in its policy's order) until one
 /// answers with a status that is not retryable; relay that answer to the client.
 ///
@@ -189,11 +187,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                         First::Header(header, end) => {
                             let status = header.status.as_u16();
                             let now = now_ms();
-                            if BREAKER_FAILURES.contains(&status) {
-                                ep.state.breaker.failure();
-                            } else {
-                                ep.state.breaker.success();
-                            }
+                            ep.state.breaker.record(Outcome::of_status(status));
                             let wait = retry_after_ms(&header);
                             match status {
                                 401 | 403 => {
@@ -255,7 +249,9 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                         }
                         First::Failed(err) => {
                             other_unavailable = true;
-                            ep.state.breaker.failure();
+                            // Only what the upstream did counts: an attempt sluice could not
+                            // even send (a rewrite it refused, an internal error) is neutral.
+                            ep.state.breaker.record(Outcome::of_error(&err));
                             record(ctx, pool, &ep.addr, 0, err.label());
                             let retry = match &err {
                                 SluiceError::UpstreamTimeout { .. } => rules.retry_on_timeout,
@@ -464,9 +460,17 @@ async fn first_response(
     }
 }
 
-/// Map a Pingora upstream error to sluice's error.
+/// Map a Pingora proxy error to sluice's error, by who caused it ([`Error::esource`]): the
+/// client ([`client_error`]), sluice itself ([`SluiceError::Internal`]: a hook refused or
+/// failed before anything was sent), or the upstream (connect failure, timeout, reset,
+/// invalid response). Connect and timeout types count as the upstream's whatever their source
+/// (an unresolvable endpoint name is reported before Pingora tags it).
 pub fn classify(e: &Error, endpoint: &str, before_header: bool) -> SluiceError {
     let upstream = endpoint.to_owned();
+    let source = e.esource();
+    if *source == ErrorSource::Downstream {
+        return client_error(e);
+    }
     match e.etype() {
         ErrorType::ConnectTimedout => SluiceError::UpstreamTimeout {
             upstream,
@@ -490,6 +494,86 @@ pub fn classify(e: &Error, endpoint: &str, before_header: bool) -> SluiceError {
         | ErrorType::HandshakeError
         | ErrorType::SocketError
         | ErrorType::BindError => SluiceError::UpstreamUnreachable(upstream),
-        _ => SluiceError::UpstreamFailed(upstream),
+        _ if *source == ErrorSource::Upstream => SluiceError::UpstreamFailed(upstream),
+        _ => SluiceError::Internal,
+    }
+}
+
+/// pingora-core's v1 body reader error types (not exported by pingora-core, matched by
+/// name): a chunk size that is not hex, overflows or is too long, a chunk not ended by CRLF
+/// (`InvalidChunk`), or a malformed trailer section (`InvalidTrailerEnd`).
+const INVALID_CHUNK: ErrorType = ErrorType::new("InvalidChunk");
+const INVALID_TRAILER_END: ErrorType = ErrorType::new("InvalidTrailerEnd");
+
+/// Map an error reading the client's request to sluice's error: invalid framing
+/// ([`SluiceError::BadRequestFraming`], answered with a 400 and `connection: close`) or a client
+/// that left or stalled ([`SluiceError::ClientGone`]: nobody to answer).
+pub fn client_error(e: &Error) -> SluiceError {
+    let etype = e.etype();
+    if *etype == INVALID_CHUNK
+        || *etype == INVALID_TRAILER_END
+        || *etype == ErrorType::InvalidHTTPHeader
+    {
+        SluiceError::BadRequestFraming
+    } else {
+        SluiceError::ClientGone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(etype: ErrorType, source: Option<ErrorSource>) -> Box<Error> {
+        let mut e = Error::explain(etype, "test");
+        match source {
+            Some(ErrorSource::Upstream) => e.as_up(),
+            Some(ErrorSource::Downstream) => e.as_down(),
+            Some(_) => e.as_in(),
+            None => {}
+        }
+        e
+    }
+
+    #[test]
+    fn errors_are_classified_by_who_caused_them() {
+        let c = |e: Box<Error>| classify(&e, "h:1", true);
+        let down = Some(ErrorSource::Downstream);
+        let up = Some(ErrorSource::Upstream);
+        assert!(matches!(
+            c(err(INVALID_CHUNK, down.clone())),
+            SluiceError::BadRequestFraming
+        ));
+        assert!(matches!(
+            c(err(ErrorType::ConnectionClosed, down.clone())),
+            SluiceError::ClientGone
+        ));
+        // A read error is the client's when it comes from downstream, the upstream's otherwise.
+        assert!(matches!(
+            c(err(ErrorType::ReadError, down)),
+            SluiceError::ClientGone
+        ));
+        assert!(matches!(
+            c(err(ErrorType::ReadError, up)),
+            SluiceError::UpstreamFailed(_)
+        ));
+        // Sluice's own refusals (a hook that failed before sending) are internal.
+        assert!(matches!(
+            c(err(ErrorType::InternalError, None)),
+            SluiceError::Internal
+        ));
+        assert!(matches!(
+            c(err(ErrorType::InternalError, Some(ErrorSource::Internal))),
+            SluiceError::Internal
+        ));
+        // Connect failures and timeouts are the upstream's even before Pingora tags them.
+        assert!(matches!(
+            c(err(ErrorType::ConnectNoRoute, None)),
+            SluiceError::UpstreamUnreachable(_)
+        ));
+        assert!(matches!(
+            c(err(ErrorType::ConnectTimedout, None)),
+            SluiceError::UpstreamTimeout { .. }
+        ));
     }
 }

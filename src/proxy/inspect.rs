@@ -39,7 +39,8 @@ pub fn should_inspect(req: &RequestHeader, snapshot: &Snapshot) -> bool {
 ///
 /// Answers `Expect: 100-continue` first. A declared `content-length` over the cap, or a body
 /// that grows past it, is [`SluiceError::BodyTooLarge`]; the rest of the body is then drained
-/// (up to 256 MiB) so the client reads the 413 instead of a reset.
+/// (up to 256 MiB) so the client reads the 413 instead of a reset. Invalid chunked framing is
+/// [`SluiceError::BadRequestFraming`], a client that left [`SluiceError::ClientGone`].
 pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, SluiceError> {
     let expects_continue = session
         .req_header()
@@ -80,7 +81,12 @@ pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, Sluic
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(buf.freeze()),
-            Err(_) => return Err(SluiceError::ClientGone),
+            Err(e) => {
+                // The body's framing is lost either way: the connection cannot carry another
+                // request (`connection: close` on the answer, if any).
+                session.set_keepalive(None);
+                return Err(super::attempt::client_error(&e));
+            }
         }
     }
 }
