@@ -162,14 +162,11 @@ impl Registry {
         }
     }
 
-    /// Endpoints and keys with live state (for tests and debugging).
-    pub fn live(&self) -> (usize, usize) {
-        let e = lock(&self.endpoints);
-        let k = lock(&self.keys);
-        (
-            e.values().filter(|w| w.strong_count() > 0).count(),
-            k.values().filter(|w| w.strong_count() > 0).count(),
-        )
+    /// Entries held: (endpoints, keys), after forgetting keys no snapshot holds any more.
+    pub fn entries(&self) -> (usize, usize) {
+        let mut keys = lock(&self.keys);
+        keys.retain(|_, w| w.strong_count() > 0);
+        (lock(&self.endpoints).len(), keys.len())
     }
 }
 
