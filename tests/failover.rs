@@ -449,6 +449,46 @@ async fn ten_concurrent_calls_against_a_half_open_breaker_send_one_probe() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_fallback_the_callers_behind_a_half_open_probe_get_a_native_503_at_once() {
+    let a = Mock::start().await;
+    a.set(Behavior::Status(503, None));
+    let cfg = format!(
+        "pools:\n  - name: only\n    provider: openai\n    endpoints: [{{url: \"{}\", keys: [{{env: KEY_A}}]}}]\n    timeouts: {{connect_ms: 500, ttfb_ms: 3000, idle_ms: 2000}}\n    breaker: {{consecutive_failures: 1, open_ms: 300}}\nroutes:\n  - {{name: main, match: {{path_prefix: /v1}}, pools: [only]}}\n",
+        a.url()
+    );
+    let s = Sluice::start(&cfg, &KEYS);
+    assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 503);
+    a.set(Behavior::Stall);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reqs = a.requests().len();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let req = chat(&s, false, 2);
+            tokio::spawn(async move {
+                let t0 = std::time::Instant::now();
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                let v: serde_json::Value = resp.json().await.unwrap();
+                (status, v["error"]["code"].clone(), t0.elapsed())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for c in calls {
+        results.push(c.await.unwrap());
+    }
+    results.sort_by_key(|r| r.2);
+    assert_eq!(a.requests().len(), reqs + 1, "exactly one probe reached it");
+    for (status, code, took) in &results[..9] {
+        assert_eq!(*status, 503, "{results:?}");
+        assert_eq!(code, "no_upstream_available");
+        assert!(*took < Duration::from_millis(1_500), "{results:?}");
+    }
+    let (status, code, _) = &results[9];
+    assert_eq!((*status, code.as_str()), (504, Some("upstream_timeout")));
+}
+
 #[tokio::test]
 async fn a_breaker_open_before_a_reload_is_still_open_after_it() {
     let (a, b) = (Mock::start().await, Mock::start().await);
