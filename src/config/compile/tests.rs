@@ -99,7 +99,7 @@ fn endpoint_health_survives_a_recompile_and_follows_key_values() {
     std::fs::write(&k2, "sk-two").unwrap();
     let yaml = |extra: &str| {
         format!(
-            "pools:\n  - name: oa\n    provider: openai\n    breaker: {{consecutive_failures: 1, open_ms: 600000}}\n    endpoints:\n      - url: http://127.0.0.1:9/\n        keys: [{{file: {}}}, {{file: {}}}]\n{extra}",
+            "pools:\n  - name: kept\n    provider: openai\n    breaker: {{consecutive_failures: 1, open_ms: 600000}}\n    endpoints:\n      - url: http://127.0.0.1:9/\n        keys: [{{file: {}}}, {{file: {}}}]\n{extra}",
             k1.display(),
             k2.display()
         )
@@ -108,7 +108,7 @@ fn endpoint_health_survives_a_recompile_and_follows_key_values() {
     let build = |text: &str| compile_with(&parse(text).unwrap(), Secrets::Load, &registry).unwrap();
     let first = build(&yaml(gone));
     assert_eq!(registry.entries(), (2, 3));
-    let ep = &first.pools["oa"].endpoints[0];
+    let ep = &first.pools["kept"].endpoints[0];
     ep.state.breaker.failure();
     ep.state.keys.disable(0);
     let until = now_ms() + 600_000;
@@ -116,8 +116,8 @@ fn endpoint_health_survives_a_recompile_and_follows_key_values() {
 
     // A reload that drops pool "gone" and adds a route.
     let second =
-        build(&(yaml("") + "routes:\n  - {name: r, match: {path_prefix: /v1}, pools: [oa]}\n"));
-    let ep = &second.pools["oa"].endpoints[0];
+        build(&(yaml("") + "routes:\n  - {name: r, match: {path_prefix: /v1}, pools: [kept]}\n"));
+    let ep = &second.pools["kept"].endpoints[0];
     assert!(ep.state.breaker.admit().is_err(), "still open");
     let now = now_ms();
     assert_eq!(
@@ -126,7 +126,24 @@ fn endpoint_health_survives_a_recompile_and_follows_key_values() {
         "key 0 disabled, key 1 cooling for m"
     );
     assert_eq!(ep.state.keys.pick(now, Some("n")), Ok(1));
+    let exported = |pool: &str| {
+        prometheus::gather()
+            .iter()
+            .filter(|f| f.name() == "sluice_breaker_state")
+            .flat_map(|f| f.get_metric())
+            .any(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "pool" && l.value() == pool)
+            })
+    };
+    assert!(exported("gone"));
     drop(first);
+    assert!(
+        !exported("gone"),
+        "a removed endpoint's breaker is no longer exported"
+    );
+    assert!(exported("kept"));
     assert_eq!(
         registry.entries(),
         (1, 2),
@@ -136,7 +153,7 @@ fn endpoint_health_survives_a_recompile_and_follows_key_values() {
     // Key 0 rotated: a new value starts fresh; the breaker is the endpoint's, kept.
     std::fs::write(&k1, "sk-one-rotated").unwrap();
     let third = build(&yaml(""));
-    let ep = &third.pools["oa"].endpoints[0];
+    let ep = &third.pools["kept"].endpoints[0];
     assert_eq!(ep.state.keys.pick(now, Some("m")), Ok(0));
     assert!(ep.state.breaker.admit().is_err());
     drop(second);
