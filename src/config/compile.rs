@@ -7,7 +7,7 @@ use super::schema::{EndpointConf, PoolConf, ProviderKind, StoreKind};
 use super::snapshot::{Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
 use super::snapshot::{Failover, HealthCheck};
 use super::{ConfigError, ConfigErrors, Secret};
-use crate::balance::EndpointState;
+use crate::balance::{registry, EndpointId, Registry};
 use globset::Glob;
 use http::{HeaderName, Uri};
 use sha2::{Digest, Sha256};
@@ -26,7 +26,19 @@ pub enum Secrets {
 }
 
 /// Validate and compile. Errors: every problem found, in document order, path-qualified.
+///
+/// Endpoint health (breakers, cooldowns, disabled keys) comes from the process's
+/// [`Registry`]: endpoints and keys unchanged since the config in force keep theirs.
 pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigErrors> {
+    compile_with(file, secrets, registry())
+}
+
+/// [`compile`] with endpoint health from `registry`.
+pub(crate) fn compile_with(
+    file: &ConfigFile,
+    secrets: Secrets,
+    registry: &Arc<Registry>,
+) -> Result<Snapshot, ConfigErrors> {
     let mut errs = Errors::default();
 
     let proxy: Option<SocketAddr> = errs.addr("listeners.proxy", &file.listeners.proxy);
@@ -55,7 +67,7 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
                 format!("duplicate pool name {:?}", p.name),
             );
         }
-        if let Some(pool) = compile_pool(&path, p, secrets, &mut errs) {
+        if let Some(pool) = compile_pool(&path, p, secrets, registry, &mut errs) {
             pools.insert(p.name.clone(), Arc::new(pool));
         }
     }
@@ -199,6 +211,12 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
     let (Some(proxy), Some(admin)) = (proxy, admin) else {
         return Err(ConfigErrors::one("listeners", "invalid address"));
     };
+    // Valid: breakers shared with the config in force take this one's settings.
+    for p in &file.pools {
+        for ep in pools.get(&p.name).iter().flat_map(|pool| &pool.endpoints) {
+            ep.state.breaker.configure(&p.breaker);
+        }
+    }
     Ok(Snapshot {
         proxy_addr: proxy.to_string(),
         admin_addr: admin.to_string(),
@@ -264,7 +282,13 @@ impl Errors {
     }
 }
 
-fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -> Option<Pool> {
+fn compile_pool(
+    path: &str,
+    p: &PoolConf,
+    secrets: Secrets,
+    registry: &Arc<Registry>,
+    errs: &mut Errors,
+) -> Option<Pool> {
     let before = errs.0.len();
     if p.endpoints.is_empty() {
         errs.push(
@@ -290,7 +314,8 @@ fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -
     }
     let mut endpoints = Vec::new();
     for (j, e) in p.endpoints.iter().enumerate() {
-        if let Some(ep) = compile_endpoint(p, &format!("{path}.endpoints[{j}]"), e, secrets, errs) {
+        let ep_path = format!("{path}.endpoints[{j}]");
+        if let Some(ep) = compile_endpoint(p, &ep_path, e, secrets, registry, errs) {
             endpoints.push(ep);
         }
     }
@@ -303,6 +328,12 @@ fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -
     }
     if b.failure_ratio.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
         errs.push(format!("{path}.breaker.failure_ratio"), "must be in (0, 1]");
+    }
+    if p.max_cooldown_models_per_key == 0 {
+        errs.push(
+            format!("{path}.max_cooldown_models_per_key"),
+            "must be at least 1",
+        );
     }
     if b.open_ms == 0 || b.window_ms == 0 {
         errs.push(
@@ -351,6 +382,7 @@ fn compile_endpoint(
     path: &str,
     e: &EndpointConf,
     secrets: Secrets,
+    registry: &Arc<Registry>,
     errs: &mut Errors,
 ) -> Option<Endpoint> {
     let url_path = format!("{path}.url");
@@ -418,7 +450,18 @@ fn compile_endpoint(
     if e.weight == 0 {
         errs.push(format!("{path}.weight"), "must be at least 1");
     }
-    let state = EndpointState::new(&pool.breaker, &pool.name, &addr, keys.len());
+    let id = EndpointId {
+        pool: pool.name.clone(),
+        url: e.url.trim_end_matches('/').to_owned(),
+    };
+    let values: Vec<&str> = keys.iter().map(Secret::expose).collect();
+    let state = registry.endpoint(
+        &id,
+        &addr,
+        &pool.breaker,
+        &values,
+        pool.max_cooldown_models_per_key,
+    );
     Some(Endpoint {
         weight: e.weight,
         state,

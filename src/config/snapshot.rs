@@ -44,7 +44,9 @@ pub struct Endpoint {
     pub keys: Vec<Secret>,
     /// Weight for the `weighted` policy.
     pub weight: u32,
-    /// Breaker, key rotation, in-flight count, cooldown.
+    /// Breaker, key rotation, in-flight count, cooldown: shared with every other snapshot that
+    /// has this endpoint (same pool name and URL; keys by value), see
+    /// [`crate::balance::Registry`].
     pub state: EndpointState,
 }
 

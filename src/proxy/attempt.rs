@@ -10,6 +10,7 @@
 use super::ctx::{AttemptRecord, AttemptSpec, RequestCtx};
 use super::relay;
 use crate::balance::breaker::Outcome;
+use crate::balance::breaker::Pass;
 use crate::balance::now_ms;
 use crate::config::{Pool, Timeouts};
 use crate::error::{SluiceError, TimeoutPhase};
@@ -153,7 +154,8 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
             };
             for ep_idx in pool.order() {
                 let ep = &pool.endpoints[ep_idx];
-                let mut key = match usable(pool, ep_idx, &mut earliest) {
+                // `_pass` holds a half-open breaker's probe slot until this endpoint is done.
+                let (mut key, _pass) = match usable(pool, ep_idx, model.as_deref(), &mut earliest) {
                     Ok(k) => k,
                     Err(keys_cooling) => {
                         rate_limited |= keys_cooling;
@@ -199,7 +201,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                                             "unauthorized",
                                         ])
                                         .inc();
-                                    if let Ok(next) = ep.state.keys.pick(now) {
+                                    if let Ok(next) = ep.state.keys.pick(now, model.as_deref()) {
                                         // Another key of the same endpoint may work.
                                         record(ctx, pool, &ep.addr, status, "key_disabled");
                                         key = next;
@@ -209,7 +211,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                                 429 => {
                                     rate_limited = true;
                                     let until = now + wait.unwrap_or(1_000);
-                                    ep.state.keys.cool_down(key, until);
+                                    ep.state.keys.cool_down(key, model.as_deref(), until);
                                     earliest = Some(earliest.map_or(until, |e| e.min(until)));
                                     metrics::KEY_COOLDOWNS
                                         .with_label_values(&[
@@ -302,10 +304,17 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
     })
 }
 
-/// A usable key of endpoint `idx` if the endpoint may be tried now (not cooling down, breaker
-/// not open); records why not otherwise and updates the earliest cooldown. `Err(true)`: its
+/// A usable key of endpoint `idx` for a request for `model` (as the pool's upstream knows it;
+/// `None` when the request names none) if the endpoint may be tried now (not cooling down,
+/// breaker admitting the call), with the breaker's pass to hold until the attempt's outcome is
+/// recorded; records why not otherwise and updates the earliest cooldown. `Err(true)`: its
 /// keys are all cooling down after 429s; `Err(false)`: unavailable for another reason.
-pub(super) fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Result<usize, bool> {
+pub(super) fn usable(
+    pool: &Pool,
+    idx: usize,
+    model: Option<&str>,
+    earliest: &mut Option<u64>,
+) -> Result<(usize, Pass), bool> {
     let ep = &pool.endpoints[idx];
     let now = now_ms();
     let until = ep.state.cooldown_until_ms.load(Ordering::Acquire);
@@ -316,11 +325,18 @@ pub(super) fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Res
             .inc();
         return Err(false);
     }
-    if !ep.state.breaker.permits() {
-        return Err(false);
-    }
-    match ep.state.keys.pick(now) {
-        Ok(k) => Ok(k),
+    let pass = match ep.state.breaker.admit() {
+        Ok(pass) => pass,
+        Err(skip) => {
+            metrics::ENDPOINT_SKIPS
+                .with_label_values(&[&*pool.name, ep.addr.as_str(), skip.label()])
+                .inc();
+            return Err(false);
+        }
+    };
+    // Without a usable key the pass (and a probe slot it holds) is dropped unused.
+    match ep.state.keys.pick(now, model) {
+        Ok(k) => Ok((k, pass)),
         Err(until) => {
             if let Some(u) = until {
                 *earliest = Some(earliest.map_or(u, |e| e.min(u)));

@@ -51,13 +51,14 @@ pub async fn handle(
         .and_then(|i| snapshot.routes.get(i))
         .ok_or(SluiceError::Internal)?;
     // A streamed-through body cannot be replayed: one attempt, on the first usable endpoint.
-    let (pool, ep, key) = route
+    let (pool, ep, (key, pass)) = route
         .pools
         .iter()
         .find_map(|p| {
             p.order().into_iter().find_map(|i| {
-                // The same checks as an inspected request's attempts (cooldown, breaker, key).
-                let key = attempt::usable(p, i, &mut None).ok()?;
+                // The same checks as an inspected request's attempts (cooldown, breaker, key);
+                // no model: only model-independent key state applies.
+                let key = attempt::usable(p, i, None, &mut None).ok()?;
                 Some((p.clone(), i, key))
             })
         })
@@ -69,6 +70,7 @@ pub async fn handle(
     ctx.pool = Some(pool);
     ctx.endpoint = ep;
     ctx.key = key;
+    ctx.breaker_pass = Some(pass);
     ctx.phase = Phase::Passthrough;
     Ok(Flow::Passthrough)
 }

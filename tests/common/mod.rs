@@ -61,6 +61,8 @@ pub enum Behavior {
     CutAfterThree,
     /// 401 when the request's `authorization` contains this key.
     RejectKey(String),
+    /// `Status(status, retry_after)` for requests whose body names this model, else normal.
+    StatusForModel(String, u16, Option<u32>),
 }
 
 impl Mock {
@@ -157,7 +159,15 @@ impl Mock {
 
     /// Answer `rec`; returns whether the connection stays open.
     async fn respond(&self, sock: &mut TcpStream, rec: &Recorded) -> std::io::Result<bool> {
-        let behavior = self.behavior.lock().unwrap().clone();
+        let mut behavior = self.behavior.lock().unwrap().clone();
+        if let Behavior::StatusForModel(model, status, retry_after) = &behavior {
+            let json: serde_json::Value = serde_json::from_slice(&rec.body).unwrap_or_default();
+            behavior = if json["model"].as_str() == Some(model.as_str()) {
+                Behavior::Status(*status, *retry_after)
+            } else {
+                Behavior::Normal
+            };
+        }
         match behavior {
             Behavior::Normal => {}
             Behavior::Status(status, retry_after) => {
@@ -179,7 +189,7 @@ impl Mock {
                 write_json(sock, 401, body).await?;
                 return Ok(true);
             }
-            Behavior::RejectKey(_) => {}
+            Behavior::RejectKey(_) | Behavior::StatusForModel(..) => {}
             Behavior::Stall => {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 return Ok(false);
@@ -373,6 +383,23 @@ impl Sluice {
         };
         s.wait_ready();
         s
+    }
+
+    /// Replace the config file with `body` (YAML without `listeners`, which stay) and wait
+    /// (bounded) until sluice reports one more successful reload.
+    pub async fn reload(&self, body: &str) {
+        let name = "sluice_config_reload_total";
+        let before = self.metric(name, &[("result", "success")]).await;
+        let listeners = Self::listeners_yaml(
+            self.proxy.trim_start_matches("http://"),
+            self.admin.trim_start_matches("http://"),
+        );
+        std::fs::write(self.dir.join("sluice.yaml"), format!("{listeners}{body}")).unwrap();
+        self.signal("HUP");
+        let after = self
+            .wait_metric(name, &[("result", "success")], |v| v > before)
+            .await;
+        assert!(after > before, "config not reloaded:\n{}", self.log());
     }
 
     /// Send `signal` (e.g. "HUP", "TERM") to sluice.

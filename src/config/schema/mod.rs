@@ -241,7 +241,7 @@ pub struct BreakerConf {
     /// Opens after this many consecutive failures. Default 5.
     #[serde(default = "default_failures")]
     pub consecutive_failures: u32,
-    /// Also opens when the failure ratio over `window_ms` exceeds this (0..1), once
+    /// Also opens when the failure ratio over `window_ms` reaches this (0..1], once
     /// `min_requests` were seen. Default: off.
     #[serde(default)]
     pub failure_ratio: Option<f64>,
@@ -332,6 +332,14 @@ pub struct PoolConf {
     /// Optional active health check.
     #[serde(default)]
     pub health_check: Option<HealthCheckConf>,
+    /// Most models a key holds a 429 cooldown for at once (expired ones are dropped first,
+    /// then the one ending soonest). Default 64.
+    #[serde(default = "default_max_cooldown_models_per_key")]
+    pub max_cooldown_models_per_key: usize,
+}
+
+fn default_max_cooldown_models_per_key() -> usize {
+    64
 }
 
 /// A header a route requires: `name` equal to `value` (exact).
