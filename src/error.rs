@@ -94,6 +94,14 @@ pub enum SluiceError {
     /// A bug or resource problem inside sluice.
     #[error("internal error")]
     Internal,
+    /// The request path cannot be normalized (a `..` above the root, an encoded slash next to
+    /// a dot-segment, control bytes...: see `proxy::path`); the reason is a fixed string.
+    #[error("invalid request path: {0}")]
+    InvalidPath(&'static str),
+    /// The body's model (after the pool's `model_map`) cannot be placed in the upstream URL
+    /// of pool `.0` (Azure OpenAI deployment names: letters, digits, `-`, `_`, `.`).
+    #[error("model is not a valid deployment name for pool {0} (allowed: letters, digits, '-', '_', '.'; at most 64)")]
+    InvalidModel(String),
 }
 
 impl SluiceError {
@@ -103,7 +111,10 @@ impl SluiceError {
             SluiceError::NoRoute(_) => 404,
             SluiceError::UnknownVirtualKey | SluiceError::UnknownTenant => 401,
             SluiceError::BodyTooLarge(_) => 413,
-            SluiceError::BadJson(_) | SluiceError::ClientGone => 400,
+            SluiceError::BadJson(_)
+            | SluiceError::ClientGone
+            | SluiceError::InvalidPath(_)
+            | SluiceError::InvalidModel(_) => 400,
             SluiceError::NoUpstreamKey(_) | SluiceError::Internal => 500,
             SluiceError::UpstreamUnreachable(_)
             | SluiceError::UpstreamFailed(_)
@@ -136,6 +147,8 @@ impl SluiceError {
             SluiceError::BudgetExceeded(_) => "budget_exceeded",
             SluiceError::NoUpstreamAvailable { .. } => "no_upstream_available",
             SluiceError::LimitStoreUnavailable => "limit_store_unavailable",
+            SluiceError::InvalidPath(_) => "invalid_path",
+            SluiceError::InvalidModel(_) => "invalid_model",
         }
     }
 
@@ -201,6 +214,16 @@ impl SluiceError {
             SluiceError::UpstreamTruncated(_) => {
                 ("server_error", "api_error", "upstream_truncated")
             }
+            SluiceError::InvalidPath(_) => (
+                "invalid_request_error",
+                "invalid_request_error",
+                "invalid_path",
+            ),
+            SluiceError::InvalidModel(_) => (
+                "invalid_request_error",
+                "invalid_request_error",
+                "invalid_model",
+            ),
         };
         let message = format!("sluice: {self}");
         match style {
@@ -344,6 +367,8 @@ mod tests {
                 retry_after: Some(Duration::from_secs(2)),
                 rate_limited: false,
             },
+            SluiceError::InvalidPath("x"),
+            SluiceError::InvalidModel("p".into()),
         ];
         let mut labels = std::collections::HashSet::new();
         for e in &all {
@@ -363,5 +388,14 @@ mod tests {
             serde_json::from_slice(&SluiceError::BodyTooLarge(1).body(ErrorStyle::Anthropic))
                 .unwrap();
         assert_eq!(a["error"]["type"], "request_too_large");
+        for e in [
+            SluiceError::InvalidPath("x"),
+            SluiceError::InvalidModel("p".into()),
+        ] {
+            assert_eq!(e.status(), 400);
+            let o: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::OpenAi)).unwrap();
+            assert_eq!(o["error"]["type"], "invalid_request_error");
+            assert_eq!(o["error"]["code"], e.label());
+        }
     }
 }
