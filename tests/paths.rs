@@ -11,7 +11,8 @@ use common::{raw_http, Mock, RawResponse, Sluice};
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 
 /// `chat` (mock a) serves `/v2/chat/completions`, `/v1` and `/anthropic`; `files` (mock b)
-/// serves `/v2/files`; `az` (mock c, Azure OpenAI) serves `/v1` requests with `x-pool: azure`.
+/// serves `/v2/files`; `az` (mock c, Azure OpenAI) serves `/v1` requests with `x-pool: azure`,
+/// and is the first pool (before `chat`) for `x-pool: mixed`.
 fn config(a: &Mock, b: &Mock, c: &Mock) -> String {
     format!(
         r#"pools:
@@ -30,6 +31,7 @@ fn config(a: &Mock, b: &Mock, c: &Mock) -> String {
     endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
 routes:
   - {{name: azure, match: {{path_prefix: /v1, header: {{name: x-pool, value: azure}}}}, pools: [az]}}
+  - {{name: mixed, match: {{path_prefix: /v1, header: {{name: x-pool, value: mixed}}}}, pools: [az, chat]}}
   - {{name: chat, match: {{path_prefix: /v2/chat/completions}}, pools: [chat]}}
   - {{name: files, match: {{path_prefix: /v2/files}}, pools: [files]}}
   - {{name: anthropic, match: {{path_prefix: /anthropic}}, pools: [anth]}}
@@ -217,7 +219,7 @@ async fn ordinary_paths_and_queries_go_upstream_byte_for_byte() {
 
 #[tokio::test]
 async fn azure_model_names_that_would_change_the_url_are_refused_before_any_connection() {
-    let (_a, _b, c, s) = setup().await;
+    let (a, _b, c, s) = setup().await;
     for model in [
         "x/../../files?a=",
         "a#b",
@@ -250,7 +252,22 @@ async fn azure_model_names_that_would_change_the_url_are_refused_before_any_conn
     assert!(c.requests().is_empty(), "{:?}", paths(&c));
     assert_eq!(c.connections(), 0);
 
-    // A valid deployment name goes where Azure expects it, api-version intact.
+    // A pool that cannot carry the model is skipped, not failed: the next pool serves it.
+    let body = r#"{"model":"org/model","messages":[{"role":"user","content":"hi"}]}"#;
+    let r = send(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        "x-pool: mixed\r\n",
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(paths(&a), vec!["/v1/chat/completions"]);
+    assert_eq!(a.requests()[0].json()["model"], "org/model");
+    assert_eq!(c.connections(), 0);
+
+    // A valid deployment name (the refusals above opened no breaker) goes where Azure expects it, api-version intact.
     let body = r#"{"model":"gpt-4o.mini_v2","messages":[{"role":"user","content":"hi"}]}"#;
     let r = send(
         &s,
