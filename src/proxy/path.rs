@@ -174,6 +174,11 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(PathError::NotOriginForm);
     };
+    // The common case (`/v1/chat/completions`) is decided by one scan, without allocating.
+    let plain = |b: &u8| matches!(b, 0x21..=0x7e) && !matches!(b, b'.' | b'%' | b'\\');
+    if rest.bytes().all(|b| plain(&b)) && !path.contains("//") {
+        return Ok(Cow::Borrowed(path));
+    }
     let mut kept: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
     let mut segments = rest.split('/').peekable();
