@@ -140,6 +140,24 @@ async fn inspected_attempts_send_the_normalized_path_upstream() {
     assert_eq!(got[0].path, "/v1/chat/completions");
     assert_eq!(got[0].json()["model"], "gpt-4o");
     assert!(b.requests().is_empty());
+
+    // Encoded unreserved characters cannot hide an API from inspection and accounting.
+    let exact = [("source", "exact"), ("model", "gpt-4o")];
+    let before = s
+        .wait_metric("sluice_tokens_total", &exact, |v| v > 0.0)
+        .await;
+    assert!(before > 0.0);
+    let r = send(&s, "POST", "/v1/%63hat/%63ompletions", "", CHAT).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(a.requests()[1].path, "/v1/chat/completions");
+    let after = s
+        .wait_metric("sluice_tokens_total", &exact, |v| v > before)
+        .await;
+    assert_eq!(
+        after,
+        2.0 * before,
+        "the second call's usage is counted the same way"
+    );
 }
 
 #[tokio::test]

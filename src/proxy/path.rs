@@ -7,6 +7,10 @@
 //!   encoded unreserved characters are equivalent to the characters, RFC 3986 section
 //!   6.2.2.2). A `..` that would climb above the root is refused, not clamped: no client of
 //!   an LLM API sends one, and clamping would hide an attack as a valid request;
+//! - for the same reason every percent-encoded unreserved character (letters, digits, `-`,
+//!   `.`, `_`, `~`) is decoded, so `/v1/%63hat/completions` is routed, accounted and sent as
+//!   the `/v1/chat/completions` the upstream will read it as; reserved ones (`%2F`, `%3F`...)
+//!   stay encoded;
 //! - empty segments are merged (`//v1//models` is `/v1/models`), like nginx's default
 //!   `merge_slashes on`: many upstream servers merge them too, and a path routed one way must
 //!   not be read another way upstream;
@@ -132,6 +136,44 @@ fn is_dots(s: &[u8]) -> bool {
     s == b"." || s == b".."
 }
 
+/// Whether `b` is an RFC 3986 section 2.3 unreserved character.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// `seg` with its percent-encoded unreserved characters decoded (RFC 3986 section 6.2.2.2);
+/// other escapes kept as sent. Borrowed when there is nothing to decode.
+fn decode_unreserved(seg: &str) -> Cow<'_, str> {
+    if !seg.contains('%') {
+        return Cow::Borrowed(seg);
+    }
+    let b = seg.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let escaped = match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => Some(h * 16 + l),
+            _ => None,
+        };
+        match escaped {
+            Some(v) if is_unreserved(v) => {
+                out.push(char::from(v));
+                i += 3;
+            }
+            _ => {
+                // Checked printable ASCII: one byte is one char.
+                out.push(char::from(b[i]));
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// What one (non-empty) segment is, once checked.
 #[derive(Debug, PartialEq, Eq)]
 enum Segment {
@@ -179,7 +221,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if rest.bytes().all(|b| plain(&b)) && !path.contains("//") {
         return Ok(Cow::Borrowed(path));
     }
-    let mut kept: Vec<&str> = Vec::new();
+    let mut kept: Vec<Cow<'_, str>> = Vec::new();
     let mut trailing_slash = false;
     let mut segments = rest.split('/').peekable();
     while let Some(seg) = segments.next() {
@@ -197,7 +239,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 trailing_slash = last;
             }
             Segment::Name => {
-                kept.push(seg);
+                kept.push(decode_unreserved(seg));
                 trailing_slash = false;
             }
         }

@@ -16,7 +16,7 @@ fn ordinary_paths_are_borrowed_unchanged() {
         "/v1/models/meta-llama%2FLlama-3-8B",
         "/v1/files/file-abc.jsonl",
         "/v1/a..b/.c/d.",
-        "/v1/%41%2e%2e%2E",
+        "/v1/a%2Fb%3Fc%25%2f%20",
     ] {
         assert!(
             matches!(normalize(p), Ok(Cow::Borrowed(s)) if s == p),
@@ -50,6 +50,19 @@ fn percent_encoded_dots_count_as_dots() {
     ] {
         assert_eq!(norm(p).unwrap(), "/v2/files", "{p}");
     }
+}
+
+#[test]
+fn encoded_unreserved_characters_are_decoded() {
+    assert_eq!(
+        norm("/v1/%63hat/%43OMPLETIONS%7e%2D%5f%2e%41").unwrap(),
+        "/v1/chat/COMPLETIONS~-_.A"
+    );
+    // Reserved characters stay encoded, as sent.
+    assert_eq!(
+        norm("/v1/%6dodels/a%2fb%3A").unwrap(),
+        "/v1/models/a%2fb%3A"
+    );
 }
 
 #[test]
