@@ -32,6 +32,7 @@ pub async fn handle(
     // Everything below (route, API kind, inspection, the upstream) reads the normalized path.
     path::normalize_request(session.req_header_mut())?;
     let req = session.req_header();
+    ctx.style = ErrorStyle::guess(req);
     ctx.tenant = Some(identify::tenant(req, &snapshot.tenants)?);
     let path = req.uri.path().to_owned();
     ctx.api = ApiKind::from_path(&path);
