@@ -20,9 +20,9 @@
 //! - a raw backslash (the WHATWG URL Standard and several servers read it as `/`);
 //! - a percent-encoded `/` or `\` (`%2F`, `%5C`) that delimits a `.` or `..` (an upstream
 //!   that decodes it before removing dot-segments would climb); other encoded slashes are
-//!   kept as they are and never split a segment, as Envoy's default
-//!   `path_with_escaped_slashes_action: KEEP_UNCHANGED` does (a model id such as
-//!   `org%2Fmodel` is legitimate);
+//!   kept as they are and never split a segment, like Envoy's
+//!   `path_with_escaped_slashes_action: KEEP_UNCHANGED` (a model id such as `org%2Fmodel` is
+//!   legitimate);
 //! - a dot-segment followed by `;` (`..;/`, read as `..` by servlet containers);
 //! - NUL and other control characters, raw or percent-encoded, any byte outside printable
 //!   ASCII, and malformed percent-encoding (`%zz`, a trailing `%`);
