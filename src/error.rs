@@ -109,6 +109,14 @@ pub enum SluiceError {
     /// (`tenants.list[].allow_header` is off): only its virtual keys reach it.
     #[error("this tenant cannot be selected by header; send one of its API keys")]
     TenantHeaderNotAllowed,
+    /// The request path cannot be normalized (a `..` above the root, an encoded slash next to
+    /// a dot-segment, control bytes...: see `proxy::path`); the reason is a fixed string.
+    #[error("invalid request path: {0}")]
+    InvalidPath(&'static str),
+    /// The body's model (after the pool's `model_map`) cannot be placed in the upstream URL
+    /// of pool `.0` (Azure OpenAI deployment names: letters, digits, `-`, `_`, `.`).
+    #[error("model is not a valid deployment name for pool {0} (allowed: letters, digits, '-', '_', '.'; at most 64)")]
+    InvalidModel(String),
 }
 
 impl SluiceError {
@@ -118,10 +126,12 @@ impl SluiceError {
             SluiceError::NoRoute(_) => 404,
             SluiceError::UnknownVirtualKey | SluiceError::UnknownTenant => 401,
             SluiceError::BodyTooLarge(_) => 413,
-            SluiceError::BadJson(_) | SluiceError::ClientGone | SluiceError::BadRequestFraming => {
-                400
-            }
             SluiceError::TenantMismatch | SluiceError::TenantHeaderNotAllowed => 403,
+            SluiceError::BadJson(_)
+            | SluiceError::ClientGone
+            | SluiceError::BadRequestFraming
+            | SluiceError::InvalidPath(_)
+            | SluiceError::InvalidModel(_) => 400,
             SluiceError::NoUpstreamKey(_) | SluiceError::Internal => 500,
             SluiceError::UpstreamUnreachable(_)
             | SluiceError::UpstreamFailed(_)
@@ -160,6 +170,8 @@ impl SluiceError {
             SluiceError::BadRequestFraming => "bad_request_framing",
             SluiceError::TenantMismatch => "tenant_mismatch",
             SluiceError::TenantHeaderNotAllowed => "tenant_header_not_allowed",
+            SluiceError::InvalidPath(_) => "invalid_path",
+            SluiceError::InvalidModel(_) => "invalid_model",
         }
     }
 
@@ -240,6 +252,16 @@ impl SluiceError {
                 "invalid_request_error",
                 "permission_error",
                 "tenant_header_not_allowed",
+            ),
+            SluiceError::InvalidPath(_) => (
+                "invalid_request_error",
+                "invalid_request_error",
+                "invalid_path",
+            ),
+            SluiceError::InvalidModel(_) => (
+                "invalid_request_error",
+                "invalid_request_error",
+                "invalid_model",
             ),
         };
         let message = format!("sluice: {self}");
@@ -403,6 +425,8 @@ mod tests {
             SluiceError::BadRequestFraming,
             SluiceError::TenantMismatch,
             SluiceError::TenantHeaderNotAllowed,
+            SluiceError::InvalidPath("x"),
+            SluiceError::InvalidModel("p".into()),
         ];
         let mut labels = std::collections::HashSet::new();
         for e in &all {
@@ -431,5 +455,14 @@ mod tests {
         assert_eq!(a["error"]["type"], "permission_error");
         let upstream: Vec<_> = all.iter().filter(|e| e.is_upstream_fault()).collect();
         assert_eq!(upstream.len(), 4, "{upstream:?}");
+        for e in [
+            SluiceError::InvalidPath("x"),
+            SluiceError::InvalidModel("p".into()),
+        ] {
+            assert_eq!(e.status(), 400);
+            let o: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::OpenAi)).unwrap();
+            assert_eq!(o["error"]["type"], "invalid_request_error");
+            assert_eq!(o["error"]["code"], e.label());
+        }
     }
 }

@@ -87,6 +87,12 @@ pub(crate) fn compile_with(
         let m = &r.matcher;
         if !m.path_prefix.starts_with('/') {
             errs.push(format!("{path}.match.path_prefix"), "must start with '/'");
+        } else if !is_normal_path(&m.path_prefix) {
+            // Requests are matched on their normalized path: this prefix would never match.
+            errs.push(
+                format!("{path}.match.path_prefix"),
+                "must be a normalized path (no '.', '..' or empty segments, no encoded dots)",
+            );
         }
         let model = m.model.as_ref().and_then(|g| match Glob::new(g) {
             Ok(glob) => Some(glob.compile_matcher()),
@@ -344,6 +350,11 @@ fn compile_pool(
     let health_check = p.health_check.as_ref().map(|h| {
         if !h.path.starts_with('/') {
             errs.push(format!("{path}.health_check.path"), "must start with '/'");
+        } else if !is_normal_path(h.path.split('?').next().unwrap_or_default()) {
+            errs.push(
+                format!("{path}.health_check.path"),
+                "must be a normalized path (no '.', '..' or empty segments, no encoded dots)",
+            );
         }
         if h.interval_ms < 100 || h.timeout_ms == 0 {
             errs.push(
@@ -357,6 +368,15 @@ fn compile_pool(
             timeout: Duration::from_millis(h.timeout_ms),
         }
     });
+    let prov = crate::provider::provider(p.provider);
+    for (from, to) in &p.model_map {
+        if !prov.accepts_model(to) {
+            errs.push(
+                format!("{path}.model_map.{from}"),
+                format!("{to:?} is not a valid deployment name (letters, digits, '-', '_', '.'; at most 64)"),
+            );
+        }
+    }
     if errs.0.len() != before {
         return None;
     }
@@ -596,3 +616,12 @@ fn hash_loaded(v: Result<String, String>, path: &str, errs: &mut Errors) -> Opti
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `path` is already in the form the proxy normalizes request paths to (a trailing
+/// slash allowed).
+fn is_normal_path(path: &str) -> bool {
+    matches!(
+        crate::proxy::path::normalize(path),
+        Ok(std::borrow::Cow::Borrowed(_))
+    )
+}

@@ -15,6 +15,7 @@ use crate::balance::now_ms;
 use crate::config::{Pool, Timeouts};
 use crate::error::{SluiceError, TimeoutPhase};
 use crate::metrics;
+use crate::provider::provider;
 use bytes::Bytes;
 use pingora_core::protocols::http::HttpTask;
 use pingora_error::{Error, ErrorSource, ErrorType};
@@ -139,6 +140,9 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
     let (mut rate_limited, mut other_unavailable) = (false, false);
     let mut attempts = 0u32;
     let mut previous: Option<(Arc<str>, String)> = None;
+    // A pool whose URL cannot carry the model (Azure deployment names) is skipped without a
+    // connection: not an endpoint failure. Answered when no other pool could serve.
+    let mut invalid_model: Option<SluiceError> = None;
     let outcome = 'pools: {
         for pool in &route.pools {
             let model = ctx
@@ -146,6 +150,13 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                 .model
                 .as_deref()
                 .map(|m| pool.upstream_model(m).to_owned());
+            if model
+                .as_deref()
+                .is_some_and(|m| !provider(pool.provider).accepts_model(m))
+            {
+                invalid_model = Some(SluiceError::InvalidModel(pool.name.to_string()));
+                continue;
+            }
             let pool_body = match (&ctx.inspected.model, &model) {
                 (Some(asked), Some(renamed)) if asked != renamed => {
                     super::inspect::with_model(&body, renamed)?
@@ -295,9 +306,10 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
         return Ok(());
     }
     let retry_after = earliest.map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
-    Err(match last_err {
-        Some(e) => e,
-        None => SluiceError::NoUpstreamAvailable {
+    Err(match (last_err, invalid_model) {
+        (Some(e), _) => e,
+        (None, Some(e)) if !rate_limited && !other_unavailable => e,
+        (None, _) => SluiceError::NoUpstreamAvailable {
             retry_after,
             rate_limited: rate_limited && !other_unavailable,
         },
@@ -397,6 +409,7 @@ async fn spawn(
         key,
         model,
         body_len: body.len(),
+        uri: session.req_header().uri.clone(),
         request_id: ctx.request_id.clone(),
         sent_ms: std::sync::atomic::AtomicU64::new(0),
     };

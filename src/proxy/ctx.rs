@@ -173,6 +173,9 @@ pub struct AttemptSpec {
     pub model: Option<String>,
     /// Length of the body the parent sends, for the subrequest's `content-length`.
     pub body_len: usize,
+    /// The parent's normalized path and query: the subrequest re-parses the client's original
+    /// header bytes, so it must be told the path the route was chosen for.
+    pub uri: http::Uri,
     /// The parent's request id.
     pub request_id: String,
     /// When the subrequest sent the request upstream (ms since the epoch, 0 = not yet): the

@@ -1,6 +1,7 @@
 //! The proxy: Pingora's `ProxyHttp` implemented as a thin list of delegations to one module
 //! per pipeline stage, in the order a request meets them:
 //!
+//! 0. `path`      (request_filter) path normalized (dot-segments, slashes) or refused
 //! 1. `identify`  (request_filter) tenant from virtual key / header / default
 //! 2. `inspect`   (request_filter) read + parse + rewrite the JSON body of API calls
 //! 3. `upstream`  (upstream_peer, upstream_request_filter) endpoint, key injection, path
@@ -17,6 +18,7 @@ pub mod ctx;
 pub mod identify;
 pub mod inspect;
 pub mod limit;
+pub mod path;
 mod relay;
 mod request;
 mod respond;

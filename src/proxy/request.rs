@@ -1,8 +1,8 @@
-//! The parent's request_filter, in pipeline order: snapshot, tenant, inspection, route, then
-//! either the attempts (inspected) or Pingora's own proxy path (passthrough).
+//! The parent's request_filter, in pipeline order: snapshot, path, tenant, inspection, route,
+//! then either the attempts (inspected) or Pingora's own proxy path (passthrough).
 
 use super::ctx::{Phase, RequestCtx};
-use super::{attempt, identify, inspect, limit};
+use super::{attempt, identify, inspect, limit, path};
 use crate::config::Snapshot;
 use crate::error::SluiceError;
 use crate::limits::Limiter;
@@ -27,6 +27,10 @@ pub async fn handle(
     ctx: &mut RequestCtx,
 ) -> Result<Flow, SluiceError> {
     ctx.snapshot = Some(snapshot.clone());
+    let req = session.req_header();
+    ctx.style = ErrorStyle::guess(req);
+    // Everything below (route, API kind, inspection, the upstream) reads the normalized path.
+    path::normalize_request(session.req_header_mut())?;
     let req = session.req_header();
     ctx.style = ErrorStyle::guess(req);
     ctx.tenant = Some(identify::tenant(req, &snapshot.tenants)?);

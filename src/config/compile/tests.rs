@@ -162,3 +162,21 @@ fn endpoint_health_survives_a_recompile_and_follows_key_values() {
     assert_eq!(registry.entries(), (0, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn route_prefixes_health_paths_and_azure_model_map_are_checked() {
+    let yaml = "pools:\n  - name: az\n    provider: azure_openai\n    api_version: '2024-10-21'\n    model_map: {gpt-4o: 'x/../../files?a=', ok: gpt-4o.mini_v2}\n    health_check: {path: /openai/../models}\n    endpoints:\n      - url: http://127.0.0.1:9\n        keys: [{env: K}]\nroutes:\n  - {name: a, match: {path_prefix: /v1/../v2}, pools: [az]}\n  - {name: b, match: {path_prefix: '/v1//x'}, pools: [az]}\n  - {name: c, match: {path_prefix: /v1/}, pools: [az]}\n";
+    let errs = errors(yaml);
+    for e in [
+        "pools[0].model_map.gpt-4o: \"x/../../files?a=\" is not a valid deployment name",
+        "pools[0].health_check.path: must be a normalized path",
+        "routes[0].match.path_prefix: must be a normalized path",
+        "routes[1].match.path_prefix: must be a normalized path",
+    ] {
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}
