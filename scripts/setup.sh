@@ -9,6 +9,8 @@
 # when something is missing; sudo only when not root.
 # Venv: .venv is (re)installed only when a requirements file (tests/e2e, tests/deploy) is
 # newer than the stamp .venv/.requirements.stamp.
+# JS: the official JS SDKs (tests/e2e/js, exact versions in its package-lock.json) are
+# installed with `npm ci` only when the lock file is newer than node_modules/.stamp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,10 @@ missing_packages() {
     command -v cmake >/dev/null 2>&1 || pkgs+=(cmake)
     if [ "$want" = all ]; then
         command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
+    fi
+    if [ "$want" = all ] && ! command -v npm >/dev/null 2>&1; then
+        command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+        pkgs+=(npm)
     fi
     if ! command -v python3 >/dev/null 2>&1; then
         pkgs+=(python3 python3-venv)
@@ -59,9 +65,20 @@ install_venv() {
     touch "$stamp"
 }
 
+install_js() {
+    local dir=tests/e2e/js
+    local js_stamp="$dir/node_modules/.stamp"
+    if [ -f "$js_stamp" ] && [ ! "$dir/package-lock.json" -nt "$js_stamp" ]; then
+        return 0
+    fi
+    echo "setup: installing the JS SDKs into $dir/node_modules"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    touch "$js_stamp"
+}
+
 install_system
 case "$want" in
     system) ;;
-    all) install_venv ;;
+    all) install_venv; install_js ;;
     *) echo "usage: $0 [all|system]" >&2; exit 2 ;;
 esac

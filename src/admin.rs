@@ -1,13 +1,25 @@
 //! The admin listener: `GET /metrics` (Prometheus text format), `/healthz` (process alive),
 //! `/readyz` (200 while serving, 503 once shutdown began).
+//!
+//! It runs outside Pingora's services, on a thread and runtime of its own: Pingora closes every
+//! service's listener at SIGTERM, but during the drain the kubelet's readiness probe (a new
+//! connection each time) must see `/readyz` 503 and Prometheus must still scrape `/metrics`.
+//! It answers until the process exits. HTTP parsing is still Pingora's (the [`Admin`] app is
+//! driven through its `ServerApp` interface); only the accept loop is ours.
 
 use async_trait::async_trait;
 use http::Response;
-use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::apps::http_app::{HttpServer, ServeHttp};
+use pingora_core::apps::ServerApp;
 use pingora_core::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Admin connections served at once; more wait in the kernel's accept backlog. Probes and
+/// scrapes need a handful: the cap only bounds what a misbehaving client can hold.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
 
 /// Admin HTTP app. `ready` flips to false when the process starts draining.
 pub struct Admin {
@@ -49,5 +61,61 @@ impl ServeHttp for Admin {
             }
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }
+    }
+}
+
+/// Bind the admin listener on `addr` (`host:port`) and serve [`Admin`] from a thread of its own
+/// until the process exits (see the module doc for why it is not a Pingora service).
+///
+/// Errors: the bind failed (address in use, bad address), or the thread or its runtime could
+/// not be created.
+pub fn spawn(addr: &str, ready: Arc<AtomicBool>) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let app = Arc::new(HttpServer::new_app(Admin { ready }));
+    std::thread::Builder::new()
+        .name("sluice-admin".to_owned())
+        .spawn(move || runtime.block_on(serve(listener, app)))?;
+    Ok(())
+}
+
+async fn serve(listener: std::net::TcpListener, app: Arc<HttpServer<Admin>>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener: cannot serve");
+            return;
+        }
+    };
+    // Never changes: this listener is not part of Pingora's shutdown.
+    let (_never, shutdown) = tokio::sync::watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "admin listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut stream: Option<pingora_core::protocols::Stream> = Some(Box::new(
+                pingora_core::protocols::l4::stream::Stream::from(sock),
+            ));
+            // Keep-alive: Pingora hands the connection back after each reusable response.
+            while let Some(s) = stream.take() {
+                stream = app.process_new(s, &shutdown).await;
+            }
+        });
     }
 }

@@ -91,9 +91,32 @@ pub enum SluiceError {
     /// `response.completed`): the client is told instead of seeing a silent cut.
     #[error("upstream {0} ended the stream before its final event")]
     UpstreamTruncated(String),
+    /// The drain deadline after SIGTERM passed while the response was still open.
+    #[error("sluice is shutting down")]
+    ShuttingDown,
     /// A bug or resource problem inside sluice.
     #[error("internal error")]
     Internal,
+    /// The client's request body framing is invalid (RFC 9112 §7.1: a chunk size that is not
+    /// hex, too long, or a chunk not ended by CRLF; a bad trailer section): the rest of the
+    /// connection cannot be parsed, so it is answered and closed.
+    #[error("invalid request body framing")]
+    BadRequestFraming,
+    /// A known virtual key came with a tenant header naming another tenant.
+    #[error("the tenant header names another tenant than the API key's")]
+    TenantMismatch,
+    /// The tenant header names a tenant that may not be selected by header
+    /// (`tenants.list[].allow_header` is off): only its virtual keys reach it.
+    #[error("this tenant cannot be selected by header; send one of its API keys")]
+    TenantHeaderNotAllowed,
+    /// The request path cannot be normalized (a `..` above the root, an encoded slash next to
+    /// a dot-segment, control bytes...: see `proxy::path`); the reason is a fixed string.
+    #[error("invalid request path: {0}")]
+    InvalidPath(&'static str),
+    /// The body's model (after the pool's `model_map`) cannot be placed in the upstream URL
+    /// of pool `.0` (Azure OpenAI deployment names: letters, digits, `-`, `_`, `.`).
+    #[error("model is not a valid deployment name for pool {0} (allowed: letters, digits, '-', '_', '.'; at most 64)")]
+    InvalidModel(String),
     /// The proxy listener already holds `server.max_client_connections` client connections:
     /// the new one is answered (before its request is read) and closed.
     #[error("too many client connections (limit {0}), retry shortly")]
@@ -107,7 +130,12 @@ impl SluiceError {
             SluiceError::NoRoute(_) => 404,
             SluiceError::UnknownVirtualKey | SluiceError::UnknownTenant => 401,
             SluiceError::BodyTooLarge(_) => 413,
-            SluiceError::BadJson(_) | SluiceError::ClientGone => 400,
+            SluiceError::TenantMismatch | SluiceError::TenantHeaderNotAllowed => 403,
+            SluiceError::BadJson(_)
+            | SluiceError::ClientGone
+            | SluiceError::BadRequestFraming
+            | SluiceError::InvalidPath(_)
+            | SluiceError::InvalidModel(_) => 400,
             SluiceError::NoUpstreamKey(_) | SluiceError::Internal => 500,
             SluiceError::UpstreamUnreachable(_)
             | SluiceError::UpstreamFailed(_)
@@ -117,7 +145,9 @@ impl SluiceError {
             SluiceError::NoUpstreamAvailable {
                 rate_limited: true, ..
             } => 429,
-            SluiceError::NoUpstreamAvailable { .. } | SluiceError::LimitStoreUnavailable => 503,
+            SluiceError::NoUpstreamAvailable { .. }
+            | SluiceError::LimitStoreUnavailable
+            | SluiceError::ShuttingDown => 503,
             SluiceError::TooManyConnections(_) => 503,
         }
     }
@@ -141,6 +171,12 @@ impl SluiceError {
             SluiceError::BudgetExceeded(_) => "budget_exceeded",
             SluiceError::NoUpstreamAvailable { .. } => "no_upstream_available",
             SluiceError::LimitStoreUnavailable => "limit_store_unavailable",
+            SluiceError::ShuttingDown => "shutting_down",
+            SluiceError::BadRequestFraming => "bad_request_framing",
+            SluiceError::TenantMismatch => "tenant_mismatch",
+            SluiceError::TenantHeaderNotAllowed => "tenant_header_not_allowed",
+            SluiceError::InvalidPath(_) => "invalid_path",
+            SluiceError::InvalidModel(_) => "invalid_model",
             SluiceError::TooManyConnections(_) => "too_many_connections",
         }
     }
@@ -207,6 +243,32 @@ impl SluiceError {
             SluiceError::UpstreamTruncated(_) => {
                 ("server_error", "api_error", "upstream_truncated")
             }
+            SluiceError::ShuttingDown => ("server_error", "overloaded_error", "shutting_down"),
+            SluiceError::BadRequestFraming => (
+                "invalid_request_error",
+                "invalid_request_error",
+                "bad_request_framing",
+            ),
+            SluiceError::TenantMismatch => (
+                "invalid_request_error",
+                "permission_error",
+                "tenant_mismatch",
+            ),
+            SluiceError::TenantHeaderNotAllowed => (
+                "invalid_request_error",
+                "permission_error",
+                "tenant_header_not_allowed",
+            ),
+            SluiceError::InvalidPath(_) => (
+                "invalid_request_error",
+                "invalid_request_error",
+                "invalid_path",
+            ),
+            SluiceError::InvalidModel(_) => (
+                "invalid_request_error",
+                "invalid_request_error",
+                "invalid_model",
+            ),
             SluiceError::TooManyConnections(_) => {
                 ("server_error", "overloaded_error", "too_many_connections")
             }
@@ -216,6 +278,21 @@ impl SluiceError {
             ErrorStyle::OpenAi => style.body(openai_type, Some(code), &message),
             ErrorStyle::Anthropic => style.body(anthropic_type, None, &message),
         }
+    }
+}
+
+impl SluiceError {
+    /// Whether the upstream caused this (connect failure, timeout, reset, invalid or cut
+    /// response): only these count against an endpoint's circuit breaker. Errors of the client
+    /// or of sluice itself never do.
+    pub fn is_upstream_fault(&self) -> bool {
+        matches!(
+            self,
+            SluiceError::UpstreamUnreachable(_)
+                | SluiceError::UpstreamTimeout { .. }
+                | SluiceError::UpstreamFailed(_)
+                | SluiceError::UpstreamTruncated(_)
+        )
     }
 }
 
@@ -346,6 +423,7 @@ mod tests {
             },
             SluiceError::UpstreamFailed("h:1".into()),
             SluiceError::UpstreamTruncated("h:1".into()),
+            SluiceError::ShuttingDown,
             SluiceError::Internal,
             SluiceError::RateLimited(Rejection::Concurrency { limit: 2 }),
             SluiceError::BudgetExceeded(Period::Day),
@@ -353,6 +431,11 @@ mod tests {
                 retry_after: Some(Duration::from_secs(2)),
                 rate_limited: false,
             },
+            SluiceError::BadRequestFraming,
+            SluiceError::TenantMismatch,
+            SluiceError::TenantHeaderNotAllowed,
+            SluiceError::InvalidPath("x"),
+            SluiceError::InvalidModel("p".into()),
             SluiceError::TooManyConnections(8),
         ];
         let mut labels = std::collections::HashSet::new();
@@ -373,5 +456,23 @@ mod tests {
             serde_json::from_slice(&SluiceError::BodyTooLarge(1).body(ErrorStyle::Anthropic))
                 .unwrap();
         assert_eq!(a["error"]["type"], "request_too_large");
+        assert_eq!(SluiceError::BadRequestFraming.status(), 400);
+        assert_eq!(SluiceError::TenantMismatch.status(), 403);
+        let a: serde_json::Value = serde_json::from_slice(
+            &SluiceError::TenantHeaderNotAllowed.body(ErrorStyle::Anthropic),
+        )
+        .unwrap();
+        assert_eq!(a["error"]["type"], "permission_error");
+        let upstream: Vec<_> = all.iter().filter(|e| e.is_upstream_fault()).collect();
+        assert_eq!(upstream.len(), 4, "{upstream:?}");
+        for e in [
+            SluiceError::InvalidPath("x"),
+            SluiceError::InvalidModel("p".into()),
+        ] {
+            assert_eq!(e.status(), 400);
+            let o: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::OpenAi)).unwrap();
+            assert_eq!(o["error"]["type"], "invalid_request_error");
+            assert_eq!(o["error"]["code"], e.label());
+        }
     }
 }

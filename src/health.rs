@@ -1,9 +1,12 @@
 //! Active health checks, as a Pingora background service: for pools with a `health_check`,
-//! each endpoint gets a cheap GET (e.g. `/v1/models`) with its key every `interval`; a 2xx
-//! counts as a breaker success (closing a half-open breaker), anything else (error status,
-//! connect error, timeout) as a failure. Checks always run, even while the breaker is open:
-//! they are how an endpoint that takes no traffic is seen to recover.
+//! each endpoint gets a cheap GET (e.g. `/v1/models`) with its key every `interval`. Only the
+//! upstream being down counts as a breaker failure (connect error, timeout, reset, or a status
+//! in [`crate::balance::breaker::FAILURE_STATUSES`]); any other answer, a 4xx included, shows
+//! it up and counts as a success (closing a half-open breaker); a check sluice could not build
+//! is neutral. Checks always run, even while the breaker is open: they are how an endpoint
+//! that takes no traffic is seen to recover.
 
+use crate::balance::breaker::Outcome;
 use crate::balance::now_ms;
 use crate::config::{Endpoint, Pool, Snapshot};
 use crate::provider::provider;
@@ -37,33 +40,35 @@ impl HealthChecker {
     }
 }
 
-/// One check of `pool.endpoints[idx]`: true when it answered 2xx within the timeout.
-pub async fn check(connector: &Connector, pool: &Pool, idx: usize) -> bool {
+/// One check of `pool.endpoints[idx]` within the check's timeout (expiry: a failure).
+pub async fn check(connector: &Connector, pool: &Pool, idx: usize) -> Outcome {
     let (Some(hc), Some(ep)) = (&pool.health_check, pool.endpoints.get(idx)) else {
-        return false;
+        return Outcome::Neutral;
     };
     tokio::time::timeout(hc.timeout, probe(connector, pool, ep, &hc.path))
         .await
-        .unwrap_or(false)
+        .unwrap_or(Outcome::Failure)
 }
 
-async fn probe(connector: &Connector, pool: &Pool, ep: &Endpoint, path: &str) -> bool {
+async fn probe(connector: &Connector, pool: &Pool, ep: &Endpoint, path: &str) -> Outcome {
     let Some(addr) = tokio::net::lookup_host(ep.addr.as_str())
         .await
         .ok()
         .and_then(|mut a| a.next())
     else {
-        return false;
+        return Outcome::Failure;
     };
     let mut peer = HttpPeer::new(addr, ep.tls, ep.host.clone());
     peer.options.connection_timeout = Some(pool.timeouts.connect);
     let Ok((mut session, _)) = connector.get_http_session(&peer).await else {
-        return false;
+        return Outcome::Failure;
     };
     let p = provider(pool.provider);
     let target = p.upstream_path(&ep.base_path, path, None, pool.api_version.as_deref());
+    // From here until the request is written, a failure is sluice's (a path or key it cannot
+    // put in a header): neutral.
     let Ok(mut req) = RequestHeader::build("GET", target.as_bytes(), None) else {
-        return false;
+        return Outcome::Neutral;
     };
     let host = ep
         .addr
@@ -75,17 +80,17 @@ async fn probe(connector: &Connector, pool: &Pool, ep: &Endpoint, path: &str) ->
         .map(|k| k.expose().to_owned())
         .unwrap_or_default();
     if req.insert_header("host", host).is_err() || p.set_auth(&mut req, &key).is_err() {
-        return false;
+        return Outcome::Neutral;
     }
     if session.write_request_header(Box::new(req)).await.is_err()
         || session.finish_request_body().await.is_err()
         || session.read_response_header().await.is_err()
     {
-        return false;
+        return Outcome::Failure;
     }
-    let ok = session
+    let outcome = session
         .response_header()
-        .is_some_and(|h| h.status.is_success());
+        .map_or(Outcome::Failure, |h| Outcome::of_status(h.status.as_u16()));
     // Drain the (small) body so the connection could be reused; stop at 1 MiB.
     let mut seen = 0usize;
     while let Ok(Some(chunk)) = session.read_response_body().await {
@@ -94,7 +99,7 @@ async fn probe(connector: &Connector, pool: &Pool, ep: &Endpoint, path: &str) ->
             break;
         }
     }
-    ok
+    outcome
 }
 
 #[async_trait]
@@ -124,17 +129,20 @@ impl BackgroundService for HealthChecker {
                     last.insert(key, now);
                     let (pool, connector) = (pool.clone(), self.connector.clone());
                     tokio::spawn(async move {
-                        let healthy = check(&connector, &pool, i).await;
+                        let outcome = check(&connector, &pool, i).await;
                         if let Some(ep) = pool.endpoints.get(i) {
-                            if healthy {
-                                // Lets an open breaker whose open time is over go half-open, so
-                                // the success closes it.
-                                ep.state.breaker.permits();
-                                ep.state.breaker.success();
-                            } else {
-                                tracing::warn!(pool = %pool.name, endpoint = %ep.addr, "health check failed");
-                                ep.state.breaker.failure();
+                            match outcome {
+                                Outcome::Success => {
+                                    // Lets an open breaker whose open time is over go half-open,
+                                    // so the success closes it.
+                                    ep.state.breaker.permits();
+                                }
+                                Outcome::Failure => {
+                                    tracing::warn!(pool = %pool.name, endpoint = %ep.addr, "health check failed");
+                                }
+                                Outcome::Neutral => {}
                             }
+                            ep.state.breaker.record(outcome);
                         }
                     });
                 }

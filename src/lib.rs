@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod health;
 pub mod limits;

@@ -224,6 +224,8 @@ impl BackgroundService for Reloader {
             tokio::select! {
                 _ = shutdown.changed() => {
                     self.ready.store(false, Ordering::Release);
+                    // Not reloadable: Pingora's grace period was set from the first config.
+                    crate::drain::begin(snapshot.drain_timeout);
                     tracing::info!("shutting down: not ready, draining in-flight requests");
                     // Pingora waits out the whole drain deadline; exit as soon as nothing is
                     // in flight instead (new connections are already refused).

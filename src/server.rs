@@ -1,7 +1,7 @@
-//! Wiring: the compiled config into a Pingora server with two services, the proxy listener
-//! (the [`Sluice`] app) and the admin listener ([`Admin`]).
+//! Wiring: the compiled config into a Pingora server running the proxy listener (the
+//! [`Sluice`] app) and the background services; the admin listener runs beside it
+//! ([`crate::admin::spawn`]).
 
-use crate::admin::Admin;
 use crate::config::Snapshot;
 use crate::health::HealthChecker;
 use crate::limits::shared::SharedStore;
@@ -10,7 +10,6 @@ use crate::listener::Listener;
 use crate::proxy::Sluice;
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
-use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -51,7 +50,7 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     crate::metrics::init();
     let conf = ServerConf {
         threads: snapshot.threads,
-        grace_period_seconds: Some(snapshot.drain_timeout.as_secs()),
+        grace_period_seconds: Some(crate::drain::pingora_grace_seconds(snapshot.drain_timeout)),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECONDS),
         ..ServerConf::default()
     };
@@ -91,17 +90,14 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     proxy.add_tcp(&proxy_addr);
 
     let ready = Arc::new(AtomicBool::new(false));
-    let mut admin = Service::new(
-        "sluice admin".to_owned(),
-        HttpServer::new_app(Admin {
-            ready: ready.clone(),
-        }),
-    );
-    admin.add_tcp(&admin_addr);
+    // Not a Pingora service: it must keep answering through the drain (see `admin`).
+    if let Err(e) = crate::admin::spawn(&admin_addr, ready.clone()) {
+        tracing::error!(admin = %admin_addr, error = %e, "admin listener: cannot bind");
+        std::process::exit(1);
+    }
 
     let reloader = Reloader::new(path, config_for_reload, ready.clone());
     server.add_service(proxy);
-    server.add_service(admin);
     server.add_service(background_service("config reload", reloader));
     server.add_service(background_service(
         "health checks",

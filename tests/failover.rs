@@ -376,3 +376,226 @@ async fn a_lone_pool_past_its_timeouts_answers_native_504s() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Route /v1 -> [primary, fallback] with the primary's TTFB timeout at `ttfb_ms` and its
+/// `breaker` settings.
+fn breaker_config(primary: &Mock, fallback: &Mock, ttfb_ms: u64, breaker: &str) -> String {
+    config(
+        &primary.url(),
+        fallback,
+        &format!("    breaker: {breaker}\n"),
+    )
+    .replace("ttfb_ms: 500", &format!("ttfb_ms: {ttfb_ms}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_calls_against_a_half_open_breaker_send_one_probe() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::Status(503, None));
+    let cfg = breaker_config(&a, &b, 3_000, "{consecutive_failures: 1, open_ms: 300}");
+    let s = Sluice::start(&cfg, &KEYS);
+    assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
+    assert_eq!(
+        s.metric("sluice_breaker_state", &[("pool", "primary")])
+            .await,
+        2.0,
+        "open after one 503"
+    );
+    // The endpoint now stalls; once open_ms is over, ten calls arrive together.
+    a.set(Behavior::Stall);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (reqs, conns) = (a.requests().len(), a.connections());
+    let calls = (0..10).map(|_| {
+        let req = chat(&s, false, 2);
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let status = req.send().await.unwrap().status();
+            (status, t0.elapsed())
+        })
+    });
+    let mut results = Vec::new();
+    for c in calls.collect::<Vec<_>>() {
+        results.push(c.await.unwrap());
+    }
+    assert!(results.iter().all(|(st, _)| *st == 200), "{results:?}");
+    assert_eq!(a.requests().len(), reqs + 1, "exactly one probe reached it");
+    assert!(
+        a.connections() <= conns + 1,
+        "at most one connection (the probe may reuse a pooled one)"
+    );
+    let mut times: Vec<Duration> = results.iter().map(|(_, t)| *t).collect();
+    times.sort();
+    assert!(
+        times[8] < Duration::from_millis(1_500),
+        "nine did not wait for the stall: {times:?}"
+    );
+    assert!(
+        times[9] >= Duration::from_millis(2_900),
+        "the probe waited out the TTFB timeout: {times:?}"
+    );
+    assert_eq!(
+        s.metric(
+            "sluice_endpoint_skips_total",
+            &[("pool", "primary"), ("reason", "half_open_probe_in_flight")]
+        )
+        .await,
+        9.0
+    );
+    assert_eq!(
+        s.metric("sluice_breaker_state", &[("pool", "primary")])
+            .await,
+        2.0,
+        "the failed probe reopened it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_fallback_the_callers_behind_a_half_open_probe_get_a_native_503_at_once() {
+    let a = Mock::start().await;
+    a.set(Behavior::Status(503, None));
+    let cfg = format!(
+        "pools:\n  - name: only\n    provider: openai\n    endpoints: [{{url: \"{}\", keys: [{{env: KEY_A}}]}}]\n    timeouts: {{connect_ms: 500, ttfb_ms: 3000, idle_ms: 2000}}\n    breaker: {{consecutive_failures: 1, open_ms: 300}}\nroutes:\n  - {{name: main, match: {{path_prefix: /v1}}, pools: [only]}}\n",
+        a.url()
+    );
+    let s = Sluice::start(&cfg, &KEYS);
+    assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 503);
+    a.set(Behavior::Stall);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reqs = a.requests().len();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let req = chat(&s, false, 2);
+            tokio::spawn(async move {
+                let t0 = std::time::Instant::now();
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                let v: serde_json::Value = resp.json().await.unwrap();
+                (status, v["error"]["code"].clone(), t0.elapsed())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for c in calls {
+        results.push(c.await.unwrap());
+    }
+    results.sort_by_key(|r| r.2);
+    assert_eq!(a.requests().len(), reqs + 1, "exactly one probe reached it");
+    for (status, code, took) in &results[..9] {
+        assert_eq!(*status, 503, "{results:?}");
+        assert_eq!(code, "no_upstream_available");
+        assert!(*took < Duration::from_millis(1_500), "{results:?}");
+    }
+    let (status, code, _) = &results[9];
+    assert_eq!((*status, code.as_str()), (504, Some("upstream_timeout")));
+}
+
+#[tokio::test]
+async fn a_breaker_open_before_a_reload_is_still_open_after_it() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::Status(503, None));
+    let cfg = breaker_config(&a, &b, 500, "{consecutive_failures: 2, open_ms: 600000}");
+    let s = Sluice::start(&cfg, &KEYS);
+    for _ in 0..2 {
+        assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        s.metric("sluice_breaker_state", &[("pool", "primary")])
+            .await,
+        2.0
+    );
+    let conns = a.connections();
+    // An unrelated change: one more route.
+    s.reload(&cfg.replace(
+        "routes:\n",
+        "routes:\n  - {name: extra, match: {path_prefix: /v2}, pools: [fallback]}\n",
+    ))
+    .await;
+    for _ in 0..20 {
+        assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(a.connections(), conns, "no connection to the open endpoint");
+    assert_eq!(
+        s.metric("sluice_breaker_state", &[("pool", "primary")])
+            .await,
+        2.0,
+        "still open"
+    );
+}
+
+#[tokio::test]
+async fn a_key_disabled_by_a_401_stays_disabled_across_a_reload() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::RejectKey("sk-primary-1".into()));
+    let cfg = config(&a.url(), &b, "");
+    let s = Sluice::start(&cfg, &KEYS);
+    assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
+    s.reload(&cfg.replace(
+        "routes:\n",
+        "routes:\n  - {name: extra, match: {path_prefix: /v2}, pools: [fallback]}\n",
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
+    }
+    let keys: Vec<String> = a
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            "Bearer sk-primary-1",
+            "Bearer sk-primary-2",
+            "Bearer sk-primary-2",
+            "Bearer sk-primary-2",
+            "Bearer sk-primary-2"
+        ],
+        "the rejected key is not tried again after the reload"
+    );
+    assert!(b.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_429_for_one_model_does_not_hold_back_another_on_the_same_key() {
+    let a = Mock::start().await;
+    a.set(Behavior::StatusForModel("gpt-4o".into(), 429, Some(30)));
+    let cfg = format!(
+        "pools:\n  - name: only\n    provider: openai\n    endpoints: [{{url: \"{}\", keys: [{{env: KEY_A}}]}}]\nroutes:\n  - {{name: main, match: {{path_prefix: /v1}}, pools: [only]}}\n",
+        a.url()
+    );
+    let s = Sluice::start(&cfg, &KEYS);
+    let send = |model: &str| {
+        client()
+            .post(format!("{}/v1/chat/completions", s.proxy))
+            .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let first = send("gpt-4o").await.unwrap();
+    assert_eq!(first.status(), 429);
+    let v: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(
+        v["error"]["message"], "mock 429",
+        "the upstream's own answer"
+    );
+    // gpt-4o's key is cooling down: sluice answers without asking the upstream.
+    let second = send("gpt-4o").await.unwrap();
+    assert_eq!(second.status(), 429);
+    let v: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(a.requests().len(), 1);
+    // Another model on the same key reaches the upstream.
+    for _ in 0..3 {
+        let other = send("gpt-4o-mini").await.unwrap();
+        assert_eq!(other.status(), 200);
+    }
+    let models: Vec<String> = a
+        .requests()
+        .iter()
+        .map(|r| r.json()["model"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        models,
+        vec!["gpt-4o", "gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini"]
+    );
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 
 /// One openai pool on `mock`, routes /v1 (and /v1/slow), tenant `t` identified by header
-/// with `limits` (YAML, indented 6), plus `extra` top-level YAML.
+/// (`allow_header`) with `limits` (YAML, indented 6), plus `extra` top-level YAML.
 fn config(mock: &Mock, limits: &str, extra: &str) -> String {
     format!(
         r#"pools:
@@ -24,6 +24,7 @@ tenants:
   header: x-tenant
   list:
     - name: t
+      allow_header: true
       limits:
 {limits}
 {extra}"#,

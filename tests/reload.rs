@@ -396,3 +396,109 @@ async fn a_rotated_key_file_is_picked_up_without_a_config_change() {
         "a key reached the log"
     );
 }
+
+/// One request on a new connection to the admin listener; the status code, or None when
+/// nothing answered (refused or closed).
+fn admin_get(admin: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(admin.trim_start_matches("http://")).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    c.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn sigterm_with_20_streams_admin_answers_until_exit_and_late_streams_end_with_an_error_event()
+{
+    let mock = Mock::start().await;
+    let text =
+        config("", &mock, "").replace("drain_timeout_seconds: 3", "drain_timeout_seconds: 2");
+    let mut s = Sluice::start(&text, &[KEY_ENV]);
+    // 20 streams of ~8 s each (the mock's /slow paces 400 events 20 ms apart): all outlive
+    // the 2 s drain deadline.
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut r = client()
+            .post(format!("{}/v1/slow/chat/completions", s.proxy))
+            .json(&serde_json::json!({"model": "m", "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.chunk().await.unwrap().is_some());
+        streams.push(r);
+    }
+    s.signal("TERM");
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut r| {
+            tokio::spawn(async move {
+                let mut body = Vec::new();
+                while let Ok(Some(c)) = r.chunk().await {
+                    body.extend_from_slice(&c);
+                }
+                String::from_utf8_lossy(&body).into_owned()
+            })
+        })
+        .collect();
+    let admin_url = s.admin.clone();
+    let u = admin_url.clone();
+    wait_for("readiness off", Duration::from_secs(1), move || {
+        admin_get(&u, "/readyz") == Some(503)
+    })
+    .await;
+    // Probe the admin listener on new connections until the process exits.
+    let (mut probes, mut metrics_ok) = (0, 0);
+    let t0 = Instant::now();
+    let exit = loop {
+        if let Some(st) = s.wait_exit(Duration::from_millis(1)) {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM: {}",
+            s.log()
+        );
+        let (u, p) = (admin_url.clone(), admin_url.clone());
+        let ready = tokio::task::spawn_blocking(move || admin_get(&u, "/readyz"))
+            .await
+            .unwrap();
+        let metrics = tokio::task::spawn_blocking(move || admin_get(&p, "/metrics"))
+            .await
+            .unwrap();
+        match (ready, metrics) {
+            (Some(r), Some(m)) => {
+                assert_eq!(r, 503, "/readyz during the drain");
+                assert_eq!(m, 200, "/metrics during the drain");
+                probes += 1;
+                metrics_ok += 1;
+            }
+            // Nothing answered: only acceptable because the process is exiting right now.
+            _ => assert!(
+                s.wait_exit(Duration::from_secs(2)).is_some(),
+                "admin listener stopped answering before the process exited"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "exited {exit:?} after {:?}; {probes} readiness probes answered 503, {metrics_ok} scrapes 200",
+        t0.elapsed()
+    );
+    assert!(
+        probes >= 10,
+        "only {probes} probes answered during a 2 s drain"
+    );
+    for r in readers {
+        let body = r.await.unwrap();
+        let last = body.trim_end().rsplit("\n\n").next().unwrap_or("");
+        assert!(
+            last.starts_with("data: {\"error\"") && last.contains("shutting_down"),
+            "a stream past the drain deadline must end with a native error event, ended with {last:?}"
+        );
+        assert!(body.contains("tok5 "), "the stream flowed during the drain");
+    }
+}

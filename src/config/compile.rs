@@ -7,7 +7,7 @@ use super::schema::{EndpointConf, PoolConf, ProviderKind, StoreKind};
 use super::snapshot::{Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
 use super::snapshot::{Failover, HealthCheck};
 use super::{ConfigError, ConfigErrors, Secret};
-use crate::balance::EndpointState;
+use crate::balance::{registry, EndpointId, Registry};
 use globset::Glob;
 use http::{HeaderName, Uri};
 use sha2::{Digest, Sha256};
@@ -26,7 +26,19 @@ pub enum Secrets {
 }
 
 /// Validate and compile. Errors: every problem found, in document order, path-qualified.
+///
+/// Endpoint health (breakers, cooldowns, disabled keys) comes from the process's
+/// [`Registry`]: endpoints and keys unchanged since the config in force keep theirs.
 pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigErrors> {
+    compile_with(file, secrets, registry())
+}
+
+/// [`compile`] with endpoint health from `registry`.
+pub(crate) fn compile_with(
+    file: &ConfigFile,
+    secrets: Secrets,
+    registry: &Arc<Registry>,
+) -> Result<Snapshot, ConfigErrors> {
     let mut errs = Errors::default();
 
     let proxy: Option<SocketAddr> = errs.addr("listeners.proxy", &file.listeners.proxy);
@@ -64,7 +76,7 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
                 format!("duplicate pool name {:?}", p.name),
             );
         }
-        if let Some(pool) = compile_pool(&path, p, secrets, &mut errs) {
+        if let Some(pool) = compile_pool(&path, p, secrets, registry, &mut errs) {
             pools.insert(p.name.clone(), Arc::new(pool));
         }
     }
@@ -84,6 +96,12 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
         let m = &r.matcher;
         if !m.path_prefix.starts_with('/') {
             errs.push(format!("{path}.match.path_prefix"), "must start with '/'");
+        } else if !is_normal_path(&m.path_prefix) {
+            // Requests are matched on their normalized path: this prefix would never match.
+            errs.push(
+                format!("{path}.match.path_prefix"),
+                "must be a normalized path (no '.', '..' or empty segments, no encoded dots)",
+            );
         }
         let model = m.model.as_ref().and_then(|g| match Glob::new(g) {
             Ok(glob) => Some(glob.compile_matcher()),
@@ -208,6 +226,12 @@ pub fn compile(file: &ConfigFile, secrets: Secrets) -> Result<Snapshot, ConfigEr
     let (Some(proxy), Some(admin)) = (proxy, admin) else {
         return Err(ConfigErrors::one("listeners", "invalid address"));
     };
+    // Valid: breakers shared with the config in force take this one's settings.
+    for p in &file.pools {
+        for ep in pools.get(&p.name).iter().flat_map(|pool| &pool.endpoints) {
+            ep.state.breaker.configure(&p.breaker);
+        }
+    }
     Ok(Snapshot {
         proxy_addr: proxy.to_string(),
         admin_addr: admin.to_string(),
@@ -278,7 +302,13 @@ impl Errors {
     }
 }
 
-fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -> Option<Pool> {
+fn compile_pool(
+    path: &str,
+    p: &PoolConf,
+    secrets: Secrets,
+    registry: &Arc<Registry>,
+    errs: &mut Errors,
+) -> Option<Pool> {
     let before = errs.0.len();
     if p.endpoints.is_empty() {
         errs.push(
@@ -304,7 +334,8 @@ fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -
     }
     let mut endpoints = Vec::new();
     for (j, e) in p.endpoints.iter().enumerate() {
-        if let Some(ep) = compile_endpoint(p, &format!("{path}.endpoints[{j}]"), e, secrets, errs) {
+        let ep_path = format!("{path}.endpoints[{j}]");
+        if let Some(ep) = compile_endpoint(p, &ep_path, e, secrets, registry, errs) {
             endpoints.push(ep);
         }
     }
@@ -318,6 +349,12 @@ fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -
     if b.failure_ratio.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
         errs.push(format!("{path}.breaker.failure_ratio"), "must be in (0, 1]");
     }
+    if p.max_cooldown_models_per_key == 0 {
+        errs.push(
+            format!("{path}.max_cooldown_models_per_key"),
+            "must be at least 1",
+        );
+    }
     if b.open_ms == 0 || b.window_ms == 0 {
         errs.push(
             format!("{path}.breaker"),
@@ -327,6 +364,11 @@ fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -
     let health_check = p.health_check.as_ref().map(|h| {
         if !h.path.starts_with('/') {
             errs.push(format!("{path}.health_check.path"), "must start with '/'");
+        } else if !is_normal_path(h.path.split('?').next().unwrap_or_default()) {
+            errs.push(
+                format!("{path}.health_check.path"),
+                "must be a normalized path (no '.', '..' or empty segments, no encoded dots)",
+            );
         }
         if h.interval_ms < 100 || h.timeout_ms == 0 {
             errs.push(
@@ -340,6 +382,15 @@ fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -
             timeout: Duration::from_millis(h.timeout_ms),
         }
     });
+    let prov = crate::provider::provider(p.provider);
+    for (from, to) in &p.model_map {
+        if !prov.accepts_model(to) {
+            errs.push(
+                format!("{path}.model_map.{from}"),
+                format!("{to:?} is not a valid deployment name (letters, digits, '-', '_', '.'; at most 64)"),
+            );
+        }
+    }
     if errs.0.len() != before {
         return None;
     }
@@ -365,6 +416,7 @@ fn compile_endpoint(
     path: &str,
     e: &EndpointConf,
     secrets: Secrets,
+    registry: &Arc<Registry>,
     errs: &mut Errors,
 ) -> Option<Endpoint> {
     let url_path = format!("{path}.url");
@@ -432,7 +484,18 @@ fn compile_endpoint(
     if e.weight == 0 {
         errs.push(format!("{path}.weight"), "must be at least 1");
     }
-    let state = EndpointState::new(&pool.breaker, &pool.name, &addr, keys.len());
+    let id = EndpointId {
+        pool: pool.name.clone(),
+        url: e.url.trim_end_matches('/').to_owned(),
+    };
+    let values: Vec<&str> = keys.iter().map(Secret::expose).collect();
+    let state = registry.endpoint(
+        &id,
+        &addr,
+        &pool.breaker,
+        &values,
+        pool.max_cooldown_models_per_key,
+    );
     Some(Endpoint {
         weight: e.weight,
         state,
@@ -484,6 +547,15 @@ fn compile_tenants(file: &ConfigFile, secrets: Secrets, errs: &mut Errors) -> Te
         }
         let id: TenantId = Arc::from(tc.name.as_str());
         t.by_name.insert(tc.name.clone(), id.clone());
+        if tc.allow_header {
+            if conf.header.is_none() {
+                errs.push(
+                    format!("{path}.allow_header"),
+                    "needs tenants.header (the header that selects the tenant)",
+                );
+            }
+            t.by_header.insert(tc.name.clone(), id.clone());
+        }
         for (k, vk) in tc.virtual_keys.iter().enumerate() {
             let kp = format!("{path}.virtual_keys[{k}]");
             let digest = match (&vk.env, &vk.file, &vk.sha256) {
@@ -526,6 +598,16 @@ fn compile_tenants(file: &ConfigFile, secrets: Secrets, errs: &mut Errors) -> Te
         (None, false) => None,
     };
     if let Some(name) = default {
+        if conf
+            .list
+            .iter()
+            .any(|tc| tc.name == name && !tc.virtual_keys.is_empty())
+        {
+            errs.push(
+                "tenants.default",
+                format!("tenant {name:?} has virtual keys: only they may reach it"),
+            );
+        }
         let id = t
             .by_name
             .entry(name.clone())
@@ -548,3 +630,12 @@ fn hash_loaded(v: Result<String, String>, path: &str, errs: &mut Errors) -> Opti
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `path` is already in the form the proxy normalizes request paths to (a trailing
+/// slash allowed).
+fn is_normal_path(path: &str) -> bool {
+    matches!(
+        crate::proxy::path::normalize(path),
+        Ok(std::borrow::Cow::Borrowed(_))
+    )
+}

@@ -44,7 +44,9 @@ pub struct Endpoint {
     pub keys: Vec<Secret>,
     /// Weight for the `weighted` policy.
     pub weight: u32,
-    /// Breaker, key rotation, in-flight count, cooldown.
+    /// Breaker, key rotation, in-flight count, cooldown: shared with every other snapshot that
+    /// has this endpoint (same pool name and URL; keys by value), see
+    /// [`crate::balance::Registry`].
     pub state: EndpointState,
 }
 
@@ -198,6 +200,8 @@ pub struct Tenants {
     pub by_key_sha256: HashMap<[u8; 32], TenantId>,
     /// Every configured tenant by name.
     pub by_name: HashMap<String, TenantId>,
+    /// Tenants the tenant header may select (`allow_header: true`), by name.
+    pub by_header: HashMap<String, TenantId>,
     /// Header naming the tenant.
     pub header: Option<HeaderName>,
     /// Tenant for unidentified requests.

@@ -52,4 +52,21 @@ impl Provider for AzureOpenAi {
     fn error_style(&self) -> ErrorStyle {
         ErrorStyle::OpenAi
     }
+
+    fn accepts_model(&self, model: &str) -> bool {
+        is_deployment_name(model)
+    }
+}
+
+/// Whether `name` can be an Azure OpenAI deployment name, and so be placed as one path segment
+/// of `/openai/deployments/{deployment-id}/...` (Azure OpenAI REST API reference) without
+/// escaping: 1 to 64 characters, letters, digits, `-`, `_` and `.` (the characters the Azure
+/// portal and the Cognitive Services management API accept in deployment names), starting with
+/// a letter or digit (as the management API's `^[a-zA-Z0-9][a-zA-Z0-9_.-]*$` name pattern), so
+/// `.` and `..` are never one.
+pub fn is_deployment_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }

@@ -78,6 +78,13 @@ pub trait Provider {
     ) -> String;
     /// Native error style of this provider's API.
     fn error_style(&self) -> ErrorStyle;
+    /// Whether `model` (as the pool's upstream knows it, after `model_map`) may be used by
+    /// [`Provider::upstream_path`]. Providers that put the model in the URL check it against
+    /// the characters the provider allows there; the others take any model (it stays in the
+    /// JSON body).
+    fn accepts_model(&self, _model: &str) -> bool {
+        true
+    }
 }
 
 /// The provider implementation for `kind`.
@@ -171,6 +178,32 @@ mod tests {
             o.upstream_path("/base", "/v1/models", None, None),
             "/base/v1/models"
         );
+    }
+
+    #[test]
+    fn only_azure_checks_the_model_it_puts_in_the_url() {
+        let az = provider(ProviderKind::AzureOpenAi);
+        for ok in ["gpt-4o", "gpt-4o.mini_v2", "A1", &"a".repeat(64)] {
+            assert!(az.accepts_model(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "x/../../files?a=",
+            "a#b",
+            "a/b",
+            "a?b",
+            "a b",
+            "a%2e",
+            "-a",
+            ".a",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(!az.accepts_model(bad), "{bad}");
+        }
+        assert!(provider(ProviderKind::OpenAiCompatible).accepts_model("org/model:q4 #1"));
     }
 
     #[test]

@@ -9,13 +9,16 @@
 
 use super::ctx::{AttemptRecord, AttemptSpec, RequestCtx};
 use super::relay;
+use crate::balance::breaker::Outcome;
+use crate::balance::breaker::Pass;
 use crate::balance::now_ms;
 use crate::config::{Pool, Timeouts};
 use crate::error::{SluiceError, TimeoutPhase};
 use crate::metrics;
+use crate::provider::provider;
 use bytes::Bytes;
 use pingora_core::protocols::http::HttpTask;
-use pingora_error::{Error, ErrorType};
+use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora_proxy::Session;
@@ -112,9 +115,6 @@ struct Held {
     endpoint: usize,
 }
 
-/// Statuses that count as an endpoint failure for its circuit breaker.
-const BREAKER_FAILURES: [u16; 5] = [500, 502, 503, 504, 529];
-
 /// Run the route's pools in order (each pool's endpoints in its policy's order) until one
 /// answers with a status that is not retryable; relay that answer to the client.
 ///
@@ -140,6 +140,9 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
     let (mut rate_limited, mut other_unavailable) = (false, false);
     let mut attempts = 0u32;
     let mut previous: Option<(Arc<str>, String)> = None;
+    // A pool whose URL cannot carry the model (Azure deployment names) is skipped without a
+    // connection: not an endpoint failure. Answered when no other pool could serve.
+    let mut invalid_model: Option<SluiceError> = None;
     let outcome = 'pools: {
         for pool in &route.pools {
             let model = ctx
@@ -147,6 +150,13 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                 .model
                 .as_deref()
                 .map(|m| pool.upstream_model(m).to_owned());
+            if model
+                .as_deref()
+                .is_some_and(|m| !provider(pool.provider).accepts_model(m))
+            {
+                invalid_model = Some(SluiceError::InvalidModel(pool.name.to_string()));
+                continue;
+            }
             let pool_body = match (&ctx.inspected.model, &model) {
                 (Some(asked), Some(renamed)) if asked != renamed => {
                     super::inspect::with_model(&body, renamed)?
@@ -155,7 +165,8 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
             };
             for ep_idx in pool.order() {
                 let ep = &pool.endpoints[ep_idx];
-                let mut key = match usable(pool, ep_idx, &mut earliest) {
+                // `_pass` holds a half-open breaker's probe slot until this endpoint is done.
+                let (mut key, _pass) = match usable(pool, ep_idx, model.as_deref(), &mut earliest) {
                     Ok(k) => k,
                     Err(keys_cooling) => {
                         rate_limited |= keys_cooling;
@@ -189,11 +200,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                         First::Header(header, end) => {
                             let status = header.status.as_u16();
                             let now = now_ms();
-                            if BREAKER_FAILURES.contains(&status) {
-                                ep.state.breaker.failure();
-                            } else {
-                                ep.state.breaker.success();
-                            }
+                            ep.state.breaker.record(Outcome::of_status(status));
                             let wait = retry_after_ms(&header);
                             match status {
                                 401 | 403 => {
@@ -205,7 +212,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                                             "unauthorized",
                                         ])
                                         .inc();
-                                    if let Ok(next) = ep.state.keys.pick(now) {
+                                    if let Ok(next) = ep.state.keys.pick(now, model.as_deref()) {
                                         // Another key of the same endpoint may work.
                                         record(ctx, pool, &ep.addr, status, "key_disabled");
                                         key = next;
@@ -215,7 +222,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                                 429 => {
                                     rate_limited = true;
                                     let until = now + wait.unwrap_or(1_000);
-                                    ep.state.keys.cool_down(key, until);
+                                    ep.state.keys.cool_down(key, model.as_deref(), until);
                                     earliest = Some(earliest.map_or(until, |e| e.min(until)));
                                     metrics::KEY_COOLDOWNS
                                         .with_label_values(&[
@@ -255,7 +262,9 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
                         }
                         First::Failed(err) => {
                             other_unavailable = true;
-                            ep.state.breaker.failure();
+                            // Only what the upstream did counts: an attempt sluice could not
+                            // even send (a rewrite it refused, an internal error) is neutral.
+                            ep.state.breaker.record(Outcome::of_error(&err));
                             record(ctx, pool, &ep.addr, 0, err.label());
                             let retry = match &err {
                                 SluiceError::UpstreamTimeout { .. } => rules.retry_on_timeout,
@@ -297,19 +306,27 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Slui
         return Ok(());
     }
     let retry_after = earliest.map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
-    Err(match last_err {
-        Some(e) => e,
-        None => SluiceError::NoUpstreamAvailable {
+    Err(match (last_err, invalid_model) {
+        (Some(e), _) => e,
+        (None, Some(e)) if !rate_limited && !other_unavailable => e,
+        (None, _) => SluiceError::NoUpstreamAvailable {
             retry_after,
             rate_limited: rate_limited && !other_unavailable,
         },
     })
 }
 
-/// A usable key of endpoint `idx` if the endpoint may be tried now (not cooling down, breaker
-/// not open); records why not otherwise and updates the earliest cooldown. `Err(true)`: its
+/// A usable key of endpoint `idx` for a request for `model` (as the pool's upstream knows it;
+/// `None` when the request names none) if the endpoint may be tried now (not cooling down,
+/// breaker admitting the call), with the breaker's pass to hold until the attempt's outcome is
+/// recorded; records why not otherwise and updates the earliest cooldown. `Err(true)`: its
 /// keys are all cooling down after 429s; `Err(false)`: unavailable for another reason.
-pub(super) fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Result<usize, bool> {
+pub(super) fn usable(
+    pool: &Pool,
+    idx: usize,
+    model: Option<&str>,
+    earliest: &mut Option<u64>,
+) -> Result<(usize, Pass), bool> {
     let ep = &pool.endpoints[idx];
     let now = now_ms();
     let until = ep.state.cooldown_until_ms.load(Ordering::Acquire);
@@ -320,11 +337,18 @@ pub(super) fn usable(pool: &Pool, idx: usize, earliest: &mut Option<u64>) -> Res
             .inc();
         return Err(false);
     }
-    if !ep.state.breaker.permits() {
-        return Err(false);
-    }
-    match ep.state.keys.pick(now) {
-        Ok(k) => Ok(k),
+    let pass = match ep.state.breaker.admit() {
+        Ok(pass) => pass,
+        Err(skip) => {
+            metrics::ENDPOINT_SKIPS
+                .with_label_values(&[&*pool.name, ep.addr.as_str(), skip.label()])
+                .inc();
+            return Err(false);
+        }
+    };
+    // Without a usable key the pass (and a probe slot it holds) is dropped unused.
+    match ep.state.keys.pick(now, model) {
+        Ok(k) => Ok((k, pass)),
         Err(until) => {
             if let Some(u) = until {
                 *earliest = Some(earliest.map_or(u, |e| e.min(u)));
@@ -385,6 +409,7 @@ async fn spawn(
         key,
         model,
         body_len: body.len(),
+        uri: session.req_header().uri.clone(),
         request_id: ctx.request_id.clone(),
         sent_ms: std::sync::atomic::AtomicU64::new(0),
     };
@@ -464,9 +489,17 @@ async fn first_response(
     }
 }
 
-/// Map a Pingora upstream error to sluice's error.
+/// Map a Pingora proxy error to sluice's error, by who caused it ([`Error::esource`]): the
+/// client ([`client_error`]), sluice itself ([`SluiceError::Internal`]: a hook refused or
+/// failed before anything was sent), or the upstream (connect failure, timeout, reset,
+/// invalid response). Connect and timeout types count as the upstream's whatever their source
+/// (an unresolvable endpoint name is reported before Pingora tags it).
 pub fn classify(e: &Error, endpoint: &str, before_header: bool) -> SluiceError {
     let upstream = endpoint.to_owned();
+    let source = e.esource();
+    if *source == ErrorSource::Downstream {
+        return client_error(e);
+    }
     match e.etype() {
         ErrorType::ConnectTimedout => SluiceError::UpstreamTimeout {
             upstream,
@@ -490,6 +523,86 @@ pub fn classify(e: &Error, endpoint: &str, before_header: bool) -> SluiceError {
         | ErrorType::HandshakeError
         | ErrorType::SocketError
         | ErrorType::BindError => SluiceError::UpstreamUnreachable(upstream),
-        _ => SluiceError::UpstreamFailed(upstream),
+        _ if *source == ErrorSource::Upstream => SluiceError::UpstreamFailed(upstream),
+        _ => SluiceError::Internal,
+    }
+}
+
+/// pingora-core's v1 body reader error types (not exported by pingora-core, matched by
+/// name): a chunk size that is not hex, overflows or is too long, a chunk not ended by CRLF
+/// (`InvalidChunk`), or a malformed trailer section (`InvalidTrailerEnd`).
+const INVALID_CHUNK: ErrorType = ErrorType::new("InvalidChunk");
+const INVALID_TRAILER_END: ErrorType = ErrorType::new("InvalidTrailerEnd");
+
+/// Map an error reading the client's request to sluice's error: invalid framing
+/// ([`SluiceError::BadRequestFraming`], answered with a 400 and `connection: close`) or a client
+/// that left or stalled ([`SluiceError::ClientGone`]: nobody to answer).
+pub fn client_error(e: &Error) -> SluiceError {
+    let etype = e.etype();
+    if *etype == INVALID_CHUNK
+        || *etype == INVALID_TRAILER_END
+        || *etype == ErrorType::InvalidHTTPHeader
+    {
+        SluiceError::BadRequestFraming
+    } else {
+        SluiceError::ClientGone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(etype: ErrorType, source: Option<ErrorSource>) -> Box<Error> {
+        let mut e = Error::explain(etype, "test");
+        match source {
+            Some(ErrorSource::Upstream) => e.as_up(),
+            Some(ErrorSource::Downstream) => e.as_down(),
+            Some(_) => e.as_in(),
+            None => {}
+        }
+        e
+    }
+
+    #[test]
+    fn errors_are_classified_by_who_caused_them() {
+        let c = |e: Box<Error>| classify(&e, "h:1", true);
+        let down = Some(ErrorSource::Downstream);
+        let up = Some(ErrorSource::Upstream);
+        assert!(matches!(
+            c(err(INVALID_CHUNK, down.clone())),
+            SluiceError::BadRequestFraming
+        ));
+        assert!(matches!(
+            c(err(ErrorType::ConnectionClosed, down.clone())),
+            SluiceError::ClientGone
+        ));
+        // A read error is the client's when it comes from downstream, the upstream's otherwise.
+        assert!(matches!(
+            c(err(ErrorType::ReadError, down)),
+            SluiceError::ClientGone
+        ));
+        assert!(matches!(
+            c(err(ErrorType::ReadError, up)),
+            SluiceError::UpstreamFailed(_)
+        ));
+        // Sluice's own refusals (a hook that failed before sending) are internal.
+        assert!(matches!(
+            c(err(ErrorType::InternalError, None)),
+            SluiceError::Internal
+        ));
+        assert!(matches!(
+            c(err(ErrorType::InternalError, Some(ErrorSource::Internal))),
+            SluiceError::Internal
+        ));
+        // Connect failures and timeouts are the upstream's even before Pingora tags them.
+        assert!(matches!(
+            c(err(ErrorType::ConnectNoRoute, None)),
+            SluiceError::UpstreamUnreachable(_)
+        ));
+        assert!(matches!(
+            c(err(ErrorType::ConnectTimedout, None)),
+            SluiceError::UpstreamTimeout { .. }
+        ));
     }
 }

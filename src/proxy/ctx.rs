@@ -2,6 +2,7 @@
 //! pipeline (tenant, route, model, attempts, tokens, timings), plus the attempt spec a parent
 //! hands to the subrequest that performs one upstream attempt.
 
+use crate::balance::breaker::Pass;
 use crate::config::{Pool, Snapshot, TenantId};
 use crate::error::SluiceError;
 use crate::limits::Admission;
@@ -105,6 +106,9 @@ pub struct RequestCtx {
     pub admission: Option<Admission>,
     /// Counts this request in flight (client requests only).
     pub active: Option<super::ActiveGuard>,
+    /// Passthrough: the serving endpoint's breaker pass (a half-open breaker's probe slot),
+    /// held until the outcome is recorded; dropped unused if the request ends before.
+    pub breaker_pass: Option<Pass>,
 }
 
 impl Default for RequestCtx {
@@ -135,6 +139,7 @@ impl Default for RequestCtx {
             attempt: None,
             admission: None,
             active: None,
+            breaker_pass: None,
         }
     }
 }
@@ -168,6 +173,9 @@ pub struct AttemptSpec {
     pub model: Option<String>,
     /// Length of the body the parent sends, for the subrequest's `content-length`.
     pub body_len: usize,
+    /// The parent's normalized path and query: the subrequest re-parses the client's original
+    /// header bytes, so it must be told the path the route was chosen for.
+    pub uri: http::Uri,
     /// The parent's request id.
     pub request_id: String,
     /// When the subrequest sent the request upstream (ms since the epoch, 0 = not yet): the

@@ -39,7 +39,8 @@ pub fn should_inspect(req: &RequestHeader, snapshot: &Snapshot) -> bool {
 ///
 /// Answers `Expect: 100-continue` first. A declared `content-length` over the cap, or a body
 /// that grows past it, is [`SluiceError::BodyTooLarge`]; the rest of the body is then drained
-/// (up to 256 MiB) so the client reads the 413 instead of a reset.
+/// (up to 256 MiB) so the client reads the 413 instead of a reset. Invalid chunked framing is
+/// [`SluiceError::BadRequestFraming`], a client that left [`SluiceError::ClientGone`].
 pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, SluiceError> {
     let expects_continue = session
         .req_header()
@@ -80,7 +81,12 @@ pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, Sluic
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(buf.freeze()),
-            Err(_) => return Err(SluiceError::ClientGone),
+            Err(e) => {
+                // The body's framing is lost either way: the connection cannot carry another
+                // request (`connection: close` on the answer, if any).
+                session.set_keepalive(None);
+                return Err(super::attempt::client_error(&e));
+            }
         }
     }
 }
@@ -108,8 +114,19 @@ struct Peek<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     max_output_tokens: Option<u64>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
+    /// Absent: `None`; `null`: `Some(None)` (treated as absent, but the member must be
+    /// replaced rather than a second one added).
+    #[serde(default, deserialize_with = "present")]
+    stream_options: Option<Option<StreamOptions>>,
+}
+
+/// Deserialize a member that is present (`null` included) as `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -143,6 +160,7 @@ pub fn inspect(api: Option<ApiKind>, body: Bytes) -> Result<(Inspected, Bytes), 
     let wants_usage = peek
         .stream_options
         .as_ref()
+        .and_then(|o| o.as_ref())
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let chat_like = matches!(api, Some(ApiKind::OpenAiChat | ApiKind::OpenAiCompletions));
@@ -251,6 +269,18 @@ mod tests {
         assert!(!i.injected_include_usage);
         assert_eq!(b, body.as_bytes());
         // Not streamed: stream_options would be a 400 upstream, never added.
+        // `null` is absent: replaced, never a second `stream_options` member.
+        let body = r#"{"model":"m","stream":true,"stream_options":null}"#;
+        let (i, b) = inspect(Some(ApiKind::OpenAiChat), Bytes::from(body)).unwrap();
+        assert!(i.injected_include_usage);
+        assert_eq!(
+            String::from_utf8_lossy(&b)
+                .matches("stream_options")
+                .count(),
+            1
+        );
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
         let (i, v) = run(ApiKind::OpenAiChat, r#"{"model":"m"}"#);
         assert!(!i.injected_include_usage);
         assert!(v.get("stream_options").is_none());

@@ -1,6 +1,7 @@
 //! The proxy: Pingora's `ProxyHttp` implemented as a thin list of delegations to one module
 //! per pipeline stage, in the order a request meets them:
 //!
+//! 0. `path`      (request_filter) path normalized (dot-segments, slashes) or refused
 //! 1. `identify`  (request_filter) tenant from virtual key / header / default
 //! 2. `inspect`   (request_filter) read + parse + rewrite the JSON body of API calls
 //! 3. `upstream`  (upstream_peer, upstream_request_filter) endpoint, key injection, path
@@ -17,12 +18,15 @@ pub mod ctx;
 pub mod identify;
 pub mod inspect;
 pub mod limit;
+pub mod path;
 mod relay;
 mod request;
 mod respond;
 mod upstream;
 
+use crate::balance::breaker::Outcome;
 use crate::config::Snapshot;
+use crate::error;
 use crate::limits::Limiter;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -135,7 +139,9 @@ impl ProxyHttp for Sluice {
     }
 
     /// Attempt: report nothing to the (virtual) client: the parent reads the error from the
-    /// subrequest handle and decides. Passthrough: a native error.
+    /// subrequest handle and decides. Passthrough: a native error, always with
+    /// `connection: close` (the request body may be half-read); a client that left gets none,
+    /// one whose body framing is invalid gets a 400.
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -148,13 +154,6 @@ impl ProxyHttp for Sluice {
                 can_reuse_downstream: false,
             };
         }
-        if *e.esource() == pingora_error::ErrorSource::Downstream {
-            // The client is gone or sent garbage mid-body: nobody to answer.
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        }
         let endpoint = ctx
             .pool
             .as_ref()
@@ -162,6 +161,15 @@ impl ProxyHttp for Sluice {
             .map_or("upstream", |ep| ep.addr.as_str())
             .to_owned();
         let err = attempt::classify(e, &endpoint, session.response_written().is_none());
+        if matches!(err, error::SluiceError::ClientGone) {
+            // The client is gone: nobody to answer.
+            ctx.client_disconnected = true;
+            ctx.error = Some(err);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let code = err.status();
         // The client's request body may be half-read: say `connection: close` on the error.
         session.set_keepalive(None);
@@ -172,7 +180,9 @@ impl ProxyHttp for Sluice {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    /// Passthrough: passive health from the upstream's own outcome (its status, or an
+    /// upstream-caused error); a client that left or a request sluice refused is neutral.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.phase == Phase::Attempt {
             return;
         }
@@ -190,11 +200,11 @@ impl ProxyHttp for Sluice {
                 .as_ref()
                 .and_then(|p| p.endpoints.get(ctx.endpoint))
             {
-                if status == 0 || [500, 502, 503, 504, 529].contains(&status) {
-                    ep.state.breaker.failure();
-                } else {
-                    ep.state.breaker.success();
-                }
+                let outcome = match e {
+                    Some(e) => Outcome::of_error(&attempt::classify(e, &ep.addr, false)),
+                    None => Outcome::of_status(status),
+                };
+                ep.state.breaker.record(outcome);
             }
         }
         if account::needs_estimates(ctx) {

@@ -25,6 +25,12 @@ enum Accounting {
 }
 
 impl Accounting {
+    /// The stream's final event (`[DONE]`, `message_stop`, `response.completed`) went by: the
+    /// client has the whole answer.
+    fn final_event_seen(&self) -> bool {
+        matches!(self, Accounting::Sse(a) if a.completed())
+    }
+
     fn push(&mut self, chunk: &Bytes) -> Bytes {
         match self {
             Accounting::Sse(a) => a.push(chunk),
@@ -95,6 +101,7 @@ enum Event {
     Task(Option<HttpTask>),
     Idle,
     ClientGone,
+    DrainDeadline,
 }
 
 /// Relay the response whose header is `header` from `child` to the client. Never fails: what
@@ -157,11 +164,16 @@ pub async fn relay(
     let mut written = 0usize;
     let mut complete = false;
     let mut child_done = false;
+    // The stream's final event was written to the client / the client closed after that.
+    let (mut final_written, mut closed_after_end) = (false, false);
+    let drain_deadline = crate::drain::deadline();
+    tokio::pin!(drain_deadline);
     loop {
         let event = tokio::select! {
             task = child.next_task() => Event::Task(task),
             _ = tokio::time::sleep(idle) => Event::Idle,
             _ = session.as_downstream_mut().read_body_or_idle(true) => Event::ClientGone,
+            () = &mut drain_deadline => Event::DrainDeadline,
         };
         match event {
             Event::Task(Some(HttpTask::Body(data, body_end))) => {
@@ -182,9 +194,13 @@ pub async fn relay(
                     complete = true;
                     break;
                 }
-                if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
-                    ctx.client_disconnected = true;
-                    break;
+                if !out.is_empty() {
+                    if session.write_response_body(Some(out), false).await.is_err() {
+                        ctx.client_disconnected = !final_written;
+                        closed_after_end = final_written;
+                        break;
+                    }
+                    final_written = acc.final_event_seen();
                 }
             }
             Event::Task(Some(HttpTask::Done)) => {
@@ -206,6 +222,16 @@ pub async fn relay(
                     upstream: child.endpoint.clone(),
                     phase: TimeoutPhase::Idle,
                 });
+                break;
+            }
+            Event::DrainDeadline => {
+                failure = Some(SluiceError::ShuttingDown);
+                break;
+            }
+            Event::ClientGone if final_written => {
+                // The client has the final event and closed before the body's end (the openai
+                // SDK closes right after `data: [DONE]`): a completed request, not a disconnect.
+                closed_after_end = true;
                 break;
             }
             Event::ClientGone => {
@@ -254,6 +280,10 @@ pub async fn relay(
     if let Some(err) = failure {
         ctx.error = Some(err);
     }
+    if closed_after_end {
+        session.set_keepalive(None);
+        return;
+    }
     if ctx.client_disconnected {
         metrics::CLIENT_DISCONNECTS
             .with_label_values(&[ctx.route_name()])
@@ -265,7 +295,7 @@ pub async fn relay(
         return;
     }
     let tail = tail.freeze();
-    if session.write_response_body(Some(tail), true).await.is_err() {
+    if session.write_response_body(Some(tail), true).await.is_err() && !final_written {
         ctx.client_disconnected = true;
     }
     if !child_done {

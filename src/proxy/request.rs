@@ -1,8 +1,8 @@
-//! The parent's request_filter, in pipeline order: snapshot, tenant, inspection, route, then
-//! either the attempts (inspected) or Pingora's own proxy path (passthrough).
+//! The parent's request_filter, in pipeline order: snapshot, path, tenant, inspection, route,
+//! then either the attempts (inspected) or Pingora's own proxy path (passthrough).
 
 use super::ctx::{Phase, RequestCtx};
-use super::{attempt, identify, inspect, limit};
+use super::{attempt, identify, inspect, limit, path};
 use crate::config::Snapshot;
 use crate::error::SluiceError;
 use crate::limits::Limiter;
@@ -29,6 +29,10 @@ pub async fn handle(
     ctx.snapshot = Some(snapshot.clone());
     let req = session.req_header();
     ctx.style = ErrorStyle::guess(req);
+    // Everything below (route, API kind, inspection, the upstream) reads the normalized path.
+    path::normalize_request(session.req_header_mut())?;
+    let req = session.req_header();
+    ctx.style = ErrorStyle::guess(req);
     ctx.tenant = Some(identify::tenant(req, &snapshot.tenants)?);
     let path = req.uri.path().to_owned();
     ctx.api = ApiKind::from_path(&path);
@@ -51,13 +55,14 @@ pub async fn handle(
         .and_then(|i| snapshot.routes.get(i))
         .ok_or(SluiceError::Internal)?;
     // A streamed-through body cannot be replayed: one attempt, on the first usable endpoint.
-    let (pool, ep, key) = route
+    let (pool, ep, (key, pass)) = route
         .pools
         .iter()
         .find_map(|p| {
             p.order().into_iter().find_map(|i| {
-                // The same checks as an inspected request's attempts (cooldown, breaker, key).
-                let key = attempt::usable(p, i, &mut None).ok()?;
+                // The same checks as an inspected request's attempts (cooldown, breaker, key);
+                // no model: only model-independent key state applies.
+                let key = attempt::usable(p, i, None, &mut None).ok()?;
                 Some((p.clone(), i, key))
             })
         })
@@ -69,6 +74,7 @@ pub async fn handle(
     ctx.pool = Some(pool);
     ctx.endpoint = ep;
     ctx.key = key;
+    ctx.breaker_pass = Some(pass);
     ctx.phase = Phase::Passthrough;
     Ok(Flow::Passthrough)
 }

@@ -33,6 +33,7 @@ pub fn begin_attempt(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> 
     ctx.phase = Phase::Attempt;
     ctx.request_id.clone_from(&spec.request_id);
     let req = session.req_header_mut();
+    req.set_uri(spec.uri.clone());
     req.insert_header(http::header::CONTENT_LENGTH, spec.body_len)?;
     req.remove_header(&http::header::TRANSFER_ENCODING);
     req.remove_header(&http::header::EXPECT);
@@ -86,6 +87,11 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> 
         target(ctx).or_err(ErrorType::InternalError, "no upstream chosen")?;
     let ep = endpoint(pool, idx)?;
     let p = provider(pool.provider);
+    if model.is_some_and(|m| !p.accepts_model(m)) {
+        // Unreachable: the parent refuses such a model before spawning the attempt. Kept so
+        // that a body value can never be spliced into a URL unchecked.
+        return Error::e_explain(ErrorType::InternalError, "model not valid in upstream URL");
+    }
     for h in CLIENT_CREDENTIAL_HEADERS {
         req.remove_header(h);
     }

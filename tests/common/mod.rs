@@ -61,6 +61,8 @@ pub enum Behavior {
     CutAfterThree,
     /// 401 when the request's `authorization` contains this key.
     RejectKey(String),
+    /// `Status(status, retry_after)` for requests whose body names this model, else normal.
+    StatusForModel(String, u16, Option<u32>),
 }
 
 impl Mock {
@@ -157,7 +159,15 @@ impl Mock {
 
     /// Answer `rec`; returns whether the connection stays open.
     async fn respond(&self, sock: &mut TcpStream, rec: &Recorded) -> std::io::Result<bool> {
-        let behavior = self.behavior.lock().unwrap().clone();
+        let mut behavior = self.behavior.lock().unwrap().clone();
+        if let Behavior::StatusForModel(model, status, retry_after) = &behavior {
+            let json: serde_json::Value = serde_json::from_slice(&rec.body).unwrap_or_default();
+            behavior = if json["model"].as_str() == Some(model.as_str()) {
+                Behavior::Status(*status, *retry_after)
+            } else {
+                Behavior::Normal
+            };
+        }
         match behavior {
             Behavior::Normal => {}
             Behavior::Status(status, retry_after) => {
@@ -179,7 +189,7 @@ impl Mock {
                 write_json(sock, 401, body).await?;
                 return Ok(true);
             }
-            Behavior::RejectKey(_) => {}
+            Behavior::RejectKey(_) | Behavior::StatusForModel(..) => {}
             Behavior::Stall => {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 return Ok(false);
@@ -375,6 +385,23 @@ impl Sluice {
         s
     }
 
+    /// Replace the config file with `body` (YAML without `listeners`, which stay) and wait
+    /// (bounded) until sluice reports one more successful reload.
+    pub async fn reload(&self, body: &str) {
+        let name = "sluice_config_reload_total";
+        let before = self.metric(name, &[("result", "success")]).await;
+        let listeners = Self::listeners_yaml(
+            self.proxy.trim_start_matches("http://"),
+            self.admin.trim_start_matches("http://"),
+        );
+        std::fs::write(self.dir.join("sluice.yaml"), format!("{listeners}{body}")).unwrap();
+        self.signal("HUP");
+        let after = self
+            .wait_metric(name, &[("result", "success")], |v| v > before)
+            .await;
+        assert!(after > before, "config not reloaded:\n{}", self.log());
+    }
+
     /// Send `signal` (e.g. "HUP", "TERM") to sluice.
     pub fn signal(&self, signal: &str) {
         let ok = Command::new("kill")
@@ -471,5 +498,80 @@ impl Drop for Sluice {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A response read off a raw socket by [`raw_http`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header lines, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// Body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+}
+
+/// Write `request` to `addr` (`http://host:port` or `host:port`) byte for byte (reqwest and
+/// hyper normalize request-targets; this does not) and read the response until the server
+/// closes (send `connection: close`) or 10 s pass. `status` 0: no response at all.
+pub async fn raw_http(addr: &str, request: &[u8]) -> RawResponse {
+    let addr = addr.trim_start_matches("http://");
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut buf)).await;
+    let Some(end) = find(&buf, b"\r\n\r\n") else {
+        return RawResponse {
+            status: 0,
+            headers: Vec::new(),
+            body: buf,
+        };
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = buf[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        let (mut out, mut rest) = (Vec::new(), body.as_slice());
+        while let Some(p) = find(rest, b"\r\n") {
+            let size = std::str::from_utf8(&rest[..p])
+                .ok()
+                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+                .unwrap_or(0);
+            if size == 0 || rest.len() < p + 2 + size {
+                break;
+            }
+            out.extend_from_slice(&rest[p + 2..p + 2 + size]);
+            rest = &rest[(p + 4 + size).min(rest.len())..];
+        }
+        body = out;
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
     }
 }

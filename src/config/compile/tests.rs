@@ -89,6 +89,99 @@ fn virtual_keys_hash_and_identify() {
 }
 
 #[test]
+fn endpoint_health_survives_a_recompile_and_follows_key_values() {
+    use crate::balance::{now_ms, Registry};
+    let registry = Arc::new(Registry::default());
+    let dir = std::env::temp_dir().join(format!("sluice-registry-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (k1, k2) = (dir.join("k1"), dir.join("k2"));
+    std::fs::write(&k1, "sk-one").unwrap();
+    std::fs::write(&k2, "sk-two").unwrap();
+    let yaml = |extra: &str| {
+        format!(
+            "pools:\n  - name: kept\n    provider: openai\n    breaker: {{consecutive_failures: 1, open_ms: 600000}}\n    endpoints:\n      - url: http://127.0.0.1:9/\n        keys: [{{file: {}}}, {{file: {}}}]\n{extra}",
+            k1.display(),
+            k2.display()
+        )
+    };
+    let gone = "  - name: gone\n    provider: openai\n    endpoints: [{url: http://127.0.0.1:10, keys: [{env: PATH}]}]\n";
+    let build = |text: &str| compile_with(&parse(text).unwrap(), Secrets::Load, &registry).unwrap();
+    let first = build(&yaml(gone));
+    assert_eq!(registry.entries(), (2, 3));
+    let ep = &first.pools["kept"].endpoints[0];
+    ep.state.breaker.failure();
+    ep.state.keys.disable(0);
+    let until = now_ms() + 600_000;
+    ep.state.keys.cool_down(1, Some("m"), until);
+
+    // A reload that drops pool "gone" and adds a route.
+    let second =
+        build(&(yaml("") + "routes:\n  - {name: r, match: {path_prefix: /v1}, pools: [kept]}\n"));
+    let ep = &second.pools["kept"].endpoints[0];
+    assert!(ep.state.breaker.admit().is_err(), "still open");
+    let now = now_ms();
+    assert_eq!(
+        ep.state.keys.pick(now, Some("m")),
+        Err(Some(until)),
+        "key 0 disabled, key 1 cooling for m"
+    );
+    assert_eq!(ep.state.keys.pick(now, Some("n")), Ok(1));
+    let exported = |pool: &str| {
+        prometheus::gather()
+            .iter()
+            .filter(|f| f.name() == "sluice_breaker_state")
+            .flat_map(|f| f.get_metric())
+            .any(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "pool" && l.value() == pool)
+            })
+    };
+    assert!(exported("gone"));
+    drop(first);
+    assert!(
+        !exported("gone"),
+        "a removed endpoint's breaker is no longer exported"
+    );
+    assert!(exported("kept"));
+    assert_eq!(
+        registry.entries(),
+        (1, 2),
+        "the removed endpoint is forgotten"
+    );
+
+    // Key 0 rotated: a new value starts fresh; the breaker is the endpoint's, kept.
+    std::fs::write(&k1, "sk-one-rotated").unwrap();
+    let third = build(&yaml(""));
+    let ep = &third.pools["kept"].endpoints[0];
+    assert_eq!(ep.state.keys.pick(now, Some("m")), Ok(0));
+    assert!(ep.state.breaker.admit().is_err());
+    drop(second);
+    assert_eq!(registry.entries(), (1, 2), "the old key 0 is forgotten");
+    drop(third);
+    assert_eq!(registry.entries(), (0, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn route_prefixes_health_paths_and_azure_model_map_are_checked() {
+    let yaml = "pools:\n  - name: az\n    provider: azure_openai\n    api_version: '2024-10-21'\n    model_map: {gpt-4o: 'x/../../files?a=', ok: gpt-4o.mini_v2}\n    health_check: {path: /openai/../models}\n    endpoints:\n      - url: http://127.0.0.1:9\n        keys: [{env: K}]\nroutes:\n  - {name: a, match: {path_prefix: /v1/../v2}, pools: [az]}\n  - {name: b, match: {path_prefix: '/v1//x'}, pools: [az]}\n  - {name: c, match: {path_prefix: /v1/}, pools: [az]}\n";
+    let errs = errors(yaml);
+    for e in [
+        "pools[0].model_map.gpt-4o: \"x/../../files?a=\" is not a valid deployment name",
+        "pools[0].health_check.path: must be a normalized path",
+        "routes[0].match.path_prefix: must be a normalized path",
+        "routes[1].match.path_prefix: must be a normalized path",
+    ] {
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}
+
+#[test]
 fn connection_bounds_default_and_reject_zero() {
     let snap = compile(&parse(POOL).unwrap(), Secrets::Skip).unwrap();
     assert_eq!(snap.connections.header_timeout, Duration::from_secs(10));

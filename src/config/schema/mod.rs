@@ -260,14 +260,15 @@ pub enum Policy {
 }
 
 /// `pools[].breaker`: the circuit breaker of each endpoint of the pool. Failures are connect
-/// errors, timeouts and 500/502/503/504/529 answers.
+/// errors, timeouts, upstream resets and 500/502/503/504/529 answers; a client that leaves or
+/// sends garbage, and a request sluice refuses before sending, never count.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConf {
     /// Opens after this many consecutive failures. Default 5.
     #[serde(default = "default_failures")]
     pub consecutive_failures: u32,
-    /// Also opens when the failure ratio over `window_ms` exceeds this (0..1), once
+    /// Also opens when the failure ratio over `window_ms` reaches this (0..1], once
     /// `min_requests` were seen. Default: off.
     #[serde(default)]
     pub failure_ratio: Option<f64>,
@@ -358,6 +359,14 @@ pub struct PoolConf {
     /// Optional active health check.
     #[serde(default)]
     pub health_check: Option<HealthCheckConf>,
+    /// Most models a key holds a 429 cooldown for at once (expired ones are dropped first,
+    /// then the one ending soonest). Default 64.
+    #[serde(default = "default_max_cooldown_models_per_key")]
+    pub max_cooldown_models_per_key: usize,
+}
+
+fn default_max_cooldown_models_per_key() -> usize {
+    64
 }
 
 /// A header a route requires: `name` equal to `value` (exact).
@@ -464,16 +473,24 @@ pub struct TenantConf {
     /// This tenant's limits (else `limits.default`).
     #[serde(default)]
     pub limits: Option<LimitsConf>,
+    /// Whether `tenants.header` may select this tenant for a request carrying no virtual key
+    /// (trusted in-pod callers). Default false: a tenant is reached only by its virtual keys
+    /// (or as the default tenant). Needs `tenants.header`.
+    #[serde(default)]
+    pub allow_header: bool,
 }
 
 /// `tenants`: how a request is attributed to a tenant.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantsConf {
-    /// Header naming the tenant, checked when the key is not a virtual key.
+    /// Header naming the tenant. Without a virtual key it selects only tenants with
+    /// `allow_header: true` (else a native 403); with a virtual key it must name the key's own
+    /// tenant (else a native 403).
     #[serde(default)]
     pub header: Option<String>,
-    /// Tenant of requests identified neither way; without it they get a native 401.
+    /// Tenant of requests identified neither way; without it they get a native 401. Must not
+    /// have virtual keys (a tenant with keys is reached only by them).
     #[serde(default)]
     pub default: Option<String>,
     /// With virtual keys configured, a key that is not one of them gets a native 401.
