@@ -274,6 +274,17 @@ pub static REDIS_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_config_reload_ignored_fields_total{field}`: reloads that changed a field read only
+/// at start (listeners, threads, drain deadline, log format, reload settings, limit store):
+/// the rest of the reload applied, this field keeps its running value until a restart.
+pub static CONFIG_RELOAD_IGNORED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_config_reload_ignored_fields_total",
+        "Reloads that changed a field read only at start (kept until restart), by YAML field",
+        &["field"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -302,6 +313,7 @@ pub fn init() {
     Lazy::force(&REDIS_ERRORS);
     Lazy::force(&LEASES);
     Lazy::force(&REDIS_FALLBACKS);
+    Lazy::force(&CONFIG_RELOAD_IGNORED);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

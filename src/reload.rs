@@ -95,16 +95,7 @@ impl Reloader {
         *last = fingerprint;
         match load_text(&text, Secrets::Load) {
             Ok(mut next) => {
-                let current = self.config.load();
-                if next.proxy_addr != current.proxy_addr || next.admin_addr != current.admin_addr {
-                    tracing::warn!(
-                        proxy = %current.proxy_addr,
-                        admin = %current.admin_addr,
-                        "listener addresses cannot change by reload: keeping the current ones (restart to move them)"
-                    );
-                    next.proxy_addr.clone_from(&current.proxy_addr);
-                    next.admin_addr.clone_from(&current.admin_addr);
-                }
+                keep_start_only_fields(&self.config.load(), &mut next);
                 let routes = next.routes.len();
                 let pools = next.pools.len();
                 self.config.store(Arc::new(next));
@@ -131,6 +122,69 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Fields sluice reads only at start, by YAML path: a reload that changes one keeps the
+/// running value (copied from `current` into `next`), logs a warning naming the fields and
+/// counts each in `sluice_config_reload_ignored_fields_total{field}`; the rest applies.
+/// Returns the fields kept.
+pub fn keep_start_only_fields(current: &Snapshot, next: &mut Snapshot) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($field:literal, $($f:ident).+) => {
+            if next.$($f).+ != current.$($f).+ {
+                next.$($f).+.clone_from(&current.$($f).+);
+                kept.push($field);
+            }
+        };
+    }
+    keep!("listeners.proxy", proxy_addr);
+    keep!("listeners.admin", admin_addr);
+    keep!("server.threads", threads);
+    keep!("server.drain_timeout_seconds", drain_timeout);
+    keep!("server.log_format", log_format);
+    keep!("reload.watch", reload_watch);
+    keep!("reload.poll_interval_ms", reload_poll);
+    match (&current.redis, &next.redis) {
+        (Some(_), None) | (None, Some(_)) => kept.push("limits.store"),
+        (Some(c), Some(n)) => {
+            for (field, changed) in [
+                ("limits.redis.url", c.url != n.url),
+                ("limits.redis.timeout_ms", c.timeout_ms != n.timeout_ms),
+                (
+                    "limits.redis.connect_timeout_ms",
+                    c.connect_timeout_ms != n.connect_timeout_ms,
+                ),
+                (
+                    "limits.redis.failure_policy",
+                    c.failure_policy != n.failure_policy,
+                ),
+                (
+                    "limits.redis.expected_replicas",
+                    c.expected_replicas != n.expected_replicas,
+                ),
+                ("limits.redis.lease_ms", c.lease_ms != n.lease_ms),
+            ] {
+                if changed {
+                    kept.push(field);
+                }
+            }
+        }
+        (None, None) => {}
+    }
+    next.redis.clone_from(&current.redis);
+    if !kept.is_empty() {
+        for field in &kept {
+            metrics::CONFIG_RELOAD_IGNORED
+                .with_label_values(&[field])
+                .inc();
+        }
+        tracing::warn!(
+            fields = %kept.join(","),
+            "config reload: these fields are read only at start and keep their running values until a restart; the rest of the reload applies"
+        );
+    }
+    kept
 }
 
 /// The config text's hash plus a hash of the key files' contents (missing files hash as

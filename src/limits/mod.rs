@@ -6,7 +6,8 @@
 //!   permit is returned however the request ends (success, error, client disconnect);
 //! - tokens per minute: [`window::Windows`], our own exact counters with reservations (see
 //!   there why `Rate` does not fit);
-//! - USD budgets: [`budget::Budgets`], charged with each request's exact cost.
+//! - USD budgets: [`budget::Budgets`], reserved at each request's worst-case cost and settled
+//!   to its exact cost, like tokens.
 //!
 //! The limiter outlives config snapshots: counters are keyed by tenant name, so a reload does
 //! not reset anyone's minute or budget.
@@ -86,7 +87,7 @@ pub struct Ask<'a> {
     /// Output ceiling: `max_tokens`, the model's, or the default (0 when not accounted).
     pub output_ceiling: u64,
     /// Worst-case cost (prompt estimate and ceiling at the model's price), when priced: what a
-    /// shared budget reserves.
+    /// budget reserves (local or shared).
     pub cost_ceiling_usd: Option<f64>,
 }
 
@@ -112,7 +113,7 @@ pub struct Limiter {
     per_second: Rate,
     inflight: Inflight,
     pub(crate) tokens: Windows,
-    pub(crate) budgets: Budgets,
+    pub(crate) budgets: Arc<Budgets>,
     /// The Redis-backed store for requests/tokens per minute and budgets, when configured.
     pub(crate) shared: Option<Arc<SharedStore>>,
 }
@@ -158,7 +159,7 @@ impl Limiter {
             per_second: Rate::new(Duration::from_secs(1)),
             inflight: Inflight::new(),
             tokens: Windows::new(Duration::from_secs(60)),
-            budgets: Budgets::default(),
+            budgets: Arc::default(),
             shared,
         }
     }
@@ -249,10 +250,12 @@ impl Limiter {
     /// shared windows. `Ok(Err(_))`: refused (nothing kept); `Err(StoreDown)`: Redis failed.
     async fn take_shared(
         &self,
-        shared: &SharedStore,
+        shared: &Arc<SharedStore>,
         limits: &TenantLimits,
         ask: &Ask<'_>,
     ) -> Result<Result<Vec<SharedHold>, Rejection>, StoreDown> {
+        // One deadline for all of this request's takes: never more than `timeout_ms` in all.
+        let deadline = tokio::time::Instant::now() + shared.timeout();
         let window_reset = || {
             let now = now_ms();
             Duration::from_millis(MINUTE_MS - now % MINUTE_MS)
@@ -260,7 +263,7 @@ impl Limiter {
         let mut holds = Vec::new();
         if let Some(limit) = limits.requests_per_minute {
             let key = format!("{}:rpm", ask.tenant);
-            match shared.take(&key, limit, 1, MINUTE_MS).await? {
+            match shared.take(&key, limit, 1, MINUTE_MS, deadline).await? {
                 Some(window) => holds.push(SharedHold {
                     key,
                     window,
@@ -278,7 +281,7 @@ impl Limiter {
         let amount = limits.weighted(ask.prompt_tokens, ask.output_ceiling);
         if let (Some(limit), true) = (limits.tokens_per_minute, amount > 0) {
             let key = format!("{}:tpm", ask.tenant);
-            let taken = match shared.take(&key, limit, amount, MINUTE_MS).await {
+            let taken = match shared.take(&key, limit, amount, MINUTE_MS, deadline).await {
                 Ok(t) => t,
                 Err(e) => {
                     for h in holds {
@@ -321,7 +324,7 @@ impl Limiter {
                 let Some(cap) = cap else { continue };
                 let key = format!("{}:usd:{}", ask.tenant, period.as_str());
                 let taken = shared
-                    .take_in(&key, micro(cap), amount, window as u64, ttl)
+                    .take_in(&key, micro(cap), amount, window as u64, ttl, deadline)
                     .await;
                 match taken {
                     Ok(Some(w)) => holds.push(SharedHold {
@@ -359,15 +362,18 @@ impl Limiter {
                 .collect(),
             None => Vec::new(),
         };
-        let budget_left = match (&limits.budget, &self.shared) {
+        let (budget_hold, budget_left) = match (&limits.budget, &self.shared) {
             // Shared budgets were reserved in Redis: the request may spend its reservation.
-            (Some(_), Some(_)) => ask.cost_ceiling_usd,
-            (Some(b), None) => Some(
-                self.budgets
-                    .remaining(ask.tenant, b)
-                    .map_err(|period| Rejection::Budget { period })?,
-            ),
-            (None, _) => None,
+            (Some(_), Some(_)) => (None, ask.cost_ceiling_usd),
+            // Local budgets reserve the worst case here (released if refused below).
+            (Some(b), None) => {
+                let (hold, left) = self
+                    .budgets
+                    .reserve(ask.tenant, b, ask.cost_ceiling_usd.unwrap_or(0.0))
+                    .map_err(|period| Rejection::Budget { period })?;
+                (Some(hold), Some(left))
+            }
+            (None, _) => (None, None),
         };
 
         let mut guards = Vec::new();
@@ -445,11 +451,12 @@ impl Limiter {
             limiter: self.clone(),
             tenant: ask.tenant.to_owned(),
             limits: limits.clone(),
-            _guards: guards,
+            guards,
             reservations,
             reserved: (input, output),
             headers,
             budget_left,
+            budget_hold,
             settled: false,
             counted,
             shared: Vec::new(),
