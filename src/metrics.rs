@@ -285,6 +285,17 @@ pub static CONFIG_RELOAD_IGNORED: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_budget_overrun_usd_total{tenant}`: cost above the requests' budget reservations
+/// (prompt estimates that came out low, or a reservation capped at what was left): the most
+/// spend can exceed a budget by.
+pub static BUDGET_OVERRUN: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    metric!(prometheus::register_counter_vec!(
+        "sluice_budget_overrun_usd_total",
+        "USD charged above the requests' budget reservations (bounds a budget's overshoot)",
+        &["tenant"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -314,6 +325,7 @@ pub fn init() {
     Lazy::force(&LEASES);
     Lazy::force(&REDIS_FALLBACKS);
     Lazy::force(&CONFIG_RELOAD_IGNORED);
+    Lazy::force(&BUDGET_OVERRUN);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

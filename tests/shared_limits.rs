@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, Mock, Sluice};
+use common::{free_port, DelayProxy, Mock, Sluice};
 use futures_util::future::join_all;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,6 +46,25 @@ impl Redis {
     }
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+    /// Sum of the integer values of the keys matching `pattern` (e.g. one tenant's windows).
+    fn sum_keys(&self, pattern: &str) -> u64 {
+        let cli = |args: &[&str]| {
+            let out = Command::new("redis-cli")
+                .args(["-p", &self.port.to_string()])
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        cli(&["--scan", "--pattern", pattern])
+            .lines()
+            .filter(|k| !k.is_empty())
+            .map(|k| cli(&["GET", k]).trim().parse::<u64>().unwrap_or(0))
+            .sum()
     }
     /// `INFO commandstats` calls of EVALSHA + EVAL.
     fn script_calls(&self) -> u64 {
@@ -421,4 +440,264 @@ async fn redis_outage_fail_open_and_fail_closed_then_sharing_resumes() {
         assert!(Instant::now() < deadline, "sharing did not resume");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// p-th percentile (0..=100) of `v`, in the unit of `v`.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let i = ((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+/// `conc` clients each sending `each` requests in a row; returns every request's latency (ms)
+/// and status.
+async fn latencies(proxy: &str, conc: usize, each: usize) -> Vec<(f64, u16)> {
+    let c = client();
+    let body = serde_json::json!({"model": "gpt-4o", "messages": []});
+    let clients = (0..conc).map(|_| {
+        let (c, body, url) = (
+            c.clone(),
+            body.clone(),
+            format!("{proxy}/v1/chat/completions"),
+        );
+        tokio::spawn(async move {
+            let mut out = Vec::with_capacity(each);
+            for _ in 0..each {
+                let t0 = Instant::now();
+                let status = c
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                out.push((t0.elapsed().as_secs_f64() * 1000.0, status));
+            }
+            out
+        })
+    });
+    join_all(clients)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect()
+}
+
+/// Redis killed, and Redis behind a relay that delays every reply by 300 ms: at 32 concurrent
+/// requests, the p99 latency sluice adds stays within `timeout_ms` (50) + 20 ms of a healthy
+/// Redis's p99, under both failure policies. `lease_ms: 1` keeps slices tiny, so about every
+/// other request needs Redis.
+#[tokio::test]
+async fn a_dead_or_slow_redis_adds_at_most_timeout_ms_at_32_concurrent_requests() {
+    const TIMEOUT_MS: f64 = 50.0;
+    const CONC: usize = 32;
+    const EACH: usize = 12;
+    let mock = Mock::start().await;
+    let store = |url: &str, policy: &str| {
+        format!("  store: redis\n  redis: {{url: \"{url}\", timeout_ms: 50, expected_replicas: 1, lease_ms: 1, failure_policy: {policy}}}")
+    };
+    let limits = "{requests_per_minute: 1000000}";
+    for policy in ["open", "closed"] {
+        let redis = Redis::start();
+        let healthy = Sluice::start(
+            &config(&mock, &store(&redis.url(), policy), limits, ""),
+            &[KEY_ENV],
+        );
+        latencies(&healthy.proxy, 4, 5).await;
+        let base = latencies(&healthy.proxy, CONC, EACH).await;
+        assert!(
+            base.iter().all(|(_, s)| *s == 200),
+            "healthy Redis refused a request"
+        );
+        drop(healthy);
+
+        let relay = DelayProxy::start(redis.addr(), Duration::from_millis(300)).await;
+        let slow = Sluice::start(
+            &config(
+                &mock,
+                &store(&format!("redis://{}", relay.addr), policy),
+                limits,
+                "",
+            ),
+            &[KEY_ENV],
+        );
+        let slow_run = latencies(&slow.proxy, CONC, EACH).await;
+        let slow_errors = slow.metric("sluice_redis_errors_total", &[]).await;
+        drop(slow);
+
+        let dying = Redis::start();
+        let dead = Sluice::start(
+            &config(&mock, &store(&dying.url(), policy), limits, ""),
+            &[KEY_ENV],
+        );
+        latencies(&dead.proxy, 4, 5).await;
+        drop(dying);
+        let dead_run = latencies(&dead.proxy, CONC, EACH).await;
+        let dead_errors = dead.metric("sluice_redis_errors_total", &[]).await;
+        drop(dead);
+
+        let ms = |run: &[(f64, u16)], admitted_only: bool| -> Vec<f64> {
+            run.iter()
+                .filter(|(_, s)| !admitted_only || *s == 200)
+                .map(|(t, _)| *t)
+                .collect()
+        };
+        let base_p99 = percentile(&ms(&base, false), 99.0);
+        for (name, run, errors) in [
+            ("slow (300 ms)", &slow_run, slow_errors),
+            ("killed", &dead_run, dead_errors),
+        ] {
+            let admitted = ms(run, true);
+            let all = ms(run, false);
+            let p99 = percentile(&all, 99.0);
+            let admitted_p99 = if admitted.is_empty() {
+                0.0
+            } else {
+                percentile(&admitted, 99.0)
+            };
+            let refused = run.iter().filter(|(_, s)| *s != 200).count();
+            eprintln!(
+                "policy {policy}, Redis {name}: {} requests at {CONC} concurrent, {} admitted, {refused} refused; p50 {:.1} ms, p99 {p99:.1} ms (admitted p99 {admitted_p99:.1} ms) vs healthy p50 {:.1} ms, p99 {base_p99:.1} ms: added p99 {:.1} ms; {errors} Redis errors",
+                run.len(),
+                admitted.len(),
+                percentile(&all, 50.0),
+                percentile(&ms(&base, false), 50.0),
+                p99 - base_p99,
+            );
+            assert!(errors >= 1.0, "Redis trouble never met");
+            match policy {
+                "open" => assert_eq!(refused, 0, "fail open refused requests"),
+                _ => assert!(run.iter().all(|(_, s)| [200, 503].contains(s))),
+            }
+            assert!(
+                p99 - base_p99 <= TIMEOUT_MS + 20.0,
+                "p99 {p99:.1} ms vs healthy {base_p99:.1} ms"
+            );
+        }
+        drop(relay);
+    }
+}
+
+/// 48 simultaneous requests on one replica lease at most `limit ÷ (4 × expected_replicas)`
+/// beyond what they use; once Redis said the window is spent, a burst of 1,000 refusals
+/// costs fewer than 10 round trips.
+#[tokio::test]
+async fn concurrent_requests_share_one_lease_and_a_spent_window_is_refused_locally() {
+    let redis = Redis::start();
+    let mock = Mock::start().await;
+    start_of_a_minute_window().await;
+    // 192 per minute over 4 replicas: the cap per replica is 192 ÷ 16 = 12.
+    let s = Sluice::start(
+        &config(
+            &mock,
+            &redis_store(&redis, "open"),
+            "{requests_per_minute: 192}",
+            "",
+        ),
+        &[KEY_ENV],
+    );
+    let c = client();
+    let body = serde_json::json!({"model": "gpt-4o", "messages": []});
+    let reqs = (0..48).map(|_| {
+        c.post(format!("{}/v1/chat/completions", s.proxy))
+            .json(&body)
+            .send()
+    });
+    let statuses: Vec<u16> = join_all(reqs)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let granted = s
+        .metric("sluice_redis_leases_total", &[("kind", "granted")])
+        .await as u64;
+    let in_redis = redis.sum_keys("sluice:t:rpm:*");
+    eprintln!("48 concurrent requests: {granted} units leased (Redis counts {in_redis}), cap 12 beyond use");
+    assert!((48..=48 + 12).contains(&granted), "leased {granted}");
+    assert!(in_redis <= 48 + 12, "Redis counts {in_redis}");
+
+    // Spend the window, then a refused burst.
+    let (ok, _) = drive(std::slice::from_ref(&s.proxy), 200, body.clone()).await;
+    assert!(48 + ok <= 192, "admitted {} > 192", 48 + ok);
+    let before = redis.script_calls();
+    let t0 = Instant::now();
+    let (ok, refused) = drive(std::slice::from_ref(&s.proxy), 1000, body).await;
+    let trips = redis.script_calls() - before;
+    eprintln!(
+        "refused burst: {refused} refused, {ok} admitted in {:?}, {trips} Redis round trips",
+        t0.elapsed()
+    );
+    assert_eq!((ok, refused), (0, 1000));
+    assert!(trips < 10, "{trips} round trips for a refused burst");
+}
+
+#[tokio::test]
+async fn settled_tokens_are_counted_with_the_shared_store() {
+    let redis = Redis::start();
+    let mock = Mock::start().await;
+    let s = Sluice::start(
+        &config(
+            &mock,
+            &redis_store(&redis, "open"),
+            "{tokens_per_minute: 100000}",
+            "",
+        ),
+        &[KEY_ENV],
+    );
+    let body = serde_json::json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(drive(std::slice::from_ref(&s.proxy), 2, body).await, (2, 0));
+    // The mock reports 17 prompt + 4 completion tokens per stream.
+    let settled = s
+        .wait_metric("sluice_tokens_settled_total", &[("tenant", "t")], |v| {
+            v >= 42.0
+        })
+        .await;
+    assert_eq!(settled, 42.0);
+}
+
+/// `limits.store` is read at start: a reload that changes it keeps the running store, says so
+/// in the log and in `sluice_config_reload_ignored_fields_total`, and applies the rest.
+#[tokio::test]
+async fn a_reload_changing_the_store_keeps_it_logs_counts_and_applies_the_rest() {
+    let mock = Mock::start().await;
+    let s = Sluice::start(
+        &config(&mock, "  store: local", "{requests_per_minute: 1000}", ""),
+        &[KEY_ENV],
+    );
+    let body = serde_json::json!({"model": "gpt-4o", "messages": []});
+    assert_eq!(
+        drive(std::slice::from_ref(&s.proxy), 3, body.clone()).await,
+        (3, 0)
+    );
+    let (proxy, admin) = (
+        s.proxy.trim_start_matches("http://"),
+        s.admin.trim_start_matches("http://"),
+    );
+    let port = free_port();
+    let next = config(
+        &mock,
+        &format!("  store: redis\n  redis: {{url: \"redis://127.0.0.1:{port}\"}}"),
+        "{requests_per_minute: 4}",
+        "",
+    );
+    std::fs::write(
+        s.dir.join("sluice.yaml"),
+        format!("{}{next}", Sluice::listeners_yaml(proxy, admin)),
+    )
+    .unwrap();
+    s.signal("HUP");
+    let ignored = s
+        .wait_metric(
+            "sluice_config_reload_ignored_fields_total",
+            &[("field", "limits.store")],
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(ignored, 1.0);
+    assert!(s.log().contains("limits.store"), "no warning: {}", s.log());
+    // The new limit applies (the local store kept counting the 3 requests).
+    assert_eq!(drive(std::slice::from_ref(&s.proxy), 3, body).await, (1, 2));
 }

@@ -50,7 +50,13 @@ impl Admission {
         self.release(input, output);
         let hold = self.budget_hold.take();
         if let (Some(hold), Some(budget)) = (hold, self.limits.budget.as_ref()) {
-            hold.settle(cost_usd.unwrap_or(0.0));
+            let usd = cost_usd.unwrap_or(0.0);
+            if usd > hold.usd() {
+                metrics::BUDGET_OVERRUN
+                    .with_label_values(&[&self.tenant])
+                    .inc_by(usd - hold.usd());
+            }
+            hold.settle(usd);
             let (day, month) = self.limiter.budgets.spent(&self.tenant);
             for (period, cap, spent) in [
                 ("day", budget.usd_per_day, day),
@@ -85,12 +91,20 @@ impl Admission {
         let Some(sh) = self.limiter.shared.clone() else {
             return;
         };
+        // Day and month hold the same amount: count the overrun once.
+        let mut overrun_counted = false;
         for h in std::mem::take(&mut self.shared) {
             let actual = match h.kind {
                 HoldKind::Requests => h.reserved,
                 HoldKind::Tokens => self.limits.weighted(input, output),
                 HoldKind::MicroUsd => cost_usd.map_or(0, micro),
             };
+            if h.kind == HoldKind::MicroUsd && actual > h.reserved && !overrun_counted {
+                overrun_counted = true;
+                metrics::BUDGET_OVERRUN
+                    .with_label_values(&[&self.tenant])
+                    .inc_by((actual - h.reserved) as f64 * 1e-6);
+            }
             sh.settle(&h.key, h.window, h.reserved, actual);
         }
     }

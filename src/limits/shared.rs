@@ -76,6 +76,9 @@ struct Slice {
     last_used_ms: u64,
     /// The lease in flight for this key, if any: its waiters are woken when it ends.
     lease: Option<Arc<Notify>>,
+    /// What the requests waiting for a lease want in all: the next lease asks for it too, so
+    /// a request waits for at most two leases (the one in flight, then the one it is part of).
+    queued: i64,
     /// Redis granted less than asked in this window (its quota is spent): until then (unix
     /// ms), what the slice cannot cover is refused without a round trip.
     exhausted_until_ms: u64,
@@ -88,6 +91,7 @@ impl Slice {
         self.remaining = 0;
         self.exhausted_until_ms = 0;
         self.lease = None;
+        self.queued = 0;
     }
 }
 
@@ -290,6 +294,7 @@ impl SharedStore {
             // Created under the slices' lock, so the lease's end cannot slip between.
             let lease: Arc<Notify>;
             let ended;
+            let queued;
             {
                 let Ok(mut slices) = self.slices.lock() else {
                     return Err(StoreDown);
@@ -318,7 +323,8 @@ impl SharedStore {
                         let rate = s.last_second.max(s.this_second);
                         let cap = (limit / (4 * u64::from(self.expected_replicas))).max(1);
                         let by_rate = (rate * self.lease_ms).div_ceil(1000).clamp(1, cap);
-                        let want = (amount - s.remaining) as u64 + by_rate;
+                        let short = (amount + s.queued - s.remaining).max(0) as u64;
+                        let want = short + by_rate;
                         let l = Arc::new(Notify::new());
                         s.lease = Some(l.clone());
                         self.spawn_lease(key, window, limit, want, ttl_ms, l.clone());
@@ -326,8 +332,17 @@ impl SharedStore {
                     }
                 };
                 ended = lease.notified();
+                s.queued += amount;
+                queued = Queued {
+                    store: self,
+                    key,
+                    window,
+                    amount,
+                };
             }
-            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+            let in_time = tokio::time::timeout_at(deadline, ended).await.is_ok();
+            drop(queued);
+            if !in_time {
                 return Err(StoreDown);
             }
         }
@@ -422,6 +437,25 @@ impl SharedStore {
                 metrics::LEASES
                     .with_label_values(&["returned"])
                     .inc_by(n.max(0) as u64);
+            }
+        }
+    }
+}
+
+/// A request's place in its key's queue for a lease: its amount counts in the next lease's
+/// ask until it stops waiting (woken, timed out or cancelled).
+struct Queued<'a> {
+    store: &'a SharedStore,
+    key: &'a str,
+    window: u64,
+    amount: i64,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut slices) = self.store.slices.lock() {
+            if let Some(s) = slices.get_mut(self.key).filter(|s| s.window == self.window) {
+                s.queued = (s.queued - self.amount).max(0);
             }
         }
     }
