@@ -283,4 +283,33 @@ mod tests {
         assert_eq!(b.remaining("t", &cap), Err(Period::Day));
         assert!(b.remaining("other", &cap).is_ok());
     }
+
+    #[test]
+    fn reservations_bound_concurrent_spend_and_settle_to_the_exact_cost() {
+        let b = Arc::new(Budgets::default());
+        let cap = Budget {
+            usd_per_day: Some(0.5),
+            usd_per_month: Some(10.0),
+            cut_off_streams: false,
+        };
+        // Worst case $0.12 each: four fit, the fifth gets what is left, the sixth nothing.
+        let mut holds: Vec<BudgetHold> = (0..5)
+            .map(|_| b.reserve("t", &cap, 0.12).unwrap().0)
+            .collect();
+        assert!((holds[4].usd() - 0.02).abs() < 1e-12);
+        assert_eq!(b.reserve("t", &cap, 0.12).unwrap_err(), Period::Day);
+        // A dropped hold (refused or cut before any usage) gives its reservation back.
+        drop(holds.pop());
+        let (again, left) = b.reserve("t", &cap, 0.12).unwrap();
+        assert!((left - 0.02).abs() < 1e-12 && (again.usd() - 0.02).abs() < 1e-12);
+        // Settled to exact costs: spend is what was used, not what was reserved.
+        for h in holds {
+            h.settle(0.1);
+        }
+        again.settle(0.03);
+        let (day, month) = b.spent("t");
+        assert!((day - 0.43).abs() < 1e-12 && (month - 0.43).abs() < 1e-12);
+        let (next, left) = b.reserve("t", &cap, 0.12).unwrap();
+        assert!((left - 0.07).abs() < 1e-12 && (next.usd() - 0.07).abs() < 1e-12);
+    }
 }
