@@ -57,12 +57,14 @@ impl Admission {
                     .inc_by(usd - hold.usd());
             }
             hold.settle(usd);
+            // With Redis, local spend is only what was admitted while Redis was down.
+            let local_store = self.limiter.shared.is_none();
             let (day, month) = self.limiter.budgets.spent(&self.tenant);
             for (period, cap, spent) in [
                 ("day", budget.usd_per_day, day),
                 ("month", budget.usd_per_month, month),
             ] {
-                if let Some(cap) = cap {
+                if let Some(cap) = cap.filter(|_| local_store) {
                     metrics::BUDGET_REMAINING
                         .with_label_values(&[&self.tenant, period])
                         .set((cap - spent).max(0.0));

@@ -131,6 +131,9 @@ impl Default for Limiter {
 struct Local {
     requests_per_minute: Option<u64>,
     tokens_per_minute: Option<u64>,
+    /// The budget is enforced here with its caps divided by this (1: the local store; the
+    /// expected replicas when Redis is down and the policy is `open`); `None`: Redis did.
+    budget_divisor: Option<u32>,
 }
 
 /// What a shared hold counts.
@@ -193,6 +196,7 @@ impl Limiter {
         let all = Local {
             requests_per_minute: limits.requests_per_minute,
             tokens_per_minute: limits.tokens_per_minute,
+            budget_divisor: Some(1),
         };
         let Some(shared) = &self.shared else {
             return self.admit_local(limits, ask, all);
@@ -208,6 +212,7 @@ impl Limiter {
                 Local {
                     requests_per_minute: None,
                     tokens_per_minute: None,
+                    budget_divisor: None,
                 },
                 holds,
             ),
@@ -220,6 +225,7 @@ impl Limiter {
                         Local {
                             requests_per_minute: all.requests_per_minute.map(share),
                             tokens_per_minute: all.tokens_per_minute.map(share),
+                            budget_divisor: Some(shared.expected_replicas),
                         },
                         Vec::new(),
                     )
@@ -362,14 +368,21 @@ impl Limiter {
                 .collect(),
             None => Vec::new(),
         };
-        let (budget_hold, budget_left) = match (&limits.budget, &self.shared) {
+        let (budget_hold, budget_left) = match (&limits.budget, local.budget_divisor) {
             // Shared budgets were reserved in Redis: the request may spend its reservation.
-            (Some(_), Some(_)) => (None, ask.cost_ceiling_usd),
-            // Local budgets reserve the worst case here (released if refused below).
-            (Some(b), None) => {
+            (Some(_), None) => (None, ask.cost_ceiling_usd),
+            // Local budgets (or this replica's share while Redis is down) reserve the worst
+            // case here (released if refused below).
+            (Some(b), Some(n)) => {
+                let share = |cap: f64| cap / f64::from(n.max(1));
+                let b = crate::config::limits::Budget {
+                    usd_per_day: b.usd_per_day.map(share),
+                    usd_per_month: b.usd_per_month.map(share),
+                    ..*b
+                };
                 let (hold, left) = self
                     .budgets
-                    .reserve(ask.tenant, b, ask.cost_ceiling_usd.unwrap_or(0.0))
+                    .reserve(ask.tenant, &b, ask.cost_ceiling_usd.unwrap_or(0.0))
                     .map_err(|period| Rejection::Budget { period })?;
                 (Some(hold), Some(left))
             }

@@ -77,7 +77,7 @@ struct Slice {
     /// The lease in flight for this key, if any: its waiters are woken when it ends.
     lease: Option<Arc<Notify>>,
     /// What the requests waiting for a lease want in all: the next lease asks for it too, so
-    /// a request waits for at most two leases (the one in flight, then the one it is part of).
+    /// a request waits for at most two leases (the one in flight, then one that counts it).
     queued: i64,
     /// Redis granted less than asked in this window (its quota is spent): until then (unix
     /// ms), what the slice cannot cover is refused without a round trip.
@@ -290,11 +290,12 @@ impl SharedStore {
         let amount = amount.min(limit) as i64;
         let now = crate::limits::now_ms();
         let mut first = true;
+        // This request's place in the queue, from its first wait until it returns.
+        let mut queued: Option<Queued<'_>> = None;
         loop {
             // Created under the slices' lock, so the lease's end cannot slip between.
             let lease: Arc<Notify>;
             let ended;
-            let queued;
             {
                 let Ok(mut slices) = self.slices.lock() else {
                     return Err(StoreDown);
@@ -323,7 +324,8 @@ impl SharedStore {
                         let rate = s.last_second.max(s.this_second);
                         let cap = (limit / (4 * u64::from(self.expected_replicas))).max(1);
                         let by_rate = (rate * self.lease_ms).div_ceil(1000).clamp(1, cap);
-                        let short = (amount + s.queued - s.remaining).max(0) as u64;
+                        let others = s.queued - if queued.is_some() { amount } else { 0 };
+                        let short = (amount + others - s.remaining).max(0) as u64;
                         let want = short + by_rate;
                         let l = Arc::new(Notify::new());
                         s.lease = Some(l.clone());
@@ -332,17 +334,17 @@ impl SharedStore {
                     }
                 };
                 ended = lease.notified();
-                s.queued += amount;
-                queued = Queued {
-                    store: self,
-                    key,
-                    window,
-                    amount,
-                };
+                if queued.is_none() {
+                    s.queued += amount;
+                    queued = Some(Queued {
+                        store: self,
+                        key,
+                        window,
+                        amount,
+                    });
+                }
             }
-            let in_time = tokio::time::timeout_at(deadline, ended).await.is_ok();
-            drop(queued);
-            if !in_time {
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
                 return Err(StoreDown);
             }
         }
@@ -443,7 +445,7 @@ impl SharedStore {
 }
 
 /// A request's place in its key's queue for a lease: its amount counts in the next lease's
-/// ask until it stops waiting (woken, timed out or cancelled).
+/// ask until it is served, refused, gives up or is cancelled.
 struct Queued<'a> {
     store: &'a SharedStore,
     key: &'a str,
