@@ -301,3 +301,50 @@ impl BackgroundService for Reloader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secrets;
+
+    fn snapshot(extra: &str) -> Snapshot {
+        let text = format!(
+            "pools:\n  - name: p\n    provider: openai\n    endpoints: [{{url: \"http://127.0.0.1:9\", keys: [{{env: K}}]}}]\nroutes:\n  - {{name: main, match: {{path_prefix: /v1}}, pools: [p]}}\n{extra}"
+        );
+        load_text(&text, Secrets::Skip).unwrap()
+    }
+
+    #[test]
+    fn start_only_fields_keep_their_running_values_and_the_rest_applies() {
+        let current = snapshot("server: {threads: 2}\nlimits: {store: local}\n");
+        let mut next = snapshot(
+            "server: {threads: 8, drain_timeout_seconds: 99}\nlimits:\n  store: redis\n  redis: {url: \"redis://127.0.0.1:1\"}\n  default: {requests_per_minute: 5}\n",
+        );
+        let kept = keep_start_only_fields(&current, &mut next);
+        assert_eq!(
+            kept,
+            [
+                "server.threads",
+                "server.drain_timeout_seconds",
+                "limits.store"
+            ]
+        );
+        assert_eq!(next.threads, current.threads);
+        assert_eq!(next.drain_timeout, current.drain_timeout);
+        assert!(next.redis.is_none());
+        // Not start-only: applies.
+        assert!(next.default_limits.is_some());
+
+        let a = snapshot("limits:\n  store: redis\n  redis: {url: \"redis://127.0.0.1:1\"}\n");
+        let mut b = snapshot(
+            "limits:\n  store: redis\n  redis: {url: \"redis://127.0.0.1:1\", timeout_ms: 80, lease_ms: 100}\n",
+        );
+        assert_eq!(
+            keep_start_only_fields(&a, &mut b),
+            ["limits.redis.timeout_ms", "limits.redis.lease_ms"]
+        );
+        assert_eq!(b.redis, a.redis);
+        let mut same = snapshot("");
+        assert!(keep_start_only_fields(&snapshot(""), &mut same).is_empty());
+    }
+}
