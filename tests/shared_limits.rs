@@ -489,95 +489,90 @@ async fn latencies(proxy: &str, conc: usize, each: usize) -> Vec<(f64, u16)> {
 /// Redis killed, and Redis behind a relay that delays every reply by 300 ms: at 32 concurrent
 /// requests, the p99 latency sluice adds stays within `timeout_ms` (50) + 20 ms of a healthy
 /// Redis's p99, under both failure policies. `lease_ms: 1` keeps slices tiny, so about every
-/// other request needs Redis.
+/// other request needs Redis. Three sluice processes (healthy, slow, dead Redis) are measured
+/// in turn for 3 rounds; the median round is compared (the machine is shared and noisy).
 #[tokio::test]
 async fn a_dead_or_slow_redis_adds_at_most_timeout_ms_at_32_concurrent_requests() {
     const TIMEOUT_MS: f64 = 50.0;
     const CONC: usize = 32;
     const EACH: usize = 12;
+    const ROUNDS: usize = 3;
     let mock = Mock::start().await;
     let store = |url: &str, policy: &str| {
         format!("  store: redis\n  redis: {{url: \"{url}\", timeout_ms: 50, expected_replicas: 1, lease_ms: 1, failure_policy: {policy}}}")
     };
     let limits = "{requests_per_minute: 1000000}";
+    let ms = |run: &[(f64, u16)], admitted_only: bool| -> Vec<f64> {
+        run.iter()
+            .filter(|(_, s)| !admitted_only || *s == 200)
+            .map(|(t, _)| *t)
+            .collect()
+    };
     for policy in ["open", "closed"] {
         let redis = Redis::start();
-        let healthy = Sluice::start(
-            &config(&mock, &store(&redis.url(), policy), limits, ""),
-            &[KEY_ENV],
-        );
-        latencies(&healthy.proxy, 4, 5).await;
-        let base = latencies(&healthy.proxy, CONC, EACH).await;
-        assert!(
-            base.iter().all(|(_, s)| *s == 200),
-            "healthy Redis refused a request"
-        );
-        drop(healthy);
-
+        let start =
+            |url: &str| Sluice::start(&config(&mock, &store(url, policy), limits, ""), &[KEY_ENV]);
+        let healthy = start(&redis.url());
         let relay = DelayProxy::start(redis.addr(), Duration::from_millis(300)).await;
-        let slow = Sluice::start(
-            &config(
-                &mock,
-                &store(&format!("redis://{}", relay.addr), policy),
-                limits,
-                "",
-            ),
-            &[KEY_ENV],
-        );
-        let slow_run = latencies(&slow.proxy, CONC, EACH).await;
-        let slow_errors = slow.metric("sluice_redis_errors_total", &[]).await;
-        drop(slow);
-
+        let slow = start(&format!("redis://{}", relay.addr));
         let dying = Redis::start();
-        let dead = Sluice::start(
-            &config(&mock, &store(&dying.url(), policy), limits, ""),
-            &[KEY_ENV],
-        );
+        let dead = start(&dying.url());
+        latencies(&healthy.proxy, 4, 5).await;
         latencies(&dead.proxy, 4, 5).await;
         drop(dying);
-        let dead_run = latencies(&dead.proxy, CONC, EACH).await;
-        let dead_errors = dead.metric("sluice_redis_errors_total", &[]).await;
-        drop(dead);
-
-        let ms = |run: &[(f64, u16)], admitted_only: bool| -> Vec<f64> {
-            run.iter()
-                .filter(|(_, s)| !admitted_only || *s == 200)
-                .map(|(t, _)| *t)
-                .collect()
-        };
-        let base_p99 = percentile(&ms(&base, false), 99.0);
-        for (name, run, errors) in [
-            ("slow (300 ms)", &slow_run, slow_errors),
-            ("killed", &dead_run, dead_errors),
-        ] {
-            let admitted = ms(run, true);
-            let all = ms(run, false);
-            let p99 = percentile(&all, 99.0);
-            let admitted_p99 = if admitted.is_empty() {
-                0.0
-            } else {
-                percentile(&admitted, 99.0)
-            };
-            let refused = run.iter().filter(|(_, s)| *s != 200).count();
-            eprintln!(
-                "policy {policy}, Redis {name}: {} requests at {CONC} concurrent, {} admitted, {refused} refused; p50 {:.1} ms, p99 {p99:.1} ms (admitted p99 {admitted_p99:.1} ms) vs healthy p50 {:.1} ms, p99 {base_p99:.1} ms: added p99 {:.1} ms; {errors} Redis errors",
-                run.len(),
-                admitted.len(),
-                percentile(&all, 50.0),
-                percentile(&ms(&base, false), 50.0),
-                p99 - base_p99,
-            );
-            assert!(errors >= 1.0, "Redis trouble never met");
-            match policy {
-                "open" => assert_eq!(refused, 0, "fail open refused requests"),
-                _ => assert!(run.iter().all(|(_, s)| [200, 503].contains(s))),
+        // Per arm: (added p99 of each round, requests, refused).
+        let mut added: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let mut refused = [0usize; 2];
+        for round in 0..ROUNDS {
+            let base = latencies(&healthy.proxy, CONC, EACH).await;
+            // Fail closed refuses whatever a loaded machine makes slower than 50 ms, even with
+            // a healthy Redis; fail open never refuses.
+            let base_refused = base.iter().filter(|(_, s)| *s != 200).count();
+            if policy == "open" {
+                assert_eq!(base_refused, 0, "healthy Redis, fail open: refusals");
+            } else if base_refused > 0 {
+                eprintln!("policy {policy}, round {round}, healthy Redis: {base_refused} refused (a round trip over 50 ms)");
             }
-            assert!(
-                p99 - base_p99 <= TIMEOUT_MS + 20.0,
-                "p99 {p99:.1} ms vs healthy {base_p99:.1} ms"
-            );
+            let base_p99 = percentile(&ms(&base, false), 99.0);
+            for (i, (name, s)) in [("slow (300 ms)", &slow), ("killed", &dead)]
+                .into_iter()
+                .enumerate()
+            {
+                let run = latencies(&s.proxy, CONC, EACH).await;
+                let all = ms(&run, false);
+                let admitted = ms(&run, true);
+                let p99 = percentile(&all, 99.0);
+                let n_refused = run.iter().filter(|(_, s)| *s != 200).count();
+                refused[i] += n_refused;
+                added[i].push(p99 - base_p99);
+                eprintln!(
+                    "policy {policy}, round {round}, Redis {name}: {} requests at {CONC} concurrent, {} admitted, {n_refused} refused; p50 {:.1} ms, p99 {p99:.1} ms vs healthy p50 {:.1} ms, p99 {base_p99:.1} ms: added p99 {:.1} ms",
+                    run.len(),
+                    admitted.len(),
+                    percentile(&all, 50.0),
+                    percentile(&ms(&base, false), 50.0),
+                    p99 - base_p99,
+                );
+                match policy {
+                    "open" => assert_eq!(n_refused, 0, "fail open refused requests"),
+                    _ => assert!(run.iter().all(|(_, s)| [200, 503].contains(s))),
+                }
+            }
         }
-        drop(relay);
+        for (i, (name, s)) in [("slow (300 ms)", &slow), ("killed", &dead)]
+            .into_iter()
+            .enumerate()
+        {
+            let errors = s.metric("sluice_redis_errors_total", &[]).await;
+            let fallbacks = s.metric("sluice_redis_fallbacks_total", &[]).await;
+            let median = percentile(&added[i], 50.0);
+            eprintln!(
+                "policy {policy}, Redis {name}: median added p99 {median:.1} ms over {ROUNDS} rounds ({} refused), {errors} Redis errors, {fallbacks} admissions without Redis",
+                refused[i]
+            );
+            assert!(errors >= 1.0 && fallbacks >= 1.0, "Redis trouble never met");
+            assert!(median <= TIMEOUT_MS + 20.0, "added p99 {:?}", added[i]);
+        }
     }
 }
 
