@@ -193,6 +193,25 @@ impl Limiter {
         limits: &Arc<TenantLimits>,
         ask: Ask<'_>,
     ) -> Result<Admission, Rejection> {
+        let deadline = self.store_deadline();
+        self.admit_until(limits, ask, deadline).await
+    }
+
+    /// When a request that starts now must stop waiting on the shared store (now +
+    /// `limits.redis.timeout_ms`; now without one). Several admissions of one request (a retry
+    /// with a finer estimate) share it, so the request never waits longer in all.
+    pub fn store_deadline(&self) -> tokio::time::Instant {
+        let wait = self.shared.as_ref().map_or(Duration::ZERO, |s| s.timeout());
+        tokio::time::Instant::now() + wait
+    }
+
+    /// [`Limiter::admit`] waiting on the shared store no later than `deadline`.
+    pub async fn admit_until(
+        self: &Arc<Self>,
+        limits: &Arc<TenantLimits>,
+        ask: Ask<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Admission, Rejection> {
         let all = Local {
             requests_per_minute: limits.requests_per_minute,
             tokens_per_minute: limits.tokens_per_minute,
@@ -207,7 +226,7 @@ impl Limiter {
         {
             return self.admit_local(limits, ask, all);
         }
-        let (local, holds) = match self.take_shared(shared, limits, &ask).await {
+        let (local, holds) = match self.take_shared(shared, limits, &ask, deadline).await {
             Ok(Ok(holds)) => (
                 Local {
                     requests_per_minute: None,
@@ -259,9 +278,9 @@ impl Limiter {
         shared: &Arc<SharedStore>,
         limits: &TenantLimits,
         ask: &Ask<'_>,
+        deadline: tokio::time::Instant,
     ) -> Result<Result<Vec<SharedHold>, Rejection>, StoreDown> {
         // One deadline for all of this request's takes: never more than `timeout_ms` in all.
-        let deadline = tokio::time::Instant::now() + shared.timeout();
         let window_reset = || {
             let now = now_ms();
             Duration::from_millis(MINUTE_MS - now % MINUTE_MS)
