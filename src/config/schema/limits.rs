@@ -76,7 +76,8 @@ pub struct RedisConf {
     /// `redis://[:password@]host:port[/db]` (standalone), or `rediss://` for TLS (server
     /// certificate checked against the Mozilla roots bundled in the binary). Not reloadable.
     pub url: String,
-    /// Bound on one Redis round trip, ms; past it the failure policy applies. Default 50.
+    /// The longest a request waits on Redis in all (its leases, or a connection), ms; past it
+    /// the failure policy applies. Default 50. Not reloadable.
     #[serde(default = "default_redis_timeout")]
     pub timeout_ms: u64,
     /// `open` (default) or `closed`.
