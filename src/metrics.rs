@@ -274,6 +274,28 @@ pub static REDIS_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_config_reload_ignored_fields_total{field}`: reloads that changed a field read only
+/// at start (listeners, threads, drain deadline, log format, reload settings, limit store):
+/// the rest of the reload applied, this field keeps its running value until a restart.
+pub static CONFIG_RELOAD_IGNORED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_config_reload_ignored_fields_total",
+        "Reloads that changed a field read only at start (kept until restart), by YAML field",
+        &["field"]
+    ))
+});
+
+/// `sluice_budget_overrun_usd_total{tenant}`: cost above the requests' budget reservations
+/// (prompt estimates that came out low, or a reservation capped at what was left): the most
+/// spend can exceed a budget by.
+pub static BUDGET_OVERRUN: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    metric!(prometheus::register_counter_vec!(
+        "sluice_budget_overrun_usd_total",
+        "USD charged above the requests' budget reservations (bounds a budget's overshoot)",
+        &["tenant"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -302,6 +324,8 @@ pub fn init() {
     Lazy::force(&REDIS_ERRORS);
     Lazy::force(&LEASES);
     Lazy::force(&REDIS_FALLBACKS);
+    Lazy::force(&CONFIG_RELOAD_IGNORED);
+    Lazy::force(&BUDGET_OVERRUN);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.
