@@ -13,7 +13,7 @@ pub use compile::{compile, Secrets};
 pub use key::Secret;
 pub use parse::{parse, parse_lenient, ConfigFile};
 pub use snapshot::{
-    Endpoint, Failover, HealthCheck, Pool, Route, Snapshot, TenantId, Tenants, Timeouts,
+    Accounting, Endpoint, Failover, HealthCheck, Pool, Route, Snapshot, TenantId, Tenants, Timeouts,
 };
 
 use std::fmt;

@@ -89,7 +89,7 @@ impl Admission {
         if !self.reservations.is_empty() {
             metrics::TOKENS_SETTLED
                 .with_label_values(&[&self.tenant])
-                .inc_by(input + output);
+                .inc_by(input.saturating_add(output));
         }
     }
 }

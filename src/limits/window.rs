@@ -78,7 +78,7 @@ impl Windows {
                 .get(*key)
                 .filter(|s| s.window == w)
                 .map_or(0, |s| s.used);
-            if used > 0 && used + amount > *limit {
+            if used > 0 && used.saturating_add(*amount) > *limit {
                 return Err((
                     i,
                     WindowState {
@@ -94,7 +94,7 @@ impl Windows {
             if slot.window != w {
                 *slot = Slot { window: w, used: 0 };
             }
-            slot.used += amount;
+            slot.used = slot.used.saturating_add(*amount);
             out.push((
                 Reservation {
                     window: w,
@@ -119,12 +119,12 @@ impl Windows {
         };
         let slot = slots.entry(key.to_owned()).or_default();
         if slot.window == r.window && w == r.window {
-            slot.used = slot.used.saturating_sub(r.amount) + actual;
+            slot.used = slot.used.saturating_sub(r.amount).saturating_add(actual);
         } else if actual > r.amount {
             if slot.window != w {
                 *slot = Slot { window: w, used: 0 };
             }
-            slot.used += actual - r.amount;
+            slot.used = slot.used.saturating_add(actual - r.amount);
         }
     }
 

@@ -49,7 +49,7 @@ pub(super) fn replay<'a>(
     hide: bool,
     pieces: impl IntoIterator<Item = &'a [u8]>,
 ) -> Outcome {
-    let mut acc = SseAccountant::new(api, hide);
+    let mut acc = SseAccountant::new(api, hide, 1 << 20);
     let mut forwarded = Vec::new();
     for piece in pieces {
         let chunk = Bytes::copy_from_slice(piece);

@@ -121,7 +121,7 @@ fn escaped_unicode_and_multiline_data_are_decoded() {
 
 #[test]
 fn hide_mode_holds_a_partial_event_until_it_completes() {
-    let mut acc = SseAccountant::new(ApiKind::OpenAiChat, true);
+    let mut acc = SseAccountant::new(ApiKind::OpenAiChat, true, 1 << 20);
     let first = Bytes::from_static(
         b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\ndata: {\"choi",
     );
@@ -174,7 +174,7 @@ fn usage_on_a_content_chunk_is_kept_in_hide_mode() {
 
 #[test]
 fn empty_pushes_and_repeated_finish_are_harmless() {
-    let mut acc = SseAccountant::new(ApiKind::OpenAiChat, true);
+    let mut acc = SseAccountant::new(ApiKind::OpenAiChat, true, 1 << 20);
     assert!(acc.push(&Bytes::new()).is_empty());
     assert!(acc.finish().is_empty());
     assert!(acc.finish().is_empty());
