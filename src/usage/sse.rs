@@ -49,8 +49,9 @@ pub(crate) struct Boundary {
 pub(crate) enum Frame<'a> {
     /// A complete event (it had a `data:` or an `event:` line).
     Event(SseEvent<'a>, Boundary),
-    /// A blank line ending a block with nothing to dispatch (only comments, `id:`, `retry:`
-    /// or unknown fields, or no line at all).
+    /// Bytes up to the boundary that belong to no event: a blank line ending a block with
+    /// nothing to dispatch (only comments, `id:`, `retry:` or unknown fields, or no line at
+    /// all), or the stream's leading BOM.
     Empty(Boundary),
     /// The event in progress just passed `max_event_bytes`: what the framer held of it is
     /// dropped, and its bytes up to the blank line that ends it are skipped unparsed.
@@ -80,7 +81,8 @@ enum Field {
 enum LineState {
     /// No byte of the line seen yet (a line end now is a blank line).
     Start,
-    /// Reading the field name, held in `SseFramer::field` until the colon.
+    /// Reading the field name, held in `SseFramer::field` until the colon (where an `event:`
+    /// value is then held until its line ends).
     Name,
     /// Reading the value of `field`, appended as it arrives; `first`: the optional space
     /// after the colon may still come.
@@ -151,6 +153,13 @@ impl SseFramer {
             if !self.started {
                 return;
             }
+            if self.bom_matched == BOM.len() && i > 0 {
+                // The BOM belongs to no event (hide mode must keep it if the first is dropped).
+                emit(Frame::Empty(Boundary {
+                    end: i,
+                    cr_pending: false,
+                }));
+            }
         }
         if self.after_cr && i < chunk.len() {
             self.after_cr = false;
@@ -203,12 +212,21 @@ impl SseFramer {
                 }
             } else if rel == 0 && self.line_state == LineState::Start {
                 self.dispatch(at, &mut emit);
-            } else if self.event_bytes + (next - i) > self.max_event_bytes {
+            } else if self.event_bytes + rel + 1 > self.max_event_bytes {
                 self.overflow(true, &mut emit);
             } else {
-                self.event_bytes += next - i;
+                self.event_bytes += rel + 1;
                 self.line_bytes(&chunk[i..eol]);
                 self.end_line();
+                if next - eol == 2 {
+                    // The `\n` of a `\r\n`, counted after the line as when it comes in the
+                    // next chunk, so the outcome does not depend on the split.
+                    if self.event_bytes + 1 > self.max_event_bytes {
+                        self.overflow(true, &mut emit);
+                    } else {
+                        self.event_bytes += 1;
+                    }
+                }
             }
             i = next;
         }
@@ -249,7 +267,6 @@ impl SseFramer {
             i += 1;
         }
         if self.bom_matched == BOM.len() {
-            self.event_bytes = BOM.len();
             self.started = true;
         }
         i
@@ -292,7 +309,7 @@ impl SseFramer {
                     };
                     match field {
                         Field::Data => self.data.extend_from_slice(value),
-                        Field::Event => self.name.extend_from_slice(value),
+                        Field::Event => self.field.extend_from_slice(value),
                         Field::Ignored => {}
                     }
                     return;
@@ -311,11 +328,9 @@ impl SseFramer {
                 self.has_data = true;
                 Field::Data
             }
-            b"event" => {
-                self.name.clear();
-                self.has_event = true;
-                Field::Event
-            }
+            // The value is collected in `field` and becomes the name when its line ends, so an
+            // event cut at the cap keeps the name of its last complete `event:` line.
+            b"event" => Field::Event,
             // id, retry, unknown fields, and comments (": keep-alive", an empty field name)
             _ => Field::Ignored,
         };
@@ -327,6 +342,15 @@ impl SseFramer {
     fn end_line(&mut self) {
         if self.line_state == LineState::Name {
             self.begin_value();
+        }
+        if let LineState::Value {
+            field: Field::Event,
+            ..
+        } = self.line_state
+        {
+            std::mem::swap(&mut self.name, &mut self.field);
+            self.field.clear();
+            self.has_event = true;
         }
         self.line_state = LineState::Start;
     }

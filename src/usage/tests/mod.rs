@@ -1,7 +1,9 @@
 //! Tests of the usage module against golden fixtures (`tests/fixtures/`) and hostile input.
 
+mod bounds;
 mod fixtures;
 mod json_and_estimate;
+mod props;
 mod robustness;
 
 use std::path::PathBuf;
