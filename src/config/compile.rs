@@ -3,7 +3,7 @@
 
 use super::limits::{compile_limits, compile_models};
 use super::parse::ConfigFile;
-use super::schema::{EndpointConf, PoolConf, ProviderKind, StoreKind};
+use super::schema::{BreakerConf, EndpointConf, PoolConf, ProviderKind, StoreKind};
 use super::snapshot::{Accounting, Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
 use super::snapshot::{Failover, HealthCheck};
 use super::{ConfigError, ConfigErrors, Secret};
@@ -303,9 +303,29 @@ fn compile_pool(path: &str, p: &PoolConf, secrets: Secrets, errs: &mut Errors) -
             errs.push(format!("{path}.timeouts.{name}"), "must be greater than 0");
         }
     }
+    // A failure ratio outside (0, 1] is reported below; the breakers built meanwhile (then
+    // discarded with the failed compile) must not see it: failsafe panics outside [0, 1].
+    let sane_pool;
+    let for_state = if p
+        .breaker
+        .failure_ratio
+        .is_some_and(|r| !(r > 0.0 && r <= 1.0))
+    {
+        sane_pool = PoolConf {
+            breaker: BreakerConf {
+                failure_ratio: None,
+                ..p.breaker.clone()
+            },
+            ..p.clone()
+        };
+        &sane_pool
+    } else {
+        p
+    };
     let mut endpoints = Vec::new();
     for (j, e) in p.endpoints.iter().enumerate() {
-        if let Some(ep) = compile_endpoint(p, &format!("{path}.endpoints[{j}]"), e, secrets, errs) {
+        let path = format!("{path}.endpoints[{j}]");
+        if let Some(ep) = compile_endpoint(for_state, &path, e, secrets, errs) {
             endpoints.push(ep);
         }
     }

@@ -6,6 +6,8 @@ mod compile;
 mod key;
 pub mod limits;
 mod parse;
+#[cfg(test)]
+mod props;
 pub mod schema;
 mod snapshot;
 
