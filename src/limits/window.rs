@@ -211,4 +211,19 @@ mod tests {
         w.settle("a", r[0].0, 20, 125_000);
         assert_eq!(w.used("a", 125_000), 0);
     }
+
+    #[test]
+    fn huge_amounts_saturate_instead_of_wrapping() {
+        let w = Windows::new(Duration::from_secs(60));
+        let t0 = 120_000;
+        let r = w.try_reserve(&[("a", 10, 1000)], t0).unwrap();
+        w.settle("a", r[0].0, u64::MAX, t0 + 1);
+        assert_eq!(w.used("a", t0 + 1), u64::MAX);
+        assert!(w.try_reserve(&[("a", u64::MAX, 1000)], t0 + 2).is_err());
+        // Settled in a later window: the excess is added there, still saturating.
+        let r = w.try_reserve(&[("b", 5, 100)], t0).unwrap();
+        w.try_reserve(&[("b", 10, 100)], t0 + 60_000).unwrap();
+        w.settle("b", r[0].0, u64::MAX, t0 + 60_001);
+        assert_eq!(w.used("b", t0 + 60_001), u64::MAX);
+    }
 }
