@@ -485,7 +485,9 @@ pub struct AccountingConf {
     /// the largest legitimate events (a Responses `response.completed` echoing the whole
     /// output, a tool call's arguments in one chunk) stay far below it, since a response's
     /// output is capped at about 128k tokens (roughly 0.5 MiB of text, a few MiB as JSON with
-    /// escapes).
+    /// escapes). When sluice hides the usage chunk it asked for (OpenAI chat), it holds each
+    /// event twice (parsed, and raw for rewriting): the cap then covers both, so events over
+    /// half of it pass through unparsed. Memory held per stream never exceeds the cap.
     #[serde(default = "default_max_sse_event_bytes")]
     pub max_sse_event_bytes: u64,
     /// Largest non-streamed (JSON) response body kept to read its usage (bytes). A larger body

@@ -41,6 +41,7 @@ pub(super) struct Outcome {
     pub saw_error: bool,
     pub events: u64,
     pub malformed: u64,
+    pub oversized: u64,
     pub forwarded: Vec<u8>,
 }
 
@@ -74,6 +75,7 @@ pub(super) fn replay<'a>(
         saw_error: acc.saw_error(),
         events: acc.events(),
         malformed: acc.malformed_events(),
+        oversized: acc.oversized_events(),
         forwarded,
     }
 }
@@ -87,6 +89,7 @@ impl std::fmt::Debug for Outcome {
             .field("saw_error", &self.saw_error)
             .field("events", &self.events)
             .field("malformed", &self.malformed)
+            .field("oversized", &self.oversized)
             .field("forwarded", &String::from_utf8_lossy(&self.forwarded))
             .finish()
     }

@@ -99,8 +99,9 @@ fn run(api: ApiKind, hide: bool, cap: usize, pieces: &[&[u8]]) -> Result<Outcome
         text: acc.output_text().to_owned(),
         completed: acc.completed(),
         saw_error: acc.saw_error(),
-        events: acc.events() * 1000 + acc.oversized_events(),
+        events: acc.events(),
         malformed: acc.malformed_events(),
+        oversized: acc.oversized_events(),
         forwarded,
     })
 }
