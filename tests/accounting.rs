@@ -117,11 +117,17 @@ async fn a_200_mb_sse_line_streams_through_in_bounded_memory_with_estimated_toke
         ("kind", "completion"),
         ("source", "estimated"),
     ];
-    s.wait_metric("sluice_tokens_total", &estimated, |v| v > 0.0)
-        .await;
     let baseline = proc_status_kib(pid, "VmHWM");
+    let mut requests = 2.0;
 
     for (mode, body) in [("hide", hidden), ("as asked", asked)] {
+        // Every request so far logged, so the next estimate is this mode's own.
+        let logged = s
+            .wait_metric("sluice_requests_total", &[("route", "main")], |v| {
+                v >= requests
+            })
+            .await;
+        assert_eq!(logged, requests);
         let before = s.metric("sluice_tokens_total", &estimated).await;
         let oversized = s
             .metric("sluice_sse_oversized_events_total", &[("route", "main")])
@@ -132,6 +138,7 @@ async fn a_200_mb_sse_line_streams_through_in_bounded_memory_with_estimated_toke
         for run in 0..2 {
             reset_peak_rss(pid);
             stream_huge_line(&s, &mock, body.clone(), 200 << 20).await;
+            requests += 1.0;
             let peak = proc_status_kib(pid, "VmHWM");
             growth = growth.min(peak.saturating_sub(baseline));
             eprintln!(
@@ -286,7 +293,7 @@ async fn the_accounting_bounds_are_configurable() {
     let s = Sluice::start(
         &config(
             &mock,
-            "accounting: {max_usage_tokens: 100, max_sse_event_bytes: 65536, max_json_body_bytes: 1048576}\n",
+            "accounting: {max_usage_tokens: 100, max_sse_event_bytes: 65536, max_json_body_bytes: 64}\n",
         ),
         &[KEY_ENV],
     );
@@ -307,7 +314,28 @@ async fn the_accounting_bounds_are_configurable() {
         )
         .await;
     assert_eq!(n, 1.0);
-    // A 1 MiB line is over the 64 KiB event cap.
+    // A JSON body over 64 bytes is relayed whole, its tokens estimated (once the stream
+    // above is logged, so its own estimate is not taken for this one's).
+    let logged = s
+        .wait_metric("sluice_requests_total", &[("route", "main")], |v| v >= 1.0)
+        .await;
+    assert_eq!(logged, 1.0);
+    let est = [("tenant", "t"), ("kind", "prompt"), ("source", "estimated")];
+    let before = s.metric("sluice_tokens_total", &est).await;
+    let resp = chat(&s, serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hello world"}]}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["usage"]["completion_tokens"], 1,
+        "relayed whole: {body}"
+    );
+    let after = s
+        .wait_metric("sluice_tokens_total", &est, |v| v > before)
+        .await;
+    assert!(after > before, "not estimated");
+    // A 9 MiB line is over the 64 KiB event cap.
     stream_huge_line(
         &s,
         &mock,
