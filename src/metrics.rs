@@ -296,6 +296,27 @@ pub static BUDGET_OVERRUN: Lazy<prometheus::CounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_sse_oversized_events_total{route}`: SSE events larger than
+/// `accounting.max_sse_event_bytes`, forwarded without being parsed (the request's tokens are
+/// then estimated).
+pub static SSE_OVERSIZED_EVENTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_sse_oversized_events_total",
+        "SSE events over accounting.max_sse_event_bytes, forwarded unparsed, by route",
+        &["route"]
+    ))
+});
+
+/// `sluice_usage_implausible_total{route}`: responses whose usage reported more tokens than
+/// `accounting.max_usage_tokens` in one field; treated as malformed, tokens estimated.
+pub static USAGE_IMPLAUSIBLE: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_usage_implausible_total",
+        "Responses whose usage exceeded accounting.max_usage_tokens (tokens estimated), by route",
+        &["route"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -326,6 +347,8 @@ pub fn init() {
     Lazy::force(&REDIS_FALLBACKS);
     Lazy::force(&CONFIG_RELOAD_IGNORED);
     Lazy::force(&BUDGET_OVERRUN);
+    Lazy::force(&SSE_OVERSIZED_EVENTS);
+    Lazy::force(&USAGE_IMPLAUSIBLE);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

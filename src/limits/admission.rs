@@ -44,7 +44,7 @@ impl Admission {
         if reserved_tokens && !self.settled {
             metrics::TOKENS_SETTLED
                 .with_label_values(&[&self.tenant])
-                .inc_by(input + output);
+                .inc_by(input.saturating_add(output));
         }
         self.settle_shared(input, output, cost_usd);
         self.release(input, output);

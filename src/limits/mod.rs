@@ -430,7 +430,7 @@ impl Limiter {
         let mut headers = RateHeaders::default();
         let (input, output) = (ask.prompt_tokens, ask.output_ceiling);
         let mut pairs: Vec<(String, u64, u64, Kind)> = Vec::new();
-        if input + output > 0 {
+        if input.saturating_add(output) > 0 {
             if let Some(l) = local.tokens_per_minute {
                 pairs.push((
                     format!("t:{}", ask.tenant),

@@ -399,7 +399,10 @@ impl SharedStore {
     pub fn settle(&self, key: &str, window: u64, reserved: u64, actual: u64) {
         if let Ok(mut slices) = self.slices.lock() {
             if let Some(s) = slices.get_mut(key).filter(|s| s.window == window) {
-                s.remaining += reserved as i64 - actual as i64;
+                let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                s.remaining = s
+                    .remaining
+                    .saturating_add(signed(reserved).saturating_sub(signed(actual)));
             }
         }
     }
