@@ -59,7 +59,7 @@ fn sse(c: &mut Criterion) {
             };
             g.bench_function(id, |b| {
                 b.iter(|| {
-                    let mut acc = SseAccountant::new(api, hide);
+                    let mut acc = SseAccountant::new(api, hide, 4 << 20);
                     for ch in &chunks {
                         black_box(acc.push(ch));
                     }

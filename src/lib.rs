@@ -22,3 +22,18 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod usage;
+
+/// Settings shared by the property tests (proptest): a bounded case count (256, or
+/// `PROPTEST_CASES`) so `make test` stays fast, and no regression files: every failure found
+/// becomes a named `#[test]` next to the property instead.
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

@@ -295,6 +295,49 @@ pub static CLIENT_CONNECTIONS_CLOSED: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_config_reload_ignored_fields_total{field}`: reloads that changed a field read only
+/// at start (listeners, threads, drain deadline, log format, reload settings, limit store):
+/// the rest of the reload applied, this field keeps its running value until a restart.
+pub static CONFIG_RELOAD_IGNORED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_config_reload_ignored_fields_total",
+        "Reloads that changed a field read only at start (kept until restart), by YAML field",
+        &["field"]
+    ))
+});
+
+/// `sluice_budget_overrun_usd_total{tenant}`: cost above the requests' budget reservations
+/// (prompt estimates that came out low, or a reservation capped at what was left): the most
+/// spend can exceed a budget by.
+pub static BUDGET_OVERRUN: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    metric!(prometheus::register_counter_vec!(
+        "sluice_budget_overrun_usd_total",
+        "USD charged above the requests' budget reservations (bounds a budget's overshoot)",
+        &["tenant"]
+    ))
+});
+
+/// `sluice_sse_oversized_events_total{route}`: SSE events larger than
+/// `accounting.max_sse_event_bytes`, forwarded without being parsed (the request's tokens are
+/// then estimated).
+pub static SSE_OVERSIZED_EVENTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_sse_oversized_events_total",
+        "SSE events over accounting.max_sse_event_bytes, forwarded unparsed, by route",
+        &["route"]
+    ))
+});
+
+/// `sluice_usage_implausible_total{route}`: responses whose usage reported more tokens than
+/// `accounting.max_usage_tokens` in one field; treated as malformed, tokens estimated.
+pub static USAGE_IMPLAUSIBLE: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_usage_implausible_total",
+        "Responses whose usage exceeded accounting.max_usage_tokens (tokens estimated), by route",
+        &["route"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&CLIENT_CONNECTIONS);
@@ -325,6 +368,10 @@ pub fn init() {
     Lazy::force(&REDIS_ERRORS);
     Lazy::force(&LEASES);
     Lazy::force(&REDIS_FALLBACKS);
+    Lazy::force(&CONFIG_RELOAD_IGNORED);
+    Lazy::force(&BUDGET_OVERRUN);
+    Lazy::force(&SSE_OVERSIZED_EVENTS);
+    Lazy::force(&USAGE_IMPLAUSIBLE);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

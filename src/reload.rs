@@ -95,16 +95,7 @@ impl Reloader {
         *last = fingerprint;
         match load_text(&text, Secrets::Load) {
             Ok(mut next) => {
-                let current = self.config.load();
-                if next.proxy_addr != current.proxy_addr || next.admin_addr != current.admin_addr {
-                    tracing::warn!(
-                        proxy = %current.proxy_addr,
-                        admin = %current.admin_addr,
-                        "listener addresses cannot change by reload: keeping the current ones (restart to move them)"
-                    );
-                    next.proxy_addr.clone_from(&current.proxy_addr);
-                    next.admin_addr.clone_from(&current.admin_addr);
-                }
+                keep_start_only_fields(&self.config.load(), &mut next);
                 let routes = next.routes.len();
                 let pools = next.pools.len();
                 crate::logging::remember_keys(&next);
@@ -132,6 +123,75 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Fields sluice reads only at start, by YAML path: a reload that changes one keeps the
+/// running value (copied from `current` into `next`), logs a warning naming the fields and
+/// counts each in `sluice_config_reload_ignored_fields_total{field}`; the rest applies.
+/// Returns the fields kept.
+pub fn keep_start_only_fields(current: &Snapshot, next: &mut Snapshot) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($field:literal, $($f:ident).+) => {
+            if next.$($f).+ != current.$($f).+ {
+                next.$($f).+.clone_from(&current.$($f).+);
+                kept.push($field);
+            }
+        };
+    }
+    keep!("listeners.proxy", proxy_addr);
+    keep!("listeners.admin", admin_addr);
+    keep!("server.threads", threads);
+    keep!("server.drain_timeout_seconds", drain_timeout);
+    keep!("server.log_format", log_format);
+    keep!("server.header_timeout_ms", connections.header_timeout);
+    keep!(
+        "server.keepalive_idle_timeout_ms",
+        connections.keepalive_idle_timeout
+    );
+    keep!("server.max_client_connections", connections.max_connections);
+    keep!("reload.watch", reload_watch);
+    keep!("reload.poll_interval_ms", reload_poll);
+    match (&current.redis, &next.redis) {
+        (Some(_), None) | (None, Some(_)) => kept.push("limits.store"),
+        (Some(c), Some(n)) => {
+            for (field, changed) in [
+                ("limits.redis.url", c.url != n.url),
+                ("limits.redis.timeout_ms", c.timeout_ms != n.timeout_ms),
+                (
+                    "limits.redis.connect_timeout_ms",
+                    c.connect_timeout_ms != n.connect_timeout_ms,
+                ),
+                (
+                    "limits.redis.failure_policy",
+                    c.failure_policy != n.failure_policy,
+                ),
+                (
+                    "limits.redis.expected_replicas",
+                    c.expected_replicas != n.expected_replicas,
+                ),
+                ("limits.redis.lease_ms", c.lease_ms != n.lease_ms),
+            ] {
+                if changed {
+                    kept.push(field);
+                }
+            }
+        }
+        (None, None) => {}
+    }
+    next.redis.clone_from(&current.redis);
+    if !kept.is_empty() {
+        for field in &kept {
+            metrics::CONFIG_RELOAD_IGNORED
+                .with_label_values(&[field])
+                .inc();
+        }
+        tracing::warn!(
+            fields = %kept.join(","),
+            "config reload: these fields are read only at start and keep their running values until a restart; the rest of the reload applies"
+        );
+    }
+    kept
 }
 
 /// The config text's hash plus a hash of the key files' contents (missing files hash as
@@ -248,5 +308,52 @@ impl BackgroundService for Reloader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secrets;
+
+    fn snapshot(extra: &str) -> Snapshot {
+        let text = format!(
+            "pools:\n  - name: p\n    provider: openai\n    endpoints: [{{url: \"http://127.0.0.1:9\", keys: [{{env: K}}]}}]\nroutes:\n  - {{name: main, match: {{path_prefix: /v1}}, pools: [p]}}\n{extra}"
+        );
+        load_text(&text, Secrets::Skip).unwrap()
+    }
+
+    #[test]
+    fn start_only_fields_keep_their_running_values_and_the_rest_applies() {
+        let current = snapshot("server: {threads: 2}\nlimits: {store: local}\n");
+        let mut next = snapshot(
+            "server: {threads: 8, drain_timeout_seconds: 99}\nlimits:\n  store: redis\n  redis: {url: \"redis://127.0.0.1:1\"}\n  default: {requests_per_minute: 5}\n",
+        );
+        let kept = keep_start_only_fields(&current, &mut next);
+        assert_eq!(
+            kept,
+            [
+                "server.threads",
+                "server.drain_timeout_seconds",
+                "limits.store"
+            ]
+        );
+        assert_eq!(next.threads, current.threads);
+        assert_eq!(next.drain_timeout, current.drain_timeout);
+        assert!(next.redis.is_none());
+        // Not start-only: applies.
+        assert!(next.default_limits.is_some());
+
+        let a = snapshot("limits:\n  store: redis\n  redis: {url: \"redis://127.0.0.1:1\"}\n");
+        let mut b = snapshot(
+            "limits:\n  store: redis\n  redis: {url: \"redis://127.0.0.1:1\", timeout_ms: 80, lease_ms: 100}\n",
+        );
+        assert_eq!(
+            keep_start_only_fields(&a, &mut b),
+            ["limits.redis.timeout_ms", "limits.redis.lease_ms"]
+        );
+        assert_eq!(b.redis, a.redis);
+        let mut same = snapshot("");
+        assert!(keep_start_only_fields(&snapshot(""), &mut same).is_empty());
     }
 }

@@ -21,7 +21,8 @@ use std::sync::Arc;
 /// Seconds for the final shutdown of services after the drain deadline.
 const SHUTDOWN_TIMEOUT_SECONDS: u64 = 2;
 
-/// Flushes budget spend to Redis and returns idle leases, every [`FLUSH_INTERVAL`].
+/// Keeps the Redis connection (see [`SharedStore::maintain`]) and returns idle leases, every
+/// [`FLUSH_INTERVAL`].
 struct SharedFlush(Arc<SharedStore>);
 
 /// Budget spend batching interval (bounds a shared budget's overshoot, see `limits::shared`).
@@ -30,6 +31,8 @@ const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500
 #[async_trait::async_trait]
 impl pingora_core::services::background::BackgroundService for SharedFlush {
     async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        // (Re)connecting to Redis happens here, off every request's path.
+        tokio::spawn(self.0.clone().maintain());
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         loop {
             tokio::select! {

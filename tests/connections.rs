@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Mock, Sluice};
+use common::{proc_status_kib, Mock, Sluice};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,14 +32,9 @@ fn addr(s: &Sluice) -> String {
     s.proxy.trim_start_matches("http://").to_owned()
 }
 
-/// Resident set size of `pid` in KiB (`VmRSS` of /proc/<pid>/status).
+/// Resident set size of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    proc_status_kib(pid, "VmRSS")
 }
 
 /// The soft open-files limit of this process (`Max open files` in /proc/self/limits).

@@ -379,3 +379,111 @@ async fn a_prompt_refused_on_its_byte_guess_is_admitted_on_its_tiktoken_count() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// 16 concurrent spenders, four rounds, on a $0.50/day local budget: every request reserves
+/// its worst case (at most what is left) before forwarding, so spend exceeds the budget only
+/// by cost beyond reservations (`sluice_budget_overrun_usd_total`).
+#[tokio::test]
+async fn concurrent_spenders_overshoot_a_local_budget_only_by_cost_beyond_reservations() {
+    let mock = Mock::start().await;
+    // $100 per 1M tokens: each stream reports 17 + 1,000 tokens, $0.1017.
+    let models =
+        "models:\n  - match: \"gpt-*\"\n    price: {input_per_1m: 100.0, output_per_1m: 100.0}\n";
+    let s = Sluice::start(
+        &config(&mock, "        budget: {usd_per_day: 0.5}", models),
+        &[KEY_ENV],
+    );
+    let (mut admitted, mut refused) = (0u32, 0u32);
+    for _ in 0..4 {
+        let reqs = (0..16).map(|_| async {
+            let resp = chat(
+                &s,
+                serde_json::json!({"model": "gpt-4o", "stream": true, "max_tokens": 1000,
+                "messages": [{"role": "user", "content": "spend"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+            let status = resp.status().as_u16();
+            let _ = resp.bytes().await;
+            status
+        });
+        for status in join_all(reqs).await {
+            match status {
+                200 => admitted += 1,
+                429 => refused += 1,
+                other => panic!("status {other}"),
+            }
+        }
+    }
+    let cost = 1017.0 * 100e-6;
+    let expected = f64::from(admitted) * cost;
+    let spend = s
+        .wait_metric("sluice_spend_usd_total", &[("tenant", "t")], |v| {
+            (v - expected).abs() < 1e-9
+        })
+        .await;
+    let overrun = s
+        .metric("sluice_budget_overrun_usd_total", &[("tenant", "t")])
+        .await;
+    eprintln!(
+        "64 spenders (16 concurrent) on a $0.50/day budget: {admitted} admitted, {refused} refused, spend ${spend:.4} (overshoot ${:.4}), cost beyond reservations ${overrun:.4}",
+        spend - 0.5
+    );
+    assert!(
+        (spend - expected).abs() < 1e-9,
+        "spend {spend} vs {expected}"
+    );
+    assert!(admitted >= 4 && refused > 0);
+    assert!(
+        spend <= 0.5 + overrun + 1e-9,
+        "spend {spend} overrun {overrun}"
+    );
+    assert!(spend - 0.5 < cost, "overshoot of more than one request");
+}
+
+/// A client that leaves a stream gives its tenant's `max_concurrent` permit back before the
+/// cut stream's tokens are estimated: after each of 100 disconnects the next stream is
+/// admitted at once.
+#[tokio::test]
+async fn a_client_that_leaves_gives_its_permit_back_at_once() {
+    let mock = Mock::start().await;
+    let s = Sluice::start(&config(&mock, "        max_concurrent: 1", ""), &[KEY_ENV]);
+    let slow = || {
+        client()
+            .post(format!("{}/v1/slow/chat/completions", s.proxy))
+            .header("x-tenant", "t")
+            .json(&serde_json::json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let mut waits = Vec::new();
+    let mut left_at: Option<std::time::Instant> = None;
+    for _ in 0..101 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut r = loop {
+            let r = slow().await.unwrap();
+            if r.status() == 200 {
+                break r;
+            }
+            assert_eq!(r.status(), 429);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "permit never returned"
+            );
+        };
+        if let Some(t) = left_at {
+            waits.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        assert!(r.chunk().await.unwrap().is_some());
+        drop(r);
+        left_at = Some(std::time::Instant::now());
+    }
+    let first = waits[0];
+    waits.sort_by(f64::total_cmp);
+    let percentile = |w: &[f64], p: usize| w[(p * w.len()).div_ceil(100).max(1) - 1];
+    eprintln!(
+        "100 disconnects: next stream admitted after p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms (first {:.1} ms)",
+        percentile(&waits, 50), percentile(&waits, 90), waits[99], first
+    );
+    assert!(waits[99] < 100.0, "permit held {:.1} ms", waits[99]);
+}

@@ -4,7 +4,7 @@
 use super::limits::{compile_limits, compile_models};
 use super::parse::ConfigFile;
 use super::schema::{EndpointConf, PoolConf, ProviderKind, StoreKind};
-use super::snapshot::{Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
+use super::snapshot::{Accounting, Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
 use super::snapshot::{Failover, HealthCheck};
 use super::{ConfigError, ConfigErrors, Secret};
 use crate::balance::{registry, EndpointId, Registry};
@@ -63,6 +63,16 @@ pub(crate) fn compile_with(
     }
     if file.server.max_client_connections == 0 {
         errs.push("server.max_client_connections", "must be at least 1");
+    }
+    let acc = &file.accounting;
+    for (name, value) in [
+        ("max_sse_event_bytes", acc.max_sse_event_bytes),
+        ("max_json_body_bytes", acc.max_json_body_bytes),
+        ("max_usage_tokens", acc.max_usage_tokens),
+    ] {
+        if value == 0 {
+            errs.push(format!("accounting.{name}"), "must be greater than 0");
+        }
     }
 
     let mut pools: HashMap<String, Arc<Pool>> = HashMap::new();
@@ -255,6 +265,11 @@ pub(crate) fn compile_with(
             header_timeout: Duration::from_millis(file.server.header_timeout_ms),
             keepalive_idle_timeout: Duration::from_millis(file.server.keepalive_idle_timeout_ms),
             max_connections: file.server.max_client_connections,
+        },
+        accounting: Accounting {
+            max_sse_event_bytes: usize::try_from(acc.max_sse_event_bytes).unwrap_or(usize::MAX),
+            max_json_body_bytes: usize::try_from(acc.max_json_body_bytes).unwrap_or(usize::MAX),
+            max_usage_tokens: acc.max_usage_tokens,
         },
     })
 }

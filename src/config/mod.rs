@@ -6,6 +6,8 @@ mod compile;
 mod key;
 pub mod limits;
 mod parse;
+#[cfg(test)]
+mod props;
 pub mod schema;
 mod snapshot;
 
@@ -13,8 +15,8 @@ pub use compile::{compile, Secrets};
 pub use key::Secret;
 pub use parse::{parse, parse_lenient, ConfigFile};
 pub use snapshot::{
-    ConnectionLimits, Endpoint, Failover, HealthCheck, Pool, Route, Snapshot, TenantId, Tenants,
-    Timeouts,
+    Accounting, ConnectionLimits, Endpoint, Failover, HealthCheck, Pool, Route, Snapshot, TenantId,
+    Tenants, Timeouts,
 };
 
 use std::fmt;

@@ -5,8 +5,8 @@
 //! reported, not just the first one in the file.
 
 use super::schema::{
-    LimitsSection, ListenersConf, ModelConf, PoolConf, ReloadConf, RouteConf, ServerConf,
-    TenantsConf,
+    AccountingConf, LimitsSection, ListenersConf, ModelConf, PoolConf, ReloadConf, RouteConf,
+    ServerConf, TenantsConf,
 };
 use super::{ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -31,6 +31,8 @@ pub struct ConfigFile {
     pub models: Vec<ModelConf>,
     /// `reload`.
     pub reload: ReloadConf,
+    /// `accounting`.
+    pub accounting: AccountingConf,
     /// Names of pools that failed to parse (so routes naming them are not also reported as
     /// naming an unknown pool).
     pub broken_pools: Vec<String>,
@@ -44,6 +46,8 @@ const SECTIONS: &[&str] = &[
     "tenants",
     "limits",
     "models",
+    "reload",
+    "accounting",
 ];
 
 /// Parse YAML text. Errors: YAML syntax (one error, with line and column), an unknown top-level
@@ -90,6 +94,7 @@ pub fn parse_lenient(text: &str) -> Result<(ConfigFile, Vec<ConfigError>), Confi
             }
             "limits" => section(name, value, &mut errors, &mut file.limits),
             "reload" => section(name, value, &mut errors, &mut file.reload),
+            "accounting" => section(name, value, &mut errors, &mut file.accounting),
             "models" => file.models = list(name, value, &mut errors),
             "pools" => {
                 file.broken_pools = broken_names(&value);

@@ -261,6 +261,8 @@ pub struct Snapshot {
     pub models: Vec<ModelInfo>,
     /// Shared limit store (`limits.store: redis`), if any.
     pub redis: Option<RedisConf>,
+    /// Bounds of response accounting (`accounting`).
+    pub accounting: Accounting,
     /// Bounds on client connections (`server.header_timeout_ms`, ...), fixed at start.
     pub connections: ConnectionLimits,
 }
@@ -332,5 +334,27 @@ mod tests {
         assert!(prefix_matches("/v1", "/v1?x=1"));
         assert!(!prefix_matches("/v1", "/v10/models"));
         assert!(prefix_matches("/", "/anything"));
+    }
+}
+
+/// `accounting`, compiled: how much of an upstream response sluice reads to count tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accounting {
+    /// Largest SSE event parsed (bytes, as received); larger ones pass through unparsed.
+    pub max_sse_event_bytes: usize,
+    /// Largest JSON response body kept to read its usage (bytes).
+    pub max_json_body_bytes: usize,
+    /// Largest believable value of one usage field of one response (tokens).
+    pub max_usage_tokens: u64,
+}
+
+impl Default for Accounting {
+    fn default() -> Self {
+        let conf = super::schema::AccountingConf::default();
+        Accounting {
+            max_sse_event_bytes: usize::try_from(conf.max_sse_event_bytes).unwrap_or(usize::MAX),
+            max_json_body_bytes: usize::try_from(conf.max_json_body_bytes).unwrap_or(usize::MAX),
+            max_usage_tokens: conf.max_usage_tokens,
+        }
     }
 }

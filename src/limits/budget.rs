@@ -1,11 +1,18 @@
 //! USD spend per tenant per UTC day and month, and the cost of a request from its exact usage
-//! and the model's price. Spend is local to this process (a shared store comes later).
+//! and the model's price, for the local store (`limits.store: local`; the shared store keeps
+//! budgets in Redis, see `shared`).
+//!
+//! Like tokens, a budget is reserved before forwarding and settled after: a request reserves
+//! its worst-case cost (prompt estimate and output ceiling at the model's price), at most what
+//! is left, and is refused while spend plus the reservations in flight reach a cap; at its end
+//! the reservation is replaced by the exact cost. Concurrent spenders therefore overshoot a
+//! budget only by cost beyond their reservations.
 
 use crate::config::limits::{Budget, Price};
 use crate::usage::Usage;
 use chrono::{Datelike, Utc};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Cost in USD of `u` at `price` (per 1M tokens). Cached reads are priced apart from the rest
 /// of the prompt when the API counts them inside `prompt_tokens` (OpenAI); Anthropic reports
@@ -29,12 +36,51 @@ struct Spend {
     day_usd: f64,
     month: i64,
     month_usd: f64,
+    /// Reserved by requests in flight, in `day` and `month`.
+    day_reserved_usd: f64,
+    month_reserved_usd: f64,
 }
 
 /// Spend book.
 #[derive(Debug, Default)]
 pub struct Budgets {
     spend: Mutex<HashMap<String, Spend>>,
+}
+
+/// A request's reservation on its tenant's budget (USD, in the UTC day and month it was
+/// taken in). Dropped without [`BudgetHold::settle`], it is released (the request spent
+/// nothing).
+#[derive(Debug)]
+pub struct BudgetHold {
+    budgets: Arc<Budgets>,
+    tenant: String,
+    day: i64,
+    month: i64,
+    usd: f64,
+}
+
+impl BudgetHold {
+    /// USD reserved.
+    pub fn usd(&self) -> f64 {
+        self.usd
+    }
+
+    /// Replace the reservation by the exact cost `usd` (in one step: spend never looks
+    /// lower than it is).
+    pub fn settle(mut self, usd: f64) {
+        self.budgets
+            .settle(&self.tenant, self.day, self.month, self.usd, usd);
+        self.usd = 0.0;
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        if self.usd > 0.0 {
+            self.budgets
+                .settle(&self.tenant, self.day, self.month, self.usd, 0.0);
+        }
+    }
 }
 
 /// Which cap is spent.
@@ -74,11 +120,92 @@ impl Budgets {
             .ok()
             .and_then(|m| m.get(tenant).copied())
             .unwrap_or_default();
+        Self::rolled(s, day, month)
+    }
+
+    /// Reserve up to `usd` (a request's worst-case cost) of `tenant`'s `budget`: what is left
+    /// after spend and the reservations in flight, at most. Returns the hold and the USD that
+    /// was left before it, or the period whose cap spend and reservations already reach.
+    pub fn reserve(
+        self: &Arc<Self>,
+        tenant: &str,
+        budget: &Budget,
+        usd: f64,
+    ) -> Result<(BudgetHold, f64), Period> {
+        let (day, month) = today();
+        let Ok(mut m) = self.spend.lock() else {
+            return Err(Period::Day);
+        };
+        let stored = m.get(tenant).copied().unwrap_or_default();
+        let mut s = Self::rolled(stored, day, month);
+        let mut left = f64::INFINITY;
+        for (period, cap, spent) in [
+            (
+                Period::Day,
+                budget.usd_per_day,
+                s.day_usd + s.day_reserved_usd,
+            ),
+            (
+                Period::Month,
+                budget.usd_per_month,
+                s.month_usd + s.month_reserved_usd,
+            ),
+        ] {
+            if let Some(cap) = cap {
+                if spent >= cap {
+                    return Err(period);
+                }
+                left = left.min(cap - spent);
+            }
+        }
+        let take = usd.max(0.0).min(left);
+        s.day_reserved_usd += take;
+        s.month_reserved_usd += take;
+        m.insert(tenant.to_owned(), s);
+        Ok((
+            BudgetHold {
+                budgets: self.clone(),
+                tenant: tenant.to_owned(),
+                day,
+                month,
+                usd: take,
+            },
+            left,
+        ))
+    }
+
+    fn settle(&self, tenant: &str, day: i64, month: i64, reserved: f64, usd: f64) {
+        let (today, this_month) = today();
+        let Ok(mut m) = self.spend.lock() else {
+            return;
+        };
+        let stored = m.get(tenant).copied().unwrap_or_default();
+        let mut s = Self::rolled(stored, today, this_month);
+        if day == today {
+            s.day_reserved_usd = (s.day_reserved_usd - reserved).max(0.0);
+        }
+        if month == this_month {
+            s.month_reserved_usd = (s.month_reserved_usd - reserved).max(0.0);
+        }
+        s.day_usd += usd;
+        s.month_usd += usd;
+        m.insert(tenant.to_owned(), s);
+    }
+
+    fn rolled(s: Spend, day: i64, month: i64) -> Spend {
+        let same_day = s.day == day;
+        let same_month = s.month == month;
         Spend {
             day,
-            day_usd: if s.day == day { s.day_usd } else { 0.0 },
+            day_usd: if same_day { s.day_usd } else { 0.0 },
             month,
-            month_usd: if s.month == month { s.month_usd } else { 0.0 },
+            month_usd: if same_month { s.month_usd } else { 0.0 },
+            day_reserved_usd: if same_day { s.day_reserved_usd } else { 0.0 },
+            month_reserved_usd: if same_month {
+                s.month_reserved_usd
+            } else {
+                0.0
+            },
         }
     }
 
@@ -155,5 +282,34 @@ mod tests {
         b.charge("t", 0.006);
         assert_eq!(b.remaining("t", &cap), Err(Period::Day));
         assert!(b.remaining("other", &cap).is_ok());
+    }
+
+    #[test]
+    fn reservations_bound_concurrent_spend_and_settle_to_the_exact_cost() {
+        let b = Arc::new(Budgets::default());
+        let cap = Budget {
+            usd_per_day: Some(0.5),
+            usd_per_month: Some(10.0),
+            cut_off_streams: false,
+        };
+        // Worst case $0.12 each: four fit, the fifth gets what is left, the sixth nothing.
+        let mut holds: Vec<BudgetHold> = (0..5)
+            .map(|_| b.reserve("t", &cap, 0.12).unwrap().0)
+            .collect();
+        assert!((holds[4].usd() - 0.02).abs() < 1e-12);
+        assert_eq!(b.reserve("t", &cap, 0.12).unwrap_err(), Period::Day);
+        // A dropped hold (refused or cut before any usage) gives its reservation back.
+        drop(holds.pop());
+        let (again, left) = b.reserve("t", &cap, 0.12).unwrap();
+        assert!((left - 0.02).abs() < 1e-12 && (again.usd() - 0.02).abs() < 1e-12);
+        // Settled to exact costs: spend is what was used, not what was reserved.
+        for h in holds {
+            h.settle(0.1);
+        }
+        again.settle(0.03);
+        let (day, month) = b.spent("t");
+        assert!((day - 0.43).abs() < 1e-12 && (month - 0.43).abs() < 1e-12);
+        let (next, left) = b.reserve("t", &cap, 0.12).unwrap();
+        assert!((left - 0.07).abs() < 1e-12 && (next.usd() - 0.07).abs() < 1e-12);
     }
 }

@@ -6,7 +6,8 @@
 //!   permit is returned however the request ends (success, error, client disconnect);
 //! - tokens per minute: [`window::Windows`], our own exact counters with reservations (see
 //!   there why `Rate` does not fit);
-//! - USD budgets: [`budget::Budgets`], charged with each request's exact cost.
+//! - USD budgets: [`budget::Budgets`], reserved at each request's worst-case cost and settled
+//!   to its exact cost, like tokens.
 //!
 //! The limiter outlives config snapshots: counters are keyed by tenant name, so a reload does
 //! not reset anyone's minute or budget.
@@ -86,7 +87,7 @@ pub struct Ask<'a> {
     /// Output ceiling: `max_tokens`, the model's, or the default (0 when not accounted).
     pub output_ceiling: u64,
     /// Worst-case cost (prompt estimate and ceiling at the model's price), when priced: what a
-    /// shared budget reserves.
+    /// budget reserves (local or shared).
     pub cost_ceiling_usd: Option<f64>,
 }
 
@@ -112,7 +113,7 @@ pub struct Limiter {
     per_second: Rate,
     inflight: Inflight,
     pub(crate) tokens: Windows,
-    pub(crate) budgets: Budgets,
+    pub(crate) budgets: Arc<Budgets>,
     /// The Redis-backed store for requests/tokens per minute and budgets, when configured.
     pub(crate) shared: Option<Arc<SharedStore>>,
 }
@@ -130,6 +131,9 @@ impl Default for Limiter {
 struct Local {
     requests_per_minute: Option<u64>,
     tokens_per_minute: Option<u64>,
+    /// The budget is enforced here with its caps divided by this (1: the local store; the
+    /// expected replicas when Redis is down and the policy is `open`); `None`: Redis did.
+    budget_divisor: Option<u32>,
 }
 
 /// What a shared hold counts.
@@ -158,7 +162,7 @@ impl Limiter {
             per_second: Rate::new(Duration::from_secs(1)),
             inflight: Inflight::new(),
             tokens: Windows::new(Duration::from_secs(60)),
-            budgets: Budgets::default(),
+            budgets: Arc::default(),
             shared,
         }
     }
@@ -189,9 +193,29 @@ impl Limiter {
         limits: &Arc<TenantLimits>,
         ask: Ask<'_>,
     ) -> Result<Admission, Rejection> {
+        let deadline = self.store_deadline();
+        self.admit_until(limits, ask, deadline).await
+    }
+
+    /// When a request that starts now must stop waiting on the shared store (now +
+    /// `limits.redis.timeout_ms`; now without one). Several admissions of one request (a retry
+    /// with a finer estimate) share it, so the request never waits longer in all.
+    pub fn store_deadline(&self) -> tokio::time::Instant {
+        let wait = self.shared.as_ref().map_or(Duration::ZERO, |s| s.timeout());
+        tokio::time::Instant::now() + wait
+    }
+
+    /// [`Limiter::admit`] waiting on the shared store no later than `deadline`.
+    pub async fn admit_until(
+        self: &Arc<Self>,
+        limits: &Arc<TenantLimits>,
+        ask: Ask<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Admission, Rejection> {
         let all = Local {
             requests_per_minute: limits.requests_per_minute,
             tokens_per_minute: limits.tokens_per_minute,
+            budget_divisor: Some(1),
         };
         let Some(shared) = &self.shared else {
             return self.admit_local(limits, ask, all);
@@ -202,11 +226,12 @@ impl Limiter {
         {
             return self.admit_local(limits, ask, all);
         }
-        let (local, holds) = match self.take_shared(shared, limits, &ask).await {
+        let (local, holds) = match self.take_shared(shared, limits, &ask, deadline).await {
             Ok(Ok(holds)) => (
                 Local {
                     requests_per_minute: None,
                     tokens_per_minute: None,
+                    budget_divisor: None,
                 },
                 holds,
             ),
@@ -219,6 +244,7 @@ impl Limiter {
                         Local {
                             requests_per_minute: all.requests_per_minute.map(share),
                             tokens_per_minute: all.tokens_per_minute.map(share),
+                            budget_divisor: Some(shared.expected_replicas),
                         },
                         Vec::new(),
                     )
@@ -249,10 +275,12 @@ impl Limiter {
     /// shared windows. `Ok(Err(_))`: refused (nothing kept); `Err(StoreDown)`: Redis failed.
     async fn take_shared(
         &self,
-        shared: &SharedStore,
+        shared: &Arc<SharedStore>,
         limits: &TenantLimits,
         ask: &Ask<'_>,
+        deadline: tokio::time::Instant,
     ) -> Result<Result<Vec<SharedHold>, Rejection>, StoreDown> {
+        // One deadline for all of this request's takes: never more than `timeout_ms` in all.
         let window_reset = || {
             let now = now_ms();
             Duration::from_millis(MINUTE_MS - now % MINUTE_MS)
@@ -260,7 +288,7 @@ impl Limiter {
         let mut holds = Vec::new();
         if let Some(limit) = limits.requests_per_minute {
             let key = format!("{}:rpm", ask.tenant);
-            match shared.take(&key, limit, 1, MINUTE_MS).await? {
+            match shared.take(&key, limit, 1, MINUTE_MS, deadline).await? {
                 Some(window) => holds.push(SharedHold {
                     key,
                     window,
@@ -278,7 +306,7 @@ impl Limiter {
         let amount = limits.weighted(ask.prompt_tokens, ask.output_ceiling);
         if let (Some(limit), true) = (limits.tokens_per_minute, amount > 0) {
             let key = format!("{}:tpm", ask.tenant);
-            let taken = match shared.take(&key, limit, amount, MINUTE_MS).await {
+            let taken = match shared.take(&key, limit, amount, MINUTE_MS, deadline).await {
                 Ok(t) => t,
                 Err(e) => {
                     for h in holds {
@@ -321,7 +349,7 @@ impl Limiter {
                 let Some(cap) = cap else { continue };
                 let key = format!("{}:usd:{}", ask.tenant, period.as_str());
                 let taken = shared
-                    .take_in(&key, micro(cap), amount, window as u64, ttl)
+                    .take_in(&key, micro(cap), amount, window as u64, ttl, deadline)
                     .await;
                 match taken {
                     Ok(Some(w)) => holds.push(SharedHold {
@@ -359,15 +387,25 @@ impl Limiter {
                 .collect(),
             None => Vec::new(),
         };
-        let budget_left = match (&limits.budget, &self.shared) {
+        let (budget_hold, budget_left) = match (&limits.budget, local.budget_divisor) {
             // Shared budgets were reserved in Redis: the request may spend its reservation.
-            (Some(_), Some(_)) => ask.cost_ceiling_usd,
-            (Some(b), None) => Some(
-                self.budgets
-                    .remaining(ask.tenant, b)
-                    .map_err(|period| Rejection::Budget { period })?,
-            ),
-            (None, _) => None,
+            (Some(_), None) => (None, ask.cost_ceiling_usd),
+            // Local budgets (or this replica's share while Redis is down) reserve the worst
+            // case here (released if refused below).
+            (Some(b), Some(n)) => {
+                let share = |cap: f64| cap / f64::from(n.max(1));
+                let b = crate::config::limits::Budget {
+                    usd_per_day: b.usd_per_day.map(share),
+                    usd_per_month: b.usd_per_month.map(share),
+                    ..*b
+                };
+                let (hold, left) = self
+                    .budgets
+                    .reserve(ask.tenant, &b, ask.cost_ceiling_usd.unwrap_or(0.0))
+                    .map_err(|period| Rejection::Budget { period })?;
+                (Some(hold), Some(left))
+            }
+            (None, _) => (None, None),
         };
 
         let mut guards = Vec::new();
@@ -392,7 +430,7 @@ impl Limiter {
         let mut headers = RateHeaders::default();
         let (input, output) = (ask.prompt_tokens, ask.output_ceiling);
         let mut pairs: Vec<(String, u64, u64, Kind)> = Vec::new();
-        if input + output > 0 {
+        if input.saturating_add(output) > 0 {
             if let Some(l) = local.tokens_per_minute {
                 pairs.push((
                     format!("t:{}", ask.tenant),
@@ -445,11 +483,12 @@ impl Limiter {
             limiter: self.clone(),
             tenant: ask.tenant.to_owned(),
             limits: limits.clone(),
-            _guards: guards,
+            guards,
             reservations,
             reserved: (input, output),
             headers,
             budget_left,
+            budget_hold,
             settled: false,
             counted,
             shared: Vec::new(),

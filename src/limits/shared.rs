@@ -17,15 +17,30 @@
 //! (given back after 4 × `lease_ms` idle), so others can be refused while quota is stranded.
 //! Spend lives in Redis (keys per day/month, expiring), so it survives a sidecar restart; the
 //! unused part of a restarted replica's slice counts as spent.
+//!
+//! Latency: no request waits on Redis longer than `timeout_ms`, at any concurrency.
+//! - (Re)connecting is the job of one background task ([`SharedStore::maintain`]); a request
+//!   only reads the current connection (a `tokio::sync::watch` value) and, when there is none
+//!   yet, waits for one no longer than its own deadline.
+//! - After a failure the store fails fast for [`RETRY_AFTER_FAILURE`]: an atomic read, no lock.
+//! - One lease per key is in flight at a time (a spawned task, so a request that gives up or is
+//!   cancelled loses nothing it was granted); the other requests of that key wait for it until
+//!   their deadline instead of leasing slices of their own. Quota leased but unused per replica
+//!   thus stays under `limit ÷ (4 × expected_replicas)` under any concurrency.
+//! - When Redis grants less than asked, its window is spent: the replica refuses what its
+//!   slice cannot cover without a round trip for the next 4 × `lease_ms` (then asks again, in
+//!   case another replica gave quota back), or until the window ends.
 
-use crate::balance::now_ms;
 use crate::config::schema::{FailurePolicy, RedisConf};
 use crate::metrics;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 /// Lease: grant up to ARGV[2] of limit ARGV[1] on KEYS[1] (the window's granted total),
 /// expiring after ARGV[3] ms. Returns the amount granted.
@@ -50,7 +65,7 @@ return back
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreDown;
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Slice {
     window: u64,
     remaining: i64,
@@ -59,13 +74,36 @@ struct Slice {
     this_second: u64,
     last_second: u64,
     last_used_ms: u64,
+    /// The lease in flight for this key, if any: its waiters are woken when it ends.
+    lease: Option<Arc<Notify>>,
+    /// What the requests waiting for a lease want in all: the next lease asks for it too, so
+    /// a request waits for at most two leases (the one in flight, then one that counts it).
+    queued: i64,
+    /// Redis granted less than asked in this window (its quota is spent): until then (unix
+    /// ms), what the slice cannot cover is refused without a round trip.
+    exhausted_until_ms: u64,
+}
+
+impl Slice {
+    /// Start `window` afresh (the previous window's slice is worthless).
+    fn roll(&mut self, window: u64) {
+        self.window = window;
+        self.remaining = 0;
+        self.exhausted_until_ms = 0;
+        self.lease = None;
+        self.queued = 0;
+    }
 }
 
 /// The shared store of one sluice process.
 pub struct SharedStore {
     client: redis::Client,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// The current connection, set by [`SharedStore::maintain`]; `None` while there is none.
+    conn: watch::Sender<Option<ConnectionManager>>,
+    /// Asks the maintainer for a (new) connection.
+    reconnect: Notify,
     timeout: Duration,
+    connect_timeout: Duration,
     lease_ms: u64,
     /// Failure policy for tenants that set none.
     pub failure_policy: FailurePolicy,
@@ -74,47 +112,108 @@ pub struct SharedStore {
     slices: Mutex<HashMap<String, Slice>>,
     lease: Script,
     give_back: Script,
-    /// After a failure, calls fail fast until then (ms since the epoch), then a fresh
-    /// connection is tried: an outage costs requests no wait at all, a recovery is noticed
-    /// within [`RETRY_AFTER_FAILURE`].
-    down_until_ms: std::sync::atomic::AtomicU64,
+    /// The store's clock origin (tokio's clock, so tests can pause it).
+    epoch: Instant,
+    /// After a failure, calls fail fast until then (ms since `epoch`); then the maintainer
+    /// connects afresh: an outage costs requests no wait, a recovery is noticed within
+    /// [`RETRY_AFTER_FAILURE`].
+    down_until_ms: AtomicU64,
 }
 
 /// How long the store fails fast after a Redis failure before trying again.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
 impl SharedStore {
-    /// A store for `conf`. Errors: an unparseable URL. Connecting happens on first use.
+    /// A store for `conf`. Errors: an unparseable URL. Connecting is the job of
+    /// [`SharedStore::maintain`], which the server runs in the background.
     pub fn new(conf: &RedisConf) -> Result<Self, String> {
         let client = redis::Client::open(conf.url.as_str()).map_err(|e| e.to_string())?;
         Ok(Self {
             client,
-            conn: tokio::sync::Mutex::new(None),
+            conn: watch::Sender::new(None),
+            reconnect: Notify::new(),
             timeout: Duration::from_millis(conf.timeout_ms),
+            connect_timeout: Duration::from_millis(conf.connect_timeout_ms.max(1)),
             lease_ms: conf.lease_ms,
             failure_policy: conf.failure_policy,
             expected_replicas: conf.expected_replicas.max(1),
             slices: Mutex::new(HashMap::new()),
             lease: Script::new(LEASE),
             give_back: Script::new(RETURN),
-            down_until_ms: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
+            down_until_ms: AtomicU64::new(0),
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreDown> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let c = tokio::time::timeout(self.timeout, ConnectionManager::new(self.client.clone()))
-            .await
-            .map_err(|_| StoreDown)?
-            .map_err(|_| StoreDown)?;
-        *guard = Some(c.clone());
-        Ok(c)
+    /// The bound on a request's wait on the store (`limits.redis.timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
-    /// Run `script` with a bounded wait; counts round trips, latency and failures.
+    fn clock_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether the store fails fast now (an atomic read: never waits).
+    fn is_down(&self) -> bool {
+        self.clock_ms() < self.down_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Fail fast for a while, forget the connection and ask the maintainer for a new one.
+    fn mark_down(&self) {
+        let until = self.clock_ms() + RETRY_AFTER_FAILURE.as_millis() as u64;
+        self.down_until_ms.fetch_max(until, Ordering::AcqRel);
+        self.conn.send_replace(None);
+        self.reconnect.notify_one();
+    }
+
+    /// Keep a connection to Redis: connect at start, and again (after the fail-fast pause)
+    /// whenever a call found the connection broken. Runs until the process ends; every
+    /// connect attempt is bounded by `limits.redis.connect_timeout_ms`.
+    pub async fn maintain(self: Arc<Self>) {
+        loop {
+            if self.conn.borrow().is_some() {
+                self.reconnect.notified().await;
+                continue;
+            }
+            let wait = self
+                .down_until_ms
+                .load(Ordering::Acquire)
+                .saturating_sub(self.clock_ms());
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            let connect = ConnectionManager::new(self.client.clone());
+            match tokio::time::timeout(self.connect_timeout, connect).await {
+                Ok(Ok(c)) => {
+                    self.conn.send_replace(Some(c));
+                }
+                _ => {
+                    metrics::REDIS_ERRORS.with_label_values(&["connect"]).inc();
+                    let until = self.clock_ms() + RETRY_AFTER_FAILURE.as_millis() as u64;
+                    self.down_until_ms.fetch_max(until, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// The current connection, waiting for the maintainer's first one no later than
+    /// `deadline`. `None`: none by then.
+    async fn connection(&self, deadline: Instant) -> Option<ConnectionManager> {
+        let mut rx = self.conn.subscribe();
+        let current = rx.borrow_and_update().clone();
+        if current.is_some() {
+            return current;
+        }
+        self.reconnect.notify_one();
+        let ready = tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await;
+        match ready {
+            Ok(Ok(c)) => c.clone(),
+            _ => None,
+        }
+    }
+
+    /// Run `script` within `timeout_ms`; counts round trips, latency and failures.
     async fn call<T: redis::FromRedisValue>(
         &self,
         op: &str,
@@ -122,19 +221,16 @@ impl SharedStore {
         keys: &[&str],
         args: &[String],
     ) -> Result<T, StoreDown> {
-        use std::sync::atomic::Ordering;
-        if now_ms() < self.down_until_ms.load(Ordering::Acquire) {
+        if self.is_down() {
             metrics::REDIS_ERRORS.with_label_values(&[op]).inc();
             return Err(StoreDown);
         }
         let started = Instant::now();
-        let conn = self.connection().await;
-        let mut conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                self.mark_down().await;
-                return Err(e);
-            }
+        let deadline = started + self.timeout;
+        let Some(mut conn) = self.connection(deadline).await else {
+            metrics::REDIS_ERRORS.with_label_values(&[op]).inc();
+            self.mark_down();
+            return Err(StoreDown);
         };
         let mut inv = script.prepare_invoke();
         for k in keys {
@@ -144,7 +240,7 @@ impl SharedStore {
             inv.arg(a);
         }
         metrics::REDIS_ROUND_TRIPS.with_label_values(&[op]).inc();
-        let res = tokio::time::timeout(self.timeout, inv.invoke_async::<T>(&mut conn)).await;
+        let res = tokio::time::timeout_at(deadline, inv.invoke_async::<T>(&mut conn)).await;
         metrics::REDIS_LATENCY
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
@@ -152,18 +248,10 @@ impl SharedStore {
             Ok(Ok(v)) => Ok(v),
             _ => {
                 metrics::REDIS_ERRORS.with_label_values(&[op]).inc();
-                self.mark_down().await;
+                self.mark_down();
                 Err(StoreDown)
             }
         }
-    }
-
-    /// Fail fast for a while and forget the connection (the next try makes a new one).
-    async fn mark_down(&self) {
-        let until = now_ms() + RETRY_AFTER_FAILURE.as_millis() as u64;
-        self.down_until_ms
-            .store(until, std::sync::atomic::Ordering::Release);
-        *self.conn.lock().await = None;
     }
 
     fn redis_key(key: &str, window: u64) -> String {
@@ -171,83 +259,139 @@ impl SharedStore {
     }
 
     /// Take `amount` of `limit` per `window_ms` window under `key` (e.g. `t:team-a:rpm`):
-    /// from the local slice, leasing more from Redis when it runs short. `Ok(Some(window))`
-    /// when admitted (the window to settle in), `Ok(None)` when the window's quota is spent.
+    /// from the local slice, leasing more from Redis when it runs short, waiting no later
+    /// than `deadline`. `Ok(Some(window))` when admitted (the window to settle in),
+    /// `Ok(None)` when the window's quota is spent.
     pub async fn take(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         limit: u64,
         amount: u64,
         window_ms: u64,
+        deadline: Instant,
     ) -> Result<Option<u64>, StoreDown> {
-        let now = now_ms();
-        self.take_in(key, limit, amount, now / window_ms, window_ms * 2)
+        let now = crate::limits::now_ms();
+        self.take_in(key, limit, amount, now / window_ms, window_ms * 2, deadline)
             .await
     }
 
     /// [`SharedStore::take`] in an explicit window (`window` id, Redis key expiring after
     /// `ttl_ms`), e.g. a UTC day or month for budgets.
     pub async fn take_in(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         limit: u64,
         amount: u64,
         window: u64,
         ttl_ms: u64,
+        deadline: Instant,
     ) -> Result<Option<u64>, StoreDown> {
         // A single request larger than the whole limit takes the whole window.
         let amount = amount.min(limit) as i64;
-        let now = now_ms();
-        let want = {
-            let Ok(mut slices) = self.slices.lock() else {
-                return Err(StoreDown);
-            };
-            let s = slices.entry(key.to_owned()).or_default();
-            if s.window != window {
-                *s = Slice { window, ..*s };
-                s.remaining = 0;
-            }
-            let sec = now / 1000;
-            if s.second != sec {
-                s.last_second = if s.second + 1 == sec {
-                    s.this_second
-                } else {
-                    0
+        let now = crate::limits::now_ms();
+        let mut first = true;
+        // This request's place in the queue, from its first wait until it returns.
+        let mut queued: Option<Queued<'_>> = None;
+        loop {
+            // Created under the slices' lock, so the lease's end cannot slip between.
+            let lease: Arc<Notify>;
+            let ended;
+            {
+                let Ok(mut slices) = self.slices.lock() else {
+                    return Err(StoreDown);
                 };
-                s.this_second = 0;
-                s.second = sec;
+                let s = slices.entry(key.to_owned()).or_default();
+                if s.window != window {
+                    s.roll(window);
+                }
+                if first {
+                    first = false;
+                    s.count(now, amount as u64);
+                }
+                if s.remaining >= amount {
+                    s.remaining -= amount;
+                    return Ok(Some(window));
+                }
+                if now < s.exhausted_until_ms {
+                    return Ok(None);
+                }
+                if self.is_down() {
+                    return Err(StoreDown);
+                }
+                lease = match &s.lease {
+                    Some(l) => l.clone(),
+                    None => {
+                        let rate = s.last_second.max(s.this_second);
+                        let cap = (limit / (4 * u64::from(self.expected_replicas))).max(1);
+                        let by_rate = (rate * self.lease_ms).div_ceil(1000).clamp(1, cap);
+                        let others = s.queued - if queued.is_some() { amount } else { 0 };
+                        let short = (amount + others - s.remaining).max(0) as u64;
+                        let want = short + by_rate;
+                        let l = Arc::new(Notify::new());
+                        s.lease = Some(l.clone());
+                        self.spawn_lease(key, window, limit, want, ttl_ms, l.clone());
+                        l
+                    }
+                };
+                ended = lease.notified();
+                if queued.is_none() {
+                    s.queued += amount;
+                    queued = Some(Queued {
+                        store: self,
+                        key,
+                        window,
+                        amount,
+                    });
+                }
             }
-            s.this_second += amount as u64;
-            s.last_used_ms = now;
-            if s.remaining >= amount {
-                s.remaining -= amount;
-                return Ok(Some(window));
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return Err(StoreDown);
             }
-            let rate = s.last_second.max(s.this_second);
-            let cap = (limit / (4 * u64::from(self.expected_replicas))).max(1);
-            let by_rate = (rate * self.lease_ms).div_ceil(1000).clamp(1, cap);
-            (amount - s.remaining) as u64 + by_rate
-        };
-        let rkey = Self::redis_key(key, window);
-        let args = [limit.to_string(), want.to_string(), ttl_ms.to_string()];
-        let got: i64 = self.call("lease", &self.lease, &[&rkey], &args).await?;
-        metrics::LEASES
-            .with_label_values(&["granted"])
-            .inc_by(got.max(0) as u64);
-        let Ok(mut slices) = self.slices.lock() else {
-            return Err(StoreDown);
-        };
-        let s = slices.entry(key.to_owned()).or_default();
-        if s.window != window {
-            return Ok(None);
         }
-        s.remaining += got;
-        if s.remaining >= amount {
-            s.remaining -= amount;
-            Ok(Some(window))
-        } else {
-            Ok(None)
-        }
+    }
+
+    /// Lease `want` more of `key`'s `window` from Redis in a task of its own (a request that
+    /// stops waiting loses nothing granted), credit the slice, and wake its waiters.
+    fn spawn_lease(
+        self: &Arc<Self>,
+        key: &str,
+        window: u64,
+        limit: u64,
+        want: u64,
+        ttl_ms: u64,
+        done: Arc<Notify>,
+    ) {
+        let store = self.clone();
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            let rkey = Self::redis_key(&key, window);
+            let args = [limit.to_string(), want.to_string(), ttl_ms.to_string()];
+            let got: Result<i64, StoreDown> =
+                store.call("lease", &store.lease, &[&rkey], &args).await;
+            if let Ok(g) = got {
+                metrics::LEASES
+                    .with_label_values(&["granted"])
+                    .inc_by(g.max(0) as u64);
+            }
+            if let Ok(mut slices) = store.slices.lock() {
+                if let Some(s) = slices.get_mut(&key) {
+                    if s.window == window {
+                        if let Ok(g) = got {
+                            s.remaining += g.max(0);
+                            if (g.max(0) as u64) < want {
+                                s.exhausted_until_ms = crate::limits::now_ms() + 4 * store.lease_ms;
+                            }
+                        }
+                    }
+                    if s.lease.as_ref().is_some_and(|l| Arc::ptr_eq(l, &done)) {
+                        s.lease = None;
+                    }
+                }
+                done.notify_waiters();
+            } else {
+                done.notify_waiters();
+            }
+        });
     }
 
     /// Settle a take of `reserved` in `window` to `actual`: the difference goes back to (or
@@ -255,7 +399,10 @@ impl SharedStore {
     pub fn settle(&self, key: &str, window: u64, reserved: u64, actual: u64) {
         if let Ok(mut slices) = self.slices.lock() {
             if let Some(s) = slices.get_mut(key).filter(|s| s.window == window) {
-                s.remaining += reserved as i64 - actual as i64;
+                let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                s.remaining = s
+                    .remaining
+                    .saturating_add(signed(reserved).saturating_sub(signed(actual)));
             }
         }
     }
@@ -267,14 +414,16 @@ impl SharedStore {
 
     /// Give back what slices idle for more than 4 × `lease_ms` still hold in their window.
     async fn return_idle(&self) {
-        let now = now_ms();
+        let now = crate::limits::now_ms();
         let idle: Vec<(String, u64, i64)> = self
             .slices
             .lock()
             .map(|mut m| {
                 m.iter_mut()
                     .filter(|(_, s)| {
-                        s.remaining > 0 && now.saturating_sub(s.last_used_ms) > 4 * self.lease_ms
+                        s.remaining > 0
+                            && s.lease.is_none()
+                            && now.saturating_sub(s.last_used_ms) > 4 * self.lease_ms
                     })
                     .map(|(k, s)| {
                         let back = s.remaining;
@@ -298,6 +447,42 @@ impl SharedStore {
     }
 }
 
+/// A request's place in its key's queue for a lease: its amount counts in the next lease's
+/// ask until it is served, refused, gives up or is cancelled.
+struct Queued<'a> {
+    store: &'a SharedStore,
+    key: &'a str,
+    window: u64,
+    amount: i64,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut slices) = self.store.slices.lock() {
+            if let Some(s) = slices.get_mut(self.key).filter(|s| s.window == self.window) {
+                s.queued = (s.queued - self.amount).max(0);
+            }
+        }
+    }
+}
+
+impl Slice {
+    /// Count a take of `amount` at `now_ms` in the slice's rate.
+    fn count(&mut self, now_ms: u64, amount: u64) {
+        let sec = now_ms / 1000;
+        if self.second != sec {
+            self.last_second = if self.second + 1 == sec {
+                self.this_second
+            } else {
+                0
+            };
+            self.this_second = 0;
+            self.second = sec;
+        }
+        self.this_second += amount;
+        self.last_used_ms = now_ms;
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +494,7 @@ mod tests {
             failure_policy: FailurePolicy::Open,
             expected_replicas: 2,
             lease_ms: 250,
+            connect_timeout_ms: 1000,
         }
     }
 
@@ -327,10 +513,69 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
-        let store = SharedStore::new(&conf(&format!("redis://127.0.0.1:{port}"))).unwrap();
-        assert_eq!(store.take("t:rpm", 10, 1, 60_000).await, Err(StoreDown));
-        let t0 = Instant::now();
-        assert_eq!(store.take("t:rpm", 10, 1, 60_000).await, Err(StoreDown));
+        let store =
+            Arc::new(SharedStore::new(&conf(&format!("redis://127.0.0.1:{port}"))).unwrap());
+        tokio::spawn(store.clone().maintain());
+        let deadline = || Instant::now() + store.timeout();
+        assert_eq!(
+            store.take("t:rpm", 10, 1, 60_000, deadline()).await,
+            Err(StoreDown)
+        );
+        let t0 = std::time::Instant::now();
+        assert_eq!(
+            store.take("t:rpm", 10, 1, 60_000, deadline()).await,
+            Err(StoreDown)
+        );
         assert!(t0.elapsed() < Duration::from_millis(10), "not failing fast");
+    }
+
+    /// A Redis that accepts connections and never answers: 32 concurrent takes all give up
+    /// at their deadline (`timeout_ms`), none later, and the next one fails at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_redis_never_holds_a_request_past_its_timeout() {
+        let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", hole.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = hole.accept().await {
+                held.push(sock);
+            }
+        });
+        let store = Arc::new(SharedStore::new(&conf(&url)).unwrap());
+        tokio::spawn(store.clone().maintain());
+        let t0 = Instant::now();
+        let takes = (0..32).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let r = store
+                    .take(
+                        &format!("t{}:rpm", i % 4),
+                        100,
+                        1,
+                        60_000,
+                        Instant::now() + store.timeout(),
+                    )
+                    .await;
+                (r, t0.elapsed())
+            })
+        });
+        for t in futures_util::future::join_all(takes).await {
+            let (r, took) = t.unwrap();
+            assert_eq!(r, Err(StoreDown));
+            assert!(took <= Duration::from_millis(50), "waited {took:?}");
+        }
+        let t1 = Instant::now();
+        let r = store
+            .take("t0:rpm", 100, 1, 60_000, Instant::now() + store.timeout())
+            .await;
+        assert_eq!((r, t1.elapsed()), (Err(StoreDown), Duration::ZERO));
+        // After the fail-fast pause the store tries again (and waits no longer than before).
+        tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+        let t2 = Instant::now();
+        let r = store
+            .take("t0:rpm", 100, 1, 60_000, Instant::now() + store.timeout())
+            .await;
+        assert_eq!(r, Err(StoreDown));
+        assert!(t2.elapsed() <= Duration::from_millis(50));
     }
 }

@@ -78,7 +78,7 @@ impl Windows {
                 .get(*key)
                 .filter(|s| s.window == w)
                 .map_or(0, |s| s.used);
-            if used > 0 && used + amount > *limit {
+            if used > 0 && used.saturating_add(*amount) > *limit {
                 return Err((
                     i,
                     WindowState {
@@ -94,7 +94,7 @@ impl Windows {
             if slot.window != w {
                 *slot = Slot { window: w, used: 0 };
             }
-            slot.used += amount;
+            slot.used = slot.used.saturating_add(*amount);
             out.push((
                 Reservation {
                     window: w,
@@ -119,12 +119,12 @@ impl Windows {
         };
         let slot = slots.entry(key.to_owned()).or_default();
         if slot.window == r.window && w == r.window {
-            slot.used = slot.used.saturating_sub(r.amount) + actual;
+            slot.used = slot.used.saturating_sub(r.amount).saturating_add(actual);
         } else if actual > r.amount {
             if slot.window != w {
                 *slot = Slot { window: w, used: 0 };
             }
-            slot.used += actual - r.amount;
+            slot.used = slot.used.saturating_add(actual - r.amount);
         }
     }
 
@@ -210,5 +210,20 @@ mod tests {
         let r = w.try_reserve(&[("a", 100, 1000)], 61_000).unwrap();
         w.settle("a", r[0].0, 20, 125_000);
         assert_eq!(w.used("a", 125_000), 0);
+    }
+
+    #[test]
+    fn huge_amounts_saturate_instead_of_wrapping() {
+        let w = Windows::new(Duration::from_secs(60));
+        let t0 = 120_000;
+        let r = w.try_reserve(&[("a", 10, 1000)], t0).unwrap();
+        w.settle("a", r[0].0, u64::MAX, t0 + 1);
+        assert_eq!(w.used("a", t0 + 1), u64::MAX);
+        assert!(w.try_reserve(&[("a", u64::MAX, 1000)], t0 + 2).is_err());
+        // Settled in a later window: the excess is added there, still saturating.
+        let r = w.try_reserve(&[("b", 5, 100)], t0).unwrap();
+        w.try_reserve(&[("b", 10, 100)], t0 + 60_000).unwrap();
+        w.settle("b", r[0].0, u64::MAX, t0 + 60_001);
+        assert_eq!(w.used("b", t0 + 60_001), u64::MAX);
     }
 }

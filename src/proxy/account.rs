@@ -47,12 +47,19 @@ pub struct Estimates {
     pub completion: Option<u64>,
 }
 
-/// Whether [`settle`] needs sluice's own token counts (usage missing or the response cut).
+/// Whether the upstream's usage is the whole truth: reported, for a response that reached its
+/// normal end and was inspected in full.
+fn usage_is_exact(ctx: &RequestCtx) -> bool {
+    ctx.usage.is_some() && ctx.stream_completed && !ctx.usage_incomplete
+}
+
+/// Whether [`settle`] needs sluice's own token counts (usage missing, the response cut, or
+/// part of it uninspected).
 pub fn needs_estimates(ctx: &RequestCtx) -> bool {
     ctx.phase == Phase::Inspected
         && (200..300).contains(&ctx.status)
         && ctx.api.is_some()
-        && !(ctx.usage.is_some() && ctx.stream_completed)
+        && !usage_is_exact(ctx)
 }
 
 /// Count what [`settle`] will need, on a blocking thread: tokenizing is CPU work (and the
@@ -61,7 +68,7 @@ pub async fn estimates(ctx: &RequestCtx) -> Estimates {
     let Some(api) = ctx.api.filter(|_| needs_estimates(ctx)) else {
         return Estimates::default();
     };
-    let need_completion = !(ctx.usage.is_some() && ctx.stream_completed);
+    let need_completion = !usage_is_exact(ctx);
     let need_prompt = ctx.usage.is_none();
     if !need_completion && !need_prompt {
         return Estimates::default();
@@ -80,8 +87,9 @@ pub async fn estimates(ctx: &RequestCtx) -> Estimates {
 }
 
 /// Settle the tokens of an inspected request that got a 2xx: the upstream's usage when the
-/// response completed; otherwise the reported prompt (if any) plus a tiktoken count of the
-/// delivered text (never less than what the upstream already reported).
+/// response completed and was inspected in full; otherwise the reported prompt (if any) plus a
+/// tiktoken count of the delivered text (never less than what the upstream already reported),
+/// labelled estimated.
 pub fn settle(ctx: &RequestCtx, est: Estimates) -> Option<Settled> {
     if ctx.phase != Phase::Inspected || !(200..300).contains(&ctx.status) {
         return None;
@@ -89,7 +97,7 @@ pub fn settle(ctx: &RequestCtx, est: Estimates) -> Option<Settled> {
     ctx.api?;
     let completion_estimate = est.completion.unwrap_or(0);
     match ctx.usage {
-        Some(u) if ctx.stream_completed => Some(Settled {
+        Some(u) if usage_is_exact(ctx) => Some(Settled {
             usage: u,
             prompt_source: Source::Exact,
             completion_source: Source::Exact,

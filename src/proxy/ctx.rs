@@ -93,6 +93,10 @@ pub struct RequestCtx {
     pub usage: Option<Usage>,
     /// The response reached its normal end (stream terminal event, or whole JSON body).
     pub stream_completed: bool,
+    /// Part of the response went by uninspected (an SSE event over
+    /// `accounting.max_sse_event_bytes`): the tokens are settled as estimated even when the
+    /// upstream reported usage.
+    pub usage_incomplete: bool,
     /// Completion text delivered, when usage must be estimated.
     pub output_text: Option<String>,
     /// Time to first token (first body byte sent to the client).
@@ -133,6 +137,7 @@ impl Default for RequestCtx {
             error: None,
             usage: None,
             stream_completed: false,
+            usage_incomplete: false,
             output_text: None,
             ttft: None,
             client_disconnected: false,

@@ -114,19 +114,19 @@ struct Peek<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     max_output_tokens: Option<u64>,
-    /// Absent: `None`; `null`: `Some(None)` (treated as absent, but the member must be
-    /// replaced rather than a second one added).
+    /// Absent (`None`), `null` (`Some(None)`) or an object.
     #[serde(default, deserialize_with = "present")]
     stream_options: Option<Option<StreamOptions>>,
 }
 
-/// Deserialize a member that is present (`null` included) as `Some`.
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+/// For `Option<Option<T>>` fields: tells an explicit `null` (`Some(None)`) from an absent
+/// member (`None`, through `#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    Option::<T>::deserialize(d).map(Some)
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -146,6 +146,12 @@ struct StreamOptions {
 ///
 /// Errors: [`SluiceError::BadJson`] when the body is not a JSON object.
 pub fn inspect(api: Option<ApiKind>, body: Bytes) -> Result<(Inspected, Bytes), SluiceError> {
+    // serde would also read a struct from a JSON array (fields by position): refuse it first.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(SluiceError::BadJson(
+            "the request body must be a JSON object".to_owned(),
+        ));
+    }
     let peek: Peek<'_> =
         serde_json::from_slice(&body).map_err(|e| SluiceError::BadJson(e.to_string()))?;
     let mut out = Inspected {
@@ -160,14 +166,15 @@ pub fn inspect(api: Option<ApiKind>, body: Bytes) -> Result<(Inspected, Bytes), 
     let wants_usage = peek
         .stream_options
         .as_ref()
-        .and_then(|o| o.as_ref())
-        .and_then(|o| o.include_usage)
+        .and_then(|o| o.as_ref()?.include_usage)
         .unwrap_or(false);
     let chat_like = matches!(api, Some(ApiKind::OpenAiChat | ApiKind::OpenAiCompletions));
     if !(chat_like && out.stream && !wants_usage) {
         return Ok((out, body));
     }
     out.injected_include_usage = true;
+    // Absent: insert the member. Present (an object, or null): rewrite it in place, never
+    // add a second `stream_options` (JSON parsers keep the last duplicate).
     let rewritten = if peek.stream_options.is_none() {
         insert_first_member(&body, br#""stream_options":{"include_usage":true}"#)
     } else {
@@ -286,6 +293,33 @@ mod tests {
         assert!(v.get("stream_options").is_none());
     }
 
+    /// Found by `props::json_that_is_not_an_object_is_refused`: serde read `Peek` from an
+    /// array, so `[null,true]` on chat was "streamed" and got a member spliced into the array.
+    #[test]
+    fn an_array_body_is_bad_json() {
+        for body in ["[]", " [null,true]", "\"x\"", "7"] {
+            let r = inspect(Some(ApiKind::OpenAiChat), Bytes::from(body));
+            assert!(matches!(r, Err(SluiceError::BadJson(_))), "{body}");
+        }
+    }
+
+    /// Found by `props::objects_keep_their_members_and_gain_include_usage_when_asked_for`:
+    /// `"stream_options": null` read as absent, so a second `stream_options` was inserted and
+    /// the upstream (keeping the last, null) sent no usage.
+    #[test]
+    fn null_stream_options_is_replaced_not_duplicated() {
+        let (i, b) = inspect(
+            Some(ApiKind::OpenAiChat),
+            Bytes::from_static(br#"{"stream":true,"stream_options":null}"#),
+        )
+        .unwrap();
+        assert!(i.injected_include_usage);
+        let text = String::from_utf8(b.to_vec()).unwrap();
+        assert_eq!(text.matches("stream_options").count(), 1, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
     #[test]
     fn empty_object_and_bad_json() {
         assert_eq!(
@@ -299,5 +333,138 @@ mod tests {
             ),
             Err(SluiceError::BadJson(_))
         ));
+    }
+}
+
+/// Property tests: arbitrary bytes never panic; any JSON object comes back as the same
+/// members, plus `stream_options.include_usage: true` when sluice asks for usage.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    const APIS: [Option<ApiKind>; 6] = [
+        None,
+        Some(ApiKind::OpenAiChat),
+        Some(ApiKind::OpenAiCompletions),
+        Some(ApiKind::OpenAiResponses),
+        Some(ApiKind::AnthropicMessages),
+        Some(ApiKind::Embeddings),
+    ];
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A request body: the members sluice reads, each absent or well-typed (or, for
+    /// `stream_options`, anything an object or null), plus arbitrary others.
+    fn request() -> impl Strategy<Value = Map<String, Value>> {
+        (
+            proptest::option::of(any::<String>()),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(prop_oneof![
+                Just(Value::Null),
+                proptest::option::of(any::<bool>()).prop_map(|b| {
+                    let mut m = Map::new();
+                    m.insert("x".into(), Value::from(1));
+                    if let Some(b) = b {
+                        m.insert("include_usage".into(), Value::Bool(b));
+                    }
+                    Value::Object(m)
+                }),
+            ]),
+            proptest::collection::btree_map("[a-z_]{1,12}", json(), 0..5),
+        )
+            .prop_map(|(model, stream, max_tokens, options, others)| {
+                let mut m: Map<String, Value> = others.into_iter().collect();
+                let known = [
+                    ("model", model.map(Value::String)),
+                    ("stream", stream.map(Value::Bool)),
+                    ("max_tokens", max_tokens.map(Value::from)),
+                    ("stream_options", options),
+                ];
+                for (k, v) in known {
+                    m.remove(k);
+                    if let Some(v) = v {
+                        m.insert(k.into(), v);
+                    }
+                }
+                m
+            })
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            raw in proptest::collection::vec(any::<u8>(), 0..256),
+            api in proptest::sample::select(&APIS[..]),
+        ) {
+            let _ = inspect(api, Bytes::from(raw));
+        }
+
+        #[test]
+        fn json_that_is_not_an_object_is_refused(
+            v in json().prop_filter("not an object", |v| !v.is_object()),
+            api in proptest::sample::select(&APIS[..]),
+        ) {
+            let r = inspect(api, Bytes::from(v.to_string()));
+            prop_assert!(matches!(r, Err(SluiceError::BadJson(_))), "{v}");
+        }
+
+        #[test]
+        fn objects_keep_their_members_and_gain_include_usage_when_asked_for(
+            members in request(),
+            api in proptest::sample::select(&APIS[..]),
+            pretty in any::<bool>(),
+        ) {
+            let input = Value::Object(members.clone());
+            let text = if pretty {
+                serde_json::to_string_pretty(&input).unwrap()
+            } else {
+                input.to_string()
+            };
+            let body = Bytes::from(text);
+            let (learned, out) = inspect(api, body.clone()).unwrap();
+            let model = members.get("model").and_then(Value::as_str).map(str::to_owned);
+            prop_assert_eq!(learned.model, model);
+            prop_assert_eq!(learned.stream, members.get("stream") == Some(&Value::Bool(true)));
+            let got: Value = serde_json::from_slice(&out).unwrap();
+            let Value::Object(mut got) = got else {
+                return Err(TestCaseError::fail("not an object"));
+            };
+            if !learned.injected_include_usage {
+                prop_assert_eq!(out, body);
+                return Ok(());
+            }
+            prop_assert!(matches!(api, Some(ApiKind::OpenAiChat | ApiKind::OpenAiCompletions)));
+            let options = got.remove("stream_options").unwrap_or_default();
+            prop_assert_eq!(options.get("include_usage"), Some(&Value::Bool(true)));
+            let mut want = members;
+            let before = want.remove("stream_options");
+            if let Some(Value::Object(before)) = before {
+                // Other stream options are kept.
+                for (k, v) in before.iter().filter(|(k, _)| *k != "include_usage") {
+                    prop_assert_eq!(options.get(k), Some(v));
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
     }
 }

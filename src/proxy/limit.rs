@@ -66,7 +66,9 @@ pub async fn admit(
         output_ceiling: ceiling,
         cost_ceiling_usd,
     };
-    let mut result = limiter.admit(limits, ask).await;
+    // One bound on the wait for the shared store, however many times this request asks.
+    let deadline = limiter.store_deadline();
+    let mut result = limiter.admit_until(limits, ask, deadline).await;
     if let (Err(Rejection::Tokens { .. }), Some(api), Some(body)) = (&result, ctx.api, &ctx.body) {
         // The byte heuristic over-estimates; before refusing, count the prompt with tiktoken
         // (OpenAI models, small bodies) and ask again: a refusal leaves no trace to undo.
@@ -76,7 +78,7 @@ pub async fn admit(
                 prompt_tokens: precise,
                 ..ask
             };
-            result = limiter.admit(limits, ask).await;
+            result = limiter.admit_until(limits, ask, deadline).await;
         }
     }
     match result {

@@ -207,6 +207,10 @@ impl ProxyHttp for Sluice {
                 ep.state.breaker.record(outcome);
             }
         }
+        if let Some(admission) = ctx.admission.as_mut() {
+            // The request is over for its tenant's concurrency whatever accounting remains.
+            admission.release_permits();
+        }
         if account::needs_estimates(ctx) {
             // Tokenizing (and, the first time, building the tables) must not hold the client's
             // connection: settle, export and log from a task of its own.

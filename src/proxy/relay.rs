@@ -8,15 +8,11 @@ use super::ctx::RequestCtx;
 use crate::error::{SluiceError, TimeoutPhase};
 use crate::limits::budget::Period;
 use crate::metrics;
-use crate::usage::{JsonAccountant, SseAccountant};
+use crate::usage::{JsonAccountant, SseAccountant, Usage};
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::HttpTask;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-
-/// Largest non-streamed response body kept for usage parsing (bytes). Bigger bodies (large
-/// embedding batches) are still relayed, their usage estimated.
-const MAX_JSON_ACCOUNTING_BYTES: usize = 16 * 1024 * 1024;
 
 enum Accounting {
     Sse(Box<SseAccountant>),
@@ -143,11 +139,20 @@ pub async fn relay(
     if end {
         return;
     }
+    let bounds = ctx
+        .snapshot
+        .as_ref()
+        .map(|s| s.accounting)
+        .unwrap_or_default();
     let mut acc = match ctx.api {
-        Some(api) if success && is_sse => Accounting::Sse(Box::new(SseAccountant::new(api, hide))),
+        Some(api) if success && is_sse => Accounting::Sse(Box::new(SseAccountant::new(
+            api,
+            hide,
+            bounds.max_sse_event_bytes,
+        ))),
         Some(api) if success => Accounting::Json(Box::new(JsonAccountant::new(
             api,
-            MAX_JSON_ACCOUNTING_BYTES,
+            bounds.max_json_body_bytes,
         ))),
         _ => Accounting::Off,
     };
@@ -256,11 +261,25 @@ pub async fn relay(
             if complete && failure.is_none() && !a.completed() && !a.saw_error() {
                 failure = Some(SluiceError::UpstreamTruncated(child.endpoint.clone()));
             }
-            ctx.usage = a.usage();
+            let oversized = a.oversized_events();
+            if oversized > 0 {
+                ctx.usage_incomplete = true;
+                metrics::SSE_OVERSIZED_EVENTS
+                    .with_label_values(&[ctx.route_name()])
+                    .inc_by(oversized);
+                tracing::warn!(
+                    request_id = %ctx.request_id,
+                    route = ctx.route_name(),
+                    oversized,
+                    max_sse_event_bytes = bounds.max_sse_event_bytes,
+                    "SSE events over the accounting cap were forwarded unparsed; tokens estimated"
+                );
+            }
+            ctx.usage = plausible(ctx, a.usage(), bounds.max_usage_tokens);
             ctx.output_text = Some(a.output_text().to_owned());
         }
         Accounting::Json(a) => {
-            ctx.usage = a.finish();
+            ctx.usage = plausible(ctx, a.finish(), bounds.max_usage_tokens);
             ctx.stream_completed = failure.is_none() && !ctx.client_disconnected;
             if ctx.usage.is_none() {
                 ctx.output_text = Some(a.output_text());
@@ -310,4 +329,28 @@ pub async fn relay(
         })
         .await;
     }
+}
+
+/// `usage` if every count is at most `max_tokens`; otherwise `None` (the request's tokens are
+/// then estimated), with a warning (counts only) and `sluice_usage_implausible_total`.
+fn plausible(ctx: &RequestCtx, usage: Option<Usage>, max_tokens: u64) -> Option<Usage> {
+    let u = usage?;
+    if u.largest() <= max_tokens {
+        return Some(u);
+    }
+    metrics::USAGE_IMPLAUSIBLE
+        .with_label_values(&[ctx.route_name()])
+        .inc();
+    tracing::warn!(
+        request_id = %ctx.request_id,
+        route = ctx.route_name(),
+        prompt_tokens = u.prompt_tokens,
+        completion_tokens = u.completion_tokens,
+        cached_tokens = u.cached_tokens,
+        cache_write_tokens = u.cache_write_tokens,
+        reasoning_tokens = u.reasoning_tokens,
+        max_usage_tokens = max_tokens,
+        "upstream usage over the plausibility bound treated as malformed; tokens estimated"
+    );
+    None
 }

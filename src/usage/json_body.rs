@@ -50,6 +50,11 @@ impl JsonAccountant {
         self.body.extend_from_slice(chunk);
     }
 
+    /// Bytes of the body copy held now: at most `max_bytes`.
+    pub fn held_bytes(&self) -> usize {
+        self.body.len()
+    }
+
     /// Parses the collected body and returns its usage: `None` when absent, null, unparseable
     /// or over the cap. Embeddings `usage.prompt_tokens`; chat and completions `usage` with
     /// `prompt_tokens_details.cached_tokens` and `completion_tokens_details.reasoning_tokens`;

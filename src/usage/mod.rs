@@ -48,6 +48,22 @@ pub struct Usage {
     pub reasoning_tokens: u64,
 }
 
+impl Usage {
+    /// The largest of its counts (tokens), to judge whether the report is plausible.
+    pub fn largest(&self) -> u64 {
+        [
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cached_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+}
+
 /// Which API a response belongs to, decided by the proxy from the request path
 /// (see [`ApiKind::from_path`]). It selects the wire format the accountants parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::sse::{Boundary, SseEvent, SseFramer};
+use super::sse::{Frame, SseEvent, SseFramer, KEEP_CAPACITY_BYTES};
 use super::wire::TextBuf;
 use super::{anthropic, openai_chat, openai_responses, ApiKind, Usage};
 
@@ -28,20 +28,40 @@ pub(crate) struct StreamState {
     pub(crate) saw_error: bool,
     events: u64,
     malformed: u64,
+    oversized: u64,
 }
 
 /// Hide-mode bookkeeping: raw bytes of the event in progress.
 #[derive(Debug, Default)]
 struct Hider {
+    /// Raw bytes of the event in progress (at most the framer's cap: past it the event is
+    /// passed through instead).
     held: Vec<u8>,
+    /// The event in progress is oversized: its bytes are forwarded as they arrive.
+    passing: bool,
     /// The last event ended on a `\r` that was its chunk's last byte, so a `\n` opening the
     /// next chunk is the rest of its terminator: `Some(true)` forwards that `\n` (the event
     /// was forwarded), `Some(false)` drops it (the event was dropped).
     pending_lf: Option<bool>,
 }
 
+impl Hider {
+    /// Forgets the event just handled, giving back the memory of a big one.
+    fn clear(&mut self) {
+        self.held.clear();
+        if self.held.capacity() > KEEP_CAPACITY_BYTES {
+            self.held.shrink_to(KEEP_CAPACITY_BYTES);
+        }
+    }
+}
+
 /// Incremental accountant for one streamed (`text/event-stream`) response body, fed the body
 /// chunks exactly as the upstream sent them.
+///
+/// Events larger than the cap (see [`SseAccountant::new`]) are not parsed: their
+/// bytes are forwarded as they arrive, [`SseAccountant::oversized_events`] counts them, and
+/// only their `event:` name (when it came first) is used, to see a terminal or error event.
+/// The caller should then treat the usage as estimated.
 ///
 /// Hide mode (`hide_usage_chunk`, OpenAI chat/completions and legacy completions only; ignored
 /// for other APIs) is for a request the proxy itself gave `stream_options.include_usage`. The
@@ -53,8 +73,11 @@ struct Hider {
 ///   `usage` after `choices`, before OpenAI's `obfuscation`); failing that `"usage":null,`
 ///   (member first); spaces or tabs around `:` and `,` are tolerated. A `,"` cannot occur
 ///   inside a JSON string (quotes there are escaped), so the match is never in content.
-/// - everything else (comments, `[DONE]`, malformed events, a chunk that carries usage next to
-///   choices) is forwarded byte-for-byte.
+/// - everything else (comments, `[DONE]`, malformed and oversized events, a chunk that carries
+///   usage next to choices) is forwarded byte-for-byte.
+///
+/// Hide mode holds at most the event in progress, and with the parsed copy never more than
+/// `max_event_bytes` in all.
 pub struct SseAccountant {
     api: ApiKind,
     framer: SseFramer,
@@ -65,13 +88,23 @@ pub struct SseAccountant {
 impl SseAccountant {
     /// An accountant for a stream of `api`. `hide_usage_chunk`: true when the proxy added
     /// `stream_options.include_usage` to an OpenAI chat/completions request the client sent
-    /// without it (see the type's doc for exactly what is removed).
-    pub fn new(api: ApiKind, hide_usage_chunk: bool) -> Self {
+    /// without it (see the type's doc for exactly what is removed). `max_event_bytes`: the
+    /// most bytes held for the event in progress: the largest event parsed (its raw bytes up
+    /// to the blank line that ends it), or in hide mode, which holds an event twice (parsed,
+    /// and raw for rewriting), twice the largest event parsed.
+    pub fn new(api: ApiKind, hide_usage_chunk: bool, max_event_bytes: usize) -> Self {
         let hide =
             hide_usage_chunk && matches!(api, ApiKind::OpenAiChat | ApiKind::OpenAiCompletions);
+        // Hide mode holds each event twice (parsed, and raw for rewriting): each copy gets
+        // half of the cap, so the stream never holds more than the cap in all.
+        let parse_cap = if hide {
+            (max_event_bytes / 2).max(1)
+        } else {
+            max_event_bytes
+        };
         SseAccountant {
             api,
-            framer: SseFramer::default(),
+            framer: SseFramer::new(parse_cap),
             state: StreamState::default(),
             hider: hide.then(Hider::default),
         }
@@ -80,7 +113,8 @@ impl SseAccountant {
     /// Feeds one body chunk as received (split anywhere: inside a line, a `\r\n`, a UTF-8
     /// character). Returns the bytes to forward to the client now: outside hide mode, `chunk`
     /// itself (a `Bytes` clone, no copy); in hide mode, the complete events seen so far minus
-    /// the hidden parts, a partial trailing event being held until it completes.
+    /// the hidden parts, a partial trailing event being held until it completes (or until it
+    /// passes the cap, when it is forwarded as it arrives).
     pub fn push(&mut self, chunk: &Bytes) -> Bytes {
         let SseAccountant {
             api,
@@ -90,8 +124,13 @@ impl SseAccountant {
         } = self;
         let api = *api;
         let Some(hider) = hider.as_mut() else {
-            framer.feed(chunk, |event, _| {
-                account(api, state, &event);
+            framer.feed(chunk, |frame| match frame {
+                Frame::Event(event, _) => {
+                    account(api, state, &event);
+                }
+                Frame::Empty(_) => {}
+                Frame::Oversized => state.oversized += 1,
+                Frame::Skipped { name, .. } => account_unparsed(api, state, name),
             });
             return chunk.clone();
         };
@@ -107,9 +146,25 @@ impl SseAccountant {
                 }
             }
         }
-        framer.feed(chunk, |event, at: Boundary| {
+        framer.feed(chunk, |frame| {
+            let (verdict, at) = match frame {
+                Frame::Event(event, at) => (account(api, state, &event), at),
+                Frame::Empty(at) => (Verdict::Keep, at),
+                Frame::Oversized => {
+                    // Forward what was held of it and, from now on, its bytes as they come.
+                    state.oversized += 1;
+                    out.extend_from_slice(&hider.held);
+                    hider.clear();
+                    hider.passing = true;
+                    return;
+                }
+                Frame::Skipped { name, at } => {
+                    account_unparsed(api, state, name);
+                    hider.passing = false;
+                    (Verdict::Keep, at)
+                }
+            };
             let tail = &chunk[seg..at.end];
-            let verdict = account(api, state, &event);
             match verdict {
                 Verdict::Keep => {
                     out.extend_from_slice(&hider.held);
@@ -125,10 +180,14 @@ impl SseAccountant {
             if at.cr_pending {
                 hider.pending_lf = Some(verdict != Verdict::Drop);
             }
-            hider.held.clear();
+            hider.clear();
             seg = at.end;
         });
-        hider.held.extend_from_slice(&chunk[seg..]);
+        if hider.passing {
+            out.extend_from_slice(&chunk[seg..]);
+        } else {
+            hider.held.extend_from_slice(&chunk[seg..]);
+        }
         Bytes::from(out)
     }
 
@@ -143,11 +202,18 @@ impl SseAccountant {
             hider,
         } = self;
         let api = *api;
-        framer.finish(|event, _| {
-            account(api, state, &event);
+        framer.finish(|frame| match frame {
+            Frame::Event(event, _) => {
+                account(api, state, &event);
+            }
+            Frame::Empty(_) | Frame::Oversized => {}
+            Frame::Skipped { name, .. } => account_unparsed(api, state, name),
         });
         match hider {
-            Some(hider) => Bytes::from(std::mem::take(&mut hider.held)),
+            Some(hider) => {
+                hider.passing = false;
+                Bytes::from(std::mem::take(&mut hider.held))
+            }
             None => Bytes::new(),
         }
     }
@@ -157,7 +223,8 @@ impl SseAccountant {
     /// `response.completed`, `response.incomplete` or `response.failed`. Anthropic: input and
     /// cache fields from `message_start.message.usage`, `output_tokens` from the last
     /// (cumulative) `message_delta.usage`, whose repeated input/cache fields override
-    /// `message_start`'s.
+    /// `message_start`'s. Values are as the upstream sent them (up to `u64::MAX`): the caller
+    /// judges plausibility.
     pub fn usage(&self) -> Option<Usage> {
         self.state.usage
     }
@@ -174,7 +241,8 @@ impl SseAccountant {
 
     /// True once the stream's normal terminal event was seen: `data: [DONE]` (OpenAI chat and
     /// completions), `response.completed` or `response.incomplete` (Responses: both end the
-    /// stream cleanly, the latter at a token limit), `message_stop` (Anthropic).
+    /// stream cleanly, the latter at a token limit), `message_stop` (Anthropic). An oversized
+    /// event counts by its `event:` name.
     pub fn completed(&self) -> bool {
         self.state.completed
     }
@@ -187,7 +255,7 @@ impl SseAccountant {
     }
 
     /// Number of SSE events seen (each blank-line-terminated block with a `data:` or `event:`
-    /// line, `data: [DONE]` included; comments excluded).
+    /// line, `data: [DONE]` included, oversized ones too; comments excluded).
     pub fn events(&self) -> u64 {
         self.state.events
     }
@@ -196,6 +264,18 @@ impl SseAccountant {
     /// binary, a block without `data:`). They are forwarded untouched and parsing goes on.
     pub fn malformed_events(&self) -> u64 {
         self.state.malformed
+    }
+
+    /// Number of events larger than the cap, forwarded without being parsed. When non-zero,
+    /// the usage and output text may miss what those events carried.
+    pub fn oversized_events(&self) -> u64 {
+        self.state.oversized
+    }
+
+    /// Bytes of stream content held now (the parsed event in progress plus, in hide mode, its
+    /// raw bytes): at most `max_event_bytes`, whatever the upstream sends.
+    pub fn held_bytes(&self) -> usize {
+        self.framer.held_bytes() + self.hider.as_ref().map_or(0, |h| h.held.len())
     }
 }
 
@@ -224,6 +304,21 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
         state.malformed += 1;
         Verdict::Keep
     })
+}
+
+/// Counts an oversized event, known only by its `event:` name (possibly empty): a terminal
+/// or error name still ends or fails the stream, as its JSON `type` would have.
+fn account_unparsed(api: ApiKind, state: &mut StreamState, name: &[u8]) {
+    state.events += 1;
+    match (api, name) {
+        (_, b"error") => state.saw_error = true,
+        (ApiKind::OpenAiResponses, b"response.completed" | b"response.incomplete") => {
+            state.completed = true;
+        }
+        (ApiKind::OpenAiResponses, b"response.failed") => state.saw_error = true,
+        (ApiKind::AnthropicMessages, b"message_stop") => state.completed = true,
+        _ => {}
+    }
 }
 
 /// Removes the first top-level-looking `"usage":null` member from raw event bytes (see
@@ -326,7 +421,7 @@ mod tests {
 
     #[test]
     fn hide_is_ignored_outside_chat_apis() {
-        let mut acc = SseAccountant::new(ApiKind::AnthropicMessages, true);
+        let mut acc = SseAccountant::new(ApiKind::AnthropicMessages, true, 1 << 20);
         let chunk =
             Bytes::from_static(b"event: ping\ndata: {\"type\":\"ping\",\"usage\":null}\n\n");
         let out = acc.push(&chunk);

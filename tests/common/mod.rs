@@ -45,6 +45,8 @@ pub struct Mock {
     pub force_status: Arc<Mutex<Option<u16>>>,
     /// What to do instead of answering normally.
     pub behavior: Arc<Mutex<Behavior>>,
+    /// Released by the test to let a paused [`Behavior::HugeSseLine`] go on.
+    pub gate: Arc<tokio::sync::Notify>,
 }
 
 /// Faults the mock can inject.
@@ -63,6 +65,12 @@ pub enum Behavior {
     RejectKey(String),
     /// `Status(status, retry_after)` for requests whose body names this model, else normal.
     StatusForModel(String, u16, Option<u32>),
+    /// A 200 SSE chat stream: one normal chunk, then one `data:` line of `line_bytes` bytes
+    /// sent in 64 KiB pieces with no newline (pausing after `pause_at` bytes until
+    /// `Mock::gate` is notified), then its blank line, a usage chunk and `[DONE]`.
+    HugeSseLine { line_bytes: usize, pause_at: usize },
+    /// A 200 with this content type and body (SSE bodies chunked, others with a length).
+    Canned { content_type: String, body: String },
 }
 
 impl Mock {
@@ -75,6 +83,7 @@ impl Mock {
             connections: Arc::default(),
             force_status: Arc::default(),
             behavior: Arc::default(),
+            gate: Arc::default(),
         };
         let m = mock.clone();
         tokio::spawn(async move {
@@ -194,6 +203,26 @@ impl Mock {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 return Ok(false);
             }
+            Behavior::HugeSseLine {
+                line_bytes,
+                pause_at,
+            } => {
+                self.huge_sse_line(sock, line_bytes, pause_at).await?;
+                return Ok(true);
+            }
+            Behavior::Canned { content_type, body } => {
+                if content_type.starts_with("text/event-stream") {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n", body.len());
+                    sock.write_all(head.as_bytes()).await?;
+                    sock.write_all(body.as_bytes()).await?;
+                    sock.write_all(b"\r\n0\r\n\r\n").await?;
+                } else {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n", body.len());
+                    sock.write_all(head.as_bytes()).await?;
+                    sock.write_all(body.as_bytes()).await?;
+                }
+                return Ok(true);
+            }
             Behavior::CutAfterThree => {
                 sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
                 for i in 0..3 {
@@ -281,6 +310,38 @@ impl Mock {
                 Ok(true)
             }
         }
+    }
+}
+
+impl Mock {
+    /// [`Behavior::HugeSseLine`].
+    async fn huge_sse_line(
+        &self,
+        sock: &mut TcpStream,
+        line_bytes: usize,
+        pause_at: usize,
+    ) -> std::io::Result<()> {
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+        let first = "data: {\"choices\":[{\"delta\":{\"content\":\"big\"}}]}\n\ndata: ";
+        sock.write_all(format!("{:x}\r\n{first}\r\n", first.len()).as_bytes())
+            .await?;
+        let piece = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        let mut paused = false;
+        while sent < line_bytes {
+            if !paused && sent >= pause_at {
+                self.gate.notified().await;
+                paused = true;
+            }
+            let n = piece.len().min(line_bytes - sent);
+            sock.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+            sock.write_all(&piece[..n]).await?;
+            sock.write_all(b"\r\n").await?;
+            sent += n;
+        }
+        let end = "\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\ndata: [DONE]\n\n";
+        sock.write_all(format!("{:x}\r\n{end}\r\n0\r\n\r\n", end.len()).as_bytes())
+            .await
     }
 }
 
@@ -423,7 +484,7 @@ impl Sluice {
         None
     }
 
-    /// The sluice process id (for /proc/<pid>/status).
+    /// The sluice process id (for `/proc/<pid>/status`, see [`proc_status_kib`]).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -574,4 +635,78 @@ pub async fn raw_http(addr: &str, request: &[u8]) -> RawResponse {
         headers,
         body,
     }
+}
+
+/// A TCP relay on 127.0.0.1:0 to `target` that holds every chunk the target sends back for
+/// `delay` before passing it on (in order): a slow Redis, or any slow server. Requests go
+/// through at once. Stops accepting when dropped; relayed connections end with their peers.
+pub struct DelayProxy {
+    pub addr: SocketAddr,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl DelayProxy {
+    pub async fn start(target: SocketAddr, delay: Duration) -> DelayProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    });
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                    let down = tokio::spawn(async move {
+                        while let Some((due, bytes)) = rx.recv().await {
+                            tokio::time::sleep_until(due.into()).await;
+                            if cw.write_all(&bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0
+                            || tx
+                                .send((Instant::now() + delay, buf[..n].to_vec()))
+                                .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    drop(tx);
+                    let _ = down.await;
+                    up.abort();
+                });
+            }
+        });
+        DelayProxy { addr, accept }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM` ...), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Reset the peak RSS (`VmHWM`) of `pid` to its current RSS (`/proc/<pid>/clear_refs`, value
+/// 5, Linux 4.0+; see proc(5)).
+pub fn reset_peak_rss(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
 }

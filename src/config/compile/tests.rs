@@ -202,3 +202,36 @@ fn connection_bounds_default_and_reject_zero() {
         ]
     );
 }
+
+/// Found by `config::props::arbitrary_numbers_never_panic`: the endpoints' breakers were built
+/// before `failure_ratio` was checked, and the breaker crate then in use panicked on a ratio outside [0, 1].
+#[test]
+fn an_out_of_range_failure_ratio_is_an_error_not_a_panic() {
+    for ratio in ["-5.0e297", "1.5", ".nan"] {
+        let yaml = format!("{POOL}    breaker: {{failure_ratio: {ratio}}}\n");
+        let errs = errors(&yaml);
+        assert!(
+            errs.iter()
+                .any(|e| e == "pools[0].breaker.failure_ratio: must be in (0, 1]"),
+            "{ratio}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn accounting_bounds_default_and_are_validated() {
+    let snap = compile(&parse(POOL).unwrap(), Secrets::Skip).unwrap();
+    assert_eq!(snap.accounting, Accounting::default());
+    assert_eq!(snap.accounting.max_sse_event_bytes, 4 << 20);
+    assert_eq!(snap.accounting.max_json_body_bytes, 16 << 20);
+    assert_eq!(snap.accounting.max_usage_tokens, 100_000_000);
+    let yaml = format!("{POOL}accounting: {{max_sse_event_bytes: 1024, max_usage_tokens: 5}}\n");
+    let snap = compile(&parse(&yaml).unwrap(), Secrets::Skip).unwrap();
+    assert_eq!(snap.accounting.max_sse_event_bytes, 1024);
+    assert_eq!(snap.accounting.max_usage_tokens, 5);
+    let yaml = format!("{POOL}accounting: {{max_sse_event_bytes: 0, max_json_body_bytes: 0}}\n");
+    let errs = errors(&yaml);
+    assert!(errs.contains(&"accounting.max_sse_event_bytes: must be greater than 0".to_owned()));
+    assert!(errs.contains(&"accounting.max_json_body_bytes: must be greater than 0".to_owned()));
+    assert!(parse(&format!("{POOL}accounting: {{max_sse_event_byte: 1}}\n")).is_err());
+}

@@ -70,13 +70,14 @@ pub enum StoreKind {
 }
 
 /// `limits.redis`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConf {
     /// `redis://[:password@]host:port[/db]` (standalone), or `rediss://` for TLS (server
     /// certificate checked against the Mozilla roots bundled in the binary). Not reloadable.
     pub url: String,
-    /// Bound on one Redis round trip, ms; past it the failure policy applies. Default 50.
+    /// The longest a request waits on Redis in all (its leases, or a connection), ms; past it
+    /// the failure policy applies. Default 50. Not reloadable.
     #[serde(default = "default_redis_timeout")]
     pub timeout_ms: u64,
     /// `open` (default) or `closed`.
@@ -90,6 +91,14 @@ pub struct RedisConf {
     /// more quota held per replica. Default 250.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// Bound on one attempt to (re)connect, ms. Connecting happens in the background, never
+    /// on a request's path; after a failed attempt the next comes 500 ms later. Default 1000.
+    #[serde(default = "default_redis_connect_timeout")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_redis_connect_timeout() -> u64 {
+    1000
 }
 
 fn default_redis_timeout() -> u64 {

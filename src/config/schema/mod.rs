@@ -516,3 +516,53 @@ impl Default for TenantsConf {
 fn default_true() -> bool {
     true
 }
+
+/// `accounting`: bounds on what sluice reads of upstream responses to count tokens. Past a
+/// bound the bytes still reach the client untouched; only the accounting gives up and the
+/// request's tokens are estimated (`sluice_tokens_total{source="estimated"}`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountingConf {
+    /// Largest server-sent event (bytes, as received: its lines up to the blank line that ends
+    /// it) that sluice parses. A larger event is forwarded as its bytes arrive, without being
+    /// held or inspected, and counted in `sluice_sse_oversized_events_total`. Default 4 MiB:
+    /// the largest legitimate events (a Responses `response.completed` echoing the whole
+    /// output, a tool call's arguments in one chunk) stay far below it, since a response's
+    /// output is capped at about 128k tokens (roughly 0.5 MiB of text, a few MiB as JSON with
+    /// escapes). When sluice hides the usage chunk it asked for (OpenAI chat), it holds each
+    /// event twice (parsed, and raw for rewriting): the cap then covers both, so events over
+    /// half of it pass through unparsed. Memory held per stream never exceeds the cap.
+    #[serde(default = "default_max_sse_event_bytes")]
+    pub max_sse_event_bytes: u64,
+    /// Largest non-streamed (JSON) response body kept to read its usage (bytes). A larger body
+    /// is relayed in full, its tokens estimated. Default 16 MiB (a large embeddings batch).
+    #[serde(default = "default_max_json_body_bytes")]
+    pub max_json_body_bytes: u64,
+    /// Largest token count believed in one usage field of one response (tokens). Usage above
+    /// it is treated as malformed: logged, counted in `sluice_usage_implausible_total`, and the
+    /// request's tokens estimated instead. Default 100,000,000: a hundred times the largest
+    /// context windows offered today (about 1-2M tokens), so no real response comes near it,
+    /// while a garbage value (2^64-1) cannot bill a tenant for trillions of tokens.
+    #[serde(default = "default_max_usage_tokens")]
+    pub max_usage_tokens: u64,
+}
+
+impl Default for AccountingConf {
+    fn default() -> Self {
+        Self {
+            max_sse_event_bytes: default_max_sse_event_bytes(),
+            max_json_body_bytes: default_max_json_body_bytes(),
+            max_usage_tokens: default_max_usage_tokens(),
+        }
+    }
+}
+
+fn default_max_sse_event_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_max_json_body_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_max_usage_tokens() -> u64 {
+    100_000_000
+}

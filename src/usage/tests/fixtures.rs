@@ -195,6 +195,7 @@ fn expected(case: &Case, hide: bool, raw: &[u8], hidden: Option<&[u8]>) -> Outco
         saw_error: case.saw_error,
         events: case.events,
         malformed: 0,
+        oversized: 0,
         forwarded: match (hide, hidden) {
             (true, Some(hidden)) => hidden.to_vec(),
             _ => raw.to_vec(),

@@ -1,7 +1,9 @@
 //! Tests of the usage module against golden fixtures (`tests/fixtures/`) and hostile input.
 
+mod bounds;
 mod fixtures;
 mod json_and_estimate;
+mod props;
 mod robustness;
 
 use std::path::PathBuf;
@@ -39,6 +41,7 @@ pub(super) struct Outcome {
     pub saw_error: bool,
     pub events: u64,
     pub malformed: u64,
+    pub oversized: u64,
     pub forwarded: Vec<u8>,
 }
 
@@ -49,7 +52,7 @@ pub(super) fn replay<'a>(
     hide: bool,
     pieces: impl IntoIterator<Item = &'a [u8]>,
 ) -> Outcome {
-    let mut acc = SseAccountant::new(api, hide);
+    let mut acc = SseAccountant::new(api, hide, 1 << 20);
     let mut forwarded = Vec::new();
     for piece in pieces {
         let chunk = Bytes::copy_from_slice(piece);
@@ -72,6 +75,7 @@ pub(super) fn replay<'a>(
         saw_error: acc.saw_error(),
         events: acc.events(),
         malformed: acc.malformed_events(),
+        oversized: acc.oversized_events(),
         forwarded,
     }
 }
@@ -85,6 +89,7 @@ impl std::fmt::Debug for Outcome {
             .field("saw_error", &self.saw_error)
             .field("events", &self.events)
             .field("malformed", &self.malformed)
+            .field("oversized", &self.oversized)
             .field("forwarded", &String::from_utf8_lossy(&self.forwarded))
             .finish()
     }

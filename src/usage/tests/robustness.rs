@@ -121,7 +121,7 @@ fn escaped_unicode_and_multiline_data_are_decoded() {
 
 #[test]
 fn hide_mode_holds_a_partial_event_until_it_completes() {
-    let mut acc = SseAccountant::new(ApiKind::OpenAiChat, true);
+    let mut acc = SseAccountant::new(ApiKind::OpenAiChat, true, 1 << 20);
     let first = Bytes::from_static(
         b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\ndata: {\"choi",
     );
@@ -174,9 +174,64 @@ fn usage_on_a_content_chunk_is_kept_in_hide_mode() {
 
 #[test]
 fn empty_pushes_and_repeated_finish_are_harmless() {
-    let mut acc = SseAccountant::new(ApiKind::OpenAiChat, true);
+    let mut acc = SseAccountant::new(ApiKind::OpenAiChat, true, 1 << 20);
     assert!(acc.push(&Bytes::new()).is_empty());
     assert!(acc.finish().is_empty());
     assert!(acc.finish().is_empty());
     assert_eq!((acc.events(), acc.usage()), (0, None));
+}
+
+/// Found by `props::chat_streams_give_their_usage_text_and_hidden_form_however_split`: the
+/// BOM was held with the first event and dropped with it when that was the usage-only chunk.
+#[test]
+fn hide_mode_keeps_a_leading_bom_when_the_first_event_is_dropped() {
+    let stream =
+        b"\xEF\xBB\xBFdata: {\"choices\":[],\"usage\":{\"prompt_tokens\":0}}\n\ndata: [DONE]\n\n";
+    for cut in 0..=stream.len() {
+        let got = replay(ApiKind::OpenAiChat, true, [&stream[..cut], &stream[cut..]]);
+        assert_eq!(got.forwarded, b"\xEF\xBB\xBFdata: [DONE]\n\n", "cut={cut}");
+    }
+}
+
+/// Found by `props::arbitrary_bytes_split_anywhere_give_one_result_within_the_cap`: an
+/// `event:` line cut by the cap left a partial name when fed in small pieces, so whether an
+/// oversized event counted as an error depended on the split.
+#[test]
+fn an_oversized_event_keeps_its_last_complete_name_however_split() {
+    let stream = [
+        &b"event: error\nevent: response.completed"[..],
+        &[b'x'; 64][..],
+        b"\n\n",
+    ]
+    .concat();
+    for pieces in [vec![&stream[..]], stream.chunks(1).collect::<Vec<_>>()] {
+        let mut acc = SseAccountant::new(ApiKind::OpenAiResponses, false, 48);
+        for piece in pieces {
+            acc.push(&Bytes::copy_from_slice(piece));
+        }
+        acc.finish();
+        assert_eq!(acc.oversized_events(), 1);
+        assert!(acc.saw_error() && !acc.completed());
+    }
+}
+
+/// Found by `props::arbitrary_bytes_split_anywhere_give_one_result_within_the_cap`: when an
+/// event reached the cap exactly at the `\n` of a `\r\n`, the line before it was parsed if the
+/// `\r\n` was split across chunks and skipped if not.
+#[test]
+fn an_event_reaching_the_cap_inside_a_crlf_is_handled_the_same_however_split() {
+    let stream = b"event: error\nevent: message_stop_padding_x\r\n\r\n";
+    // Both lines up to their "\r" fit the cap exactly; the "\n" passes it.
+    let cap = stream.iter().position(|&b| b == b'\r').unwrap() + 1;
+    let outcomes: Vec<(bool, bool)> = (0..=stream.len())
+        .map(|cut| {
+            let mut acc = SseAccountant::new(ApiKind::AnthropicMessages, false, cap);
+            acc.push(&Bytes::copy_from_slice(&stream[..cut]));
+            acc.push(&Bytes::copy_from_slice(&stream[cut..]));
+            acc.finish();
+            assert_eq!(acc.oversized_events(), 1, "cut={cut}");
+            (acc.saw_error(), acc.completed())
+        })
+        .collect();
+    assert!(outcomes.iter().all(|o| *o == outcomes[0]), "{outcomes:?}");
 }
