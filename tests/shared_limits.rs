@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, DelayProxy, Mock, Sluice};
+use common::{free_port, write_atomically, DelayProxy, Mock, Sluice};
 use futures_util::future::join_all;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -689,11 +689,10 @@ async fn a_reload_changing_the_store_keeps_it_logs_counts_and_applies_the_rest()
         "{requests_per_minute: 4}",
         "",
     );
-    std::fs::write(
-        s.dir.join("sluice.yaml"),
-        format!("{}{next}", Sluice::listeners_yaml(proxy, admin)),
-    )
-    .unwrap();
+    write_atomically(
+        &s.dir.join("sluice.yaml"),
+        &format!("{}{next}", Sluice::listeners_yaml(proxy, admin)),
+    );
     // The directory watch (or the checksum poll) picks it up: one reload.
     let ignored = s
         .wait_metric(

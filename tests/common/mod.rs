@@ -358,6 +358,14 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Write `text` to `path` atomically (a temp file renamed over it), as editors and the kubelet
+/// do: sluice's directory watch must never read a half-written config.
+pub fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 /// A free 127.0.0.1 port (bound to port 0, then released).
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -455,7 +463,7 @@ impl Sluice {
             self.proxy.trim_start_matches("http://"),
             self.admin.trim_start_matches("http://"),
         );
-        std::fs::write(self.dir.join("sluice.yaml"), format!("{listeners}{body}")).unwrap();
+        write_atomically(&self.dir.join("sluice.yaml"), &format!("{listeners}{body}"));
         self.signal("HUP");
         let after = self
             .wait_metric(name, &[("result", "success")], |v| v > before)
