@@ -63,6 +63,36 @@ impl ErrorStyle {
     }
 }
 
+/// A native in-stream error event for an OpenAI Responses stream, from `openai_body` (an
+/// OpenAI error body `{"error":{"message","type","param","code"}}`):
+/// `event: error` + `data: {"type":"error","code","message","param","sequence_number","error":{..}}`.
+///
+/// The API reference documents the `error` event's fields flat (`code`, `message`, `param`,
+/// `sequence_number`); the live API nests them under `error`, and that nested object is what
+/// the official SDKs raise on (openai-python `Stream.__stream__` and openai-node
+/// `Stream.fromSSEResponse` raise `APIError` for a `data:` JSON with a truthy `error`).
+/// Both are sent, so a client of either shape sees the failure. Source:
+/// <https://platform.openai.com/docs/api-reference/responses-streaming/error>.
+pub fn responses_error_event(openai_body: &[u8], sequence_number: u64) -> Bytes {
+    let error = serde_json::from_slice::<serde_json::Value>(openai_body)
+        .ok()
+        .and_then(|mut v| v.get_mut("error").map(serde_json::Value::take))
+        .unwrap_or_else(|| serde_json::json!({"message": "stream failed", "type": "server_error"}));
+    let field = |k: &str| error.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let data = serde_json::json!({
+        "type": "error",
+        "code": field("code"),
+        "message": field("message"),
+        "param": field("param"),
+        "sequence_number": sequence_number,
+        "error": error,
+    });
+    let mut out = b"event: error\ndata: ".to_vec();
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
 /// What a provider does to an upstream request.
 pub trait Provider {
     /// Write `key` in the provider's auth header. Client credentials were already removed.

@@ -125,9 +125,10 @@ pub async fn relay(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|_| !hide);
-    if hide {
-        // The body changes length: let Pingora frame it (chunked).
+        .filter(|_| !is_sse);
+    if is_sse {
+        // A stream may change length (hidden usage chunk, a partial event dropped, an error
+        // event appended): let Pingora frame it (chunked).
         header.remove_header(&http::header::CONTENT_LENGTH);
     }
     let _ = header.insert_header("x-sluice-request-id", ctx.request_id.as_str());
@@ -259,7 +260,13 @@ pub async fn relay(
             tail.extend_from_slice(&a.finish());
             ctx.stream_completed = a.completed();
             if complete && failure.is_none() && !a.completed() && !a.saw_error() {
-                failure = Some(SluiceError::UpstreamTruncated(child.endpoint.clone()));
+                // A clean end of body without the terminal event: complete if the whole answer
+                // came (inspected streaming chat requests always ask for include_usage).
+                if a.ended_after_final_content(ctx.inspected.stream) {
+                    ctx.stream_completed = true;
+                } else {
+                    failure = Some(SluiceError::UpstreamTruncated(child.endpoint.clone()));
+                }
             }
             let oversized = a.oversized_events();
             if oversized > 0 {
@@ -290,7 +297,7 @@ pub async fn relay(
     if let Some(err) = &failure {
         if is_sse {
             // A native in-stream error event: the SDK raises instead of silently stopping.
-            tail.extend_from_slice(&ctx.style.sse_error_event(&err.body(ctx.style)));
+            tail.extend_from_slice(&error_event(ctx, &acc, err));
         } else {
             // A non-streamed body cut short: close the connection so the client sees it.
             session.set_keepalive(None);
@@ -329,6 +336,29 @@ pub async fn relay(
         })
         .await;
     }
+}
+
+/// The native in-stream error event for `err` in the request's API (the client's SDK raises
+/// its own error class on it): OpenAI chat/completions `data: {"error":{..}}`, Anthropic
+/// `event: error` + `data: {"type":"error","error":{..}}`, Responses `event: error` (see
+/// [`crate::provider::responses_error_event`]); the route's error style when the API is
+/// unknown. The caller writes it on an event boundary ([`SseAccountant::finish`]).
+fn error_event(ctx: &RequestCtx, acc: &Accounting, err: &SluiceError) -> Bytes {
+    use crate::provider::ErrorStyle;
+    use crate::usage::ApiKind;
+    let style = match ctx.api {
+        Some(ApiKind::OpenAiResponses) => {
+            let seq = match acc {
+                Accounting::Sse(a) => a.next_sequence_number(),
+                _ => 0,
+            };
+            return crate::provider::responses_error_event(&err.body(ErrorStyle::OpenAi), seq);
+        }
+        Some(ApiKind::AnthropicMessages) => ErrorStyle::Anthropic,
+        Some(_) => ErrorStyle::OpenAi,
+        None => ctx.style,
+    };
+    style.sse_error_event(&err.body(style))
 }
 
 /// `usage` if every count is at most `max_tokens`; otherwise `None` (the request's tokens are
