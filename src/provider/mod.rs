@@ -8,6 +8,8 @@ mod openai;
 mod openai_compatible;
 
 pub use crate::config::schema::ProviderKind;
+use crate::error::SluiceError;
+use crate::usage::ApiKind;
 use bytes::Bytes;
 use pingora_http::RequestHeader;
 
@@ -61,6 +63,28 @@ impl ErrorStyle {
             ErrorStyle::Anthropic => anthropic::error_body(kind, message),
         }
     }
+}
+
+/// The native in-stream error event for `err` in a stream of `api`, which the client's SDK
+/// raises its own error class on: OpenAI chat/completions `data: {"error":{..}}`, Anthropic
+/// `event: error` + `data: {"type":"error","error":{..}}`, Responses `event: error` (see
+/// [`responses_error_event`], numbered `sequence_number`); `fallback`'s shape when the API is
+/// unknown. Write it on an event boundary (after a blank line), or the SDK never sees it.
+pub fn stream_error_event(
+    api: Option<ApiKind>,
+    fallback: ErrorStyle,
+    err: &SluiceError,
+    sequence_number: u64,
+) -> Bytes {
+    let style = match api {
+        Some(ApiKind::OpenAiResponses) => {
+            return responses_error_event(&err.body(ErrorStyle::OpenAi), sequence_number);
+        }
+        Some(ApiKind::AnthropicMessages) => ErrorStyle::Anthropic,
+        Some(_) => ErrorStyle::OpenAi,
+        None => fallback,
+    };
+    style.sse_error_event(&err.body(style))
 }
 
 /// A native in-stream error event for an OpenAI Responses stream, from `openai_body` (an

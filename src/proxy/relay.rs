@@ -338,27 +338,14 @@ pub async fn relay(
     }
 }
 
-/// The native in-stream error event for `err` in the request's API (the client's SDK raises
-/// its own error class on it): OpenAI chat/completions `data: {"error":{..}}`, Anthropic
-/// `event: error` + `data: {"type":"error","error":{..}}`, Responses `event: error` (see
-/// [`crate::provider::responses_error_event`]); the route's error style when the API is
-/// unknown. The caller writes it on an event boundary ([`SseAccountant::finish`]).
+/// The native in-stream error event for `err` in the request's API (see
+/// [`crate::provider::stream_error_event`]), numbered after the last Responses event seen.
 fn error_event(ctx: &RequestCtx, acc: &Accounting, err: &SluiceError) -> Bytes {
-    use crate::provider::ErrorStyle;
-    use crate::usage::ApiKind;
-    let style = match ctx.api {
-        Some(ApiKind::OpenAiResponses) => {
-            let seq = match acc {
-                Accounting::Sse(a) => a.next_sequence_number(),
-                _ => 0,
-            };
-            return crate::provider::responses_error_event(&err.body(ErrorStyle::OpenAi), seq);
-        }
-        Some(ApiKind::AnthropicMessages) => ErrorStyle::Anthropic,
-        Some(_) => ErrorStyle::OpenAi,
-        None => ctx.style,
+    let seq = match acc {
+        Accounting::Sse(a) => a.next_sequence_number(),
+        _ => 0,
     };
-    style.sse_error_event(&err.body(style))
+    crate::provider::stream_error_event(ctx.api, ctx.style, err, seq)
 }
 
 /// `usage` if every count is at most `max_tokens`; otherwise `None` (the request's tokens are

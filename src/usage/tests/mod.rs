@@ -1,6 +1,7 @@
 //! Tests of the usage module against golden fixtures (`tests/fixtures/`) and hostile input.
 
 mod bounds;
+mod cut;
 mod fixtures;
 mod json_and_estimate;
 mod props;
