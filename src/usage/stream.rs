@@ -260,7 +260,7 @@ impl SseAccountant {
     /// - a trailing event that is whole but for its blank line (its `data:` is the JSON its
     ///   API sends, or `[DONE]`) is forwarded, blank line added (hide mode rules apply);
     /// - any other partial event (cut inside a line, a JSON value, before its `data:` line,
-    ///   a comment) is dropped;
+    ///   a comment) is dropped, and does not count as the stream's terminal or error event;
     /// - an oversized event cut mid-way was already partly forwarded and cannot be taken back:
     ///   its line and event are ended (`\n\n`). This is the one case where the client's last
     ///   event before an appended error event is not the upstream's whole event (its data is
@@ -274,7 +274,8 @@ impl SseAccountant {
             holder,
         } = self;
         let (api, hide) = (*api, *hide);
-        let malformed_before = state.malformed;
+        let (malformed_before, completed_before, error_before) =
+            (state.malformed, state.completed, state.saw_error);
         let mut verdict = None;
         framer.finish(|frame| match frame {
             Frame::Event(event, _) => verdict = Some(account(api, state, &event)),
@@ -286,13 +287,20 @@ impl SseAccountant {
         }
         let mut held = std::mem::take(&mut holder.held);
         let whole = state.malformed == malformed_before;
+        // Outside hide mode every whole event is forwarded unchanged, whatever its verdict.
         match verdict {
+            Some(_) if whole && !hide => {}
             Some(Verdict::Keep) if whole => {}
-            Some(Verdict::StripUsageNull) if whole && hide => {
+            Some(Verdict::StripUsageNull) if whole => {
                 strip_usage_null(&mut held);
             }
-            Some(Verdict::StripUsageNull) if whole => {}
-            _ => return Bytes::new(),
+            _ => {
+                // Dropped: the client never sees it, so it neither ends nor fails the stream
+                // (its usage and text still count: the upstream produced them).
+                state.completed = completed_before;
+                state.saw_error = error_before;
+                return Bytes::new();
+            }
         }
         // End its last line if needed, then add the blank line.
         match held.last() {

@@ -87,6 +87,24 @@ fn is_native_error(api: ApiKind, (name, data): &Parsed) -> bool {
     }
 }
 
+/// The client's events carry the final content (chat: a `finish_reason` and the usage chunk;
+/// Anthropic: a `message_delta` with a `stop_reason`).
+fn final_content_seen(api: ApiKind, events: &[Parsed]) -> bool {
+    let json = |d: &str| serde_json::from_str::<serde_json::Value>(d).unwrap_or_default();
+    match api {
+        ApiKind::AnthropicMessages => events
+            .iter()
+            .any(|(n, d)| n == "message_delta" && json(d)["delta"]["stop_reason"].is_string()),
+        ApiKind::OpenAiResponses => false,
+        _ => {
+            events
+                .iter()
+                .any(|(_, d)| json(d)["choices"][0]["finish_reason"].is_string())
+                && events.iter().any(|(_, d)| json(d)["usage"].is_object())
+        }
+    }
+}
+
 fn sweep(api: ApiKind, name: &str) {
     sweep_raw(api, name, &fixture(name));
 }
@@ -118,8 +136,9 @@ fn sweep_raw(api: ApiKind, name: &str, raw: &[u8]) {
                     }
                 };
                 if let Some(last) = last {
+                    // The native error event, unless the upstream's own error came through.
                     assert!(
-                        is_native_error(api, last),
+                        is_native_error(api, last) || upstream_error_seen(&events),
                         "{name} cut at {cut}: last event {last:?}"
                     );
                 }
@@ -137,7 +156,17 @@ fn sweep_raw(api: ApiKind, name: &str, raw: &[u8]) {
                     assert_eq!(before, &original[..before.len()], "{name} cut at {cut}");
                 }
                 if cut == raw.len() {
-                    assert!(complete, "{name} whole is complete");
+                    assert!(
+                        complete || upstream_error_seen(&events),
+                        "{name} whole is complete"
+                    );
+                }
+                if complete && !hide {
+                    // Complete: the client has the whole stream, or all of its final content.
+                    assert!(
+                        events == original || final_content_seen(api, &events),
+                        "{name} cut at {cut}: complete without its final content"
+                    );
                 }
             }
         }
@@ -165,6 +194,7 @@ fn responses_stream_cut_at_every_offset_ends_in_its_native_error_event() {
 fn anthropic_stream_cut_at_every_offset_ends_in_its_native_error_event() {
     sweep(ApiKind::AnthropicMessages, "anthropic/llmock_capture.sse");
     sweep(ApiKind::AnthropicMessages, "anthropic/thinking_cache.sse");
+    sweep(ApiKind::AnthropicMessages, "anthropic/overloaded_error.sse");
 }
 
 #[test]
@@ -259,4 +289,13 @@ fn an_oversized_event_cut_midway_is_closed_before_the_error_event() {
     let events = parse_strict(&out).unwrap();
     assert_eq!(events.len(), 3);
     assert!(is_native_error(ApiKind::OpenAiChat, &events[2]));
+}
+
+/// The upstream's own in-stream error reached the client (`event: error`, a Responses
+/// `response.failed`, or a `data:` JSON with an `error` object).
+fn upstream_error_seen(events: &[(String, String)]) -> bool {
+    events.iter().any(|(name, data)| {
+        let v = serde_json::from_str::<serde_json::Value>(data).unwrap_or_default();
+        name == "error" || v["type"] == "response.failed" || v["error"].is_object()
+    })
 }
