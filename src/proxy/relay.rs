@@ -1,7 +1,8 @@
 //! Pipeline stage 5 (inspected requests): relay the chosen attempt's response to the client
 //! chunk by chunk as it arrives, accounting usage on the way (SSE or JSON), hiding the usage
 //! chunk sluice asked for, and closing the upstream at once when the client leaves or the
-//! upstream stalls past the idle timeout.
+//! upstream stalls past the idle timeout. Streams are forwarded as whole events, so one that
+//! ends abnormally ends on an event boundary followed by the API's native error event.
 
 use super::attempt::Child;
 use super::ctx::RequestCtx;
