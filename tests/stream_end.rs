@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Behavior, Mock, Sluice};
+use common::{Behavior, CutEnd, Mock, Sluice};
 use futures_util::StreamExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,7 +29,7 @@ fn fixture(name: &str) -> Vec<u8> {
 
 /// One pool per API on its own mock (a breaker that never opens: resets are the point).
 fn config(openai: &Mock, responses: &Mock, anthropic: &Mock) -> String {
-    let breaker = "breaker: {consecutive_failures: 1000000}";
+    let breaker = "breaker: {consecutive_failures: 1000000}\n    timeouts: {idle_ms: 500}";
     format!(
         r#"pools:
   - name: chat
@@ -182,9 +182,10 @@ async fn sweep(s: &Sluice, mock: &Mock, api: Api, name: &str) -> usize {
     let (path, body) = api.path_and_body();
     let mut checked = 0;
     for reset in [false, true] {
+        let end = if reset { CutEnd::Reset } else { CutEnd::Eof };
         mock.set(Behavior::CutAt {
             body: raw.clone(),
-            reset,
+            end,
         });
         let results = futures_util::stream::iter(0..=raw.len())
             .map(|cut| {
@@ -273,7 +274,7 @@ async fn a_chat_stream_without_done_is_complete_with_exact_usage() {
     assert_ne!(raw, without_done);
     chat.set(Behavior::CutAt {
         body: without_done.clone().into_bytes(),
-        reset: false,
+        end: CutEnd::Eof,
     });
     let (path, body) = Api::Chat.path_and_body();
     let resp = reqwest::Client::new()
@@ -317,4 +318,47 @@ fn upstream_error_seen(events: &[(String, String)]) -> bool {
         let v = serde_json::from_str::<serde_json::Value>(data).unwrap_or_default();
         name == "error" || v["type"] == "response.failed" || v["error"].is_object()
     })
+}
+
+#[tokio::test]
+async fn a_stream_stalled_inside_an_event_ends_on_a_boundary_with_a_timeout_error() {
+    let (chat, responses, anthropic) = (
+        Mock::start().await,
+        Mock::start().await,
+        Mock::start().await,
+    );
+    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    let raw = fixture("anthropic/llmock_capture.sse");
+    let original = parse_strict(&raw).unwrap();
+    // Inside the `ping` event: its `event:` line and part of its data.
+    let ping = String::from_utf8_lossy(&raw).find("event: ping").unwrap();
+    let cut = ping + "event: ping\ndata: {\"ty".len();
+    anthropic.set(Behavior::CutAt {
+        body: raw.clone(),
+        end: CutEnd::Stall,
+    });
+    let (path, body) = Api::Anthropic.path_and_body();
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", s.proxy))
+        .bearer_auth(VK)
+        .header("anthropic-version", "2023-06-01")
+        .header("x-cut-at", cut.to_string())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = parse_strict(&body_of(resp).await).unwrap();
+    let (last, before) = events.split_last().unwrap();
+    assert_eq!(before, &original[..before.len()]);
+    assert_eq!(
+        before.len(),
+        2,
+        "message_start and content_block_start, not the partial ping"
+    );
+    assert!(Api::Anthropic.is_native_error(last), "{last:?}");
+    assert!(
+        last.1.contains("upstream_timeout") || last.1.contains("api_error"),
+        "{last:?}"
+    );
 }

@@ -72,9 +72,19 @@ pub enum Behavior {
     /// A 200 with this content type and body (SSE bodies chunked, others with a length).
     Canned { content_type: String, body: String },
     /// A 200 SSE stream of `body` cut after the number of bytes in the request's `x-cut-at`
-    /// header (the whole body without it), sent chunked in two pieces; then the end of the
-    /// chunked body (`reset: false`, a clean EOF) or a TCP reset (`reset: true`).
-    CutAt { body: Vec<u8>, reset: bool },
+    /// header (the whole body without it), sent chunked in two pieces; then `end`.
+    CutAt { body: Vec<u8>, end: CutEnd },
+}
+
+/// How a [`Behavior::CutAt`] stream ends after its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutEnd {
+    /// The end of the chunked body: a clean EOF.
+    Eof,
+    /// A TCP reset.
+    Reset,
+    /// Nothing more for 30 s, then a close.
+    Stall,
 }
 
 impl Mock {
@@ -227,7 +237,7 @@ impl Mock {
                 }
                 return Ok(true);
             }
-            Behavior::CutAt { body, reset } => {
+            Behavior::CutAt { body, end } => {
                 let cut = rec
                     .header("x-cut-at")
                     .and_then(|v| v.parse().ok())
@@ -242,12 +252,15 @@ impl Mock {
                     sock.write_all(b"\r\n").await?;
                     sock.flush().await?;
                 }
-                if reset {
-                    sock.set_zero_linger()?;
-                    return Ok(false);
+                match end {
+                    CutEnd::Eof => {
+                        sock.write_all(b"0\r\n\r\n").await?;
+                        return Ok(true);
+                    }
+                    CutEnd::Reset => sock.set_zero_linger()?,
+                    CutEnd::Stall => tokio::time::sleep(Duration::from_secs(30)).await,
                 }
-                sock.write_all(b"0\r\n\r\n").await?;
-                return Ok(true);
+                return Ok(false);
             }
             Behavior::CutAfterThree => {
                 sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
