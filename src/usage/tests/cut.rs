@@ -299,3 +299,36 @@ fn upstream_error_seen(events: &[(String, String)]) -> bool {
         name == "error" || v["type"] == "response.failed" || v["error"].is_object()
     })
 }
+
+#[test]
+fn a_complete_event_is_forwarded_the_moment_its_blank_line_arrives() {
+    // Fed up to any event's blank line (in one piece or split anywhere before it), the
+    // accountant has forwarded every byte: nothing complete is held back.
+    for (api, name) in [
+        (
+            ApiKind::OpenAiChat,
+            "openai_chat/llmock_capture_include_usage.sse",
+        ),
+        (
+            ApiKind::OpenAiResponses,
+            "openai_responses/llmock_capture.sse",
+        ),
+        (ApiKind::AnthropicMessages, "anthropic/llmock_capture.sse"),
+    ] {
+        let raw = fixture(name);
+        let ends = raw.windows(2).enumerate().filter(|(_, w)| w == b"\n\n");
+        for (at, _) in ends {
+            let end = at + 2;
+            for split in [0, end / 2, end - 1] {
+                let mut acc = SseAccountant::new(api, false, 1 << 20);
+                let mut out = acc.push(&Bytes::copy_from_slice(&raw[..split])).to_vec();
+                out.extend_from_slice(&acc.push(&Bytes::copy_from_slice(&raw[split..end])));
+                assert_eq!(
+                    out,
+                    &raw[..end],
+                    "{name}: event ending at {end}, split at {split}"
+                );
+            }
+        }
+    }
+}
