@@ -8,6 +8,8 @@ mod openai;
 mod openai_compatible;
 
 pub use crate::config::schema::ProviderKind;
+use crate::error::SluiceError;
+use crate::usage::ApiKind;
 use bytes::Bytes;
 use pingora_http::RequestHeader;
 
@@ -61,6 +63,58 @@ impl ErrorStyle {
             ErrorStyle::Anthropic => anthropic::error_body(kind, message),
         }
     }
+}
+
+/// The native in-stream error event for `err` in a stream of `api`, which the client's SDK
+/// raises its own error class on: OpenAI chat/completions `data: {"error":{..}}`, Anthropic
+/// `event: error` + `data: {"type":"error","error":{..}}`, Responses `event: error` (see
+/// [`responses_error_event`], numbered `sequence_number`); `fallback`'s shape when the API is
+/// unknown. Write it on an event boundary (after a blank line), or the SDK never sees it.
+pub fn stream_error_event(
+    api: Option<ApiKind>,
+    fallback: ErrorStyle,
+    err: &SluiceError,
+    sequence_number: u64,
+) -> Bytes {
+    let style = match api {
+        Some(ApiKind::OpenAiResponses) => {
+            return responses_error_event(&err.body(ErrorStyle::OpenAi), sequence_number);
+        }
+        Some(ApiKind::AnthropicMessages) => ErrorStyle::Anthropic,
+        Some(_) => ErrorStyle::OpenAi,
+        None => fallback,
+    };
+    style.sse_error_event(&err.body(style))
+}
+
+/// A native in-stream error event for an OpenAI Responses stream, from `openai_body` (an
+/// OpenAI error body `{"error":{"message","type","param","code"}}`):
+/// `event: error` + `data: {"type":"error","code","message","param","sequence_number","error":{..}}`.
+///
+/// The API reference documents the `error` event's fields flat (`code`, `message`, `param`,
+/// `sequence_number`); the live API nests them under `error`, and that nested object is what
+/// the official SDKs raise on (openai-python `Stream.__stream__` and openai-node
+/// `Stream.fromSSEResponse` raise `APIError` for a `data:` JSON with a truthy `error`).
+/// Both are sent, so a client of either shape sees the failure. Source:
+/// <https://platform.openai.com/docs/api-reference/responses-streaming/error>.
+pub fn responses_error_event(openai_body: &[u8], sequence_number: u64) -> Bytes {
+    let error = serde_json::from_slice::<serde_json::Value>(openai_body)
+        .ok()
+        .and_then(|mut v| v.get_mut("error").map(serde_json::Value::take))
+        .unwrap_or_else(|| serde_json::json!({"message": "stream failed", "type": "server_error"}));
+    let field = |k: &str| error.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let data = serde_json::json!({
+        "type": "error",
+        "code": field("code"),
+        "message": field("message"),
+        "param": field("param"),
+        "sequence_number": sequence_number,
+        "error": error,
+    });
+    let mut out = b"event: error\ndata: ".to_vec();
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 /// What a provider does to an upstream request.

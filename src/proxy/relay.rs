@@ -1,7 +1,8 @@
 //! Pipeline stage 5 (inspected requests): relay the chosen attempt's response to the client
 //! chunk by chunk as it arrives, accounting usage on the way (SSE or JSON), hiding the usage
 //! chunk sluice asked for, and closing the upstream at once when the client leaves or the
-//! upstream stalls past the idle timeout.
+//! upstream stalls past the idle timeout. Streams are forwarded as whole events, so one that
+//! ends abnormally ends on an event boundary followed by the API's native error event.
 
 use super::attempt::Child;
 use super::ctx::RequestCtx;
@@ -125,9 +126,10 @@ pub async fn relay(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|_| !hide);
-    if hide {
-        // The body changes length: let Pingora frame it (chunked).
+        .filter(|_| !is_sse);
+    if is_sse {
+        // A stream may change length (hidden usage chunk, a partial event dropped, an error
+        // event appended): let Pingora frame it (chunked).
         header.remove_header(&http::header::CONTENT_LENGTH);
     }
     let _ = header.insert_header("x-sluice-request-id", ctx.request_id.as_str());
@@ -259,7 +261,13 @@ pub async fn relay(
             tail.extend_from_slice(&a.finish());
             ctx.stream_completed = a.completed();
             if complete && failure.is_none() && !a.completed() && !a.saw_error() {
-                failure = Some(SluiceError::UpstreamTruncated(child.endpoint.clone()));
+                // A clean end of body without the terminal event: complete if the whole answer
+                // came (inspected streaming chat requests always ask for include_usage).
+                if a.ended_after_final_content(ctx.inspected.stream) {
+                    ctx.stream_completed = true;
+                } else {
+                    failure = Some(SluiceError::UpstreamTruncated(child.endpoint.clone()));
+                }
             }
             let oversized = a.oversized_events();
             if oversized > 0 {
@@ -290,7 +298,7 @@ pub async fn relay(
     if let Some(err) = &failure {
         if is_sse {
             // A native in-stream error event: the SDK raises instead of silently stopping.
-            tail.extend_from_slice(&ctx.style.sse_error_event(&err.body(ctx.style)));
+            tail.extend_from_slice(&error_event(ctx, &acc, err));
         } else {
             // A non-streamed body cut short: close the connection so the client sees it.
             session.set_keepalive(None);
@@ -329,6 +337,16 @@ pub async fn relay(
         })
         .await;
     }
+}
+
+/// The native in-stream error event for `err` in the request's API (see
+/// [`crate::provider::stream_error_event`]), numbered after the last Responses event seen.
+fn error_event(ctx: &RequestCtx, acc: &Accounting, err: &SluiceError) -> Bytes {
+    let seq = match acc {
+        Accounting::Sse(a) => a.next_sequence_number(),
+        _ => 0,
+    };
+    crate::provider::stream_error_event(ctx.api, ctx.style, err, seq)
 }
 
 /// `usage` if every count is at most `max_tokens`; otherwise `None` (the request's tokens are

@@ -73,6 +73,9 @@ struct Delta<'a> {
     partial_json: Text<'a>,
     #[serde(default, borrow)]
     thinking: Text<'a>,
+    /// `message_delta`: why the message ended (`end_turn`, `max_tokens`, `tool_use`...).
+    #[serde(default, borrow)]
+    stop_reason: Text<'a>,
 }
 
 /// Accounts one event. The JSON `type` names the event; the SSE `event:` name is the fallback.
@@ -92,6 +95,13 @@ pub(crate) fn on_event(
             }
         }
         "message_delta" => {
+            if event
+                .delta
+                .as_ref()
+                .is_some_and(|d| d.stop_reason.0.is_some())
+            {
+                state.stop_reason_seen = true;
+            }
             if let Some(wire) = &event.usage {
                 wire.apply(state.usage.get_or_insert_with(Usage::default));
             }

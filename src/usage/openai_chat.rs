@@ -71,6 +71,12 @@ struct Chunk<'a> {
 
 #[derive(Deserialize)]
 struct Choice<'a> {
+    /// The choice's index (`n` > 1 streams interleave choices); absent reads as 0.
+    #[serde(default)]
+    index: Option<u64>,
+    /// Non-null on the choice's last content chunk (`stop`, `length`, `tool_calls`...).
+    #[serde(default, borrow)]
+    finish_reason: Text<'a>,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
     /// Legacy completions put the text here instead of in `delta`.
@@ -118,6 +124,11 @@ pub(crate) fn on_event(state: &mut StreamState, data: &[u8]) -> Result<Verdict, 
         state.saw_error = true;
     }
     for choice in chunk.choices.iter().flatten() {
+        let bit = 1u64 << choice.index.unwrap_or(0).min(63);
+        state.choices_seen |= bit;
+        if choice.finish_reason.0.is_some() {
+            state.choices_finished |= bit;
+        }
         state.text.push(choice.text.as_str());
         let Some(delta) = &choice.delta else { continue };
         state.text.push(delta.reasoning_content.as_str());

@@ -62,6 +62,9 @@ struct Event<'a> {
     delta: Text<'a>,
     #[serde(default)]
     response: Option<ResponseObject>,
+    /// Every Responses stream event's position in the stream.
+    #[serde(default)]
+    sequence_number: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +84,9 @@ pub(crate) fn on_event(
 ) -> Result<(), serde_json::Error> {
     let event: Event = serde_json::from_slice(data)?;
     let kind = event.kind.0.as_deref().unwrap_or(name);
+    if let Some(n) = event.sequence_number {
+        state.last_sequence_number = Some(state.last_sequence_number.map_or(n, |m| m.max(n)));
+    }
     match kind {
         "response.output_text.delta"
         | "response.refusal.delta"

@@ -26,14 +26,23 @@ pub(crate) struct StreamState {
     pub(crate) text: TextBuf,
     pub(crate) completed: bool,
     pub(crate) saw_error: bool,
+    /// OpenAI chat/completions: one bit per choice index seen (indices of 63 and more share
+    /// the last bit), and one per choice that carried a non-null `finish_reason`.
+    pub(crate) choices_seen: u64,
+    pub(crate) choices_finished: u64,
+    /// Anthropic: a `message_delta` carried a non-null `delta.stop_reason`.
+    pub(crate) stop_reason_seen: bool,
+    /// Responses: the largest `sequence_number` seen.
+    pub(crate) last_sequence_number: Option<u64>,
     events: u64,
     malformed: u64,
     oversized: u64,
 }
 
-/// Hide-mode bookkeeping: raw bytes of the event in progress.
+/// The raw bytes of the event in progress, withheld until its blank line arrives so that the
+/// client only ever receives whole events.
 #[derive(Debug, Default)]
-struct Hider {
+struct Holder {
     /// Raw bytes of the event in progress (at most the framer's cap: past it the event is
     /// passed through instead).
     held: Vec<u8>,
@@ -41,11 +50,11 @@ struct Hider {
     passing: bool,
     /// The last event ended on a `\r` that was its chunk's last byte, so a `\n` opening the
     /// next chunk is the rest of its terminator: `Some(true)` forwards that `\n` (the event
-    /// was forwarded), `Some(false)` drops it (the event was dropped).
+    /// was forwarded), `Some(false)` drops it (the event was dropped by hide mode).
     pending_lf: Option<bool>,
 }
 
-impl Hider {
+impl Holder {
     /// Forgets the event just handled, giving back the memory of a big one.
     fn clear(&mut self) {
         self.held.clear();
@@ -58,10 +67,16 @@ impl Hider {
 /// Incremental accountant for one streamed (`text/event-stream`) response body, fed the body
 /// chunks exactly as the upstream sent them.
 ///
-/// Events larger than the cap (see [`SseAccountant::new`]) are not parsed: their
-/// bytes are forwarded as they arrive, [`SseAccountant::oversized_events`] counts them, and
-/// only their `event:` name (when it came first) is used, to see a terminal or error event.
-/// The caller should then treat the usage as estimated.
+/// Whole events only: [`SseAccountant::push`] returns the bytes up to the last complete event
+/// (its blank line included) and withholds the event in progress until its blank line
+/// arrives, so a complete event is forwarded the moment it completes and a stream cut
+/// anywhere leaves the client on an event boundary, where the caller can append a native
+/// error event ([`SseAccountant::finish`] says what to add first).
+///
+/// Events larger than the cap (see [`SseAccountant::new`]) are not parsed and cannot be
+/// withheld: their bytes are forwarded as they arrive, [`SseAccountant::oversized_events`]
+/// counts them, and only their `event:` name (when it came first) is used, to see a terminal
+/// or error event. The caller should then treat the usage as estimated.
 ///
 /// Hide mode (`hide_usage_chunk`, OpenAI chat/completions and legacy completions only; ignored
 /// for other APIs) is for a request the proxy itself gave `stream_options.include_usage`. The
@@ -76,68 +91,116 @@ impl Hider {
 /// - everything else (comments, `[DONE]`, malformed and oversized events, a chunk that carries
 ///   usage next to choices) is forwarded byte-for-byte.
 ///
-/// Hide mode holds at most the event in progress, and with the parsed copy never more than
-/// `max_event_bytes` in all.
+/// Memory: the event in progress is held twice (parsed, and raw to forward it whole), each
+/// copy at most half of `max_event_bytes`, so never more than `max_event_bytes` in all.
 pub struct SseAccountant {
     api: ApiKind,
+    hide: bool,
     framer: SseFramer,
     state: StreamState,
-    hider: Option<Hider>,
+    holder: Holder,
 }
 
 impl SseAccountant {
     /// An accountant for a stream of `api`. `hide_usage_chunk`: true when the proxy added
     /// `stream_options.include_usage` to an OpenAI chat/completions request the client sent
     /// without it (see the type's doc for exactly what is removed). `max_event_bytes`: the
-    /// most bytes held for the event in progress: the largest event parsed (its raw bytes up
-    /// to the blank line that ends it), or in hide mode, which holds an event twice (parsed,
-    /// and raw for rewriting), twice the largest event parsed.
+    /// most bytes held for the event in progress; it is held twice (parsed, and raw until its
+    /// blank line), so events of up to half of it (raw bytes up to the blank line that ends
+    /// them) are parsed and withheld until complete, larger ones are forwarded unparsed.
     pub fn new(api: ApiKind, hide_usage_chunk: bool, max_event_bytes: usize) -> Self {
         let hide =
             hide_usage_chunk && matches!(api, ApiKind::OpenAiChat | ApiKind::OpenAiCompletions);
-        // Hide mode holds each event twice (parsed, and raw for rewriting): each copy gets
-        // half of the cap, so the stream never holds more than the cap in all.
-        let parse_cap = if hide {
-            (max_event_bytes / 2).max(1)
-        } else {
-            max_event_bytes
-        };
         SseAccountant {
             api,
-            framer: SseFramer::new(parse_cap),
+            hide,
+            framer: SseFramer::new((max_event_bytes / 2).max(1)),
             state: StreamState::default(),
-            hider: hide.then(Hider::default),
+            holder: Holder::default(),
         }
     }
 
     /// Feeds one body chunk as received (split anywhere: inside a line, a `\r\n`, a UTF-8
-    /// character). Returns the bytes to forward to the client now: outside hide mode, `chunk`
-    /// itself (a `Bytes` clone, no copy); in hide mode, the complete events seen so far minus
-    /// the hidden parts, a partial trailing event being held until it completes (or until it
-    /// passes the cap, when it is forwarded as it arrives).
+    /// character). Returns the bytes to forward to the client now: the complete events seen
+    /// so far (minus the hidden parts in hide mode), a partial trailing event being held until
+    /// it completes (or until it passes the cap, when it is forwarded as it arrives). Outside
+    /// hide mode, when nothing was held from earlier chunks, the result is a slice of `chunk`
+    /// (no copy).
     pub fn push(&mut self, chunk: &Bytes) -> Bytes {
+        if self.hide {
+            self.push_hiding(chunk)
+        } else {
+            self.push_whole_events(chunk)
+        }
+    }
+
+    /// [`SseAccountant::push`] outside hide mode: every event is forwarded unchanged.
+    fn push_whole_events(&mut self, chunk: &Bytes) -> Bytes {
         let SseAccountant {
             api,
             framer,
             state,
-            hider,
+            holder,
+            ..
         } = self;
         let api = *api;
-        let Some(hider) = hider.as_mut() else {
-            framer.feed(chunk, |frame| match frame {
-                Frame::Event(event, _) => {
+        // Bytes of `chunk` up to the end of its last complete event.
+        let mut end = 0;
+        if !chunk.is_empty() && holder.pending_lf.take().is_some() && chunk[0] == b'\n' {
+            end = 1;
+        }
+        framer.feed(chunk, |frame| {
+            let at = match frame {
+                Frame::Event(event, at) => {
                     account(api, state, &event);
+                    at
                 }
-                Frame::Empty(_) => {}
-                Frame::Oversized => state.oversized += 1,
-                Frame::Skipped { name, .. } => account_unparsed(api, state, name),
-            });
-            return chunk.clone();
+                Frame::Empty(at) => at,
+                Frame::Oversized => {
+                    state.oversized += 1;
+                    holder.passing = true;
+                    return;
+                }
+                Frame::Skipped { name, at } => {
+                    account_unparsed(api, state, name);
+                    holder.passing = false;
+                    at
+                }
+            };
+            end = at.end;
+            holder.pending_lf = at.cr_pending.then_some(true);
+        });
+        if holder.passing {
+            end = chunk.len();
+        }
+        let out = if holder.held.is_empty() {
+            chunk.slice(..end)
+        } else if end == 0 {
+            Bytes::new()
+        } else {
+            let mut out = std::mem::take(&mut holder.held);
+            out.extend_from_slice(&chunk[..end]);
+            holder.clear();
+            Bytes::from(out)
         };
+        holder.held.extend_from_slice(&chunk[end..]);
+        out
+    }
+
+    /// [`SseAccountant::push`] in hide mode: events are rewritten or dropped per their verdict.
+    fn push_hiding(&mut self, chunk: &Bytes) -> Bytes {
+        let SseAccountant {
+            api,
+            framer,
+            state,
+            holder,
+            ..
+        } = self;
+        let api = *api;
         let mut seg = 0;
         let mut out = Vec::new();
         if !chunk.is_empty() {
-            if let Some(forward) = hider.pending_lf.take() {
+            if let Some(forward) = holder.pending_lf.take() {
                 if chunk[0] == b'\n' {
                     seg = 1;
                     if forward {
@@ -153,69 +216,99 @@ impl SseAccountant {
                 Frame::Oversized => {
                     // Forward what was held of it and, from now on, its bytes as they come.
                     state.oversized += 1;
-                    out.extend_from_slice(&hider.held);
-                    hider.clear();
-                    hider.passing = true;
+                    out.extend_from_slice(&holder.held);
+                    holder.clear();
+                    holder.passing = true;
                     return;
                 }
                 Frame::Skipped { name, at } => {
                     account_unparsed(api, state, name);
-                    hider.passing = false;
+                    holder.passing = false;
                     (Verdict::Keep, at)
                 }
             };
             let tail = &chunk[seg..at.end];
             match verdict {
                 Verdict::Keep => {
-                    out.extend_from_slice(&hider.held);
+                    out.extend_from_slice(&holder.held);
                     out.extend_from_slice(tail);
                 }
                 Verdict::StripUsageNull => {
-                    hider.held.extend_from_slice(tail);
-                    strip_usage_null(&mut hider.held);
-                    out.extend_from_slice(&hider.held);
+                    holder.held.extend_from_slice(tail);
+                    strip_usage_null(&mut holder.held);
+                    out.extend_from_slice(&holder.held);
                 }
                 Verdict::Drop => {}
             }
             if at.cr_pending {
-                hider.pending_lf = Some(verdict != Verdict::Drop);
+                holder.pending_lf = Some(verdict != Verdict::Drop);
             }
-            hider.clear();
+            holder.clear();
             seg = at.end;
         });
-        if hider.passing {
+        if holder.passing {
             out.extend_from_slice(&chunk[seg..]);
         } else {
-            hider.held.extend_from_slice(&chunk[seg..]);
+            holder.held.extend_from_slice(&chunk[seg..]);
         }
         Bytes::from(out)
     }
 
-    /// End of the upstream body: accounts a trailing event left without its blank line and
-    /// returns the bytes still held (hide mode only: the trailing incomplete event, forwarded
-    /// as-is rather than lost; otherwise empty).
+    /// End of the upstream body (whether it ended cleanly or was cut): accounts a trailing
+    /// event left without its blank line and returns the bytes to write before anything the
+    /// caller appends, so that the client's stream ends on an event boundary:
+    /// - a trailing event that is whole but for its blank line (its `data:` is the JSON its
+    ///   API sends, or `[DONE]`) is forwarded, blank line added (hide mode rules apply);
+    /// - any other partial event (cut inside a line, a JSON value, before its `data:` line,
+    ///   a comment) is dropped, and does not count as the stream's terminal or error event;
+    /// - an oversized event cut mid-way was already partly forwarded and cannot be taken back:
+    ///   its line and event are ended (`\n\n`). This is the one case where the client's last
+    ///   event before an appended error event is not the upstream's whole event (its data is
+    ///   then not valid JSON).
     pub fn finish(&mut self) -> Bytes {
         let SseAccountant {
             api,
+            hide,
             framer,
             state,
-            hider,
+            holder,
         } = self;
-        let api = *api;
+        let (api, hide) = (*api, *hide);
+        let (malformed_before, completed_before, error_before) =
+            (state.malformed, state.completed, state.saw_error);
+        let mut verdict = None;
         framer.finish(|frame| match frame {
-            Frame::Event(event, _) => {
-                account(api, state, &event);
-            }
+            Frame::Event(event, _) => verdict = Some(account(api, state, &event)),
             Frame::Empty(_) | Frame::Oversized => {}
             Frame::Skipped { name, .. } => account_unparsed(api, state, name),
         });
-        match hider {
-            Some(hider) => {
-                hider.passing = false;
-                Bytes::from(std::mem::take(&mut hider.held))
-            }
-            None => Bytes::new(),
+        if std::mem::take(&mut holder.passing) {
+            return Bytes::from_static(b"\n\n");
         }
+        let mut held = std::mem::take(&mut holder.held);
+        let whole = state.malformed == malformed_before;
+        // Outside hide mode every whole event is forwarded unchanged, whatever its verdict.
+        match verdict {
+            Some(_) if whole && !hide => {}
+            Some(Verdict::Keep) if whole => {}
+            Some(Verdict::StripUsageNull) if whole => {
+                strip_usage_null(&mut held);
+            }
+            _ => {
+                // Dropped: the client never sees it, so it neither ends nor fails the stream
+                // (its usage and text still count: the upstream produced them).
+                state.completed = completed_before;
+                state.saw_error = error_before;
+                return Bytes::new();
+            }
+        }
+        // End its last line if needed, then add the blank line.
+        match held.last() {
+            Some(b'\n') => held.push(b'\n'),
+            Some(b'\r') => held.extend_from_slice(b"\n\n"),
+            _ => held.extend_from_slice(b"\n\n"),
+        }
+        Bytes::from(held)
     }
 
     /// Exact usage the upstream reported so far, `None` if none was seen. OpenAI chat and
@@ -247,6 +340,43 @@ impl SseAccountant {
         self.state.completed
     }
 
+    /// True when a body that ended cleanly without its terminal event (see
+    /// [`SseAccountant::completed`]) still delivered the whole answer, so it is a complete
+    /// response rather than a truncated one:
+    /// - OpenAI chat/completions: every choice seen carried a non-null `finish_reason` and,
+    ///   when `usage_expected` (the request had `stream_options.include_usage`), the usage
+    ///   chunk arrived: only `data: [DONE]` is missing;
+    /// - Anthropic: a `message_delta` carried a non-null `delta.stop_reason` (it also carries
+    ///   the final cumulative usage): only `message_stop` is missing;
+    /// - Responses: never (the usage and the final status come with `response.completed`).
+    ///
+    /// False after an in-stream error. Sources: OpenAI "Streaming" chat completion chunk
+    /// object (`choices[].finish_reason`, `usage`); Anthropic Messages streaming (event flow
+    /// `message_delta` then `message_stop`).
+    pub fn ended_after_final_content(&self, usage_expected: bool) -> bool {
+        let s = &self.state;
+        if s.saw_error {
+            return false;
+        }
+        match self.api {
+            ApiKind::AnthropicMessages => s.stop_reason_seen,
+            ApiKind::OpenAiResponses => false,
+            _ => {
+                s.choices_seen != 0
+                    && s.choices_finished & s.choices_seen == s.choices_seen
+                    && (s.usage.is_some() || !usage_expected)
+            }
+        }
+    }
+
+    /// Responses: the `sequence_number` an event appended after the last one seen should
+    /// carry (one more than the largest seen; 0 when none was seen).
+    pub fn next_sequence_number(&self) -> u64 {
+        self.state
+            .last_sequence_number
+            .map_or(0, |n| n.saturating_add(1))
+    }
+
     /// True if the upstream sent an in-stream error: any `event: error`; OpenAI chat a `data:`
     /// JSON with a non-null top-level `error`; Responses an `error` or `response.failed` event;
     /// Anthropic an `error` event.
@@ -272,10 +402,10 @@ impl SseAccountant {
         self.state.oversized
     }
 
-    /// Bytes of stream content held now (the parsed event in progress plus, in hide mode, its
-    /// raw bytes): at most `max_event_bytes`, whatever the upstream sends.
+    /// Bytes of stream content held now (the parsed event in progress plus its raw bytes):
+    /// at most `max_event_bytes`, whatever the upstream sends.
     pub fn held_bytes(&self) -> usize {
-        self.framer.held_bytes() + self.hider.as_ref().map_or(0, |h| h.held.len())
+        self.framer.held_bytes() + self.holder.held.len()
     }
 }
 

@@ -71,6 +71,20 @@ pub enum Behavior {
     HugeSseLine { line_bytes: usize, pause_at: usize },
     /// A 200 with this content type and body (SSE bodies chunked, others with a length).
     Canned { content_type: String, body: String },
+    /// A 200 SSE stream of `body` cut after the number of bytes in the request's `x-cut-at`
+    /// header (the whole body without it), sent chunked in two pieces; then `end`.
+    CutAt { body: Vec<u8>, end: CutEnd },
+}
+
+/// How a [`Behavior::CutAt`] stream ends after its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutEnd {
+    /// The end of the chunked body: a clean EOF.
+    Eof,
+    /// A TCP reset.
+    Reset,
+    /// Nothing more for 30 s, then a close.
+    Stall,
 }
 
 impl Mock {
@@ -222,6 +236,31 @@ impl Mock {
                     sock.write_all(body.as_bytes()).await?;
                 }
                 return Ok(true);
+            }
+            Behavior::CutAt { body, end } => {
+                let cut = rec
+                    .header("x-cut-at")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(body.len())
+                    .min(body.len());
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+                let (a, b) = body[..cut].split_at(cut / 2);
+                for piece in [a, b].into_iter().filter(|p| !p.is_empty()) {
+                    sock.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                        .await?;
+                    sock.write_all(piece).await?;
+                    sock.write_all(b"\r\n").await?;
+                    sock.flush().await?;
+                }
+                match end {
+                    CutEnd::Eof => {
+                        sock.write_all(b"0\r\n\r\n").await?;
+                        return Ok(true);
+                    }
+                    CutEnd::Reset => sock.set_zero_linger()?,
+                    CutEnd::Stall => tokio::time::sleep(Duration::from_secs(30)).await,
+                }
+                return Ok(false);
             }
             Behavior::CutAfterThree => {
                 sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;

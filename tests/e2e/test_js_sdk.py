@@ -23,13 +23,15 @@ MESSAGE = {"model": "claude-sonnet-4-6", "max_tokens": 64,
            "messages": [{"role": "user", "content": "js sdk prompt"}]}
 
 
-def js(sdk: str, op: str, base_url: str, api_key: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run one SDK call in node (tests/e2e/js/run.mjs) and return what the app saw."""
+def js(sdk: str, op: str, base_url: str, api_key: str, params: dict[str, Any],
+       headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one SDK call in node (tests/e2e/js/run.mjs) and return what the app saw;
+    `headers` are sent with it (the client's `defaultHeaders`)."""
     node = shutil.which("node")
     assert node, "node is not installed (make setup installs it)"
     assert (JS_DIR / "node_modules" / "openai").is_dir(), "run make setup (npm ci)"
     arg = json.dumps({"sdk": sdk, "op": op, "base_url": base_url, "api_key": api_key,
-                      "params": params})
+                      "params": params, "headers": headers or {}})
     done = subprocess.run([node, str(JS_DIR / "run.mjs"), arg], capture_output=True,
                           text=True, timeout=60, cwd=JS_DIR, check=False)
     assert done.returncode == 0, f"node failed: {done.stderr}"

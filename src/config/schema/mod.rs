@@ -523,15 +523,15 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountingConf {
-    /// Largest server-sent event (bytes, as received: its lines up to the blank line that ends
-    /// it) that sluice parses. A larger event is forwarded as its bytes arrive, without being
+    /// Most bytes held for the server-sent event in progress (bytes, as received: its lines up
+    /// to the blank line that ends it). sluice holds each event twice, parsed and raw (withheld
+    /// until its blank line so the client only receives whole events), so events of up to half
+    /// of the cap are parsed; a larger event is forwarded as its bytes arrive, without being
     /// held or inspected, and counted in `sluice_sse_oversized_events_total`. Default 4 MiB:
     /// the largest legitimate events (a Responses `response.completed` echoing the whole
-    /// output, a tool call's arguments in one chunk) stay far below it, since a response's
-    /// output is capped at about 128k tokens (roughly 0.5 MiB of text, a few MiB as JSON with
-    /// escapes). When sluice hides the usage chunk it asked for (OpenAI chat), it holds each
-    /// event twice (parsed, and raw for rewriting): the cap then covers both, so events over
-    /// half of it pass through unparsed. Memory held per stream never exceeds the cap.
+    /// output, a tool call's arguments in one chunk) stay below half of it, since a response's
+    /// output is capped at about 128k tokens (roughly 0.5 MiB of text, typically under 1 MiB as
+    /// JSON with escapes). Memory held per stream never exceeds the cap.
     #[serde(default = "default_max_sse_event_bytes")]
     pub max_sse_event_bytes: u64,
     /// Largest non-streamed (JSON) response body kept to read its usage (bytes). A larger body

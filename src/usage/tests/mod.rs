@@ -1,6 +1,7 @@
 //! Tests of the usage module against golden fixtures (`tests/fixtures/`) and hostile input.
 
 mod bounds;
+mod cut;
 mod fixtures;
 mod json_and_estimate;
 mod props;
@@ -45,8 +46,8 @@ pub(super) struct Outcome {
     pub forwarded: Vec<u8>,
 }
 
-/// Feeds `pieces` in order, then finishes. Outside hide mode it also checks that every push
-/// hands back the very chunk it was given (no copy).
+/// Feeds `pieces` in order, then finishes. Outside hide mode it also checks that a push after
+/// which nothing was held hands back a slice of the very chunk it was given (no copy).
 pub(super) fn replay<'a>(
     api: ApiKind,
     hide: bool,
@@ -54,16 +55,18 @@ pub(super) fn replay<'a>(
 ) -> Outcome {
     let mut acc = SseAccountant::new(api, hide, 1 << 20);
     let mut forwarded = Vec::new();
+    let mut fed = 0;
     for piece in pieces {
         let chunk = Bytes::copy_from_slice(piece);
+        let caught_up = fed == forwarded.len();
+        fed += chunk.len();
         let out = acc.push(&chunk);
-        if !hide {
+        if !hide && caught_up && !out.is_empty() {
             assert_eq!(
                 out.as_ptr(),
                 chunk.as_ptr(),
                 "push copied in pass-through mode"
             );
-            assert_eq!(out.len(), chunk.len());
         }
         forwarded.extend_from_slice(&out);
     }

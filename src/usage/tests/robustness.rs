@@ -137,8 +137,9 @@ fn hide_mode_holds_a_partial_event_until_it_completes() {
         "the usage-only chunk is dropped"
     );
     assert_eq!(acc.usage(), Some(u(1, 0, 0, 0, 0)));
-    // The upstream stops mid-event: the tail is forwarded as-is, and still accounted.
-    assert_eq!(&acc.finish()[..], b"data: [DON");
+    // The upstream stops mid-event: the partial event is accounted but not forwarded, so the
+    // client's stream ends on an event boundary.
+    assert!(acc.finish().is_empty());
     assert!(!acc.completed());
     assert_eq!(acc.events(), 3);
 }
@@ -149,8 +150,10 @@ fn unterminated_final_event_is_still_accounted() {
     let got = replay_whole(ApiKind::OpenAiChat, false, stream);
     assert_eq!(got.usage, Some(u(2, 3, 0, 0, 0)));
     assert!(got.completed);
+    // Whole but for its blank line: forwarded, the blank line added.
+    assert_eq!(got.forwarded, [&stream[..], b"\n\n"].concat());
     let got = replay_whole(ApiKind::OpenAiChat, true, stream);
-    assert_eq!(got.forwarded, b"data: [DONE]");
+    assert_eq!(got.forwarded, b"data: [DONE]\n\n");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 // app would see as one JSON line on stdout. Used by tests/e2e/test_js_sdk.py.
 //
 // Input (argv[2], JSON): {sdk: "openai"|"anthropic", op: "chat"|"chat_stream"|"messages"|
-// "messages_stream", base_url, api_key, params: {...the SDK call's body}}.
+// "messages_stream", base_url, api_key, params: {...the SDK call's body}, headers: {...}}.
 // Output: {ok: true, text, usage, chunks} or {ok: false, error: {class, status, message},
 // text, chunks} where `class` is the SDK's exception class name (APIError, RateLimitError,
 // AuthenticationError...), `text` what was streamed before the error.
@@ -10,7 +10,8 @@ import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 
 const req = JSON.parse(process.argv[2]);
-const common = { baseURL: req.base_url, apiKey: req.api_key, maxRetries: 0, timeout: 10_000 };
+const common = { baseURL: req.base_url, apiKey: req.api_key, maxRetries: 0, timeout: 10_000,
+                 defaultHeaders: req.headers ?? {} };
 let text = "";
 let usage = null;
 let chunks = 0;

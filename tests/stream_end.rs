@@ -1,0 +1,364 @@
+//! Every stream ends well-formed, through the real proxy: a captured stream of each API
+//! (chat, Responses, Anthropic Messages) cut by the upstream at every byte offset, by a TCP
+//! reset and by a clean end of body, reaches the client as whole events of the original
+//! followed by the API's native error event; a chat stream that lacks only `data: [DONE]`
+//! is complete, with exact usage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Behavior, CutEnd, Mock, Sluice};
+use futures_util::StreamExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
+const VK: &str = "sk-stream-end-virtual-key";
+
+fn sha(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap()
+}
+
+/// One pool per API on its own mock (a breaker that never opens: resets are the point).
+fn config(openai: &Mock, responses: &Mock, anthropic: &Mock) -> String {
+    let breaker = "breaker: {consecutive_failures: 1000000}\n    timeouts: {idle_ms: 500}";
+    format!(
+        r#"pools:
+  - name: chat
+    provider: openai
+    {breaker}
+    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
+  - name: resp
+    provider: openai
+    {breaker}
+    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
+  - name: anth
+    provider: anthropic
+    {breaker}
+    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
+routes:
+  - {{name: messages, match: {{path_prefix: /v1/messages}}, pools: [anth]}}
+  - {{name: responses, match: {{path_prefix: /v1/responses}}, pools: [resp]}}
+  - {{name: chat, match: {{path_prefix: /v1}}, pools: [chat]}}
+tenants:
+  list:
+    - name: t
+      virtual_keys: [{{sha256: {}}}]
+"#,
+        openai.url(),
+        responses.url(),
+        anthropic.url(),
+        sha(VK),
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Api {
+    Chat,
+    Responses,
+    Anthropic,
+}
+
+impl Api {
+    fn path_and_body(self) -> (&'static str, serde_json::Value) {
+        match self {
+            Api::Chat => (
+                "/v1/chat/completions",
+                serde_json::json!({"model": "gpt-4o-mini", "stream": true,
+                    "stream_options": {"include_usage": true},
+                    "messages": [{"role": "user", "content": "hi"}]}),
+            ),
+            Api::Responses => (
+                "/v1/responses",
+                serde_json::json!({"model": "gpt-4.1-mini", "stream": true, "input": "hi"}),
+            ),
+            Api::Anthropic => (
+                "/v1/messages",
+                serde_json::json!({"model": "claude-sonnet-4-5", "stream": true, "max_tokens": 64,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+            ),
+        }
+    }
+
+    /// The stream carried its final content (chat: a `finish_reason` and the usage chunk the
+    /// request asked for; Anthropic: a `message_delta` with a `stop_reason`), so a clean end
+    /// of body there is a complete response even without the terminal event.
+    fn final_content_seen(self, events: &[(String, String)]) -> bool {
+        let json = |d: &str| serde_json::from_str::<serde_json::Value>(d).unwrap_or_default();
+        match self {
+            Api::Chat => {
+                events
+                    .iter()
+                    .any(|(_, d)| json(d)["choices"][0]["finish_reason"].is_string())
+                    && events.iter().any(|(_, d)| json(d)["usage"].is_object())
+            }
+            Api::Anthropic => events
+                .iter()
+                .any(|(n, d)| n == "message_delta" && json(d)["delta"]["stop_reason"].is_string()),
+            Api::Responses => false,
+        }
+    }
+
+    /// The event the official SDK raises its native error class on.
+    fn is_native_error(self, (name, data): &(String, String)) -> bool {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+            return false;
+        };
+        match self {
+            Api::Chat => v["error"]["message"].is_string(),
+            Api::Responses => {
+                name == "error" && v["type"] == "error" && v["error"]["message"].is_string()
+            }
+            Api::Anthropic => name == "error" && v["type"] == "error" && v["error"].is_object(),
+        }
+    }
+}
+
+/// Strict parse of a whole stream: `Err` unless it ends on a blank line. Events are
+/// (`event:` name, `data:` lines joined with `\n`).
+fn parse_strict(raw: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let text = String::from_utf8_lossy(raw)
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !text.ends_with("\n\n") {
+        return Err(format!("does not end on a blank line: {text:?}"));
+    }
+    let mut events = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut name, mut data, mut any) = (String::new(), Vec::new(), false);
+        for line in block
+            .split('\n')
+            .filter(|l| !l.is_empty() && !l.starts_with(':'))
+        {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+            match field {
+                "event" => (name, any) = (value, true),
+                "data" => (data.push(value), any = true).1,
+                _ => {}
+            }
+        }
+        if any {
+            events.push((name, data.join("\n")));
+        }
+    }
+    Ok(events)
+}
+
+/// Reads the whole response body (bounded: 20 s), whatever its framing ended with.
+async fn body_of(resp: reqwest::Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.extend_from_slice(&chunk);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("body read within 20 s");
+    out
+}
+
+/// Every offset of `name` for `api`, by reset and by clean EOF, 16 requests at a time.
+async fn sweep(s: &Sluice, mock: &Mock, api: Api, name: &str) -> usize {
+    let raw = fixture(name);
+    let original = parse_strict(&raw).unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let (path, body) = api.path_and_body();
+    let mut checked = 0;
+    for reset in [false, true] {
+        let end = if reset { CutEnd::Reset } else { CutEnd::Eof };
+        mock.set(Behavior::CutAt {
+            body: raw.clone(),
+            end,
+        });
+        let results = futures_util::stream::iter(0..=raw.len())
+            .map(|cut| {
+                let req = client
+                    .post(format!("{}{path}", s.proxy))
+                    .bearer_auth(VK)
+                    .header("anthropic-version", "2023-06-01")
+                    .header("x-cut-at", cut.to_string())
+                    .json(&body);
+                async move {
+                    let resp = req.send().await.unwrap();
+                    assert_eq!(resp.status(), 200, "{name} cut at {cut}");
+                    (cut, body_of(resp).await)
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        for (cut, got) in results {
+            let ctx = format!("{name} cut at {cut} (reset {reset})");
+            let events = parse_strict(&got).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            // Complete (nothing appended): the whole stream at a clean end, or a clean end
+            // right after the final content.
+            let complete = !reset && (events == original || api.final_content_seen(&events));
+            let before = if complete {
+                &events[..]
+            } else {
+                let (last, before) = events
+                    .split_last()
+                    .unwrap_or_else(|| panic!("{ctx}: empty"));
+                // The native error event, unless the upstream's own error came through.
+                assert!(
+                    api.is_native_error(last) || upstream_error_seen(&events),
+                    "{ctx}: last event {last:?}"
+                );
+                before
+            };
+            assert_eq!(before, &original[..before.len()], "{ctx}");
+            if cut == raw.len() && !reset {
+                assert_eq!(events, original, "{ctx}: the whole stream, nothing added");
+            }
+            checked += 1;
+        }
+    }
+    checked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_cut_at_every_offset_end_in_their_native_error_event() {
+    let (chat, responses, anthropic) = (
+        Mock::start().await,
+        Mock::start().await,
+        Mock::start().await,
+    );
+    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    n += sweep(
+        &s,
+        &anthropic,
+        Api::Anthropic,
+        "anthropic/llmock_capture_tools.sse",
+    )
+    .await;
+    n += sweep(&s, &chat, Api::Chat, "openai_chat/llmock_capture_tools.sse").await;
+    n += sweep(
+        &s,
+        &responses,
+        Api::Responses,
+        "openai_responses/failed.sse",
+    )
+    .await;
+    eprintln!("{n} cut streams checked in {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_chat_stream_without_done_is_complete_with_exact_usage() {
+    let (chat, responses, anthropic) = (
+        Mock::start().await,
+        Mock::start().await,
+        Mock::start().await,
+    );
+    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    let raw = String::from_utf8(fixture("openai_chat/llmock_capture_include_usage.sse")).unwrap();
+    let without_done = raw.replace("data: [DONE]\n\n", "");
+    assert_ne!(raw, without_done);
+    chat.set(Behavior::CutAt {
+        body: without_done.clone().into_bytes(),
+        end: CutEnd::Eof,
+    });
+    let (path, body) = Api::Chat.path_and_body();
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", s.proxy))
+        .bearer_auth(VK)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = body_of(resp).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        without_done,
+        "nothing appended"
+    );
+    let exact = s
+        .wait_metric(
+            "sluice_tokens_total",
+            &[("kind", "completion"), ("source", "exact")],
+            |v| v > 0.0,
+        )
+        .await;
+    assert!(exact > 0.0);
+    assert_eq!(
+        s.metric("sluice_tokens_total", &[("source", "estimated")])
+            .await,
+        0.0
+    );
+    assert!(
+        s.log().contains("completed=true") || s.log().contains("\"completed\":true"),
+        "{}",
+        s.log()
+    );
+}
+
+/// The upstream's own in-stream error reached the client (`event: error`, a Responses
+/// `response.failed`, or a `data:` JSON with an `error` object).
+fn upstream_error_seen(events: &[(String, String)]) -> bool {
+    events.iter().any(|(name, data)| {
+        let v = serde_json::from_str::<serde_json::Value>(data).unwrap_or_default();
+        name == "error" || v["type"] == "response.failed" || v["error"].is_object()
+    })
+}
+
+#[tokio::test]
+async fn a_stream_stalled_inside_an_event_ends_on_a_boundary_with_a_timeout_error() {
+    let (chat, responses, anthropic) = (
+        Mock::start().await,
+        Mock::start().await,
+        Mock::start().await,
+    );
+    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    let raw = fixture("anthropic/llmock_capture.sse");
+    let original = parse_strict(&raw).unwrap();
+    // Inside the `ping` event: its `event:` line and part of its data.
+    let ping = String::from_utf8_lossy(&raw).find("event: ping").unwrap();
+    let cut = ping + "event: ping\ndata: {\"ty".len();
+    anthropic.set(Behavior::CutAt {
+        body: raw.clone(),
+        end: CutEnd::Stall,
+    });
+    let (path, body) = Api::Anthropic.path_and_body();
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", s.proxy))
+        .bearer_auth(VK)
+        .header("anthropic-version", "2023-06-01")
+        .header("x-cut-at", cut.to_string())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = parse_strict(&body_of(resp).await).unwrap();
+    let (last, before) = events.split_last().unwrap();
+    assert_eq!(before, &original[..before.len()]);
+    assert_eq!(
+        before.len(),
+        2,
+        "message_start and content_block_start, not the partial ping"
+    );
+    assert!(Api::Anthropic.is_native_error(last), "{last:?}");
+    assert!(
+        last.1.contains("upstream_timeout") || last.1.contains("api_error"),
+        "{last:?}"
+    );
+}
