@@ -304,11 +304,13 @@ async fn a_chat_stream_without_done_is_complete_with_exact_usage() {
             .await,
         0.0
     );
-    assert!(
-        s.log().contains("completed=true") || s.log().contains("\"completed\":true"),
-        "{}",
-        s.log()
-    );
+    // The access line is written just after the metrics: poll for it (bounded).
+    let logged = |log: &str| log.contains("completed=true") || log.contains("\"completed\":true");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !logged(&s.log()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logged(&s.log()), "{}", s.log());
 }
 
 /// The upstream's own in-stream error reached the client (`event: error`, a Responses
