@@ -181,8 +181,8 @@ impl SluiceError {
         }
     }
 
-    /// Native error body in `style` (FACTS.md §1: OpenAI `error.type`/`error.code`, Anthropic
-    /// `error.type`).
+    /// Native error body in `style` (OpenAI API reference, "Error codes": `error.type`/`error.code`;
+    /// Anthropic API reference, "Errors": `error.type`).
     pub fn body(&self, style: ErrorStyle) -> Bytes {
         let (openai_type, anthropic_type, code) = match self {
             SluiceError::NoRoute(_) => ("invalid_request_error", "not_found_error", "no_route"),
@@ -330,7 +330,8 @@ pub fn reset_format(d: Duration) -> String {
 impl SluiceError {
     /// Extra response headers: `retry-after` (seconds) and `retry-after-ms` on rate limits
     /// (when the request would fit), `x-ratelimit-*` like OpenAI's, and `x-should-retry:
-    /// false` on a spent budget (FACTS.md §1: SDKs then do not retry).
+    /// false` on a spent budget (the official SDKs' retry logic honours `x-should-retry`: openai-python and
+    /// anthropic-sdk-python `_base_client.py`, `_should_retry`).
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             SluiceError::RateLimited(r) => {

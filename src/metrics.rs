@@ -216,11 +216,11 @@ pub static ATTEMPTS: Lazy<prometheus::HistogramVec> = Lazy::new(|| {
 });
 
 /// `sluice_key_cooldowns_total{pool,endpoint,reason}`: keys cooled down (`rate_limited`) or
-/// disabled until reload (`unauthorized`).
+/// disabled for as long as the key keeps its value (`unauthorized`).
 pub static KEY_COOLDOWNS: Lazy<IntCounterVec> = Lazy::new(|| {
     metric!(register_int_counter_vec!(
         "sluice_key_cooldowns_total",
-        "Upstream keys cooled down (rate_limited) or disabled until reload (unauthorized)",
+        "Upstream keys cooled down (rate_limited) or disabled while the key keeps its value (unauthorized)",
         &["pool", "endpoint", "reason"]
     ))
 });

@@ -2,7 +2,8 @@
 //!
 //! Triggers: a change in the config file's directory (inotify through `notify`; a Kubernetes
 //! ConfigMap update is a new `..<timestamp>` directory and an atomic rename of the `..data`
-//! symlink, FACTS.md §5, so the directory is watched, not the file), a checksum poll as a
+//! symlink (Kubernetes docs, "ConfigMaps: mounted ConfigMaps are updated automatically";
+//! kubelet's `AtomicWriter`), so the directory is watched, not the file), a checksum poll as a
 //! fallback, and SIGHUP (forces a reload, e.g. after a key file rotated). A new config is
 //! parsed, validated and compiled whole (keys re-read) before it is swapped in with
 //! `ArcSwap`; requests in flight keep the snapshot they started with. A bad config is

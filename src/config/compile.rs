@@ -4,13 +4,12 @@
 use super::limits::{compile_limits, compile_models};
 use super::parse::ConfigFile;
 use super::schema::{EndpointConf, PoolConf, ProviderKind, StoreKind};
-use super::snapshot::{Accounting, Endpoint, Pool, Route, Snapshot, TenantId, Tenants, Timeouts};
+use super::snapshot::{Accounting, Endpoint, Pool, Route, Snapshot, Timeouts};
 use super::snapshot::{Failover, HealthCheck};
 use super::{ConfigError, ConfigErrors, Secret};
 use crate::balance::{registry, EndpointId, Registry};
 use globset::Glob;
 use http::{HeaderName, Uri};
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -296,10 +295,10 @@ fn key_files(file: &ConfigFile) -> Vec<String> {
 }
 
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(super) struct Errors(Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
@@ -525,7 +524,7 @@ fn compile_endpoint(
     })
 }
 
-fn read_env(name: &str) -> Result<String, String> {
+pub(super) fn read_env(name: &str) -> Result<String, String> {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
         Ok(_) => Err(format!("environment variable {name} is empty")),
@@ -533,7 +532,7 @@ fn read_env(name: &str) -> Result<String, String> {
     }
 }
 
-fn read_file(path: &str) -> Result<String, String> {
+pub(super) fn read_file(path: &str) -> Result<String, String> {
     match std::fs::read_to_string(path) {
         Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
         Ok(_) => Err(format!("key file {path} is empty")),
@@ -541,110 +540,11 @@ fn read_file(path: &str) -> Result<String, String> {
     }
 }
 
-fn compile_tenants(file: &ConfigFile, secrets: Secrets, errs: &mut Errors) -> Tenants {
-    let conf = &file.tenants;
-    let mut t = Tenants {
-        reject_unknown_keys: conf.reject_unknown_keys,
-        ..Tenants::default()
-    };
-    for (i, tc) in conf.list.iter().enumerate() {
-        let path = format!("tenants.list[{i}]");
-        if tc.name.is_empty() {
-            errs.push(format!("{path}.name"), "must not be empty");
-            continue;
-        }
-        if t.by_name.contains_key(&tc.name) {
-            errs.push(
-                format!("{path}.name"),
-                format!("duplicate tenant {:?}", tc.name),
-            );
-            continue;
-        }
-        let id: TenantId = Arc::from(tc.name.as_str());
-        t.by_name.insert(tc.name.clone(), id.clone());
-        if tc.allow_header {
-            if conf.header.is_none() {
-                errs.push(
-                    format!("{path}.allow_header"),
-                    "needs tenants.header (the header that selects the tenant)",
-                );
-            }
-            t.by_header.insert(tc.name.clone(), id.clone());
-        }
-        for (k, vk) in tc.virtual_keys.iter().enumerate() {
-            let kp = format!("{path}.virtual_keys[{k}]");
-            let digest = match (&vk.env, &vk.file, &vk.sha256) {
-                (None, None, Some(hexed)) => match hex::decode(hexed.trim()) {
-                    Ok(bytes) if bytes.len() == 32 => {
-                        let mut d = [0u8; 32];
-                        d.copy_from_slice(&bytes);
-                        Some(d)
-                    }
-                    _ => {
-                        errs.push(kp.clone(), "sha256 must be 64 hex characters");
-                        None
-                    }
-                },
-                (Some(_), None, None) | (None, Some(_), None) if secrets == Secrets::Skip => None,
-                (Some(name), None, None) => hash_loaded(read_env(name), &kp, errs),
-                (None, Some(f), None) => hash_loaded(read_file(f), &kp, errs),
-                _ => {
-                    errs.push(kp.clone(), "set exactly one of env, file, sha256");
-                    None
-                }
-            };
-            if let Some(d) = digest {
-                if t.by_key_sha256.insert(d, id.clone()).is_some() {
-                    errs.push(kp, "virtual key already assigned to another tenant");
-                }
-            }
-        }
-    }
-    if let Some(h) = &conf.header {
-        match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-            Ok(name) => t.header = Some(name),
-            Err(_) => errs.push("tenants.header", "invalid header name"),
-        }
-    }
-    let default = match (&conf.default, conf.list.is_empty()) {
-        (Some(name), _) => Some(name.clone()),
-        // No tenants configured at all: everything is tenant "default".
-        (None, true) => Some("default".to_owned()),
-        (None, false) => None,
-    };
-    if let Some(name) = default {
-        if conf
-            .list
-            .iter()
-            .any(|tc| tc.name == name && !tc.virtual_keys.is_empty())
-        {
-            errs.push(
-                "tenants.default",
-                format!("tenant {name:?} has virtual keys: only they may reach it"),
-            );
-        }
-        let id = t
-            .by_name
-            .entry(name.clone())
-            .or_insert_with(|| Arc::from(name.as_str()))
-            .clone();
-        t.default = Some(id);
-    }
-    t
-}
-
-fn hash_loaded(v: Result<String, String>, path: &str, errs: &mut Errors) -> Option<[u8; 32]> {
-    match v {
-        Ok(key) => Some(Sha256::digest(key.as_bytes()).into()),
-        Err(msg) => {
-            errs.push(path, msg);
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;
+
+mod tenants;
+use tenants::compile_tenants;
 
 /// Whether `path` is already in the form the proxy normalizes request paths to (a trailing
 /// slash allowed).

@@ -22,7 +22,7 @@ impl Provider for Anthropic {
     }
 }
 
-/// Anthropic error body (source: Anthropic API errors, FACTS.md §1).
+/// Anthropic error body (source: Anthropic API reference, "Errors": `{"type":"error","error":{"type","message"}}`).
 pub(super) fn error_body(kind: &str, message: &str) -> Bytes {
     let v = serde_json::json!({
         "type": "error",

@@ -13,7 +13,8 @@ use crate::usage::ApiKind;
 use bytes::Bytes;
 use pingora_http::RequestHeader;
 
-/// Native error shape an SDK understands (FACTS.md §1).
+/// Native error shape an SDK understands (OpenAI API reference "Error codes"; Anthropic API
+/// reference "Errors").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorStyle {
     /// `{"error":{"message","type","param","code"}}`, request id in `x-request-id`.

@@ -22,7 +22,7 @@ impl Provider for OpenAi {
     }
 }
 
-/// OpenAI error body (source: OpenAI API error object, FACTS.md §1).
+/// OpenAI error body (source: OpenAI API reference, "Error codes": `{"error":{"message","type","param","code"}}`).
 pub(super) fn error_body(kind: &str, code: Option<&str>, message: &str) -> Bytes {
     let v = serde_json::json!({
         "error": { "message": message, "type": kind, "param": null, "code": code }

@@ -85,7 +85,7 @@ pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, Sluic
                 // The body's framing is lost either way: the connection cannot carry another
                 // request (`connection: close` on the answer, if any).
                 session.set_keepalive(None);
-                return Err(super::attempt::client_error(&e));
+                return Err(super::classify::client_error(&e));
             }
         }
     }

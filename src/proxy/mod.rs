@@ -14,6 +14,7 @@
 
 pub mod account;
 mod attempt;
+pub mod classify;
 pub mod ctx;
 pub mod identify;
 pub mod inspect;
@@ -160,7 +161,7 @@ impl ProxyHttp for Sluice {
             .and_then(|p| p.endpoints.get(ctx.endpoint))
             .map_or("upstream", |ep| ep.addr.as_str())
             .to_owned();
-        let err = attempt::classify(e, &endpoint, session.response_written().is_none());
+        let err = classify::classify(e, &endpoint, session.response_written().is_none());
         if matches!(err, error::SluiceError::ClientGone) {
             // The client is gone: nobody to answer.
             ctx.client_disconnected = true;
@@ -201,7 +202,7 @@ impl ProxyHttp for Sluice {
                 .and_then(|p| p.endpoints.get(ctx.endpoint))
             {
                 let outcome = match e {
-                    Some(e) => Outcome::of_error(&attempt::classify(e, &ep.addr, false)),
+                    Some(e) => Outcome::of_error(&classify::classify(e, &ep.addr, false)),
                     None => Outcome::of_status(status),
                 };
                 ep.state.breaker.record(outcome);

@@ -215,7 +215,7 @@ pub async fn relay(
                 break;
             }
             Event::Task(Some(HttpTask::Failed(e))) => {
-                failure = Some(super::attempt::classify(&e, &child.endpoint, false));
+                failure = Some(super::classify::classify(&e, &child.endpoint, false));
                 break;
             }
             Event::Task(Some(_)) => {} // trailers, stray headers: not forwarded

@@ -18,7 +18,8 @@ const POOLED_CONNECTION_IDLE: Duration = Duration::from_secs(60);
 
 /// In a subrequest's request_filter: take the attempt spec the parent passed, and make the
 /// subrequest's copy of the client header describe the body the parent feeds it (the
-/// subrequest re-parses the parent's original header: FACTS.md §4).
+/// subrequest re-parses the parent's original header bytes: in pingora-proxy 0.9.1,
+/// `subrequest::create_session` starts the child from the parent's raw HTTP/1 header).
 pub fn begin_attempt(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
     let spec = session
         .subrequest_ctx

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::parse;
+use sha2::{Digest, Sha256};
 
 fn errors(yaml: &str) -> Vec<String> {
     match compile(&parse(yaml).unwrap(), Secrets::Skip) {
