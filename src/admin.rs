@@ -17,9 +17,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Admin connections served at once; more wait in the kernel's accept backlog. Probes and
-/// scrapes need a handful: the cap only bounds what a misbehaving client can hold.
-const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Bounds on the admin listener's connections (`server.admin_max_connections`,
+/// `server.admin_connection_timeout_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Connections served at once; more wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// Longest a connection is kept, keep-alive included.
+    pub connection_timeout: Duration,
+}
 
 /// Admin HTTP app. `ready` flips to false when the process starts draining.
 pub struct Admin {
@@ -69,7 +75,7 @@ impl ServeHttp for Admin {
 ///
 /// Errors: the bind failed (address in use, bad address), or the thread or its runtime could
 /// not be created.
-pub fn spawn(addr: &str, ready: Arc<AtomicBool>) -> std::io::Result<()> {
+pub fn spawn(addr: &str, ready: Arc<AtomicBool>, bounds: Bounds) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -78,11 +84,11 @@ pub fn spawn(addr: &str, ready: Arc<AtomicBool>) -> std::io::Result<()> {
     let app = Arc::new(HttpServer::new_app(Admin { ready }));
     std::thread::Builder::new()
         .name("sluice-admin".to_owned())
-        .spawn(move || runtime.block_on(serve(listener, app)))?;
+        .spawn(move || runtime.block_on(serve(listener, app, bounds)))?;
     Ok(())
 }
 
-async fn serve(listener: std::net::TcpListener, app: Arc<HttpServer<Admin>>) {
+async fn serve(listener: std::net::TcpListener, app: Arc<HttpServer<Admin>>, bounds: Bounds) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -92,7 +98,7 @@ async fn serve(listener: std::net::TcpListener, app: Arc<HttpServer<Admin>>) {
     };
     // Never changes: this listener is not part of Pingora's shutdown.
     let (_never, shutdown) = tokio::sync::watch::channel(false);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(bounds.max_connections));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -112,10 +118,14 @@ async fn serve(listener: std::net::TcpListener, app: Arc<HttpServer<Admin>>) {
             let mut stream: Option<pingora_core::protocols::Stream> = Some(Box::new(
                 pingora_core::protocols::l4::stream::Stream::from(sock),
             ));
-            // Keep-alive: Pingora hands the connection back after each reusable response.
-            while let Some(s) = stream.take() {
-                stream = app.process_new(s, &shutdown).await;
-            }
+            // Keep-alive: Pingora hands the connection back after each reusable response. The
+            // whole connection is bounded: a trickling or non-reading client cannot keep a slot.
+            let _ = tokio::time::timeout(bounds.connection_timeout, async {
+                while let Some(s) = stream.take() {
+                    stream = app.process_new(s, &shutdown).await;
+                }
+            })
+            .await;
         });
     }
 }

@@ -142,6 +142,10 @@ where
                     );
                 }
             }
+            // Not carried by the persistent settings: set it for every request. A client that
+            // stops reading fails the write instead of holding its request (and upstream call)
+            // forever.
+            session.set_write_timeout(Some(self.limits.write_timeout));
             if *shutdown.borrow() {
                 // Stop the client from reusing a connection of a draining server.
                 session.set_keepalive(None);
@@ -441,6 +445,7 @@ mod tests {
             header_timeout: Duration::from_millis(header_ms),
             keepalive_idle_timeout: Duration::from_millis(idle_ms),
             max_connections: 4,
+            write_timeout: Duration::from_secs(60),
         }
     }
 

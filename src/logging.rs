@@ -15,7 +15,7 @@
 
 use crate::config::schema::LogFormat;
 use crate::config::Snapshot;
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, MatchKind};
 use arc_swap::ArcSwapOption;
 use once_cell::sync::Lazy;
 use regex::Regex;
@@ -105,9 +105,15 @@ pub fn remember<'a>(new: impl IntoIterator<Item = &'a str>) {
     keys.drain(..excess);
     // Building fails only on patterns too large for the automaton (not for 256 keys); then
     // the header and query rules still apply.
-    KNOWN_KEYS
-        .matcher
-        .store(AhoCorasick::new(keys.iter()).ok().map(Arc::new));
+    KNOWN_KEYS.matcher.store(
+        // Leftmost-longest: when one remembered key is a prefix of another, the longer one
+        // is redacted whole (the standard semantics would stop at the shorter match).
+        AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(keys.iter())
+            .ok()
+            .map(Arc::new),
+    );
 }
 
 /// `line` with credential header values, known provider keys and query strings replaced by
@@ -119,16 +125,16 @@ pub fn redact(line: &str) -> Cow<'_, str> {
             out = Cow::Owned(m.replace_all(out.as_ref(), &vec![REDACTED; m.patterns_len()]));
         }
     }
-    if let Some(re) = CREDENTIAL_HEADER.as_ref() {
-        if let Cow::Owned(s) = re.replace_all(out.as_ref(), "${1}[redacted]") {
-            out = Cow::Owned(s);
-        }
+    // The patterns are constants: one that failed to compile fails closed (the whole line).
+    let (Some(credential), Some(query)) = (CREDENTIAL_HEADER.as_ref(), QUERY.as_ref()) else {
+        return Cow::Borrowed("[redacted]\n");
+    };
+    if let Cow::Owned(s) = credential.replace_all(out.as_ref(), "${1}[redacted]") {
+        out = Cow::Owned(s);
     }
     if out.contains('?') {
-        if let Some(re) = QUERY.as_ref() {
-            if let Cow::Owned(s) = re.replace_all(out.as_ref(), "${1}?[redacted]") {
-                out = Cow::Owned(s);
-            }
+        if let Cow::Owned(s) = query.replace_all(out.as_ref(), "${1}?[redacted]") {
+            out = Cow::Owned(s);
         }
     }
     out

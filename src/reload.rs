@@ -151,6 +151,12 @@ pub fn keep_start_only_fields(current: &Snapshot, next: &mut Snapshot) -> Vec<&'
         connections.keepalive_idle_timeout
     );
     keep!("server.max_client_connections", connections.max_connections);
+    keep!("server.client_write_timeout_ms", connections.write_timeout);
+    keep!("server.admin_max_connections", admin_max_connections);
+    keep!(
+        "server.admin_connection_timeout_ms",
+        admin_connection_timeout
+    );
     keep!("reload.watch", reload_watch);
     keep!("reload.poll_interval_ms", reload_poll);
     match (&current.redis, &next.redis) {

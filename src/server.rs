@@ -59,6 +59,10 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     };
     let proxy_addr = snapshot.proxy_addr.clone();
     let admin_addr = snapshot.admin_addr.clone();
+    let admin_bounds = crate::admin::Bounds {
+        max_connections: snapshot.admin_max_connections,
+        connection_timeout: snapshot.admin_connection_timeout,
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -94,7 +98,7 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
 
     let ready = Arc::new(AtomicBool::new(false));
     // Not a Pingora service: it must keep answering through the drain (see `admin`).
-    if let Err(e) = crate::admin::spawn(&admin_addr, ready.clone()) {
+    if let Err(e) = crate::admin::spawn(&admin_addr, ready.clone(), admin_bounds) {
         tracing::error!(admin = %admin_addr, error = %e, "admin listener: cannot bind");
         std::process::exit(1);
     }

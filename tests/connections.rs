@@ -304,3 +304,37 @@ async fn past_the_connection_cap_new_connections_get_a_503_until_one_closes() {
     let mut sock = TcpStream::connect(&target).await.unwrap();
     assert_eq!(get_models(&mut sock).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_ends_its_request_at_the_write_timeout() {
+    let mock = Mock::start().await;
+    // A 64 MiB SSE line: far more than the socket buffers hold, so writes to a client that
+    // never reads stop making progress.
+    mock.set(common::Behavior::HugeSseLine {
+        line_bytes: 64 << 20,
+        pause_at: usize::MAX,
+    });
+    let s = Sluice::start(&config(&mock, "client_write_timeout_ms: 500"), &[KEY]);
+    let mut sock = TcpStream::connect(addr(&s)).await.unwrap();
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer k\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    // Never read: sluice's writes stop making progress and fail at the write timeout, which
+    // ends the request (upstream call closed, counted as a client disconnect).
+    let t0 = Instant::now();
+    let disconnects = s
+        .wait_metric("sluice_client_disconnects_total", &[], |v| v >= 1.0)
+        .await;
+    eprintln!("request ended {:?} after it was sent", t0.elapsed());
+    assert_eq!(disconnects, 1.0, "{}", s.log());
+    // The access line follows the token estimate: poll for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.log().contains("client_disconnected=true") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(s.log().contains("client_disconnected=true"), "{}", s.log());
+    drop(sock);
+}

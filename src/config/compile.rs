@@ -60,6 +60,18 @@ pub(crate) fn compile_with(
     if file.server.keepalive_idle_timeout_ms == 0 {
         errs.push("server.keepalive_idle_timeout_ms", "must be greater than 0");
     }
+    if file.server.admin_max_connections == 0 {
+        errs.push("server.admin_max_connections", "must be at least 1");
+    }
+    if file.server.admin_connection_timeout_ms == 0 {
+        errs.push(
+            "server.admin_connection_timeout_ms",
+            "must be greater than 0",
+        );
+    }
+    if file.server.client_write_timeout_ms == 0 {
+        errs.push("server.client_write_timeout_ms", "must be greater than 0");
+    }
     if file.server.max_client_connections == 0 {
         errs.push("server.max_client_connections", "must be at least 1");
     }
@@ -244,6 +256,8 @@ pub(crate) fn compile_with(
     Ok(Snapshot {
         proxy_addr: proxy.to_string(),
         admin_addr: admin.to_string(),
+        admin_max_connections: file.server.admin_max_connections,
+        admin_connection_timeout: Duration::from_millis(file.server.admin_connection_timeout_ms),
         threads: file.server.threads,
         max_body_bytes: usize::try_from(file.server.max_body_bytes).unwrap_or(usize::MAX),
         log_format: file.server.log_format,
@@ -264,6 +278,7 @@ pub(crate) fn compile_with(
             header_timeout: Duration::from_millis(file.server.header_timeout_ms),
             keepalive_idle_timeout: Duration::from_millis(file.server.keepalive_idle_timeout_ms),
             max_connections: file.server.max_client_connections,
+            write_timeout: Duration::from_millis(file.server.client_write_timeout_ms),
         },
         accounting: Accounting {
             max_sse_event_bytes: usize::try_from(acc.max_sse_event_bytes).unwrap_or(usize::MAX),

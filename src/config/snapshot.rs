@@ -228,6 +228,10 @@ pub struct Snapshot {
     pub proxy_addr: String,
     /// Admin listener `host:port`.
     pub admin_addr: String,
+    /// Admin connections served at once (`server.admin_max_connections`).
+    pub admin_max_connections: usize,
+    /// Longest an admin connection is kept (`server.admin_connection_timeout_ms`).
+    pub admin_connection_timeout: Duration,
     /// Pingora worker threads.
     pub threads: usize,
     /// Request body cap on inspected routes, bytes.
@@ -276,6 +280,8 @@ pub struct ConnectionLimits {
     pub keepalive_idle_timeout: Duration,
     /// Most client connections open at once (`server.max_client_connections`).
     pub max_connections: usize,
+    /// Longest a write to the client may make no progress (`server.client_write_timeout_ms`).
+    pub write_timeout: Duration,
 }
 
 impl Snapshot {

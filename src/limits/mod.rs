@@ -323,7 +323,8 @@ impl Limiter {
                     holds.push(SharedHold {
                         key,
                         window,
-                        reserved: amount,
+                        // What `take` took: a request over the whole limit takes the limit.
+                        reserved: amount.min(limit),
                         kind: HoldKind::Tokens,
                     });
                 }
@@ -355,7 +356,8 @@ impl Limiter {
                     Ok(Some(w)) => holds.push(SharedHold {
                         key,
                         window: w,
-                        reserved: amount,
+                        // What `take_in` took: at most the whole cap.
+                        reserved: amount.min(micro(cap)),
                         kind: HoldKind::MicroUsd,
                     }),
                     Ok(None) | Err(_) => {

@@ -288,6 +288,7 @@ impl SharedStore {
     ) -> Result<Option<u64>, StoreDown> {
         // A single request larger than the whole limit takes the whole window.
         let amount = amount.min(limit) as i64;
+        let mut window = window;
         let now = crate::limits::now_ms();
         let mut first = true;
         // This request's place in the queue, from its first wait until it returns.
@@ -301,8 +302,12 @@ impl SharedStore {
                     return Err(StoreDown);
                 };
                 let s = slices.entry(key.to_owned()).or_default();
-                if s.window != window {
+                // Windows only move forward: a request that computed its window just before a
+                // boundary and wakes after another rolled the slice serves from the new one.
+                if window > s.window {
                     s.roll(window);
+                } else if window < s.window {
+                    window = s.window;
                 }
                 if first {
                     first = false;

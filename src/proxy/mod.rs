@@ -207,6 +207,8 @@ impl ProxyHttp for Sluice {
                 };
                 ep.state.breaker.record(outcome);
             }
+            // The outcome is in: free a half-open probe slot now, not after the estimates.
+            ctx.breaker_pass = None;
         }
         if let Some(admission) = ctx.admission.as_mut() {
             // The request is over for its tenant's concurrency whatever accounting remains.

@@ -189,6 +189,9 @@ pub async fn relay(
                 if let (Some(c), Accounting::Sse(a)) = (&cutoff, &acc) {
                     if c.exceeded(a.output_text().len()) {
                         failure = Some(SluiceError::BudgetExceeded(c.period));
+                        // These events are counted (and charged): the client gets them, then
+                        // the error event, with no gap in the stream.
+                        last = out;
                         break;
                     }
                 }

@@ -191,14 +191,16 @@ fn connection_bounds_default_and_reject_zero() {
         Duration::from_secs(75)
     );
     assert_eq!(snap.connections.max_connections, 2048);
+    assert_eq!(snap.connections.write_timeout, Duration::from_secs(60));
     let yaml = format!(
-        "{POOL}server: {{header_timeout_ms: 0, keepalive_idle_timeout_ms: 0, max_client_connections: 0}}\n"
+        "{POOL}server: {{header_timeout_ms: 0, keepalive_idle_timeout_ms: 0, max_client_connections: 0, client_write_timeout_ms: 0}}\n"
     );
     assert_eq!(
         errors(&yaml),
         vec![
             "server.header_timeout_ms: must be greater than 0",
             "server.keepalive_idle_timeout_ms: must be greater than 0",
+            "server.client_write_timeout_ms: must be greater than 0",
             "server.max_client_connections: must be at least 1",
         ]
     );

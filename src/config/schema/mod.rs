@@ -82,6 +82,20 @@ pub struct ServerConf {
     /// `connection: close` and `retry-after: 1`. Default 2,048. Not reloadable.
     #[serde(default = "default_max_client_connections")]
     pub max_client_connections: usize,
+    /// A write to a client that makes no progress for this long (ms) fails and closes the
+    /// connection: a client that stops reading must not hold its connection slot (and its
+    /// upstream call) forever. Default 60,000 (nginx's `send_timeout`). Not reloadable.
+    #[serde(default = "default_client_write_timeout_ms")]
+    pub client_write_timeout_ms: u64,
+    /// Most admin-listener connections served at once; more wait in the kernel's backlog.
+    /// Probes and scrapes need a handful. Default 64. Not reloadable.
+    #[serde(default = "default_admin_max_connections")]
+    pub admin_max_connections: usize,
+    /// Longest an admin connection is kept (ms), keep-alive included: a client that trickles
+    /// or stops reading cannot hold a slot the kubelet's probes need. Default 30,000. Not
+    /// reloadable.
+    #[serde(default = "default_admin_connection_timeout_ms")]
+    pub admin_connection_timeout_ms: u64,
 }
 
 fn default_header_timeout_ms() -> u64 {
@@ -92,6 +106,15 @@ fn default_keepalive_idle_timeout_ms() -> u64 {
 }
 fn default_max_client_connections() -> usize {
     2_048
+}
+fn default_client_write_timeout_ms() -> u64 {
+    60_000
+}
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_admin_connection_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_drain() -> u64 {
@@ -133,6 +156,9 @@ impl Default for ServerConf {
             header_timeout_ms: default_header_timeout_ms(),
             keepalive_idle_timeout_ms: default_keepalive_idle_timeout_ms(),
             max_client_connections: default_max_client_connections(),
+            client_write_timeout_ms: default_client_write_timeout_ms(),
+            admin_max_connections: default_admin_max_connections(),
+            admin_connection_timeout_ms: default_admin_connection_timeout_ms(),
         }
     }
 }
