@@ -224,6 +224,11 @@ pub struct GuardedIo {
     limits: ConnectionLimits,
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
+    /// Started when a write, flush or shutdown stops making progress (the client is not
+    /// reading); cleared by any progress. Pingora bounds its body writes but not the chunked
+    /// terminator, the flush or the shutdown that end a response, which a client that stops
+    /// reading would block forever.
+    write_stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl GuardedIo {
@@ -237,6 +242,32 @@ impl GuardedIo {
                 content: false,
             },
             deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
+            write_stall: None,
+        }
+    }
+
+    /// `polled`, the result of a write-side poll, bounded by `server.client_write_timeout_ms`
+    /// of no progress: a timed-out error once a stall lasted that long (the request ends as a
+    /// client that left, the connection is dropped and closed, its slot freed).
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.write_stall = None;
+            return polled;
+        }
+        let bound = self.limits.write_timeout;
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client stopped reading for server.client_write_timeout_ms",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -352,7 +383,8 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -360,7 +392,8 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -368,11 +401,13 @@ impl AsyncWrite for GuardedIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bound_write(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.bound_write(cx, polled)
     }
 }
 

@@ -306,7 +306,7 @@ async fn past_the_connection_cap_new_connections_get_a_503_until_one_closes() {
 }
 
 #[tokio::test]
-async fn a_client_that_stops_reading_ends_its_request_at_the_write_timeout() {
+async fn a_client_that_stops_reading_loses_its_request_and_connection_at_the_write_timeout() {
     let mock = Mock::start().await;
     // A 64 MiB SSE line: far more than the socket buffers hold, so writes to a client that
     // never reads stop making progress.
@@ -336,5 +336,14 @@ async fn a_client_that_stops_reading_ends_its_request_at_the_write_timeout() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(s.log().contains("client_disconnected=true"), "{}", s.log());
+    // The connection itself is closed too (its shutdown flush is bounded by the same timeout),
+    // so it does not hold a slot under `max_client_connections`.
+    let open = s
+        .wait_metric("sluice_client_connections", &[], |v| v == 0.0)
+        .await;
+    assert_eq!(
+        open, 0.0,
+        "a client that stops reading still holds its connection"
+    );
     drop(sock);
 }
