@@ -46,6 +46,9 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    // Compile the redaction patterns now, not on the first log line (which they would delay).
+    Lazy::force(&CREDENTIAL_HEADER);
+    Lazy::force(&QUERY);
 }
 
 /// Credential header values in the forms Pingora logs them: the name, an optional (possibly

@@ -201,6 +201,11 @@ async fn invalid_configs_are_rejected_and_the_old_one_keeps_serving() {
             )
             .await;
         assert_eq!(failures, (n + 1) as f64);
+        // The error line is written just after the metric: poll for it (bounded).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !s.log().contains(why) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(s.log().contains(why), "log lacks {why:?}:\n{}", s.log());
         // Traffic continues on the old config.
         let r = client()
