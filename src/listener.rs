@@ -54,6 +54,10 @@ pub struct Listener<A> {
     app: Arc<A>,
     limits: ConnectionLimits,
     permits: Arc<Semaphore>,
+    /// Refusals in progress (each lingers up to [`REFUSE_LINGER`]): bounded too, so a connect
+    /// flood past the cap cannot pile up sockets and tasks; past it a connection is dropped
+    /// without the 503.
+    refusing: Arc<Semaphore>,
 }
 
 impl<A> Listener<A> {
@@ -63,6 +67,7 @@ impl<A> Listener<A> {
         Self {
             app,
             permits: Arc::new(Semaphore::new(limits.max_connections)),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS)),
             limits,
         }
     }
@@ -121,7 +126,9 @@ where
             metrics::CLIENT_CONNECTIONS_CLOSED
                 .with_label_values(&["over_limit"])
                 .inc();
-            refuse(stream, self.limits.max_connections).await;
+            if let Ok(_refusing) = self.refusing.clone().try_acquire_owned() {
+                refuse(stream, self.limits.max_connections).await;
+            }
             return None;
         };
         let _open = OpenConnection::new();
@@ -173,6 +180,10 @@ fn between_requests(stream: Stream) -> Option<Stream> {
         Err(_) => None,
     }
 }
+
+/// Most over-cap connections answered (503 + linger) at once; further ones are closed at once.
+/// A fixed fraction of the defaults' scale: the 503 is a courtesy, the cap is the protection.
+const MAX_REFUSALS_IN_PROGRESS: usize = 256;
 
 /// Answer a connection over the cap: a 503 with `connection: close`, then read (and drop) what
 /// the client already sent for at most [`REFUSE_LINGER`] / [`REFUSE_DRAIN_BYTES`], so closing
