@@ -52,11 +52,12 @@ pub fn init(format: LogFormat) {
 }
 
 /// Credential header values in the forms Pingora logs them: the name, an optional (possibly
-/// JSON-escaped) quote, `:` or `=`, an optional quote, then the value up to a quote,
-/// backslash (an escaped `\r\n`), line end, `,` or `}`.
+/// JSON-escaped) quote, `:` or `=`, then the value: when quoted (`"` or JSON's `\"`), all of it
+/// up to the closing quote (commas included: Digest and SigV4 values have them); unquoted, up
+/// to a backslash (an escaped `\r\n`), line end, `,` or `}`.
 static CREDENTIAL_HEADER: Lazy<Option<Regex>> = Lazy::new(|| {
     Regex::new(
-        r#"(?i)((?:proxy-authorization|authorization|x-api-key|api-key|set-cookie|cookie)\\?"?\s*[:=]\s*\\?"?)[^\\"\r\n,}]+"#,
+        r#"(?i)((?:proxy-authorization|authorization|x-api-key|api-key|set-cookie|cookie)\\?"?\s*[:=]\s*)(?:(\\?")[^"\\\r\n]*|[^\\"\r\n,}]+)"#,
     )
     .ok()
 });
@@ -132,7 +133,7 @@ pub fn redact(line: &str) -> Cow<'_, str> {
     let (Some(credential), Some(query)) = (CREDENTIAL_HEADER.as_ref(), QUERY.as_ref()) else {
         return Cow::Borrowed("[redacted]\n");
     };
-    if let Cow::Owned(s) = credential.replace_all(out.as_ref(), "${1}[redacted]") {
+    if let Cow::Owned(s) = credential.replace_all(out.as_ref(), "${1}${2}[redacted]") {
         out = Cow::Owned(s);
     }
     if out.contains('?') {
@@ -195,6 +196,13 @@ mod tests {
             }
             assert!(r.contains(REDACTED), "{r}");
         }
+        // Quoted values are redacted whole, commas included (SigV4, Digest).
+        let sigv4 = r#"headers: {"authorization": "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261129/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7", "host": "h"}"#;
+        let r = redact(sigv4);
+        for secret in ["AKIDEXAMPLE", "SignedHeaders", "5d672d79c15b"] {
+            assert!(!r.contains(secret), "{secret} left in {r}");
+        }
+        assert!(r.contains(r#""host": "h""#), "{r}");
         let json = redact(cases[1]);
         assert!(
             serde_json::from_str::<serde_json::Value>(&json).is_ok(),
