@@ -46,6 +46,22 @@ pub(super) struct Outcome {
     pub forwarded: Vec<u8>,
 }
 
+impl Outcome {
+    /// What the finished accountant `acc` reports, with the bytes it `forwarded`.
+    pub(super) fn of(acc: &SseAccountant, forwarded: Vec<u8>) -> Self {
+        Outcome {
+            usage: acc.usage(),
+            text: acc.output_text().to_owned(),
+            completed: acc.completed(),
+            saw_error: acc.saw_error(),
+            events: acc.events(),
+            malformed: acc.malformed_events(),
+            oversized: acc.oversized_events(),
+            forwarded,
+        }
+    }
+}
+
 /// Feeds `pieces` in order, then finishes. Outside hide mode it also checks that a push after
 /// which nothing was held hands back a slice of the very chunk it was given (no copy).
 pub(super) fn replay<'a>(
@@ -71,16 +87,7 @@ pub(super) fn replay<'a>(
         forwarded.extend_from_slice(&out);
     }
     forwarded.extend_from_slice(&acc.finish());
-    Outcome {
-        usage: acc.usage(),
-        text: acc.output_text().to_owned(),
-        completed: acc.completed(),
-        saw_error: acc.saw_error(),
-        events: acc.events(),
-        malformed: acc.malformed_events(),
-        oversized: acc.oversized_events(),
-        forwarded,
-    }
+    Outcome::of(&acc, forwarded)
 }
 
 impl std::fmt::Debug for Outcome {

@@ -97,16 +97,7 @@ fn run(api: ApiKind, hide: bool, cap: usize, pieces: &[&[u8]]) -> Result<Outcome
     }
     forwarded.extend_from_slice(&acc.finish());
     prop_assert_eq!(acc.held_bytes(), 0);
-    Ok(Outcome {
-        usage: acc.usage(),
-        text: acc.output_text().to_owned(),
-        completed: acc.completed(),
-        saw_error: acc.saw_error(),
-        events: acc.events(),
-        malformed: acc.malformed_events(),
-        oversized: acc.oversized_events(),
-        forwarded,
-    })
+    Ok(Outcome::of(&acc, forwarded))
 }
 
 /// A well-formed OpenAI chat stream: its bytes with and without include_usage, its text and
