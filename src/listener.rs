@@ -61,8 +61,7 @@ pub struct Listener<A> {
 }
 
 impl<A> Listener<A> {
-    /// Serve `app` under `limits`. `app` must be the `Arc` the service was built from so that
-    /// subrequests (spawned from it, not from this wrapper) share its state.
+    /// Serve `app` (the `Arc` the service was built from) under `limits`.
     pub fn new(app: Arc<A>, limits: ConnectionLimits) -> Self {
         Self {
             app,

@@ -1,35 +1,135 @@
-//! Pipeline stage 4 (request_filter, inspected requests): perform the upstream attempts.
+//! One upstream attempt as a value: the request sent to one endpoint of one pool with one key,
+//! on pingora-core's HTTP [`Connector`] (connection pool and reuse, TLS, HTTP/1.1, and HTTP/2
+//! where a TLS upstream offers it through ALPN), yielding the response header and then body
+//! chunks. Whoever holds an [`Attempt`] consumes it (failover, relay); dropping it closes the
+//! upstream connection at once (HTTP/1.1: the socket; HTTP/2: a `RST_STREAM` on the stream),
+//! which is how a client that left stops the upstream call. A response read to its end hands
+//! the connection back to the pool.
 //!
-//! Each attempt is a subrequest of this same proxy app (pingora-proxy 0.9.1
-//! `SubrequestSpawner::create_subrequest`, `subrequest::Ctx`): Pingora's normal
-//! upstream path and hooks do the proxying, fed from the body held in memory (one `Bytes`,
-//! shared by every attempt, never copied), so bodies of any size up to the cap work, unlike
-//! Pingora's 64 KiB retry buffer. Failover happens here in the parent, and only before any
-//! response byte reached the client. The subrequest API is alpha in Pingora: this module and
-//! `relay.rs` are the only ones that touch it.
+//! Timeouts: connect (TCP + TLS) through the peer's options, time to the response header
+//! (`ttfb`) and between body chunks (`idle`) as the session's per-read timeouts, and the
+//! route's failover deadline over the whole wait for the header.
 
 use super::classify::classify;
-use super::ctx::{AttemptRecord, AttemptSpec, RequestCtx};
-use super::relay;
-use crate::balance::breaker::Outcome;
-use crate::balance::breaker::Pass;
-use crate::balance::now_ms;
-use crate::config::{Pool, Timeouts};
+use crate::config::{Endpoint, Pool};
 use crate::error::{SluiceError, TimeoutPhase};
-use crate::metrics;
-use crate::provider::provider;
+use crate::provider::{provider, CLIENT_CREDENTIAL_HEADERS};
 use bytes::Bytes;
-use pingora_core::protocols::http::HttpTask;
-use pingora_error::Error;
-use pingora_http::ResponseHeader;
-use pingora_proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
-use pingora_proxy::Session;
-use std::future::Future;
-use std::pin::Pin;
+use http::header::{self, HeaderName};
+use once_cell::sync::Lazy;
+use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::protocols::ALPN;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+
+/// How long a pooled upstream connection may sit idle before it is closed.
+pub(super) const POOLED_CONNECTION_IDLE: Duration = Duration::from_secs(60);
+
+/// Most informational (1xx) response headers skipped before the final one.
+const MAX_INFORMATIONAL: usize = 8;
+
+/// Hop-by-hop request headers (RFC 9110 section 7.6.1, plus the de facto `keep-alive`,
+/// `proxy-connection` and HTTP/2's `http2-settings`), never forwarded; with the headers sluice
+/// sets itself (`host`, `content-length`) and the ones it must not pass on (`expect`: the body
+/// is already read; `accept-encoding`: usage is read from the bytes, so the response must be
+/// identity-encoded).
+const NOT_FORWARDED: [HeaderName; 13] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+];
+
+/// The process's upstream connector: one connection pool for every attempt of every config
+/// (pooled connections are keyed by peer, so a reload keeps them).
+fn connector() -> &'static Connector {
+    static CONNECTOR: Lazy<Connector> = Lazy::new(|| Connector::new(None));
+    &CONNECTOR
+}
+
+/// Where an attempt goes: pool, endpoint index in it, key index on the endpoint.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The pool (pinned by the request's snapshot).
+    pub pool: Arc<Pool>,
+    /// Endpoint index in `pool.endpoints`.
+    pub endpoint: usize,
+    /// Key index in the endpoint's keys.
+    pub key: usize,
+}
+
+impl Target {
+    /// The endpoint, `None` only for an index out of range (a bug).
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        self.pool.endpoints.get(self.endpoint)
+    }
+
+    /// Endpoint `host:port` (log and metric label, error text).
+    pub fn addr(&self) -> &str {
+        self.endpoint().map_or("upstream", |e| e.addr.as_str())
+    }
+}
+
+/// What is sent: the client's request header without its hop-by-hop and credential headers
+/// ([`forwarded_header`]), the model as the pool's upstream knows it, and the body (one shared
+/// `Bytes`: every attempt sends the same buffer, never a copy).
+pub struct Outgoing<'a> {
+    /// The client's request header as forwarded (path: the normalized path the route was
+    /// chosen for; no credentials).
+    pub base: &'a RequestHeader,
+    /// The model as the pool's upstream knows it (after `model_map`; Azure deployment name).
+    pub model: Option<&'a str>,
+    /// The body to send.
+    pub body: Bytes,
+}
+
+/// The client's request header as every attempt forwards it: method, path and query, and the
+/// headers minus hop-by-hop ones (RFC 9110 section 7.6.1, with those the client nominated in
+/// `connection`), credentials, and the ones sluice sets or must not pass on (`host`,
+/// `content-length`, `expect`: the body is already read; `accept-encoding`: usage is read from
+/// the bytes, so the response must be identity-encoded). Built once per request.
+pub fn forwarded_header(client: &RequestHeader) -> pingora_error::Result<RequestHeader> {
+    let pq = client
+        .uri
+        .path_and_query()
+        .map_or_else(|| client.uri.path(), |pq| pq.as_str());
+    let mut req = RequestHeader::build(client.method.clone(), pq.as_bytes(), None)?;
+    let nominated: Vec<&str> = client
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for (name, value) in &client.headers {
+        if NOT_FORWARDED.contains(name)
+            || name == header::ACCEPT_ENCODING
+            || CLIENT_CREDENTIAL_HEADERS.contains(&name.as_str())
+            || nominated
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_str()))
+        {
+            continue;
+        }
+        req.append_header(name.clone(), value.clone())?;
+    }
+    Ok(req)
+}
 
 /// Counts an attempt in flight on its endpoint (for `least_in_flight`) while it lives.
 struct InFlight(Arc<Pool>, usize);
@@ -51,442 +151,242 @@ impl Drop for InFlight {
     }
 }
 
-/// The subrequest's future, polled inline by the parent (not spawned): dropping it drops the
-/// upstream connection synchronously, whatever else the worker thread is doing.
-type ChildFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// A running attempt. Dropping it drops the subrequest, which closes its upstream connection
-/// at once (cancellation is money).
-pub struct Child {
-    spec: Arc<AttemptSpec>,
+/// A sent request whose response header arrived: read its body with [`Attempt::chunk`].
+/// Dropping it before the end closes the upstream connection.
+pub struct Attempt {
+    /// `None` once the body ended (the connection went back to the pool).
+    session: Option<HttpSession>,
+    /// Boxed: a peer is about 1 KiB, and attempts move between stages.
+    peer: Box<HttpPeer>,
+    target: Target,
     _in_flight: InFlight,
-    fut: Option<ChildFuture>,
-    rx: mpsc::Receiver<HttpTask>,
-    /// Request-side channel, kept open: the subrequest treats its closing as a client leaving.
-    _tx: mpsc::Sender<HttpTask>,
-    proxy_error: oneshot::Receiver<Box<Error>>,
-    /// Endpoint `host:port`, for errors.
-    pub endpoint: String,
-    /// Pool timeouts.
-    pub timeouts: Timeouts,
 }
 
-impl Child {
-    /// Drop the subrequest now, closing its upstream connection.
-    pub fn close(&mut self) {
-        self.fut = None;
-    }
-
-    /// Receive the subrequest's next response task while driving it. `None` once it ended
-    /// and every task was read.
-    pub async fn next_task(&mut self) -> Option<HttpTask> {
-        loop {
-            let Some(fut) = self.fut.as_mut() else {
-                return self.rx.recv().await;
-            };
-            tokio::select! {
-                biased;
-                task = self.rx.recv() => return task,
-                () = fut => self.fut = None,
-            }
-        }
-    }
-
-    /// The error the subrequest ended with, if it reported one, mapped to a [`SluiceError`].
-    pub fn failure(&mut self, before_header: bool) -> SluiceError {
-        match self.proxy_error.try_recv() {
-            Ok(e) => classify(&e, &self.endpoint, before_header),
-            Err(_) => SluiceError::UpstreamFailed(self.endpoint.clone()),
-        }
-    }
-}
-
-/// How the wait for an attempt's response header ended.
-enum First {
-    Header(Box<ResponseHeader>, bool),
-    Failed(SluiceError),
-    ClientGone,
-}
-
-/// A response held back because another endpoint may do better; returned as-is if none does.
-struct Held {
-    child: Child,
-    header: Box<ResponseHeader>,
-    end: bool,
-    pool: Arc<Pool>,
-    endpoint: usize,
-}
-
-/// Run the route's pools in order (each pool's endpoints in its policy's order) until one
-/// answers with a status that is not retryable; relay that answer to the client.
-///
-/// Skipped without a connection attempt: endpoints whose breaker is open, cooling down after a
-/// `retry-after`, or without a usable key. Bounded by the route's `max_attempts` and
-/// `deadline`. When every candidate failed, the last upstream answer is relayed as-is if
-/// there was one; otherwise the last error (or [`SluiceError::NoUpstreamAvailable`] with the
-/// earliest cooldown) is returned for the caller to answer natively.
-pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
-    let (Some(snapshot), Some(route_idx)) = (ctx.snapshot.clone(), ctx.route) else {
-        return Err(SluiceError::Internal);
-    };
-    let Some(route) = snapshot.routes.get(route_idx) else {
-        return Err(SluiceError::Internal);
-    };
-    let rules = &route.failover;
-    let deadline = tokio::time::Instant::now() + rules.deadline;
-    let body = ctx.body.clone().unwrap_or_default();
-    let mut last_err: Option<SluiceError> = None;
-    let mut held: Option<Held> = None;
-    let mut earliest: Option<u64> = None;
-    // Whether every endpoint that could not serve was held back by upstream 429s only.
-    let (mut rate_limited, mut other_unavailable) = (false, false);
-    let mut attempts = 0u32;
-    let mut previous: Option<(Arc<str>, String)> = None;
-    // A pool whose URL cannot carry the model (Azure deployment names) is skipped without a
-    // connection: not an endpoint failure. Answered when no other pool could serve.
-    let mut invalid_model: Option<SluiceError> = None;
-    let outcome = 'pools: {
-        for pool in &route.pools {
-            let model = ctx
-                .inspected
-                .model
-                .as_deref()
-                .map(|m| pool.upstream_model(m).to_owned());
-            if model
-                .as_deref()
-                .is_some_and(|m| !provider(pool.provider).accepts_model(m))
-            {
-                invalid_model = Some(SluiceError::InvalidModel(pool.name.to_string()));
-                continue;
-            }
-            let pool_body = match (&ctx.inspected.model, &model) {
-                (Some(asked), Some(renamed)) if asked != renamed => {
-                    super::inspect::with_model(&body, renamed)?
-                }
-                _ => body.clone(),
-            };
-            for ep_idx in pool.order() {
-                let ep = &pool.endpoints[ep_idx];
-                // `_pass` holds a half-open breaker's probe slot until this endpoint is done.
-                let (mut key, _pass) = match usable(pool, ep_idx, model.as_deref(), &mut earliest) {
-                    Ok(k) => k,
-                    Err(keys_cooling) => {
-                        rate_limited |= keys_cooling;
-                        other_unavailable |= !keys_cooling;
-                        if ep.keys.is_empty() {
-                            last_err = Some(SluiceError::NoUpstreamKey(pool.name.to_string()));
-                        }
-                        continue;
-                    }
+impl Attempt {
+    /// Connect to `target` (a pooled connection when one is idle), send `out`, and wait for
+    /// the final response header (1xx skipped), within the pool's connect and `ttfb`
+    /// timeouts and before `deadline`. Errors are [`SluiceError`]s by who caused them
+    /// ([`classify`]): the upstream (unreachable, timeout, reset, invalid response) or sluice
+    /// ([`SluiceError::Internal`]: a header it could not build; neutral for the breaker).
+    ///
+    /// A failure on a reused pooled connection before any response byte (the upstream closed
+    /// it while idle) is retried once on a fresh connection, as Pingora's own proxy does.
+    pub async fn start(
+        target: Target,
+        out: &Outgoing<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Attempt, Box<ResponseHeader>), SluiceError> {
+        let in_flight = InFlight::new(target.pool.clone(), target.endpoint);
+        let peer = peer(&target).await?;
+        let addr = target.addr().to_owned();
+        let mut request = Some(build_request(&target, out).map_err(|_| SluiceError::Internal)?);
+        let exchange = async {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let (mut session, reused) = connector()
+                    .get_http_session(&*peer)
+                    .await
+                    .map_err(|e| classify(&e, &addr, true))?;
+                // Kept for a second try only where one can happen (a reused connection).
+                let req = if reused && tries < 2 {
+                    request.clone()
+                } else {
+                    request.take()
                 };
-                loop {
-                    if attempts >= rules.max_attempts || tokio::time::Instant::now() >= deadline {
-                        break 'pools None;
-                    }
-                    attempts += 1;
-                    if let Some((from, reason)) = previous.take() {
-                        metrics::FAILOVERS
-                            .with_label_values(&[
-                                &*route.name,
-                                &*from,
-                                &*pool.name,
-                                reason.as_str(),
-                            ])
-                            .inc();
-                    }
-                    ctx.pool = Some(pool.clone());
-                    ctx.endpoint = ep_idx;
-                    let mut child =
-                        spawn(session, ctx, pool, ep_idx, key, model.clone(), &pool_body).await?;
-                    match first_response(session, &mut child, deadline).await {
-                        First::Header(header, end) => {
-                            let status = header.status.as_u16();
-                            let now = now_ms();
-                            ep.state.breaker.record(Outcome::of_status(status));
-                            let wait = retry_after_ms(&header);
-                            match status {
-                                401 | 403 => {
-                                    ep.state.keys.disable(key);
-                                    metrics::KEY_COOLDOWNS
-                                        .with_label_values(&[
-                                            &*pool.name,
-                                            ep.addr.as_str(),
-                                            "unauthorized",
-                                        ])
-                                        .inc();
-                                    if let Ok(next) = ep.state.keys.pick(now, model.as_deref()) {
-                                        // Another key of the same endpoint may work.
-                                        record(ctx, pool, &ep.addr, status, "key_disabled");
-                                        key = next;
-                                        continue;
-                                    }
-                                }
-                                429 => {
-                                    rate_limited = true;
-                                    let until = now + wait.unwrap_or(1_000);
-                                    ep.state.keys.cool_down(key, model.as_deref(), until);
-                                    earliest = Some(earliest.map_or(until, |e| e.min(until)));
-                                    metrics::KEY_COOLDOWNS
-                                        .with_label_values(&[
-                                            &*pool.name,
-                                            ep.addr.as_str(),
-                                            "rate_limited",
-                                        ])
-                                        .inc();
-                                }
-                                503 | 529 => {
-                                    if let Some(w) = wait {
-                                        ep.state
-                                            .cooldown_until_ms
-                                            .fetch_max(now + w, Ordering::AcqRel);
-                                        earliest =
-                                            Some(earliest.map_or(now + w, |e| e.min(now + w)));
-                                    }
-                                }
-                                _ => {}
-                            }
-                            if rules.retry_on_status.contains(&status) {
-                                record(ctx, pool, &ep.addr, status, "failover");
-                                previous = Some((pool.name.clone(), status.to_string()));
-                                // Keep this answer: it is returned as-is if nothing does better.
-                                held = Some(Held {
-                                    child,
-                                    header,
-                                    end,
-                                    pool: pool.clone(),
-                                    endpoint: ep_idx,
-                                });
-                                break;
-                            }
-                            record(ctx, pool, &ep.addr, status, "ok");
-                            drop(held.take());
-                            break 'pools Some((child, header, end));
+                let req = req.ok_or(SluiceError::Internal)?;
+                match exchange(&mut session, Box::new(req), &out.body, &target).await {
+                    Ok(header) => return Ok((session, header)),
+                    Err(mut e) => {
+                        if *e.etype() != ErrorType::InternalError {
+                            // Pingora's client session leaves the source untagged: a failure
+                            // on the wire here is the upstream's.
+                            e.as_up();
                         }
-                        First::Failed(err) => {
-                            other_unavailable = true;
-                            // Only what the upstream did counts: an attempt sluice could not
-                            // even send (a rewrite it refused, an internal error) is neutral.
-                            ep.state.breaker.record(Outcome::of_error(&err));
-                            record(ctx, pool, &ep.addr, 0, err.label());
-                            let retry = match &err {
-                                SluiceError::UpstreamTimeout { .. } => rules.retry_on_timeout,
-                                _ => rules.retry_on_connect_error,
-                            };
-                            previous = Some((pool.name.clone(), err.label().to_owned()));
-                            last_err = Some(err);
-                            if !retry {
-                                break 'pools None;
-                            }
-                            break;
+                        e.retry.decide_reuse(reused);
+                        if reused && tries < 2 && e.retry() {
+                            continue;
                         }
-                        First::ClientGone => {
-                            record(ctx, pool, &ep.addr, 0, "client_gone");
-                            ctx.client_disconnected = true;
-                            metrics::ATTEMPTS
-                                .with_label_values(&[&route.name])
-                                .observe(f64::from(attempts));
-                            return Ok(());
-                        }
+                        return Err(classify(&e, &addr, true));
                     }
                 }
             }
-        }
-        None
-    };
-    metrics::ATTEMPTS
-        .with_label_values(&[&route.name])
-        .observe(f64::from(attempts));
-    if let Some((child, header, end)) = outcome {
-        relay::relay(session, ctx, child, header, end).await;
-        return Ok(());
-    }
-    if let Some(h) = held {
-        // Every candidate failed: the last upstream answer goes back as-is.
-        ctx.pool = Some(h.pool);
-        ctx.endpoint = h.endpoint;
-        relay::relay(session, ctx, h.child, h.header, h.end).await;
-        return Ok(());
-    }
-    let retry_after = earliest.map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
-    Err(match (last_err, invalid_model) {
-        (Some(e), _) => e,
-        (None, Some(e)) if !rate_limited && !other_unavailable => e,
-        (None, _) => SluiceError::NoUpstreamAvailable {
-            retry_after,
-            rate_limited: rate_limited && !other_unavailable,
-        },
-    })
-}
-
-/// A usable key of endpoint `idx` for a request for `model` (as the pool's upstream knows it;
-/// `None` when the request names none) if the endpoint may be tried now (not cooling down,
-/// breaker admitting the call), with the breaker's pass to hold until the attempt's outcome is
-/// recorded; records why not otherwise and updates the earliest cooldown. `Err(true)`: its
-/// keys are all cooling down after 429s; `Err(false)`: unavailable for another reason.
-pub(super) fn usable(
-    pool: &Pool,
-    idx: usize,
-    model: Option<&str>,
-    earliest: &mut Option<u64>,
-) -> Result<(usize, Pass), bool> {
-    let ep = &pool.endpoints[idx];
-    let now = now_ms();
-    let until = ep.state.cooldown_until_ms.load(Ordering::Acquire);
-    if until > now {
-        *earliest = Some(earliest.map_or(until, |e| e.min(until)));
-        metrics::ENDPOINT_SKIPS
-            .with_label_values(&[&*pool.name, ep.addr.as_str(), "cooling_down"])
-            .inc();
-        return Err(false);
-    }
-    let pass = match ep.state.breaker.admit() {
-        Ok(pass) => pass,
-        Err(skip) => {
-            metrics::ENDPOINT_SKIPS
-                .with_label_values(&[&*pool.name, ep.addr.as_str(), skip.label()])
-                .inc();
-            return Err(false);
-        }
-    };
-    // Without a usable key the pass (and a probe slot it holds) is dropped unused.
-    match ep.state.keys.pick(now, model) {
-        Ok(k) => Ok((k, pass)),
-        Err(until) => {
-            if let Some(u) = until {
-                *earliest = Some(earliest.map_or(u, |e| e.min(u)));
-            }
-            metrics::ENDPOINT_SKIPS
-                .with_label_values(&[&*pool.name, ep.addr.as_str(), "no_usable_key"])
-                .inc();
-            Err(until.is_some())
-        }
-    }
-}
-
-/// The upstream's `retry-after-ms`, else `retry-after` in seconds (HTTP dates are not
-/// honoured: sluice then uses its default cooldown).
-pub fn retry_after_ms(h: &ResponseHeader) -> Option<u64> {
-    let get = |n: &str| {
-        h.headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        return (ms.is_finite() && ms >= 0.0).then_some(ms as u64);
-    }
-    get("retry-after")
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| (s * 1000.0) as u64)
-}
-
-fn record(
-    ctx: &mut RequestCtx,
-    pool: &Arc<Pool>,
-    endpoint: &str,
-    status: u16,
-    outcome: &'static str,
-) {
-    ctx.attempts.push(AttemptRecord {
-        pool: pool.name.clone(),
-        endpoint: endpoint.to_owned(),
-        status,
-        outcome,
-    });
-}
-
-async fn spawn(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    pool: &Arc<Pool>,
-    endpoint: usize,
-    key: usize,
-    model: Option<String>,
-    body: &Bytes,
-) -> Result<Child, SluiceError> {
-    let spec = AttemptSpec {
-        pool: pool.clone(),
-        endpoint,
-        key,
-        model,
-        body_len: body.len(),
-        uri: session.req_header().uri.clone(),
-        request_id: ctx.request_id.clone(),
-        sent_ms: std::sync::atomic::AtomicU64::new(0),
-    };
-    let spec = Arc::new(spec);
-    let sub_ctx = SubrequestCtx::builder()
-        .body_mode(BodyMode::ExpectBody)
-        .user_ctx(Box::new(spec.clone()))
-        .build();
-    let Some(spawner) = session.subrequest_spawner.as_ref() else {
-        return Err(SluiceError::Internal);
-    };
-    let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
-    let tx = handle.tx;
-    // The channel has room for a few tasks: the whole body goes in as one `Bytes` (a refcount
-    // bump, not a copy) and the subrequest reads it when it wants it.
-    if tx
-        .send(HttpTask::Body(Some(body.clone()), true))
-        .await
-        .is_err()
-    {
-        return Err(SluiceError::Internal);
-    }
-    Ok(Child {
-        spec,
-        _in_flight: InFlight::new(pool.clone(), endpoint),
-        fut: Some(Box::pin(prepared.run())),
-        rx: handle.rx,
-        _tx: tx,
-        proxy_error: handle.subreq_proxy_error,
-        endpoint: pool.endpoints[endpoint].addr.clone(),
-        timeouts: pool.timeouts,
-    })
-}
-
-/// Wait for the attempt's response header, bounded by connect + TTFB timeouts and the route's
-/// failover deadline, while watching the client.
-async fn first_response(
-    session: &mut Session,
-    child: &mut Child,
-    route_deadline: tokio::time::Instant,
-) -> First {
-    let started = tokio::time::Instant::now();
-    let started_ms = now_ms();
-    // Until the request is sent, the bound is connect + TTFB; once sent, TTFB from then.
-    // Re-evaluated every RECHECK while waiting.
-    const RECHECK: Duration = Duration::from_millis(20);
-    loop {
-        let sent = child.spec.sent_ms.load(Ordering::Acquire);
-        let deadline = if sent == 0 {
-            started + child.timeouts.connect + child.timeouts.ttfb
-        } else {
-            started + Duration::from_millis(sent.saturating_sub(started_ms)) + child.timeouts.ttfb
-        }
-        .min(route_deadline);
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return First::Failed(SluiceError::UpstreamTimeout {
-                upstream: child.endpoint.clone(),
-                phase: TimeoutPhase::FirstByte,
-            });
-        }
-        // Both other branches are cancel-safe: the subrequest future lives in `child` and is
-        // only borrowed by `next_task`; the idle probe consumes nothing unless it completes.
-        let task = tokio::select! {
-            task = child.next_task() => task,
-            _ = tokio::time::sleep_until(deadline.min(now + RECHECK)) => continue,
-            _ = session.as_downstream_mut().read_body_or_idle(true) => return First::ClientGone,
         };
-        match task {
-            // 1xx (e.g. 100 Continue from the upstream) is not the client's business.
-            Some(HttpTask::Header(h, _)) if h.status.is_informational() => continue,
-            Some(HttpTask::Header(h, end)) => return First::Header(h, end),
-            Some(HttpTask::Failed(e)) => return First::Failed(classify(&e, &child.endpoint, true)),
-            Some(_) => continue,
-            None => return First::Failed(child.failure(true)),
+        let (session, header) =
+            tokio::time::timeout_at(deadline, exchange)
+                .await
+                .map_err(|_| SluiceError::UpstreamTimeout {
+                    upstream: addr.clone(),
+                    phase: TimeoutPhase::FirstByte,
+                })??;
+        let attempt = Attempt {
+            session: Some(session),
+            peer,
+            target,
+            _in_flight: in_flight,
+        };
+        Ok((attempt, header))
+    }
+
+    /// Where this attempt went.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The next body chunk, `Ok(None)` at the end of the body (the connection then goes back
+    /// to the pool), or the upstream's failure: a stall past the pool's `idle` timeout, a
+    /// reset, invalid framing. Not cancel-safe: an attempt whose read was cancelled must be
+    /// dropped (every caller does: a cancelled read means the client left or the drain ended).
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, SluiceError> {
+        let Some(session) = self.session.as_mut() else {
+            return Ok(None);
+        };
+        match session.read_response_body().await {
+            Ok(Some(chunk)) => Ok(Some(chunk)),
+            Ok(None) => {
+                if let Some(session) = self.session.take() {
+                    connector()
+                        .release_http_session(session, &*self.peer, Some(POOLED_CONNECTION_IDLE))
+                        .await;
+                }
+                Ok(None)
+            }
+            Err(mut e) => {
+                self.session = None;
+                e.as_up();
+                Err(classify(&e, self.target.addr(), false))
+            }
         }
     }
+
+    /// Read what is left of the body (bounded by the idle timeout per read) so that the
+    /// connection can be reused; closes it instead after `limit` bytes.
+    pub async fn finish(mut self, limit: usize) {
+        let mut seen = 0usize;
+        while let Ok(Some(chunk)) = self.chunk().await {
+            seen += chunk.len();
+            if seen > limit {
+                return;
+            }
+        }
+    }
+}
+
+/// The peer for `target`: its address resolved asynchronously (Pingora's `HttpPeer::new`
+/// would resolve blocking), the pool's connect / ttfb / idle timeouts, ALPN `h2,http/1.1` for
+/// TLS upstreams (HTTP/2 where the upstream offers it).
+async fn peer(target: &Target) -> Result<Box<HttpPeer>, SluiceError> {
+    let ep = target.endpoint().ok_or(SluiceError::Internal)?;
+    let unreachable = || SluiceError::UpstreamUnreachable(ep.addr.clone());
+    let addr = tokio::net::lookup_host(ep.addr.as_str())
+        .await
+        .map_err(|_| unreachable())?
+        .next()
+        .ok_or_else(unreachable)?;
+    let mut peer = Box::new(HttpPeer::new(addr, ep.tls, ep.host.clone()));
+    let t = target.pool.timeouts;
+    peer.options.connection_timeout = Some(t.connect);
+    peer.options.total_connection_timeout = Some(t.connect);
+    peer.options.read_timeout = Some(t.ttfb);
+    peer.options.write_timeout = Some(t.idle);
+    peer.options.idle_timeout = Some(POOLED_CONNECTION_IDLE);
+    if ep.tls {
+        peer.options.alpn = ALPN::H2H1;
+    }
+    Ok(peer)
+}
+
+/// The upstream request for `target`: the forwarded header with the endpoint's key in the
+/// provider's style, the mapped path, `Host`, and the body's `content-length`.
+fn build_request(target: &Target, out: &Outgoing<'_>) -> pingora_error::Result<RequestHeader> {
+    let ep = target
+        .endpoint()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "endpoint index"))?;
+    let pool = &target.pool;
+    let p = provider(pool.provider);
+    if out.model.is_some_and(|m| !p.accepts_model(m)) {
+        // Unreachable: failover refuses such a model before starting an attempt. Kept so that
+        // a body value can never be spliced into a URL unchecked.
+        return Error::e_explain(ErrorType::InternalError, "model not valid in upstream URL");
+    }
+    let mut req = out.base.clone();
+    let pq = out
+        .base
+        .uri
+        .path_and_query()
+        .map_or_else(|| out.base.uri.path(), |pq| pq.as_str());
+    let path = p.upstream_path(&ep.base_path, pq, out.model, pool.api_version.as_deref());
+    if path != pq {
+        let uri = http::Uri::try_from(path)
+            .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
+        req.set_uri(uri);
+    }
+    let key = ep
+        .keys
+        .get(target.key)
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "endpoint has no such key"))?;
+    p.set_auth(&mut req, key.expose())?;
+    let default_port = if ep.tls { ":443" } else { ":80" };
+    let host = ep.addr.strip_suffix(default_port).unwrap_or(&ep.addr);
+    req.insert_header(header::HOST, host)?;
+    req.insert_header(header::CONTENT_LENGTH, out.body.len())?;
+    Ok(req)
+}
+
+/// Send `request` and `body` on `session` and read the final response header.
+async fn exchange(
+    session: &mut HttpSession,
+    mut req: Box<RequestHeader>,
+    body: &Bytes,
+    target: &Target,
+) -> pingora_error::Result<Box<ResponseHeader>> {
+    if let HttpSession::H2(_) = session {
+        // HTTP/2 carries the authority in `:authority` (RFC 9113 section 8.3.1), not `Host`.
+        let host = req.remove_header(&header::HOST);
+        let authority = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(target.addr());
+        let scheme = if target.endpoint().is_some_and(|e| e.tls) {
+            "https"
+        } else {
+            "http"
+        };
+        let pq = req
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        let uri = http::Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Error::explain(ErrorType::InternalError, "invalid h2 authority"))?;
+        req.set_uri(uri);
+        req.set_version(http::Version::HTTP_2);
+    }
+    session.write_request_header(req).await?;
+    if !body.is_empty() {
+        session.write_request_body(body.clone(), true).await?;
+    }
+    session.finish_request_body().await?;
+    let ttfb = target.pool.timeouts.ttfb;
+    session.set_read_timeout(Some(ttfb));
+    for _ in 0..=MAX_INFORMATIONAL {
+        session.read_response_header().await?;
+        let Some(h) = session.response_header() else {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header");
+        };
+        if h.status.is_informational() {
+            continue;
+        }
+        let header = Box::new(h.clone());
+        session.set_read_timeout(Some(target.pool.timeouts.idle));
+        return Ok(header);
+    }
+    Error::e_explain(
+        ErrorType::InvalidHTTPHeader,
+        "too many informational responses",
+    )
 }

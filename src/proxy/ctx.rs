@@ -1,6 +1,5 @@
 //! The typed per-request context: everything a request learns on its way through the
-//! pipeline (tenant, route, model, attempts, tokens, timings), plus the attempt spec a parent
-//! hands to the subrequest that performs one upstream attempt.
+//! pipeline (tenant, route, model, attempts, tokens, timings).
 
 use crate::balance::breaker::Pass;
 use crate::config::{Pool, Snapshot, TenantId};
@@ -46,10 +45,8 @@ pub enum Phase {
     New,
     /// Streams straight through Pingora's normal proxy path (not inspected).
     Passthrough,
-    /// Body inspected; attempts run as subrequests.
+    /// Body inspected; answered by failover and the relay.
     Inspected,
-    /// A subrequest performing one attempt for a parent.
-    Attempt,
 }
 
 /// The per-request context (Pingora's `CTX`).
@@ -103,8 +100,6 @@ pub struct RequestCtx {
     pub ttft: Option<Duration>,
     /// The client left before the end of the response.
     pub client_disconnected: bool,
-    /// Set in a subrequest: the attempt it performs.
-    pub attempt: Option<Arc<AttemptSpec>>,
     /// The request's hold on its tenant's limits (reservations, concurrency permit); settled
     /// by the log stage, released if dropped.
     pub admission: Option<Admission>,
@@ -141,7 +136,6 @@ impl Default for RequestCtx {
             output_text: None,
             ttft: None,
             client_disconnected: false,
-            attempt: None,
             admission: None,
             active: None,
             breaker_pass: None,
@@ -162,28 +156,4 @@ impl RequestCtx {
     pub fn pool_name(&self) -> &str {
         self.pool.as_ref().map_or("none", |p| &p.name)
     }
-}
-
-/// What a parent hands to the subrequest performing one attempt (through the subrequest's
-/// user context).
-#[derive(Debug)]
-pub struct AttemptSpec {
-    /// Pool to use.
-    pub pool: Arc<Pool>,
-    /// Endpoint index in the pool.
-    pub endpoint: usize,
-    /// Key index on the endpoint.
-    pub key: usize,
-    /// Model as the pool's upstream knows it (after `model_map`; Azure deployment name).
-    pub model: Option<String>,
-    /// Length of the body the parent sends, for the subrequest's `content-length`.
-    pub body_len: usize,
-    /// The parent's normalized path and query: the subrequest re-parses the client's original
-    /// header bytes, so it must be told the path the route was chosen for.
-    pub uri: http::Uri,
-    /// The parent's request id.
-    pub request_id: String,
-    /// When the subrequest sent the request upstream (ms since the epoch, 0 = not yet): the
-    /// parent's time-to-first-byte deadline counts from there, not from the connect.
-    pub sent_ms: std::sync::atomic::AtomicU64,
 }

@@ -4,18 +4,23 @@
 //! 0. `path`      (request_filter) path normalized (dot-segments, slashes) or refused
 //! 1. `identify`  (request_filter) tenant from virtual key / header / default
 //! 2. `inspect`   (request_filter) read + parse + rewrite the JSON body of API calls
-//! 3. `upstream`  (upstream_peer, upstream_request_filter) endpoint, key injection, path
-//! 4. `attempt`   (request_filter) upstream attempts as subrequests, failover before first byte
-//! 5. `relay`     response to the client chunk by chunk, usage accounting, cancellation
+//! 3. `limit`     (request_filter) admission under the tenant's limits
+//! 4. `failover`  (request_filter) [`attempt::Attempt`]s over the route's candidates, until one
+//!    answers; failover only before the first response byte
+//! 5. `relay`     (request_filter) the served attempt's response to the client chunk by chunk,
+//!    usage accounting, cancellation (dropping the attempt closes the upstream connection)
 //! 6. `account`   (logging) tokens settled, metrics, one log line
 //!
-//! Every hook runs in both the parent (client-facing) session and the subrequests performing
-//! attempts: hooks branch on [`ctx::Phase`].
+//! Inspected requests are answered entirely in `request_filter`: attempts are values on
+//! pingora-core's HTTP connector, not sessions of this app, so no hook runs twice. Requests
+//! sluice does not inspect (passthrough) take Pingora's own proxy path, where `upstream`
+//! (upstream_peer, upstream_request_filter) picks the endpoint and injects the key.
 
 pub mod account;
-mod attempt;
+pub mod attempt;
 pub mod classify;
 pub mod ctx;
+mod failover;
 pub mod identify;
 pub mod inspect;
 pub mod limit;
@@ -39,7 +44,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-/// Client requests in flight in this process (subrequests excluded).
+/// Client requests in flight in this process.
 static ACTIVE: AtomicI64 = AtomicI64::new(0);
 
 /// Client requests in flight now (drain on shutdown).
@@ -85,18 +90,9 @@ impl ProxyHttp for Sluice {
         RequestCtx::default()
     }
 
-    /// Only client-facing sessions spawn attempts; attempts never nest.
-    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
-        session.subrequest_ctx.is_none()
-    }
-
-    /// Parent: stages 1, 2 and 4 (or hand over to Pingora for passthrough). Attempt: adopt
-    /// the parent's spec. Returns true when the response was already written.
+    /// Stages 0 to 5 for inspected requests (or hand over to Pingora for passthrough).
+    /// Returns true when the response was already written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if session.subrequest_ctx.is_some() {
-            upstream::begin_attempt(session, ctx)?;
-            return Ok(false);
-        }
         ctx.active = Some(ActiveGuard::new());
         match request::handle(&self.limiter, self.config.load_full(), session, ctx).await {
             Ok(request::Flow::Passthrough) => Ok(false),
@@ -125,7 +121,7 @@ impl ProxyHttp for Sluice {
         upstream::rewrite_request(upstream_request, ctx)
     }
 
-    /// Passthrough responses get the request id header (attempts get it from the relay).
+    /// Passthrough responses get the request id header (inspected ones get it from the relay).
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -139,22 +135,14 @@ impl ProxyHttp for Sluice {
         Ok(())
     }
 
-    /// Attempt: report nothing to the (virtual) client: the parent reads the error from the
-    /// subrequest handle and decides. Passthrough: a native error, always with
-    /// `connection: close` (the request body may be half-read); a client that left gets none,
-    /// one whose body framing is invalid gets a 400.
+    /// Passthrough: a native error, always with `connection: close` (the request body may be
+    /// half-read); a client that left gets none, one whose body framing is invalid gets a 400.
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if ctx.phase == Phase::Attempt {
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        }
         let endpoint = ctx
             .pool
             .as_ref()
@@ -184,9 +172,6 @@ impl ProxyHttp for Sluice {
     /// Passthrough: passive health from the upstream's own outcome (its status, or an
     /// upstream-caused error); a client that left or a request sluice refused is neutral.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if ctx.phase == Phase::Attempt {
-            return;
-        }
         let status = match session.response_written() {
             Some(h) if ctx.status == 0 => h.status.as_u16(),
             _ => ctx.status,

@@ -4,14 +4,13 @@
 //! upstream stalls past the idle timeout. Streams are forwarded as whole events, so one that
 //! ends abnormally ends on an event boundary followed by the API's native error event.
 
-use super::attempt::Child;
 use super::ctx::RequestCtx;
-use crate::error::{SluiceError, TimeoutPhase};
+use super::failover::Served;
+use crate::error::SluiceError;
 use crate::limits::budget::Period;
 use crate::metrics;
 use crate::usage::{JsonAccountant, SseAccountant, Usage};
 use bytes::{Bytes, BytesMut};
-use pingora_core::protocols::http::HttpTask;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
@@ -95,21 +94,23 @@ impl CutOff {
 }
 
 enum Event {
-    Task(Option<HttpTask>),
-    Idle,
+    Chunk(Result<Option<Bytes>, SluiceError>),
     ClientGone,
     DrainDeadline,
 }
 
-/// Relay the response whose header is `header` from `child` to the client. Never fails: what
-/// went wrong is recorded in `ctx` (status, error, client_disconnected) for the log stage.
-pub async fn relay(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    mut child: Child,
-    mut header: Box<ResponseHeader>,
-    end: bool,
-) {
+/// Most bytes read after the client has its whole response to let the upstream connection go
+/// back to the pool (more: the connection is closed instead).
+const REUSE_DRAIN_BYTES: usize = 64 * 1024;
+
+/// Relay the served attempt's response to the client. Never fails: what went wrong is
+/// recorded in `ctx` (status, error, client_disconnected) for the log stage.
+pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, served: Served) {
+    let Served {
+        mut attempt,
+        mut header,
+    } = served;
+    let endpoint = attempt.target().addr().to_owned();
     let status = header.status.as_u16();
     ctx.status = status;
     let is_sse = header
@@ -132,13 +133,11 @@ pub async fn relay(
         // event appended): let Pingora frame it (chunked).
         header.remove_header(&http::header::CONTENT_LENGTH);
     }
+    downstream_framing(&mut header);
     let _ = header.insert_header("x-sluice-request-id", ctx.request_id.as_str());
     let _ = super::respond::rate_limit_headers(&mut header, ctx);
-    if session.write_response_header(header, end).await.is_err() {
+    if session.write_response_header(header, false).await.is_err() {
         ctx.client_disconnected = true;
-        return;
-    }
-    if end {
         return;
     }
     let bounds = ctx
@@ -164,28 +163,28 @@ pub async fn relay(
     } else {
         None
     };
-    let idle = child.timeouts.idle;
     let mut failure: Option<SluiceError> = None;
     // The upstream's last bytes, written together with the end of the response.
     let mut last = Bytes::new();
     let mut written = 0usize;
     let mut complete = false;
-    let mut child_done = false;
     // The stream's final event was written to the client / the client closed after that.
     let (mut final_written, mut closed_after_end) = (false, false);
     let drain_deadline = crate::drain::deadline();
     tokio::pin!(drain_deadline);
     loop {
         let event = tokio::select! {
-            task = child.next_task() => Event::Task(task),
-            _ = tokio::time::sleep(idle) => Event::Idle,
+            chunk = attempt.chunk() => Event::Chunk(chunk),
             _ = session.as_downstream_mut().read_body_or_idle(true) => Event::ClientGone,
             () = &mut drain_deadline => Event::DrainDeadline,
         };
         match event {
-            Event::Task(Some(HttpTask::Body(data, body_end))) => {
-                let out = data.filter(|d| !d.is_empty()).map(|d| acc.push(&d));
-                let out = out.unwrap_or_default();
+            Event::Chunk(Ok(Some(data))) => {
+                let out = if data.is_empty() {
+                    Bytes::new()
+                } else {
+                    acc.push(&data)
+                };
                 if let (Some(c), Accounting::Sse(a)) = (&cutoff, &acc) {
                     if c.exceeded(a.output_text().len()) {
                         failure = Some(SluiceError::BudgetExceeded(c.period));
@@ -199,7 +198,7 @@ pub async fn relay(
                     ctx.ttft = Some(ctx.start.elapsed());
                 }
                 written += out.len();
-                if body_end || content_length.is_some_and(|n| written >= n) {
+                if content_length.is_some_and(|n| written >= n) {
                     last = out;
                     complete = true;
                     break;
@@ -213,25 +212,12 @@ pub async fn relay(
                     final_written = acc.final_event_seen();
                 }
             }
-            Event::Task(Some(HttpTask::Done)) => {
+            Event::Chunk(Ok(None)) => {
                 complete = true;
                 break;
             }
-            Event::Task(Some(HttpTask::Failed(e))) => {
-                failure = Some(super::classify::classify(&e, &child.endpoint, false));
-                break;
-            }
-            Event::Task(Some(_)) => {} // trailers, stray headers: not forwarded
-            Event::Task(None) => {
-                // The subrequest ended without an end-of-body: it failed mid-response.
-                failure = Some(child.failure(false));
-                break;
-            }
-            Event::Idle => {
-                failure = Some(SluiceError::UpstreamTimeout {
-                    upstream: child.endpoint.clone(),
-                    phase: TimeoutPhase::Idle,
-                });
+            Event::Chunk(Err(e)) => {
+                failure = Some(e);
                 break;
             }
             Event::DrainDeadline => {
@@ -251,11 +237,9 @@ pub async fn relay(
             }
         }
     }
-    if !complete {
-        // Close the upstream now (drop the subrequest): the client left, or it failed.
-        child.close();
-        child_done = true;
-    }
+    // Not complete: the client left or the upstream failed; dropping the attempt here closes
+    // the upstream connection now.
+    let attempt_left = complete.then_some(attempt);
 
     let mut tail = BytesMut::new();
     tail.extend_from_slice(&last);
@@ -269,7 +253,7 @@ pub async fn relay(
                 if a.ended_after_final_content(ctx.inspected.stream) {
                     ctx.stream_completed = true;
                 } else {
-                    failure = Some(SluiceError::UpstreamTruncated(child.endpoint.clone()));
+                    failure = Some(SluiceError::UpstreamTruncated(endpoint.clone()));
                 }
             }
             let oversized = a.oversized_events();
@@ -328,17 +312,34 @@ pub async fn relay(
     if session.write_response_body(Some(tail), true).await.is_err() && !final_written {
         ctx.client_disconnected = true;
     }
-    if !child_done {
-        // The client has its whole response; let the subrequest read the upstream's end so
-        // the connection goes back to the pool (bounded by the idle timeout).
-        let _ = tokio::time::timeout(idle, async {
-            while let Some(task) = child.next_task().await {
-                if matches!(task, HttpTask::Done | HttpTask::Failed(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
+    if let Some(attempt) = attempt_left {
+        // The client has its whole response; read the upstream's end so the connection goes
+        // back to the pool (bounded by the idle timeout per read).
+        attempt.finish(REUSE_DRAIN_BYTES).await;
+    }
+}
+
+/// Make the upstream's response header one the client's connection can carry: its
+/// hop-by-hop headers dropped (RFC 9110 section 7.6.1: the client connection's own are set by
+/// Pingora), HTTP/1.1, and a body that has neither `content-length` nor `transfer-encoding`
+/// (close-delimited, or from an HTTP/2 upstream) sent chunked, so the client connection can
+/// be kept alive (as Pingora's own proxy path does). 204 and 304 carry no body.
+fn downstream_framing(header: &mut ResponseHeader) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "trailer",
+    ] {
+        header.remove_header(name);
+    }
+    header.set_version(http::Version::HTTP_11);
+    let no_body = matches!(header.status.as_u16(), 204 | 304);
+    let framed = header.headers.contains_key(http::header::CONTENT_LENGTH)
+        || header.headers.contains_key(http::header::TRANSFER_ENCODING);
+    if !no_body && !framed {
+        let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
 }
 

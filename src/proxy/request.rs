@@ -1,8 +1,8 @@
 //! The parent's request_filter, in pipeline order: snapshot, path, tenant, inspection, route,
-//! then either the attempts (inspected) or Pingora's own proxy path (passthrough).
+//! then either failover and the relay (inspected) or Pingora's own proxy path (passthrough).
 
 use super::ctx::{Phase, RequestCtx};
-use super::{attempt, identify, inspect, limit, path};
+use super::{failover, identify, inspect, limit, path, relay};
 use crate::config::Snapshot;
 use crate::error::SluiceError;
 use crate::limits::Limiter;
@@ -45,7 +45,10 @@ pub async fn handle(
         ctx.phase = Phase::Inspected;
         select_route(&snapshot, session, ctx, &path)?;
         limit::admit(limiter, &snapshot, ctx).await?;
-        attempt::run(session, ctx).await?;
+        match failover::run(session, ctx).await? {
+            failover::Ended::Served(served) => relay::relay(session, ctx, served).await,
+            failover::Ended::ClientGone => ctx.client_disconnected = true,
+        }
         return Ok(Flow::Done);
     }
 
@@ -62,7 +65,7 @@ pub async fn handle(
             p.order().into_iter().find_map(|i| {
                 // The same checks as an inspected request's attempts (cooldown, breaker, key);
                 // no model: only model-independent key state applies.
-                let key = attempt::usable(p, i, None, &mut None).ok()?;
+                let key = failover::usable(p, i, None, &mut None).ok()?;
                 Some((p.clone(), i, key))
             })
         })
