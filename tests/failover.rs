@@ -599,3 +599,34 @@ async fn a_429_for_one_model_does_not_hold_back_another_on_the_same_key() {
         vec!["gpt-4o", "gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini"]
     );
 }
+
+/// 1 MiB, 5 MiB and 32 MiB (the default cap) bodies reach the failing primary and then the
+/// fallback byte-identical to what the client sent: every attempt sends the one held buffer.
+#[tokio::test]
+async fn bodies_up_to_the_cap_fail_over_byte_identical() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.set(Behavior::Status(503, None));
+    let s = Sluice::start(&config(&a.url(), &b, ""), &KEYS);
+    for size in [1usize << 20, 5 << 20, 32 << 20] {
+        // A JSON body of exactly `size` bytes whose content varies byte by byte.
+        let head = br#"{"model":"gpt-4o","messages":[{"role":"user","content":""#;
+        let tail = br#""}]}"#;
+        let mut body = head.to_vec();
+        let fill = size - head.len() - tail.len();
+        body.extend((0..fill).map(|i| b'a' + (i % 26) as u8));
+        body.extend_from_slice(tail);
+        assert_eq!(body.len(), size);
+        let resp = client()
+            .post(format!("{}/v1/chat/completions", s.proxy))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "size {size}\n{}", s.log());
+        let primary = a.requests().pop().expect("the primary was tried");
+        let fallback = b.requests().pop().expect("the fallback served");
+        assert!(primary.body == body, "primary got a different {size}-byte body");
+        assert!(fallback.body == body, "fallback got a different {size}-byte body");
+    }
+}
