@@ -27,16 +27,13 @@ const TICK: Duration = Duration::from_millis(100);
 /// The health check service.
 pub struct HealthChecker {
     config: Arc<ArcSwap<Snapshot>>,
-    connector: Arc<Connector>,
 }
 
 impl HealthChecker {
-    /// Checks for the pools of the snapshot in force (re-read every tick: reloads apply).
+    /// Checks for the pools of the snapshot in force (re-read every tick: reloads apply), on
+    /// the attempts' upstream connector.
     pub fn new(config: Arc<ArcSwap<Snapshot>>) -> Self {
-        Self {
-            config,
-            connector: Arc::new(Connector::new(None)),
-        }
+        Self { config }
     }
 }
 
@@ -127,9 +124,10 @@ impl BackgroundService for HealthChecker {
                         continue;
                     }
                     last.insert(key, now);
-                    let (pool, connector) = (pool.clone(), self.connector.clone());
+                    let pool = pool.clone();
                     tokio::spawn(async move {
-                        let outcome = check(&connector, &pool, i).await;
+                        let connector = crate::proxy::attempt::connector().await;
+                        let outcome = check(connector, &pool, i).await;
                         if let Some(ep) = pool.endpoints.get(i) {
                             match outcome {
                                 Outcome::Success => {

@@ -85,8 +85,9 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let config_for_reload = config.clone();
     let config_for_health = config.clone();
-    // The proxy app behind the connection bounds. Subrequests are spawned from this `Arc` of
-    // Pingora's `HttpProxy` itself, never from the wrapper.
+    // The attempts' upstream connector loads the root certificates: off the start-up path.
+    crate::proxy::attempt::prepare_connector();
+    // The proxy app behind the connection bounds.
     let connections = config.load().connections;
     crate::listener::warn_if_open_files_low(connections.max_connections);
     let app = Arc::new(pingora_proxy::http_proxy(

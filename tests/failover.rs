@@ -626,7 +626,13 @@ async fn bodies_up_to_the_cap_fail_over_byte_identical() {
         assert_eq!(resp.status(), 200, "size {size}\n{}", s.log());
         let primary = a.requests().pop().expect("the primary was tried");
         let fallback = b.requests().pop().expect("the fallback served");
-        assert!(primary.body == body, "primary got a different {size}-byte body");
-        assert!(fallback.body == body, "fallback got a different {size}-byte body");
+        assert!(
+            primary.body == body,
+            "primary got a different {size}-byte body"
+        );
+        assert!(
+            fallback.body == body,
+            "fallback got a different {size}-byte body"
+        );
     }
 }

@@ -15,9 +15,10 @@ use pingora_http::RequestHeader;
 
 /// Native error shape an SDK understands (OpenAI API reference "Error codes"; Anthropic API
 /// reference "Errors").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ErrorStyle {
     /// `{"error":{"message","type","param","code"}}`, request id in `x-request-id`.
+    #[default]
     OpenAi,
     /// `{"type":"error","error":{"type","message"}}`, request id in `request-id`.
     Anthropic,

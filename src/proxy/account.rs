@@ -2,7 +2,7 @@
 //! estimated with tiktoken and labelled so), export metrics, and write the one structured log
 //! line per request. Never a key, never prompt text.
 
-use super::ctx::{Phase, RequestCtx};
+use super::ctx::RequestCtx;
 use crate::limits::budget;
 use crate::metrics;
 use crate::usage::{estimate, Usage};
@@ -50,32 +50,36 @@ pub struct Estimates {
 /// Whether the upstream's usage is the whole truth: reported, for a response that reached its
 /// normal end and was inspected in full.
 fn usage_is_exact(ctx: &RequestCtx) -> bool {
-    ctx.usage.is_some() && ctx.stream_completed && !ctx.usage_incomplete
+    ctx.delivered.usage.is_some() && ctx.delivered.completed && !ctx.delivered.usage_incomplete
 }
 
 /// Whether [`settle`] needs sluice's own token counts (usage missing, the response cut, or
 /// part of it uninspected).
 pub fn needs_estimates(ctx: &RequestCtx) -> bool {
-    ctx.phase == Phase::Inspected
-        && (200..300).contains(&ctx.status)
-        && ctx.api.is_some()
+    ctx.inspected.is_some()
+        && (200..300).contains(&ctx.delivered.status)
+        && ctx.caller.api.is_some()
         && !usage_is_exact(ctx)
 }
 
 /// Count what [`settle`] will need, on a blocking thread: tokenizing is CPU work (and the
 /// first use builds the tables), which must not stall the worker running other requests.
 pub async fn estimates(ctx: &RequestCtx) -> Estimates {
-    let Some(api) = ctx.api.filter(|_| needs_estimates(ctx)) else {
+    let Some(api) = ctx.caller.api.filter(|_| needs_estimates(ctx)) else {
         return Estimates::default();
     };
     let need_completion = !usage_is_exact(ctx);
-    let need_prompt = ctx.usage.is_none();
+    let need_prompt = ctx.delivered.usage.is_none();
     if !need_completion && !need_prompt {
         return Estimates::default();
     }
-    let model = ctx.inspected.model.clone().unwrap_or_default();
-    let text = ctx.output_text.clone().filter(|_| need_completion);
-    let body = ctx.body.clone().filter(|_| need_prompt);
+    let model = ctx.model().map(str::to_owned).unwrap_or_default();
+    let text = ctx
+        .delivered
+        .output_text
+        .clone()
+        .filter(|_| need_completion);
+    let body = ctx.body().cloned().filter(|_| need_prompt);
     let work = move || Estimates {
         prompt: body.map(|b| {
             serde_json::from_slice::<serde_json::Value>(&b)
@@ -91,12 +95,12 @@ pub async fn estimates(ctx: &RequestCtx) -> Estimates {
 /// tiktoken count of the delivered text (never less than what the upstream already reported),
 /// labelled estimated.
 pub fn settle(ctx: &RequestCtx, est: Estimates) -> Option<Settled> {
-    if ctx.phase != Phase::Inspected || !(200..300).contains(&ctx.status) {
+    if ctx.inspected.is_none() || !(200..300).contains(&ctx.delivered.status) {
         return None;
     }
-    ctx.api?;
+    ctx.caller.api?;
     let completion_estimate = est.completion.unwrap_or(0);
-    match ctx.usage {
+    match ctx.delivered.usage {
         Some(u) if usage_is_exact(ctx) => Some(Settled {
             usage: u,
             prompt_source: Source::Exact,
@@ -129,10 +133,8 @@ pub fn settle(ctx: &RequestCtx, est: Estimates) -> Option<Settled> {
 /// USD cost of `usage` from the request's model price, if the model table has one.
 fn cost(ctx: &RequestCtx, usage: &Usage) -> Option<f64> {
     let snapshot = ctx.snapshot.as_ref()?;
-    let price = snapshot
-        .model_info(ctx.inspected.model.as_deref()?)?
-        .price?;
-    let anthropic = ctx.api == Some(crate::usage::ApiKind::AnthropicMessages);
+    let price = snapshot.model_info(ctx.model()?)?.price?;
+    let anthropic = ctx.caller.api == Some(crate::usage::ApiKind::AnthropicMessages);
     Some(budget::cost_usd(usage, &price, anthropic))
 }
 
@@ -140,20 +142,20 @@ fn cost(ctx: &RequestCtx, usage: &Usage) -> Option<f64> {
 /// write its log line.
 pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
     let admission = ctx.admission.take();
-    let model = metrics::model_label(ctx.inspected.model.as_deref());
-    let tenant = ctx.tenant.as_deref().unwrap_or("none");
+    let model = metrics::model_label(ctx.model());
+    let tenant = ctx.caller.tenant.as_deref().unwrap_or("none");
     let route = ctx.route_name();
     let pool = ctx.pool_name();
     metrics::REQUESTS
         .with_label_values(&[route, pool, &model, metrics::status_class(status)])
         .inc();
     let duration = ctx.start.elapsed();
-    if ctx.pool.is_some() {
+    if ctx.upstream.last.is_some() {
         metrics::UPSTREAM_DURATION
             .with_label_values(&[route, pool])
             .observe(duration.as_secs_f64());
     }
-    if let Some(ttft) = ctx.ttft {
+    if let Some(ttft) = ctx.delivered.ttft {
         metrics::TTFT
             .with_label_values(&[route, pool])
             .observe(ttft.as_secs_f64());
@@ -186,7 +188,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         admission.settle(u.prompt_tokens, u.completion_tokens, cost);
     }
     let mut attempts = String::new();
-    for (i, a) in ctx.attempts.iter().enumerate() {
+    for (i, a) in ctx.upstream.attempts.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
         let _ = write!(
             attempts,
@@ -196,11 +198,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
     }
     let u = settled.map(|s| s.usage).unwrap_or_default();
     let token_source = settled.map_or("none", |s| s.completion_source.label());
-    let endpoint = ctx
-        .pool
-        .as_ref()
-        .and_then(|p| p.endpoints.get(ctx.endpoint))
-        .map_or("none", |e| e.addr.as_str());
+    let endpoint = ctx.upstream.endpoint_addr().unwrap_or("none");
     tracing::info!(
         target: "sluice::access",
         request_id = %ctx.request_id,
@@ -210,19 +208,19 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         endpoint,
         model = %model,
         status,
-        stream = ctx.inspected.stream,
+        stream = ctx.fields().stream,
         prompt_tokens = u.prompt_tokens,
         completion_tokens = u.completion_tokens,
         cached_tokens = u.cached_tokens,
         reasoning_tokens = u.reasoning_tokens,
         token_source,
         cost_usd = cost.unwrap_or(0.0),
-        ttft_ms = %ctx.ttft.map_or_else(|| "-".to_owned(), |t| format!("{:.3}", t.as_secs_f64() * 1e3)),
+        ttft_ms = %ctx.delivered.ttft.map_or_else(|| "-".to_owned(), |t| format!("{:.3}", t.as_secs_f64() * 1e3)),
         duration_ms = %format!("{:.3}", duration.as_secs_f64() * 1e3),
-        completed = ctx.stream_completed,
+        completed = ctx.delivered.completed,
         attempts = %attempts,
-        client_disconnected = ctx.client_disconnected,
-        error = ctx.error.as_ref().map_or("", |e| e.label()),
+        client_disconnected = ctx.delivered.client_disconnected,
+        error = ctx.delivered.error.as_ref().map_or("", |e| e.label()),
         "request"
     );
 }

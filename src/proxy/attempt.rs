@@ -16,7 +16,6 @@ use crate::error::{SluiceError, TimeoutPhase};
 use crate::provider::{provider, CLIENT_CREDENTIAL_HEADERS};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use once_cell::sync::Lazy;
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::protocols::ALPN;
@@ -26,6 +25,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OnceCell;
 
 /// How long a pooled upstream connection may sit idle before it is closed.
 pub(super) const POOLED_CONNECTION_IDLE: Duration = Duration::from_secs(60);
@@ -55,10 +55,29 @@ const NOT_FORWARDED: [HeaderName; 13] = [
 ];
 
 /// The process's upstream connector: one connection pool for every attempt of every config
-/// (pooled connections are keyed by peer, so a reload keeps them).
-fn connector() -> &'static Connector {
-    static CONNECTOR: Lazy<Connector> = Lazy::new(|| Connector::new(None));
-    &CONNECTOR
+/// (pooled connections are keyed by peer, so a reload keeps them) and the active health checks.
+static CONNECTOR: OnceCell<Connector> = OnceCell::const_new();
+
+/// The upstream connector, built on first need on a blocking thread: building it loads the
+/// system's root certificates (rustls-native-certs), tens of milliseconds that must not
+/// stall a worker thread serving other requests. [`prepare_connector`] builds it at start.
+pub async fn connector() -> &'static Connector {
+    CONNECTOR
+        .get_or_init(|| async {
+            match tokio::task::spawn_blocking(|| Connector::new(None)).await {
+                Ok(c) => c,
+                Err(_) => Connector::new(None),
+            }
+        })
+        .await
+}
+
+/// Build the upstream connector now, on a thread of its own (start-up does not wait for it;
+/// a request that needs it first waits asynchronously).
+pub fn prepare_connector() {
+    std::thread::spawn(|| {
+        let _ = CONNECTOR.set(Connector::new(None));
+    });
 }
 
 /// Where an attempt goes: pool, endpoint index in it, key index on the endpoint.
@@ -185,6 +204,7 @@ impl Attempt {
             loop {
                 tries += 1;
                 let (mut session, reused) = connector()
+                    .await
                     .get_http_session(&*peer)
                     .await
                     .map_err(|e| classify(&e, &addr, true))?;
@@ -246,6 +266,7 @@ impl Attempt {
             Ok(None) => {
                 if let Some(session) = self.session.take() {
                     connector()
+                        .await
                         .release_http_session(session, &*self.peer, Some(POOLED_CONNECTION_IDLE))
                         .await;
                 }

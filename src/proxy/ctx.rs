@@ -1,5 +1,16 @@
-//! The typed per-request context: everything a request learns on its way through the
-//! pipeline (tenant, route, model, attempts, tokens, timings).
+//! The per-request context (Pingora's `CTX`), in parts, each filled in by the one stage that
+//! owns it and read by the stages after it:
+//!
+//! | part          | filled by                         | what                               |
+//! |---------------|-----------------------------------|------------------------------------|
+//! | `caller`      | `request` (path, identify, route) | tenant, route, API, error style    |
+//! | `inspected`   | `inspect`                         | body fields and the body as sent   |
+//! | `admission`   | `limit`                           | the hold on the tenant's limits    |
+//! | `upstream`    | `failover` / passthrough          | attempts made, the serving endpoint|
+//! | `delivered`   | `relay` / `respond` / `logging`   | what the client got                |
+//! | `passthrough` | `request` (passthrough only)      | endpoint, key, breaker pass        |
+//!
+//! Whether a request is inspected or passed through is which part is set, not a mode flag.
 
 use crate::balance::breaker::Pass;
 use crate::config::{Pool, Snapshot, TenantId};
@@ -24,6 +35,29 @@ pub struct Inspected {
     pub injected_include_usage: bool,
 }
 
+/// An inspected request: its fields and the body as forwarded (possibly rewritten), held once
+/// and shared by every attempt.
+#[derive(Debug, Clone)]
+pub struct InspectedRequest {
+    /// Body fields.
+    pub fields: Inspected,
+    /// The body as sent upstream.
+    pub body: Bytes,
+}
+
+/// Who is calling and where the request goes (stage `request`: path, identify, route).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// Native error style for this request.
+    pub style: ErrorStyle,
+    /// Tenant, once identified.
+    pub tenant: Option<TenantId>,
+    /// API family of the path, if it is one sluice accounts.
+    pub api: Option<ApiKind>,
+    /// Index of the matched route in the snapshot's `routes`.
+    pub route: Option<usize>,
+}
+
 /// One upstream attempt, as recorded for the log line.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
@@ -33,55 +67,35 @@ pub struct AttemptRecord {
     pub endpoint: String,
     /// Upstream status, 0 when none was received.
     pub status: u16,
-    /// What happened: `ok`, `status`, an error label.
+    /// What happened: `ok`, `failover`, `key_disabled`, an error label.
     pub outcome: &'static str,
 }
 
-/// Where the request stands in the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Phase {
-    /// Arrived, nothing decided yet.
-    #[default]
-    New,
-    /// Streams straight through Pingora's normal proxy path (not inspected).
-    Passthrough,
-    /// Body inspected; answered by failover and the relay.
-    Inspected,
+/// The upstream side of the request (stage `failover`, or the passthrough choice).
+#[derive(Debug, Default)]
+pub struct UpstreamLog {
+    /// Attempts made, in order.
+    pub attempts: Vec<AttemptRecord>,
+    /// The pool and endpoint index of the last attempt (the one that served, if any).
+    pub last: Option<(Arc<Pool>, usize)>,
 }
 
-/// The per-request context (Pingora's `CTX`).
-pub struct RequestCtx {
-    /// Request id (UUID v4), echoed in `x-request-id`/`request-id` on sluice's own errors and
-    /// in `x-sluice-request-id` on every response.
-    pub request_id: String,
-    /// When the request arrived.
-    pub start: Instant,
-    /// The config snapshot this request started with (kept for its whole life).
-    pub snapshot: Option<Arc<Snapshot>>,
-    /// Pipeline phase.
-    pub phase: Phase,
-    /// Tenant, once identified.
-    pub tenant: Option<TenantId>,
-    /// Index of the matched route in `snapshot.routes`.
-    pub route: Option<usize>,
-    /// Native error style for this request.
-    pub style: ErrorStyle,
-    /// API family of the path, if it is one sluice accounts.
-    pub api: Option<ApiKind>,
-    /// Body fields.
-    pub inspected: Inspected,
-    /// The request body as forwarded (possibly rewritten), held once and shared by attempts.
-    pub body: Option<Bytes>,
-    /// Estimated prompt tokens (when usage must be estimated).
-    pub prompt_estimate: Option<u64>,
-    /// Pool and endpoint serving the request (last attempt).
-    pub pool: Option<Arc<Pool>>,
-    /// Endpoint index in `pool`.
-    pub endpoint: usize,
-    /// Key index on the endpoint (passthrough requests).
-    pub key: usize,
-    /// Attempts made.
-    pub attempts: Vec<AttemptRecord>,
+impl UpstreamLog {
+    /// The last attempt's pool.
+    pub fn pool(&self) -> Option<&Arc<Pool>> {
+        self.last.as_ref().map(|(p, _)| p)
+    }
+
+    /// The last attempt's endpoint `host:port`.
+    pub fn endpoint_addr(&self) -> Option<&str> {
+        let (pool, i) = self.last.as_ref()?;
+        pool.endpoints.get(*i).map(|e| e.addr.as_str())
+    }
+}
+
+/// What the client got (stages `relay`, `respond`, `logging`).
+#[derive(Debug, Default)]
+pub struct Delivered {
     /// Status sent to the client (0 = none).
     pub status: u16,
     /// Error sluice answered or ended the response with.
@@ -89,25 +103,53 @@ pub struct RequestCtx {
     /// Exact usage from the upstream.
     pub usage: Option<Usage>,
     /// The response reached its normal end (stream terminal event, or whole JSON body).
-    pub stream_completed: bool,
+    pub completed: bool,
     /// Part of the response went by uninspected (an SSE event over
     /// `accounting.max_sse_event_bytes`): the tokens are settled as estimated even when the
     /// upstream reported usage.
     pub usage_incomplete: bool,
     /// Completion text delivered, when usage must be estimated.
     pub output_text: Option<String>,
-    /// Time to first token (first body byte sent to the client).
+    /// Time to first token (first body byte sent to the client), from the request's start.
     pub ttft: Option<Duration>,
     /// The client left before the end of the response.
     pub client_disconnected: bool,
+}
+
+/// A passthrough request's upstream (stage `request`): served on Pingora's proxy path.
+#[derive(Debug)]
+pub struct Passthrough {
+    /// Key index on the endpoint in `upstream.last`.
+    pub key: usize,
+    /// The endpoint's breaker pass (a half-open breaker's probe slot), held until the outcome
+    /// is recorded; dropped unused if the request ends before.
+    pub breaker_pass: Option<Pass>,
+}
+
+/// The per-request context (Pingora's `CTX`): see the module docs for who fills what.
+pub struct RequestCtx {
+    /// Request id (UUID v4, simple form), echoed in `x-request-id`/`request-id` on sluice's
+    /// own errors and in `x-sluice-request-id` on every response.
+    pub request_id: String,
+    /// When the request arrived.
+    pub start: Instant,
+    /// The config snapshot this request started with (kept for its whole life).
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// Who is calling, which route.
+    pub caller: Caller,
+    /// Set for inspected requests.
+    pub inspected: Option<InspectedRequest>,
     /// The request's hold on its tenant's limits (reservations, concurrency permit); settled
     /// by the log stage, released if dropped.
     pub admission: Option<Admission>,
-    /// Counts this request in flight (client requests only).
+    /// Attempts and the serving endpoint.
+    pub upstream: UpstreamLog,
+    /// What the client got.
+    pub delivered: Delivered,
+    /// Set for passthrough requests.
+    pub passthrough: Option<Passthrough>,
+    /// Counts this request in flight.
     pub active: Option<super::ActiveGuard>,
-    /// Passthrough: the serving endpoint's breaker pass (a half-open breaker's probe slot),
-    /// held until the outcome is recorded; dropped unused if the request ends before.
-    pub breaker_pass: Option<Pass>,
 }
 
 impl Default for RequestCtx {
@@ -116,29 +158,13 @@ impl Default for RequestCtx {
             request_id: uuid::Uuid::new_v4().simple().to_string(),
             start: Instant::now(),
             snapshot: None,
-            phase: Phase::New,
-            tenant: None,
-            route: None,
-            style: ErrorStyle::OpenAi,
-            api: None,
-            inspected: Inspected::default(),
-            body: None,
-            prompt_estimate: None,
-            pool: None,
-            endpoint: 0,
-            key: 0,
-            attempts: Vec::new(),
-            status: 0,
-            error: None,
-            usage: None,
-            stream_completed: false,
-            usage_incomplete: false,
-            output_text: None,
-            ttft: None,
-            client_disconnected: false,
+            caller: Caller::default(),
+            inspected: None,
             admission: None,
+            upstream: UpstreamLog::default(),
+            delivered: Delivered::default(),
+            passthrough: None,
             active: None,
-            breaker_pass: None,
         }
     }
 }
@@ -146,7 +172,7 @@ impl Default for RequestCtx {
 impl RequestCtx {
     /// Matched route's name, `none` before routing (metric label).
     pub fn route_name(&self) -> &str {
-        match (&self.snapshot, self.route) {
+        match (&self.snapshot, self.caller.route) {
             (Some(s), Some(i)) => s.routes.get(i).map_or("none", |r| &r.name),
             _ => "none",
         }
@@ -154,6 +180,27 @@ impl RequestCtx {
 
     /// Serving pool's name, `none` before an attempt (metric label).
     pub fn pool_name(&self) -> &str {
-        self.pool.as_ref().map_or("none", |p| &p.name)
+        self.upstream.pool().map_or("none", |p| &p.name)
+    }
+
+    /// The inspected body fields (defaults for a passthrough request).
+    pub fn fields(&self) -> &Inspected {
+        static NONE: Inspected = Inspected {
+            model: None,
+            stream: false,
+            max_tokens: None,
+            injected_include_usage: false,
+        };
+        self.inspected.as_ref().map_or(&NONE, |i| &i.fields)
+    }
+
+    /// The request's model, when inspected and named.
+    pub fn model(&self) -> Option<&str> {
+        self.fields().model.as_deref()
+    }
+
+    /// The inspected body, if any.
+    pub fn body(&self) -> Option<&Bytes> {
+        self.inspected.as_ref().map(|i| &i.body)
     }
 }

@@ -140,7 +140,7 @@ impl Tally {
 /// was one; otherwise the last error (or [`SluiceError::NoUpstreamAvailable`] with the
 /// earliest cooldown) is returned for the caller to answer natively.
 pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, SluiceError> {
-    let (Some(snapshot), Some(route_idx)) = (ctx.snapshot.clone(), ctx.route) else {
+    let (Some(snapshot), Some(route_idx)) = (ctx.snapshot.clone(), ctx.caller.route) else {
         return Err(SluiceError::Internal);
     };
     let Some(route) = snapshot.routes.get(route_idx) else {
@@ -148,17 +148,13 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
     };
     let rules = &route.failover;
     let deadline = tokio::time::Instant::now() + rules.deadline;
-    let body = ctx.body.clone().unwrap_or_default();
+    let body = ctx.body().cloned().unwrap_or_default();
     let base = super::attempt::forwarded_header(session.req_header())
         .map_err(|_| SluiceError::Internal)?;
     let mut t = Tally::default();
     let served = 'pools: {
         for pool in &route.pools {
-            let model = ctx
-                .inspected
-                .model
-                .as_deref()
-                .map(|m| pool.upstream_model(m).to_owned());
+            let model = ctx.model().map(|m| pool.upstream_model(m).to_owned());
             if model
                 .as_deref()
                 .is_some_and(|m| !provider(pool.provider).accepts_model(m))
@@ -166,7 +162,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                 t.invalid_model = Some(SluiceError::InvalidModel(pool.name.to_string()));
                 continue;
             }
-            let pool_body = match (&ctx.inspected.model, &model) {
+            let pool_body = match (ctx.model(), &model) {
                 (Some(asked), Some(renamed)) if asked != renamed => {
                     super::inspect::with_model(&body, renamed)?
                 }
@@ -202,8 +198,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                             .with_label_values(&[&route.name, &from, &pool.name, reason.as_str()])
                             .inc();
                     }
-                    ctx.pool = Some(pool.clone());
-                    ctx.endpoint = ep_idx;
+                    ctx.upstream.last = Some((pool.clone(), ep_idx));
                     let target = Target {
                         pool: pool.clone(),
                         endpoint: ep_idx,
@@ -273,8 +268,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
     }
     if let Some((held, pool, endpoint)) = t.held {
         // Every candidate failed: the last upstream answer goes back as-is.
-        ctx.pool = Some(pool);
-        ctx.endpoint = endpoint;
+        ctx.upstream.last = Some((pool, endpoint));
         return Ok(Ended::Served(held));
     }
     let retry_after = t
@@ -359,7 +353,7 @@ pub fn retry_after_ms(h: &ResponseHeader) -> Option<u64> {
 }
 
 fn record(ctx: &mut RequestCtx, target: &Target, status: u16, outcome: &'static str) {
-    ctx.attempts.push(AttemptRecord {
+    ctx.upstream.attempts.push(AttemptRecord {
         pool: target.pool.name.clone(),
         endpoint: target.addr().to_owned(),
         status,

@@ -21,23 +21,23 @@ pub async fn admit(
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
 ) -> Result<(), SluiceError> {
-    let Some(tenant) = ctx.tenant.clone() else {
+    let Some(tenant) = ctx.caller.tenant.clone() else {
         return Ok(());
     };
     let Some(limits) = snapshot.tenant_limits(&tenant) else {
         return Ok(());
     };
-    let model = ctx.inspected.model.as_deref();
+    let model = ctx.model();
     let counts_tokens = limits.tokens_per_minute.is_some()
         || limits.input_tokens_per_minute.is_some()
         || limits.output_tokens_per_minute.is_some()
         || limits.models.iter().any(|m| m.tokens_per_minute.is_some());
-    let (prompt, ceiling) = match (ctx.api, &ctx.body) {
+    let (prompt, ceiling) = match (ctx.caller.api, ctx.body()) {
         (Some(api), Some(body)) if counts_tokens => (
             byte_estimate(body),
             match api {
                 ApiKind::Embeddings => 0,
-                _ => snapshot.output_ceiling(model, ctx.inspected.max_tokens),
+                _ => snapshot.output_ceiling(model, ctx.fields().max_tokens),
             },
         ),
         _ => (0, 0),
@@ -48,10 +48,10 @@ pub async fn admit(
         model.and_then(|m| snapshot.model_info(m)?.price),
     ) {
         (Some(_), Some(price)) => {
-            let (p, c) = match (ctx.api, &ctx.body) {
+            let (p, c) = match (ctx.caller.api, ctx.body()) {
                 (Some(api), Some(body)) if prompt == 0 => (
                     prompt_estimate(api, model.unwrap_or(""), body),
-                    snapshot.output_ceiling(model, ctx.inspected.max_tokens),
+                    snapshot.output_ceiling(model, ctx.fields().max_tokens),
                 ),
                 _ => (prompt, ceiling),
             };
@@ -69,7 +69,9 @@ pub async fn admit(
     // One bound on the wait for the shared store, however many times this request asks.
     let deadline = limiter.store_deadline();
     let mut result = limiter.admit_until(limits, ask, deadline).await;
-    if let (Err(Rejection::Tokens { .. }), Some(api), Some(body)) = (&result, ctx.api, &ctx.body) {
+    if let (Err(Rejection::Tokens { .. }), Some(api), Some(body)) =
+        (&result, ctx.caller.api, ctx.body())
+    {
         // The byte heuristic over-estimates; before refusing, count the prompt with tiktoken
         // (OpenAI models, small bodies) and ask again: a refusal leaves no trace to undo.
         let precise = prompt_estimate(api, model.unwrap_or(""), body);

@@ -36,7 +36,7 @@ use crate::error;
 use crate::limits::Limiter;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use ctx::{Phase, RequestCtx};
+use ctx::RequestCtx;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -128,7 +128,7 @@ impl ProxyHttp for Sluice {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.phase == Phase::Passthrough {
+        if ctx.passthrough.is_some() {
             upstream_response.insert_header("x-sluice-request-id", ctx.request_id.as_str())?;
             respond::rate_limit_headers(upstream_response, ctx)?;
         }
@@ -144,16 +144,15 @@ impl ProxyHttp for Sluice {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let endpoint = ctx
-            .pool
-            .as_ref()
-            .and_then(|p| p.endpoints.get(ctx.endpoint))
-            .map_or("upstream", |ep| ep.addr.as_str())
+            .upstream
+            .endpoint_addr()
+            .unwrap_or("upstream")
             .to_owned();
         let err = classify::classify(e, &endpoint, session.response_written().is_none());
         if matches!(err, error::SluiceError::ClientGone) {
             // The client is gone: nobody to answer.
-            ctx.client_disconnected = true;
-            ctx.error = Some(err);
+            ctx.delivered.client_disconnected = true;
+            ctx.delivered.error = Some(err);
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
@@ -173,18 +172,19 @@ impl ProxyHttp for Sluice {
     /// upstream-caused error); a client that left or a request sluice refused is neutral.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = match session.response_written() {
-            Some(h) if ctx.status == 0 => h.status.as_u16(),
-            _ => ctx.status,
+            Some(h) if ctx.delivered.status == 0 => h.status.as_u16(),
+            _ => ctx.delivered.status,
         };
-        if ctx.status == 0 {
-            ctx.status = status;
+        if ctx.delivered.status == 0 {
+            ctx.delivered.status = status;
         }
-        if ctx.phase == Phase::Passthrough {
+        if let Some(passthrough) = ctx.passthrough.as_mut() {
             // Passive health from streamed-through traffic too.
             if let Some(ep) = ctx
-                .pool
+                .upstream
+                .last
                 .as_ref()
-                .and_then(|p| p.endpoints.get(ctx.endpoint))
+                .and_then(|(p, i)| p.endpoints.get(*i))
             {
                 let outcome = match e {
                     Some(e) => Outcome::of_error(&classify::classify(e, &ep.addr, false)),
@@ -193,7 +193,7 @@ impl ProxyHttp for Sluice {
                 ep.state.breaker.record(outcome);
             }
             // The outcome is in: free a half-open probe slot now, not after the estimates.
-            ctx.breaker_pass = None;
+            passthrough.breaker_pass = None;
         }
         if let Some(admission) = ctx.admission.as_mut() {
             // The request is over for its tenant's concurrency whatever accounting remains.

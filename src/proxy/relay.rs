@@ -4,7 +4,7 @@
 //! upstream stalls past the idle timeout. Streams are forwarded as whole events, so one that
 //! ends abnormally ends on an event boundary followed by the API's native error event.
 
-use super::ctx::RequestCtx;
+use super::ctx::{Delivered, RequestCtx};
 use super::failover::Served;
 use crate::error::SluiceError;
 use crate::limits::budget::Period;
@@ -67,12 +67,11 @@ impl CutOff {
         let adm = ctx.admission.as_ref()?;
         let budget = adm.limits().budget.filter(|b| b.cut_off_streams)?;
         let left_usd = adm.budget_left?;
-        let model = ctx.inspected.model.as_deref()?;
+        let model = ctx.model()?;
         let price = ctx.snapshot.as_ref()?.model_info(model)?.price?;
         let prompt = ctx
-            .body
-            .as_ref()
-            .zip(ctx.api)
+            .body()
+            .zip(ctx.caller.api)
             .map_or(0, |(b, api)| super::limit::prompt_estimate(api, model, b));
         Some(CutOff {
             left_usd,
@@ -103,23 +102,25 @@ enum Event {
 /// back to the pool (more: the connection is closed instead).
 const REUSE_DRAIN_BYTES: usize = 64 * 1024;
 
-/// Relay the served attempt's response to the client. Never fails: what went wrong is
-/// recorded in `ctx` (status, error, client_disconnected) for the log stage.
-pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, served: Served) {
+/// Relay the served attempt's response to the client. Never fails: returns what the client
+/// got (status, usage, completion, the error the response ended with, whether the client
+/// left) for the log stage.
+pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> Delivered {
+    let mut d = Delivered::default();
     let Served {
         mut attempt,
         mut header,
     } = served;
     let endpoint = attempt.target().addr().to_owned();
     let status = header.status.as_u16();
-    ctx.status = status;
+    d.status = status;
     let is_sse = header
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let success = header.status.is_success();
-    let hide = is_sse && ctx.inspected.injected_include_usage;
+    let hide = is_sse && ctx.fields().injected_include_usage;
     // When the client has every byte of a sized response it may send its next request at
     // once: from then on the downstream must not be read (see `complete` below).
     let content_length = header
@@ -137,15 +138,15 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, served: Served) 
     let _ = header.insert_header("x-sluice-request-id", ctx.request_id.as_str());
     let _ = super::respond::rate_limit_headers(&mut header, ctx);
     if session.write_response_header(header, false).await.is_err() {
-        ctx.client_disconnected = true;
-        return;
+        d.client_disconnected = true;
+        return d;
     }
     let bounds = ctx
         .snapshot
         .as_ref()
         .map(|s| s.accounting)
         .unwrap_or_default();
-    let mut acc = match ctx.api {
+    let mut acc = match ctx.caller.api {
         Some(api) if success && is_sse => Accounting::Sse(Box::new(SseAccountant::new(
             api,
             hide,
@@ -194,8 +195,8 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, served: Served) 
                         break;
                     }
                 }
-                if ctx.ttft.is_none() && !out.is_empty() {
-                    ctx.ttft = Some(ctx.start.elapsed());
+                if d.ttft.is_none() && !out.is_empty() {
+                    d.ttft = Some(ctx.start.elapsed());
                 }
                 written += out.len();
                 if content_length.is_some_and(|n| written >= n) {
@@ -205,7 +206,7 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, served: Served) 
                 }
                 if !out.is_empty() {
                     if session.write_response_body(Some(out), false).await.is_err() {
-                        ctx.client_disconnected = !final_written;
+                        d.client_disconnected = !final_written;
                         closed_after_end = final_written;
                         break;
                     }
@@ -232,7 +233,7 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, served: Served) 
             }
             Event::ClientGone => {
                 tracing::debug!(request_id = %ctx.request_id, "client left mid-response");
-                ctx.client_disconnected = true;
+                d.client_disconnected = true;
                 break;
             }
         }
@@ -246,19 +247,19 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, served: Served) 
     match &mut acc {
         Accounting::Sse(a) => {
             tail.extend_from_slice(&a.finish());
-            ctx.stream_completed = a.completed();
+            d.completed = a.completed();
             if complete && failure.is_none() && !a.completed() && !a.saw_error() {
                 // A clean end of body without the terminal event: complete if the whole answer
                 // came (inspected streaming chat requests always ask for include_usage).
-                if a.ended_after_final_content(ctx.inspected.stream) {
-                    ctx.stream_completed = true;
+                if a.ended_after_final_content(ctx.fields().stream) {
+                    d.completed = true;
                 } else {
                     failure = Some(SluiceError::UpstreamTruncated(endpoint.clone()));
                 }
             }
             let oversized = a.oversized_events();
             if oversized > 0 {
-                ctx.usage_incomplete = true;
+                d.usage_incomplete = true;
                 metrics::SSE_OVERSIZED_EVENTS
                     .with_label_values(&[ctx.route_name()])
                     .inc_by(oversized);
@@ -270,14 +271,14 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, served: Served) 
                     "SSE events over the accounting cap were forwarded unparsed; tokens estimated"
                 );
             }
-            ctx.usage = plausible(ctx, a.usage(), bounds.max_usage_tokens);
-            ctx.output_text = Some(a.output_text().to_owned());
+            d.usage = plausible(ctx, a.usage(), bounds.max_usage_tokens);
+            d.output_text = Some(a.output_text().to_owned());
         }
         Accounting::Json(a) => {
-            ctx.usage = plausible(ctx, a.finish(), bounds.max_usage_tokens);
-            ctx.stream_completed = failure.is_none() && !ctx.client_disconnected;
-            if ctx.usage.is_none() {
-                ctx.output_text = Some(a.output_text());
+            d.usage = plausible(ctx, a.finish(), bounds.max_usage_tokens);
+            d.completed = failure.is_none() && !d.client_disconnected;
+            if d.usage.is_none() {
+                d.output_text = Some(a.output_text());
             }
         }
         Accounting::Off => {}
@@ -292,31 +293,32 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, served: Served) 
         }
     }
     if let Some(err) = failure {
-        ctx.error = Some(err);
+        d.error = Some(err);
     }
     if closed_after_end {
         session.set_keepalive(None);
-        return;
+        return d;
     }
-    if ctx.client_disconnected {
+    if d.client_disconnected {
         metrics::CLIENT_DISCONNECTS
             .with_label_values(&[ctx.route_name()])
             .inc();
         session.set_keepalive(None);
-        return;
+        return d;
     }
-    if ctx.error.is_some() && !is_sse {
-        return;
+    if d.error.is_some() && !is_sse {
+        return d;
     }
     let tail = tail.freeze();
     if session.write_response_body(Some(tail), true).await.is_err() && !final_written {
-        ctx.client_disconnected = true;
+        d.client_disconnected = true;
     }
     if let Some(attempt) = attempt_left {
         // The client has its whole response; read the upstream's end so the connection goes
         // back to the pool (bounded by the idle timeout per read).
         attempt.finish(REUSE_DRAIN_BYTES).await;
     }
+    d
 }
 
 /// Make the upstream's response header one the client's connection can carry: its
@@ -350,7 +352,7 @@ fn error_event(ctx: &RequestCtx, acc: &Accounting, err: &SluiceError) -> Bytes {
         Accounting::Sse(a) => a.next_sequence_number(),
         _ => 0,
     };
-    crate::provider::stream_error_event(ctx.api, ctx.style, err, seq)
+    crate::provider::stream_error_event(ctx.caller.api, ctx.caller.style, err, seq)
 }
 
 /// `usage` if every count is at most `max_tokens`; otherwise `None` (the request's tokens are

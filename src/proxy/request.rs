@@ -1,7 +1,7 @@
 //! The parent's request_filter, in pipeline order: snapshot, path, tenant, inspection, route,
 //! then either failover and the relay (inspected) or Pingora's own proxy path (passthrough).
 
-use super::ctx::{Phase, RequestCtx};
+use super::ctx::{InspectedRequest, Passthrough, RequestCtx};
 use super::{failover, identify, inspect, limit, path, relay};
 use crate::config::Snapshot;
 use crate::error::SluiceError;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub enum Flow {
     /// The response was written (attempts relayed it).
     Done,
-    /// Continue on Pingora's proxy path (upstream_peer etc.) with `ctx.pool` chosen.
+    /// Continue on Pingora's proxy path (upstream_peer etc.) with `ctx.passthrough` set.
     Passthrough,
 }
 
@@ -28,32 +28,33 @@ pub async fn handle(
 ) -> Result<Flow, SluiceError> {
     ctx.snapshot = Some(snapshot.clone());
     let req = session.req_header();
-    ctx.style = ErrorStyle::guess(req);
+    ctx.caller.style = ErrorStyle::guess(req);
     // Everything below (route, API kind, inspection, the upstream) reads the normalized path.
     path::normalize_request(session.req_header_mut())?;
     let req = session.req_header();
-    ctx.style = ErrorStyle::guess(req);
-    ctx.tenant = Some(identify::tenant(req, &snapshot.tenants)?);
+    ctx.caller.style = ErrorStyle::guess(req);
+    ctx.caller.tenant = Some(identify::tenant(req, &snapshot.tenants)?);
     let path = req.uri.path().to_owned();
-    ctx.api = ApiKind::from_path(&path);
+    ctx.caller.api = ApiKind::from_path(&path);
 
     if inspect::should_inspect(req, &snapshot) {
         let body = inspect::read_body(session, snapshot.max_body_bytes).await?;
-        let (fields, body) = inspect::inspect(ctx.api, body)?;
-        ctx.inspected = fields;
-        ctx.body = Some(body);
-        ctx.phase = Phase::Inspected;
+        let (fields, body) = inspect::inspect(ctx.caller.api, body)?;
+        ctx.inspected = Some(InspectedRequest { fields, body });
         select_route(&snapshot, session, ctx, &path)?;
         limit::admit(limiter, &snapshot, ctx).await?;
         match failover::run(session, ctx).await? {
-            failover::Ended::Served(served) => relay::relay(session, ctx, served).await,
-            failover::Ended::ClientGone => ctx.client_disconnected = true,
+            failover::Ended::Served(served) => {
+                ctx.delivered = relay::relay(session, ctx, served).await;
+            }
+            failover::Ended::ClientGone => ctx.delivered.client_disconnected = true,
         }
         return Ok(Flow::Done);
     }
 
     select_route(&snapshot, session, ctx, &path)?;
     let route = ctx
+        .caller
         .route
         .and_then(|i| snapshot.routes.get(i))
         .ok_or(SluiceError::Internal)?;
@@ -74,11 +75,11 @@ pub async fn handle(
             rate_limited: false,
         })?;
     limit::admit(limiter, &snapshot, ctx).await?;
-    ctx.pool = Some(pool);
-    ctx.endpoint = ep;
-    ctx.key = key;
-    ctx.breaker_pass = Some(pass);
-    ctx.phase = Phase::Passthrough;
+    ctx.upstream.last = Some((pool, ep));
+    ctx.passthrough = Some(Passthrough {
+        key,
+        breaker_pass: Some(pass),
+    });
     Ok(Flow::Passthrough)
 }
 
@@ -92,11 +93,11 @@ fn select_route(
     let idx = snapshot
         .routes
         .iter()
-        .position(|r| r.matches(path, ctx.inspected.model.as_deref(), req))
+        .position(|r| r.matches(path, ctx.model(), req))
         .ok_or_else(|| SluiceError::NoRoute(format!("{} {path}", req.method)))?;
-    ctx.route = Some(idx);
+    ctx.caller.route = Some(idx);
     if let Some(pool) = snapshot.routes[idx].pools.first() {
-        ctx.style = provider(pool.provider).error_style();
+        ctx.caller.style = provider(pool.provider).error_style();
     }
     Ok(())
 }

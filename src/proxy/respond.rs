@@ -11,17 +11,17 @@ use pingora_proxy::Session;
 pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: SluiceError) {
     metrics::ERRORS.with_label_values(&[err.label()]).inc();
     let status = err.status();
-    ctx.status = status;
+    ctx.delivered.status = status;
     if session.response_written().is_none() {
-        let body = err.body(ctx.style);
+        let body = err.body(ctx.caller.style);
         if let Ok(header) = error_header(status, body.len(), ctx, Some(err.headers())) {
             let sent = session.write_response_header(Box::new(header), false).await;
             if sent.is_err() || session.write_response_body(Some(body), true).await.is_err() {
-                ctx.client_disconnected = true;
+                ctx.delivered.client_disconnected = true;
             }
         }
     }
-    ctx.error = Some(err);
+    ctx.delivered.error = Some(err);
 }
 
 fn error_header(
@@ -33,7 +33,10 @@ fn error_header(
     let mut h = ResponseHeader::build(status, Some(5))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CONTENT_LENGTH, len)?;
-    h.insert_header(ctx.style.request_id_header(), ctx.request_id.as_str())?;
+    h.insert_header(
+        ctx.caller.style.request_id_header(),
+        ctx.request_id.as_str(),
+    )?;
     h.insert_header("x-sluice-request-id", ctx.request_id.as_str())?;
     if let Some(err) = &err_headers {
         for (name, value) in err {

@@ -3,7 +3,7 @@
 //! credentials stripped, the pool endpoint's key injected in the provider's style, the path
 //! mapped, `Host` set. Inspected requests build theirs in [`super::attempt`].
 
-use super::ctx::{Phase, RequestCtx};
+use super::ctx::RequestCtx;
 use crate::config::{Endpoint, Pool};
 use crate::provider::{provider, CLIENT_CREDENTIAL_HEADERS};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -15,10 +15,9 @@ use super::attempt::POOLED_CONNECTION_IDLE;
 
 /// The passthrough target: pool, endpoint index, key index.
 fn target(ctx: &RequestCtx) -> Option<(&Arc<Pool>, usize, usize)> {
-    match ctx.phase {
-        Phase::Passthrough => ctx.pool.as_ref().map(|p| (p, ctx.endpoint, ctx.key)),
-        _ => None,
-    }
+    let key = ctx.passthrough.as_ref()?.key;
+    let (pool, endpoint) = ctx.upstream.last.as_ref()?;
+    Some((pool, *endpoint, key))
 }
 
 fn endpoint(pool: &Pool, idx: usize) -> Result<&Endpoint> {
