@@ -3,9 +3,9 @@
 //! every virtual key and the secret-looking query values used.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{free_port, Mock, Sluice};
+use support::{free_port, Mock, Sluice};
 
 const OPENAI_KEY_OLD: &str = "sk-prov-openai-OLD-1234567";
 const OPENAI_KEY_NEW: &str = "sk-prov-openai-NEW-7654321";
