@@ -1,8 +1,9 @@
 //! The config builder: sluice YAML for the shapes the tests and the load bench share (pools
 //! of one endpoint to a mock, path-prefix routes, tenants with virtual keys and limits), with
 //! YAML fragments merged in for everything else. The schema is sluice's own (README,
-//! "Configuration reference"); this only spares each test its copy of the same lines.
-use serde_json::{json, Map, Value};
+//! "Configuration reference"); this only spares each test its copy of the same lines. Keys
+//! keep the order they were added in (`serde_yaml::Mapping` is insertion-ordered).
+use serde_yaml::{Mapping, Value};
 
 /// The env var whose value every [`Pool`] injects as its key unless told otherwise.
 pub const KEY_ENV_NAME: &str = "SLUICE_TEST_KEY";
@@ -11,7 +12,7 @@ pub const KEY_ENV_NAME: &str = "SLUICE_TEST_KEY";
 /// `Sluice::start` takes); [`Config::with_listeners`] adds them.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
-    root: Map<String, Value>,
+    root: Mapping,
 }
 
 impl Config {
@@ -22,13 +23,13 @@ impl Config {
 
     /// Append `pool` to `pools`.
     pub fn pool(mut self, pool: Pool) -> Config {
-        push(&mut self.root, "pools", Value::Object(pool.0));
+        push(&mut self.root, "pools", Value::Mapping(pool.0));
         self
     }
 
     /// Append `route` to `routes` (routes match in order).
     pub fn route(mut self, route: Route) -> Config {
-        push(&mut self.root, "routes", Value::Object(route.0));
+        push(&mut self.root, "routes", Value::Mapping(route.0));
         self
     }
 
@@ -36,11 +37,11 @@ impl Config {
     pub fn tenant(mut self, tenant: Tenant) -> Config {
         let tenants = self
             .root
-            .entry("tenants")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
+            .entry("tenants".into())
+            .or_insert_with(|| Value::Mapping(Mapping::new()))
+            .as_mapping_mut()
             .expect("tenants is a mapping");
-        push(tenants, "list", Value::Object(tenant.0));
+        push(tenants, "list", Value::Mapping(tenant.0));
         self
     }
 
@@ -56,9 +57,9 @@ impl Config {
         let mut at = &mut self.root;
         for key in path {
             at = at
-                .entry(*key)
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
+                .entry((*key).into())
+                .or_insert_with(|| Value::Mapping(Mapping::new()))
+                .as_mapping_mut()
                 .expect("a mapping on the path");
         }
         merge(at, parse(fragment));
@@ -67,7 +68,7 @@ impl Config {
 
     /// The YAML (without `listeners`).
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(&self.root).expect("a JSON tree is valid YAML")
+        serde_yaml::to_string(&self.root).expect("a YAML tree serializes")
     }
 
     /// The YAML with `listeners: {proxy, admin}` (`host:port` each) first.
@@ -81,19 +82,17 @@ impl Config {
 
 /// One pool of one endpoint (more with [`Pool::endpoint`]).
 #[derive(Debug, Clone)]
-pub struct Pool(Map<String, Value>);
+pub struct Pool(Mapping);
 
 impl Pool {
     /// Pool `name` of `provider` (`openai`, `anthropic`, `azure_openai`, ...) with one endpoint
     /// at `url` whose key comes from env [`KEY_ENV_NAME`].
     pub fn new(name: &str, provider: &str, url: &str) -> Pool {
-        Pool(
-            json!({"name": name, "provider": provider,
-                "endpoints": [{"url": url, "keys": [{"env": KEY_ENV_NAME}]}]})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        )
+        Pool(map([
+            ("name", name.into()),
+            ("provider", provider.into()),
+            ("endpoints", Value::Sequence(vec![endpoint(url)])),
+        ]))
     }
     /// An `openai` pool.
     pub fn openai(name: &str, url: &str) -> Pool {
@@ -109,19 +108,15 @@ impl Pool {
     }
     /// The last endpoint's keys: one per env var in `envs`, in order.
     pub fn key_envs(mut self, envs: &[&str]) -> Pool {
-        let keys: Vec<Value> = envs.iter().map(|e| json!({"env": e})).collect();
+        let keys: Vec<Value> = envs.iter().map(|e| Value::Mapping(env_key(e))).collect();
         if let Some(ep) = self.last_endpoint() {
-            ep.insert("keys".into(), Value::Array(keys));
+            ep.insert("keys".into(), Value::Sequence(keys));
         }
         self
     }
     /// Another endpoint at `url`, its key from env [`KEY_ENV_NAME`].
     pub fn endpoint(mut self, url: &str) -> Pool {
-        push(
-            &mut self.0,
-            "endpoints",
-            json!({"url": url, "keys": [{"env": KEY_ENV_NAME}]}),
-        );
+        push(&mut self.0, "endpoints", endpoint(url));
         self
     }
     /// Merge the YAML mapping `fragment` into the pool (`breaker: {...}`, `timeouts: {...}`).
@@ -129,83 +124,79 @@ impl Pool {
         merge(&mut self.0, parse(fragment));
         self
     }
-    fn last_endpoint(&mut self) -> Option<&mut Map<String, Value>> {
+    fn last_endpoint(&mut self) -> Option<&mut Mapping> {
         self.0
             .get_mut("endpoints")?
-            .as_array_mut()?
+            .as_sequence_mut()?
             .last_mut()?
-            .as_object_mut()
+            .as_mapping_mut()
     }
 }
 
 /// One route: `match: {path_prefix}` to `pools`, in failover order.
 #[derive(Debug, Clone)]
-pub struct Route(Map<String, Value>);
+pub struct Route(Mapping);
 
 impl Route {
     /// Route `name` for paths under `path_prefix` to `pools`.
     pub fn prefix(name: &str, path_prefix: &str, pools: &[&str]) -> Route {
-        Route(
-            json!({"name": name, "match": {"path_prefix": path_prefix}, "pools": pools})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        )
+        let pools = pools.iter().map(|p| Value::from(*p)).collect();
+        Route(map([
+            ("name", name.into()),
+            (
+                "match",
+                Value::Mapping(map([("path_prefix", path_prefix.into())])),
+            ),
+            ("pools", Value::Sequence(pools)),
+        ]))
     }
     /// Match only requests whose header `name` is `value`.
     pub fn header(mut self, name: &str, value: &str) -> Route {
+        let header = map([("name", name.into()), ("value", value.into())]);
         self.matcher()
-            .insert("header".into(), json!({"name": name, "value": value}));
+            .insert("header".into(), Value::Mapping(header));
         self
     }
     /// Match only requests whose model matches the glob `model`.
     pub fn model(mut self, model: &str) -> Route {
-        self.matcher().insert("model".into(), json!(model));
+        self.matcher().insert("model".into(), model.into());
         self
     }
-    fn matcher(&mut self) -> &mut Map<String, Value> {
+    fn matcher(&mut self) -> &mut Mapping {
         self.0
             .get_mut("match")
-            .and_then(Value::as_object_mut)
+            .and_then(Value::as_mapping_mut)
             .expect("a route has a match")
     }
 }
 
 /// One tenant of `tenants.list`.
 #[derive(Debug, Clone)]
-pub struct Tenant(Map<String, Value>);
+pub struct Tenant(Mapping);
 
 impl Tenant {
     /// Tenant `name`, with nothing else.
     pub fn new(name: &str) -> Tenant {
-        Tenant(
-            json!({"name": name})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        )
+        Tenant(map([("name", name.into())]))
     }
     /// Add the virtual key `key`, stored as its SHA-256 (lower-case hex), as a ConfigMap would.
     pub fn virtual_key(mut self, key: &str) -> Tenant {
-        push(
-            &mut self.0,
-            "virtual_keys",
-            json!({"sha256": sha256_hex(key)}),
-        );
+        let sha = map([("sha256", sha256_hex(key).into())]);
+        push(&mut self.0, "virtual_keys", Value::Mapping(sha));
         self
     }
     /// `allow_header: true`: the tenant header may name this tenant.
     pub fn allow_header(mut self) -> Tenant {
-        self.0.insert("allow_header".into(), json!(true));
+        self.0.insert("allow_header".into(), true.into());
         self
     }
     /// Merge the YAML mapping `fragment` into the tenant's `limits`.
     pub fn limits(mut self, fragment: &str) -> Tenant {
         let limits = self
             .0
-            .entry("limits")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
+            .entry("limits".into())
+            .or_insert_with(|| Value::Mapping(Mapping::new()))
+            .as_mapping_mut()
             .expect("limits is a mapping");
         merge(limits, parse(fragment));
         self
@@ -220,14 +211,17 @@ pub fn sha256_hex(s: &str) -> String {
 
 /// Merge `from` into `into`: a mapping into a mapping key by key, recursively; anything else
 /// (scalars, sequences) replaces what was there. `Null` (an empty fragment) changes nothing.
-pub fn merge(into: &mut Map<String, Value>, from: Value) {
-    let Value::Object(from) = from else {
-        assert!(from.is_null(), "a YAML fragment must be a mapping: {from}");
+pub fn merge(into: &mut Mapping, from: Value) {
+    let Value::Mapping(from) = from else {
+        assert!(
+            from.is_null(),
+            "a YAML fragment must be a mapping: {from:?}"
+        );
         return;
     };
     for (k, v) in from {
         match (into.get_mut(&k), v) {
-            (Some(Value::Object(a)), Value::Object(b)) => merge(a, Value::Object(b)),
+            (Some(Value::Mapping(a)), Value::Mapping(b)) => merge(a, Value::Mapping(b)),
             (_, v) => {
                 into.insert(k, v);
             }
@@ -235,12 +229,32 @@ pub fn merge(into: &mut Map<String, Value>, from: Value) {
     }
 }
 
+/// A mapping of `pairs`, in order.
+fn map<const N: usize>(pairs: [(&str, Value); N]) -> Mapping {
+    pairs.into_iter().map(|(k, v)| (k.into(), v)).collect()
+}
+
+/// `{env: NAME}`: a key read from env var `name`.
+fn env_key(name: &str) -> Mapping {
+    map([("env", name.into())])
+}
+
+/// `{url, keys: [{env: KEY_ENV_NAME}]}`.
+fn endpoint(url: &str) -> Value {
+    let keys = Value::Sequence(vec![Value::Mapping(env_key(KEY_ENV_NAME))]);
+    Value::Mapping(map([("url", url.into()), ("keys", keys)]))
+}
+
 fn parse(fragment: &str) -> Value {
     serde_yaml::from_str(fragment).unwrap_or_else(|e| panic!("bad YAML {fragment:?}: {e}"))
 }
 
-fn push(map: &mut Map<String, Value>, key: &str, item: Value) {
-    if let Some(list) = map.entry(key).or_insert_with(|| json!([])).as_array_mut() {
+fn push(map: &mut Mapping, key: &str, item: Value) {
+    if let Some(list) = map
+        .entry(key.into())
+        .or_insert_with(|| Value::Sequence(Vec::new()))
+        .as_sequence_mut()
+    {
         list.push(item);
     }
 }
