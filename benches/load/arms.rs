@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+/// What an arm is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     Direct,
@@ -17,6 +18,8 @@ pub enum Kind {
     Litellm,
 }
 
+/// One arm: where to send requests, its process (none for direct), the bearer it takes,
+/// and sluice's admin listener.
 pub struct Arm {
     pub name: String,
     pub kind: Kind,
@@ -26,8 +29,11 @@ pub struct Arm {
     pub admin: Option<SocketAddr>,
 }
 
+/// The virtual key clients send (sluice maps it to tenant `bench`; the others ignore it).
 pub const VIRTUAL_KEY: &str = "sk-bench-virtual-key-0001";
+/// The provider key sluice injects (the upstream counts requests that carry it).
 pub const UPSTREAM_KEY: &str = "sk-bench-upstream-key";
+/// LiteLLM's master key, the bearer its clients send.
 pub const LITELLM_MASTER: &str = "sk-bench-litellm-9f2c71d4e8a3";
 
 /// The sluice arm's config: listeners on `proxy` / `admin`, one OpenAI pool to the bench
@@ -75,6 +81,8 @@ tenants:
           - {model: "gpt-4o*", requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000}
 "#;
 
+/// nginx: one worker on `port`, `proxy_pass` to a keep-alive upstream on `upstream`, no
+/// buffering; its files under `dir`.
 pub fn nginx_config(dir: &Path, port: u16, upstream: u16) -> String {
     let d = dir.display();
     format!(
@@ -116,6 +124,7 @@ http {{
     )
 }
 
+/// LiteLLM: the model routed to the bench upstream on `upstream` with the upstream key.
 pub fn litellm_config(upstream: u16) -> String {
     format!(
         r#"model_list:

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// One response: status, when its first body byte and its end arrived, its body if kept.
 pub struct Resp {
     pub status: u16,
     pub first_body: Option<Instant>,
@@ -14,6 +15,7 @@ pub struct Resp {
     pub body: Vec<u8>,
 }
 
+/// One keep-alive connection and its read buffer.
 pub struct Conn {
     pub s: TcpStream,
     pub buf: BytesMut,
@@ -170,6 +172,7 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of `addr`; every connect and round trip bounded by `timeout`.
     pub fn new(addr: SocketAddr, timeout: Duration) -> Client {
         Client {
             addr,
@@ -178,6 +181,8 @@ impl Client {
         }
     }
 
+    /// Send `req` (connecting first if needed) and read the response; `None` on any error
+    /// or timeout (the connection is then dropped).
     pub async fn send(&mut self, req: &[u8], keep_body: bool) -> Option<Resp> {
         if self.conn.is_none() {
             self.conn = tokio::time::timeout(self.timeout, Conn::connect(self.addr))
@@ -201,6 +206,7 @@ impl Client {
     }
 }
 
+/// `GET path` on a fresh connection (2 s bound): status and body.
 pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n");
     let mut c = Client::new(addr, Duration::from_secs(2));
@@ -208,8 +214,11 @@ pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
 }
 
+/// The model every request names.
 pub const MODEL: &str = "gpt-4o-mini";
 
+/// The workload's `POST /v1/chat/completions{query}` (OpenAI chat completions, ~230 B body,
+/// `max_tokens` 64; with `stream`, `stream_options.include_usage`), bearer `auth`.
 pub fn chat_request(addr: SocketAddr, auth: &str, stream: bool, query: &str) -> Vec<u8> {
     let body = if stream {
         format!(

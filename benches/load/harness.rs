@@ -28,7 +28,8 @@
     clippy::expect_used
 )]
 
-//! Modules: [`opts`] (flags, phase sizes), [`setup`] (upstream and arms started), [`arms`]
+//! Modules: [`opts`] (flags, phase sizes), [`setup`] (upstream and arms started; [`peers`]:
+//! nginx and LiteLLM), [`arms`]
 //! (arm configs, smoke test), [`client`] (HTTP/1.1 client, the request), [`load`] (load
 //! patterns), [`measure`] (one arm's phases, open streams, start-to-ready), [`rounds`]
 //! (interleaved rounds, checks), [`procs`] (process trees, `/proc` CPU and memory),
@@ -41,6 +42,7 @@ mod load;
 mod markdown;
 mod measure;
 mod opts;
+mod peers;
 mod procs;
 mod report;
 mod rounds;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Quantile `q` (0..1, nearest rank) of `sorted`; NaN when empty.
 pub fn pct(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -19,12 +20,14 @@ pub fn pct(sorted: &[u64], q: f64) -> f64 {
     sorted[idx] as f64
 }
 
+/// Latency samples (ns) of the requests that succeeded, and the count that did not.
 pub struct Lat {
     pub ns: Vec<u64>,
     pub errors: u64,
 }
 
 impl Lat {
+    /// Quantile `q` in µs.
     pub fn p(&mut self, q: f64) -> f64 {
         self.ns.sort_unstable();
         pct(&self.ns, q) / 1000.0
@@ -215,6 +218,7 @@ pub async fn open_stream(addr: SocketAddr, req: &[u8]) -> std::io::Result<TcpStr
     }
 }
 
+/// Poll `f` every 20 ms until it holds (true) or `deadline` passes (false).
 pub async fn wait_until<F, Fut>(deadline: Duration, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -230,6 +234,7 @@ where
     false
 }
 
+/// Whether a TCP connect to `addr` succeeds.
 pub async fn port_open(addr: SocketAddr) -> bool {
     TcpStream::connect(addr).await.is_ok()
 }

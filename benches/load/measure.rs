@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+/// The upstream's `GET /_stats` counters (`Null` when unreachable).
 pub async fn upstream_stats(up: SocketAddr) -> Value {
     match get(up, "/_stats").await {
         Some((200, b)) => serde_json::from_str(&b).unwrap_or(Value::Null),

@@ -4,6 +4,8 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The command line: rounds, arms, directories, the open-streams count, the time budget,
+/// the proxy core, and whether to hold streams and pause idle arms.
 #[derive(Clone)]
 pub struct Opts {
     pub rounds: usize,
@@ -21,6 +23,7 @@ pub struct Opts {
     pub pause: bool,
 }
 
+/// The flags of `std::env::args` (see `benches/load/harness.rs`); panics on a bad one.
 pub fn parse_opts() -> Opts {
     let mut o = Opts {
         rounds: 5,
@@ -87,6 +90,7 @@ pub struct Plan {
     pub streams: u64,
 }
 
+/// The phase sizes for `--quick` or not, for a slow arm (LiteLLM) or a fast one.
 pub fn plan(quick: bool, slow: bool) -> Plan {
     let (q, s) = (quick, slow);
     Plan {
@@ -118,6 +122,7 @@ pub fn plan(quick: bool, slow: bool) -> Plan {
     }
 }
 
+/// `p` for the JSON report.
 pub fn plan_json(p: &Plan) -> Value {
     json!({
         "warmup": p.warmup, "cpu_conns": p.cpu_conns, "cpu_requests": p.cpu_requests,

@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The children of a run by (name, pid, handle), listed in `pidfile` for the wrapper's trap.
 pub struct Procs {
     pub list: Vec<(String, u32, std::process::Child)>,
     pub pidfile: PathBuf,
 }
 
 impl Procs {
+    /// Spawn `cmd` (stdin closed) as `name` and record it; its pid.
     pub fn spawn(&mut self, name: &str, mut cmd: Command) -> std::io::Result<u32> {
         let child = cmd.stdin(Stdio::null()).spawn()?;
         let pid = child.id();
@@ -19,6 +21,7 @@ impl Procs {
         Ok(pid)
     }
 
+    /// Write every recorded tree's pids to `pidfile`, one a line.
     pub fn write_pidfile(&self) {
         let mut s = String::new();
         for (_, pid, _) in &self.list {
@@ -56,6 +59,7 @@ impl Procs {
         self.write_pidfile();
     }
 
+    /// [`Procs::stop`] every child, the last started first.
     pub fn stop_all(&mut self) {
         let pids: Vec<u32> = self.list.iter().map(|(_, p, _)| *p).collect();
         for p in pids.into_iter().rev() {
@@ -70,6 +74,7 @@ impl Drop for Procs {
     }
 }
 
+/// `kill -SIG` every pid of `pids` (errors ignored).
 pub fn signal(sig: &str, pids: &[u32]) {
     if pids.is_empty() {
         return;
@@ -81,6 +86,7 @@ pub fn signal(sig: &str, pids: &[u32]) {
         .status();
 }
 
+/// Whether `pid` exists and is not a zombie (`/proc/<pid>/stat`).
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.contains(") Z "))
@@ -190,6 +196,7 @@ pub fn client_core() -> u32 {
         .unwrap_or(0)
 }
 
+/// `taskset -c core prog`: `prog` pinned to `core`.
 pub fn taskset(core: u32, prog: &Path) -> Command {
     let mut c = Command::new("taskset");
     c.arg("-c").arg(core.to_string()).arg(prog);

@@ -6,6 +6,7 @@ use crate::setup::{bin, Session};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
+/// Median of the finite values of `v`; NaN when none.
 pub fn median(v: &[f64]) -> f64 {
     let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
@@ -20,6 +21,7 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// `x` rounded to 3 decimals for JSON; `null` when not finite.
 pub fn num(x: f64) -> Value {
     if x.is_finite() {
         json!((x * 1000.0).round() / 1000.0)
@@ -28,6 +30,7 @@ pub fn num(x: f64) -> Value {
     }
 }
 
+/// `x` with `digits` decimals for Markdown; "–" when not finite.
 pub fn f(x: f64, digits: usize) -> String {
     if x.is_finite() {
         format!("{x:.digits$}")
@@ -36,6 +39,7 @@ pub fn f(x: f64, digits: usize) -> String {
     }
 }
 
+/// One arm's figures in one round, by metric name.
 pub type Metrics = BTreeMap<String, f64>;
 
 /// Everything a run measured after its setup.

@@ -29,9 +29,11 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
+    /// The value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         header_in(&self.headers, name)
     }
+    /// The body as JSON (`Null` when it is not).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_default()
     }

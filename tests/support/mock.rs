@@ -17,9 +17,11 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// The value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         header_in(&self.headers, name)
     }
+    /// The body as JSON (panics when it is not).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap()
     }
@@ -81,6 +83,7 @@ pub enum CutEnd {
 }
 
 impl Mock {
+    /// Listen on 127.0.0.1:0 and serve every connection on a task of its own.
     pub async fn start() -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mock = Mock {
@@ -105,18 +108,22 @@ impl Mock {
         mock
     }
 
+    /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// Answer with `b` from the next request on.
     pub fn set(&self, b: Behavior) {
         *self.behavior.lock().unwrap() = b;
     }
 
+    /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         *self.connections.lock().unwrap()
     }
 
+    /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
     }

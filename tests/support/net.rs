@@ -23,6 +23,7 @@ pub struct DelayProxy {
 }
 
 impl DelayProxy {
+    /// Listen on 127.0.0.1:0 and relay to `target`, replies held `delay`.
     pub async fn start(target: SocketAddr, delay: Duration) -> DelayProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
