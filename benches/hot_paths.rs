@@ -11,6 +11,9 @@ use sluice::proxy::inspect::inspect;
 use sluice::usage::{estimate, ApiKind, SseAccountant};
 use std::sync::Arc;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 fn fixture(path: &str) -> Bytes {
     let p = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
     Bytes::from(std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}")))
@@ -136,46 +139,16 @@ fn limits(c: &mut Criterion) {
     });
 }
 
-/// The same admit + settle with `limits.store: redis` against a local redis-server (started
-/// here on a free port; skipped with a message when the binary is missing). Most admissions
-/// are served from the leased slice; the difference to the local store is the added latency.
+/// The same admit + settle with `limits.store: redis` against a local redis-server (started on
+/// a free port by `tests/support`'s launcher, stopped on return; skipped with a message when
+/// the binary is missing). Most admissions are served from the leased slice; the difference
+/// to the local store is the added latency.
 fn shared_limits(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    /// Kills the redis-server even if the bench panics.
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let Ok(redis) = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-    else {
+    let Ok(redis) = support::Redis::try_start() else {
         eprintln!("redis-server not found: skipping limits_admit_settle_redis_store");
         return;
     };
-    let _redis = Guard(redis);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let yaml = format!("limits:\n  store: redis\n  redis: {{url: \"redis://127.0.0.1:{port}\"}}\ntenants:\n  list:\n    - name: t\n      limits: {{requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000}}\n");
+    let yaml = format!("limits:\n  store: redis\n  redis: {{url: \"{}\"}}\ntenants:\n  list:\n    - name: t\n      limits: {{requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000}}\n", redis.url());
     let snap = compile(&parse(&yaml).unwrap(), Secrets::Skip).unwrap();
     let store = sluice::limits::shared::SharedStore::new(snap.redis.as_ref().unwrap()).unwrap();
     let limiter = Arc::new(Limiter::new(Some(Arc::new(store))));

@@ -3,47 +3,32 @@
 //! and usage beyond `accounting.max_usage_tokens` is estimated instead of billed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{proc_status_kib, reset_peak_rss, Behavior, Mock, Sluice};
 use std::time::Duration;
+use support::{
+    proc_status_kib, reset_peak_rss, Behavior, Config, Mock, Pool, Route, Sluice, Tenant,
+};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 const VK: &str = "sk-accounting-virtual-key";
 
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
-
 /// An openai pool and an anthropic pool on `mock`; tenant `t` (virtual key `VK`) with a
 /// token limit and a daily budget, and a price for every model.
 fn config(mock: &Mock, extra: &str) -> String {
-    format!(
-        r#"pools:
-  - name: p
-    provider: openai
-    endpoints: [{{url: "{url}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-  - name: anth
-    provider: anthropic
-    endpoints: [{{url: "{url}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-routes:
-  - {{name: messages, match: {{path_prefix: /v1/messages}}, pools: [anth]}}
-  - {{name: main, match: {{path_prefix: /v1}}, pools: [p]}}
-tenants:
-  list:
-    - name: t
-      virtual_keys: [{{sha256: {vk}}}]
-      limits:
-        tokens_per_minute: 1000000
-        budget: {{usd_per_day: 1.0}}
-models:
-  - match: "*"
-    price: {{input_per_1m: 10.0, output_per_1m: 30.0}}
-{extra}"#,
-        url = mock.url(),
-        vk = sha(VK),
-    )
+    Config::new()
+        .pool(Pool::openai("p", &mock.url()))
+        .pool(Pool::anthropic("anth", &mock.url()))
+        .route(Route::prefix("messages", "/v1/messages", &["anth"]))
+        .route(Route::prefix("main", "/v1", &["p"]))
+        .tenant(
+            Tenant::new("t")
+                .virtual_key(VK)
+                .limits("{tokens_per_minute: 1000000, budget: {usd_per_day: 1.0}}"),
+        )
+        .yaml("models: [{match: \"*\", price: {input_per_1m: 10.0, output_per_1m: 30.0}}]")
+        .yaml(extra)
+        .to_yaml()
 }
 
 fn client() -> reqwest::Client {

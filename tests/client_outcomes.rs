@@ -4,35 +4,25 @@
 //! framing is a native 400 with `connection: close`, forwarded nowhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{Behavior, Mock, Sluice};
 use std::time::{Duration, Instant};
+use support::{Behavior, Config, Mock, Pool, Route, Sluice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 
 /// Pool `p` (openai) and pool `az` (Azure OpenAI, chosen by `x-pool: azure`), both on `mock`,
-/// breakers opening after 5 consecutive failures; `p_extra` (indented 4) is added to `p`.
+/// breakers opening after 5 consecutive failures; `p_extra` (YAML) is merged into `p`.
 fn config(mock: &Mock, p_extra: &str) -> String {
-    format!(
-        r#"pools:
-  - name: p
-    provider: openai
-    endpoints: [{{url: "{url}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-    breaker: {{consecutive_failures: 5, open_ms: 60000}}
-{p_extra}  - name: az
-    provider: azure_openai
-    api_version: "2024-10-21"
-    endpoints: [{{url: "{url}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-    breaker: {{consecutive_failures: 5, open_ms: 60000}}
-routes:
-  - {{name: azure, match: {{path_prefix: /v1, header: {{name: x-pool, value: azure}}}}, pools: [az]}}
-  - {{name: main, match: {{path_prefix: /v1}}, pools: [p]}}
-"#,
-        url = mock.url()
-    )
+    let breaker = "breaker: {consecutive_failures: 5, open_ms: 60000}";
+    Config::new()
+        .pool(Pool::openai("p", &mock.url()).yaml(breaker).yaml(p_extra))
+        .pool(Pool::azure("az", &mock.url()).yaml(breaker))
+        .route(Route::prefix("azure", "/v1", &["az"]).header("x-pool", "azure"))
+        .route(Route::prefix("main", "/v1", &["p"]))
+        .to_yaml()
 }
 
 fn client() -> reqwest::Client {

@@ -1,9 +1,13 @@
 //! Every config we ship or show validates: `conf/*.yaml`, every ```yaml block in README.md,
-//! and `sluice validate` exits 1 listing every error with its path.
+//! every shape of the tests' config builder, and `sluice validate` exits 1 listing every
+//! error with its path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
 
 use std::path::Path;
 use std::process::Command;
+use support::{Config, Pool, Route, Tenant};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -87,4 +91,59 @@ fn validate_command_lists_every_error_and_exits_1() {
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
+}
+
+/// The shared config builder (`tests/support/config.rs`) emits configs the schema accepts,
+/// every method used, and merges fragments key by key.
+#[test]
+fn every_shape_of_the_test_config_builder_validates() {
+    let cfg = Config::new()
+        .yaml("server: {max_body_bytes: 1048576}")
+        .pool(
+            Pool::openai("p", "http://127.0.0.1:9")
+                .key_envs(&["KEY_A", "KEY_B"])
+                .endpoint("http://127.0.0.1:10")
+                .yaml("timeouts: {connect_ms: 500, ttfb_ms: 500}")
+                .yaml("{timeouts: {ttfb_ms: 900}, breaker: {consecutive_failures: 3}}"),
+        )
+        .pool(Pool::anthropic("anth", "http://127.0.0.1:9"))
+        .pool(Pool::azure("az", "http://127.0.0.1:9"))
+        .route(Route::prefix("azure", "/v1", &["az"]).header("x-pool", "azure"))
+        .route(Route::prefix("big", "/v1", &["p", "az"]).model("big-*"))
+        .route(Route::prefix("messages", "/v1/messages", &["anth"]))
+        .yaml_at(&["tenants"], "header: x-tenant")
+        .tenant(
+            Tenant::new("a")
+                .virtual_key("sk-a")
+                .limits("requests_per_minute: 10"),
+        )
+        .tenant(
+            Tenant::new("b")
+                .allow_header()
+                .limits("{budget: {usd_per_day: 1.0}}"),
+        )
+        .yaml("");
+    let yaml = cfg.to_yaml();
+    let file = sluice::config::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    if let Err(e) = sluice::config::compile(&file, sluice::config::Secrets::Skip) {
+        panic!("{e}\n{yaml}");
+    }
+    let tree: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let timeouts = &tree["pools"][0]["timeouts"];
+    assert_eq!(
+        timeouts["connect_ms"].as_u64(),
+        Some(500),
+        "kept by the merge"
+    );
+    assert_eq!(
+        timeouts["ttfb_ms"].as_u64(),
+        Some(900),
+        "replaced by the merge"
+    );
+    assert_eq!(
+        tree["tenants"]["list"][0]["virtual_keys"][0]["sha256"].as_str(),
+        Some(support::sha256_hex("sk-a").as_str())
+    );
+    let with = cfg.with_listeners("127.0.0.1:1", "127.0.0.1:2");
+    sluice::config::parse(&with).unwrap_or_else(|e| panic!("{e}\n{with}"));
 }

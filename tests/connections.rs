@@ -4,26 +4,20 @@
 //! open-files limit (`ulimit -n`, checked first): 2,000 client sockets plus sluice's 2,000.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{proc_status_kib, Mock, Sluice};
 use std::time::{Duration, Instant};
+use support::{proc_status_kib, Config, Mock, Pool, Route, Sluice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// One openai pool on `mock` behind a catch-all route, with `server` settings.
 fn config(mock: &Mock, server: &str) -> String {
-    format!(
-        r#"server: {{{server}}}
-pools:
-  - name: p
-    provider: openai
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-routes:
-  - {{name: all, match: {{path_prefix: /}}, pools: [p]}}
-"#,
-        mock.url()
-    )
+    Config::new()
+        .yaml(&format!("server: {{{server}}}"))
+        .pool(Pool::openai("p", &mock.url()))
+        .route(Route::prefix("all", "/", &["p"]))
+        .to_yaml()
 }
 
 const KEY: (&str, &str) = ("SLUICE_TEST_KEY", "sk-connections-test-key");
@@ -310,7 +304,7 @@ async fn a_client_that_stops_reading_loses_its_request_and_connection_at_the_wri
     let mock = Mock::start().await;
     // A 64 MiB SSE line: far more than the socket buffers hold, so writes to a client that
     // never reads stop making progress.
-    mock.set(common::Behavior::HugeSseLine {
+    mock.set(support::Behavior::HugeSseLine {
         line_bytes: 64 << 20,
         pause_at: usize::MAX,
     });

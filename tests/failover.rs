@@ -2,29 +2,38 @@
 //! circuit breakers and key rotation, with in-process mock upstreams.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{free_port, Behavior, Mock, Sluice};
 use std::time::Duration;
+use support::{free_port, Behavior, Config, Mock, Pool, Route, Sluice};
 
 const KEYS: [(&str, &str); 2] = [("KEY_A", "sk-primary-1"), ("KEY_B", "sk-primary-2")];
 
-/// Route /v1 -> [primary, fallback]; `primary_url` may be a dead port.
+/// Route /v1 -> [primary, fallback]; `primary_url` may be a dead port; `primary_extra` is
+/// YAML merged into the primary pool.
+fn config_of(primary_url: &str, fallback: &Mock, primary_extra: &str) -> Config {
+    Config::new()
+        .pool(
+            Pool::openai("primary", primary_url)
+                .key_envs(&["KEY_A", "KEY_B"])
+                .yaml("timeouts: {connect_ms: 500, ttfb_ms: 500, idle_ms: 2000}")
+                .yaml(primary_extra),
+        )
+        .pool(Pool::openai("fallback", &fallback.url()).key_envs(&["KEY_A"]))
+        .route(Route::prefix("main", "/v1", &["primary", "fallback"]))
+}
+
+/// [`config_of`] as YAML.
 fn config(primary_url: &str, fallback: &Mock, primary_extra: &str) -> String {
-    format!(
-        r#"pools:
-  - name: primary
-    provider: openai
-    endpoints: [{{url: "{primary_url}", keys: [{{env: KEY_A}}, {{env: KEY_B}}]}}]
-    timeouts: {{connect_ms: 500, ttfb_ms: 500, idle_ms: 2000}}
-{primary_extra}  - name: fallback
-    provider: openai
-    endpoints: [{{url: "{}", keys: [{{env: KEY_A}}]}}]
-routes:
-  - {{name: main, match: {{path_prefix: /v1}}, pools: [primary, fallback]}}
-"#,
-        fallback.url()
-    )
+    config_of(primary_url, fallback, primary_extra).to_yaml()
+}
+
+/// One pool `only` on `url` (key `KEY_A`) with `extra` YAML, routed from /v1.
+fn only_config(url: &str, extra: &str) -> String {
+    Config::new()
+        .pool(Pool::openai("only", url).key_envs(&["KEY_A"]).yaml(extra))
+        .route(Route::prefix("main", "/v1", &["only"]))
+        .to_yaml()
 }
 
 fn client() -> reqwest::Client {
@@ -354,9 +363,9 @@ async fn every_endpoint_cooling_after_429s_answers_a_native_429_not_a_503() {
 #[tokio::test]
 async fn a_lone_pool_past_its_timeouts_answers_native_504s() {
     let a = Mock::start().await;
-    let cfg = format!(
-        "pools:\n  - name: only\n    provider: openai\n    endpoints: [{{url: \"{}\", keys: [{{env: KEY_A}}]}}]\n    timeouts: {{connect_ms: 500, ttfb_ms: 400, idle_ms: 300}}\nroutes:\n  - {{name: main, match: {{path_prefix: /v1}}, pools: [only]}}\n",
-        a.url()
+    let cfg = only_config(
+        &a.url(),
+        "timeouts: {connect_ms: 500, ttfb_ms: 400, idle_ms: 300}",
     );
     let s = Sluice::start(&cfg, &KEYS);
     // Time to first byte: nothing answers.
@@ -379,13 +388,19 @@ async fn a_lone_pool_past_its_timeouts_answers_native_504s() {
 
 /// Route /v1 -> [primary, fallback] with the primary's TTFB timeout at `ttfb_ms` and its
 /// `breaker` settings.
-fn breaker_config(primary: &Mock, fallback: &Mock, ttfb_ms: u64, breaker: &str) -> String {
-    config(
+fn breaker_config(primary: &Mock, fallback: &Mock, ttfb_ms: u64, breaker: &str) -> Config {
+    config_of(
         &primary.url(),
         fallback,
-        &format!("    breaker: {breaker}\n"),
+        &format!("{{breaker: {breaker}, timeouts: {{ttfb_ms: {ttfb_ms}}}}}"),
     )
-    .replace("ttfb_ms: 500", &format!("ttfb_ms: {ttfb_ms}"))
+}
+
+/// `cfg` with one more route, /v2 -> [fallback]: a change unrelated to the primary pool.
+fn with_extra_route(cfg: &Config) -> String {
+    cfg.clone()
+        .route(Route::prefix("extra", "/v2", &["fallback"]))
+        .to_yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +408,7 @@ async fn ten_concurrent_calls_against_a_half_open_breaker_send_one_probe() {
     let (a, b) = (Mock::start().await, Mock::start().await);
     a.set(Behavior::Status(503, None));
     let cfg = breaker_config(&a, &b, 3_000, "{consecutive_failures: 1, open_ms: 300}");
-    let s = Sluice::start(&cfg, &KEYS);
+    let s = Sluice::start(&cfg.to_yaml(), &KEYS);
     assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
     assert_eq!(
         s.metric("sluice_breaker_state", &[("pool", "primary")])
@@ -453,9 +468,9 @@ async fn ten_concurrent_calls_against_a_half_open_breaker_send_one_probe() {
 async fn without_a_fallback_the_callers_behind_a_half_open_probe_get_a_native_503_at_once() {
     let a = Mock::start().await;
     a.set(Behavior::Status(503, None));
-    let cfg = format!(
-        "pools:\n  - name: only\n    provider: openai\n    endpoints: [{{url: \"{}\", keys: [{{env: KEY_A}}]}}]\n    timeouts: {{connect_ms: 500, ttfb_ms: 3000, idle_ms: 2000}}\n    breaker: {{consecutive_failures: 1, open_ms: 300}}\nroutes:\n  - {{name: main, match: {{path_prefix: /v1}}, pools: [only]}}\n",
-        a.url()
+    let cfg = only_config(
+        &a.url(),
+        "{timeouts: {connect_ms: 500, ttfb_ms: 3000, idle_ms: 2000}, breaker: {consecutive_failures: 1, open_ms: 300}}",
     );
     let s = Sluice::start(&cfg, &KEYS);
     assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 503);
@@ -494,7 +509,7 @@ async fn a_breaker_open_before_a_reload_is_still_open_after_it() {
     let (a, b) = (Mock::start().await, Mock::start().await);
     a.set(Behavior::Status(503, None));
     let cfg = breaker_config(&a, &b, 500, "{consecutive_failures: 2, open_ms: 600000}");
-    let s = Sluice::start(&cfg, &KEYS);
+    let s = Sluice::start(&cfg.to_yaml(), &KEYS);
     for _ in 0..2 {
         assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
     }
@@ -505,11 +520,7 @@ async fn a_breaker_open_before_a_reload_is_still_open_after_it() {
     );
     let conns = a.connections();
     // An unrelated change: one more route.
-    s.reload(&cfg.replace(
-        "routes:\n",
-        "routes:\n  - {name: extra, match: {path_prefix: /v2}, pools: [fallback]}\n",
-    ))
-    .await;
+    s.reload(&with_extra_route(&cfg)).await;
     for _ in 0..20 {
         assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
     }
@@ -526,14 +537,10 @@ async fn a_breaker_open_before_a_reload_is_still_open_after_it() {
 async fn a_key_disabled_by_a_401_stays_disabled_across_a_reload() {
     let (a, b) = (Mock::start().await, Mock::start().await);
     a.set(Behavior::RejectKey("sk-primary-1".into()));
-    let cfg = config(&a.url(), &b, "");
-    let s = Sluice::start(&cfg, &KEYS);
+    let cfg = config_of(&a.url(), &b, "");
+    let s = Sluice::start(&cfg.to_yaml(), &KEYS);
     assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
-    s.reload(&cfg.replace(
-        "routes:\n",
-        "routes:\n  - {name: extra, match: {path_prefix: /v2}, pools: [fallback]}\n",
-    ))
-    .await;
+    s.reload(&with_extra_route(&cfg)).await;
     for _ in 0..3 {
         assert_eq!(chat(&s, false, 2).send().await.unwrap().status(), 200);
     }
@@ -560,10 +567,7 @@ async fn a_key_disabled_by_a_401_stays_disabled_across_a_reload() {
 async fn a_429_for_one_model_does_not_hold_back_another_on_the_same_key() {
     let a = Mock::start().await;
     a.set(Behavior::StatusForModel("gpt-4o".into(), 429, Some(30)));
-    let cfg = format!(
-        "pools:\n  - name: only\n    provider: openai\n    endpoints: [{{url: \"{}\", keys: [{{env: KEY_A}}]}}]\nroutes:\n  - {{name: main, match: {{path_prefix: /v1}}, pools: [only]}}\n",
-        a.url()
-    );
+    let cfg = only_config(&a.url(), "");
     let s = Sluice::start(&cfg, &KEYS);
     let send = |model: &str| {
         client()

@@ -4,10 +4,10 @@
 //! mock upstream receives nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{Mock, Sluice};
 use std::time::Duration;
+use support::{Config, Mock, Pool, Route, Sluice, Tenant};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 const KEY_A: &str = "sk-vk-team-a";
@@ -15,38 +15,21 @@ const KEY_B: &str = "sk-vk-team-b";
 const UNKNOWN: &str = "sk-not-a-virtual-key";
 const HEADER: &str = "x-sluice-tenant";
 
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
-
 /// Tenants: `team-a` / `team-b` with one virtual key each, `batch` selectable by header,
 /// `plain` without keys nor header; `tenants_extra` (indented 2) adds `default`,
 /// `reject_unknown_keys`...
 fn config(mock: &Mock, tenants_extra: &str) -> String {
-    format!(
-        r#"pools:
-  - name: p
-    provider: openai
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-routes:
-  - {{name: main, match: {{path_prefix: /v1}}, pools: [p]}}
-tenants:
-  header: {HEADER}
-{tenants_extra}  list:
-    - name: shared
-    - name: team-a
-      virtual_keys: [{{sha256: {}}}]
-    - name: team-b
-      virtual_keys: [{{sha256: {}}}]
-    - name: batch
-      allow_header: true
-    - name: plain
-"#,
-        mock.url(),
-        sha(KEY_A),
-        sha(KEY_B)
-    )
+    Config::new()
+        .pool(Pool::openai("p", &mock.url()))
+        .route(Route::prefix("main", "/v1", &["p"]))
+        .yaml_at(&["tenants"], &format!("header: {HEADER}"))
+        .yaml_at(&["tenants"], tenants_extra)
+        .tenant(Tenant::new("shared"))
+        .tenant(Tenant::new("team-a").virtual_key(KEY_A))
+        .tenant(Tenant::new("team-b").virtual_key(KEY_B))
+        .tenant(Tenant::new("batch").allow_header())
+        .tenant(Tenant::new("plain"))
+        .to_yaml()
 }
 
 struct Case<'a> {

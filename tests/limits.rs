@@ -2,34 +2,24 @@
 //! output ceilings, budgets (with mid-stream cut-off) and concurrency (no leaked permits).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{Mock, Sluice};
 use futures_util::future::join_all;
 use std::time::Duration;
+use support::{Config, Mock, Pool, Route, Sluice, Tenant};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 
 /// One openai pool on `mock`, routes /v1 (and /v1/slow), tenant `t` identified by header
-/// (`allow_header`) with `limits` (YAML, indented 6), plus `extra` top-level YAML.
+/// (`allow_header`) with `limits` (a YAML mapping), plus `extra` top-level YAML.
 fn config(mock: &Mock, limits: &str, extra: &str) -> String {
-    format!(
-        r#"pools:
-  - name: p
-    provider: openai
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-routes:
-  - {{name: main, match: {{path_prefix: /v1}}, pools: [p]}}
-tenants:
-  header: x-tenant
-  list:
-    - name: t
-      allow_header: true
-      limits:
-{limits}
-{extra}"#,
-        mock.url()
-    )
+    Config::new()
+        .pool(Pool::openai("p", &mock.url()))
+        .route(Route::prefix("main", "/v1", &["p"]))
+        .yaml("tenants: {header: x-tenant}")
+        .tenant(Tenant::new("t").allow_header().limits(limits))
+        .yaml(extra)
+        .to_yaml()
 }
 
 fn client() -> reqwest::Client {

@@ -3,9 +3,9 @@
 //! every virtual key and the secret-looking query values used.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{free_port, Mock, Sluice};
+use support::{free_port, sha256_hex, Mock, Sluice};
 
 const OPENAI_KEY_OLD: &str = "sk-prov-openai-OLD-1234567";
 const OPENAI_KEY_NEW: &str = "sk-prov-openai-NEW-7654321";
@@ -15,11 +15,6 @@ const VK_B: &str = "sk-vk-team-b-secret-222";
 const UNKNOWN_KEY: &str = "sk-unknown-client-333";
 const QUERY_SECRET: &str = "qsecret-passthrough-444";
 const DEAD_QUERY_SECRET: &str = "qsecret-dead-555";
-
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
 
 #[tokio::test]
 async fn a_request_mix_at_trace_level_logs_no_secret() {
@@ -55,8 +50,8 @@ tenants:
         mock = mock.url(),
         key_file = key_file.display(),
         dead = free_port(),
-        vk_a = sha(VK_A),
-        vk_b = sha(VK_B),
+        vk_a = sha256_hex(VK_A),
+        vk_b = sha256_hex(VK_B),
     );
     let path = dir.join("sluice.yaml");
     std::fs::write(&path, config).unwrap();

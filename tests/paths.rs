@@ -4,9 +4,9 @@
 //! normalize paths themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{raw_http, Mock, RawResponse, Sluice};
+use support::{raw_http, Config, Mock, Pool, RawResponse, Route, Sluice};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 
@@ -14,34 +14,18 @@ const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 /// serves `/v2/files`; `az` (mock c, Azure OpenAI) serves `/v1` requests with `x-pool: azure`,
 /// and is the first pool (before `chat`) for `x-pool: mixed`.
 fn config(a: &Mock, b: &Mock, c: &Mock) -> String {
-    format!(
-        r#"pools:
-  - name: chat
-    provider: openai
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-  - name: files
-    provider: openai
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-  - name: anth
-    provider: anthropic
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-  - name: az
-    provider: azure_openai
-    api_version: "2024-10-21"
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-routes:
-  - {{name: azure, match: {{path_prefix: /v1, header: {{name: x-pool, value: azure}}}}, pools: [az]}}
-  - {{name: mixed, match: {{path_prefix: /v1, header: {{name: x-pool, value: mixed}}}}, pools: [az, chat]}}
-  - {{name: chat, match: {{path_prefix: /v2/chat/completions}}, pools: [chat]}}
-  - {{name: files, match: {{path_prefix: /v2/files}}, pools: [files]}}
-  - {{name: anthropic, match: {{path_prefix: /anthropic}}, pools: [anth]}}
-  - {{name: v1, match: {{path_prefix: /v1}}, pools: [chat]}}
-"#,
-        a.url(),
-        b.url(),
-        a.url(),
-        c.url()
-    )
+    Config::new()
+        .pool(Pool::openai("chat", &a.url()))
+        .pool(Pool::openai("files", &b.url()))
+        .pool(Pool::anthropic("anth", &a.url()))
+        .pool(Pool::azure("az", &c.url()))
+        .route(Route::prefix("azure", "/v1", &["az"]).header("x-pool", "azure"))
+        .route(Route::prefix("mixed", "/v1", &["az", "chat"]).header("x-pool", "mixed"))
+        .route(Route::prefix("chat", "/v2/chat/completions", &["chat"]))
+        .route(Route::prefix("files", "/v2/files", &["files"]))
+        .route(Route::prefix("anthropic", "/anthropic", &["anth"]))
+        .route(Route::prefix("v1", "/v1", &["chat"]))
+        .to_yaml()
 }
 
 async fn setup() -> (Mock, Mock, Mock, Sluice) {

@@ -2,59 +2,48 @@
 //! upstream (127.0.0.1, ports picked by binding port 0).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{free_port, Mock, Sluice};
 use std::time::{Duration, Instant};
+use support::{free_port, Config, Mock, Pool, Route, Sluice, Tenant};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 const VK: &str = "sk-app-virtual-key";
 
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
-
-/// Two pools (a, b) on two mocks; `big-*` models go to a, everything else under /v1 to b.
-fn config(a: &Mock, b: &Mock, extra_routes: &str) -> String {
-    format!(
-        r#"server: {{max_body_bytes: 33554432}}
-pools:
-  - name: a
-    provider: openai
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-  - name: b
-    provider: openai
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-  - name: anth
-    provider: anthropic
-    endpoints: [{{url: "{}/anthropic", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-  - name: dead
-    provider: openai
-    endpoints: [{{url: "http://127.0.0.1:{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-    timeouts: {{connect_ms: 1000}}
-routes:
-{extra_routes}  - {{name: dead, match: {{path_prefix: /dead}}, pools: [dead]}}
-  - {{name: messages, match: {{path_prefix: /v1/messages}}, pools: [anth]}}
-  - {{name: big, match: {{path_prefix: /v1, model: "big-*"}}, pools: [a]}}
-  - {{name: rest, match: {{path_prefix: /v1}}, pools: [b]}}
-tenants:
-  list:
-    - name: team-a
-      virtual_keys: [{{sha256: {}}}]
-"#,
-        a.url(),
-        b.url(),
-        b.url(),
-        free_port(),
-        sha(VK)
-    )
+/// Two pools (a, b) on two mocks; `big-*` models go to a, everything else under /v1 to b;
+/// `first` adds a pool and a route matched before all others.
+fn config(a: &Mock, b: &Mock, first: Option<(Pool, Route)>) -> String {
+    let mut cfg = Config::new().yaml("server: {max_body_bytes: 33554432}");
+    let mut routes = Vec::new();
+    if let Some((pool, route)) = first {
+        cfg = cfg.pool(pool);
+        routes.push(route);
+    }
+    cfg = cfg
+        .pool(Pool::openai("a", &a.url()))
+        .pool(Pool::openai("b", &b.url()))
+        .pool(Pool::anthropic("anth", &format!("{}/anthropic", b.url())))
+        .pool(
+            Pool::openai("dead", &format!("http://127.0.0.1:{}", free_port()))
+                .yaml("timeouts: {connect_ms: 1000}"),
+        );
+    routes.extend([
+        Route::prefix("dead", "/dead", &["dead"]),
+        Route::prefix("messages", "/v1/messages", &["anth"]),
+        Route::prefix("big", "/v1", &["a"]).model("big-*"),
+        Route::prefix("rest", "/v1", &["b"]),
+    ]);
+    routes
+        .into_iter()
+        .fold(cfg, Config::route)
+        .tenant(Tenant::new("team-a").virtual_key(VK))
+        .to_yaml()
 }
 
 async fn setup() -> (Mock, Mock, Sluice) {
     let a = Mock::start().await;
     let b = Mock::start().await;
-    let s = Sluice::start(&config(&a, &b, ""), &[KEY_ENV]);
+    let s = Sluice::start(&config(&a, &b, None), &[KEY_ENV]);
     (a, b, s)
 }
 
@@ -273,11 +262,11 @@ async fn include_usage_is_added_and_its_chunk_hidden_from_a_client_that_did_not_
 async fn client_disconnect_closes_the_upstream_connection_at_once() {
     let a = Mock::start().await;
     let b = Mock::start().await;
-    let routes = "  - {name: slow, match: {path_prefix: /v1/slow}, pools: [slowpool]}\n";
-    let cfg = config(&a, &b, routes).replace(
-        "pools:\n",
-        &format!("pools:\n  - name: slowpool\n    provider: openai\n    endpoints: [{{url: \"{}\", keys: [{{env: SLUICE_TEST_KEY}}]}}]\n", a.url()),
+    let slow = (
+        Pool::openai("slowpool", &a.url()),
+        Route::prefix("slow", "/v1/slow", &["slowpool"]),
     );
+    let cfg = config(&a, &b, Some(slow));
     let s = Sluice::start(&cfg, &[KEY_ENV]);
     let mut resp = client()
         .post(format!("{}/v1/slow/chat/completions", s.proxy))

@@ -2,116 +2,25 @@
 //! Starts its own `redis-server` (Debian package) on a port it picked, and stops it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{free_port, write_atomically, DelayProxy, Mock, Sluice};
 use futures_util::future::join_all;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{
+    free_port, write_atomically, Config, DelayProxy, Mock, Pool, Redis, Route, Sluice, Tenant,
+};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 
-/// A redis-server on 127.0.0.1:port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not installed: `make test` installs the Debian package");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-    fn start() -> Redis {
-        Self::start_on(free_port())
-    }
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-    fn addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-    /// Sum of the integer values of the keys matching `pattern` (e.g. one tenant's windows).
-    fn sum_keys(&self, pattern: &str) -> u64 {
-        let cli = |args: &[&str]| {
-            let out = Command::new("redis-cli")
-                .args(["-p", &self.port.to_string()])
-                .args(args)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
-        cli(&["--scan", "--pattern", pattern])
-            .lines()
-            .filter(|k| !k.is_empty())
-            .map(|k| cli(&["GET", k]).trim().parse::<u64>().unwrap_or(0))
-            .sum()
-    }
-    /// `INFO commandstats` calls of EVALSHA + EVAL.
-    fn script_calls(&self) -> u64 {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "INFO", "commandstats"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn config(mock: &Mock, store: &str, limits: &str, extra: &str) -> String {
-    format!(
-        r#"pools:
-  - name: p
-    provider: openai
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-routes:
-  - {{name: main, match: {{path_prefix: /v1}}, pools: [p]}}
-limits:
-{store}
-tenants:
-  default: t
-  list:
-    - name: t
-      limits: {limits}
-{extra}"#,
-        mock.url()
-    )
+    Config::new()
+        .pool(Pool::openai("p", &mock.url()))
+        .route(Route::prefix("main", "/v1", &["p"]))
+        .yaml_at(&["limits"], store)
+        .yaml("tenants: {default: t}")
+        .tenant(Tenant::new("t").limits(limits))
+        .yaml(extra)
+        .to_yaml()
 }
 
 fn redis_store(r: &Redis, policy: &str) -> String {

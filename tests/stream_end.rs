@@ -5,20 +5,15 @@
 //! is complete, with exact usage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{Behavior, CutEnd, Mock, Sluice};
 use futures_util::StreamExt;
 use std::path::PathBuf;
 use std::time::Duration;
+use support::{Behavior, Config, CutEnd, Mock, Pool, Route, Sluice, Tenant};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 const VK: &str = "sk-stream-end-virtual-key";
-
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -29,35 +24,16 @@ fn fixture(name: &str) -> Vec<u8> {
 
 /// One pool per API on its own mock (a breaker that never opens: resets are the point).
 fn config(openai: &Mock, responses: &Mock, anthropic: &Mock) -> String {
-    let breaker = "breaker: {consecutive_failures: 1000000}\n    timeouts: {idle_ms: 500}";
-    format!(
-        r#"pools:
-  - name: chat
-    provider: openai
-    {breaker}
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-  - name: resp
-    provider: openai
-    {breaker}
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-  - name: anth
-    provider: anthropic
-    {breaker}
-    endpoints: [{{url: "{}", keys: [{{env: SLUICE_TEST_KEY}}]}}]
-routes:
-  - {{name: messages, match: {{path_prefix: /v1/messages}}, pools: [anth]}}
-  - {{name: responses, match: {{path_prefix: /v1/responses}}, pools: [resp]}}
-  - {{name: chat, match: {{path_prefix: /v1}}, pools: [chat]}}
-tenants:
-  list:
-    - name: t
-      virtual_keys: [{{sha256: {}}}]
-"#,
-        openai.url(),
-        responses.url(),
-        anthropic.url(),
-        sha(VK),
-    )
+    let breaker = "{breaker: {consecutive_failures: 1000000}, timeouts: {idle_ms: 500}}";
+    Config::new()
+        .pool(Pool::openai("chat", &openai.url()).yaml(breaker))
+        .pool(Pool::openai("resp", &responses.url()).yaml(breaker))
+        .pool(Pool::anthropic("anth", &anthropic.url()).yaml(breaker))
+        .route(Route::prefix("messages", "/v1/messages", &["anth"]))
+        .route(Route::prefix("responses", "/v1/responses", &["resp"]))
+        .route(Route::prefix("chat", "/v1", &["chat"]))
+        .tenant(Tenant::new("t").virtual_key(VK))
+        .to_yaml()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,11 +1,7 @@
-//! Test harness: an in-process mock LLM upstream on 127.0.0.1:0 that records every request,
-//! and the `sluice` binary started on ports picked by binding port 0, stopped on drop.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+//! The mock LLM upstream: an in-process HTTP/1.1 server on 127.0.0.1:0 that records every
+//! request and answers as OpenAI / Anthropic would (JSON and SSE), or injects a [`Behavior`].
+use super::http::{find, header_in};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,18 +16,12 @@ pub struct Recorded {
     pub body: Vec<u8>,
 }
 
-/// The value of header `name` (case-insensitive) among `headers`.
-fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
 impl Recorded {
+    /// The value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         header_in(&self.headers, name)
     }
+    /// The body as JSON (panics when it is not).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap()
     }
@@ -93,6 +83,7 @@ pub enum CutEnd {
 }
 
 impl Mock {
+    /// Listen on 127.0.0.1:0 and serve every connection on a task of its own.
     pub async fn start() -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mock = Mock {
@@ -117,18 +108,22 @@ impl Mock {
         mock
     }
 
+    /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// Answer with `b` from the next request on.
     pub fn set(&self, b: Behavior) {
         *self.behavior.lock().unwrap() = b;
     }
 
+    /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         *self.connections.lock().unwrap()
     }
 
+    /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
     }
@@ -396,366 +391,4 @@ async fn write_json(sock: &mut TcpStream, status: u16, body: &str) -> std::io::R
     );
     sock.write_all(head.as_bytes()).await?;
     sock.write_all(body.as_bytes()).await
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Write `text` to `path` atomically (a temp file renamed over it), as editors and the kubelet
-/// do: sluice's directory watch must never read a half-written config.
-pub fn write_atomically(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// A free 127.0.0.1 port (bound to port 0, then released).
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running `sluice` process; killed on drop.
-pub struct Sluice {
-    child: Child,
-    pub proxy: String,
-    pub admin: String,
-    pub dir: PathBuf,
-}
-
-impl Sluice {
-    /// Start sluice with `body` (YAML without `listeners`) and `env` vars.
-    pub fn start(body: &str, env: &[(&str, &str)]) -> Sluice {
-        let (proxy, admin) = Self::listeners();
-        let dir = Self::temp_dir();
-        let path = dir.join("sluice.yaml");
-        std::fs::write(
-            &path,
-            format!("{}{body}", Self::listeners_yaml(&proxy, &admin)),
-        )
-        .unwrap();
-        Self::start_file(dir, &path, &proxy, &admin, env)
-    }
-
-    /// Two free `127.0.0.1:port` addresses (proxy, admin).
-    pub fn listeners() -> (String, String) {
-        (
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
-        )
-    }
-
-    /// The `listeners:` YAML line for `proxy` / `admin`.
-    pub fn listeners_yaml(proxy: &str, admin: &str) -> String {
-        format!("listeners: {{proxy: '{proxy}', admin: '{admin}'}}\n")
-    }
-
-    /// A fresh temp dir (removed when the `Sluice` using it drops).
-    pub fn temp_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "sluice-test-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    /// Start sluice on the config at `path` (which names `proxy`/`admin` as listeners).
-    pub fn start_file(
-        dir: PathBuf,
-        path: &std::path::Path,
-        proxy: &str,
-        admin: &str,
-        env: &[(&str, &str)],
-    ) -> Sluice {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        let log = std::fs::File::create(dir.join("sluice.log")).unwrap();
-        cmd.args(["run", "-c"])
-            .arg(path)
-            .stdout(Stdio::null())
-            .stderr(log);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("SLUICE_TEST_LOG")
-                .unwrap_or_else(|_| "warn,sluice::access=info,sluice::reload=info".into()),
-        );
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        let mut s = Sluice {
-            child,
-            proxy: format!("http://{proxy}"),
-            admin: format!("http://{admin}"),
-            dir,
-        };
-        s.wait_ready();
-        s
-    }
-
-    /// Replace the config file with `body` (YAML without `listeners`, which stay) and wait
-    /// (bounded) until sluice reports one more successful reload.
-    pub async fn reload(&self, body: &str) {
-        let name = "sluice_config_reload_total";
-        let before = self.metric(name, &[("result", "success")]).await;
-        let listeners = Self::listeners_yaml(
-            self.proxy.trim_start_matches("http://"),
-            self.admin.trim_start_matches("http://"),
-        );
-        write_atomically(&self.dir.join("sluice.yaml"), &format!("{listeners}{body}"));
-        self.signal("HUP");
-        let after = self
-            .wait_metric(name, &[("result", "success")], |v| v > before)
-            .await;
-        assert!(after > before, "config not reloaded:\n{}", self.log());
-    }
-
-    /// Send `signal` (e.g. "HUP", "TERM") to sluice.
-    pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    /// Wait (bounded) for the process to exit; returns its exit status.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    /// The sluice process id (for `/proc/<pid>/status`, see [`proc_status_kib`]).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// What sluice wrote to stderr so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("sluice.log")).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = self.admin.trim_start_matches("http://").to_owned();
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("sluice exited early ({status}): {}", self.log());
-            }
-            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-                use std::io::Write;
-                let _ =
-                    s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-                let mut line = String::new();
-                let _ = BufReader::new(s).read_line(&mut line);
-                if line.contains(" 200 ") {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("sluice not ready in 20 s");
-    }
-
-    /// Poll metric `name`/`labels` until `ok(value)` or 10 s; returns the last value. For values
-    /// written by the log stage, which runs just after the response ends.
-    pub async fn wait_metric(
-        &self,
-        name: &str,
-        labels: &[(&str, &str)],
-        ok: impl Fn(f64) -> bool,
-    ) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let v = self.metric(name, labels).await;
-            if ok(v) || Instant::now() > deadline {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Sum of the samples of metric `name` whose labels include every `labels` pair.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A response read off a raw socket by [`raw_http`].
-#[derive(Debug)]
-pub struct RawResponse {
-    pub status: u16,
-    /// Header lines, lower-cased names.
-    pub headers: Vec<(String, String)>,
-    /// Body (de-chunked).
-    pub body: Vec<u8>,
-}
-
-impl RawResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_in(&self.headers, name)
-    }
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_default()
-    }
-}
-
-/// Write `request` to `addr` (`http://host:port` or `host:port`) byte for byte (reqwest and
-/// hyper normalize request-targets; this does not) and read the response until the server
-/// closes (send `connection: close`) or 10 s pass. `status` 0: no response at all.
-pub async fn raw_http(addr: &str, request: &[u8]) -> RawResponse {
-    let addr = addr.trim_start_matches("http://");
-    let mut sock = TcpStream::connect(addr).await.unwrap();
-    sock.write_all(request).await.unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut buf)).await;
-    let Some(end) = find(&buf, b"\r\n\r\n") else {
-        return RawResponse {
-            status: 0,
-            headers: Vec::new(),
-            body: buf,
-        };
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = buf[end + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    if chunked {
-        let (mut out, mut rest) = (Vec::new(), body.as_slice());
-        while let Some(p) = find(rest, b"\r\n") {
-            let size = std::str::from_utf8(&rest[..p])
-                .ok()
-                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-                .unwrap_or(0);
-            if size == 0 || rest.len() < p + 2 + size {
-                break;
-            }
-            out.extend_from_slice(&rest[p + 2..p + 2 + size]);
-            rest = &rest[(p + 4 + size).min(rest.len())..];
-        }
-        body = out;
-    }
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// A TCP relay on 127.0.0.1:0 to `target` that holds every chunk the target sends back for
-/// `delay` before passing it on (in order): a slow Redis, or any slow server. Requests go
-/// through at once. Stops accepting when dropped; relayed connections end with their peers.
-pub struct DelayProxy {
-    pub addr: SocketAddr,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl DelayProxy {
-    pub async fn start(target: SocketAddr, delay: Duration) -> DelayProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                    });
-                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-                    let down = tokio::spawn(async move {
-                        while let Some((due, bytes)) = rx.recv().await {
-                            tokio::time::sleep_until(due.into()).await;
-                            if cw.write_all(&bytes).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n) = sr.read(&mut buf).await {
-                        if n == 0
-                            || tx
-                                .send((Instant::now() + delay, buf[..n].to_vec()))
-                                .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    drop(tx);
-                    let _ = down.await;
-                    up.abort();
-                });
-            }
-        });
-        DelayProxy { addr, accept }
-    }
-}
-
-impl Drop for DelayProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM` ...), in KiB.
-pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-/// Reset the peak RSS (`VmHWM`) of `pid` to its current RSS (`/proc/<pid>/clear_refs`, value
-/// 5, Linux 4.0+; see proc(5)).
-pub fn reset_peak_rss(pid: u32) {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
 }

@@ -1,0 +1,178 @@
+//! The arms under test ([`Arm`]: direct, bare Pingora, nginx, sluice, LiteLLM), their
+//! configs, and the smoke test each must pass before it is measured. The sluice arm's config
+//! is [`sluice_config`]: every policy on.
+use crate::client::{chat_request, Client, MODEL};
+use crate::support::config::{Config, Pool, Route};
+use crate::support::http::find;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// What an arm is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Direct,
+    Bare,
+    Nginx,
+    Sluice,
+    Litellm,
+}
+
+/// One arm: where to send requests, its process (none for direct), the bearer it takes,
+/// and sluice's admin listener.
+pub struct Arm {
+    pub name: String,
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    pub pid: Option<u32>,
+    pub auth: String,
+    pub admin: Option<SocketAddr>,
+}
+
+/// The virtual key clients send (sluice maps it to tenant `bench`; the others ignore it).
+pub const VIRTUAL_KEY: &str = "sk-bench-virtual-key-0001";
+/// The provider key sluice injects (the upstream counts requests that carry it).
+pub const UPSTREAM_KEY: &str = "sk-bench-upstream-key";
+/// LiteLLM's master key, the bearer its clients send.
+pub const LITELLM_MASTER: &str = "sk-bench-litellm-9f2c71d4e8a3";
+
+/// The sluice arm's config: listeners on `proxy` / `admin`, one OpenAI pool to the bench
+/// upstream on `upstream` with its key from env `BENCH_UPSTREAM_KEY`, and [`SLUICE_POLICIES`].
+pub fn sluice_config(proxy: u16, admin: u16, upstream: u16) -> String {
+    let cfg = Config::new()
+        .yaml("server: {threads: 1, log_format: json, drain_timeout_seconds: 1}")
+        .pool(
+            Pool::openai("local", &format!("http://127.0.0.1:{upstream}"))
+                .key_envs(&["BENCH_UPSTREAM_KEY"]),
+        )
+        .route(Route::prefix("chat", "/v1", &["local"]))
+        .yaml(SLUICE_POLICIES);
+    format!(
+        "# sluice bench config: every policy on, limits far above the load so nothing is rejected.\n{}",
+        cfg.with_listeners(&format!("127.0.0.1:{proxy}"), &format!("127.0.0.1:{admin}"))
+    )
+}
+
+/// Every policy of the sluice arm: a model with a price and an output ceiling, the virtual
+/// key (env `BENCH_VIRTUAL_KEY`) naming tenant `bench`, and every tenant limit and budget, set
+/// far above the load so nothing is rejected.
+pub const SLUICE_POLICIES: &str = r#"
+models:
+  - match: "gpt-4o-mini*"
+    max_output_tokens: 16384
+    price: {input_per_1m: 0.15, output_per_1m: 0.60, cached_input_per_1m: 0.075}
+limits:
+  default_max_output_tokens: 4096
+tenants:
+  header: x-sluice-tenant
+  reject_unknown_keys: true
+  list:
+    - name: bench
+      virtual_keys: [{env: BENCH_VIRTUAL_KEY}]
+      limits:
+        requests_per_second: 1000000000
+        requests_per_minute: 1000000000
+        tokens_per_minute: 1000000000000
+        input_tokens_per_minute: 1000000000000
+        output_tokens_per_minute: 1000000000000
+        max_concurrent: 1000000
+        budget: {usd_per_day: 1000000000, usd_per_month: 1000000000}
+        models:
+          - {model: "gpt-4o*", requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000}
+"#;
+
+/// nginx: one worker on `port`, `proxy_pass` to a keep-alive upstream on `upstream`, no
+/// buffering; its files under `dir`.
+pub fn nginx_config(dir: &Path, port: u16, upstream: u16) -> String {
+    let d = dir.display();
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 19990; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/nginx-body;
+    proxy_temp_path {d}/nginx-proxy;
+    fastcgi_temp_path {d}/nginx-fastcgi;
+    uwsgi_temp_path {d}/nginx-uwsgi;
+    scgi_temp_path {d}/nginx-scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    upstream llm {{
+        server 127.0.0.1:{upstream};
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://llm;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 3600s;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// LiteLLM: the model routed to the bench upstream on `upstream` with the upstream key.
+pub fn litellm_config(upstream: u16) -> String {
+    format!(
+        r#"model_list:
+  - model_name: {MODEL}
+    litellm_params:
+      model: openai/{MODEL}
+      api_base: "http://127.0.0.1:{upstream}/v1"
+      api_key: "{UPSTREAM_KEY}"
+litellm_settings:
+  drop_params: true
+  telemetry: false
+general_settings:
+  master_key: "{LITELLM_MASTER}"
+"#
+    )
+}
+
+/// A request of each kind must succeed before an arm is measured.
+pub async fn smoke(arm: &Arm) -> Result<(), String> {
+    let to = Duration::from_secs(30);
+    let mut c = Client::new(arm.addr, to);
+    let r = c
+        .send(&chat_request(arm.addr, &arm.auth, false, ""), true)
+        .await
+        .ok_or("non-stream request failed")?;
+    if r.status != 200 || find(&r.body, b"\"usage\"").is_none() {
+        return Err(format!(
+            "non-stream: status {} body {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ));
+    }
+    let r = c
+        .send(&chat_request(arm.addr, &arm.auth, true, ""), true)
+        .await
+        .ok_or("stream request failed")?;
+    if r.status != 200 || find(&r.body, b"data: [DONE]").is_none() {
+        return Err(format!(
+            "stream: status {} body {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! One arm measured: every phase of a round ([`measure_arm`]: CPU per request, max RPS,
+//! latency sequential and open loop, streams), open streams held for memory
+//! ([`hold_streams`]), and sluice's start-to-ready ([`measure_startup`]).
+use crate::arms::{sluice_config, Arm, Kind};
+use crate::client::{chat_request, get};
+use crate::load::{
+    closed_count, closed_for, open_loop, open_stream, sequential, streams, wait_until,
+};
+use crate::opts::plan;
+use crate::procs::{client_core, cpu, mem_kib, set_affinity, signal, taskset, tree};
+use crate::report::{median, num, Metrics};
+use crate::support::launch::readyz;
+use crate::support::net::free_port;
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// The upstream's `GET /_stats` counters (`Null` when unreachable).
+pub async fn upstream_stats(up: SocketAddr) -> Value {
+    match get(up, "/_stats").await {
+        Some((200, b)) => serde_json::from_str(&b).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+/// Every phase for one arm in one round.
+pub async fn measure_arm(
+    arm: &Arm,
+    up: SocketAddr,
+    up_pid: u32,
+    quick: bool,
+    clk_tck: f64,
+    first: bool,
+    proxy_core: u32,
+) -> Metrics {
+    let slow = arm.kind == Kind::Litellm;
+    let p = plan(quick, slow);
+    let to = Duration::from_secs(if slow { 60 } else { 10 });
+    let req = chat_request(arm.addr, &arm.auth, false, "");
+    let sreq = chat_request(arm.addr, &arm.auth, true, "");
+    let mut m = Metrics::new();
+    let mut errors = 0.0;
+    let snap = || {
+        let (t, ns) = arm.pid.map(cpu).unwrap_or((0, 0));
+        let (ut, uns) = cpu(up_pid);
+        (t, ns, ut, uns)
+    };
+
+    // warm-up
+    let w = sequential(
+        arm.addr,
+        &req,
+        if first { p.warmup * 2 } else { p.warmup },
+        to,
+    )
+    .await;
+    errors += w.errors as f64;
+
+    // CPU per request over a fixed count
+    let before = snap();
+    let st0 = upstream_stats(up).await;
+    let (ok, err, secs) = closed_count(arm.addr, &req, p.cpu_conns, p.cpu_requests, to).await;
+    let st1 = upstream_stats(up).await;
+    let after = snap();
+    errors += err as f64;
+    let n = ok.max(1) as f64;
+    if arm.pid.is_some() {
+        m.insert(
+            "cpu_us_per_req".into(),
+            (after.0 - before.0) as f64 / clk_tck * 1e6 / n,
+        );
+        m.insert(
+            "cpu_sched_us_per_req".into(),
+            (after.1 - before.1) as f64 / 1e3 / n,
+        );
+    }
+    m.insert(
+        "upstream_cpu_us_per_req".into(),
+        (after.3 - before.3) as f64 / 1e3 / n,
+    );
+    m.insert("cpu_phase_rps".into(), ok as f64 / secs);
+    let injected =
+        st1["injected_key"].as_f64().unwrap_or(0.0) - st0["injected_key"].as_f64().unwrap_or(0.0);
+    let upstream_reqs = st1["chat"].as_f64().unwrap_or(0.0) - st0["chat"].as_f64().unwrap_or(0.0);
+    m.insert("upstream_requests_in_cpu_phase".into(), upstream_reqs);
+    m.insert("upstream_injected_key_in_cpu_phase".into(), injected);
+    let conns =
+        st1["connections"].as_f64().unwrap_or(0.0) - st0["connections"].as_f64().unwrap_or(0.0);
+    // The two /_stats calls themselves open one connection each.
+    m.insert(
+        "upstream_conns_per_1k_req".into(),
+        (conns - 1.0).max(0.0) * 1000.0 / n,
+    );
+
+    // max RPS
+    let (rps, err) = closed_for(arm.addr, &req, p.rps_conns, p.rps_secs, to).await;
+    errors += err as f64;
+    m.insert("max_rps".into(), rps);
+
+    // sequential latency
+    let before = snap();
+    let mut lat = sequential(arm.addr, &req, p.seq_requests, to).await;
+    let after = snap();
+    errors += lat.errors as f64;
+    m.insert("seq_p50_us".into(), lat.p(0.50));
+    m.insert("seq_p99_us".into(), lat.p(0.99));
+    if arm.pid.is_some() {
+        m.insert(
+            "seq_cpu_us_per_req".into(),
+            (after.1 - before.1) as f64 / 1e3 / lat.ns.len().max(1) as f64,
+        );
+    }
+
+    // The same, with the proxy moved onto the load generator's core for the phase: no
+    // cross-core wake-ups (what the pinned figure pays on each of its 4 hops).
+    let pids = arm.pid.map(tree).unwrap_or_default();
+    set_affinity(&pids, client_core());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut lat = sequential(arm.addr, &req, p.seq_requests, to).await;
+    set_affinity(&pids, proxy_core);
+    errors += lat.errors as f64;
+    m.insert("seq_samecore_p50_us".into(), lat.p(0.50));
+    m.insert("seq_samecore_p99_us".into(), lat.p(0.99));
+
+    // open loop
+    for rate in p.open_rates.clone() {
+        let key = format!("open{}", rate as u64);
+        if rps < rate * 1.5 {
+            continue; // not sustainable on one worker: not measured
+        }
+        let before = snap();
+        let (mut lat, achieved) =
+            open_loop(arm.addr, &req, rate, p.open_secs, p.open_conns, to).await;
+        let after = snap();
+        errors += lat.errors as f64;
+        m.insert(format!("{key}_p50_us"), lat.p(0.50));
+        m.insert(format!("{key}_p99_us"), lat.p(0.99));
+        m.insert(format!("{key}_achieved_rps"), achieved);
+        if arm.pid.is_some() {
+            m.insert(
+                format!("{key}_cpu_us_per_req"),
+                (after.1 - before.1) as f64 / 1e3 / lat.ns.len().max(1) as f64,
+            );
+        }
+    }
+
+    // streams
+    let (mut ttft, mut total) = streams(arm.addr, &sreq, p.streams, to).await;
+    errors += ttft.errors as f64;
+    m.insert("ttft_p50_us".into(), ttft.p(0.50));
+    m.insert("ttft_p99_us".into(), ttft.p(0.99));
+    m.insert("stream_total_p50_us".into(), total.p(0.50));
+    m.insert("stream_total_p99_us".into(), total.p(0.99));
+    m.insert("errors".into(), errors);
+    m
+}
+
+/// Hold `n` slow streams open through one arm; RSS of its process tree before, at n/2 and at n.
+pub async fn hold_streams(arm: &Arm, up: SocketAddr, n: usize) -> Value {
+    let Some(pid) = arm.pid else {
+        return Value::Null;
+    };
+    // Each stream: first chunk at once, then the upstream holds it for up to 10 minutes.
+    let req = chat_request(arm.addr, &arm.auth, true, "?chunks=2&gap_ms=600000");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = mem_kib(pid).0;
+    let t = Instant::now();
+    let mut held: Vec<TcpStream> = Vec::with_capacity(n);
+    let mut errors = 0usize;
+    let mut rss_half = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while held.len() + errors < n && Instant::now() < deadline {
+        let batch = (n - held.len() - errors).min(250);
+        let res = join_all((0..batch).map(|_| async {
+            tokio::time::timeout(Duration::from_secs(20), open_stream(arm.addr, &req)).await
+        }))
+        .await;
+        for r in res {
+            match r {
+                Ok(Ok(s)) => held.push(s),
+                _ => errors += 1,
+            }
+        }
+        if rss_half == 0 && held.len() >= n / 2 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            rss_half = mem_kib(pid).0;
+        }
+        if errors > n / 10 {
+            break;
+        }
+    }
+    let ramp_s = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss1, hwm) = mem_kib(pid);
+    let up_open = upstream_stats(up).await["open_streams"]
+        .as_u64()
+        .unwrap_or(0);
+    let k = held.len();
+    let half_count = n / 2;
+    drop(held);
+    // Wait for the proxy to close its upstream legs.
+    let closed = wait_until(Duration::from_secs(30), || async move {
+        upstream_stats(up).await["open_streams"].as_u64() == Some(0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_after = mem_kib(pid).0;
+    json!({
+        "requested": n,
+        "held": k,
+        "errors": errors,
+        "upstream_open_streams_seen": up_open,
+        "ramp_s": num(ramp_s),
+        "rss_before_kib": rss0,
+        "rss_half_kib": rss_half,
+        "rss_with_streams_kib": rss1,
+        "hwm_kib": hwm,
+        "rss_after_close_kib": rss_after,
+        "upstream_legs_closed_within_30s": closed,
+        "bytes_per_stream": num(if k > 0 { (rss1 as f64 - rss0 as f64) * 1024.0 / k as f64 } else { f64::NAN }),
+        "slope_bytes_per_stream": num(if k > half_count && rss_half > 0 { (rss1 as f64 - rss_half as f64) * 1024.0 / (k - half_count) as f64 } else { f64::NAN }),
+    })
+}
+
+/// Exec to the first `/readyz` 200, `runs` times (the approach of scripts/measure_startup.py).
+pub async fn measure_startup(
+    bin: &Path,
+    dir: &Path,
+    up: SocketAddr,
+    core: u32,
+    runs: usize,
+    env: &dyn Fn(&mut Command),
+) -> Value {
+    let mut ms = Vec::new();
+    let mut idle_rss = 0;
+    let mut errors = Vec::new();
+    for i in 0..runs {
+        let (port, admin) = (free_port(), free_port());
+        let cfg_dir = dir.join(format!("startup-{i}"));
+        let _ = std::fs::create_dir_all(&cfg_dir);
+        let cfg = cfg_dir.join("sluice.yaml");
+        if std::fs::write(&cfg, sluice_config(port, admin, up.port())).is_err() {
+            continue;
+        }
+        let mut c = taskset(core, bin);
+        c.arg("run")
+            .arg("-c")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        env(&mut c);
+        let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+        let t = Instant::now();
+        let Ok(mut child) = c.spawn() else {
+            errors.push("spawn failed".to_string());
+            continue;
+        };
+        let mut ok = false;
+        while t.elapsed() < Duration::from_secs(10) {
+            // Blocking on purpose: poll every 0.5 ms like measure_startup.py.
+            if readyz(&admin_addr.to_string()) {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let el = t.elapsed().as_secs_f64() * 1000.0;
+        if ok {
+            ms.push(el);
+            idle_rss = mem_kib(child.id()).0;
+        } else {
+            errors.push(format!("run {i}: not ready in 10 s"));
+        }
+        signal("TERM", &[child.id()]);
+        let t2 = Instant::now();
+        while t2.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    json!({
+        "runs": ms.len(),
+        "median_ms": num(median(&ms)),
+        "min_ms": num(ms.first().copied().unwrap_or(f64::NAN)),
+        "max_ms": num(ms.last().copied().unwrap_or(f64::NAN)),
+        "all_ms": ms.iter().map(|x| num(*x)).collect::<Vec<_>>(),
+        "idle_rss_kib": idle_rss,
+        "errors": errors,
+        "method": format!("taskset -c {core} sluice run -c CFG (bench config); poll GET /readyz every 0.5 ms; includes taskset's own exec"),
+    })
+}
