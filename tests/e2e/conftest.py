@@ -299,10 +299,11 @@ class SluiceFactory:
         self.started: list[Sluice] = []
 
     def start(self, *, pools: list[dict[str, Any]], routes: list[dict[str, Any]],
-              tenants: dict[str, Any] | None = None, **sections: Any) -> Sluice:
-        """Run sluice with these pools and routes (upstream keys from the usual env vars),
-        `tenants` (default: team-a with VIRTUAL_KEY, unknown keys rejected) and any other
-        top-level section (`models=`, `limits=`)."""
+              tenants: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+              **sections: Any) -> Sluice:
+        """Run sluice with these pools and routes (upstream keys from the usual env vars,
+        plus `env`), `tenants` (default: team-a with VIRTUAL_KEY, unknown keys rejected) and
+        any other top-level section (`models=`, `limits=`)."""
         proxy = f"127.0.0.1:{free_port()}"
         admin = f"127.0.0.1:{free_port()}"
         if tenants is None:
@@ -310,10 +311,10 @@ class SluiceFactory:
         config = sluice_config_from(proxy, admin, pools=pools, routes=routes, tenants=tenants,
                                     **sections)
         name = f"sluice-{self.test_name}-{len(self.started)}"
-        env = {OPENAI_KEY_ENV: OPENAI_UPSTREAM_KEY, ANTHROPIC_KEY_ENV: ANTHROPIC_UPSTREAM_KEY,
-               "RUST_LOG": "info"}
+        proc_env = {OPENAI_KEY_ENV: OPENAI_UPSTREAM_KEY,
+                    ANTHROPIC_KEY_ENV: ANTHROPIC_UPSTREAM_KEY, "RUST_LOG": "info", **(env or {})}
         try:
-            proc = start_sluice(self.workdir, config, env, name=name)
+            proc = start_sluice(self.workdir, config, proc_env, name=name)
         except Exception as exc:  # noqa: BLE001 - reported as one readable failure
             pytest.fail(str(exc), pytrace=False)
         instance = Sluice(proxy, admin, proc)
