@@ -198,7 +198,8 @@ impl Attempt {
         let in_flight = InFlight::new(target.pool.clone(), target.endpoint);
         let peer = peer(&target).await?;
         let addr = target.addr().to_owned();
-        let mut request = Some(build_request(&target, out).map_err(|_| SluiceError::Internal)?);
+        let request = || build_request(&target, out).map_err(|_| SluiceError::Internal);
+        let mut req = Some(Box::new(request()?));
         let exchange = async {
             let mut tries = 0;
             loop {
@@ -208,14 +209,13 @@ impl Attempt {
                     .get_http_session(&*peer)
                     .await
                     .map_err(|e| classify(&e, &addr, true))?;
-                // Kept for a second try only where one can happen (a reused connection).
-                let req = if reused && tries < 2 {
-                    request.clone()
-                } else {
-                    request.take()
+                // The second try (rare) builds its header again rather than every request
+                // keeping a copy.
+                let req = match req.take() {
+                    Some(r) => r,
+                    None => Box::new(request()?),
                 };
-                let req = req.ok_or(SluiceError::Internal)?;
-                match exchange(&mut session, Box::new(req), &out.body, &target).await {
+                match exchange(&mut session, req, &out.body, &target).await {
                     Ok(header) => return Ok((session, header)),
                     Err(mut e) => {
                         if *e.etype() != ErrorType::InternalError {
