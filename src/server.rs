@@ -10,6 +10,7 @@ use crate::listener::Listener;
 use crate::proxy::Sluice;
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -78,9 +79,10 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     };
     let limiter = Arc::new(Limiter::new(shared.clone()));
     if snapshot.has_token_limits() {
-        // Token reservations refine their byte guess with tiktoken near a limit: build the
-        // tables now, off the request path (without token limits they load on first need).
-        std::thread::spawn(crate::usage::estimate::preload);
+        // Token reservations refine their byte guess with a token count near a limit: build
+        // o200k_base (every current OpenAI model's) now, off the request path; cl100k_base, and
+        // everything without token limits, loads on first need.
+        std::thread::spawn(crate::usage::estimate::preload_default);
     }
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let config_for_reload = config.clone();
@@ -88,13 +90,20 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     // The proxy app behind the connection bounds. Subrequests are spawned from this `Arc` of
     // Pingora's `HttpProxy` itself, never from the wrapper.
     let connections = config.load().connections;
+    let buffers = config.load().client_buffers;
     crate::listener::warn_if_open_files_low(connections.max_connections);
     let app = Arc::new(pingora_proxy::http_proxy(
         &server.configuration,
         Sluice::new(config, limiter),
     ));
     let mut proxy = Service::new("sluice proxy".to_owned(), Listener::new(app, connections));
-    proxy.add_tcp(&proxy_addr);
+    // Sized L4 buffers instead of Pingora's 64 KiB read buffer per client connection.
+    proxy.add_listener(
+        ListenerConfig::tcp(proxy_addr.as_str()).l4_buffer(L4BufferSettings::new(
+            buffers.read_bytes,
+            buffers.write_bytes,
+        )),
+    );
 
     let ready = Arc::new(AtomicBool::new(false));
     // Not a Pingora service: it must keep answering through the drain (see `admin`).
