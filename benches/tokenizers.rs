@@ -33,10 +33,13 @@ enum Enc {
     Cl100k,
 }
 
-type Counter = Box<dyn Fn(&str) -> (usize, Vec<u32>)>;
+/// Token count of a text.
+type Counter = Box<dyn Fn(&str) -> usize>;
+/// Token count and token ids of a text.
+type Encoder = Box<dyn Fn(&str) -> (usize, Vec<u32>)>;
 
 /// Builds `lib`'s tables for `enc` (first use) and returns a counter and an encoder.
-fn load(lib: Lib, enc: Enc) -> (Box<dyn Fn(&str) -> usize>, Counter) {
+fn load(lib: Lib, enc: Enc) -> (Counter, Encoder) {
     match lib {
         Lib::TiktokenRs => {
             let bpe = match enc {
