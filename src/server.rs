@@ -10,13 +10,17 @@ use crate::listener::Listener;
 use crate::proxy::Sluice;
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// Longest the tokenizer preload waits for the proxy to be ready before building anyway.
+const TOKENIZER_PRELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Seconds for the final shutdown of services after the drain deadline.
 const SHUTDOWN_TIMEOUT_SECONDS: u64 = 2;
@@ -77,11 +81,7 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
         None => None,
     };
     let limiter = Arc::new(Limiter::new(shared.clone()));
-    if snapshot.has_token_limits() {
-        // Token reservations refine their byte guess with tiktoken near a limit: build the
-        // tables now, off the request path (without token limits they load on first need).
-        std::thread::spawn(crate::usage::estimate::preload);
-    }
+    let preload_tokenizer = snapshot.has_token_limits();
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let config_for_reload = config.clone();
     let config_for_health = config.clone();
@@ -89,15 +89,36 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     crate::proxy::attempt::prepare_connector();
     // The proxy app behind the connection bounds.
     let connections = config.load().connections;
+    let buffers = config.load().client_buffers;
     crate::listener::warn_if_open_files_low(connections.max_connections);
     let app = Arc::new(pingora_proxy::http_proxy(
         &server.configuration,
         Sluice::new(config, limiter),
     ));
     let mut proxy = Service::new("sluice proxy".to_owned(), Listener::new(app, connections));
-    proxy.add_tcp(&proxy_addr);
+    // Sized L4 buffers instead of Pingora's 64 KiB read buffer per client connection.
+    proxy.add_listener(
+        ListenerConfig::tcp(proxy_addr.as_str()).l4_buffer(L4BufferSettings::new(
+            buffers.read_bytes,
+            buffers.write_bytes,
+        )),
+    );
 
     let ready = Arc::new(AtomicBool::new(false));
+    if preload_tokenizer {
+        // Token reservations refine their byte guess with a token count near a limit: build
+        // o200k_base (every current OpenAI model's) once the proxy serves, off the request path
+        // and off the start-up path; cl100k_base, and everything without token limits, loads on
+        // first need.
+        let ready = ready.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + TOKENIZER_PRELOAD_WAIT;
+            while !ready.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            crate::usage::estimate::preload_default();
+        });
+    }
     // Not a Pingora service: it must keep answering through the drain (see `admin`).
     if let Err(e) = crate::admin::spawn(&admin_addr, ready.clone(), admin_bounds) {
         tracing::error!(admin = %admin_addr, error = %e, "admin listener: cannot bind");

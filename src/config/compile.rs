@@ -15,6 +15,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Largest L4 buffer a client connection may be given (`server.client_*_buffer_bytes`): 1 MiB,
+/// 16 times Pingora's default, so a typo cannot make every connection cost megabytes.
+const MAX_CLIENT_BUFFER_BYTES: u64 = 1 << 20;
+
 /// Whether compilation reads secrets (env vars, key files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Secrets {
@@ -74,6 +78,23 @@ pub(crate) fn compile_with(
     }
     if file.server.max_client_connections == 0 {
         errs.push("server.max_client_connections", "must be at least 1");
+    }
+    for (name, value) in [
+        (
+            "client_read_buffer_bytes",
+            file.server.client_read_buffer_bytes,
+        ),
+        (
+            "client_write_buffer_bytes",
+            file.server.client_write_buffer_bytes,
+        ),
+    ] {
+        if value > MAX_CLIENT_BUFFER_BYTES {
+            errs.push(
+                format!("server.{name}"),
+                "must be at most 1048576 (1 MiB per connection)",
+            );
+        }
     }
     let acc = &file.accounting;
     for (name, value) in [
@@ -279,6 +300,11 @@ pub(crate) fn compile_with(
             keepalive_idle_timeout: Duration::from_millis(file.server.keepalive_idle_timeout_ms),
             max_connections: file.server.max_client_connections,
             write_timeout: Duration::from_millis(file.server.client_write_timeout_ms),
+        },
+        client_buffers: super::snapshot::ClientBuffers {
+            read_bytes: usize::try_from(file.server.client_read_buffer_bytes).unwrap_or(usize::MAX),
+            write_bytes: usize::try_from(file.server.client_write_buffer_bytes)
+                .unwrap_or(usize::MAX),
         },
         accounting: Accounting {
             max_sse_event_bytes: usize::try_from(acc.max_sse_event_bytes).unwrap_or(usize::MAX),

@@ -269,6 +269,19 @@ pub struct Snapshot {
     pub accounting: Accounting,
     /// Bounds on client connections (`server.header_timeout_ms`, ...), fixed at start.
     pub connections: ConnectionLimits,
+    /// L4 buffer sizes of each client connection, fixed at start.
+    pub client_buffers: ClientBuffers,
+}
+
+/// Sizes (bytes) of the L4 read and write buffers Pingora puts in front of each client
+/// connection's socket (`server.client_read_buffer_bytes`, `server.client_write_buffer_bytes`;
+/// pingora-core's `L4BufferSettings`). 0 means unbuffered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientBuffers {
+    /// Read buffer, bytes.
+    pub read_bytes: usize,
+    /// Write buffer, bytes.
+    pub write_bytes: usize,
 }
 
 /// Bounds on the proxy listener's client connections (see [`crate::listener`]).

@@ -1,8 +1,15 @@
-//! Token estimates with tiktoken (used when the upstream reports no usage): the BPE each model
-//! family uses, text counts, and a prompt estimate from a request body.
+//! Token estimates (used when the upstream reports no usage): the BPE each model family uses,
+//! text counts, and a prompt estimate from a request body.
+//!
+//! The tokenizer is the `tiktoken` crate (goliajp/rust-tiktoken): OpenAI's o200k_base and
+//! cl100k_base vocabularies and pre-tokenization patterns, counting the same tokens as OpenAI's
+//! `tiktoken` (checked against `tiktoken-rs` in `src/usage/tests` and `benches/tokenizers.rs`)
+//! with about half the memory of `tiktoken-rs`. Each encoding's tables are built on the first
+//! use of that encoding only.
 
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tiktoken::CoreBpe;
 
 use super::ApiKind;
 
@@ -14,7 +21,7 @@ const TOKENS_REPLY_PRIMING: u64 = 3;
 /// Deepest JSON nesting walked when collecting prompt text (serde_json already stops at 128).
 const MAX_DEPTH: usize = 16;
 
-/// The tiktoken encoding [`count_tokens`] uses for a model name.
+/// The OpenAI (tiktoken) encoding [`count_tokens`] uses for a model name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     /// `o200k_base`: gpt-4o, gpt-4.1, gpt-4.5, gpt-5, o1/o3/o4, chatgpt-4o, gpt-oss, and the
@@ -56,58 +63,67 @@ pub fn encoding_for(model: &str) -> Encoding {
     }
 }
 
-static LOADED: [std::sync::atomic::AtomicBool; 2] = [
-    std::sync::atomic::AtomicBool::new(false),
-    std::sync::atomic::AtomicBool::new(false),
-];
-static LOADING: [std::sync::atomic::AtomicBool; 2] = [
-    std::sync::atomic::AtomicBool::new(false),
-    std::sync::atomic::AtomicBool::new(false),
-];
+/// Per [`Encoding`] (its index): whether its tables are built.
+static LOADED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+/// Per [`Encoding`]: whether a background build was started.
+static LOADING: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
 
-fn bpe(encoding: Encoding) -> &'static CoreBPE {
-    // tiktoken-rs singletons: built once, on first use, from tables bundled in the crate.
-    let b = match encoding {
-        Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
-        Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+/// `encoding`'s tokenizer, its tables built on the first call for that encoding only (a
+/// `OnceLock` in the crate, from its compressed vocabulary embedded in the binary).
+fn tokenizer(encoding: Encoding) -> Option<&'static CoreBpe> {
+    let name = match encoding {
+        Encoding::O200kBase => "o200k_base",
+        Encoding::Cl100kBase => "cl100k_base",
     };
-    LOADED[encoding as usize].store(true, std::sync::atomic::Ordering::Release);
-    b
+    // `None` only if the crate were built without that vocabulary (its Cargo features).
+    let t = tiktoken::get_encoding(name);
+    LOADED[encoding as usize].store(true, Ordering::Release);
+    t
 }
 
 /// Whether `model`'s tokenizer tables are built, so counting costs no start-up delay. Each
-/// table takes a fraction of a second and ~30 MiB to build: they are built on first need.
+/// encoding's tables are built on its first need (see `benches/tokenizers.rs` for the time
+/// and memory each takes).
 pub fn is_loaded(model: &str) -> bool {
-    LOADED[encoding_for(model) as usize].load(std::sync::atomic::Ordering::Acquire)
+    LOADED[encoding_for(model) as usize].load(Ordering::Acquire)
 }
 
-/// Build `model`'s tokenizer tables on a background thread (once), so a later
+/// Build `model`'s tokenizer tables on a background thread (once per encoding), so a later
 /// [`count_tokens`] does not stall the request path.
 pub fn load_in_background(model: &str) {
     let enc = encoding_for(model);
-    if LOADING[enc as usize].swap(true, std::sync::atomic::Ordering::AcqRel) {
+    if LOADING[enc as usize].swap(true, Ordering::AcqRel) {
         return;
     }
     std::thread::spawn(move || {
-        bpe(enc);
+        tokenizer(enc);
     });
 }
 
-/// Builds both BPE tables now rather than on the first estimate (each takes a noticeable
-/// fraction of a second); call it at start-up, off the request path.
+/// Builds both encodings' tables now rather than on first need; for benches and tools that
+/// want the build out of their measurements (the server uses [`preload_default`]).
 pub fn preload() {
-    bpe(Encoding::O200kBase);
-    bpe(Encoding::Cl100kBase);
+    tokenizer(Encoding::O200kBase);
+    tokenizer(Encoding::Cl100kBase);
+}
+
+/// Builds only `o200k_base`, the encoding of every current OpenAI model and the fallback for
+/// other names; `cl100k_base` (gpt-4, gpt-3.5, text-embedding-*) is built on its first need.
+/// Blocks for the build (a few hundred ms): call it off the request path.
+pub fn preload_default() {
+    LOADING[Encoding::O200kBase as usize].store(true, Ordering::Release);
+    tokenizer(Encoding::O200kBase);
 }
 
 /// Number of tokens (u64) of `text` in `model`'s encoding (see [`encoding_for`]), counting
 /// special-token look-alikes such as `<|endoftext|>` as ordinary text, as the APIs do for user
-/// content. Empty text is 0.
+/// content. Empty text is 0. The first call for an encoding builds its tables (see
+/// [`is_loaded`]).
 pub fn count_tokens(model: &str, text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    bpe(encoding_for(model)).encode_ordinary(text).len() as u64
+    tokenizer(encoding_for(model)).map_or(0, |t| t.count(text) as u64)
 }
 
 /// Estimated prompt tokens (u64) of a request body (already parsed JSON) for `api`:

@@ -238,3 +238,37 @@ fn accounting_bounds_default_and_are_validated() {
     assert!(errs.contains(&"accounting.max_json_body_bytes: must be greater than 0".to_owned()));
     assert!(parse(&format!("{POOL}accounting: {{max_sse_event_byte: 1}}\n")).is_err());
 }
+
+#[test]
+fn client_buffers_default_take_zero_and_are_capped() {
+    use crate::config::snapshot::ClientBuffers;
+    let snap = compile(&parse(POOL).unwrap(), Secrets::Skip).unwrap();
+    assert_eq!(
+        snap.client_buffers,
+        ClientBuffers {
+            read_bytes: 8192,
+            write_bytes: 1460
+        }
+    );
+    let yaml = format!(
+        "{POOL}server: {{client_read_buffer_bytes: 0, client_write_buffer_bytes: 16384}}\n"
+    );
+    let snap = compile(&parse(&yaml).unwrap(), Secrets::Skip).unwrap();
+    assert_eq!(
+        snap.client_buffers,
+        ClientBuffers {
+            read_bytes: 0,
+            write_bytes: 16384
+        }
+    );
+    let yaml = format!(
+        "{POOL}server: {{client_read_buffer_bytes: 1048577, client_write_buffer_bytes: 4294967296}}\n"
+    );
+    assert_eq!(
+        errors(&yaml),
+        vec![
+            "server.client_read_buffer_bytes: must be at most 1048576 (1 MiB per connection)",
+            "server.client_write_buffer_bytes: must be at most 1048576 (1 MiB per connection)",
+        ]
+    );
+}

@@ -96,6 +96,18 @@ pub struct ServerConf {
     /// reloadable.
     #[serde(default = "default_admin_connection_timeout_ms")]
     pub admin_connection_timeout_ms: u64,
+    /// Read buffer (bytes) Pingora puts in front of each client connection's socket (its L4
+    /// buffer): reads of the request header and body go through it. An LLM request header is
+    /// well under 4 KiB and bodies larger than the buffer are read in several calls, so a
+    /// sidecar needs far less than Pingora's 64 KiB default. Default 8,192; 0 reads the socket
+    /// unbuffered. Not reloadable.
+    #[serde(default = "default_client_read_buffer_bytes")]
+    pub client_read_buffer_bytes: u64,
+    /// Write buffer (bytes) in front of each client connection's socket: small writes (a
+    /// response header, a short SSE event) are gathered up to this size before a send.
+    /// Default 1,460 (Pingora's, one Ethernet TCP segment); 0 writes unbuffered. Not reloadable.
+    #[serde(default = "default_client_write_buffer_bytes")]
+    pub client_write_buffer_bytes: u64,
 }
 
 fn default_header_timeout_ms() -> u64 {
@@ -115,6 +127,12 @@ fn default_admin_max_connections() -> usize {
 }
 fn default_admin_connection_timeout_ms() -> u64 {
     30_000
+}
+fn default_client_read_buffer_bytes() -> u64 {
+    8 * 1024
+}
+fn default_client_write_buffer_bytes() -> u64 {
+    1_460
 }
 
 fn default_drain() -> u64 {
@@ -159,6 +177,8 @@ impl Default for ServerConf {
             client_write_timeout_ms: default_client_write_timeout_ms(),
             admin_max_connections: default_admin_max_connections(),
             admin_connection_timeout_ms: default_admin_connection_timeout_ms(),
+            client_read_buffer_bytes: default_client_read_buffer_bytes(),
+            client_write_buffer_bytes: default_client_write_buffer_bytes(),
         }
     }
 }
