@@ -5,8 +5,8 @@
 use bytes::Bytes;
 
 use super::sse::{Frame, SseEvent, SseFramer, KEEP_CAPACITY_BYTES};
-use super::wire::TextBuf;
-use super::{anthropic, openai_chat, openai_responses, ApiKind, Usage};
+use super::wire::{anthropic_messages, openai_chat, openai_responses, TextBuf};
+use super::{ApiKind, Usage};
 
 /// What hide mode does with one complete event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -425,10 +425,11 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
             openai_responses::on_event(state, name, event.data).map(|()| Verdict::Keep)
         }
         ApiKind::AnthropicMessages => {
-            anthropic::on_event(state, name, event.data).map(|()| Verdict::Keep)
+            anthropic_messages::on_event(state, name, event.data).map(|()| Verdict::Keep)
         }
-        _ if api.is_openai_chunked() => openai_chat::on_event(state, event.data),
-        _ => Ok(Verdict::Keep),
+        ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings => {
+            openai_chat::on_event(state, name, event.data)
+        }
     };
     parsed.unwrap_or_else(|_| {
         state.malformed += 1;

@@ -1,13 +1,18 @@
-//! OpenAI chat/completions (and legacy completions) wire format: one streamed
-//! `chat.completion.chunk` -> usage, generated text, terminal and error flags, and the verdict
-//! hide mode applies to it.
+//! OpenAI chat completions (and legacy completions) wire format, streamed and not: a
+//! `chat.completion.chunk` event -> usage, generated text, terminal and error flags, and the
+//! verdict hide mode applies to it; a `chat.completion` (or `text_completion`) body -> usage
+//! and generated text.
+//!
+//! Sources: OpenAI API reference, "Chat Completions" (the chat completion object and the
+//! streamed chat completion chunk object: `choices[].delta`, `choices[].finish_reason`,
+//! `usage`, `stream_options.include_usage`) and "Completions" (legacy, `choices[].text`).
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::stream::{StreamState, Verdict};
-use super::wire::{present, Text};
-use super::Usage;
+use super::{present, Few, Text, TextBuf};
+use crate::usage::stream::{StreamState, Verdict};
+use crate::usage::Usage;
 
 /// OpenAI `usage` object (chat/completions, legacy completions, embeddings): `prompt_tokens`,
 /// `completion_tokens`, `prompt_tokens_details.cached_tokens`,
@@ -37,6 +42,7 @@ struct CompletionDetails {
 }
 
 impl WireUsage {
+    /// The counts as a [`Usage`] (cache writes: always 0, OpenAI reports none).
     pub(crate) fn to_usage(&self) -> Usage {
         Usage {
             prompt_tokens: self.prompt_tokens.unwrap_or(0),
@@ -57,10 +63,11 @@ impl WireUsage {
 }
 
 /// The fields of a `chat.completion.chunk` that accounting reads; the rest is skipped.
+/// Borrowed: a chunk with one choice and unescaped strings costs no allocation.
 #[derive(Deserialize)]
 struct Chunk<'a> {
     #[serde(default, borrow)]
-    choices: Option<Vec<Choice<'a>>>,
+    choices: Option<Few<Choice<'a>>>,
     /// Absent (`None`), `null` (`Some(None)`, every chunk when include_usage is on), or the
     /// totals (`Some(Some(..))`, the extra chunk before `[DONE]`).
     #[serde(default, deserialize_with = "present")]
@@ -78,14 +85,15 @@ struct Choice<'a> {
     #[serde(default, borrow)]
     finish_reason: Text<'a>,
     #[serde(default, borrow)]
-    delta: Option<Delta<'a>>,
+    delta: Option<Message<'a>>,
     /// Legacy completions put the text here instead of in `delta`.
     #[serde(default, borrow)]
     text: Text<'a>,
 }
 
+/// A streamed `delta`, or a body's `message`: the same text-bearing fields.
 #[derive(Deserialize)]
-struct Delta<'a> {
+struct Message<'a> {
     #[serde(default, borrow)]
     content: Text<'a>,
     #[serde(default, borrow)]
@@ -94,10 +102,27 @@ struct Delta<'a> {
     #[serde(default, borrow)]
     reasoning_content: Text<'a>,
     #[serde(default, borrow)]
-    tool_calls: Option<Vec<ToolCall<'a>>>,
+    tool_calls: Option<Few<ToolCall<'a>>>,
     /// Pre-tools function calling, still sent by some compatible servers.
     #[serde(default, borrow)]
     function_call: Option<Function<'a>>,
+}
+
+impl Message<'_> {
+    /// Appends the text this delta or message generated, in a fixed order.
+    fn push_text(&self, text: &mut TextBuf) {
+        text.push(self.reasoning_content.as_str());
+        text.push(self.content.as_str());
+        text.push(self.refusal.as_str());
+        for call in self.tool_calls.iter().flat_map(Few::iter) {
+            if let Some(function) = &call.function {
+                text.push(function.arguments.as_str());
+            }
+        }
+        if let Some(function) = &self.function_call {
+            text.push(function.arguments.as_str());
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -107,14 +132,19 @@ struct ToolCall<'a> {
 }
 
 #[derive(Deserialize)]
-pub(crate) struct Function<'a> {
+struct Function<'a> {
     #[serde(default, borrow)]
-    pub(crate) arguments: Text<'a>,
+    arguments: Text<'a>,
 }
 
-/// Accounts one event's `data` payload. `Err` means the payload is not a JSON chunk
-/// (malformed); the caller counts it and forwards it untouched.
-pub(crate) fn on_event(state: &mut StreamState, data: &[u8]) -> Result<Verdict, serde_json::Error> {
+/// Accounts one streamed event's `data` payload (the SSE `event:` name is not used: chat
+/// streams have none). `Err` means the payload is not a JSON chunk (malformed); the caller
+/// counts it and forwards it untouched.
+pub(crate) fn on_event(
+    state: &mut StreamState,
+    _name: &str,
+    data: &[u8],
+) -> Result<Verdict, serde_json::Error> {
     if data.trim_ascii() == b"[DONE]" {
         state.completed = true;
         return Ok(Verdict::Keep);
@@ -123,24 +153,15 @@ pub(crate) fn on_event(state: &mut StreamState, data: &[u8]) -> Result<Verdict, 
     if chunk.error.is_some() {
         state.saw_error = true;
     }
-    for choice in chunk.choices.iter().flatten() {
+    for choice in chunk.choices.iter().flat_map(Few::iter) {
         let bit = 1u64 << choice.index.unwrap_or(0).min(63);
         state.choices_seen |= bit;
         if choice.finish_reason.0.is_some() {
             state.choices_finished |= bit;
         }
         state.text.push(choice.text.as_str());
-        let Some(delta) = &choice.delta else { continue };
-        state.text.push(delta.reasoning_content.as_str());
-        state.text.push(delta.content.as_str());
-        state.text.push(delta.refusal.as_str());
-        for call in delta.tool_calls.iter().flatten() {
-            if let Some(function) = &call.function {
-                state.text.push(function.arguments.as_str());
-            }
-        }
-        if let Some(function) = &delta.function_call {
-            state.text.push(function.arguments.as_str());
+        if let Some(delta) = &choice.delta {
+            delta.push_text(&mut state.text);
         }
     }
     Ok(match chunk.usage {
@@ -149,11 +170,44 @@ pub(crate) fn on_event(state: &mut StreamState, data: &[u8]) -> Result<Verdict, 
         Some(Some(usage)) => {
             // Servers that send usage on every chunk: the last one is the total.
             state.usage = Some(usage.to_usage());
-            if chunk.choices.as_ref().is_none_or(|c| c.is_empty()) {
+            if chunk.choices.as_ref().is_none_or(Few::is_empty) {
                 Verdict::Drop
             } else {
                 Verdict::Keep
             }
         }
     })
+}
+
+/// A non-streamed chat completion (or legacy text completion) body.
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<BodyChoice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct BodyChoice<'a> {
+    #[serde(default, borrow)]
+    message: Option<Message<'a>>,
+    /// Legacy completions.
+    #[serde(default, borrow)]
+    text: Text<'a>,
+}
+
+/// Reads a whole non-streamed body: its `usage` (`None` when absent, null or when the body is
+/// not this JSON), and its generated text appended to `text`: `choices[].text` (legacy), then
+/// `choices[].message` `reasoning_content`, `content`, `refusal`, `tool_calls[].function
+/// .arguments`.
+pub(crate) fn body(raw: &[u8], text: &mut TextBuf) -> Option<Usage> {
+    let body: Body = serde_json::from_slice(raw).ok()?;
+    for choice in body.choices.iter().flatten() {
+        text.push(choice.text.as_str());
+        if let Some(message) = &choice.message {
+            message.push_text(text);
+        }
+    }
+    body.usage.map(|u| u.to_usage())
 }
