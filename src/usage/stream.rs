@@ -178,7 +178,10 @@ impl SseAccountant {
         } else if end == 0 {
             Bytes::new()
         } else {
-            let mut out = std::mem::take(&mut holder.held);
+            // Exactly sized, so `Bytes::from` keeps it as is (one allocation per such chunk);
+            // the holder keeps its capacity for the next partial event.
+            let mut out = Vec::with_capacity(holder.held.len() + end);
+            out.extend_from_slice(&holder.held);
             out.extend_from_slice(&chunk[..end]);
             holder.clear();
             Bytes::from(out)
@@ -505,7 +508,7 @@ pub(crate) fn strip_usage_null(raw: &mut Vec<u8>) -> bool {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 fn skip(raw: &[u8], mut i: usize, pred: impl Fn(u8) -> bool) -> usize {
