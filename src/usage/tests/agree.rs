@@ -623,3 +623,108 @@ proptest! {
         prop_assert_eq!(Told::of(&state, None), responses_reference(&full, name));
     }
 }
+
+/// JSON-ish pieces for chunks that are almost right: bad literals and numbers, escapes,
+/// control characters, repeated members, wrong types, deep nesting, trailing bytes.
+const CHUNK_VOCAB: &[&str] = &[
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    " ",
+    "\n",
+    "\"choices\"",
+    "\"usage\"",
+    "\"error\"",
+    "\"index\"",
+    "\"delta\"",
+    "\"content\"",
+    "\"refusal\"",
+    "\"reasoning_content\"",
+    "\"finish_reason\"",
+    "\"text\"",
+    "\"tool_calls\"",
+    "\"id\"",
+    "\"hi\"",
+    "\"a\\\"b\"",
+    "\"\u{1}\"",
+    "\"caf\u{e9}\"",
+    "null",
+    "nul",
+    "nullx",
+    "true",
+    "0",
+    "01",
+    "7",
+    "-1",
+    "1.5",
+    "1e3",
+    "18446744073709551616",
+    "\"stop\"",
+    "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"},\"finish_reason\":null}],\"usage\":null}",
+    "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+];
+
+/// A chunk made of vocabulary pieces, sometimes wrapped in a valid chunk's members.
+fn rough_chunk() -> impl Strategy<Value = Vec<u8>> {
+    (
+        proptest::collection::vec(proptest::sample::select(CHUNK_VOCAB), 0..24),
+        any::<bool>(),
+    )
+        .prop_map(|(pieces, wrap)| {
+            let inner = pieces.concat();
+            let text = if wrap {
+                format!("{{\"choices\":[{{\"delta\":{{{inner}}}}}],\"usage\":null}}")
+            } else {
+                inner
+            };
+            text.into_bytes()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The chat fast path only accepts what the typed parse accepts, and reads it the same.
+    #[test]
+    fn chat_fast_path_accepts_only_what_the_typed_parse_reads_the_same(data in rough_chunk()) {
+        let mut fast = StreamState::default();
+        if let Some(verdict) = openai_chat::on_event_fast(&mut fast, &data) {
+            let mut typed = StreamState::default();
+            let parsed = openai_chat::on_event_typed(&mut typed, &data);
+            prop_assert!(parsed.is_ok(), "fast path accepted {}", String::from_utf8_lossy(&data));
+            prop_assert_eq!(Told::of(&fast, Some(verdict)), Told::of(&typed, parsed.ok()));
+        }
+    }
+}
+
+#[test]
+fn chat_content_chunks_take_the_fast_path() {
+    let captured = [
+        // llmock, and OpenAI (usage before `obfuscation`, `refusal: null` on the first chunk).
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1767225600,"model":"gpt-4o-mini","system_fingerprint":null,"choices":[{"index":0,"delta":{"content":"Hello! "},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"chatcmpl-C","object":"chat.completion.chunk","created":1767225600,"model":"gpt-5-mini","service_tier":"default","system_fingerprint":null,"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"finish_reason":null}],"usage":null,"obfuscation":"RmYFV8ad65HP9F"}"#,
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#,
+    ];
+    for data in captured {
+        let mut state = StreamState::default();
+        let verdict = openai_chat::on_event_fast(&mut state, data.as_bytes());
+        assert_eq!(verdict, Some(Verdict::StripUsageNull), "{data}");
+    }
+    // Declined: the usage chunk, tool calls, escaped text (the typed parse reads them).
+    for data in [
+        r#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
+        r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}]}"#,
+        r#"{"choices":[{"delta":{"content":"caf\u00e9"}}]}"#,
+    ] {
+        let mut state = StreamState::default();
+        assert_eq!(
+            openai_chat::on_event_fast(&mut state, data.as_bytes()),
+            None,
+            "{data}"
+        );
+        assert_eq!(state.text.as_str(), "");
+    }
+}

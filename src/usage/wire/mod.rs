@@ -10,6 +10,7 @@ pub(crate) mod anthropic_messages;
 pub(crate) mod openai_chat;
 pub(crate) mod openai_embeddings;
 pub(crate) mod openai_responses;
+mod skim;
 
 use std::borrow::Cow;
 use std::fmt;

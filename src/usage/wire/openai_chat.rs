@@ -10,6 +10,7 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+use super::skim::Skim;
 use super::{present, Few, Text, TextBuf};
 use crate::usage::stream::{StreamState, Verdict};
 use crate::usage::Usage;
@@ -139,7 +140,9 @@ struct Function<'a> {
 
 /// Accounts one streamed event's `data` payload (the SSE `event:` name is not used: chat
 /// streams have none). `Err` means the payload is not a JSON chunk (malformed); the caller
-/// counts it and forwards it untouched.
+/// counts it and forwards it untouched. Content chunks take an allocation-free fast path
+/// (`on_event_fast`) that skims the chunk without the typed parse; everything it declines
+/// (the usage chunk, tool calls, escaped text, anything unusual) takes the typed parse.
 pub(crate) fn on_event(
     state: &mut StreamState,
     _name: &str,
@@ -149,6 +152,17 @@ pub(crate) fn on_event(
         state.completed = true;
         return Ok(Verdict::Keep);
     }
+    if let Some(verdict) = on_event_fast(state, data) {
+        return Ok(verdict);
+    }
+    on_event_typed(state, data)
+}
+
+/// [`on_event`] by the typed parse of the whole chunk (every chunk the fast path declines).
+pub(crate) fn on_event_typed(
+    state: &mut StreamState,
+    data: &[u8],
+) -> Result<Verdict, serde_json::Error> {
     let chunk: Chunk = serde_json::from_slice(data)?;
     if chunk.error.is_some() {
         state.saw_error = true;
@@ -210,4 +224,169 @@ pub(crate) fn body(raw: &[u8], text: &mut TextBuf) -> Option<Usage> {
         }
     }
     body.usage.map(|u| u.to_usage())
+}
+
+/// What the fast path read of one choice: its index, whether it finished, and its text pieces
+/// in the typed path's order (`text`, `reasoning_content`, `content`, `refusal`).
+#[derive(Default, Clone, Copy)]
+struct FastChoice<'a> {
+    index: u64,
+    finished: bool,
+    pieces: [&'a str; 4],
+}
+
+/// Most choices per chunk the fast path reads; more take the typed parse.
+const FAST_CHOICES: usize = 4;
+
+/// The fast path for the common chunk: a JSON object whose members the typed [`Chunk`] reads
+/// are `choices` (null, or an array of up to 4 objects whose `index` is a `u64` or null,
+/// `finish_reason`, `text` and `delta` members `content`, `refusal`, `reasoning_content` are
+/// strings without escapes or null, and with no tool or function calls), `usage: null` (or
+/// absent) and `error: null` (or absent); every other member is skipped after a strict check.
+/// `None` (nothing changed) for anything else, which then takes the typed parse: the fast
+/// path accepts only events that parse, and reads them as the typed parse would (a property
+/// test checks both agree).
+pub(crate) fn on_event_fast(state: &mut StreamState, data: &[u8]) -> Option<Verdict> {
+    let mut skim = Skim::new(data);
+    let mut choices = [FastChoice::default(); FAST_CHOICES];
+    let (mut count, mut usage_null) = (0, false);
+    let mut seen = [false; 3]; // choices, usage, error: a repeated one is an error for serde
+    let mut key = skim.first_key()?;
+    while let Some(name) = key {
+        match name {
+            "choices" => {
+                once(&mut seen[0])?;
+                if !skim.null()? {
+                    count = fast_choices(&mut skim, &mut choices)?;
+                }
+            }
+            "usage" => {
+                once(&mut seen[1])?;
+                usage_null = skim.null()?.then_some(true)?;
+            }
+            "error" => {
+                once(&mut seen[2])?;
+                skim.null()?.then_some(())?;
+            }
+            _ => skim.skip()?,
+        }
+        key = if skim.next(b'}')? {
+            Some(skim.key()?)
+        } else {
+            None
+        };
+    }
+    if !skim.at_end() {
+        return None;
+    }
+    for choice in &choices[..count] {
+        let bit = 1u64 << choice.index.min(63);
+        state.choices_seen |= bit;
+        if choice.finished {
+            state.choices_finished |= bit;
+        }
+        for piece in choice.pieces {
+            state.text.push(piece);
+        }
+    }
+    Some(if usage_null {
+        Verdict::StripUsageNull
+    } else {
+        Verdict::Keep
+    })
+}
+
+/// Marks a member as seen; `None` if it already was.
+fn once(seen: &mut bool) -> Option<()> {
+    (!std::mem::replace(seen, true)).then_some(())
+}
+
+/// A string without escapes, or null (as "", which the typed path's text also gives).
+fn str_or_null<'a>(skim: &mut Skim<'a>) -> Option<Option<&'a str>> {
+    if skim.null()? {
+        Some(None)
+    } else {
+        skim.plain_str().map(Some)
+    }
+}
+
+/// `choices`: an array of up to [`FAST_CHOICES`] choice objects; returns how many.
+fn fast_choices<'a>(skim: &mut Skim<'a>, out: &mut [FastChoice<'a>]) -> Option<usize> {
+    skim.eat(b'[')?;
+    if skim.peek()? == b']' {
+        skim.eat(b']')?;
+        return Some(0);
+    }
+    let mut count = 0;
+    loop {
+        *out.get_mut(count)? = fast_choice(skim)?;
+        count += 1;
+        if !skim.next(b']')? {
+            return Some(count);
+        }
+    }
+}
+
+fn fast_choice<'a>(skim: &mut Skim<'a>) -> Option<FastChoice<'a>> {
+    let mut choice = FastChoice::default();
+    let mut seen = [false; 4]; // index, finish_reason, delta, text
+    let mut key = skim.first_key()?;
+    while let Some(name) = key {
+        match name {
+            "index" => {
+                once(&mut seen[0])?;
+                if !skim.null()? {
+                    choice.index = skim.u64()?;
+                }
+            }
+            "finish_reason" => {
+                once(&mut seen[1])?;
+                choice.finished = str_or_null(skim)?.is_some();
+            }
+            "text" => {
+                once(&mut seen[3])?;
+                choice.pieces[0] = str_or_null(skim)?.unwrap_or("");
+            }
+            "delta" => {
+                once(&mut seen[2])?;
+                if !skim.null()? {
+                    fast_delta(skim, &mut choice.pieces)?;
+                }
+            }
+            _ => skim.skip()?,
+        }
+        key = if skim.next(b'}')? {
+            Some(skim.key()?)
+        } else {
+            None
+        };
+    }
+    Some(choice)
+}
+
+/// A `delta` without tool or function calls: its text members into `pieces[1..]`.
+fn fast_delta<'a>(skim: &mut Skim<'a>, pieces: &mut [&'a str; 4]) -> Option<()> {
+    let mut seen = [false; 3];
+    let mut key = skim.first_key()?;
+    while let Some(name) = key {
+        let slot = match name {
+            "reasoning_content" => 1,
+            "content" => 2,
+            "refusal" => 3,
+            "tool_calls" | "function_call" => return None,
+            _ => 0,
+        };
+        if slot == 0 {
+            skim.skip()?;
+        } else {
+            once(&mut seen[slot - 1])?;
+            pieces[slot] = str_or_null(skim)?.unwrap_or("");
+        }
+        key = if skim.next(b'}')? {
+            Some(skim.key()?)
+        } else {
+            None
+        };
+    }
+    Some(())
 }
