@@ -667,21 +667,81 @@ const CHUNK_VOCAB: &[&str] = &[
     "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
 ];
 
-/// A chunk made of vocabulary pieces, sometimes wrapped in a valid chunk's members.
+/// Values for the structured chunks: valid, almost valid, and of the wrong type.
+const VALUE_VOCAB: &[&str] = &[
+    "null",
+    "nul",
+    "nullx",
+    "true",
+    "0",
+    "01",
+    "7",
+    "-1",
+    "1.5",
+    "1e3",
+    "1.",
+    "-",
+    "18446744073709551616",
+    "\"hi\"",
+    "\"a\\\"b\"",
+    "\"\u{1}\"",
+    "\"caf\u{e9}\"",
+    "\"\\u00e9\"",
+    "\"stop\"",
+    "{}",
+    "[]",
+    "[1,]",
+    "{\"a\":1}",
+    "[{\"function\":{}}]",
+    "\"unterminated",
+    "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+];
+
+/// Keys the chat parsers read, and some they skip.
+const KEY_VOCAB: &[&str] = &[
+    "choices",
+    "usage",
+    "error",
+    "index",
+    "delta",
+    "content",
+    "refusal",
+    "reasoning_content",
+    "finish_reason",
+    "text",
+    "tool_calls",
+    "function_call",
+    "id",
+    "us\\u0061ge",
+];
+
+/// A chunk made of vocabulary pieces, or of members with random keys and values placed at
+/// the top level, in a choice, or in a delta (so that near-valid chunks are common).
 fn rough_chunk() -> impl Strategy<Value = Vec<u8>> {
-    (
-        proptest::collection::vec(proptest::sample::select(CHUNK_VOCAB), 0..24),
+    let soup = proptest::collection::vec(proptest::sample::select(CHUNK_VOCAB), 0..24)
+        .prop_map(|pieces| pieces.concat());
+    let member = (
+        proptest::sample::select(KEY_VOCAB),
+        proptest::sample::select(VALUE_VOCAB),
+    )
+        .prop_map(|(k, v)| format!("\"{k}\":{v}"));
+    let structured = (
+        proptest::collection::vec(member, 0..5),
+        0..3u8,
         any::<bool>(),
     )
-        .prop_map(|(pieces, wrap)| {
-            let inner = pieces.concat();
-            let text = if wrap {
-                format!("{{\"choices\":[{{\"delta\":{{{inner}}}}}],\"usage\":null}}")
-            } else {
-                inner
-            };
-            text.into_bytes()
-        })
+        .prop_map(|(members, depth, dup)| {
+            let mut inner = members.join(",");
+            if dup {
+                inner = format!("{inner},{inner}");
+            }
+            match depth {
+                0 => format!("{{{inner}}}"),
+                1 => format!("{{\"choices\":[{{{inner}}}],\"usage\":null}}"),
+                _ => format!("{{\"choices\":[{{\"delta\":{{{inner}}}}}],\"usage\":null}}"),
+            }
+        });
+    prop_oneof![soup, structured].prop_map(String::into_bytes)
 }
 
 proptest! {
