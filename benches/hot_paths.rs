@@ -75,6 +75,53 @@ fn sse(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same streams per event (ns/event = time / elements), pass-through mode: the cost of
+/// framing and accounting one event of each API's typical stream (mostly content deltas).
+fn sse_per_event(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sse_event");
+    for (name, api, file) in [
+        (
+            "openai_chat",
+            ApiKind::OpenAiChat,
+            "openai_chat/llmock_include_usage.sse",
+        ),
+        (
+            "openai_chat_real",
+            ApiKind::OpenAiChat,
+            "openai_chat/openai_include_usage.sse",
+        ),
+        (
+            "openai_responses",
+            ApiKind::OpenAiResponses,
+            "openai_responses/llmock_capture.sse",
+        ),
+        (
+            "anthropic",
+            ApiKind::AnthropicMessages,
+            "anthropic/llmock_capture.sse",
+        ),
+    ] {
+        let chunks = stream_chunks(&fixture(file));
+        let mut probe = SseAccountant::new(api, false, 4 << 20);
+        for ch in &chunks {
+            probe.push(ch);
+        }
+        probe.finish();
+        g.throughput(Throughput::Elements(probe.events()));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut acc = SseAccountant::new(api, false, 4 << 20);
+                for ch in &chunks {
+                    black_box(acc.push(ch));
+                }
+                black_box(acc.finish());
+                acc.usage()
+            })
+        });
+    }
+    g.finish();
+}
+
 fn body(c: &mut Criterion) {
     let mut g = c.benchmark_group("inspect_body");
     for size in [10 * 1024, 1 << 20] {
@@ -199,5 +246,14 @@ fn redaction(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sse, body, routes, limits, tokens, redaction);
+criterion_group!(
+    benches,
+    sse,
+    sse_per_event,
+    body,
+    routes,
+    limits,
+    tokens,
+    redaction
+);
 criterion_main!(benches);

@@ -1,11 +1,9 @@
 //! Non-streamed response accountant (response body path): keeps a copy of a JSON body up to a
-//! cap, then reads its usage and generated text.
+//! cap, then hands it to its API's body parser (in [`super::wire`]) for usage and generated
+//! text.
 
-use serde::Deserialize;
-
-use super::openai_chat::Function;
-use super::wire::{Text, TextBuf};
-use super::{anthropic, openai_chat, openai_responses, ApiKind, Usage};
+use super::wire::{anthropic_messages, openai_chat, openai_embeddings, openai_responses, TextBuf};
+use super::{ApiKind, Usage};
 
 /// Accountant for one non-streamed JSON response body (chat/completions, completions,
 /// responses, messages, embeddings). It keeps a copy of the (decoded, identity-encoded) body
@@ -86,140 +84,16 @@ impl JsonAccountant {
         }
         let mut text = TextBuf::default();
         let usage = match self.api {
-            ApiKind::OpenAiChat | ApiKind::OpenAiCompletions => parse_chat(&self.body, &mut text),
-            ApiKind::Embeddings => serde_json::from_slice::<ChatBody>(&self.body)
-                .ok()
-                .and_then(|b| b.usage.map(|u| u.to_usage())),
-            ApiKind::OpenAiResponses => parse_responses(&self.body, &mut text),
-            ApiKind::AnthropicMessages => parse_anthropic(&self.body, &mut text),
+            ApiKind::OpenAiChat | ApiKind::OpenAiCompletions => {
+                openai_chat::body(&self.body, &mut text)
+            }
+            ApiKind::Embeddings => openai_embeddings::body(&self.body),
+            ApiKind::OpenAiResponses => openai_responses::body(&self.body, &mut text),
+            ApiKind::AnthropicMessages => anthropic_messages::body(&self.body, &mut text),
         };
         Parsed {
             usage,
             text: text.as_str().to_owned(),
         }
     }
-}
-
-#[derive(Deserialize)]
-struct ChatBody<'a> {
-    #[serde(default)]
-    usage: Option<openai_chat::WireUsage>,
-    #[serde(default, borrow)]
-    choices: Option<Vec<ChatChoice<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ChatChoice<'a> {
-    #[serde(default, borrow)]
-    message: Option<ChatMessage<'a>>,
-    #[serde(default, borrow)]
-    text: Text<'a>,
-}
-
-#[derive(Deserialize)]
-struct ChatMessage<'a> {
-    #[serde(default, borrow)]
-    content: Text<'a>,
-    #[serde(default, borrow)]
-    refusal: Text<'a>,
-    #[serde(default, borrow)]
-    reasoning_content: Text<'a>,
-    #[serde(default, borrow)]
-    tool_calls: Option<Vec<ChatToolCall<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ChatToolCall<'a> {
-    #[serde(default, borrow)]
-    function: Option<Function<'a>>,
-}
-
-fn parse_chat(body: &[u8], text: &mut TextBuf) -> Option<Usage> {
-    let body: ChatBody = serde_json::from_slice(body).ok()?;
-    for choice in body.choices.iter().flatten() {
-        text.push(choice.text.as_str());
-        let Some(message) = &choice.message else {
-            continue;
-        };
-        text.push(message.reasoning_content.as_str());
-        text.push(message.content.as_str());
-        text.push(message.refusal.as_str());
-        for call in message.tool_calls.iter().flatten() {
-            if let Some(function) = &call.function {
-                text.push(function.arguments.as_str());
-            }
-        }
-    }
-    body.usage.map(|u| u.to_usage())
-}
-
-#[derive(Deserialize)]
-struct ResponsesBody<'a> {
-    #[serde(default)]
-    usage: Option<openai_responses::WireUsage>,
-    #[serde(default, borrow)]
-    output: Option<Vec<OutputItem<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct OutputItem<'a> {
-    #[serde(default, borrow)]
-    content: Option<Vec<TextPart<'a>>>,
-    /// `function_call` items.
-    #[serde(default, borrow)]
-    arguments: Text<'a>,
-}
-
-#[derive(Deserialize)]
-struct TextPart<'a> {
-    #[serde(default, borrow)]
-    text: Text<'a>,
-    #[serde(default, borrow)]
-    refusal: Text<'a>,
-}
-
-fn parse_responses(body: &[u8], text: &mut TextBuf) -> Option<Usage> {
-    let body: ResponsesBody = serde_json::from_slice(body).ok()?;
-    for item in body.output.iter().flatten() {
-        for part in item.content.iter().flatten() {
-            text.push(part.text.as_str());
-            text.push(part.refusal.as_str());
-        }
-        text.push(item.arguments.as_str());
-    }
-    body.usage.map(|u| u.to_usage())
-}
-
-#[derive(Deserialize)]
-struct AnthropicBody<'a> {
-    #[serde(default)]
-    usage: Option<anthropic::WireUsage>,
-    #[serde(default, borrow)]
-    content: Option<Vec<AnthropicBlock<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct AnthropicBlock<'a> {
-    #[serde(default, borrow)]
-    text: Text<'a>,
-    #[serde(default, borrow)]
-    thinking: Text<'a>,
-    /// `tool_use` blocks: the arguments object (re-serialized for the estimate).
-    #[serde(default)]
-    input: Option<serde_json::Value>,
-}
-
-fn parse_anthropic(body: &[u8], text: &mut TextBuf) -> Option<Usage> {
-    let body: AnthropicBody = serde_json::from_slice(body).ok()?;
-    for block in body.content.iter().flatten() {
-        text.push(block.thinking.as_str());
-        text.push(block.text.as_str());
-        if let Some(input) = &block.input {
-            text.push(&input.to_string());
-        }
-    }
-    let wire = body.usage?;
-    let mut usage = Usage::default();
-    wire.apply(&mut usage);
-    Some(usage)
 }

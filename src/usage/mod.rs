@@ -2,16 +2,17 @@
 //! non-streamed bodies, generated text for estimates, and prompt-token estimates with tiktoken.
 //!
 //! The proxy picks an [`ApiKind`] from the request path, then feeds the upstream body to a
-//! [`SseAccountant`] (text/event-stream) or a [`JsonAccountant`] (application/json). When the
+//! [`SseAccountant`] (text/event-stream) or a [`JsonAccountant`] (application/json). Both are
+//! generic: the SSE framer (`sse`) and the two accountants (`stream`, `json_body`) dispatch per
+//! [`ApiKind`] to one wire module per API (`wire::openai_chat`, `wire::openai_responses`,
+//! `wire::anthropic_messages`, `wire::openai_embeddings`), each holding both its stream event
+//! and its body parsing. When the
 //! upstream reports no usage, [`estimate::count_tokens`] over the accountant's output text and
 //! [`estimate::estimate_prompt_tokens`] over the request body give an estimate instead.
 
 pub mod estimate;
 
-mod anthropic;
 mod json_body;
-mod openai_chat;
-mod openai_responses;
 mod sse;
 mod stream;
 mod wire;
@@ -107,15 +108,5 @@ impl ApiKind {
         } else {
             None
         }
-    }
-
-    /// True for the APIs whose streams use OpenAI chat-completion chunks (`data:` JSON lines
-    /// ending with `data: [DONE]`): chat, legacy completions, and embeddings (never streamed,
-    /// parsed the same way if it ever is).
-    pub(crate) fn is_openai_chunked(self) -> bool {
-        matches!(
-            self,
-            ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings
-        )
     }
 }

@@ -178,7 +178,7 @@ impl SseFramer {
         }
         while i < chunk.len() {
             let rest = &chunk[i..];
-            let Some(rel) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(rel) = memchr::memchr2(b'\n', b'\r', rest) else {
                 if self.skipping {
                     self.skip_at_line_start = false;
                 } else if self.event_bytes + rest.len() > self.max_event_bytes {
@@ -285,7 +285,7 @@ impl SseFramer {
             match self.line_state {
                 LineState::Start | LineState::Name => {
                     self.line_state = LineState::Name;
-                    match seg.iter().position(|&b| b == b':') {
+                    match memchr::memchr(b':', seg) {
                         Some(colon) => {
                             self.field.extend_from_slice(&seg[..colon]);
                             self.begin_value();

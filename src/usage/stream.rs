@@ -5,8 +5,8 @@
 use bytes::Bytes;
 
 use super::sse::{Frame, SseEvent, SseFramer, KEEP_CAPACITY_BYTES};
-use super::wire::TextBuf;
-use super::{anthropic, openai_chat, openai_responses, ApiKind, Usage};
+use super::wire::{anthropic_messages, openai_chat, openai_responses, TextBuf};
+use super::{ApiKind, Usage};
 
 /// What hide mode does with one complete event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +178,10 @@ impl SseAccountant {
         } else if end == 0 {
             Bytes::new()
         } else {
-            let mut out = std::mem::take(&mut holder.held);
+            // Exactly sized, so `Bytes::from` keeps it as is (one allocation per such chunk);
+            // the holder keeps its capacity for the next partial event.
+            let mut out = Vec::with_capacity(holder.held.len() + end);
+            out.extend_from_slice(&holder.held);
             out.extend_from_slice(&chunk[..end]);
             holder.clear();
             Bytes::from(out)
@@ -425,10 +428,11 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
             openai_responses::on_event(state, name, event.data).map(|()| Verdict::Keep)
         }
         ApiKind::AnthropicMessages => {
-            anthropic::on_event(state, name, event.data).map(|()| Verdict::Keep)
+            anthropic_messages::on_event(state, name, event.data).map(|()| Verdict::Keep)
         }
-        _ if api.is_openai_chunked() => openai_chat::on_event(state, event.data),
-        _ => Ok(Verdict::Keep),
+        ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings => {
+            openai_chat::on_event(state, name, event.data)
+        }
     };
     parsed.unwrap_or_else(|_| {
         state.malformed += 1;
@@ -504,7 +508,7 @@ pub(crate) fn strip_usage_null(raw: &mut Vec<u8>) -> bool {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 fn skip(raw: &[u8], mut i: usize, pred: impl Fn(u8) -> bool) -> usize {

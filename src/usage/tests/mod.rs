@@ -1,5 +1,6 @@
 //! Tests of the usage module against golden fixtures (`tests/fixtures/`) and hostile input.
 
+mod agree;
 mod bounds;
 mod cut;
 mod fixtures;

@@ -1,5 +1,16 @@
-//! Serde helpers shared by the per-API parsers: lenient borrowed strings, absent-vs-null
-//! fields, and the capped buffer that collects generated text.
+//! Wire formats of the APIs whose usage sluice accounts: one module per API holding both its
+//! stream event parsing and its non-streamed body parsing, plus the serde helpers they share
+//! (lenient borrowed strings, absent-vs-null fields, arrays read without allocating for their
+//! first element) and the capped buffer that collects generated text.
+//!
+//! Every parser does no I/O and borrows from the bytes it is given: an event or body whose
+//! strings have no escapes costs no allocation beyond the text it appends.
+
+pub(crate) mod anthropic_messages;
+pub(crate) mod openai_chat;
+pub(crate) mod openai_embeddings;
+pub(crate) mod openai_responses;
+mod skim;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -83,6 +94,53 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A JSON array read without allocating for its first element: chat chunks carry one choice
+/// (and a delta one tool call) almost always, so a `Vec` per event would be an allocation per
+/// event. Accepts exactly what `Vec<T>` accepts (an array, else an error).
+#[derive(Debug)]
+pub(crate) struct Few<T> {
+    first: Option<T>,
+    rest: Vec<T>,
+}
+
+impl<T> Few<T> {
+    /// The elements in array order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    /// True for an empty array.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Few<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(FewVisitor(PhantomData))
+    }
+}
+
+struct FewVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for FewVisitor<T> {
+    type Value = Few<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let first = seq.next_element()?;
+        let mut rest = Vec::new();
+        if first.is_some() {
+            while let Some(item) = seq.next_element()? {
+                rest.push(item);
+            }
+        }
+        Ok(Few { first, rest })
+    }
 }
 
 /// Generated text collected from a response, capped at [`MAX_OUTPUT_TEXT_BYTES`] (cut on a

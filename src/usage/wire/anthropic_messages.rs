@@ -1,12 +1,15 @@
-//! Anthropic Messages wire format: one streamed event (`message_start`, `content_block_delta`,
-//! `message_delta`, `message_stop`, `error`, ...) -> usage, generated text, terminal and error
-//! flags.
+//! Anthropic Messages wire format, streamed and not: a stream event (`message_start`,
+//! `content_block_delta`, `message_delta`, `message_stop`, `error`, ...) -> usage, generated
+//! text, terminal and error flags; a message body -> usage and generated text.
+//!
+//! Sources: Anthropic API reference, "Messages" (the message object: `content[]` blocks,
+//! `usage`) and "Streaming Messages" (event flow, `message_delta.usage` cumulative).
 
 use serde::Deserialize;
 
-use super::stream::StreamState;
-use super::wire::Text;
-use super::Usage;
+use super::{Text, TextBuf};
+use crate::usage::stream::StreamState;
+use crate::usage::Usage;
 
 /// Anthropic `usage` object: `input_tokens`, `output_tokens`, `cache_creation_input_tokens`,
 /// `cache_read_input_tokens`. A field that is absent or null leaves the current value alone,
@@ -118,4 +121,42 @@ pub(crate) fn on_event(
         _ => {} // ping, content_block_start/stop, and future event types
     }
     Ok(())
+}
+
+/// A non-streamed message body.
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default, borrow)]
+    content: Option<Vec<Block<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(default, borrow)]
+    text: Text<'a>,
+    #[serde(default, borrow)]
+    thinking: Text<'a>,
+    /// `tool_use` blocks: the arguments object (re-serialized for the estimate).
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+}
+
+/// Reads a whole non-streamed body: its `usage` (`None` when absent, null or when the body is
+/// not this JSON), and its generated text appended to `text`: per `content[]` block, its
+/// `thinking`, `text`, and a `tool_use` block's `input` as compact JSON.
+pub(crate) fn body(raw: &[u8], text: &mut TextBuf) -> Option<Usage> {
+    let body: Body = serde_json::from_slice(raw).ok()?;
+    for block in body.content.iter().flatten() {
+        text.push(block.thinking.as_str());
+        text.push(block.text.as_str());
+        if let Some(input) = &block.input {
+            text.push(&input.to_string());
+        }
+    }
+    let wire = body.usage?;
+    let mut usage = Usage::default();
+    wire.apply(&mut usage);
+    Some(usage)
 }

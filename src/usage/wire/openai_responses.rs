@@ -1,11 +1,16 @@
-//! OpenAI Responses API wire format: one streamed `response.*` event -> usage, generated text,
-//! terminal and error flags.
+//! OpenAI Responses API wire format, streamed and not: a `response.*` stream event -> usage,
+//! generated text, terminal and error flags, sequence number; a response object body -> usage
+//! and generated text.
+//!
+//! Sources: OpenAI API reference, "Responses" (the response object: `output[]`, `usage`) and
+//! "Streaming events" (`response.output_text.delta`, `response.completed`,
+//! `response.incomplete`, `response.failed`, `error`, `sequence_number`).
 
 use serde::Deserialize;
 
-use super::stream::StreamState;
-use super::wire::Text;
-use super::Usage;
+use super::{Text, TextBuf};
+use crate::usage::stream::StreamState;
+use crate::usage::Usage;
 
 /// Responses `usage` object: `input_tokens`, `input_tokens_details.cached_tokens`,
 /// `output_tokens`, `output_tokens_details.reasoning_tokens`. Missing or null numbers read as 0.
@@ -34,6 +39,7 @@ struct OutputDetails {
 }
 
 impl WireUsage {
+    /// The counts as a [`Usage`] (cache writes: always 0, OpenAI reports none).
     pub(crate) fn to_usage(&self) -> Usage {
         Usage {
             prompt_tokens: self.input_tokens.unwrap_or(0),
@@ -104,4 +110,45 @@ pub(crate) fn on_event(
         }
     }
     Ok(())
+}
+
+/// A non-streamed response object body.
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default, borrow)]
+    output: Option<Vec<OutputItem<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct OutputItem<'a> {
+    #[serde(default, borrow)]
+    content: Option<Vec<ContentPart<'a>>>,
+    /// `function_call` items.
+    #[serde(default, borrow)]
+    arguments: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct ContentPart<'a> {
+    #[serde(default, borrow)]
+    text: Text<'a>,
+    #[serde(default, borrow)]
+    refusal: Text<'a>,
+}
+
+/// Reads a whole non-streamed body: its `usage` (`None` when absent, null or when the body is
+/// not this JSON), and its generated text appended to `text`: per `output[]` item, its
+/// `content[].text` and `.refusal`, then a function call's `arguments`.
+pub(crate) fn body(raw: &[u8], text: &mut TextBuf) -> Option<Usage> {
+    let body: Body = serde_json::from_slice(raw).ok()?;
+    for item in body.output.iter().flatten() {
+        for part in item.content.iter().flatten() {
+            text.push(part.text.as_str());
+            text.push(part.refusal.as_str());
+        }
+        text.push(item.arguments.as_str());
+    }
+    body.usage.map(|u| u.to_usage())
 }
