@@ -112,8 +112,9 @@ fn limits(c: &mut Criterion) {
     let snap = compile(&parse(yaml).unwrap(), Secrets::Skip).unwrap();
     let limiter = Arc::new(Limiter::default());
     let limits = snap.tenant_limits("t").unwrap().clone();
+    let tenant: sluice::config::TenantId = Arc::from("t");
     let ask = Ask {
-        tenant: "t",
+        tenant: &tenant,
         model: Some("gpt-4o"),
         prompt_tokens: 1200,
         output_ceiling: 512,
@@ -180,8 +181,9 @@ fn shared_limits(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let store = sluice::limits::shared::SharedStore::new(snap.redis.as_ref().unwrap()).unwrap();
     let limiter = Arc::new(Limiter::new(Some(Arc::new(store))));
     let limits = snap.tenant_limits("t").unwrap().clone();
+    let tenant: sluice::config::TenantId = Arc::from("t");
     let ask = Ask {
-        tenant: "t",
+        tenant: &tenant,
         model: Some("gpt-4o"),
         prompt_tokens: 1200,
         output_ceiling: 512,
