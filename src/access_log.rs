@@ -106,32 +106,38 @@ pub fn write(line: &AccessLine<'_>) {
         line.emit_through_tracing();
         return;
     };
-    let now = SystemTime::now();
     let written = BUFFER.try_with(|b| match b.try_borrow_mut() {
         Ok(mut buf) => {
-            write_to_stderr(&mut buf, format, now, line);
+            write_to_stderr(&mut buf, format, line);
             if buf.capacity() > MAX_KEPT_BUFFER_BYTES {
                 *buf = Vec::new();
             }
         }
-        Err(_) => write_to_stderr(&mut Vec::new(), format, now, line),
+        Err(_) => write_to_stderr(&mut Vec::new(), format, line),
     });
     if written.is_err() {
         // The thread is exiting (its buffer is gone): a buffer of its own.
-        write_to_stderr(&mut Vec::new(), format, now, line);
+        write_to_stderr(&mut Vec::new(), format, line);
     }
 }
 
-fn write_to_stderr(buf: &mut Vec<u8>, format: LogFormat, now: SystemTime, line: &AccessLine<'_>) {
+fn write_to_stderr(buf: &mut Vec<u8>, format: LogFormat, line: &AccessLine<'_>) {
+    let _ = render(buf, format, line, &mut std::io::stderr().lock());
+}
+
+/// Write `line` as of now in `format` to `out`, after [`crate::logging::redact`], using
+/// `buf` (cleared first) to format it. Errors: `out`'s.
+pub fn render(
+    buf: &mut Vec<u8>,
+    format: LogFormat,
+    line: &AccessLine<'_>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     buf.clear();
-    if format_line(buf, format, now, line).is_err() {
-        return;
-    }
+    format_line(buf, format, SystemTime::now(), line)?;
     // Only `str`s and numbers were written: the bytes are UTF-8.
-    if let Ok(text) = std::str::from_utf8(buf) {
-        let out = crate::logging::redact(text);
-        let _ = std::io::stderr().lock().write_all(out.as_bytes());
-    }
+    let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+    out.write_all(crate::logging::redact(text).as_bytes())
 }
 
 /// Format `line` as the subscriber would at time `now`, newline included.
