@@ -107,6 +107,23 @@ fn routes(c: &mut Criterion) {
     });
 }
 
+/// With `HOT_PATHS_COUNT=N` and `HOT_PATHS_ONLY=<case>`, run that case's body exactly N times
+/// outside criterion and exit: `perf stat -e instructions:u` of N vs 0 gives instructions per
+/// iteration, steadier than wall time on a shared machine.
+fn counted(case: &str, mut body: impl FnMut()) {
+    if std::env::var("HOT_PATHS_ONLY").as_deref() != Ok(case) {
+        return;
+    }
+    let n: u64 = std::env::var("HOT_PATHS_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for _ in 0..n {
+        body();
+    }
+    std::process::exit(0);
+}
+
 fn limits(c: &mut Criterion) {
     let yaml = "tenants:\n  list:\n    - name: t\n      limits: {requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000}\n    - name: free\n";
     let snap = compile(&parse(yaml).unwrap(), Secrets::Skip).unwrap();
@@ -124,6 +141,11 @@ fn limits(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    counted("limits_admit_settle_rpm_tpm_concurrency", || {
+        rt.block_on(limiter.admit(&limits, ask))
+            .unwrap()
+            .settle(1100, 300, None)
+    });
     c.bench_function("limits_admit_settle_rpm_tpm_concurrency", |b| {
         b.iter(|| {
             rt.block_on(limiter.admit(&limits, ask))
@@ -144,6 +166,11 @@ fn limits(c: &mut Criterion) {
         output_ceiling: 512,
         cost_ceiling_usd: None,
     };
+    counted("limits_admit_settle_every_local_limit_and_model", || {
+        rt.block_on(limiter.admit(&limits_all, ask_all))
+            .unwrap()
+            .settle(1100, 300, None)
+    });
     c.bench_function("limits_admit_settle_every_local_limit_and_model", |b| {
         b.iter(|| {
             rt.block_on(limiter.admit(&limits_all, ask_all))
@@ -297,9 +324,15 @@ fn access_line(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("access_line");
     for format in [LogFormat::Text, LogFormat::Json] {
-        let name = if format == LogFormat::Json { "json" } else { "text" };
+        let name = if format == LogFormat::Json {
+            "json"
+        } else {
+            "text"
+        };
         let builder = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,sluice::access=info"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "warn,sluice::access=info",
+            ))
             .with_writer(|| Redacting)
             .with_ansi(false);
         let sub: Box<dyn tracing::Subscriber + Send + Sync> = match format {
@@ -307,43 +340,52 @@ fn access_line(c: &mut Criterion) {
             LogFormat::Text => Box::new(builder.finish()),
         };
         tracing::subscriber::with_default(sub, || {
-            g.bench_function(format!("{name}_tracing_formatter"), |b| {
-                b.iter(|| {
-                    let l = black_box(&line);
-                    let mut attempts = String::new();
-                    for (i, a) in l.attempts.iter().enumerate() {
-                        use std::fmt::Write;
-                        let sep = if i == 0 { "" } else { "," };
-                        let _ = write!(attempts, "{sep}{}/{}:{}:{}", a.pool, a.endpoint, a.status, a.outcome);
-                    }
-                    let model = l.model.to_owned();
-                    tracing::info!(
-                        target: "sluice::access",
-                        request_id = %l.request_id,
-                        tenant = l.tenant,
-                        route = l.route,
-                        pool = l.pool,
-                        endpoint = l.endpoint,
-                        model = %model,
-                        status = l.status,
-                        stream = l.stream,
-                        prompt_tokens = l.prompt_tokens,
-                        completion_tokens = l.completion_tokens,
-                        cached_tokens = l.cached_tokens,
-                        reasoning_tokens = l.reasoning_tokens,
-                        token_source = l.token_source,
-                        cost_usd = l.cost_usd,
-                        ttft_ms = %l.ttft.map_or_else(|| "-".to_owned(), |t| format!("{:.3}", t.as_secs_f64() * 1e3)),
-                        duration_ms = %format!("{:.3}", l.duration.as_secs_f64() * 1e3),
-                        completed = l.completed,
-                        attempts = %attempts,
-                        client_disconnected = l.client_disconnected,
-                        error = l.error,
-                        "request"
+            let old = || {
+                let l = black_box(&line);
+                let mut attempts = String::new();
+                for (i, a) in l.attempts.iter().enumerate() {
+                    use std::fmt::Write;
+                    let sep = if i == 0 { "" } else { "," };
+                    let _ = write!(
+                        attempts,
+                        "{sep}{}/{}:{}:{}",
+                        a.pool, a.endpoint, a.status, a.outcome
                     );
-                })
-            });
+                }
+                let model = l.model.to_owned();
+                tracing::info!(
+                    target: "sluice::access",
+                    request_id = %l.request_id,
+                    tenant = l.tenant,
+                    route = l.route,
+                    pool = l.pool,
+                    endpoint = l.endpoint,
+                    model = %model,
+                    status = l.status,
+                    stream = l.stream,
+                    prompt_tokens = l.prompt_tokens,
+                    completion_tokens = l.completion_tokens,
+                    cached_tokens = l.cached_tokens,
+                    reasoning_tokens = l.reasoning_tokens,
+                    token_source = l.token_source,
+                    cost_usd = l.cost_usd,
+                    ttft_ms = %l.ttft.map_or_else(|| "-".to_owned(), |t| format!("{:.3}", t.as_secs_f64() * 1e3)),
+                    duration_ms = %format!("{:.3}", l.duration.as_secs_f64() * 1e3),
+                    completed = l.completed,
+                    attempts = %attempts,
+                    client_disconnected = l.client_disconnected,
+                    error = l.error,
+                    "request"
+                );
+            };
+            counted(&format!("access_line_{name}_tracing_formatter"), old);
+            g.bench_function(format!("{name}_tracing_formatter"), |b| b.iter(old));
             let mut buf = Vec::new();
+            counted(&format!("access_line_{name}_direct"), || {
+                if tracing::enabled!(target: "sluice::access", tracing::Level::INFO) {
+                    render(&mut buf, format, black_box(&line), &mut std::io::sink()).unwrap();
+                }
+            });
             g.bench_function(format!("{name}_direct"), |b| {
                 b.iter(|| {
                     if tracing::enabled!(target: "sluice::access", tracing::Level::INFO) {
@@ -371,26 +413,29 @@ fn rate_limit_headers(c: &mut Criterion) {
     g.bench_function("header_only", |b| {
         b.iter(|| pingora_http::ResponseHeader::build(200, Some(8)).unwrap())
     });
-    g.bench_function("formatted_per_response", |b| {
-        b.iter(|| {
-            let mut h = pingora_http::ResponseHeader::build(200, Some(8)).unwrap();
-            for (kind, v) in [("requests", headers.requests), ("tokens", headers.tokens)] {
-                if let Some((limit, remaining, reset)) = black_box(v) {
-                    h.insert_header(limit_header(kind), limit.to_string()).unwrap();
-                    h.insert_header(remaining_header(kind), remaining.to_string()).unwrap();
-                    h.insert_header(reset_header(kind), reset_format(reset)).unwrap();
-                }
+    let old = || {
+        let mut h = pingora_http::ResponseHeader::build(200, Some(8)).unwrap();
+        for (kind, v) in [("requests", headers.requests), ("tokens", headers.tokens)] {
+            if let Some((limit, remaining, reset)) = black_box(v) {
+                h.insert_header(limit_header(kind), limit.to_string())
+                    .unwrap();
+                h.insert_header(remaining_header(kind), remaining.to_string())
+                    .unwrap();
+                h.insert_header(reset_header(kind), reset_format(reset))
+                    .unwrap();
             }
-            h
-        })
-    });
-    g.bench_function("write_to", |b| {
-        b.iter(|| {
-            let mut h = pingora_http::ResponseHeader::build(200, Some(8)).unwrap();
-            black_box(&headers).write_to(&mut h).unwrap();
-            h
-        })
-    });
+        }
+        h
+    };
+    let new = || {
+        let mut h = pingora_http::ResponseHeader::build(200, Some(8)).unwrap();
+        black_box(&headers).write_to(&mut h).unwrap();
+        h
+    };
+    counted("rate_limit_headers_formatted_per_response", || drop(old()));
+    counted("rate_limit_headers_write_to", || drop(new()));
+    g.bench_function("formatted_per_response", |b| b.iter(old));
+    g.bench_function("write_to", |b| b.iter(new));
     g.finish();
 }
 
@@ -407,7 +452,11 @@ fn metric_labels(c: &mut Criterion) {
         })
     });
     g.bench_function("with_label_values_1_label", |b| {
-        b.iter(|| TENANT_IN_FLIGHT.with_label_values(black_box(&["team-a"])).inc())
+        b.iter(|| {
+            TENANT_IN_FLIGHT
+                .with_label_values(black_box(&["team-a"]))
+                .inc()
+        })
     });
     g.bench_function("model_label_seen_model", |b| {
         b.iter(|| sluice::metrics::model_label(black_box(Some("gpt-4o-mini"))))
