@@ -157,13 +157,31 @@ fn routes(c: &mut Criterion) {
     });
 }
 
+/// With `HOT_PATHS_COUNT=N` and `HOT_PATHS_ONLY=<case>`, run that case's body exactly N times
+/// outside criterion and exit: `perf stat -e instructions:u` of N vs 0 gives instructions per
+/// iteration, steadier than wall time on a shared machine.
+fn counted(case: &str, mut body: impl FnMut()) {
+    if std::env::var("HOT_PATHS_ONLY").as_deref() != Ok(case) {
+        return;
+    }
+    let n: u64 = std::env::var("HOT_PATHS_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for _ in 0..n {
+        body();
+    }
+    std::process::exit(0);
+}
+
 fn limits(c: &mut Criterion) {
     let yaml = "tenants:\n  list:\n    - name: t\n      limits: {requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000}\n    - name: free\n";
     let snap = compile(&parse(yaml).unwrap(), Secrets::Skip).unwrap();
     let limiter = Arc::new(Limiter::default());
     let limits = snap.tenant_limits("t").unwrap().clone();
+    let tenant: sluice::config::TenantId = Arc::from("t");
     let ask = Ask {
-        tenant: "t",
+        tenant: &tenant,
         model: Some("gpt-4o"),
         prompt_tokens: 1200,
         output_ceiling: 512,
@@ -173,6 +191,11 @@ fn limits(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    counted("limits_admit_settle_rpm_tpm_concurrency", || {
+        rt.block_on(limiter.admit(&limits, ask))
+            .unwrap()
+            .settle(1100, 300, None)
+    });
     c.bench_function("limits_admit_settle_rpm_tpm_concurrency", |b| {
         b.iter(|| {
             rt.block_on(limiter.admit(&limits, ask))
@@ -181,6 +204,30 @@ fn limits(c: &mut Criterion) {
         })
     });
     shared_limits(c, &rt);
+    // Every local limit on, tenant-wide and for the request's model (typed keys: no key
+    // formatted per request).
+    let yaml = "tenants:\n  list:\n    - name: t\n      limits:\n        requests_per_second: 1000000000\n        requests_per_minute: 1000000000\n        tokens_per_minute: 1000000000000\n        input_tokens_per_minute: 1000000000000\n        output_tokens_per_minute: 1000000000000\n        max_concurrent: 1000000\n        models: [{model: 'gpt-4o*', requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, max_concurrent: 1000000}]\n";
+    let snap_all = compile(&parse(yaml).unwrap(), Secrets::Skip).unwrap();
+    let limits_all = snap_all.tenant_limits("t").unwrap().clone();
+    let ask_all = Ask {
+        tenant: &tenant,
+        model: Some("gpt-4o"),
+        prompt_tokens: 1200,
+        output_ceiling: 512,
+        cost_ceiling_usd: None,
+    };
+    counted("limits_admit_settle_every_local_limit_and_model", || {
+        rt.block_on(limiter.admit(&limits_all, ask_all))
+            .unwrap()
+            .settle(1100, 300, None)
+    });
+    c.bench_function("limits_admit_settle_every_local_limit_and_model", |b| {
+        b.iter(|| {
+            rt.block_on(limiter.admit(&limits_all, ask_all))
+                .unwrap()
+                .settle(1100, 300, None)
+        })
+    });
     c.bench_function("limits_absent_lookup", |b| {
         b.iter(|| snap.tenant_limits(black_box("free")).is_none())
     });
@@ -200,8 +247,9 @@ fn shared_limits(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let store = sluice::limits::shared::SharedStore::new(snap.redis.as_ref().unwrap()).unwrap();
     let limiter = Arc::new(Limiter::new(Some(Arc::new(store))));
     let limits = snap.tenant_limits("t").unwrap().clone();
+    let tenant: sluice::config::TenantId = Arc::from("t");
     let ask = Ask {
-        tenant: "t",
+        tenant: &tenant,
         model: Some("gpt-4o"),
         prompt_tokens: 1200,
         output_ceiling: 512,
@@ -246,6 +294,198 @@ fn redaction(c: &mut Criterion) {
     g.finish();
 }
 
+/// One access line (src/access_log.rs) in each log format, into a sink, redaction included:
+/// through tracing-subscriber's formatter (`tracing::info!` with the fields and the `format!`s
+/// the logging stage used to make) and written directly.
+fn access_line(c: &mut Criterion) {
+    use sluice::access_log::{render, AccessLine};
+    use sluice::config::schema::LogFormat;
+    use sluice::proxy::ctx::AttemptRecord;
+    use std::time::Duration;
+    let attempts = vec![AttemptRecord {
+        pool: Arc::from("openai"),
+        endpoint: "api.openai.com:443".to_owned(),
+        status: 200,
+        outcome: "ok",
+    }];
+    let line = AccessLine {
+        request_id: "5f0c6d2e-8c1b-4d8e-9a57-2f1f2b0c9d11",
+        tenant: "team-a",
+        route: "chat",
+        pool: "openai",
+        endpoint: "api.openai.com:443",
+        model: "gpt-4o-mini",
+        status: 200,
+        stream: true,
+        prompt_tokens: 1200,
+        completion_tokens: 350,
+        cached_tokens: 0,
+        reasoning_tokens: 0,
+        token_source: "exact",
+        cost_usd: 0.00039,
+        ttft: Some(Duration::from_micros(412_310)),
+        duration: Duration::from_micros(2_210_004),
+        completed: true,
+        attempts: &attempts,
+        client_disconnected: false,
+        error: "",
+    };
+    /// The subscriber's writer in src/logging.rs, into a sink.
+    struct Redacting;
+    impl std::io::Write for Redacting {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let text = String::from_utf8_lossy(b);
+            std::io::sink().write_all(sluice::logging::redact(&text).as_bytes())?;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut g = c.benchmark_group("access_line");
+    for format in [LogFormat::Text, LogFormat::Json] {
+        let name = if format == LogFormat::Json {
+            "json"
+        } else {
+            "text"
+        };
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "warn,sluice::access=info",
+            ))
+            .with_writer(|| Redacting)
+            .with_ansi(false);
+        let sub: Box<dyn tracing::Subscriber + Send + Sync> = match format {
+            LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+            LogFormat::Text => Box::new(builder.finish()),
+        };
+        tracing::subscriber::with_default(sub, || {
+            let old = || {
+                let l = black_box(&line);
+                let mut attempts = String::new();
+                for (i, a) in l.attempts.iter().enumerate() {
+                    use std::fmt::Write;
+                    let sep = if i == 0 { "" } else { "," };
+                    let _ = write!(
+                        attempts,
+                        "{sep}{}/{}:{}:{}",
+                        a.pool, a.endpoint, a.status, a.outcome
+                    );
+                }
+                let model = l.model.to_owned();
+                tracing::info!(
+                    target: "sluice::access",
+                    request_id = %l.request_id,
+                    tenant = l.tenant,
+                    route = l.route,
+                    pool = l.pool,
+                    endpoint = l.endpoint,
+                    model = %model,
+                    status = l.status,
+                    stream = l.stream,
+                    prompt_tokens = l.prompt_tokens,
+                    completion_tokens = l.completion_tokens,
+                    cached_tokens = l.cached_tokens,
+                    reasoning_tokens = l.reasoning_tokens,
+                    token_source = l.token_source,
+                    cost_usd = l.cost_usd,
+                    ttft_ms = %l.ttft.map_or_else(|| "-".to_owned(), |t| format!("{:.3}", t.as_secs_f64() * 1e3)),
+                    duration_ms = %format!("{:.3}", l.duration.as_secs_f64() * 1e3),
+                    completed = l.completed,
+                    attempts = %attempts,
+                    client_disconnected = l.client_disconnected,
+                    error = l.error,
+                    "request"
+                );
+            };
+            counted(&format!("access_line_{name}_tracing_formatter"), old);
+            g.bench_function(format!("{name}_tracing_formatter"), |b| b.iter(old));
+            let mut buf = Vec::new();
+            counted(&format!("access_line_{name}_direct"), || {
+                if tracing::enabled!(target: "sluice::access", tracing::Level::INFO) {
+                    render(&mut buf, format, black_box(&line), &mut std::io::sink()).unwrap();
+                }
+            });
+            g.bench_function(format!("{name}_direct"), |b| {
+                b.iter(|| {
+                    if tracing::enabled!(target: "sluice::access", tracing::Level::INFO) {
+                        render(&mut buf, format, black_box(&line), &mut std::io::sink()).unwrap();
+                    }
+                })
+            });
+        });
+    }
+    g.finish();
+}
+
+/// `x-ratelimit-*` on a response (both windows limited): formatted per response as the
+/// proxy did (`to_string`, `reset_format`), and `RateHeaders::write_to`. Both arms build the
+/// response header too.
+fn rate_limit_headers(c: &mut Criterion) {
+    use sluice::error::{limit_header, remaining_header, reset_format, reset_header};
+    use sluice::limits::RateHeaders;
+    use std::time::Duration;
+    let headers = RateHeaders {
+        requests: Some((1_000, 997, Duration::from_millis(41_250))),
+        tokens: Some((400_000, 351_488, Duration::from_millis(41_250))),
+    };
+    let mut g = c.benchmark_group("rate_limit_headers");
+    g.bench_function("header_only", |b| {
+        b.iter(|| pingora_http::ResponseHeader::build(200, Some(8)).unwrap())
+    });
+    let old = || {
+        let mut h = pingora_http::ResponseHeader::build(200, Some(8)).unwrap();
+        for (kind, v) in [("requests", headers.requests), ("tokens", headers.tokens)] {
+            if let Some((limit, remaining, reset)) = black_box(v) {
+                h.insert_header(limit_header(kind), limit.to_string())
+                    .unwrap();
+                h.insert_header(remaining_header(kind), remaining.to_string())
+                    .unwrap();
+                h.insert_header(reset_header(kind), reset_format(reset))
+                    .unwrap();
+            }
+        }
+        h
+    };
+    let new = || {
+        let mut h = pingora_http::ResponseHeader::build(200, Some(8)).unwrap();
+        black_box(&headers).write_to(&mut h).unwrap();
+        h
+    };
+    counted("rate_limit_headers_formatted_per_response", || drop(old()));
+    counted("rate_limit_headers_write_to", || drop(new()));
+    g.bench_function("formatted_per_response", |b| b.iter(old));
+    g.bench_function("write_to", |b| b.iter(new));
+    g.finish();
+}
+
+/// What a metric update costs by label lookup (`with_label_values`, as the request path
+/// does) and through a handle kept from an earlier lookup.
+fn metric_labels(c: &mut Criterion) {
+    use sluice::metrics::{REQUESTS, TENANT_IN_FLIGHT};
+    let mut g = c.benchmark_group("metric_labels");
+    g.bench_function("with_label_values_4_labels", |b| {
+        b.iter(|| {
+            REQUESTS
+                .with_label_values(black_box(&["chat", "openai", "gpt-4o-mini", "2xx"]))
+                .inc()
+        })
+    });
+    g.bench_function("with_label_values_1_label", |b| {
+        b.iter(|| {
+            TENANT_IN_FLIGHT
+                .with_label_values(black_box(&["team-a"]))
+                .inc()
+        })
+    });
+    g.bench_function("model_label_seen_model", |b| {
+        b.iter(|| sluice::metrics::model_label(black_box(Some("gpt-4o-mini"))))
+    });
+    let handle = REQUESTS.with_label_values(&["chat", "openai", "gpt-4o-mini", "2xx"]);
+    g.bench_function("handle", |b| b.iter(|| black_box(&handle).inc()));
+    g.finish();
+}
+
 criterion_group!(
     benches,
     sse,
@@ -254,6 +494,9 @@ criterion_group!(
     routes,
     limits,
     tokens,
-    redaction
+    redaction,
+    access_line,
+    rate_limit_headers,
+    metric_labels
 );
 criterion_main!(benches);

@@ -7,6 +7,7 @@
 //! [`metrics`], [`admin`]; [`config`] compiles the YAML into the snapshot the pipeline reads;
 //! [`server`] wires it into Pingora, behind [`listener`]'s bounds on client connections.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;

@@ -38,14 +38,20 @@ const MAX_REMEMBERED_KEYS: usize = 256;
 /// Install the global subscriber. Calling it twice is harmless (the second is ignored).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(RedactingStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
+        .with_ansi(ansi);
+    let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    // Access lines are written in the same format and through the same redaction, without
+    // the formatter (see `access_log`), once this subscriber is the one installed.
+    if installed.is_ok() {
+        crate::access_log::init(format, ansi);
+    }
     // Compile the redaction patterns now, not on the first log line (which they would delay).
     Lazy::force(&CREDENTIAL_HEADER);
     Lazy::force(&QUERY);

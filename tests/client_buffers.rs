@@ -5,10 +5,10 @@
 //! buffer does (that buffer fills with the body's first bytes and stays for the connection).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod support;
 
-use common::{proc_status_kib, Mock, Sluice};
 use std::time::Duration;
+use support::{proc_status_kib, Mock, Sluice};
 
 /// One openai pool on `mock` behind a catch-all route, with `server` settings.
 fn config(mock: &Mock, server: &str) -> String {

@@ -46,8 +46,8 @@ pub struct Budget {
 /// Tenant + model limits.
 #[derive(Debug)]
 pub struct ModelLimits {
-    /// The glob as written; part of the counter key.
-    pub pattern: String,
+    /// The glob as written; part of the counter key (shared, so a key costs no copy).
+    pub pattern: std::sync::Arc<str>,
     /// Compiled glob.
     pub glob: GlobMatcher,
     /// Requests per minute.
@@ -166,7 +166,7 @@ pub fn compile_limits(path: &str, c: &LimitsConf, errs: &mut Vec<ConfigError>) -
         positive(&mp, "max_concurrent", m.max_concurrent, errs);
         if let Some(g) = glob(&format!("{mp}.model"), &m.model, errs) {
             models.push(ModelLimits {
-                pattern: m.model.clone(),
+                pattern: m.model.as_str().into(),
                 glob: g,
                 requests_per_minute: m.requests_per_minute,
                 tokens_per_minute: m.tokens_per_minute,

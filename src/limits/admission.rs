@@ -2,9 +2,11 @@
 //! shared-window holds, settled to exact usage (or released if dropped).
 
 use super::budget::BudgetHold;
+use super::key::{Counter, LimitKey};
 use super::window::Reservation;
-use super::{micro, now_ms, HoldKind, Kind, Limiter, RateHeaders, SharedHold};
+use super::{micro, now_ms, HoldKind, Limiter, RateHeaders, SharedHold};
 use crate::config::limits::TenantLimits;
+use crate::config::TenantId;
 use crate::metrics;
 use pingora_limits::inflight::Guard;
 use std::sync::Arc;
@@ -13,10 +15,11 @@ use std::sync::Arc;
 /// releases every reservation (the request used nothing).
 pub struct Admission {
     pub(super) limiter: Arc<Limiter>,
-    pub(super) tenant: String,
+    pub(super) tenant: TenantId,
     pub(super) limits: Arc<TenantLimits>,
     pub(super) guards: Vec<Guard>,
-    pub(super) reservations: Vec<(String, Reservation, Kind)>,
+    /// Token windows reserved on (the key's counter says which amount settles it).
+    pub(super) reservations: Vec<(LimitKey, Reservation)>,
     /// Tokens reserved (prompt estimate, output ceiling).
     pub reserved: (u64, u64),
     /// Values for `x-ratelimit-*` headers.
@@ -117,11 +120,11 @@ impl Admission {
         }
         self.settled = true;
         let now = now_ms();
-        for (key, r, kind) in &self.reservations {
-            let actual = match kind {
-                Kind::Weighted => self.limits.weighted(input, output),
-                Kind::Input => input,
-                Kind::Output => output,
+        for (key, r) in &self.reservations {
+            let actual = match key.counter {
+                Counter::InputTokensPerMinute => input,
+                Counter::OutputTokensPerMinute => output,
+                _ => self.limits.weighted(input, output),
             };
             self.limiter.tokens.settle(key, *r, actual, now);
         }

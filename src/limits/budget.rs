@@ -9,6 +9,7 @@
 //! budget only by cost beyond their reservations.
 
 use crate::config::limits::{Budget, Price};
+use crate::config::TenantId;
 use crate::usage::Usage;
 use chrono::{Datelike, Utc};
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ struct Spend {
 /// Spend book.
 #[derive(Debug, Default)]
 pub struct Budgets {
-    spend: Mutex<HashMap<String, Spend>>,
+    spend: Mutex<HashMap<TenantId, Spend>>,
 }
 
 /// A request's reservation on its tenant's budget (USD, in the UTC day and month it was
@@ -53,7 +54,7 @@ pub struct Budgets {
 #[derive(Debug)]
 pub struct BudgetHold {
     budgets: Arc<Budgets>,
-    tenant: String,
+    tenant: TenantId,
     day: i64,
     month: i64,
     usd: f64,
@@ -128,7 +129,7 @@ impl Budgets {
     /// was left before it, or the period whose cap spend and reservations already reach.
     pub fn reserve(
         self: &Arc<Self>,
-        tenant: &str,
+        tenant: &TenantId,
         budget: &Budget,
         usd: f64,
     ) -> Result<(BudgetHold, f64), Period> {
@@ -136,7 +137,7 @@ impl Budgets {
         let Ok(mut m) = self.spend.lock() else {
             return Err(Period::Day);
         };
-        let stored = m.get(tenant).copied().unwrap_or_default();
+        let stored = m.get(&**tenant).copied().unwrap_or_default();
         let mut s = Self::rolled(stored, day, month);
         let mut left = f64::INFINITY;
         for (period, cap, spent) in [
@@ -161,11 +162,11 @@ impl Budgets {
         let take = usd.max(0.0).min(left);
         s.day_reserved_usd += take;
         s.month_reserved_usd += take;
-        m.insert(tenant.to_owned(), s);
+        m.insert(tenant.clone(), s);
         Ok((
             BudgetHold {
                 budgets: self.clone(),
-                tenant: tenant.to_owned(),
+                tenant: tenant.clone(),
                 day,
                 month,
                 usd: take,
@@ -174,12 +175,12 @@ impl Budgets {
         ))
     }
 
-    fn settle(&self, tenant: &str, day: i64, month: i64, reserved: f64, usd: f64) {
+    fn settle(&self, tenant: &TenantId, day: i64, month: i64, reserved: f64, usd: f64) {
         let (today, this_month) = today();
         let Ok(mut m) = self.spend.lock() else {
             return;
         };
-        let stored = m.get(tenant).copied().unwrap_or_default();
+        let stored = m.get(&**tenant).copied().unwrap_or_default();
         let mut s = Self::rolled(stored, today, this_month);
         if day == today {
             s.day_reserved_usd = (s.day_reserved_usd - reserved).max(0.0);
@@ -189,7 +190,7 @@ impl Budgets {
         }
         s.day_usd += usd;
         s.month_usd += usd;
-        m.insert(tenant.to_owned(), s);
+        m.insert(tenant.clone(), s);
     }
 
     fn rolled(s: Spend, day: i64, month: i64) -> Spend {
@@ -234,7 +235,7 @@ impl Budgets {
         let s = self.current(tenant);
         if let Ok(mut m) = self.spend.lock() {
             m.insert(
-                tenant.to_owned(),
+                tenant.into(),
                 Spend {
                     day_usd: s.day_usd + usd,
                     month_usd: s.month_usd + usd,
@@ -287,6 +288,7 @@ mod tests {
     #[test]
     fn reservations_bound_concurrent_spend_and_settle_to_the_exact_cost() {
         let b = Arc::new(Budgets::default());
+        let t: TenantId = Arc::from("t");
         let cap = Budget {
             usd_per_day: Some(0.5),
             usd_per_month: Some(10.0),
@@ -294,13 +296,13 @@ mod tests {
         };
         // Worst case $0.12 each: four fit, the fifth gets what is left, the sixth nothing.
         let mut holds: Vec<BudgetHold> = (0..5)
-            .map(|_| b.reserve("t", &cap, 0.12).unwrap().0)
+            .map(|_| b.reserve(&t, &cap, 0.12).unwrap().0)
             .collect();
         assert!((holds[4].usd() - 0.02).abs() < 1e-12);
-        assert_eq!(b.reserve("t", &cap, 0.12).unwrap_err(), Period::Day);
+        assert_eq!(b.reserve(&t, &cap, 0.12).unwrap_err(), Period::Day);
         // A dropped hold (refused or cut before any usage) gives its reservation back.
         drop(holds.pop());
-        let (again, left) = b.reserve("t", &cap, 0.12).unwrap();
+        let (again, left) = b.reserve(&t, &cap, 0.12).unwrap();
         assert!((left - 0.02).abs() < 1e-12 && (again.usd() - 0.02).abs() < 1e-12);
         // Settled to exact costs: spend is what was used, not what was reserved.
         for h in holds {
@@ -309,7 +311,7 @@ mod tests {
         again.settle(0.03);
         let (day, month) = b.spent("t");
         assert!((day - 0.43).abs() < 1e-12 && (month - 0.43).abs() < 1e-12);
-        let (next, left) = b.reserve("t", &cap, 0.12).unwrap();
+        let (next, left) = b.reserve(&t, &cap, 0.12).unwrap();
         assert!((left - 0.07).abs() < 1e-12 && (next.usd() - 0.07).abs() < 1e-12);
     }
 }

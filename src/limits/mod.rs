@@ -9,19 +9,23 @@
 //! - USD budgets: [`budget::Budgets`], reserved at each request's worst-case cost and settled
 //!   to its exact cost, like tokens.
 //!
-//! The limiter outlives config snapshots: counters are keyed by tenant name, so a reload does
-//! not reset anyone's minute or budget.
+//! The limiter outlives config snapshots: counters are keyed by a typed [`LimitKey`] (counter,
+//! tenant name, model pattern) compared by the names' text, so a reload does not reset
+//! anyone's minute or budget, and no key is formatted or allocated per request.
 
 mod admission;
 pub mod budget;
+pub mod key;
 pub mod shared;
 pub mod window;
 
-use crate::config::limits::TenantLimits;
+use crate::config::limits::{ModelLimits, TenantLimits};
 use crate::config::schema::FailurePolicy;
+use crate::config::TenantId;
 use crate::metrics;
 pub use admission::Admission;
 use budget::{Budgets, Period};
+pub use key::{Counter, CounterRef, LimitKey};
 use pingora_limits::inflight::Inflight;
 use pingora_limits::rate::Rate;
 use shared::{SharedStore, StoreDown};
@@ -78,8 +82,8 @@ impl Rejection {
 /// What a request asks the limiter for.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
-    /// Tenant name.
-    pub tenant: &'a str,
+    /// Tenant name (the config's shared name: counter keys hold a reference to it).
+    pub tenant: &'a TenantId,
     /// Model from the body.
     pub model: Option<&'a str>,
     /// Estimated prompt tokens (0 when the request is not token-accounted).
@@ -100,11 +104,85 @@ pub struct RateHeaders {
     pub tokens: Option<(u64, u64, Duration)>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Kind {
-    Weighted,
-    Input,
-    Output,
+/// `x-ratelimit-{limit,remaining,reset}-requests` (OpenAI's names, see
+/// <https://platform.openai.com/docs/guides/rate-limits#rate-limits-in-headers>).
+const REQUEST_HEADERS: [&str; 3] = [
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+];
+
+/// `x-ratelimit-{limit,remaining,reset}-tokens`.
+const TOKEN_HEADERS: [&str; 3] = [
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+];
+
+impl RateHeaders {
+    /// Insert the `x-ratelimit-*` headers of the limited windows into `h` (limit and
+    /// remaining as integers, reset like OpenAI's `1s`/`6m0s`, see
+    /// [`crate::error::reset_format`]). Names are static and numbers are formatted on the
+    /// stack: the only allocations are the header values themselves. Errors: none in
+    /// practice (the names and values are valid); Pingora's on an invalid header.
+    pub fn write_to(&self, h: &mut pingora_http::ResponseHeader) -> pingora_error::Result<()> {
+        for (names, window) in [
+            (REQUEST_HEADERS, self.requests),
+            (TOKEN_HEADERS, self.tokens),
+        ] {
+            let Some((limit, remaining, reset)) = window else {
+                continue;
+            };
+            let [limit_name, remaining_name, reset_name] = names;
+            h.insert_header(limit_name, http::HeaderValue::from(limit))?;
+            h.insert_header(remaining_name, http::HeaderValue::from(remaining))?;
+            let mut value = StackText::default();
+            let _ = std::fmt::Write::write_fmt(&mut value, format_args!("{}", Reset(reset)));
+            h.insert_header(reset_name, value.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// A reset time as [`crate::error::reset_format`] writes it (`250ms`, `1.5s`, `6m0s`),
+/// without an intermediate `String`.
+struct Reset(Duration);
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms < 1000 {
+            write!(f, "{ms}ms")
+        } else if ms < 60_000 {
+            let s = self.0.as_secs_f64();
+            write!(f, "{}s", (s * 1000.0).round() / 1000.0)
+        } else {
+            write!(f, "{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+        }
+    }
+}
+
+/// A short text written on the stack (longer writes fail instead of growing).
+#[derive(Default)]
+struct StackText {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl StackText {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// The limiter: all counters of this process.
@@ -112,7 +190,7 @@ pub struct Limiter {
     per_minute: Rate,
     per_second: Rate,
     inflight: Inflight,
-    pub(crate) tokens: Windows,
+    pub(crate) tokens: Windows<LimitKey>,
     pub(crate) budgets: Arc<Budgets>,
     /// The Redis-backed store for requests/tokens per minute and budgets, when configured.
     pub(crate) shared: Option<Arc<SharedStore>>,
@@ -146,7 +224,7 @@ pub(crate) enum HoldKind {
 
 /// A quota unit taken from a shared window, settled at the end.
 pub(crate) struct SharedHold {
-    pub(crate) key: String,
+    pub(crate) key: LimitKey,
     pub(crate) window: u64,
     pub(crate) reserved: u64,
     pub(crate) kind: HoldKind,
@@ -182,6 +260,19 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The borrowed key of `tenant`'s `counter`, narrowed to `model`'s pattern when given.
+fn counter_ref<'a>(
+    counter: Counter,
+    tenant: &'a str,
+    model: Option<&'a ModelLimits>,
+) -> CounterRef<'a> {
+    CounterRef {
+        counter,
+        tenant,
+        model: model.map(|m| &*m.pattern),
+    }
 }
 
 impl Limiter {
@@ -287,7 +378,7 @@ impl Limiter {
         };
         let mut holds = Vec::new();
         if let Some(limit) = limits.requests_per_minute {
-            let key = format!("{}:rpm", ask.tenant);
+            let key = LimitKey::tenant(Counter::RequestsPerMinute, ask.tenant);
             match shared.take(&key, limit, 1, MINUTE_MS, deadline).await? {
                 Some(window) => holds.push(SharedHold {
                     key,
@@ -305,7 +396,7 @@ impl Limiter {
         }
         let amount = limits.weighted(ask.prompt_tokens, ask.output_ceiling);
         if let (Some(limit), true) = (limits.tokens_per_minute, amount > 0) {
-            let key = format!("{}:tpm", ask.tenant);
+            let key = LimitKey::tenant(Counter::TokensPerMinute, ask.tenant);
             let taken = match shared.take(&key, limit, amount, MINUTE_MS, deadline).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -318,7 +409,7 @@ impl Limiter {
             match taken {
                 Some(window) => {
                     metrics::TOKENS_RESERVED
-                        .with_label_values(&[ask.tenant])
+                        .with_label_values(&[ask.tenant.as_ref()])
                         .inc_by(amount);
                     holds.push(SharedHold {
                         key,
@@ -343,12 +434,24 @@ impl Limiter {
         if let (Some(b), Some(cost)) = (&limits.budget, ask.cost_ceiling_usd) {
             let (day, month) = budget::today();
             let amount = micro(cost).max(1);
-            for (period, cap, window, ttl) in [
-                (Period::Day, b.usd_per_day, day, 2 * 86_400_000),
-                (Period::Month, b.usd_per_month, month, 32 * 86_400_000),
+            for (period, counter, cap, window, ttl) in [
+                (
+                    Period::Day,
+                    Counter::UsdPerDay,
+                    b.usd_per_day,
+                    day,
+                    2 * 86_400_000,
+                ),
+                (
+                    Period::Month,
+                    Counter::UsdPerMonth,
+                    b.usd_per_month,
+                    month,
+                    32 * 86_400_000,
+                ),
             ] {
                 let Some(cap) = cap else { continue };
-                let key = format!("{}:usd:{}", ask.tenant, period.as_str());
+                let key = LimitKey::tenant(counter, ask.tenant);
                 let taken = shared
                     .take_in(&key, micro(cap), amount, window as u64, ttl, deadline)
                     .await;
@@ -381,6 +484,7 @@ impl Limiter {
         ask: Ask<'_>,
         local: Local,
     ) -> Result<Admission, Rejection> {
+        let tenant: &str = ask.tenant;
         let model_limits: Vec<_> = match ask.model {
             Some(m) => limits
                 .models
@@ -410,18 +514,13 @@ impl Limiter {
             (None, _) => (None, None),
         };
 
+        let counter = |c, model| counter_ref(c, tenant, model);
         let mut guards = Vec::new();
         let mut counted = false;
-        for (key, limit) in std::iter::once((format!("c:{}", ask.tenant), limits.max_concurrent))
-            .chain(model_limits.iter().map(|ml| {
-                (
-                    format!("c:{}\0{}", ask.tenant, ml.pattern),
-                    ml.max_concurrent,
-                )
-            }))
-        {
+        let concurrency = model_limits.iter().map(|ml| (Some(*ml), ml.max_concurrent));
+        for (model, limit) in std::iter::once((None, limits.max_concurrent)).chain(concurrency) {
             let Some(limit) = limit else { continue };
-            let (guard, n) = self.inflight.incr(key, 1);
+            let (guard, n) = self.inflight.incr(counter(Counter::Concurrency, model), 1);
             if n > limit as isize {
                 return Err(Rejection::Concurrency { limit });
             }
@@ -431,59 +530,63 @@ impl Limiter {
 
         let mut headers = RateHeaders::default();
         let (input, output) = (ask.prompt_tokens, ask.output_ceiling);
-        let mut pairs: Vec<(String, u64, u64, Kind)> = Vec::new();
+        // (counter key, amount, limit): every token window this request reserves on.
+        let mut pairs: Vec<(LimitKey, u64, u64)> = Vec::new();
         if input.saturating_add(output) > 0 {
-            if let Some(l) = local.tokens_per_minute {
-                pairs.push((
-                    format!("t:{}", ask.tenant),
-                    limits.weighted(input, output),
-                    l,
-                    Kind::Weighted,
-                ));
-            }
-            if let Some(l) = limits.input_tokens_per_minute {
-                pairs.push((format!("i:{}", ask.tenant), input, l, Kind::Input));
-            }
-            if let Some(l) = limits.output_tokens_per_minute {
-                pairs.push((format!("o:{}", ask.tenant), output, l, Kind::Output));
+            let weighted = limits.weighted(input, output);
+            let tenant_windows = [
+                (Counter::TokensPerMinute, weighted, local.tokens_per_minute),
+                (
+                    Counter::InputTokensPerMinute,
+                    input,
+                    limits.input_tokens_per_minute,
+                ),
+                (
+                    Counter::OutputTokensPerMinute,
+                    output,
+                    limits.output_tokens_per_minute,
+                ),
+            ];
+            for (c, amount, limit) in tenant_windows {
+                if let Some(l) = limit {
+                    pairs.push((LimitKey::tenant(c, ask.tenant), amount, l));
+                }
             }
             for ml in &model_limits {
                 if let Some(l) = ml.tokens_per_minute {
-                    let key = format!("t:{}\0{}", ask.tenant, ml.pattern);
-                    pairs.push((key, limits.weighted(input, output), l, Kind::Weighted));
+                    let key = LimitKey::model(Counter::TokensPerMinute, ask.tenant, &ml.pattern);
+                    pairs.push((key, weighted, l));
                 }
             }
         }
         let mut reservations = Vec::new();
         if !pairs.is_empty() {
-            let now = now_ms();
-            let view: Vec<(&str, u64, u64)> = pairs
-                .iter()
-                .map(|(k, a, l, _)| (k.as_str(), *a, *l))
-                .collect();
-            match self.tokens.try_reserve(&view, now) {
+            match self.tokens.try_reserve(&pairs, now_ms()) {
                 Ok(res) => {
                     let (first_state, first_limit): (WindowState, u64) = (res[0].1, pairs[0].2);
                     headers.tokens = Some((first_limit, first_state.remaining, first_state.reset));
-                    for ((key, amount, _, kind), (r, _)) in pairs.into_iter().zip(res) {
-                        metrics::TOKENS_RESERVED
-                            .with_label_values(&[ask.tenant])
-                            .inc_by(amount);
-                        reservations.push((key, r, kind));
+                    let mut reserved = 0u64;
+                    reservations.reserve(pairs.len());
+                    for ((key, amount, _), (r, _)) in pairs.into_iter().zip(res) {
+                        reserved = reserved.saturating_add(amount);
+                        reservations.push((key, r));
                     }
+                    metrics::TOKENS_RESERVED
+                        .with_label_values(&[tenant])
+                        .inc_by(reserved);
                 }
                 Err((i, state)) => {
                     return Err(Rejection::Tokens {
-                        limit: pairs[i].2,
+                        limit: pairs.get(i).map_or(0, |p| p.2),
                         remaining: state.remaining,
                         retry_after: state.reset,
                     })
                 }
             }
         }
-        let admission = Admission {
+        let mut admission = Admission {
             limiter: self.clone(),
-            tenant: ask.tenant.to_owned(),
+            tenant: ask.tenant.clone(),
             limits: limits.clone(),
             guards,
             reservations,
@@ -496,44 +599,45 @@ impl Limiter {
             shared: Vec::new(),
         };
         if counted {
-            metrics::TENANT_IN_FLIGHT
-                .with_label_values(&[ask.tenant])
-                .inc();
+            metrics::TENANT_IN_FLIGHT.with_label_values(&[tenant]).inc();
         }
         // Request rates last: a refusal above leaves them untouched, and a refusal here is
         // undone, along with the reservations (dropping `admission`).
-        let mut observed: Vec<(&Rate, String)> = Vec::new();
-        let mut rates = vec![
-            (
-                &self.per_second,
-                format!("s:{}", ask.tenant),
-                limits.requests_per_second,
-            ),
-            (
-                &self.per_minute,
-                format!("m:{}", ask.tenant),
-                local.requests_per_minute,
-            ),
-        ];
-        for ml in &model_limits {
-            rates.push((
-                &self.per_minute,
-                format!("m:{}\0{}", ask.tenant, ml.pattern),
-                ml.requests_per_minute,
-            ));
-        }
-        let mut admission = admission;
-        for (rate, key, limit) in rates {
-            let Some(limit) = limit else { continue };
+        let rates = || {
+            let tenant_rates = [
+                (
+                    &self.per_second,
+                    counter(Counter::RequestsPerSecond, None),
+                    limits.requests_per_second,
+                ),
+                (
+                    &self.per_minute,
+                    counter(Counter::RequestsPerMinute, None),
+                    local.requests_per_minute,
+                ),
+            ];
+            let model_rates = model_limits.iter().map(|ml| {
+                (
+                    &self.per_minute,
+                    counter(Counter::RequestsPerMinute, Some(*ml)),
+                    ml.requests_per_minute,
+                )
+            });
+            tenant_rates
+                .into_iter()
+                .chain(model_rates)
+                .filter_map(|(rate, key, limit)| Some((rate, key, limit?)))
+        };
+        for (observed, (rate, key, limit)) in rates().enumerate() {
             let n = rate.observe(&key, 1);
             let reset = rate.rate_with(&key, |c| {
                 c.interval
                     .mul_f64((1.0 - c.current_interval_fraction).clamp(0.0, 1.0))
             });
             if n > limit as isize {
-                rate.observe(&key, -1);
-                for (r, k) in &observed {
-                    r.observe(k, -1);
+                // Undo this observation and the ones before it.
+                for (rate, key, _) in rates().take(observed + 1) {
+                    rate.observe(&key, -1);
                 }
                 return Err(Rejection::Requests {
                     limit,
@@ -548,8 +652,97 @@ impl Limiter {
             if tighter {
                 admission.headers.requests = Some((limit, remaining, reset));
             }
-            observed.push((rate, key));
         }
         Ok(admission)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{compile, parse, Secrets};
+
+    fn limits_of(yaml: &str) -> Arc<TenantLimits> {
+        let snap = compile(&parse(yaml).unwrap(), Secrets::Skip).unwrap();
+        snap.tenant_limits("t").unwrap().clone()
+    }
+
+    const YAML: &str = "tenants:\n  list:\n    - name: t\n      limits:\n        requests_per_minute: 3\n        models: [{model: 'gpt-4o*', requests_per_minute: 1}]\n";
+
+    fn ask<'a>(tenant: &'a TenantId, model: &'a str) -> Ask<'a> {
+        Ask {
+            tenant,
+            model: Some(model),
+            prompt_tokens: 0,
+            output_ceiling: 0,
+            cost_ceiling_usd: None,
+        }
+    }
+
+    #[test]
+    fn rate_limit_headers_are_openais_and_resets_match_the_error_headers() {
+        for ms in [
+            0,
+            1,
+            999,
+            1000,
+            1500,
+            1234,
+            59_999,
+            60_000,
+            61_500,
+            3_600_000,
+            u64::MAX / 4,
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(Reset(d).to_string(), crate::error::reset_format(d), "{ms}");
+        }
+        let headers = RateHeaders {
+            requests: Some((100, 99, Duration::from_millis(1500))),
+            tokens: Some((40_000, 0, Duration::from_secs(360))),
+        };
+        let mut h = pingora_http::ResponseHeader::build(200, None).unwrap();
+        headers.write_to(&mut h).unwrap();
+        let get = |n: &str| h.headers.get(n).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(get("x-ratelimit-limit-requests"), "100");
+        assert_eq!(get("x-ratelimit-remaining-requests"), "99");
+        assert_eq!(get("x-ratelimit-reset-requests"), "1.5s");
+        assert_eq!(get("x-ratelimit-limit-tokens"), "40000");
+        assert_eq!(get("x-ratelimit-remaining-tokens"), "0");
+        assert_eq!(get("x-ratelimit-reset-tokens"), "6m0s");
+        assert_eq!(h.headers.len(), 6);
+        // Only the limited windows get headers.
+        let mut h = pingora_http::ResponseHeader::build(200, None).unwrap();
+        RateHeaders {
+            tokens: None,
+            ..headers
+        }
+        .write_to(&mut h)
+        .unwrap();
+        assert_eq!(h.headers.len(), 3);
+        assert!(h.headers.get("x-ratelimit-limit-tokens").is_none());
+    }
+
+    /// A reload compiles new limits and new `Arc`s of the same names: the counters go on.
+    #[tokio::test]
+    async fn counters_survive_a_reload_and_models_count_apart() {
+        let limiter = Arc::new(Limiter::default());
+        let (before, after) = (limits_of(YAML), limits_of(YAML));
+        let (t1, t2): (TenantId, TenantId) = (Arc::from("t"), Arc::from("t"));
+        assert!(limiter
+            .admit(&before, ask(&t1, "gpt-4o-mini"))
+            .await
+            .is_ok());
+        // The model's own minute is spent, across the reload too; the tenant's is not.
+        let refused = limiter.admit(&after, ask(&t2, "gpt-4o")).await;
+        assert!(matches!(refused, Err(Rejection::Requests { limit: 1, .. })));
+        assert!(limiter.admit(&after, ask(&t2, "o3")).await.is_ok());
+        // The refusal above left no trace in the tenant's minute: 2 of 3 used, one more fits.
+        assert!(limiter.admit(&after, ask(&t2, "o3")).await.is_ok());
+        let refused = limiter.admit(&before, ask(&t1, "o3")).await;
+        assert!(matches!(refused, Err(Rejection::Requests { limit: 3, .. })));
+        // Another tenant's counters are its own.
+        let other: TenantId = Arc::from("u");
+        assert!(limiter.admit(&after, ask(&other, "o3")).await.is_ok());
     }
 }

@@ -31,6 +31,7 @@
 //!   slice cannot cover without a round trip for the next 4 × `lease_ms` (then asks again, in
 //!   case another replica gave quota back), or until the window ends.
 
+use super::key::LimitKey;
 use crate::config::schema::{FailurePolicy, RedisConf};
 use crate::metrics;
 use redis::aio::ConnectionManager;
@@ -109,7 +110,7 @@ pub struct SharedStore {
     pub failure_policy: FailurePolicy,
     /// Replicas sharing the limits (local fallback = limit ÷ this).
     pub expected_replicas: u32,
-    slices: Mutex<HashMap<String, Slice>>,
+    slices: Mutex<HashMap<LimitKey, Slice>>,
     lease: Script,
     give_back: Script,
     /// The store's clock origin (tokio's clock, so tests can pause it).
@@ -254,17 +255,14 @@ impl SharedStore {
         }
     }
 
-    fn redis_key(key: &str, window: u64) -> String {
-        format!("sluice:{key}:{window}")
-    }
-
-    /// Take `amount` of `limit` per `window_ms` window under `key` (e.g. `t:team-a:rpm`):
+    /// Take `amount` of `limit` per `window_ms` window of counter `key` (Redis key
+    /// [`LimitKey::redis_key`], e.g. `sluice:team-a:rpm:{window}`):
     /// from the local slice, leasing more from Redis when it runs short, waiting no later
     /// than `deadline`. `Ok(Some(window))` when admitted (the window to settle in),
     /// `Ok(None)` when the window's quota is spent.
     pub async fn take(
         self: &Arc<Self>,
-        key: &str,
+        key: &LimitKey,
         limit: u64,
         amount: u64,
         window_ms: u64,
@@ -279,7 +277,7 @@ impl SharedStore {
     /// `ttl_ms`), e.g. a UTC day or month for budgets.
     pub async fn take_in(
         self: &Arc<Self>,
-        key: &str,
+        key: &LimitKey,
         limit: u64,
         amount: u64,
         window: u64,
@@ -301,7 +299,8 @@ impl SharedStore {
                 let Ok(mut slices) = self.slices.lock() else {
                     return Err(StoreDown);
                 };
-                let s = slices.entry(key.to_owned()).or_default();
+                // Cloning the key costs a reference count, no allocation.
+                let s = slices.entry(key.clone()).or_default();
                 // Windows only move forward: a request that computed its window just before a
                 // boundary and wakes after another rolled the slice serves from the new one.
                 if window > s.window {
@@ -359,7 +358,7 @@ impl SharedStore {
     /// stops waiting loses nothing granted), credit the slice, and wake its waiters.
     fn spawn_lease(
         self: &Arc<Self>,
-        key: &str,
+        key: &LimitKey,
         window: u64,
         limit: u64,
         want: u64,
@@ -367,9 +366,9 @@ impl SharedStore {
         done: Arc<Notify>,
     ) {
         let store = self.clone();
-        let key = key.to_owned();
+        let key = key.clone();
         tokio::spawn(async move {
-            let rkey = Self::redis_key(&key, window);
+            let rkey = key.redis_key(window);
             let args = [limit.to_string(), want.to_string(), ttl_ms.to_string()];
             let got: Result<i64, StoreDown> =
                 store.call("lease", &store.lease, &[&rkey], &args).await;
@@ -401,7 +400,7 @@ impl SharedStore {
 
     /// Settle a take of `reserved` in `window` to `actual`: the difference goes back to (or
     /// comes out of) the local slice.
-    pub fn settle(&self, key: &str, window: u64, reserved: u64, actual: u64) {
+    pub fn settle(&self, key: &LimitKey, window: u64, reserved: u64, actual: u64) {
         if let Ok(mut slices) = self.slices.lock() {
             if let Some(s) = slices.get_mut(key).filter(|s| s.window == window) {
                 let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
@@ -420,7 +419,7 @@ impl SharedStore {
     /// Give back what slices idle for more than 4 × `lease_ms` still hold in their window.
     async fn return_idle(&self) {
         let now = crate::limits::now_ms();
-        let idle: Vec<(String, u64, i64)> = self
+        let idle: Vec<(LimitKey, u64, i64)> = self
             .slices
             .lock()
             .map(|mut m| {
@@ -439,7 +438,7 @@ impl SharedStore {
             })
             .unwrap_or_default();
         for (key, window, back) in idle {
-            let rkey = Self::redis_key(&key, window);
+            let rkey = key.redis_key(window);
             if let Ok(n) = self
                 .call::<i64>("return", &self.give_back, &[&rkey], &[back.to_string()])
                 .await
@@ -456,7 +455,7 @@ impl SharedStore {
 /// ask until it is served, refused, gives up or is cancelled.
 struct Queued<'a> {
     store: &'a SharedStore,
-    key: &'a str,
+    key: &'a LimitKey,
     window: u64,
     amount: i64,
 }
@@ -503,6 +502,14 @@ mod tests {
         }
     }
 
+    /// The requests-per-minute counter of `tenant`.
+    fn rpm(tenant: &str) -> LimitKey {
+        LimitKey::tenant(
+            super::super::key::Counter::RequestsPerMinute,
+            &Arc::from(tenant),
+        )
+    }
+
     #[test]
     fn plain_and_tls_urls_make_a_store() {
         assert!(SharedStore::new(&conf("redis://127.0.0.1:6379/0")).is_ok());
@@ -523,12 +530,12 @@ mod tests {
         tokio::spawn(store.clone().maintain());
         let deadline = || Instant::now() + store.timeout();
         assert_eq!(
-            store.take("t:rpm", 10, 1, 60_000, deadline()).await,
+            store.take(&rpm("t"), 10, 1, 60_000, deadline()).await,
             Err(StoreDown)
         );
         let t0 = std::time::Instant::now();
         assert_eq!(
-            store.take("t:rpm", 10, 1, 60_000, deadline()).await,
+            store.take(&rpm("t"), 10, 1, 60_000, deadline()).await,
             Err(StoreDown)
         );
         assert!(t0.elapsed() < Duration::from_millis(10), "not failing fast");
@@ -554,7 +561,7 @@ mod tests {
             tokio::spawn(async move {
                 let r = store
                     .take(
-                        &format!("t{}:rpm", i % 4),
+                        &rpm(&format!("t{}", i % 4)),
                         100,
                         1,
                         60_000,
@@ -571,14 +578,14 @@ mod tests {
         }
         let t1 = Instant::now();
         let r = store
-            .take("t0:rpm", 100, 1, 60_000, Instant::now() + store.timeout())
+            .take(&rpm("t0"), 100, 1, 60_000, Instant::now() + store.timeout())
             .await;
         assert_eq!((r, t1.elapsed()), (Err(StoreDown), Duration::ZERO));
         // After the fail-fast pause the store tries again (and waits no longer than before).
         tokio::time::sleep(RETRY_AFTER_FAILURE).await;
         let t2 = Instant::now();
         let r = store
-            .take("t0:rpm", 100, 1, 60_000, Instant::now() + store.timeout())
+            .take(&rpm("t0"), 100, 1, 60_000, Instant::now() + store.timeout())
             .await;
         assert_eq!(r, Err(StoreDown));
         assert!(t2.elapsed() <= Duration::from_millis(50));

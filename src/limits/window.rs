@@ -7,6 +7,7 @@
 //! counts here are exact per key.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -32,14 +33,15 @@ struct Slot {
     used: u64,
 }
 
-/// Counters per key in fixed windows of `interval_ms`, aligned on the clock passed in.
+/// Counters per key `K` (a [`super::LimitKey`] in the limiter) in fixed windows of
+/// `interval_ms`, aligned on the clock passed in.
 #[derive(Debug)]
-pub struct Windows {
+pub struct Windows<K> {
     interval_ms: u64,
-    slots: Mutex<HashMap<String, Slot>>,
+    slots: Mutex<HashMap<K, Slot>>,
 }
 
-impl Windows {
+impl<K: Hash + Eq + Clone> Windows<K> {
     /// Windows of `interval`.
     pub fn new(interval: Duration) -> Self {
         Self {
@@ -60,7 +62,7 @@ impl Windows {
     /// reservation. Returns the reservations, or the reset time of the first refusing key.
     pub fn try_reserve(
         &self,
-        pairs: &[(&str, u64, u64)],
+        pairs: &[(K, u64, u64)],
         now_ms: u64,
     ) -> Result<Vec<(Reservation, WindowState)>, (usize, WindowState)> {
         let (w, reset) = self.window_of(now_ms);
@@ -75,7 +77,7 @@ impl Windows {
         };
         for (i, (key, amount, limit)) in pairs.iter().enumerate() {
             let used = slots
-                .get(*key)
+                .get(key)
                 .filter(|s| s.window == w)
                 .map_or(0, |s| s.used);
             if used > 0 && used.saturating_add(*amount) > *limit {
@@ -90,18 +92,31 @@ impl Windows {
         }
         let mut out = Vec::with_capacity(pairs.len());
         for (key, amount, limit) in pairs {
-            let slot = slots.entry((*key).to_owned()).or_default();
-            if slot.window != w {
-                *slot = Slot { window: w, used: 0 };
-            }
-            slot.used = slot.used.saturating_add(*amount);
+            // The key is cloned (a reference count) only for a counter's first window.
+            let used = match slots.get_mut(key) {
+                Some(slot) => {
+                    if slot.window != w {
+                        *slot = Slot { window: w, used: 0 };
+                    }
+                    slot.used = slot.used.saturating_add(*amount);
+                    slot.used
+                }
+                None => {
+                    let slot = Slot {
+                        window: w,
+                        used: *amount,
+                    };
+                    slots.insert(key.clone(), slot);
+                    *amount
+                }
+            };
             out.push((
                 Reservation {
                     window: w,
                     amount: *amount,
                 },
                 WindowState {
-                    remaining: limit.saturating_sub(slot.used),
+                    remaining: limit.saturating_sub(used),
                     reset,
                 },
             ));
@@ -112,12 +127,12 @@ impl Windows {
     /// Replace reservation `r` on `key` by `actual`. In the same window the difference is
     /// released (or added); in a later window the reservation stays counted where it was taken
     /// and only usage above it is added to the current window.
-    pub fn settle(&self, key: &str, r: Reservation, actual: u64, now_ms: u64) {
+    pub fn settle(&self, key: &K, r: Reservation, actual: u64, now_ms: u64) {
         let (w, _) = self.window_of(now_ms);
         let Ok(mut slots) = self.slots.lock() else {
             return;
         };
-        let slot = slots.entry(key.to_owned()).or_default();
+        let slot = slots.entry(key.clone()).or_default();
         if slot.window == r.window && w == r.window {
             slot.used = slot.used.saturating_sub(r.amount).saturating_add(actual);
         } else if actual > r.amount {
@@ -129,7 +144,7 @@ impl Windows {
     }
 
     /// Units used in the current window of `key`.
-    pub fn used(&self, key: &str, now_ms: u64) -> u64 {
+    pub fn used(&self, key: &K, now_ms: u64) -> u64 {
         let (w, _) = self.window_of(now_ms);
         self.slots
             .lock()
@@ -154,10 +169,10 @@ mod tests {
         let (_, st) = w.try_reserve(&[("a", 1000, 1500)], t0 + 1).unwrap_err();
         assert_eq!(st.remaining, 500);
         // ...until the first settles at 300 actual tokens.
-        w.settle("a", r[0].0, 300, t0 + 2);
-        assert_eq!(w.used("a", t0 + 2), 300);
+        w.settle(&"a", r[0].0, 300, t0 + 2);
+        assert_eq!(w.used(&"a", t0 + 2), 300);
         assert!(w.try_reserve(&[("a", 1000, 1500)], t0 + 3).is_ok());
-        assert_eq!(w.used("a", t0 + 3), 1300);
+        assert_eq!(w.used(&"a", t0 + 3), 1300);
     }
 
     #[test]
@@ -167,7 +182,7 @@ mod tests {
         assert!(w.try_reserve(&[("a", 1, 5000)], 1).is_err());
         // Pair b would fit, pair a does not: nothing is reserved on b.
         assert!(w.try_reserve(&[("b", 10, 100), ("a", 1, 5000)], 2).is_err());
-        assert_eq!(w.used("b", 2), 0);
+        assert_eq!(w.used(&"b", 2), 0);
         // Next window: reset.
         assert!(w.try_reserve(&[("a", 4000, 5000)], 60_000).is_ok());
     }
@@ -185,9 +200,9 @@ mod tests {
                 .filter_map(|_| w.try_reserve(&[("t", reserve, limit)], 1_000).ok())
                 .collect();
             for r in &admitted {
-                w.settle("t", r[0].0, actual, 2_000);
+                w.settle(&"t", r[0].0, actual, 2_000);
             }
-            (admitted.len() as u64, w.used("t", 2_000))
+            (admitted.len() as u64, w.used(&"t", 2_000))
         };
         let (n, settled) = run(reservation);
         assert_eq!((n, settled), (4, 4 * actual));
@@ -205,11 +220,11 @@ mod tests {
     fn settle_in_a_later_window_only_adds_the_excess() {
         let w = Windows::new(Duration::from_secs(60));
         let r = w.try_reserve(&[("a", 100, 1000)], 59_000).unwrap();
-        w.settle("a", r[0].0, 150, 61_000);
-        assert_eq!(w.used("a", 61_000), 50);
+        w.settle(&"a", r[0].0, 150, 61_000);
+        assert_eq!(w.used(&"a", 61_000), 50);
         let r = w.try_reserve(&[("a", 100, 1000)], 61_000).unwrap();
-        w.settle("a", r[0].0, 20, 125_000);
-        assert_eq!(w.used("a", 125_000), 0);
+        w.settle(&"a", r[0].0, 20, 125_000);
+        assert_eq!(w.used(&"a", 125_000), 0);
     }
 
     #[test]
@@ -217,13 +232,13 @@ mod tests {
         let w = Windows::new(Duration::from_secs(60));
         let t0 = 120_000;
         let r = w.try_reserve(&[("a", 10, 1000)], t0).unwrap();
-        w.settle("a", r[0].0, u64::MAX, t0 + 1);
-        assert_eq!(w.used("a", t0 + 1), u64::MAX);
+        w.settle(&"a", r[0].0, u64::MAX, t0 + 1);
+        assert_eq!(w.used(&"a", t0 + 1), u64::MAX);
         assert!(w.try_reserve(&[("a", u64::MAX, 1000)], t0 + 2).is_err());
         // Settled in a later window: the excess is added there, still saturating.
         let r = w.try_reserve(&[("b", 5, 100)], t0).unwrap();
         w.try_reserve(&[("b", 10, 100)], t0 + 60_000).unwrap();
-        w.settle("b", r[0].0, u64::MAX, t0 + 60_001);
-        assert_eq!(w.used("b", t0 + 60_001), u64::MAX);
+        w.settle(&"b", r[0].0, u64::MAX, t0 + 60_001);
+        assert_eq!(w.used(&"b", t0 + 60_001), u64::MAX);
     }
 }

@@ -6,7 +6,6 @@ use super::ctx::RequestCtx;
 use crate::limits::budget;
 use crate::metrics;
 use crate::usage::{estimate, Usage};
-use std::fmt::Write;
 
 /// Where a token count came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,40 +186,29 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         let u = settled.map(|s| s.usage).unwrap_or_default();
         admission.settle(u.prompt_tokens, u.completion_tokens, cost);
     }
-    let mut attempts = String::new();
-    for (i, a) in ctx.upstream.attempts.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let _ = write!(
-            attempts,
-            "{sep}{}/{}:{}:{}",
-            a.pool, a.endpoint, a.status, a.outcome
-        );
-    }
     let u = settled.map(|s| s.usage).unwrap_or_default();
     let token_source = settled.map_or("none", |s| s.completion_source.label());
     let endpoint = ctx.upstream.endpoint_addr().unwrap_or("none");
-    tracing::info!(
-        target: "sluice::access",
-        request_id = %ctx.request_id,
+    crate::access_log::write(&crate::access_log::AccessLine {
+        request_id: &ctx.request_id,
         tenant,
         route,
         pool,
         endpoint,
-        model = %model,
+        model: &model,
         status,
-        stream = ctx.fields().stream,
-        prompt_tokens = u.prompt_tokens,
-        completion_tokens = u.completion_tokens,
-        cached_tokens = u.cached_tokens,
-        reasoning_tokens = u.reasoning_tokens,
+        stream: ctx.fields().stream,
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        cached_tokens: u.cached_tokens,
+        reasoning_tokens: u.reasoning_tokens,
         token_source,
-        cost_usd = cost.unwrap_or(0.0),
-        ttft_ms = %ctx.delivered.ttft.map_or_else(|| "-".to_owned(), |t| format!("{:.3}", t.as_secs_f64() * 1e3)),
-        duration_ms = %format!("{:.3}", duration.as_secs_f64() * 1e3),
-        completed = ctx.delivered.completed,
-        attempts = %attempts,
-        client_disconnected = ctx.delivered.client_disconnected,
-        error = ctx.delivered.error.as_ref().map_or("", |e| e.label()),
-        "request"
-    );
+        cost_usd: cost.unwrap_or(0.0),
+        ttft: ctx.delivered.ttft,
+        duration,
+        completed: ctx.delivered.completed,
+        attempts: &ctx.upstream.attempts,
+        client_disconnected: ctx.delivered.client_disconnected,
+        error: ctx.delivered.error.as_ref().map_or("", |e| e.label()),
+    });
 }

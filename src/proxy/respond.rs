@@ -2,7 +2,7 @@
 //! or Anthropic JSON) with the request id header the SDK reads.
 
 use super::ctx::RequestCtx;
-use crate::error::{self, SluiceError};
+use crate::error::SluiceError;
 use crate::metrics;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -49,18 +49,8 @@ fn error_header(
 /// `x-ratelimit-*` on a response of an admitted request whose tenant has rate limits, like
 /// OpenAI's (limit, remaining, reset per requests and tokens).
 pub fn rate_limit_headers(h: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_error::Result<()> {
-    let Some(adm) = &ctx.admission else {
-        return Ok(());
-    };
-    for (kind, v) in [
-        ("requests", adm.headers.requests),
-        ("tokens", adm.headers.tokens),
-    ] {
-        if let Some((limit, remaining, reset)) = v {
-            h.insert_header(error::limit_header(kind), limit.to_string())?;
-            h.insert_header(error::remaining_header(kind), remaining.to_string())?;
-            h.insert_header(error::reset_header(kind), error::reset_format(reset))?;
-        }
+    match &ctx.admission {
+        Some(adm) => adm.headers.write_to(h),
+        None => Ok(()),
     }
-    Ok(())
 }
