@@ -16,11 +16,8 @@ use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-
-/// Longest the tokenizer preload waits for the proxy to be ready before building anyway.
-const TOKENIZER_PRELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Seconds for the final shutdown of services after the drain deadline.
 const SHUTDOWN_TIMEOUT_SECONDS: u64 = 2;
@@ -81,7 +78,6 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
         None => None,
     };
     let limiter = Arc::new(Limiter::new(shared.clone()));
-    let preload_tokenizer = snapshot.has_token_limits();
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let config_for_reload = config.clone();
     let config_for_health = config.clone();
@@ -105,20 +101,9 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     );
 
     let ready = Arc::new(AtomicBool::new(false));
-    if preload_tokenizer {
-        // Token reservations refine their byte guess with a token count near a limit: build
-        // o200k_base (every current OpenAI model's) once the proxy serves, off the request path
-        // and off the start-up path; cl100k_base, and everything without token limits, loads on
-        // first need.
-        let ready = ready.clone();
-        std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + TOKENIZER_PRELOAD_WAIT;
-            while !ready.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            crate::usage::estimate::preload_default();
-        });
-    }
+    // No tokenizer table is built at start: each encoding is built on its first need, on a
+    // thread of its own (`usage::estimate`), so a sidecar whose upstreams report usage never
+    // holds one (o200k_base alone is about 28 MiB).
     // Not a Pingora service: it must keep answering through the drain (see `admin`).
     if let Err(e) = crate::admin::spawn(&admin_addr, ready.clone(), admin_bounds) {
         tracing::error!(admin = %admin_addr, error = %e, "admin listener: cannot bind");

@@ -308,18 +308,6 @@ impl Snapshot {
         self.limits.get(tenant).or(self.default_limits.as_ref())
     }
 
-    /// Whether any tenant has a token limit (reservations then use the tokenizer).
-    pub fn has_token_limits(&self) -> bool {
-        self.limits
-            .values()
-            .chain(self.default_limits.iter())
-            .any(|l| {
-                l.tokens_per_minute.is_some()
-                    || l.input_tokens_per_minute.is_some()
-                    || l.models.iter().any(|m| m.tokens_per_minute.is_some())
-            })
-    }
-
     /// Model table entry for `model`.
     pub fn model_info(&self, model: &str) -> Option<&ModelInfo> {
         self.models.iter().find(|m| m.glob.is_match(model))

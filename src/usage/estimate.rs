@@ -101,18 +101,10 @@ pub fn load_in_background(model: &str) {
 }
 
 /// Builds both encodings' tables now rather than on first need; for benches and tools that
-/// want the build out of their measurements (the server uses [`preload_default`]).
+/// want the build out of their measurements (the server builds each on its first need).
 pub fn preload() {
     tokenizer(Encoding::O200kBase);
     tokenizer(Encoding::Cl100kBase);
-}
-
-/// Builds only `o200k_base`, the encoding of every current OpenAI model and the fallback for
-/// other names; `cl100k_base` (gpt-4, gpt-3.5, text-embedding-*) is built on its first need.
-/// Blocks for the build (a few hundred ms): call it off the request path.
-pub fn preload_default() {
-    LOADING[Encoding::O200kBase as usize].store(true, Ordering::Release);
-    tokenizer(Encoding::O200kBase);
 }
 
 /// Number of tokens (u64) of `text` in `model`'s encoding (see [`encoding_for`]), counting
