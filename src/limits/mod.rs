@@ -584,6 +584,11 @@ impl Limiter {
                 }
             }
         }
+        let in_flight = counted.then(|| {
+            let gauge = metrics::TENANT_IN_FLIGHT.with_label_values(&[tenant]);
+            gauge.inc();
+            gauge
+        });
         let mut admission = Admission {
             limiter: self.clone(),
             tenant: ask.tenant.clone(),
@@ -595,12 +600,9 @@ impl Limiter {
             budget_left,
             budget_hold,
             settled: false,
-            counted,
+            in_flight,
             shared: Vec::new(),
         };
-        if counted {
-            metrics::TENANT_IN_FLIGHT.with_label_values(&[tenant]).inc();
-        }
         // Request rates last: a refusal above leaves them untouched, and a refusal here is
         // undone, along with the reservations (dropping `admission`).
         let rates = || {
