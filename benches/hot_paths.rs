@@ -454,6 +454,11 @@ fn metric_labels(c: &mut Criterion) {
     counted("metric_labels_model_label", || {
         black_box(sluice::metrics::model_label(black_box(Some("gpt-4o-mini"))));
     });
+    counted("metric_labels_model_label_ref", || {
+        black_box(sluice::metrics::model_label_ref(black_box(Some(
+            "gpt-4o-mini",
+        ))));
+    });
     let kept = REQUESTS.with_label_values(&["chat", "openai", "gpt-4o-mini", "2xx"]);
     counted("metric_labels_handle", || black_box(&kept).inc());
     let mut g = c.benchmark_group("metric_labels");
