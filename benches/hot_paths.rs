@@ -284,6 +284,9 @@ fn redaction(c: &mut Criterion) {
     sluice::logging::remember(["sk-bench-provider-key-0123456789"]);
     let access = "2026-11-29T16:00:00.000000Z  INFO sluice::access: request request_id=5f0c6d2e-8c1b-4d8e-9a57-2f1f2b0c9d11 tenant=team-a route=chat pool=openai endpoint=api.openai.com:443 model=gpt-4o-mini status=200 stream=true prompt_tokens=1200 completion_tokens=350 cached_tokens=0 reasoning_tokens=0 token_source=\"exact\" cost_usd=0.00039 ttft_ms=412.310 duration_ms=2210.004 completed=true attempts=openai/api.openai.com:443:200:ok client_disconnected=false error=\"\"\n";
     let dump = "2026-11-29T16:00:00.000000Z DEBUG pingora_proxy::proxy_h1: Sending header to upstream RequestHeader { base: Parts { method: POST, uri: /v1/chat/completions, version: HTTP/1.1, headers: {\"host\": \"api.openai.com\", \"authorization\": \"Bearer sk-bench-provider-key-0123456789\", \"content-type\": \"application/json\", \"x-api-key\": \"vk\", \"content-length\": \"1234\"} } }\n";
+    counted("log_redaction_access_line", || {
+        black_box(sluice::logging::redact(black_box(access)).len());
+    });
     let mut g = c.benchmark_group("log_redaction");
     g.bench_function("access_line", |b| {
         b.iter(|| sluice::logging::redact(black_box(access)).len())
@@ -463,6 +466,21 @@ fn rate_limit_headers(c: &mut Criterion) {
 /// does) and through a handle kept from an earlier lookup.
 fn metric_labels(c: &mut Criterion) {
     use sluice::metrics::{REQUESTS, TENANT_IN_FLIGHT};
+    counted("metric_labels_with_label_values_4_labels", || {
+        REQUESTS
+            .with_label_values(black_box(&["chat", "openai", "gpt-4o-mini", "2xx"]))
+            .inc()
+    });
+    counted("metric_labels_model_label", || {
+        black_box(sluice::metrics::model_label(black_box(Some("gpt-4o-mini"))));
+    });
+    counted("metric_labels_model_label_ref", || {
+        black_box(sluice::metrics::model_label_ref(black_box(Some(
+            "gpt-4o-mini",
+        ))));
+    });
+    let kept = REQUESTS.with_label_values(&["chat", "openai", "gpt-4o-mini", "2xx"]);
+    counted("metric_labels_handle", || black_box(&kept).inc());
     let mut g = c.benchmark_group("metric_labels");
     g.bench_function("with_label_values_4_labels", |b| {
         b.iter(|| {

@@ -383,26 +383,32 @@ static MODELS: Lazy<Mutex<HashSet<String>>> = Lazy::new(|| Mutex::new(HashSet::n
 /// `[A-Za-z0-9._:/@-]`, and among the first [`MAX_MODEL_LABELS`] distinct names seen; `other`
 /// otherwise; `none` when the request named no model.
 pub fn model_label(model: Option<&str>) -> String {
+    model_label_ref(model).to_owned()
+}
+
+/// [`model_label`] without an allocation per call: `model` itself when it is its own label
+/// (only its first sighting copies it into the set of seen names), else `other` / `none`.
+pub fn model_label_ref(model: Option<&str>) -> &str {
     let Some(m) = model else {
-        return "none".to_owned();
+        return "none";
     };
     let clean = m.len() <= 64
         && m.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b));
     if !clean {
-        return "other".to_owned();
+        return "other";
     }
     let Ok(mut seen) = MODELS.lock() else {
-        return "other".to_owned();
+        return "other";
     };
     if seen.contains(m) {
-        return m.to_owned();
+        return m;
     }
     if seen.len() < MAX_MODEL_LABELS {
         seen.insert(m.to_owned());
-        return m.to_owned();
+        return m;
     }
-    "other".to_owned()
+    "other"
 }
 
 /// `2xx`..`5xx` for a status code (`0` when no response was sent).
@@ -425,6 +431,9 @@ mod tests {
     fn model_labels_are_bounded() {
         assert_eq!(model_label(None), "none");
         assert_eq!(model_label(Some("gpt-4o-mini")), "gpt-4o-mini");
+        assert_eq!(model_label_ref(Some("gpt-4o-mini")), "gpt-4o-mini");
+        assert_eq!(model_label_ref(Some("bad model\n")), "other");
+        assert_eq!(model_label_ref(None), "none");
         assert_eq!(model_label(Some("bad model\n")), "other");
         assert_eq!(model_label(Some(&"x".repeat(65))), "other");
         for i in 0..MAX_MODEL_LABELS + 10 {

@@ -29,7 +29,9 @@ pub struct Admission {
     /// The local budget's reservation, settled to the exact cost.
     pub(super) budget_hold: Option<BudgetHold>,
     pub(super) settled: bool,
-    pub(super) counted: bool,
+    /// The tenant's `sluice_tenant_requests_in_flight` gauge while this request counts in it
+    /// (a handle: decremented without a label lookup).
+    pub(super) in_flight: Option<prometheus::IntGauge>,
     pub(super) shared: Vec<SharedHold>,
 }
 
@@ -80,14 +82,9 @@ impl Admission {
     /// that left must not hold its tenant's `max_concurrent` while its tokens are estimated).
     /// Idempotent.
     pub fn release_permits(&mut self) {
-        if self.guards.is_empty() && !self.counted {
-            return;
-        }
         self.guards.clear();
-        if std::mem::take(&mut self.counted) {
-            metrics::TENANT_IN_FLIGHT
-                .with_label_values(&[&self.tenant])
-                .dec();
+        if let Some(gauge) = self.in_flight.take() {
+            gauge.dec();
         }
     }
 
@@ -135,10 +132,8 @@ impl Drop for Admission {
     fn drop(&mut self) {
         self.settle_shared(0, 0, None);
         self.release(0, 0);
-        if self.counted {
-            metrics::TENANT_IN_FLIGHT
-                .with_label_values(&[&self.tenant])
-                .dec();
+        if let Some(gauge) = self.in_flight.take() {
+            gauge.dec();
         }
     }
 }
