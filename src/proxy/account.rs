@@ -141,12 +141,12 @@ fn cost(ctx: &RequestCtx, usage: &Usage) -> Option<f64> {
 /// write its log line.
 pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
     let admission = ctx.admission.take();
-    let model = metrics::model_label(ctx.model());
+    let model = metrics::model_label_ref(ctx.model());
     let tenant = ctx.caller.tenant.as_deref().unwrap_or("none");
     let route = ctx.route_name();
     let pool = ctx.pool_name();
     metrics::REQUESTS
-        .with_label_values(&[route, pool, &model, metrics::status_class(status)])
+        .with_label_values(&[route, pool, model, metrics::status_class(status)])
         .inc();
     let duration = ctx.start.elapsed();
     if ctx.upstream.last.is_some() {
@@ -171,7 +171,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         ] {
             if n > 0 || kind == "prompt" || kind == "completion" {
                 metrics::TOKENS
-                    .with_label_values(&[tenant, &model, kind, src.label()])
+                    .with_label_values(&[tenant, model, kind, src.label()])
                     .inc_by(n);
             }
         }
@@ -179,7 +179,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
     let cost = settled.as_ref().and_then(|s| cost(ctx, &s.usage));
     if let Some(usd) = cost {
         metrics::SPEND
-            .with_label_values(&[tenant, &model])
+            .with_label_values(&[tenant, model])
             .inc_by(usd);
     }
     if let Some(admission) = admission {
@@ -195,7 +195,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         route,
         pool,
         endpoint,
-        model: &model,
+        model,
         status,
         stream: ctx.fields().stream,
         prompt_tokens: u.prompt_tokens,
