@@ -254,17 +254,17 @@ pub(crate) fn on_event_fast(state: &mut StreamState, data: &[u8]) -> Option<Verd
     let mut key = skim.first_key()?;
     while let Some(name) = key {
         match name {
-            "choices" => {
+            b"choices" => {
                 once(&mut seen[0])?;
                 if !skim.null()? {
                     count = fast_choices(&mut skim, &mut choices)?;
                 }
             }
-            "usage" => {
+            b"usage" => {
                 once(&mut seen[1])?;
                 usage_null = skim.null()?.then_some(true)?;
             }
-            "error" => {
+            b"error" => {
                 once(&mut seen[2])?;
                 skim.null()?.then_some(())?;
             }
@@ -333,21 +333,21 @@ fn fast_choice<'a>(skim: &mut Skim<'a>) -> Option<FastChoice<'a>> {
     let mut key = skim.first_key()?;
     while let Some(name) = key {
         match name {
-            "index" => {
+            b"index" => {
                 once(&mut seen[0])?;
                 if !skim.null()? {
                     choice.index = skim.u64()?;
                 }
             }
-            "finish_reason" => {
+            b"finish_reason" => {
                 once(&mut seen[1])?;
                 choice.finished = str_or_null(skim)?.is_some();
             }
-            "text" => {
+            b"text" => {
                 once(&mut seen[3])?;
                 choice.pieces[0] = str_or_null(skim)?.unwrap_or("");
             }
-            "delta" => {
+            b"delta" => {
                 once(&mut seen[2])?;
                 if !skim.null()? {
                     fast_delta(skim, &mut choice.pieces)?;
@@ -370,10 +370,10 @@ fn fast_delta<'a>(skim: &mut Skim<'a>, pieces: &mut [&'a str; 4]) -> Option<()> 
     let mut key = skim.first_key()?;
     while let Some(name) = key {
         let slot = match name {
-            "reasoning_content" => 1,
-            "content" => 2,
-            "refusal" => 3,
-            "tool_calls" | "function_call" => return None,
+            b"reasoning_content" => 1,
+            b"content" => 2,
+            b"refusal" => 3,
+            b"tool_calls" | b"function_call" => return None,
             _ => 0,
         };
         if slot == 0 {
