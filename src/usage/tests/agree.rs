@@ -773,7 +773,13 @@ fn chat_content_chunks_take_the_fast_path() {
         let verdict = openai_chat::on_event_fast(&mut state, data.as_bytes());
         assert_eq!(verdict, Some(Verdict::StripUsageNull), "{data}");
     }
-    // Declined: the usage chunk, tool calls, escaped text (the typed parse reads them).
+    // Simple escapes are decoded by the fast path itself.
+    let mut state = StreamState::default();
+    let data = r#"{"choices":[{"delta":{"content":"a\n\"b\"\\ \/\t"}}],"usage":null}"#;
+    let verdict = openai_chat::on_event_fast(&mut state, data.as_bytes());
+    assert_eq!(verdict, Some(Verdict::StripUsageNull));
+    assert_eq!(state.text.as_str(), "a\n\"b\"\\ /\t");
+    // Declined: the usage chunk, tool calls, `\u` escapes (the typed parse reads them).
     for data in [
         r#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
         r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}]}"#,

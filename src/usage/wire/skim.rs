@@ -83,11 +83,35 @@ impl<'a> Skim<'a> {
         None
     }
 
-    /// A string without escapes, as text (checked for UTF-8, as serde_json checks a string
-    /// it reads).
-    pub(crate) fn plain_str(&mut self) -> Option<&'a str> {
-        let (raw, _) = self.scan_str()?;
-        std::str::from_utf8(raw).ok()
+    /// A string read as text: checked for UTF-8 (as serde_json checks a string it reads), with
+    /// the simple escapes `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t` left for
+    /// [`JsonText::decode_into`]; a `\u` escape is declined (its surrogate rules stay with
+    /// serde_json).
+    pub(crate) fn text(&mut self) -> Option<JsonText<'a>> {
+        self.eat(b'"')?;
+        let rest = &self.s[self.i..];
+        let mut escaped = false;
+        let mut n = 0;
+        while let Some(&b) = rest.get(n) {
+            match b {
+                b'"' => {
+                    let raw = std::str::from_utf8(&rest[..n]).ok()?;
+                    self.i += n + 1;
+                    return Some(JsonText { raw, escaped });
+                }
+                b'\\' => {
+                    let next = rest.get(n + 1)?;
+                    if !matches!(next, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') {
+                        return None;
+                    }
+                    escaped = true;
+                    n += 2;
+                }
+                0..=0x1f => return None,
+                _ => n += 1,
+            }
+        }
+        None
     }
 
     /// A non-negative integer that fits a `u64` (no sign, fraction or exponent).
@@ -218,5 +242,39 @@ impl<'a> Skim<'a> {
             }
         }
         Some(())
+    }
+}
+
+/// A JSON string's content as sent (valid UTF-8), possibly holding simple escapes.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct JsonText<'a> {
+    raw: &'a str,
+    escaped: bool,
+}
+
+impl<'a> JsonText<'a> {
+    /// The text itself when it has no escapes (no copy), else `None`.
+    pub(crate) fn plain(&self) -> Option<&'a str> {
+        (!self.escaped).then_some(self.raw)
+    }
+
+    /// Appends the decoded text to `out` (RFC 8259 section 7: `\b` is U+0008, `\f` U+000C).
+    pub(crate) fn decode_into(&self, out: &mut String) {
+        let mut chars = self.raw.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('b') => out.push('\u{8}'),
+                Some('f') => out.push('\u{c}'),
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('t') => out.push('\t'),
+                Some(c) => out.push(c), // `"`, `\\`, `/`: the character itself
+                None => {}
+            }
+        }
     }
 }
