@@ -84,9 +84,8 @@ impl<'a> Skim<'a> {
     }
 
     /// A string read as text: checked for UTF-8 (as serde_json checks a string it reads), with
-    /// the simple escapes `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t` left for
-    /// [`JsonText::decode_into`]; a `\u` escape is declined (its surrogate rules stay with
-    /// serde_json).
+    /// its escapes left for [`JsonText::decode_into`]. A `\u` escape of a UTF-16 surrogate
+    /// (half of a character above U+FFFF) is declined: its pairing rules stay with serde_json.
     pub(crate) fn text(&mut self) -> Option<JsonText<'a>> {
         self.eat(b'"')?;
         let rest = &self.s[self.i..];
@@ -100,12 +99,15 @@ impl<'a> Skim<'a> {
                     return Some(JsonText { raw, escaped });
                 }
                 b'\\' => {
-                    let next = rest.get(n + 1)?;
-                    if !matches!(next, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') {
-                        return None;
-                    }
                     escaped = true;
-                    n += 2;
+                    match rest.get(n + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => n += 2,
+                        b'u' => {
+                            hex4(rest.get(n + 2..n + 6)?)?;
+                            n += 6;
+                        }
+                        _ => return None,
+                    }
                 }
                 0..=0x1f => return None,
                 _ => n += 1,
@@ -267,6 +269,16 @@ impl<'a> JsonText<'a> {
                 continue;
             }
             match chars.next() {
+                Some('u') => {
+                    let mut digits = [0u8; 4];
+                    for d in &mut digits {
+                        *d = chars.next().and_then(|c| u8::try_from(c).ok()).unwrap_or(0);
+                    }
+                    // Checked by `Skim::text`: four hex digits, not a surrogate.
+                    if let Some(c) = hex4(&digits).and_then(char::from_u32) {
+                        out.push(c);
+                    }
+                }
                 Some('b') => out.push('\u{8}'),
                 Some('f') => out.push('\u{c}'),
                 Some('n') => out.push('\n'),
@@ -277,4 +289,14 @@ impl<'a> JsonText<'a> {
             }
         }
     }
+}
+
+/// Four hex digits as a code point, `None` if they are not hex or name a UTF-16 surrogate
+/// (U+D800 to U+DFFF).
+fn hex4(digits: &[u8]) -> Option<u32> {
+    let mut value = 0u32;
+    for &d in digits.get(..4)? {
+        value = value * 16 + char::from(d).to_digit(16)?;
+    }
+    (!(0xD800..=0xDFFF).contains(&value)).then_some(value)
 }
