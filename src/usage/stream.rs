@@ -24,6 +24,8 @@ pub(crate) enum Verdict {
 pub(crate) struct StreamState {
     pub(crate) usage: Option<Usage>,
     pub(crate) text: TextBuf,
+    /// Reused buffer where a fast path decodes an escaped string before pushing it to `text`.
+    pub(crate) scratch: String,
     pub(crate) completed: bool,
     pub(crate) saw_error: bool,
     /// OpenAI chat/completions: one bit per choice index seen (indices of 63 and more share

@@ -688,6 +688,11 @@ const VALUE_VOCAB: &[&str] = &[
     "\"caf\u{e9}\"",
     "\"\\u00e9\"",
     "\"stop\"",
+    "\"\\u00g9\"",
+    "\"\\ud800\"",
+    "\"\\uDC00x\"",
+    "\"\\u00\"",
+    "\"\\u0000\"",
     "{}",
     "[]",
     "[1,]",
@@ -773,11 +778,22 @@ fn chat_content_chunks_take_the_fast_path() {
         let verdict = openai_chat::on_event_fast(&mut state, data.as_bytes());
         assert_eq!(verdict, Some(Verdict::StripUsageNull), "{data}");
     }
-    // Declined: the usage chunk, tool calls, escaped text (the typed parse reads them).
+    // Simple escapes are decoded by the fast path itself.
+    let mut state = StreamState::default();
+    let data = r#"{"choices":[{"delta":{"content":"a\n\"b\"\\ \/\t"}}],"usage":null}"#;
+    let verdict = openai_chat::on_event_fast(&mut state, data.as_bytes());
+    assert_eq!(verdict, Some(Verdict::StripUsageNull));
+    assert_eq!(state.text.as_str(), "a\n\"b\"\\ /\t");
+    let mut state = StreamState::default();
+    let data = r#"{"choices":[{"delta":{"content":"caf\u00e9 \u65E5"}}]}"#;
+    let verdict = openai_chat::on_event_fast(&mut state, data.as_bytes());
+    assert_eq!(verdict, Some(Verdict::Keep));
+    assert_eq!(state.text.as_str(), "caf\u{e9} \u{65e5}");
+    // Declined: the usage chunk, tool calls, surrogate escapes (the typed parse reads them).
     for data in [
         r#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
         r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}]}"#,
-        r#"{"choices":[{"delta":{"content":"caf\u00e9"}}]}"#,
+        r#"{"choices":[{"delta":{"content":"\ud83d\ude00"}}]}"#,
     ] {
         let mut state = StreamState::default();
         assert_eq!(

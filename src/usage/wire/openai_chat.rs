@@ -10,7 +10,7 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::skim::Skim;
+use super::skim::{JsonText, Skim};
 use super::{present, Few, Text, TextBuf};
 use crate::usage::stream::{StreamState, Verdict};
 use crate::usage::Usage;
@@ -232,7 +232,7 @@ pub(crate) fn body(raw: &[u8], text: &mut TextBuf) -> Option<Usage> {
 struct FastChoice<'a> {
     index: u64,
     finished: bool,
-    pieces: [&'a str; 4],
+    pieces: [JsonText<'a>; 4],
 }
 
 /// Most choices per chunk the fast path reads; more take the typed parse.
@@ -241,7 +241,7 @@ const FAST_CHOICES: usize = 4;
 /// The fast path for the common chunk: a JSON object whose members the typed [`Chunk`] reads
 /// are `choices` (null, or an array of up to 4 objects whose `index` is a `u64` or null,
 /// `finish_reason`, `text` and `delta` members `content`, `refusal`, `reasoning_content` are
-/// strings without escapes or null, and with no tool or function calls), `usage: null` (or
+/// strings (no `\u` escapes) or null, and with no tool or function calls), `usage: null` (or
 /// absent) and `error: null` (or absent); every other member is skipped after a strict check.
 /// `None` (nothing changed) for anything else, which then takes the typed parse: the fast
 /// path accepts only events that parse, and reads them as the typed parse would (a property
@@ -254,17 +254,17 @@ pub(crate) fn on_event_fast(state: &mut StreamState, data: &[u8]) -> Option<Verd
     let mut key = skim.first_key()?;
     while let Some(name) = key {
         match name {
-            "choices" => {
+            b"choices" => {
                 once(&mut seen[0])?;
                 if !skim.null()? {
                     count = fast_choices(&mut skim, &mut choices)?;
                 }
             }
-            "usage" => {
+            b"usage" => {
                 once(&mut seen[1])?;
                 usage_null = skim.null()?.then_some(true)?;
             }
-            "error" => {
+            b"error" => {
                 once(&mut seen[2])?;
                 skim.null()?.then_some(())?;
             }
@@ -286,7 +286,15 @@ pub(crate) fn on_event_fast(state: &mut StreamState, data: &[u8]) -> Option<Verd
             state.choices_finished |= bit;
         }
         for piece in choice.pieces {
-            state.text.push(piece);
+            match piece.plain() {
+                Some(text) => state.text.push(text),
+                None => {
+                    // Escaped: decoded whole, then pushed whole, as the typed parse does.
+                    state.scratch.clear();
+                    piece.decode_into(&mut state.scratch);
+                    state.text.push(&state.scratch);
+                }
+            }
         }
     }
     Some(if usage_null {
@@ -301,12 +309,12 @@ fn once(seen: &mut bool) -> Option<()> {
     (!std::mem::replace(seen, true)).then_some(())
 }
 
-/// A string without escapes, or null (as "", which the typed path's text also gives).
-fn str_or_null<'a>(skim: &mut Skim<'a>) -> Option<Option<&'a str>> {
+/// A string (see [`Skim::text`]), or null (as "", which the typed path's text also gives).
+fn str_or_null<'a>(skim: &mut Skim<'a>) -> Option<Option<JsonText<'a>>> {
     if skim.null()? {
         Some(None)
     } else {
-        skim.plain_str().map(Some)
+        skim.text().map(Some)
     }
 }
 
@@ -333,21 +341,21 @@ fn fast_choice<'a>(skim: &mut Skim<'a>) -> Option<FastChoice<'a>> {
     let mut key = skim.first_key()?;
     while let Some(name) = key {
         match name {
-            "index" => {
+            b"index" => {
                 once(&mut seen[0])?;
                 if !skim.null()? {
                     choice.index = skim.u64()?;
                 }
             }
-            "finish_reason" => {
+            b"finish_reason" => {
                 once(&mut seen[1])?;
                 choice.finished = str_or_null(skim)?.is_some();
             }
-            "text" => {
+            b"text" => {
                 once(&mut seen[3])?;
-                choice.pieces[0] = str_or_null(skim)?.unwrap_or("");
+                choice.pieces[0] = str_or_null(skim)?.unwrap_or_default();
             }
-            "delta" => {
+            b"delta" => {
                 once(&mut seen[2])?;
                 if !skim.null()? {
                     fast_delta(skim, &mut choice.pieces)?;
@@ -365,22 +373,22 @@ fn fast_choice<'a>(skim: &mut Skim<'a>) -> Option<FastChoice<'a>> {
 }
 
 /// A `delta` without tool or function calls: its text members into `pieces[1..]`.
-fn fast_delta<'a>(skim: &mut Skim<'a>, pieces: &mut [&'a str; 4]) -> Option<()> {
+fn fast_delta<'a>(skim: &mut Skim<'a>, pieces: &mut [JsonText<'a>; 4]) -> Option<()> {
     let mut seen = [false; 3];
     let mut key = skim.first_key()?;
     while let Some(name) = key {
         let slot = match name {
-            "reasoning_content" => 1,
-            "content" => 2,
-            "refusal" => 3,
-            "tool_calls" | "function_call" => return None,
+            b"reasoning_content" => 1,
+            b"content" => 2,
+            b"refusal" => 3,
+            b"tool_calls" | b"function_call" => return None,
             _ => 0,
         };
         if slot == 0 {
             skim.skip()?;
         } else {
             once(&mut seen[slot - 1])?;
-            pieces[slot] = str_or_null(skim)?.unwrap_or("");
+            pieces[slot] = str_or_null(skim)?.unwrap_or_default();
         }
         key = if skim.next(b'}')? {
             Some(skim.key()?)
