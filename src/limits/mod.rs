@@ -142,6 +142,32 @@ impl RateHeaders {
         }
         Ok(())
     }
+
+    /// [`RateHeaders::write_to`] straight into a `HeaderMap` under static names, for a header
+    /// built without Pingora's case map (the relay's): no name parse, no case map entry.
+    pub fn write_to_map(&self, headers: &mut http::HeaderMap) {
+        use http::{HeaderName, HeaderValue};
+        for (names, window) in [
+            (REQUEST_HEADERS, self.requests),
+            (TOKEN_HEADERS, self.tokens),
+        ] {
+            let Some((limit, remaining, reset)) = window else {
+                continue;
+            };
+            let [limit_name, remaining_name, reset_name] = names;
+            headers.insert(
+                HeaderName::from_static(limit_name),
+                HeaderValue::from(limit),
+            );
+            headers.insert(
+                HeaderName::from_static(remaining_name),
+                HeaderValue::from(remaining),
+            );
+            if let Ok(v) = HeaderValue::from_str(&crate::error::reset_format(reset)) {
+                headers.insert(HeaderName::from_static(reset_name), v);
+            }
+        }
+    }
 }
 
 /// The limiter: all counters of this process.

@@ -109,34 +109,33 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     let mut d = Delivered::default();
     let Served {
         mut attempt,
-        mut header,
+        header: upstream_header,
     } = served;
     let endpoint = attempt.target().addr().to_owned();
-    let status = header.status.as_u16();
+    let status = upstream_header.status.as_u16();
     d.status = status;
-    let is_sse = header
+    let is_sse = upstream_header
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let success = header.status.is_success();
+    let success = upstream_header.status.is_success();
     let hide = is_sse && ctx.fields().injected_include_usage;
     // When the client has every byte of a sized response it may send its next request at
     // once: from then on the downstream must not be read (see `complete` below).
-    let content_length = header
+    let content_length = upstream_header
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|_| !is_sse);
-    if is_sse {
-        // A stream may change length (hidden usage chunk, a partial event dropped, an error
-        // event appended): let Pingora frame it (chunked).
-        header.remove_header(&http::header::CONTENT_LENGTH);
+    let mut parts = downstream_parts(&upstream_header, is_sse);
+    drop(upstream_header);
+    if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
+        parts.headers.insert(REQUEST_ID, id);
     }
-    downstream_framing(&mut header);
-    let _ = header.insert_header("x-sluice-request-id", ctx.request_id.as_str());
-    let _ = super::respond::rate_limit_headers(&mut header, ctx);
+    super::respond::rate_limit_headers_map(&mut parts.headers, ctx);
+    let header = Box::new(ResponseHeader::from(parts));
     if session.write_response_header(header, false).await.is_err() {
         d.client_disconnected = true;
         return d;
@@ -321,28 +320,49 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     d
 }
 
-/// Make the upstream's response header one the client's connection can carry: its
-/// hop-by-hop headers dropped (RFC 9110 section 7.6.1: the client connection's own are set by
-/// Pingora), HTTP/1.1, and a body that has neither `content-length` nor `transfer-encoding`
-/// (close-delimited, or from an HTTP/2 upstream) sent chunked, so the client connection can
-/// be kept alive (as Pingora's own proxy path does). 204 and 304 carry no body.
-fn downstream_framing(header: &mut ResponseHeader) {
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "upgrade",
-        "trailer",
-    ] {
-        header.remove_header(name);
+/// sluice's request id on every response.
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-sluice-request-id");
+
+/// Hop-by-hop response headers (RFC 9110 section 7.6.1), never relayed: the client
+/// connection's own are set by Pingora.
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "trailer",
+];
+
+/// The client's response header (as `http` parts) from the upstream's: its headers minus hop-by-hop ones (and
+/// `content-length` for a stream, which may change length: a hidden usage chunk, a partial
+/// event dropped, an error event appended), HTTP/1.1, and a body that has neither
+/// `content-length` nor `transfer-encoding` (close-delimited, an HTTP/2 upstream, or a stream)
+/// sent chunked so the client connection can be kept alive, as Pingora's own proxy path does.
+/// 204 and 304 carry no body. Built without a case map (header names go out lower-case, which
+/// HTTP allows: RFC 9110 section 5.1), so sluice's own headers are inserted straight into the
+/// map instead of through Pingora's name parse and case map on every response.
+fn downstream_parts(up: &ResponseHeader, is_sse: bool) -> http::response::Parts {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = up.status;
+    parts.version = http::Version::HTTP_11;
+    let headers = &mut parts.headers;
+    headers.reserve(up.headers.len() + 8);
+    for (name, value) in &up.headers {
+        if HOP_BY_HOP.contains(&name.as_str()) || (is_sse && name == http::header::CONTENT_LENGTH) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
     }
-    header.set_version(http::Version::HTTP_11);
-    let no_body = matches!(header.status.as_u16(), 204 | 304);
-    let framed = header.headers.contains_key(http::header::CONTENT_LENGTH)
-        || header.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let no_body = matches!(up.status.as_u16(), 204 | 304);
+    let framed = headers.contains_key(http::header::CONTENT_LENGTH)
+        || headers.contains_key(http::header::TRANSFER_ENCODING);
     if !no_body && !framed {
-        let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        headers.insert(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
     }
+    parts
 }
 
 /// The native in-stream error event for `err` in the request's API (see

@@ -54,3 +54,10 @@ pub fn rate_limit_headers(h: &mut ResponseHeader, ctx: &RequestCtx) -> pingora_e
         None => Ok(()),
     }
 }
+
+/// [`rate_limit_headers`] into a `HeaderMap` built without Pingora's case map (the relay's).
+pub fn rate_limit_headers_map(headers: &mut http::HeaderMap, ctx: &RequestCtx) {
+    if let Some(adm) = &ctx.admission {
+        adm.headers.write_to_map(headers);
+    }
+}
