@@ -126,7 +126,9 @@ pub fn forwarded_header(client: &RequestHeader) -> pingora_error::Result<Request
         .uri
         .path_and_query()
         .map_or_else(|| client.uri.path(), |pq| pq.as_str());
-    let mut req = RequestHeader::build(client.method.clone(), pq.as_bytes(), None)?;
+    // Without a case map: names go out lower-case (HTTP/2 requires it, RFC 9113 section
+    // 8.2.1; HTTP/1.1 ignores case), and every insert skips the case map.
+    let mut req = RequestHeader::build_no_case(client.method.clone(), pq.as_bytes(), None)?;
     let nominated: Vec<&str> = client
         .headers
         .get_all(header::CONNECTION)
