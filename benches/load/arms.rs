@@ -40,7 +40,8 @@ pub const LITELLM_MASTER: &str = "sk-bench-litellm-9f2c71d4e8a3";
 /// upstream on `upstream` with its key from env `BENCH_UPSTREAM_KEY`, and [`SLUICE_POLICIES`].
 pub fn sluice_config(proxy: u16, admin: u16, upstream: u16) -> String {
     let cfg = Config::new()
-        .yaml("server: {threads: 1, log_format: json, drain_timeout_seconds: 1}")
+        // The hold phase opens ~10,000 streams: above the default client connection cap.
+        .yaml("server: {threads: 1, log_format: json, drain_timeout_seconds: 1, max_client_connections: 12000}")
         .pool(
             Pool::openai("local", &format!("http://127.0.0.1:{upstream}"))
                 .key_envs(&["BENCH_UPSTREAM_KEY"]),
