@@ -314,8 +314,13 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     }
     if let Some(attempt) = attempt_left {
         // The client has its whole response; read the upstream's end so the connection goes
-        // back to the pool (bounded by the idle timeout per read).
-        attempt.finish(REUSE_DRAIN_BYTES).await;
+        // back to the pool, off the request's path (its accounting and its tenant's
+        // concurrency permit need not wait for an upstream slow to end its body), within the
+        // pool's idle timeout in all.
+        let idle = attempt.target().pool.timeouts.idle;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(idle, attempt.finish(REUSE_DRAIN_BYTES)).await;
+        });
     }
     d
 }
