@@ -102,8 +102,15 @@ async fn a_200_mb_sse_line_streams_through_in_bounded_memory_with_estimated_toke
         ("kind", "completion"),
         ("source", "estimated"),
     ];
-    let baseline = proc_status_kib(pid, "VmHWM");
     let mut requests = 2.0;
+    // Their tokens are estimated after the response (tokenizer tables built on first need, a
+    // blocking thread's caches): the baseline is read once both are logged, or that work
+    // would land in the growth measured below.
+    s.wait_metric("sluice_requests_total", &[("route", "main")], |v| {
+        v >= requests
+    })
+    .await;
+    let baseline = proc_status_kib(pid, "VmHWM");
 
     for (mode, body) in [("hide", hidden), ("as asked", asked)] {
         // Every request so far logged, so the next estimate is this mode's own.

@@ -61,8 +61,9 @@ pub fn needs_estimates(ctx: &RequestCtx) -> bool {
         && !usage_is_exact(ctx)
 }
 
-/// Count what [`settle`] will need, on a blocking thread: tokenizing is CPU work (and the
-/// first use builds the tables), which must not stall the worker running other requests.
+/// Count what [`settle`] will need, on the counting thread ([`crate::usage::counter`]):
+/// tokenizing is CPU work (and the first use builds the tables), which must not stall the
+/// worker running other requests.
 pub async fn estimates(ctx: &RequestCtx) -> Estimates {
     let Some(api) = ctx.caller.api.filter(|_| needs_estimates(ctx)) else {
         return Estimates::default();
@@ -86,7 +87,7 @@ pub async fn estimates(ctx: &RequestCtx) -> Estimates {
         }),
         completion: Some(text.map_or(0, |t| estimate::count_tokens(&model, &t))),
     };
-    tokio::task::spawn_blocking(work).await.unwrap_or_default()
+    crate::usage::counter::run(work).await.unwrap_or_default()
 }
 
 /// Settle the tokens of an inspected request that got a 2xx: the upstream's usage when the

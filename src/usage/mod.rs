@@ -10,6 +10,7 @@
 //! upstream reports no usage, [`estimate::count_tokens`] over the accountant's output text and
 //! [`estimate::estimate_prompt_tokens`] over the request body give an estimate instead.
 
+pub mod counter;
 pub mod estimate;
 
 mod json_body;
