@@ -382,6 +382,7 @@ fn compile_pool(
         ("connect_ms", t.connect_ms),
         ("ttfb_ms", t.ttfb_ms),
         ("idle_ms", t.idle_ms),
+        ("pool_idle_ms", t.pool_idle_ms),
     ] {
         if v == 0 {
             errs.push(format!("{path}.timeouts.{name}"), "must be greater than 0");
@@ -457,6 +458,7 @@ fn compile_pool(
             connect: Duration::from_millis(t.connect_ms),
             ttfb: Duration::from_millis(t.ttfb_ms),
             idle: Duration::from_millis(t.idle_ms),
+            pool_idle: Duration::from_millis(t.pool_idle_ms),
         },
         p.api_version.clone(),
     );

@@ -26,6 +26,8 @@ pub struct Timeouts {
     pub ttfb: Duration,
     /// Between two response body chunks.
     pub idle: Duration,
+    /// An idle pooled upstream connection is kept this long for reuse.
+    pub pool_idle: Duration,
 }
 
 /// One upstream endpoint: where to connect and with which key.

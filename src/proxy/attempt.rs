@@ -24,11 +24,7 @@ use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::OnceCell;
-
-/// How long a pooled upstream connection may sit idle before it is closed.
-pub(super) const POOLED_CONNECTION_IDLE: Duration = Duration::from_secs(60);
 
 /// Most informational (1xx) response headers skipped before the final one.
 const MAX_INFORMATIONAL: usize = 8;
@@ -266,10 +262,11 @@ impl Attempt {
         match session.read_response_body().await {
             Ok(Some(chunk)) => Ok(Some(chunk)),
             Ok(None) => {
+                let pool_idle = self.target.pool.timeouts.pool_idle;
                 if let Some(session) = self.session.take() {
                     connector()
                         .await
-                        .release_http_session(session, &*self.peer, Some(POOLED_CONNECTION_IDLE))
+                        .release_http_session(session, &*self.peer, Some(pool_idle))
                         .await;
                 }
                 Ok(None)
@@ -312,7 +309,7 @@ async fn peer(target: &Target) -> Result<Box<HttpPeer>, SluiceError> {
     peer.options.total_connection_timeout = Some(t.connect);
     peer.options.read_timeout = Some(t.ttfb);
     peer.options.write_timeout = Some(t.idle);
-    peer.options.idle_timeout = Some(POOLED_CONNECTION_IDLE);
+    peer.options.idle_timeout = Some(t.pool_idle);
     if ep.tls {
         peer.options.alpn = ALPN::H2H1;
     }

@@ -11,8 +11,6 @@ use pingora_error::{Error, ErrorType, OkOrErr, OrErr, Result};
 use pingora_http::RequestHeader;
 use std::sync::Arc;
 
-use super::attempt::POOLED_CONNECTION_IDLE;
-
 /// The passthrough target: pool, endpoint index, key index.
 fn target(ctx: &RequestCtx) -> Option<(&Arc<Pool>, usize, usize)> {
     let key = ctx.passthrough.as_ref()?.key;
@@ -45,7 +43,7 @@ pub async fn peer(ctx: &RequestCtx) -> Result<Box<HttpPeer>> {
     // One read timeout covers the wait for the header and each body read.
     peer.options.read_timeout = Some(t.ttfb.max(t.idle));
     peer.options.write_timeout = Some(t.idle);
-    peer.options.idle_timeout = Some(POOLED_CONNECTION_IDLE);
+    peer.options.idle_timeout = Some(t.pool_idle);
     Ok(Box::new(peer))
 }
 

@@ -272,3 +272,19 @@ fn client_buffers_default_take_zero_and_are_capped() {
         ]
     );
 }
+
+#[test]
+fn the_pooled_connection_idle_time_defaults_to_a_minute_and_is_per_pool() {
+    let pool_idle = |yaml: &str| {
+        let snap = compile(&parse(yaml).unwrap(), Secrets::Skip).unwrap();
+        snap.pools["oa"].timeouts.pool_idle
+    };
+    assert_eq!(pool_idle(POOL), std::time::Duration::from_secs(60));
+    let yaml = format!("{POOL}    timeouts: {{pool_idle_ms: 5000}}\n");
+    assert_eq!(pool_idle(&yaml), std::time::Duration::from_secs(5));
+    let yaml = format!("{POOL}    timeouts: {{pool_idle_ms: 0}}\n");
+    assert_eq!(
+        errors(&yaml),
+        ["pools[0].timeouts.pool_idle_ms: must be greater than 0"]
+    );
+}

@@ -250,6 +250,9 @@ pub struct TimeoutsConf {
     /// Between two chunks of the response body. Default 60,000.
     #[serde(default = "default_idle_ms")]
     pub idle_ms: u64,
+    /// How long an idle pooled upstream connection is kept for reuse. Default 60,000.
+    #[serde(default = "default_pool_idle_ms")]
+    pub pool_idle_ms: u64,
 }
 
 impl Default for TimeoutsConf {
@@ -258,6 +261,7 @@ impl Default for TimeoutsConf {
             connect_ms: default_connect_ms(),
             ttfb_ms: default_ttfb_ms(),
             idle_ms: default_idle_ms(),
+            pool_idle_ms: default_pool_idle_ms(),
         }
     }
 }
@@ -269,6 +273,9 @@ fn default_ttfb_ms() -> u64 {
     120_000
 }
 fn default_idle_ms() -> u64 {
+    60_000
+}
+fn default_pool_idle_ms() -> u64 {
     60_000
 }
 
