@@ -87,7 +87,10 @@ async fn stream_huge_line(s: &Sluice, mock: &Mock, body: serde_json::Value, line
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mb_sse_line_streams_through_in_bounded_memory_with_estimated_tokens() {
     let mock = Mock::start().await;
-    let s = Sluice::start(&config(&mock, ""), &[KEY_ENV]);
+    // One worker thread: every stream is relayed on the same thread, so the baseline and the
+    // measured runs draw on the same allocator arena (with two, a run served by the thread the
+    // baseline did not warm shows the arena's first use, not the line, as growth).
+    let s = Sluice::start(&config(&mock, "server: {threads: 1}"), &[KEY_ENV]);
     let pid = s.pid();
     let cap_kib = 4 * 1024; // the default accounting.max_sse_event_bytes
     let hidden = serde_json::json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
