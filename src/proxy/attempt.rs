@@ -34,7 +34,7 @@ const MAX_INFORMATIONAL: usize = 8;
 /// sets itself (`host`, `content-length`) and the ones it must not pass on (`expect`: the body
 /// is already read; `accept-encoding`: usage is read from the bytes, so the response must be
 /// identity-encoded).
-const NOT_FORWARDED: [HeaderName; 13] = [
+const NOT_FORWARDED: [HeaderName; 14] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -48,6 +48,7 @@ const NOT_FORWARDED: [HeaderName; 13] = [
     header::HOST,
     header::CONTENT_LENGTH,
     header::EXPECT,
+    header::ACCEPT_ENCODING,
 ];
 
 /// The process's upstream connector: one connection pool for every attempt of every config
@@ -135,7 +136,6 @@ pub fn forwarded_header(client: &RequestHeader) -> pingora_error::Result<Request
         .collect();
     for (name, value) in &client.headers {
         if NOT_FORWARDED.contains(name)
-            || name == header::ACCEPT_ENCODING
             || CLIENT_CREDENTIAL_HEADERS.contains(&name.as_str())
             || nominated
                 .iter()
