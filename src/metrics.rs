@@ -205,6 +205,16 @@ pub static FAILOVERS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_upstream_retries_total`: the same endpoint tried again after a transient failure
+/// (`routes[].failover.retry`), by reason (status or error label).
+pub static RETRIES: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_upstream_retries_total",
+        "Same-endpoint retries after a transient failure, by reason (status or error)",
+        &["route", "pool", "reason"]
+    ))
+});
+
 /// `sluice_upstream_attempts`: upstream attempts per request.
 pub static ATTEMPTS: Lazy<prometheus::HistogramVec> = Lazy::new(|| {
     metric!(register_histogram_vec!(
@@ -362,6 +372,7 @@ pub fn init() {
     Lazy::force(&ENDPOINT_SKIPS);
     Lazy::force(&FAILOVERS);
     Lazy::force(&ATTEMPTS);
+    Lazy::force(&RETRIES);
     Lazy::force(&KEY_COOLDOWNS);
     Lazy::force(&REDIS_ROUND_TRIPS);
     Lazy::force(&REDIS_LATENCY);

@@ -5,7 +5,7 @@ use super::limits::{compile_limits, compile_models};
 use super::parse::ConfigFile;
 use super::schema::{EndpointConf, PoolConf, ProviderKind, StoreKind};
 use super::snapshot::{Accounting, Endpoint, Pool, Route, Snapshot, Timeouts};
-use super::snapshot::{Failover, HealthCheck};
+use super::snapshot::{Failover, HealthCheck, Retry};
 use super::{ConfigError, ConfigErrors, Secret};
 use crate::balance::{registry, EndpointId, Registry};
 use globset::Glob;
@@ -191,6 +191,30 @@ pub(crate) fn compile_with(
                     "must be greater than 0",
                 );
             }
+            for (j, st) in f.retry.on_status.iter().enumerate() {
+                if !(500..600).contains(st) && *st != 408 && *st != 429 {
+                    errs.push(
+                        format!("{path}.failover.retry.on_status[{j}]"),
+                        format!("{st}: only 408, 429 and 5xx can be retried"),
+                    );
+                }
+            }
+            for (j, code) in f.retry_on_error_codes.iter().enumerate() {
+                if crate::provider::is_content_filter_code(code) {
+                    errs.push(
+                        format!("{path}.failover.retry_on_error_codes[{j}]"),
+                        format!("{code}: a content-filter rejection is never retried"),
+                    );
+                }
+            }
+            if f.max_error_body_bytes == 0
+                && !(f.retry_on_error_codes.is_empty() && f.retry_on_error_messages.is_empty())
+            {
+                errs.push(
+                    format!("{path}.failover.max_error_body_bytes"),
+                    "must be greater than 0 when retry_on_error_codes is set",
+                );
+            }
             for (j, st) in f.retry_on_status.iter().enumerate() {
                 if !(400..600).contains(st) || (*st != 429 && *st < 500 && *st != 408) {
                     errs.push(
@@ -211,6 +235,22 @@ pub(crate) fn compile_with(
                     retry_on_timeout: f.retry_on_timeout,
                     max_attempts: f.max_attempts,
                     deadline: Duration::from_millis(f.deadline_ms),
+                    retry: Retry {
+                        max_retries: f.retry.max_retries,
+                        on_status: f.retry.on_status.clone(),
+                        on_reset: f.retry.on_reset,
+                        on_timeout: f.retry.on_timeout,
+                        backoff: Duration::from_millis(f.retry.backoff_ms),
+                        max_backoff: Duration::from_millis(f.retry.max_backoff_ms),
+                    },
+                    retry_on_error_codes: f.retry_on_error_codes.clone(),
+                    retry_on_error_messages: f
+                        .retry_on_error_messages
+                        .iter()
+                        .map(|m| m.to_lowercase())
+                        .collect(),
+                    max_error_body_bytes: usize::try_from(f.max_error_body_bytes)
+                        .unwrap_or(usize::MAX),
                 },
             });
         }

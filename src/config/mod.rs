@@ -15,8 +15,8 @@ pub use compile::{compile, Secrets};
 pub use key::Secret;
 pub use parse::{parse, parse_lenient, ConfigFile};
 pub use snapshot::{
-    Accounting, ConnectionLimits, Endpoint, Failover, HealthCheck, Pool, Route, Snapshot, TenantId,
-    Tenants, Timeouts,
+    Accounting, ConnectionLimits, Endpoint, Failover, HealthCheck, Pool, Retry, Route, Snapshot,
+    TenantId, Tenants, Timeouts,
 };
 
 use std::fmt;

@@ -76,6 +76,51 @@ pub struct Failover {
     pub max_attempts: u32,
     /// Deadline for all attempts.
     pub deadline: Duration,
+    /// Same-endpoint retries on transient failures.
+    pub retry: Retry,
+    /// Native error codes / types that move a 4xx answer on.
+    pub retry_on_error_codes: Vec<String>,
+    /// Message substrings, lower-cased, that move a 4xx answer on.
+    pub retry_on_error_messages: Vec<String>,
+    /// Most bytes of a 4xx body read to match its error.
+    pub max_error_body_bytes: usize,
+}
+
+impl Failover {
+    /// Whether a 4xx body's native error must be read at all (some code or message is listed).
+    pub fn reads_error_bodies(&self) -> bool {
+        !self.retry_on_error_codes.is_empty() || !self.retry_on_error_messages.is_empty()
+    }
+}
+
+/// `routes[].failover.retry`, compiled.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// Most retries of one endpoint per request.
+    pub max_retries: u32,
+    /// Statuses retried on the same endpoint.
+    pub on_status: Vec<u16>,
+    /// Retry after a reset before the response header.
+    pub on_reset: bool,
+    /// Retry after a connect / TTFB timeout.
+    pub on_timeout: bool,
+    /// Backoff base.
+    pub backoff: Duration,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+}
+
+impl Retry {
+    /// The wait before retry number `n` (0-based): uniform in `[0, min(max_backoff, backoff ×
+    /// 2^n)]` ("full jitter", AWS Architecture Blog, "Exponential Backoff And Jitter").
+    pub fn backoff_for(&self, n: u32) -> Duration {
+        let ceiling = self
+            .backoff
+            .saturating_mul(1u32 << n.min(20))
+            .min(self.max_backoff);
+        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(0..=ms))
+    }
 }
 
 /// A pool of endpoints of one provider.

@@ -4,8 +4,11 @@
 
 mod anthropic;
 mod azure_openai;
+mod native_error;
 mod openai;
 mod openai_compatible;
+
+pub use native_error::{is_content_filter_code, NativeError};
 
 pub use crate::config::schema::ProviderKind;
 use crate::error::SluiceError;

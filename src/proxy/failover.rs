@@ -17,6 +17,8 @@ use crate::config::{Failover, Pool};
 use crate::error::SluiceError;
 use crate::metrics;
 use crate::provider::provider;
+use crate::provider::NativeError;
+use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::sync::atomic::Ordering;
@@ -29,6 +31,9 @@ pub struct Served {
     pub attempt: Attempt,
     /// Its response header.
     pub header: Box<ResponseHeader>,
+    /// Body bytes already read from the attempt (a 4xx body's prefix read to match its
+    /// error), to send before the rest.
+    pub prefix: Bytes,
 }
 
 /// How failover ended.
@@ -42,25 +47,64 @@ pub enum Ended {
     ClientGone,
 }
 
-/// What failover does after an attempt's answer ([`decide`]).
+/// What failover does after an attempt's answer ([`decide`]) or failure ([`decide_error`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
     /// Relay this answer.
     Serve,
     /// Try the same endpoint with this other key (the key was refused).
     OtherKey(usize),
+    /// Try the same endpoint again after a backoff (a transient failure).
+    RetrySame,
     /// Keep this answer (returned as-is if nothing does better) and move on.
     HoldAndMoveOn,
+    /// Give up (a failure the rules do not move on from).
+    Stop,
 }
 
-/// The decision after an answer with `status`: another key of the same endpoint after a
-/// 401/403 when one is usable, the next candidate for a status in `retry_on_status`, else
-/// serve.
-fn decide(rules: &Failover, status: u16, other_key: Option<usize>) -> Next {
+/// The decision after an answer with `status` (and the native error read from its body, for a
+/// 4xx when the rules list error codes): another key of the same endpoint after a 401/403
+/// when one is usable; a content filter is served, never retried; the same endpoint again for
+/// a status in `retry.on_status` while `retry_left`; the next candidate for a status in
+/// `retry_on_status` or an error listed in `retry_on_error_codes` / `_messages`; else serve.
+fn decide(
+    rules: &Failover,
+    status: u16,
+    other_key: Option<usize>,
+    retry_left: bool,
+    error: Option<&NativeError>,
+) -> Next {
     match (status, other_key) {
         (401 | 403, Some(k)) => Next::OtherKey(k),
+        _ if error.is_some_and(NativeError::is_content_filter) => Next::Serve,
+        _ if retry_left && rules.retry.on_status.contains(&status) => Next::RetrySame,
         _ if rules.retry_on_status.contains(&status) => Next::HoldAndMoveOn,
+        _ if error.is_some_and(|e| {
+            e.matches(&rules.retry_on_error_codes, &rules.retry_on_error_messages)
+        }) =>
+        {
+            Next::HoldAndMoveOn
+        }
         _ => Next::Serve,
+    }
+}
+
+/// The decision after an attempt that got no answer: the same endpoint again after a reset
+/// before the header (`retry.on_reset`) or a timeout (`retry.on_timeout`) while `retry_left`;
+/// else the next candidate if the rules move on from that kind (`retry_on_timeout`,
+/// `retry_on_connect_error`), else stop.
+fn decide_error(rules: &Failover, err: &SluiceError, retry_left: bool) -> Next {
+    let (same, move_on) = match err {
+        SluiceError::UpstreamTimeout { .. } => (rules.retry.on_timeout, rules.retry_on_timeout),
+        SluiceError::UpstreamFailed(_) => (rules.retry.on_reset, rules.retry_on_connect_error),
+        _ => (false, rules.retry_on_connect_error),
+    };
+    if same && retry_left {
+        Next::RetrySame
+    } else if move_on {
+        Next::HoldAndMoveOn
+    } else {
+        Next::Stop
     }
 }
 
@@ -176,18 +220,21 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
             for ep_idx in pool.order() {
                 let ep = &pool.endpoints[ep_idx];
                 // `_pass` holds a half-open breaker's probe slot until this endpoint is done.
-                let (mut key, _pass) = match usable(pool, ep_idx, model.as_deref(), &mut t.earliest)
-                {
-                    Ok(k) => k,
-                    Err(keys_cooling) => {
-                        t.rate_limited |= keys_cooling;
-                        t.other_unavailable |= !keys_cooling;
-                        if ep.keys.is_empty() {
-                            t.last_err = Some(SluiceError::NoUpstreamKey(pool.name.to_string()));
+                let (mut key, mut _pass) =
+                    match usable(pool, ep_idx, model.as_deref(), &mut t.earliest) {
+                        Ok(k) => k,
+                        Err(keys_cooling) => {
+                            t.rate_limited |= keys_cooling;
+                            t.other_unavailable |= !keys_cooling;
+                            if ep.keys.is_empty() {
+                                t.last_err =
+                                    Some(SluiceError::NoUpstreamKey(pool.name.to_string()));
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                };
+                    };
+                // Retries of this endpoint so far (`retry`), each after a backoff.
+                let mut retries = 0u32;
                 loop {
                     if t.attempts >= rules.max_attempts || tokio::time::Instant::now() >= deadline {
                         break 'pools None;
@@ -212,48 +259,103 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                             return Ok(Ended::ClientGone);
                         }
                     };
-                    match started {
-                        Ok((attempt, header)) => {
+                    // Another try of this endpoint must fit in the attempt budget.
+                    let retry_left =
+                        retries < rules.retry.max_retries && t.attempts < rules.max_attempts;
+                    let (next, reason) = match started {
+                        Ok((mut attempt, header)) => {
                             let status = header.status.as_u16();
                             let (other_key, cooldown) = observe(&target, model.as_deref(), &header);
                             if let Some(until) = cooldown {
                                 t.cooldown(until);
                             }
                             t.rate_limited |= status == 429;
-                            match decide(rules, status, other_key) {
+                            let (prefix, error) = if (400..500).contains(&status)
+                                && !matches!(status, 401 | 403 | 429)
+                                && rules.reads_error_bodies()
+                            {
+                                let prefix =
+                                    body_prefix(&mut attempt, rules.max_error_body_bytes, deadline)
+                                        .await;
+                                let error = NativeError::parse(&prefix);
+                                (prefix, error)
+                            } else {
+                                (Bytes::new(), None)
+                            };
+                            let next = decide(rules, status, other_key, retry_left, error.as_ref());
+                            let outcome = match next {
+                                Next::OtherKey(_) => "key_disabled",
+                                Next::RetrySame => "retry",
+                                Next::HoldAndMoveOn => "failover",
+                                Next::Serve | Next::Stop => "ok",
+                            };
+                            record(ctx, &target, status, outcome);
+                            let answer = Served {
+                                attempt,
+                                header,
+                                prefix,
+                            };
+                            match next {
                                 Next::OtherKey(k) => {
-                                    record(ctx, &target, status, "key_disabled");
                                     key = k;
                                     continue;
                                 }
-                                Next::HoldAndMoveOn => {
-                                    record(ctx, &target, status, "failover");
-                                    t.previous = Some((pool.name.clone(), status.to_string()));
-                                    let held = Served { attempt, header };
-                                    t.held = Some((held, pool.clone(), ep_idx));
-                                    break;
-                                }
-                                Next::Serve => {
-                                    record(ctx, &target, status, "ok");
-                                    break 'pools Some(Served { attempt, header });
+                                Next::Serve | Next::Stop => break 'pools Some(answer),
+                                // Kept: returned as is if nothing does better.
+                                Next::HoldAndMoveOn | Next::RetrySame => {
+                                    t.held = Some((answer, pool.clone(), ep_idx));
                                 }
                             }
+                            (next, status.to_string())
                         }
                         Err(err) => {
                             t.other_unavailable = true;
                             // Only what the upstream did counts: an attempt sluice could not
                             // even send (a header it could not build) is neutral.
                             ep.state.breaker.record(Outcome::of_error(&err));
-                            record(ctx, &target, 0, err.label());
-                            let retry = match &err {
-                                SluiceError::UpstreamTimeout { .. } => rules.retry_on_timeout,
-                                _ => rules.retry_on_connect_error,
+                            let next = decide_error(rules, &err, retry_left);
+                            let outcome = if next == Next::RetrySame {
+                                "retry"
+                            } else {
+                                err.label()
                             };
-                            t.previous = Some((pool.name.clone(), err.label().to_owned()));
+                            record(ctx, &target, 0, outcome);
+                            let reason = err.label().to_owned();
                             t.last_err = Some(err);
-                            if !retry {
-                                break 'pools None;
+                            (next, reason)
+                        }
+                    };
+                    match next {
+                        Next::RetrySame => {
+                            metrics::RETRIES
+                                .with_label_values(&[&route.name, &pool.name, reason.as_str()])
+                                .inc();
+                            let wait = rules.retry.backoff_for(retries);
+                            retries += 1;
+                            let until = (tokio::time::Instant::now() + wait).min(deadline);
+                            tokio::select! {
+                                () = tokio::time::sleep_until(until) => {}
+                                _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                                    observe_attempts(&route.name, t.attempts);
+                                    return Ok(Ended::ClientGone);
+                                }
                             }
+                            // The endpoint may have become unusable meanwhile (breaker open,
+                            // cooling down after a `retry-after`): then the next candidate.
+                            match usable(pool, ep_idx, model.as_deref(), &mut t.earliest) {
+                                Ok((k, pass)) => {
+                                    key = k;
+                                    _pass = pass;
+                                }
+                                Err(_) => {
+                                    t.previous = Some((pool.name.clone(), reason));
+                                    break;
+                                }
+                            }
+                        }
+                        Next::Stop => break 'pools None,
+                        _ => {
+                            t.previous = Some((pool.name.clone(), reason));
                             break;
                         }
                     }
@@ -282,6 +384,22 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
             rate_limited: t.rate_limited && !t.other_unavailable,
         },
     })
+}
+
+/// Up to `limit` bytes of `attempt`'s body (fewer when it ends first, fails, or the deadline
+/// passes): the prefix of a 4xx body whose native error the rules match on.
+async fn body_prefix(attempt: &mut Attempt, limit: usize, deadline: tokio::time::Instant) -> Bytes {
+    let mut buf = BytesMut::new();
+    let read = async {
+        while buf.len() < limit {
+            match attempt.chunk().await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, read).await;
+    buf.freeze()
 }
 
 fn observe_attempts(route: &str, attempts: u32) {
@@ -364,6 +482,7 @@ fn record(ctx: &mut RequestCtx, target: &Target, status: u16, outcome: &'static 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Retry;
 
     fn rules(statuses: &[u16]) -> Failover {
         Failover {
@@ -372,19 +491,114 @@ mod tests {
             retry_on_timeout: true,
             max_attempts: 3,
             deadline: Duration::from_secs(1),
+            retry: Retry {
+                max_retries: 1,
+                on_status: vec![500, 502],
+                on_reset: true,
+                on_timeout: false,
+                backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_millis(2_000),
+            },
+            retry_on_error_codes: vec!["context_length_exceeded".into()],
+            retry_on_error_messages: vec!["prompt is too long".into()],
+            max_error_body_bytes: 16 * 1024,
         }
+    }
+
+    fn error(raw: &str) -> NativeError {
+        NativeError::parse(raw.as_bytes()).unwrap()
     }
 
     #[test]
     fn decisions_follow_the_status_and_the_rules() {
         let r = rules(&[429, 500, 503]);
-        assert_eq!(decide(&r, 200, None), Next::Serve);
-        assert_eq!(decide(&r, 400, None), Next::Serve);
-        assert_eq!(decide(&r, 503, None), Next::HoldAndMoveOn);
-        assert_eq!(decide(&r, 429, None), Next::HoldAndMoveOn);
+        assert_eq!(decide(&r, 200, None, true, None), Next::Serve);
+        assert_eq!(decide(&r, 400, None, true, None), Next::Serve);
+        assert_eq!(decide(&r, 503, None, true, None), Next::HoldAndMoveOn);
+        assert_eq!(decide(&r, 429, None, true, None), Next::HoldAndMoveOn);
         // A refused key: another key of the same endpoint first, else per the rules.
-        assert_eq!(decide(&r, 401, Some(1)), Next::OtherKey(1));
-        assert_eq!(decide(&r, 401, None), Next::Serve);
-        assert_eq!(decide(&rules(&[401]), 401, None), Next::HoldAndMoveOn);
+        assert_eq!(decide(&r, 401, Some(1), true, None), Next::OtherKey(1));
+        assert_eq!(decide(&r, 401, None, true, None), Next::Serve);
+        assert_eq!(
+            decide(&rules(&[401]), 401, None, true, None),
+            Next::HoldAndMoveOn
+        );
+    }
+
+    #[test]
+    fn transient_statuses_retry_the_same_endpoint_while_retries_are_left() {
+        let r = rules(&[429, 500, 503]);
+        assert_eq!(decide(&r, 500, None, true, None), Next::RetrySame);
+        assert_eq!(decide(&r, 500, None, false, None), Next::HoldAndMoveOn);
+        // 502 is retried on the same endpoint but not moved on from (not in retry_on_status).
+        assert_eq!(decide(&r, 502, None, true, None), Next::RetrySame);
+        assert_eq!(decide(&r, 502, None, false, None), Next::Serve);
+        // 503 is not transient by default: straight to the next candidate.
+        assert_eq!(decide(&r, 503, None, true, None), Next::HoldAndMoveOn);
+    }
+
+    #[test]
+    fn listed_native_errors_move_on_and_content_filters_never_do() {
+        let r = rules(&[429, 500, 503]);
+        let too_long = error(
+            r#"{"error":{"message":"max context","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+        );
+        assert_eq!(
+            decide(&r, 400, None, true, Some(&too_long)),
+            Next::HoldAndMoveOn
+        );
+        let anthropic = error(
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"Prompt is too long: 210000 tokens"}}"#,
+        );
+        assert_eq!(
+            decide(&r, 400, None, true, Some(&anthropic)),
+            Next::HoldAndMoveOn
+        );
+        let other = error(r#"{"error":{"message":"bad","type":"invalid_request_error"}}"#);
+        assert_eq!(decide(&r, 400, None, true, Some(&other)), Next::Serve);
+        let filtered = error(
+            r#"{"error":{"message":"filtered","code":"content_filter","innererror":{"code":"ResponsibleAIPolicyViolation"}}}"#,
+        );
+        assert_eq!(decide(&r, 400, None, true, Some(&filtered)), Next::Serve);
+        // Even with a retryable status, a content filter is served as is.
+        assert_eq!(decide(&r, 500, None, true, Some(&filtered)), Next::Serve);
+    }
+
+    #[test]
+    fn failures_without_an_answer_retry_move_on_or_stop_per_kind() {
+        let mut r = rules(&[]);
+        let reset = SluiceError::UpstreamFailed("u".into());
+        let timeout = SluiceError::UpstreamTimeout {
+            upstream: "u".into(),
+            phase: crate::error::TimeoutPhase::FirstByte,
+        };
+        let refused = SluiceError::UpstreamUnreachable("u".into());
+        assert_eq!(decide_error(&r, &reset, true), Next::RetrySame);
+        assert_eq!(decide_error(&r, &reset, false), Next::HoldAndMoveOn);
+        assert_eq!(decide_error(&r, &timeout, true), Next::HoldAndMoveOn);
+        assert_eq!(decide_error(&r, &refused, true), Next::HoldAndMoveOn);
+        r.retry.on_timeout = true;
+        assert_eq!(decide_error(&r, &timeout, true), Next::RetrySame);
+        r.retry_on_timeout = false;
+        assert_eq!(decide_error(&r, &timeout, false), Next::Stop);
+        r.retry_on_connect_error = false;
+        assert_eq!(decide_error(&r, &refused, true), Next::Stop);
+    }
+
+    #[test]
+    fn backoff_is_jittered_under_its_exponential_ceiling() {
+        let r = rules(&[]).retry;
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..8u32 {
+            let ceiling = (100u64 << n).min(2_000);
+            for _ in 0..200 {
+                let ms = u64::try_from(r.backoff_for(n).as_millis()).unwrap();
+                assert!(ms <= ceiling, "retry {n}: {ms} ms over {ceiling}");
+                seen.insert(ms);
+            }
+        }
+        // Jittered: not one fixed wait.
+        assert!(seen.len() > 50, "{} distinct waits", seen.len());
+        assert!(r.backoff_for(40) <= r.max_backoff);
     }
 }

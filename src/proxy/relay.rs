@@ -110,7 +110,10 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     let Served {
         mut attempt,
         header: upstream_header,
+        prefix,
     } = served;
+    // Body bytes failover already read: relayed first, as the first chunk.
+    let mut first = (!prefix.is_empty()).then_some(prefix);
     let endpoint = attempt.target().addr().to_owned();
     let status = upstream_header.status.as_u16();
     d.status = status;
@@ -173,10 +176,14 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     let drain_deadline = crate::drain::deadline();
     tokio::pin!(drain_deadline);
     loop {
-        let event = tokio::select! {
+        let event = if let Some(prefix) = first.take() {
+            Event::Chunk(Ok(Some(prefix)))
+        } else {
+            tokio::select! {
             chunk = attempt.chunk() => Event::Chunk(chunk),
             _ = session.as_downstream_mut().read_body_or_idle(true) => Event::ClientGone,
             () = &mut drain_deadline => Event::DrainDeadline,
+            }
         };
         match event {
             Event::Chunk(Ok(Some(data))) => {

@@ -288,3 +288,41 @@ fn the_pooled_connection_idle_time_defaults_to_a_minute_and_is_per_pool() {
         ["pools[0].timeouts.pool_idle_ms: must be greater than 0"]
     );
 }
+
+#[test]
+fn retry_rules_default_compile_and_are_validated() {
+    let route = |failover: &str| {
+        format!("{POOL}routes:\n  - name: r\n    match: {{path_prefix: /v1}}\n    pools: [oa]\n    failover: {failover}\n")
+    };
+    let snap = compile(&parse(&route("{}")).unwrap(), Secrets::Skip).unwrap();
+    let f = &snap.routes[0].failover;
+    assert_eq!(f.retry.max_retries, 1);
+    assert_eq!(f.retry.on_status, [500, 502]);
+    assert!(f.retry.on_reset && !f.retry.on_timeout);
+    assert_eq!(f.retry.backoff, std::time::Duration::from_millis(100));
+    assert_eq!(f.retry.max_backoff, std::time::Duration::from_secs(2));
+    assert!(!f.reads_error_bodies());
+    assert_eq!(f.max_error_body_bytes, 16 * 1024);
+
+    let yaml =
+        route("{retry_on_error_messages: ['Prompt Is Too Long'], max_error_body_bytes: 512}");
+    let snap = compile(&parse(&yaml).unwrap(), Secrets::Skip).unwrap();
+    let f = &snap.routes[0].failover;
+    assert!(f.reads_error_bodies());
+    assert_eq!(f.retry_on_error_messages, ["prompt is too long"]);
+    assert_eq!(f.max_error_body_bytes, 512);
+
+    let yaml = route("{retry: {on_status: [404, 503]}, retry_on_error_codes: [context_length_exceeded, Content_Filter]}");
+    assert_eq!(
+        errors(&yaml),
+        [
+            "routes[0].failover.retry.on_status[0]: 404: only 408, 429 and 5xx can be retried",
+            "routes[0].failover.retry_on_error_codes[1]: Content_Filter: a content-filter rejection is never retried",
+        ]
+    );
+    let yaml = route("{retry_on_error_codes: [x], max_error_body_bytes: 0}");
+    assert_eq!(
+        errors(&yaml),
+        ["routes[0].failover.max_error_body_bytes: must be greater than 0 when retry_on_error_codes is set"]
+    );
+}

@@ -490,6 +490,79 @@ pub struct FailoverConf {
     /// Deadline for all attempts until a response starts, ms. Default 180,000.
     #[serde(default = "default_deadline")]
     pub deadline_ms: u64,
+    /// Retries of the same endpoint on transient failures, before moving on.
+    #[serde(default)]
+    pub retry: RetryConf,
+    /// Native error codes or types (OpenAI `error.code` / `error.type`, Anthropic
+    /// `error.type`) that move a 4xx answer on to the next candidate, e.g.
+    /// `context_length_exceeded` with a larger-context pool next. Default none. A content-filter
+    /// rejection is never moved on, whatever this lists.
+    #[serde(default)]
+    pub retry_on_error_codes: Vec<String>,
+    /// Substrings of the native error message (case-insensitive) that move a 4xx answer on,
+    /// for providers without error codes (Anthropic: `prompt is too long`). Default none.
+    #[serde(default)]
+    pub retry_on_error_messages: Vec<String>,
+    /// Most bytes of a 4xx body read to match its error against the two lists above, bytes.
+    /// Default 16,384 (native error bodies are a few hundred bytes).
+    #[serde(default = "default_max_error_body_bytes")]
+    pub max_error_body_bytes: u64,
+}
+
+/// `routes[].failover.retry`: the same endpoint tried again, with jittered exponential
+/// backoff ("full jitter": a uniform random wait in `[0, min(max_backoff_ms, backoff_ms ×
+/// 2^retry)]`), on transient failures, before the next candidate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConf {
+    /// Most retries of one endpoint per request (0: never). Default 1.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Statuses retried on the same endpoint. Default 500, 502.
+    #[serde(default = "default_retry_same_statuses")]
+    pub on_status: Vec<u16>,
+    /// Retry after the connection was reset or closed before the response header. Default true.
+    #[serde(default = "default_true")]
+    pub on_reset: bool,
+    /// Retry after a connect or time-to-first-byte timeout. Default false (a stalled endpoint
+    /// is better left for the next one).
+    #[serde(default)]
+    pub on_timeout: bool,
+    /// Base of the backoff, ms. Default 100.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Cap of the backoff, ms. Default 2,000.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConf {
+    fn default() -> Self {
+        Self {
+            max_retries: default_max_retries(),
+            on_status: default_retry_same_statuses(),
+            on_reset: true,
+            on_timeout: false,
+            backoff_ms: default_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+}
+
+fn default_max_retries() -> u32 {
+    1
+}
+fn default_retry_same_statuses() -> Vec<u16> {
+    vec![500, 502]
+}
+fn default_backoff_ms() -> u64 {
+    100
+}
+fn default_max_backoff_ms() -> u64 {
+    2_000
+}
+fn default_max_error_body_bytes() -> u64 {
+    16 * 1024
 }
 
 impl Default for FailoverConf {
@@ -500,6 +573,10 @@ impl Default for FailoverConf {
             retry_on_timeout: true,
             max_attempts: default_attempts(),
             deadline_ms: default_deadline(),
+            retry: RetryConf::default(),
+            retry_on_error_codes: Vec::new(),
+            retry_on_error_messages: Vec::new(),
+            max_error_body_bytes: default_max_error_body_bytes(),
         }
     }
 }
