@@ -118,6 +118,36 @@ async fn primary_503_fails_over() {
 }
 
 #[tokio::test]
+async fn a_reset_before_the_header_is_retried_on_the_same_endpoint_then_moved_on() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    let s = Sluice::start(&config(&a.url(), &b, ""), &KEYS);
+    // One reset, then healthy: the same endpoint serves on the second try.
+    a.set(Behavior::ResetBeforeHeader(1));
+    let resp = chat(&s, true, 2).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    assert_eq!(a.requests().len(), 2, "the primary was tried twice");
+    assert!(b.requests().is_empty(), "the fallback was not needed");
+    // Resets on every try: one retry (the default), then the fallback.
+    a.set(Behavior::ResetBeforeHeader(100));
+    let resp = chat(&s, false, 2).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // 1 + max_retries tries of the primary; the first may go out on the connection pooled by
+    // the first request, and a reused connection failing before any byte is tried once more
+    // on a fresh one (as Pingora does) without counting as a retry.
+    let tries = a.requests().len() - 2;
+    assert!((2..=3).contains(&tries), "{tries} tries of the primary");
+    assert_eq!(b.requests().len(), 1);
+    let retries = s
+        .metric(
+            "sluice_upstream_retries_total",
+            &[("pool", "primary"), ("reason", "upstream_failed")],
+        )
+        .await;
+    assert_eq!(retries, 2.0, "{}", s.log());
+}
+
+#[tokio::test]
 async fn primary_429_cools_the_key_down_for_its_retry_after() {
     let (a, b) = (Mock::start().await, Mock::start().await);
     a.set(Behavior::Status(429, Some(30)));

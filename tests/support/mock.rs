@@ -54,6 +54,9 @@ pub enum Behavior {
     Status(u16, Option<u32>),
     /// Read the request, never answer.
     Stall,
+    /// Reset the connection after reading the request, for this many more requests, then
+    /// answer normally.
+    ResetBeforeHeader(u32),
     /// Stream 3 SSE chunks, then drop the connection.
     CutAfterThree,
     /// 401 when the request's `authorization` contains this key.
@@ -193,6 +196,16 @@ impl Mock {
         }
         match behavior {
             Behavior::Normal => {}
+            Behavior::ResetBeforeHeader(left) => {
+                *self.behavior.lock().unwrap() = match left {
+                    0 | 1 => Behavior::Normal,
+                    n => Behavior::ResetBeforeHeader(n - 1),
+                };
+                if left > 0 {
+                    sock.set_zero_linger()?;
+                    return Ok(false);
+                }
+            }
             Behavior::Status(status, retry_after) => {
                 let body = format!(
                     r#"{{"error":{{"message":"mock {status}","type":"server_error","param":null,"code":null}}}}"#
