@@ -17,6 +17,8 @@ pub enum TimeoutPhase {
     FirstByte,
     /// Waiting for the next body chunk.
     Idle,
+    /// Waiting for a stream's first event carrying output (commit on content).
+    FirstToken,
 }
 
 impl TimeoutPhase {
@@ -25,6 +27,7 @@ impl TimeoutPhase {
             TimeoutPhase::Connect => "connect",
             TimeoutPhase::FirstByte => "time-to-first-byte",
             TimeoutPhase::Idle => "idle",
+            TimeoutPhase::FirstToken => "time-to-first-token",
         }
     }
 }
@@ -421,6 +424,10 @@ mod tests {
             SluiceError::UpstreamTimeout {
                 upstream: "h:1".into(),
                 phase: TimeoutPhase::Idle,
+            },
+            SluiceError::UpstreamTimeout {
+                upstream: "h:1".into(),
+                phase: TimeoutPhase::FirstToken,
             },
             SluiceError::UpstreamFailed("h:1".into()),
             SluiceError::UpstreamTruncated("h:1".into()),

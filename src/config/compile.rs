@@ -191,6 +191,12 @@ pub(crate) fn compile_with(
                     "must be greater than 0",
                 );
             }
+            if f.first_token_ms == 0 {
+                errs.push(
+                    format!("{path}.failover.first_token_ms"),
+                    "must be greater than 0",
+                );
+            }
             for (j, st) in f.retry_on_status.iter().enumerate() {
                 if !(400..600).contains(st) || (*st != 429 && *st < 500 && *st != 408) {
                     errs.push(
@@ -211,6 +217,7 @@ pub(crate) fn compile_with(
                     retry_on_timeout: f.retry_on_timeout,
                     max_attempts: f.max_attempts,
                     deadline: Duration::from_millis(f.deadline_ms),
+                    first_token: Duration::from_millis(f.first_token_ms),
                 },
             });
         }

@@ -10,6 +10,7 @@
 //! snapshot.
 
 use super::attempt::{Attempt, Outgoing, Target};
+use super::commit::{self, Hold};
 use super::ctx::{AttemptRecord, RequestCtx};
 use crate::balance::breaker::{Outcome, Pass};
 use crate::balance::now_ms;
@@ -29,6 +30,9 @@ pub struct Served {
     pub attempt: Attempt,
     /// Its response header.
     pub header: Box<ResponseHeader>,
+    /// A streamed answer held until its first content ([`super::commit`]): the events
+    /// already read, to write right after the header. `None`: nothing read yet.
+    pub opening: Option<super::commit::Opening>,
 }
 
 /// How failover ended.
@@ -68,18 +72,21 @@ fn decide(rules: &Failover, status: u16, other_key: Option<usize>) -> Next {
 /// outcome; after 401/403 the key disabled (returns another usable key, if any); after 429
 /// the key cooling down for this model (`retry-after`, default 1 s); after 503/529 with a
 /// `retry-after` the endpoint cooling down. Returns `(other key, cooldown end in ms since the
-/// epoch)`.
+/// epoch)`. `held`: a streamed answer whose breaker outcome commit on content records.
 fn observe(
     target: &Target,
     model: Option<&str>,
     header: &ResponseHeader,
+    held: bool,
 ) -> (Option<usize>, Option<u64>) {
     let Some(ep) = target.endpoint() else {
         return (None, None);
     };
     let status = header.status.as_u16();
     let now = now_ms();
-    ep.state.breaker.record(Outcome::of_status(status));
+    if !held {
+        ep.state.breaker.record(Outcome::of_status(status));
+    }
     let wait = retry_after_ms(header);
     let label = |reason| {
         metrics::KEY_COOLDOWNS
@@ -204,6 +211,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                         endpoint: ep_idx,
                         key,
                     };
+                    let sent_at = tokio::time::Instant::now();
                     let started = tokio::select! {
                         r = Attempt::start(target.clone(), &out, deadline) => r,
                         _ = session.as_downstream_mut().read_body_or_idle(true) => {
@@ -215,7 +223,9 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                     match started {
                         Ok((attempt, header)) => {
                             let status = header.status.as_u16();
-                            let (other_key, cooldown) = observe(&target, model.as_deref(), &header);
+                            let held = commit::applies(ctx, &header);
+                            let (other_key, cooldown) =
+                                observe(&target, model.as_deref(), &header, held);
                             if let Some(until) = cooldown {
                                 t.cooldown(until);
                             }
@@ -229,13 +239,55 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                                 Next::HoldAndMoveOn => {
                                     record(ctx, &target, status, "failover");
                                     t.previous = Some((pool.name.clone(), status.to_string()));
-                                    let held = Served { attempt, header };
+                                    let held = Served {
+                                        attempt,
+                                        header,
+                                        opening: None,
+                                    };
                                     t.held = Some((held, pool.clone(), ep_idx));
                                     break;
                                 }
                                 Next::Serve => {
+                                    let served = Served {
+                                        attempt,
+                                        header,
+                                        opening: None,
+                                    };
+                                    // --- commit on content (see `commit`): a streamed answer
+                                    // is served once it carries output; until then it fails
+                                    // over like an answer without a header.
+                                    let served = if held {
+                                        let hold = commit::hold(
+                                            session, ctx, rules, served, sent_at, deadline,
+                                        );
+                                        match hold.await {
+                                            Hold::Committed(s, outcome) => {
+                                                ep.state.breaker.record(outcome);
+                                                s
+                                            }
+                                            Hold::ClientGone => {
+                                                record(ctx, &target, status, "client_gone");
+                                                observe_attempts(&route.name, t.attempts);
+                                                return Ok(Ended::ClientGone);
+                                            }
+                                            Hold::Failed(f) => {
+                                                ep.state.breaker.record(f.breaker);
+                                                record(ctx, &target, status, f.outcome);
+                                                t.previous =
+                                                    Some((pool.name.clone(), f.outcome.to_owned()));
+                                                t.held = Some((f.served, pool.clone(), ep_idx));
+                                                if !f.move_on {
+                                                    break 'pools None;
+                                                }
+                                                break;
+                                            }
+                                        }
+                                    } else {
+                                        served
+                                    };
+                                    // --- end of commit on content.
                                     record(ctx, &target, status, "ok");
-                                    break 'pools Some(Served { attempt, header });
+                                    break 'pools Some(served);
                                 }
                             }
                         }
@@ -372,6 +424,7 @@ mod tests {
             retry_on_timeout: true,
             max_attempts: 3,
             deadline: Duration::from_secs(1),
+            first_token: Duration::from_secs(1),
         }
     }
 

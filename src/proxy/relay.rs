@@ -4,6 +4,7 @@
 //! upstream stalls past the idle timeout. Streams are forwarded as whole events, so one that
 //! ends abnormally ends on an event boundary followed by the API's native error event.
 
+use super::commit::End;
 use super::ctx::{Delivered, RequestCtx};
 use super::failover::Served;
 use crate::error::SluiceError;
@@ -110,7 +111,17 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     let Served {
         mut attempt,
         header: upstream_header,
+        opening,
     } = served;
+    // A stream held until its first content (`commit`): its accountant goes on, its held
+    // events go out right after the header, and a hold that failed ends there.
+    let (opening_acc, held, end) = match opening {
+        Some(o) => {
+            d.held = Some(o.held_for);
+            (Some(o.acc), o.held, o.end)
+        }
+        None => (None, Bytes::new(), None),
+    };
     let endpoint = attempt.target().addr().to_owned();
     let status = upstream_header.status.as_u16();
     d.status = status;
@@ -146,6 +157,10 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
         .map(|s| s.accounting)
         .unwrap_or_default();
     let mut acc = match ctx.caller.api {
+        _ if opening_acc.is_some() => match opening_acc {
+            Some(a) => Accounting::Sse(a),
+            None => Accounting::Off,
+        },
         Some(api) if success && is_sse => Accounting::Sse(Box::new(SseAccountant::new(
             api,
             hide,
@@ -172,7 +187,28 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     let (mut final_written, mut closed_after_end) = (false, false);
     let drain_deadline = crate::drain::deadline();
     tokio::pin!(drain_deadline);
+    if !held.is_empty() {
+        // The held events and the first content event, in one write: no added TTFT.
+        d.ttft = Some(ctx.start.elapsed());
+        written += held.len();
+        if session
+            .write_response_body(Some(held), false)
+            .await
+            .is_err()
+        {
+            d.client_disconnected = true;
+            return d;
+        }
+        final_written = acc.final_event_seen();
+    }
+    let read_on = end.is_none();
+    if let Some(End::Failed(e)) = end {
+        failure = Some(e);
+    }
     loop {
+        if !read_on {
+            break;
+        }
         let event = tokio::select! {
             chunk = attempt.chunk() => Event::Chunk(chunk),
             _ = session.as_downstream_mut().read_body_or_idle(true) => Event::ClientGone,
