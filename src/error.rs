@@ -425,10 +425,6 @@ mod tests {
                 upstream: "h:1".into(),
                 phase: TimeoutPhase::Idle,
             },
-            SluiceError::UpstreamTimeout {
-                upstream: "h:1".into(),
-                phase: TimeoutPhase::FirstToken,
-            },
             SluiceError::UpstreamFailed("h:1".into()),
             SluiceError::UpstreamTruncated("h:1".into()),
             SluiceError::ShuttingDown,
@@ -459,6 +455,12 @@ mod tests {
                 serde_json::from_slice(&e.body(ErrorStyle::Anthropic)).unwrap();
             assert_eq!(a["type"], "error");
         }
+        let first_token = SluiceError::UpstreamTimeout {
+            upstream: "h:1".into(),
+            phase: TimeoutPhase::FirstToken,
+        };
+        assert_eq!(first_token.status(), 504);
+        assert!(first_token.to_string().contains("time-to-first-token"));
         assert_eq!(SluiceError::BodyTooLarge(1).status(), 413);
         let a: serde_json::Value =
             serde_json::from_slice(&SluiceError::BodyTooLarge(1).body(ErrorStyle::Anthropic))
