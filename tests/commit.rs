@@ -154,3 +154,18 @@ async fn an_error_event_before_content_fails_over_only_when_its_status_would() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn the_first_token_deadline_also_bounds_the_wait_for_the_header() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    primary.set(Behavior::Stall);
+    let start = std::time::Instant::now();
+    let (status, body) = post(&s, "/v1/chat/completions", chat()).await;
+    let took = start.elapsed();
+    assert_eq!(status, 200);
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert_eq!(fallback.requests().len(), 1);
+    // first_token_ms is 300; the pool's ttfb_ms is the default 120 s.
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}

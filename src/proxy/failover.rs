@@ -1,7 +1,9 @@
 //! Pipeline stage 4 (inspected requests): failover. Runs [`Attempt`]s over the route's
 //! candidates (pools in order, each pool's endpoints in its policy's order, each endpoint's
 //! usable keys) until one answers with a status that is not retryable, and hands that
-//! attempt to the relay. Failover happens only before any response byte reached the client.
+//! attempt to the relay. Failover happens only before any response byte reached the client;
+//! a streamed answer is first held by [`super::commit`] until its first content event, and
+//! failover goes on until then.
 //!
 //! The decision after each attempt is [`decide`] (outcome × the route's rules); the endpoint
 //! bookkeeping an answer implies (breaker outcome, a key disabled after 401/403, a key and
@@ -212,8 +214,15 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                         key,
                     };
                     let sent_at = tokio::time::Instant::now();
+                    // Commit on content: a streamed call's first-token deadline bounds the
+                    // wait for the header too.
+                    let attempt_deadline = if ctx.fields().stream {
+                        deadline.min(sent_at + rules.first_token)
+                    } else {
+                        deadline
+                    };
                     let started = tokio::select! {
-                        r = Attempt::start(target.clone(), &out, deadline) => r,
+                        r = Attempt::start(target.clone(), &out, attempt_deadline) => r,
                         _ = session.as_downstream_mut().read_body_or_idle(true) => {
                             record(ctx, &target, 0, "client_gone");
                             observe_attempts(&route.name, t.attempts);

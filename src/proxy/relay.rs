@@ -2,7 +2,9 @@
 //! chunk by chunk as it arrives, accounting usage on the way (SSE or JSON), hiding the usage
 //! chunk sluice asked for, and closing the upstream at once when the client leaves or the
 //! upstream stalls past the idle timeout. Streams are forwarded as whole events, so one that
-//! ends abnormally ends on an event boundary followed by the API's native error event.
+//! ends abnormally ends on an event boundary followed by the API's native error event. A
+//! stream held by `commit` arrives with its accountant and held events, written right after
+//! the header.
 
 use super::commit::End;
 use super::ctx::{Delivered, RequestCtx};

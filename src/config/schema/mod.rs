@@ -491,9 +491,10 @@ pub struct FailoverConf {
     #[serde(default = "default_deadline")]
     pub deadline_ms: u64,
     /// Commit on content: for a streamed inspected request, the most time from sending an
-    /// attempt's request to its first event carrying output, ms; past it the attempt fails
-    /// like a timeout (`retry_on_timeout`) and the next candidate is tried. Default 120,000
-    /// (the default `ttfb_ms`).
+    /// attempt's request to its first event carrying output (so also to its header, when
+    /// shorter than the pool's `ttfb_ms`), ms; past it the attempt fails like a timeout
+    /// (`retry_on_timeout`) and the next candidate is tried. Default 120,000 (the default
+    /// `ttfb_ms`).
     #[serde(default = "default_first_token")]
     pub first_token_ms: u64,
 }
