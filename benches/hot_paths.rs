@@ -327,6 +327,7 @@ fn access_line(c: &mut Criterion) {
         token_source: "exact",
         cost_usd: 0.00039,
         ttft: Some(Duration::from_micros(412_310)),
+        held: None,
         duration: Duration::from_micros(2_210_004),
         completed: true,
         attempts: &attempts,

@@ -85,6 +85,10 @@ pub struct AccessLine<'a> {
     pub cost_usd: f64,
     /// Time to first token; written in ms with 3 decimals, `-` when none.
     pub ttft: Option<Duration>,
+    /// Streamed inspected requests: time the header and the no-content events were held
+    /// before the first content event (commit on content); written in ms with 3 decimals,
+    /// `-` when none.
+    pub held: Option<Duration>,
     /// Request duration; written in ms with 3 decimals.
     pub duration: Duration,
     /// The response reached its normal end.
@@ -178,10 +182,11 @@ fn write_text(buf: &mut Vec<u8>, ts: Timestamp, l: &AccessLine<'_>) -> std::io::
     )?;
     writeln!(
         buf,
-        " token_source={:?} cost_usd={:?} ttft_ms={} duration_ms={} completed={} attempts={} client_disconnected={} error={:?}",
+        " token_source={:?} cost_usd={:?} ttft_ms={} held_ms={} duration_ms={} completed={} attempts={} client_disconnected={} error={:?}",
         l.token_source,
         l.cost_usd,
         Ttft(l.ttft),
+        Ttft(l.held),
         Millis(l.duration),
         l.completed,
         Attempts(l.attempts),
@@ -215,6 +220,8 @@ struct JsonLine<'a> {
     #[serde(serialize_with = "display")]
     ttft_ms: Ttft,
     #[serde(serialize_with = "display")]
+    held_ms: Ttft,
+    #[serde(serialize_with = "display")]
     duration_ms: Millis,
     completed: bool,
     #[serde(serialize_with = "display")]
@@ -245,6 +252,7 @@ impl<'a> JsonLine<'a> {
             token_source: l.token_source,
             cost_usd: l.cost_usd,
             ttft_ms: Ttft(l.ttft),
+            held_ms: Ttft(l.held),
             duration_ms: Millis(l.duration),
             completed: l.completed,
             attempts: Attempts(l.attempts),
@@ -343,6 +351,7 @@ impl AccessLine<'_> {
             token_source = self.token_source,
             cost_usd = self.cost_usd,
             ttft_ms = %Ttft(self.ttft),
+            held_ms = %Ttft(self.held),
             duration_ms = %Millis(self.duration),
             completed = self.completed,
             attempts = %Attempts(self.attempts),
@@ -414,6 +423,7 @@ mod tests {
             token_source: "exact",
             cost_usd: cost,
             ttft: Some(Duration::from_micros(412_310)),
+            held: Some(Duration::from_micros(1_250)),
             duration: Duration::from_nanos(2_210_004_321),
             completed: true,
             attempts,
@@ -464,6 +474,7 @@ mod tests {
             // Values that need escaping, an empty attempt list, tiny and zero costs.
             AccessLine {
                 ttft: None,
+                held: None,
                 error: "upstream_timeout",
                 ..line(&[], "te\"am\\b\tc", 1e-7)
             },
@@ -481,6 +492,7 @@ mod tests {
             "openai/api.openai.com:443:503:status,azure/x.openai.azure.com:443:200:ok"
         );
         assert_eq!(v["ttft_ms"], "412.310");
+        assert_eq!(v["held_ms"], "1.250");
         assert_eq!(v["duration_ms"], "2210.004");
         assert_eq!(v["target"], TARGET);
     }

@@ -17,6 +17,8 @@ pub enum TimeoutPhase {
     FirstByte,
     /// Waiting for the next body chunk.
     Idle,
+    /// Waiting for a stream's first event carrying output (commit on content).
+    FirstToken,
 }
 
 impl TimeoutPhase {
@@ -25,6 +27,7 @@ impl TimeoutPhase {
             TimeoutPhase::Connect => "connect",
             TimeoutPhase::FirstByte => "time-to-first-byte",
             TimeoutPhase::Idle => "idle",
+            TimeoutPhase::FirstToken => "time-to-first-token",
         }
     }
 }
@@ -452,6 +455,12 @@ mod tests {
                 serde_json::from_slice(&e.body(ErrorStyle::Anthropic)).unwrap();
             assert_eq!(a["type"], "error");
         }
+        let first_token = SluiceError::UpstreamTimeout {
+            upstream: "h:1".into(),
+            phase: TimeoutPhase::FirstToken,
+        };
+        assert_eq!(first_token.status(), 504);
+        assert!(first_token.to_string().contains("time-to-first-token"));
         assert_eq!(SluiceError::BodyTooLarge(1).status(), 413);
         let a: serde_json::Value =
             serde_json::from_slice(&SluiceError::BodyTooLarge(1).body(ErrorStyle::Anthropic))

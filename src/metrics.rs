@@ -348,6 +348,29 @@ pub static USAGE_IMPLAUSIBLE: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_stream_commits_total{route,on}`: streamed responses committed to the client (commit
+/// on content), by what committed them: `content` (the first event carrying output),
+/// `final` (the stream's end before any content), `error` (an error event the route does not
+/// fail over on), `cap` (the held events reached `accounting.max_sse_event_bytes`).
+pub static STREAM_COMMITS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_stream_commits_total",
+        "Streamed responses committed to the client, by route and what committed them",
+        &["route", "on"]
+    ))
+});
+
+/// `sluice_stream_held_seconds{route}`: commit on content, from the served attempt's response
+/// header to the commit (the time its no-content events were held).
+pub static STREAM_HELD: Lazy<HistogramVec> = Lazy::new(|| {
+    metric!(register_histogram_vec!(
+        "sluice_stream_held_seconds",
+        "Time a stream's header and no-content events were held before its first content event",
+        &["route"],
+        LATENCY_BUCKETS.to_vec()
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&CLIENT_CONNECTIONS);
@@ -383,6 +406,8 @@ pub fn init() {
     Lazy::force(&BUDGET_OVERRUN);
     Lazy::force(&SSE_OVERSIZED_EVENTS);
     Lazy::force(&USAGE_IMPLAUSIBLE);
+    Lazy::force(&STREAM_COMMITS);
+    Lazy::force(&STREAM_HELD);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

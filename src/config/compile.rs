@@ -215,6 +215,12 @@ pub(crate) fn compile_with(
                     "must be greater than 0 when retry_on_error_codes is set",
                 );
             }
+            if f.first_token_ms == 0 {
+                errs.push(
+                    format!("{path}.failover.first_token_ms"),
+                    "must be greater than 0",
+                );
+            }
             for (j, st) in f.retry_on_status.iter().enumerate() {
                 if !(400..600).contains(st) || (*st != 429 && *st < 500 && *st != 408) {
                     errs.push(
@@ -251,6 +257,7 @@ pub(crate) fn compile_with(
                         .collect(),
                     max_error_body_bytes: usize::try_from(f.max_error_body_bytes)
                         .unwrap_or(usize::MAX),
+                    first_token: Duration::from_millis(f.first_token_ms),
                 },
             });
         }

@@ -76,6 +76,9 @@ pub struct Failover {
     pub max_attempts: u32,
     /// Deadline for all attempts.
     pub deadline: Duration,
+    /// Streamed inspected requests: most time from sending an attempt to its first content
+    /// event (commit on content).
+    pub first_token: Duration,
     /// Same-endpoint retries on transient failures.
     pub retry: Retry,
     /// Native error codes / types that move a 4xx answer on.

@@ -206,6 +206,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         token_source,
         cost_usd: cost.unwrap_or(0.0),
         ttft: ctx.delivered.ttft,
+        held: ctx.delivered.held,
         duration,
         completed: ctx.delivered.completed,
         attempts: &ctx.upstream.attempts,

@@ -114,6 +114,9 @@ pub struct Delivered {
     pub ttft: Option<Duration>,
     /// The client left before the end of the response.
     pub client_disconnected: bool,
+    /// Streamed inspected requests: how long the header and the no-content events were held
+    /// before the first content event (commit on content).
+    pub held: Option<Duration>,
 }
 
 /// A passthrough request's upstream (stage `request`): served on Pingora's proxy path.

@@ -1,7 +1,9 @@
 //! Pipeline stage 4 (inspected requests): failover. Runs [`Attempt`]s over the route's
 //! candidates (pools in order, each pool's endpoints in its policy's order, each endpoint's
 //! usable keys) until one answers with a status that is not retryable, and hands that
-//! attempt to the relay. Failover happens only before any response byte reached the client.
+//! attempt to the relay. Failover happens only before any response byte reached the client;
+//! a streamed answer is first held by [`super::commit`] until its first content event, and
+//! failover goes on until then.
 //!
 //! The decision after each attempt is [`decide`] (outcome × the route's rules); the endpoint
 //! bookkeeping an answer implies (breaker outcome, a key disabled after 401/403, a key and
@@ -10,6 +12,7 @@
 //! snapshot.
 
 use super::attempt::{Attempt, Outgoing, Target};
+use super::commit::{self, Hold};
 use super::ctx::{AttemptRecord, RequestCtx};
 use crate::balance::breaker::{Outcome, Pass};
 use crate::balance::now_ms;
@@ -34,6 +37,9 @@ pub struct Served {
     /// Body bytes already read from the attempt (a 4xx body's prefix read to match its
     /// error), to send before the rest.
     pub prefix: Bytes,
+    /// A streamed answer held until its first content ([`super::commit`]): the events
+    /// already read, to write right after the header. `None`: nothing read yet.
+    pub opening: Option<super::commit::Opening>,
 }
 
 /// How failover ended.
@@ -112,18 +118,21 @@ fn decide_error(rules: &Failover, err: &SluiceError, retry_left: bool) -> Next {
 /// outcome; after 401/403 the key disabled (returns another usable key, if any); after 429
 /// the key cooling down for this model (`retry-after`, default 1 s); after 503/529 with a
 /// `retry-after` the endpoint cooling down. Returns `(other key, cooldown end in ms since the
-/// epoch)`.
+/// epoch)`. `held`: a streamed answer whose breaker outcome commit on content records.
 fn observe(
     target: &Target,
     model: Option<&str>,
     header: &ResponseHeader,
+    held: bool,
 ) -> (Option<usize>, Option<u64>) {
     let Some(ep) = target.endpoint() else {
         return (None, None);
     };
     let status = header.status.as_u16();
     let now = now_ms();
-    ep.state.breaker.record(Outcome::of_status(status));
+    if !held {
+        ep.state.breaker.record(Outcome::of_status(status));
+    }
     let wait = retry_after_ms(header);
     let label = |reason| {
         metrics::KEY_COOLDOWNS
@@ -251,8 +260,16 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                         endpoint: ep_idx,
                         key,
                     };
+                    let sent_at = tokio::time::Instant::now();
+                    // Commit on content: a streamed call's first-token deadline bounds the
+                    // wait for the header too.
+                    let attempt_deadline = if ctx.fields().stream {
+                        deadline.min(sent_at + rules.first_token)
+                    } else {
+                        deadline
+                    };
                     let started = tokio::select! {
-                        r = Attempt::start(target.clone(), &out, deadline) => r,
+                        r = Attempt::start(target.clone(), &out, attempt_deadline) => r,
                         _ = session.as_downstream_mut().read_body_or_idle(true) => {
                             record(ctx, &target, 0, "client_gone");
                             observe_attempts(&route.name, t.attempts);
@@ -265,7 +282,9 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                     let (next, reason) = match started {
                         Ok((mut attempt, header)) => {
                             let status = header.status.as_u16();
-                            let (other_key, cooldown) = observe(&target, model.as_deref(), &header);
+                            let held = commit::applies(ctx, &header);
+                            let (other_key, cooldown) =
+                                observe(&target, model.as_deref(), &header, held);
                             if let Some(until) = cooldown {
                                 t.cooldown(until);
                             }
@@ -283,26 +302,63 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                                 (Bytes::new(), None)
                             };
                             let next = decide(rules, status, other_key, retry_left, error.as_ref());
-                            let outcome = match next {
-                                Next::OtherKey(_) => "key_disabled",
-                                Next::RetrySame => "retry",
-                                Next::HoldAndMoveOn => "failover",
-                                Next::Serve | Next::Stop => "ok",
-                            };
-                            record(ctx, &target, status, outcome);
                             let answer = Served {
                                 attempt,
                                 header,
                                 prefix,
+                                opening: None,
                             };
                             match next {
                                 Next::OtherKey(k) => {
+                                    record(ctx, &target, status, "key_disabled");
                                     key = k;
                                     continue;
                                 }
-                                Next::Serve | Next::Stop => break 'pools Some(answer),
+                                Next::Serve | Next::Stop => {
+                                    // --- commit on content (see `commit`): a streamed answer
+                                    // is served once it carries output; until then it fails
+                                    // over like an answer without a header.
+                                    let served = if held {
+                                        let hold = commit::hold(
+                                            session, ctx, rules, answer, sent_at, deadline,
+                                        );
+                                        match hold.await {
+                                            Hold::Committed(s, outcome) => {
+                                                ep.state.breaker.record(outcome);
+                                                s
+                                            }
+                                            Hold::ClientGone => {
+                                                record(ctx, &target, status, "client_gone");
+                                                observe_attempts(&route.name, t.attempts);
+                                                return Ok(Ended::ClientGone);
+                                            }
+                                            Hold::Failed(f) => {
+                                                ep.state.breaker.record(f.breaker);
+                                                record(ctx, &target, status, f.outcome);
+                                                t.held = Some((f.served, pool.clone(), ep_idx));
+                                                if !f.move_on {
+                                                    break 'pools None;
+                                                }
+                                                t.previous =
+                                                    Some((pool.name.clone(), f.outcome.to_owned()));
+                                                break;
+                                            }
+                                        }
+                                    } else {
+                                        answer
+                                    };
+                                    // --- end of commit on content.
+                                    record(ctx, &target, status, "ok");
+                                    break 'pools Some(served);
+                                }
                                 // Kept: returned as is if nothing does better.
                                 Next::HoldAndMoveOn | Next::RetrySame => {
+                                    let outcome = if next == Next::RetrySame {
+                                        "retry"
+                                    } else {
+                                        "failover"
+                                    };
+                                    record(ctx, &target, status, outcome);
                                     t.held = Some((answer, pool.clone(), ep_idx));
                                 }
                             }
@@ -502,6 +558,7 @@ mod tests {
             retry_on_error_codes: vec!["context_length_exceeded".into()],
             retry_on_error_messages: vec!["prompt is too long".into()],
             max_error_body_bytes: 16 * 1024,
+            first_token: Duration::from_secs(1),
         }
     }
 

@@ -7,6 +7,8 @@
 //! 3. `limit`     (request_filter) admission under the tenant's limits
 //! 4. `failover`  (request_filter) [`attempt::Attempt`]s over the route's candidates, until one
 //!    answers; failover only before the first response byte
+//!    4b. `commit` (request_filter) a streamed answer held until its first content event:
+//!    failover goes on until then
 //! 5. `relay`     (request_filter) the served attempt's response to the client chunk by chunk,
 //!    usage accounting, cancellation (dropping the attempt closes the upstream connection)
 //! 6. `account`   (logging) tokens settled, metrics, one log line
@@ -19,6 +21,7 @@
 pub mod account;
 pub mod attempt;
 pub mod classify;
+mod commit;
 pub mod ctx;
 mod failover;
 pub mod identify;

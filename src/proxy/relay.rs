@@ -2,8 +2,11 @@
 //! chunk by chunk as it arrives, accounting usage on the way (SSE or JSON), hiding the usage
 //! chunk sluice asked for, and closing the upstream at once when the client leaves or the
 //! upstream stalls past the idle timeout. Streams are forwarded as whole events, so one that
-//! ends abnormally ends on an event boundary followed by the API's native error event.
+//! ends abnormally ends on an event boundary followed by the API's native error event. A
+//! stream held by `commit` arrives with its accountant and held events, written right after
+//! the header.
 
+use super::commit::End;
 use super::ctx::{Delivered, RequestCtx};
 use super::failover::Served;
 use crate::error::SluiceError;
@@ -110,10 +113,21 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     let Served {
         mut attempt,
         header: upstream_header,
+        opening,
         prefix,
     } = served;
-    // Body bytes failover already read: relayed first, as the first chunk.
+    // Body bytes failover already read (a 4xx body's prefix): relayed first, as the first
+    // chunk.
     let mut first = (!prefix.is_empty()).then_some(prefix);
+    // A stream held until its first content (`commit`): its accountant goes on, its held
+    // events go out right after the header, and a hold that failed ends there.
+    let (opening_acc, held, end) = match opening {
+        Some(o) => {
+            d.held = Some(o.held_for);
+            (Some(o.acc), o.held, o.end)
+        }
+        None => (None, Bytes::new(), None),
+    };
     let endpoint = attempt.target().addr().to_owned();
     let status = upstream_header.status.as_u16();
     d.status = status;
@@ -149,6 +163,10 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
         .map(|s| s.accounting)
         .unwrap_or_default();
     let mut acc = match ctx.caller.api {
+        _ if opening_acc.is_some() => match opening_acc {
+            Some(a) => Accounting::Sse(a),
+            None => Accounting::Off,
+        },
         Some(api) if success && is_sse => Accounting::Sse(Box::new(SseAccountant::new(
             api,
             hide,
@@ -175,7 +193,28 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     let (mut final_written, mut closed_after_end) = (false, false);
     let drain_deadline = crate::drain::deadline();
     tokio::pin!(drain_deadline);
+    if !held.is_empty() {
+        // The held events and the first content event, in one write: no added TTFT.
+        d.ttft = Some(ctx.start.elapsed());
+        written += held.len();
+        if session
+            .write_response_body(Some(held), false)
+            .await
+            .is_err()
+        {
+            d.client_disconnected = true;
+            return d;
+        }
+        final_written = acc.final_event_seen();
+    }
+    let read_on = end.is_none();
+    if let Some(End::Failed(e)) = end {
+        failure = Some(e);
+    }
     loop {
+        if !read_on {
+            break;
+        }
         let event = if let Some(prefix) = first.take() {
             Event::Chunk(Ok(Some(prefix)))
         } else {

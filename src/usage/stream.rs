@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::sse::{Frame, SseEvent, SseFramer, KEEP_CAPACITY_BYTES};
-use super::wire::{anthropic_messages, openai_chat, openai_responses, TextBuf};
+use super::wire::{anthropic_messages, openai_chat, openai_responses, Signal, TextBuf};
 use super::{ApiKind, Usage};
 
 /// What hide mode does with one complete event.
@@ -36,6 +36,10 @@ pub(crate) struct StreamState {
     pub(crate) stop_reason_seen: bool,
     /// Responses: the largest `sequence_number` seen.
     pub(crate) last_sequence_number: Option<u64>,
+    /// An event carrying output went by (commit on content; decided per event only until then).
+    pub(crate) content_seen: bool,
+    /// The native code or type of the first error event seen before any content.
+    pub(crate) error_code: Option<String>,
     events: u64,
     malformed: u64,
     oversized: u64,
@@ -382,6 +386,25 @@ impl SseAccountant {
             .map_or(0, |n| n.saturating_add(1))
     }
 
+    /// True once an event carrying output went by (text, tool-call arguments, refusal, audio,
+    /// a finish reason, usage, the terminal event, an unknown or oversized event). Events the
+    /// APIs send before any output hold (see each wire module's `opening`): OpenAI chat
+    /// chunks whose choices carry no output (role-only delta, empty content) or `choices: []`
+    /// without usage; Responses `response.created`, `response.queued`, `response.in_progress`,
+    /// `response.output_item.added`, `response.content_part.added`; Anthropic `message_start`,
+    /// `ping`, `content_block_start`; comments and events without data. An error event is not
+    /// content (see [`SseAccountant::saw_error`], [`SseAccountant::error_code`]).
+    pub fn content_seen(&self) -> bool {
+        self.state.content_seen
+    }
+
+    /// The native code or type of the first in-stream error event seen before any content
+    /// (OpenAI `error.code`, else `error.type`; Responses `code` or `response.error.code`;
+    /// Anthropic `error.type`), at most 64 bytes; `None` when none was seen or it named none.
+    pub fn error_code(&self) -> Option<&str> {
+        self.state.error_code.as_deref()
+    }
+
     /// True if the upstream sent an in-stream error: any `event: error`; OpenAI chat a `data:`
     /// JSON with a non-null top-level `error`; Responses an `error` or `response.failed` event;
     /// Anthropic an `error` event.
@@ -425,6 +448,9 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
         return Verdict::Keep;
     }
     let name = std::str::from_utf8(event.name).unwrap_or("");
+    if !state.content_seen {
+        opening(api, state, name, event.data, event.name == b"error");
+    }
     let parsed = match api {
         ApiKind::OpenAiResponses => {
             openai_responses::on_event(state, name, event.data).map(|()| Verdict::Keep)
@@ -442,10 +468,37 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
     })
 }
 
+/// Commit on content, for one event while no content was seen: records content, or the
+/// first error's code (`named_error`: its SSE `event:` name is `error`, which is an error
+/// whatever its data says).
+fn opening(api: ApiKind, state: &mut StreamState, name: &str, data: &[u8], named_error: bool) {
+    let signal = match api {
+        ApiKind::OpenAiResponses => openai_responses::opening(name, data),
+        ApiKind::AnthropicMessages => anthropic_messages::opening(name, data),
+        ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings => {
+            openai_chat::opening(data)
+        }
+    };
+    match signal {
+        Signal::Error(code) => {
+            if state.error_code.is_none() {
+                state.error_code = code;
+            }
+        }
+        _ if named_error => {}
+        Signal::Holds => {}
+        Signal::Content => state.content_seen = true,
+    }
+}
+
 /// Counts an oversized event, known only by its `event:` name (possibly empty): a terminal
-/// or error name still ends or fails the stream, as its JSON `type` would have.
+/// or error name still ends or fails the stream, as its JSON `type` would have. Before any
+/// content, an oversized event other than an error counts as content (never held).
 fn account_unparsed(api: ApiKind, state: &mut StreamState, name: &[u8]) {
     state.events += 1;
+    if !matches!(name, b"error" | b"response.failed") {
+        state.content_seen = true;
+    }
     match (api, name) {
         (_, b"error") => state.saw_error = true,
         (ApiKind::OpenAiResponses, b"response.completed" | b"response.incomplete") => {

@@ -181,24 +181,25 @@ def test_primary_disconnect_before_first_event(sluice_ha: Sluice, primary: Upstr
                                                fallback: Upstream) -> None:
     """The closest llmock comes to dropping before any byte: it cannot drop a connection
     before its status line, so `after_chunks: 0` sends the 200 header, then closes before any
-    body byte. sluice relays an upstream's header to the client as soon as it has it, so the
-    client already has its 200: no failover (README: only before the first byte reached the
-    client). The client gets no event, then a native error event the SDK raises; the fallback
-    is not called."""
+    body byte. sluice holds a streamed answer's header until its first content event (README:
+    commit on content), so nothing reached the client yet: it fails over, and the client gets
+    the fallback's whole stream."""
+    direct = [stable(c) for c in openai_client(fallback.openai_url, "sk-direct")
+              .chat.completions.create(**CHAT, stream=True)]
+    fallback.clear_requests()
     primary.scenario({"type": "stream_fault", "kind": "disconnect", "after_chunks": 0})
 
     client = openai_client(sluice_ha.openai_url, VIRTUAL_KEY)
-    received: list[Any] = []
-    with pytest.raises(openai.APIError) as caught:
-        for chunk in client.chat.completions.create(**CHAT, stream=True):
-            received.append(chunk)
-    assert not isinstance(caught.value, (openai.APIConnectionError, openai.APIStatusError)), (
-        f"expected an in-stream error event, got {caught.value!r}")
-    assert received == []
+    stream = client.chat.completions.create(**CHAT, stream=True)
+    received = [stable(c) for c in stream]
+    assert received == direct, "the client did not get exactly the fallback's stream"
 
     seen_primary = primary.requests()
     assert len(seen_primary) == 1 and seen_primary[0]["fault"] == "stream:disconnect@0"
-    assert fallback.requests() == []
+    assert [r["status"] for r in fallback.requests()] == [200]
+    entry = sluice_ha.access_entry(stream.response.headers["x-sluice-request-id"])
+    assert attempts(entry) == [("primary-openai", "200", "cut_before_content"),
+                               ("fallback-openai", "200", "ok")]
 
 
 # -- 3. primary truncates the stream ------------------------------------------------------------

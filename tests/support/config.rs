@@ -162,6 +162,11 @@ impl Route {
         self.matcher().insert("model".into(), model.into());
         self
     }
+    /// Merge the YAML mapping `fragment` into the route (`failover: {...}`).
+    pub fn yaml(mut self, fragment: &str) -> Route {
+        merge(&mut self.0, parse(fragment));
+        self
+    }
     fn matcher(&mut self) -> &mut Mapping {
         self.0
             .get_mut("match")

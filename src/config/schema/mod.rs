@@ -490,6 +490,13 @@ pub struct FailoverConf {
     /// Deadline for all attempts until a response starts, ms. Default 180,000.
     #[serde(default = "default_deadline")]
     pub deadline_ms: u64,
+    /// Commit on content: for a streamed inspected request, the most time from sending an
+    /// attempt's request to its first event carrying output (so also to its header, when
+    /// shorter than the pool's `ttfb_ms`), ms; past it the attempt fails like a timeout
+    /// (`retry_on_timeout`) and the next candidate is tried. Default 120,000 (the default
+    /// `ttfb_ms`).
+    #[serde(default = "default_first_token")]
+    pub first_token_ms: u64,
     /// Retries of the same endpoint on transient failures, before moving on.
     #[serde(default)]
     pub retry: RetryConf,
@@ -577,6 +584,7 @@ impl Default for FailoverConf {
             retry_on_error_codes: Vec::new(),
             retry_on_error_messages: Vec::new(),
             max_error_body_bytes: default_max_error_body_bytes(),
+            first_token_ms: default_first_token(),
         }
     }
 }
@@ -589,6 +597,9 @@ fn default_attempts() -> u32 {
 }
 fn default_deadline() -> u64 {
     180_000
+}
+fn default_first_token() -> u64 {
+    120_000
 }
 
 /// `tenants.list[]`.

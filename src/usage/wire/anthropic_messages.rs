@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use super::{Text, TextBuf};
+use super::{Signal, Text, TextBuf};
 use crate::usage::stream::StreamState;
 use crate::usage::Usage;
 
@@ -121,6 +121,23 @@ pub(crate) fn on_event(
         _ => {} // ping, content_block_start/stop, and future event types
     }
     Ok(())
+}
+
+/// Commit on content: what one Anthropic stream event says (see [`super::Signal`]). Holds on
+/// `message_start`, `ping` and `content_block_start` (an empty block opened; its output comes
+/// in `content_block_delta`); `error` is an error (its `error.type`, such as
+/// `overloaded_error`); every other event commits. The JSON `type` names the event; the SSE
+/// `event:` name is the fallback. Source: Anthropic API reference, "Streaming Messages"
+/// (event flow, error events).
+pub(crate) fn opening(name: &str, data: &[u8]) -> Signal {
+    let Ok(event) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return Signal::Content;
+    };
+    match event.get("type").and_then(|t| t.as_str()).unwrap_or(name) {
+        "message_start" | "ping" | "content_block_start" => Signal::Holds,
+        "error" => Signal::Error(super::error_code([event.pointer("/error/type")])),
+        _ => Signal::Content,
+    }
 }
 
 /// A non-streamed message body.

@@ -170,6 +170,41 @@ impl TextBuf {
     }
 }
 
+/// What one stream event says about the start of the answer, for commit on content: whether
+/// it is one of the events an API sends before any output (held), carries output (commits the
+/// stream), or is an in-stream error before any output. Unknown events count as content, so
+/// content is never held by mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// A known event that carries no output (role-only delta, `response.created`,
+    /// `message_start`, `ping`...).
+    Holds,
+    /// Output (text, tool-call arguments, refusal, audio...), a finish reason, usage, the
+    /// terminal event, or anything not known to be empty.
+    Content,
+    /// An error event; its native code or type when it names one (at most
+    /// [`MAX_ERROR_CODE_BYTES`], cut on a character boundary).
+    Error(Option<String>),
+}
+
+/// Most bytes of an error event's code kept (a code is a short identifier).
+pub(crate) const MAX_ERROR_CODE_BYTES: usize = 64;
+
+/// The first string among `values`, capped at [`MAX_ERROR_CODE_BYTES`].
+pub(crate) fn error_code<'a>(
+    values: impl IntoIterator<Item = Option<&'a serde_json::Value>>,
+) -> Option<String> {
+    let code = values
+        .into_iter()
+        .flatten()
+        .find_map(serde_json::Value::as_str)?;
+    let mut cut = code.len().min(MAX_ERROR_CODE_BYTES);
+    while !code.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Some(code[..cut].to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::skim::{JsonText, Skim};
-use super::{present, Few, Text, TextBuf};
+use super::{present, Few, Signal, Text, TextBuf};
 use crate::usage::stream::{StreamState, Verdict};
 use crate::usage::Usage;
 
@@ -191,6 +191,61 @@ pub(crate) fn on_event_typed(
             }
         }
     })
+}
+
+/// Commit on content: what one streamed chat (or legacy completions) event says (see
+/// [`super::Signal`]). A chunk holds when no choice carries output: every choice's `delta` has
+/// no non-empty `content`, `refusal`, `reasoning_content`, no `tool_calls`, `function_call` or
+/// `audio`, no non-empty legacy `text`, and no `finish_reason`; a chunk with `choices: []` and
+/// no usage (Azure OpenAI's first chunk, with `prompt_filter_results`) holds too. A usage
+/// chunk, `[DONE]`, a finish reason or anything unparsable commits; a chunk with a non-null
+/// top-level `error` is an error (its `error.code`, else `error.type`). Source: OpenAI API
+/// reference, "The chat completion chunk object" (`choices[].delta`, `finish_reason`, `usage`).
+pub(crate) fn opening(data: &[u8]) -> Signal {
+    use serde_json::Value;
+    if data.trim_ascii() == b"[DONE]" {
+        return Signal::Content;
+    }
+    let Ok(Value::Object(chunk)) = serde_json::from_slice::<Value>(data) else {
+        return Signal::Content;
+    };
+    if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+        return Signal::Error(super::error_code([error.get("code"), error.get("type")]));
+    }
+    if chunk.get("usage").is_some_and(|u| !u.is_null()) {
+        return Signal::Content;
+    }
+    let Some(Value::Array(choices)) = chunk.get("choices") else {
+        return Signal::Content;
+    };
+    let filled = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    };
+    let output = choices.iter().any(|choice| {
+        let delta = choice.get("delta");
+        !choice.is_object()
+            || filled(choice.get("finish_reason"))
+            || filled(choice.get("text"))
+            || delta.is_some_and(|d| !d.is_object() && !d.is_null())
+            || [
+                "content",
+                "refusal",
+                "reasoning_content",
+                "tool_calls",
+                "function_call",
+                "audio",
+            ]
+            .iter()
+            .any(|k| filled(delta.and_then(|d| d.get(k))))
+    });
+    if output {
+        Signal::Content
+    } else {
+        Signal::Holds
+    }
 }
 
 /// A non-streamed chat completion (or legacy text completion) body.

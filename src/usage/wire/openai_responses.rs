@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use super::{Text, TextBuf};
+use super::{Signal, Text, TextBuf};
 use crate::usage::stream::StreamState;
 use crate::usage::Usage;
 
@@ -110,6 +110,35 @@ pub(crate) fn on_event(
         }
     }
     Ok(())
+}
+
+/// Commit on content: what one Responses stream event says (see [`super::Signal`]). Holds on
+/// the events sent before any output: `response.created`, `response.queued`,
+/// `response.in_progress`, `response.output_item.added`, `response.content_part.added`; `error`
+/// (its `code`, else `error.code`) and `response.failed` (`response.error.code`) are errors;
+/// every other event commits. The JSON `type` names the event; the SSE `event:` name is the
+/// fallback. Source: OpenAI API reference, "Responses streaming events".
+pub(crate) fn opening(name: &str, data: &[u8]) -> Signal {
+    let Ok(event) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return Signal::Content;
+    };
+    let kind = event.get("type").and_then(|t| t.as_str()).unwrap_or(name);
+    match kind {
+        "response.created"
+        | "response.queued"
+        | "response.in_progress"
+        | "response.output_item.added"
+        | "response.content_part.added" => Signal::Holds,
+        "error" => Signal::Error(super::error_code([
+            event.get("code"),
+            event.pointer("/error/code"),
+            event.pointer("/error/type"),
+        ])),
+        "response.failed" => {
+            Signal::Error(super::error_code([event.pointer("/response/error/code")]))
+        }
+        _ => Signal::Content,
+    }
 }
 
 /// A non-streamed response object body.
