@@ -95,6 +95,11 @@ impl Tracker {
         if !success_sse || route.max_resumes == 0 {
             return None;
         }
+        // A cut leg's tokens are counted before its continuation is sent: the tokenizer's
+        // tables must not be built on that path (once per process, tens of MB).
+        if let Some(model) = ctx.model() {
+            estimate::load_in_background(model);
+        }
         match ctx.caller.api? {
             ApiKind::OpenAiChat => Some(Tracker::Chat(openai_chat::Tracker::default())),
             ApiKind::AnthropicMessages => {

@@ -91,6 +91,8 @@ class Upstream:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Each event goes out at once (no Nagle delay waiting for the proxy's ACK).
+    disable_nagle_algorithm = True
     owner: Upstream
 
     def log_message(self, *_: Any) -> None:
