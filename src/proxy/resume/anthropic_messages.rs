@@ -216,7 +216,16 @@ impl Splicer {
                 return Step::Skip;
             }
             "content_block_start" if index == Some(0) && self.open.is_some() => {
-                return Step::Skip;
+                let block_type = v
+                    .get("content_block")
+                    .and_then(|b| b.get("type"))
+                    .and_then(Value::as_str);
+                // Only text can go on in the cut text block.
+                return if block_type == Some("text") {
+                    Step::Skip
+                } else {
+                    Step::Failed
+                };
             }
             "content_block_start" | "content_block_stop" => {}
             "content_block_delta" => {
@@ -423,6 +432,10 @@ mod tests {
         assert_eq!(head, "event: message_delta");
         assert_eq!(v["usage"]["output_tokens"], 7);
         assert_eq!(v["usage"]["input_tokens"], 21);
+        let mut t = Splicer::new(&tracked(false), Splice::default());
+        let tool =
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use"}}"#;
+        assert_eq!(t.splice(&ev("content_block_start", tool)), Step::Failed);
         let err = r#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#;
         assert_eq!(s.splice(&ev("error", err)), Step::Failed);
     }
