@@ -200,6 +200,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def cut(self, mode: str) -> None:
         if mode == "reset":
+            # Let the proxy read what was sent first: a reset discards the peer's unread data,
+            # and the cut must come after exactly the tokens sent.
+            time.sleep(0.05)
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                        struct.pack("ii", 1, 0))
         else:
