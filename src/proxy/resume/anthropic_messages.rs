@@ -50,6 +50,9 @@ impl Tracker {
                 self.push(start.unwrap_or(""));
             }
             "content_block_delta" => {
+                // A delta is for an open block (its start may have gone by unobserved).
+                self.open = index.or(self.open);
+                self.last = index.max(self.last);
                 let delta = v.get("delta");
                 match delta.and_then(|d| d.get("type")).and_then(Value::as_str) {
                     Some("text_delta") => {
@@ -438,6 +441,20 @@ mod tests {
         assert_eq!(t.splice(&ev("content_block_start", tool)), Step::Failed);
         let err = r#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#;
         assert_eq!(s.splice(&ev("error", err)), Step::Failed);
+    }
+
+    #[test]
+    fn a_delta_alone_shows_its_block_open() {
+        let mut t = Tracker::default();
+        let d =
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"text_delta","text":"x"}}"#;
+        t.on_event(&ev("content_block_delta", d));
+        let mut s = Splicer::new(&t, Splice::default());
+        let block =
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#;
+        assert_eq!(s.splice(&ev("content_block_start", block)), Step::Skip);
+        let (_, v) = json(s.splice(&ev("content_block_delta", d.replace("2", "0").as_str())));
+        assert_eq!(v["index"], 2);
     }
 
     #[test]
