@@ -325,7 +325,9 @@ fn retry_rules_default_compile_and_are_validated() {
         errors(&yaml),
         ["routes[0].failover.max_error_body_bytes: must be greater than 0 when retry_on_error_codes is set"]
     );
+}
 
+#[test]
 fn resume_on_cut_defaults_off_and_refuses_what_could_never_resume() {
     let route = |failover: &str| {
         format!("routes:\n  - name: r\n    match: {{path_prefix: /v1}}\n    pools: [oa]\n    failover: {failover}\n")
