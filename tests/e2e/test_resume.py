@@ -40,15 +40,19 @@ def resuming(r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
+CHAIN = ("x-e2e-resume", "chain")
+
+
 class Setup:
     def __init__(self, sluice: Sluice, primary: Upstream, fallback: Upstream,
-                 other: Upstream) -> None:
-        self.sluice, self.primary, self.fallback, self.other = sluice, primary, fallback, other
+                 other: Upstream, second: Upstream) -> None:
+        self.sluice, self.primary, self.fallback = sluice, primary, fallback
+        self.other, self.second = other, second
 
 
 @pytest.fixture
 def setup(sluice_factory: SluiceFactory) -> Iterator[Setup]:
-    primary, fallback, other = Upstream(), Upstream(), Upstream()
+    primary, fallback, other, second = Upstream(), Upstream(), Upstream(), Upstream()
     try:
         pools = []
         for provider, key in (("openai", OPENAI_KEY_ENV), ("anthropic", ANTHROPIC_KEY_ENV)):
@@ -69,9 +73,17 @@ def setup(sluice_factory: SluiceFactory) -> Iterator[Setup]:
                            header=NO_PREFILL)),
             resuming(route("chat", "/v1", ["primary-openai", "fallback-openai"])),
         ]
-        yield Setup(sluice_factory.start(pools=pools, routes=routes), primary, fallback, other)
+        pools.append(prefill_pool("second-openai", "openai", second.url, OPENAI_KEY_ENV,
+                                  "assistant"))
+        chain = resuming(route("chat-chain", "/v1",
+                               ["primary-openai", "fallback-openai", "second-openai"],
+                               header=CHAIN))
+        chain["failover"]["max_resumes"] = 2
+        routes.insert(2, chain)
+        yield Setup(sluice_factory.start(pools=pools, routes=routes), primary, fallback, other,
+                    second)
     finally:
-        for u in (primary, fallback, other):
+        for u in (primary, fallback, other, second):
             u.stop()
 
 
@@ -189,6 +201,35 @@ def test_openai_chat_without_a_prefill_candidate_ends_with_the_cut_error(setup: 
     assert type(raised.value) is openai.APIError and "upstream" in raised.value.message
     assert setup.other.requests == []
     assert resumes(setup.sluice, "no_candidate", "chat-none") == before + 1
+
+
+@pytest.mark.parametrize("fallback_fault", [{"reject_prefill": True},
+                                            {"prefill_cut_after": 10}])
+def test_openai_chat_continuation_failing_moves_on_to_the_next_candidate(
+        setup: Setup, fallback_fault: dict[str, Any]) -> None:
+    """A continuation refused (before content: no trace) or itself cut after 10 more tokens
+    (resumed again, `max_resumes: 2`): the next candidate completes the answer."""
+    uncut = direct_chat(setup.other)
+    setup.primary.configure(cut_after=40, cut_mode="eof")
+    setup.fallback.configure(**fallback_fault)
+    request_id, stream = chat_via(setup, include_usage=True, headers=dict([CHAIN]))
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == uncut
+    assert {c.id for c in chunks} == {chunks[0].id}
+    cut_again = "prefill_cut_after" in fallback_fault
+    assert setup.second.requests[-1]["prefill"] == " ".join(uncut.split()[:50 if cut_again
+                                                                          else 40])
+    entry = setup.sluice.access_entry(request_id)
+    got = legs(entry)
+    assert [(p, o) for p, o, _, _ in got] == [
+        ("primary-openai", "upstream_truncated"),
+        ("fallback-openai", "upstream_truncated" if cut_again else "rejected"),
+        ("second-openai", "ok")]
+    assert entry["resumes"] == ("2" if cut_again else "1")
+    usage = chunks[-1].usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (sum(g[2] for g in got),
+                                                              sum(g[3] for g in got))
 
 
 # -- Anthropic messages -----------------------------------------------------------------

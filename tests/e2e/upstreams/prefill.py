@@ -13,7 +13,8 @@ tokens are the words of every message plus 5, completion tokens the tokens strea
 Faults, per instance (`Upstream.configure`), applied to requests without a prefill:
 `cut_after=N` then `cut_mode="reset"` (TCP reset) or `"eof"` (a clean end of the body without
 the final event); `stall_after=N` (then silence for `stall_s`). `reject_prefill=True` answers a
-prefilled request with the provider's native 400. Anthropic's own rule is enforced: a final
+prefilled request with the provider's native 400; `prefill_cut_after=N` cuts a prefilled
+answer after N tokens (clean end without the final event). Anthropic's own rule is enforced: a final
 assistant message ending in whitespace is a 400. Every request is journalled
 (`Upstream.requests`)."""
 
@@ -125,7 +126,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not whole.startswith(prefill):
                 return self.error(api, "the prefill is not a prefix of the answer")
             rest = whole[len(prefill):]
-            faults = {}
+            faults = ({"cut_after": faults["prefill_cut_after"], "cut_mode": "eof"}
+                      if "prefill_cut_after" in faults else {})
         else:
             rest = whole
         pieces = tokens(rest, api)
