@@ -11,7 +11,9 @@
 use super::{Ev, Splice, Step, MAX_TRACKED_TEXT_BYTES};
 use crate::config::schema::Prefill;
 use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// The user message of [`Prefill::ContinuePrompt`].
 const CONTINUE_PROMPT: &str = super::openai_chat::CONTINUE_PROMPT;
@@ -31,35 +33,30 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    /// Reads one event forwarded to the client.
+    /// Reads one event forwarded to the client (a typed, borrowing parse).
     pub(crate) fn on_event(&mut self, ev: &Ev) {
-        let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
+        let Ok(e) = serde_json::from_str::<Event<'_>>(&ev.data) else {
             self.other = true;
             return;
         };
-        let index = v.get("index").and_then(Value::as_u64);
-        match kind(&v, ev) {
+        let index = e.index;
+        match e.kind.as_deref().unwrap_or(&ev.name) {
             "content_block_start" => {
-                let block = v.get("content_block");
-                let is_text =
-                    block.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("text");
-                self.other |= !is_text || index.is_none();
+                let block = e.content_block.unwrap_or_default();
+                self.other |= block.kind.as_deref() != Some("text") || index.is_none();
                 self.open = index;
                 self.last = index.max(self.last);
-                let start = block.and_then(|b| b.get("text")).and_then(Value::as_str);
-                self.push(start.unwrap_or(""));
+                self.push(block.text.as_deref().unwrap_or(""));
             }
             "content_block_delta" => {
                 // A delta is for an open block (its start may have gone by unobserved).
                 self.open = index.or(self.open);
                 self.last = index.max(self.last);
-                let delta = v.get("delta");
-                match delta.and_then(|d| d.get("type")).and_then(Value::as_str) {
-                    Some("text_delta") => {
-                        let t = delta.and_then(|d| d.get("text")).and_then(Value::as_str);
-                        self.push(t.unwrap_or(""));
-                    }
-                    _ => self.other = true,
+                let delta = e.delta.unwrap_or_default();
+                if delta.kind.as_deref() == Some("text_delta") {
+                    self.push(delta.text.as_deref().unwrap_or(""));
+                } else {
+                    self.other = true;
                 }
             }
             "content_block_stop" => self.open = None,
@@ -88,9 +85,26 @@ impl Tracker {
     }
 }
 
-/// The event's type: its JSON `type`, else its SSE `event:` name.
-fn kind<'a>(v: &'a Value, ev: &'a Ev) -> &'a str {
-    v.get("type").and_then(Value::as_str).unwrap_or(&ev.name)
+/// The fields of a stream event the tracker reads (unknown members skipped).
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    content_block: Option<Part<'a>>,
+    #[serde(default, borrow)]
+    delta: Option<Part<'a>>,
+}
+
+/// A `content_block` or a `delta`: its `type` and `text`.
+#[derive(Deserialize, Default)]
+struct Part<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
 }
 
 /// The continuation's body: the request as sent to the pool (`model` replaced by `model`

@@ -49,9 +49,10 @@ pub(crate) struct Ev {
 
 /// The events in `bytes`, which hold whole events only (what the accountant forwards).
 pub(crate) fn events(bytes: &[u8]) -> Vec<Ev> {
-    let text = String::from_utf8_lossy(bytes)
-        .replace("\r\n", "\n")
-        .replace('\r', "\n");
+    let mut text = String::from_utf8_lossy(bytes);
+    if text.contains('\r') {
+        text = text.replace("\r\n", "\n").replace('\r', "\n").into();
+    }
     let mut out = Vec::new();
     for block in text.split("\n\n") {
         let mut ev = Ev::default();

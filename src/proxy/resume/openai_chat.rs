@@ -12,7 +12,12 @@ use super::{Ev, Splice, Step, MAX_TRACKED_TEXT_BYTES};
 use crate::config::schema::Prefill;
 use crate::usage::Usage;
 use bytes::Bytes;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 
 /// The user message of [`Prefill::ContinuePrompt`].
 pub(crate) const CONTINUE_PROMPT: &str = "Your previous answer was cut off. Continue it \
@@ -36,55 +41,39 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    /// Reads one event forwarded to the client.
+    /// Reads one event forwarded to the client: a typed, borrowing parse (no map per chunk);
+    /// the first chunk's identity is taken whole.
     pub(crate) fn on_event(&mut self, ev: &Ev) {
         if ev.data.trim() == "[DONE]" {
             self.finished = true;
             return;
         }
-        let Ok(Value::Object(chunk)) = serde_json::from_str::<Value>(&ev.data) else {
-            self.other = true;
-            return;
-        };
-        if chunk.get("error").is_some_and(|e| !e.is_null()) {
-            self.other = true;
-        }
         if self.head.is_empty() {
-            for k in HEAD {
-                if let Some(v) = chunk.get(k) {
-                    self.head.insert(k.to_owned(), v.clone());
+            if let Ok(Value::Object(chunk)) = serde_json::from_str::<Value>(&ev.data) {
+                for k in HEAD {
+                    if let Some(v) = chunk.get(k) {
+                        self.head.insert(k.to_owned(), v.clone());
+                    }
                 }
             }
         }
-        for choice in chunk
-            .get("choices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
-                self.other = true;
-            }
-            if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
-                self.finished = true;
-            }
-            let Some(delta) = choice.get("delta").and_then(Value::as_object) else {
+        let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&ev.data) else {
+            self.other = true;
+            return;
+        };
+        self.other |= chunk.error.is_some();
+        for choice in chunk.choices.iter().flatten() {
+            self.other |= choice.index.unwrap_or(0) != 0;
+            self.finished |= choice.finish_reason.is_some();
+            let Some(delta) = &choice.delta else {
                 continue;
             };
-            for (k, v) in delta {
-                match (k.as_str(), v) {
-                    ("role", _) | (_, Value::Null) => {}
-                    ("content", Value::String(s)) => {
-                        if self.text.len() + s.len() > MAX_TRACKED_TEXT_BYTES {
-                            self.other = true;
-                        } else {
-                            self.text.push_str(s);
-                        }
-                    }
-                    // An empty refusal or reasoning string carries nothing.
-                    ("refusal" | "reasoning_content" | "reasoning", Value::String(s))
-                        if s.is_empty() => {}
-                    _ => self.other = true,
+            self.other |= delta.other;
+            if let Some(s) = &delta.content {
+                if self.text.len() + s.len() > MAX_TRACKED_TEXT_BYTES {
+                    self.other = true;
+                } else {
+                    self.text.push_str(s);
                 }
             }
         }
@@ -98,6 +87,126 @@ impl Tracker {
     /// The text delivered.
     pub(crate) fn text(&self) -> &str {
         &self.text
+    }
+}
+
+/// The fields of a chunk the tracker reads (unknown members skipped).
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    /// A non-null `error`.
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    /// A non-null `finish_reason`.
+    #[serde(default)]
+    finish_reason: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+}
+
+/// A `delta`: its `content` string, and whether any other member than `role` carries
+/// something (a tool call, a refusal, reasoning, audio, or a member this code does not know).
+#[derive(Default)]
+struct Delta<'a> {
+    content: Option<Cow<'a, str>>,
+    other: bool,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Delta<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(DeltaVisitor(PhantomData))
+    }
+}
+
+struct DeltaVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for DeltaVisitor<'a> {
+    type Value = Delta<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a delta object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Delta<'a>, A::Error> {
+        let mut delta = Delta::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match (key.as_ref(), map.next_value::<Piece<'a>>()?) {
+                ("role", _) | (_, Piece::Empty) => {}
+                ("content", Piece::Text(t)) => delta.content = Some(t),
+                _ => delta.other = true,
+            }
+        }
+        Ok(delta)
+    }
+}
+
+/// A member's value: null or an empty string (nothing), a string, or anything else.
+enum Piece<'a> {
+    Empty,
+    Text(Cow<'a, str>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Piece<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PieceVisitor(PhantomData))
+    }
+}
+
+struct PieceVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for PieceVisitor<'a> {
+    type Value = Piece<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Piece<'a>, E> {
+        Ok(if v.is_empty() {
+            Piece::Empty
+        } else {
+            Piece::Text(Cow::Borrowed(v))
+        })
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Piece<'a>, E> {
+        Ok(if v.is_empty() {
+            Piece::Empty
+        } else {
+            Piece::Text(Cow::Owned(v.to_owned()))
+        })
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Piece<'a>, E> {
+        Ok(Piece::Empty)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Piece<'a>, E> {
+        Ok(Piece::Empty)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Piece<'a>, E> {
+        Ok(Piece::Other)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Piece<'a>, E> {
+        Ok(Piece::Other)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Piece<'a>, E> {
+        Ok(Piece::Other)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Piece<'a>, E> {
+        Ok(Piece::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Piece<'a>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Piece::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Piece<'a>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Piece::Other)
     }
 }
 
@@ -298,6 +407,23 @@ mod tests {
         ));
         assert!(!done.resumable());
         assert!(!Tracker::default().resumable());
+        // Null or empty members carry nothing; an unknown one that carries something counts.
+        let mut nulls = tracked();
+        nulls.on_event(&ev(
+            r#"{"choices":[{"index":0,"delta":{"content":"ld","refusal":null,"reasoning":""}}]}"#,
+        ));
+        assert!(nulls.resumable());
+        assert_eq!(nulls.text(), "Hello world");
+        let mut audio = tracked();
+        audio.on_event(&ev(
+            r#"{"choices":[{"index":0,"delta":{"audio":{"id":"a"}}}]}"#,
+        ));
+        assert!(!audio.resumable());
+        let mut garbage = tracked();
+        garbage.on_event(&ev(
+            r#"{"choices":[{"index":0,"delta":{"content":["x"]}}]}"#,
+        ));
+        assert!(!garbage.resumable());
     }
 
     #[test]
