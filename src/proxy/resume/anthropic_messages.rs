@@ -74,6 +74,12 @@ impl Tracker {
         }
     }
 
+    /// Nothing that comes next can make the stream resumable again (the answer is finished or
+    /// carried something other than plain text): later events need no parse.
+    pub(crate) fn given_up(&self) -> bool {
+        self.other || self.finished
+    }
+
     /// Text delivered, plain text only, not finished.
     pub(crate) fn resumable(&self) -> bool {
         !self.other && !self.finished && !self.text.trim_end().is_empty()

@@ -113,7 +113,11 @@ impl Tracker {
 
     /// Reads the whole events just forwarded to the client.
     pub(crate) fn observe(&mut self, forwarded: &[u8]) {
-        if forwarded.is_empty() {
+        let given_up = match self {
+            Tracker::Chat(t) => t.given_up(),
+            Tracker::Messages(t) => t.given_up(),
+        };
+        if forwarded.is_empty() || given_up {
             return;
         }
         for ev in events(forwarded) {
