@@ -333,6 +333,8 @@ fn access_line(c: &mut Criterion) {
         attempts: &attempts,
         client_disconnected: false,
         error: "",
+        resumes: 0,
+        legs: &[],
     };
     /// The subscriber's writer in src/logging.rs, into a sink.
     struct Redacting;

@@ -20,7 +20,7 @@
 //!   through `tracing::info!` as before.
 
 use crate::config::schema::LogFormat;
-use crate::proxy::ctx::AttemptRecord;
+use crate::proxy::ctx::{AttemptRecord, Leg};
 use serde::{Serialize, Serializer};
 use std::cell::RefCell;
 use std::fmt::{self, Display};
@@ -99,6 +99,11 @@ pub struct AccessLine<'a> {
     pub client_disconnected: bool,
     /// Error label, empty when none.
     pub error: &'a str,
+    /// Continuations spliced into a stream cut after content (`resume_on_cut`).
+    pub resumes: u32,
+    /// Legs of a cut stream, written `pool/endpoint:status:outcome:prompt+completion`,
+    /// comma-separated (empty when no stream was cut with `resume_on_cut`).
+    pub legs: &'a [Leg],
 }
 
 /// Write `line` (when the subscriber's filter takes `sluice::access` INFO events).
@@ -182,7 +187,7 @@ fn write_text(buf: &mut Vec<u8>, ts: Timestamp, l: &AccessLine<'_>) -> std::io::
     )?;
     writeln!(
         buf,
-        " token_source={:?} cost_usd={:?} ttft_ms={} held_ms={} duration_ms={} completed={} attempts={} client_disconnected={} error={:?}",
+        " token_source={:?} cost_usd={:?} ttft_ms={} held_ms={} duration_ms={} completed={} attempts={} client_disconnected={} error={:?} resumes={} legs={}",
         l.token_source,
         l.cost_usd,
         Ttft(l.ttft),
@@ -191,7 +196,9 @@ fn write_text(buf: &mut Vec<u8>, ts: Timestamp, l: &AccessLine<'_>) -> std::io::
         l.completed,
         Attempts(l.attempts),
         l.client_disconnected,
-        l.error
+        l.error,
+        l.resumes,
+        Legs(l.legs)
     )
 }
 
@@ -228,6 +235,9 @@ struct JsonLine<'a> {
     attempts: Attempts<'a>,
     client_disconnected: bool,
     error: &'a str,
+    resumes: u32,
+    #[serde(serialize_with = "display")]
+    legs: Legs<'a>,
     target: &'static str,
 }
 
@@ -258,6 +268,8 @@ impl<'a> JsonLine<'a> {
             attempts: Attempts(l.attempts),
             client_disconnected: l.client_disconnected,
             error: l.error,
+            resumes: l.resumes,
+            legs: Legs(l.legs),
             target: TARGET,
         }
     }
@@ -331,6 +343,22 @@ impl Display for Attempts<'_> {
     }
 }
 
+struct Legs<'a>(&'a [Leg]);
+
+impl Display for Legs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, l) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(
+                f,
+                "{sep}{}/{}:{}:{}:{}+{}",
+                l.pool, l.endpoint, l.status, l.outcome, l.prompt_tokens, l.completion_tokens
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl AccessLine<'_> {
     /// The line as a tracing event (the installed subscriber formats and writes it).
     fn emit_through_tracing(&self) {
@@ -357,6 +385,8 @@ impl AccessLine<'_> {
             attempts = %Attempts(self.attempts),
             client_disconnected = self.client_disconnected,
             error = self.error,
+            resumes = self.resumes,
+            legs = %Legs(self.legs),
             "request"
         );
     }
@@ -429,6 +459,8 @@ mod tests {
             attempts,
             client_disconnected: false,
             error: "",
+            resumes: 0,
+            legs: &[],
         }
     }
 
@@ -469,8 +501,31 @@ mod tests {
     #[test]
     fn lines_are_those_of_the_tracing_formatter_in_both_formats() {
         let attempts = attempts();
+        let legs = [
+            Leg {
+                pool: Arc::from("openai"),
+                endpoint: "api.openai.com:443".into(),
+                status: 200,
+                outcome: "upstream_truncated",
+                prompt_tokens: 12,
+                completion_tokens: 40,
+            },
+            Leg {
+                pool: Arc::from("azure"),
+                endpoint: "x.openai.azure.com:443".into(),
+                status: 200,
+                outcome: "ok",
+                prompt_tokens: 55,
+                completion_tokens: 20,
+            },
+        ];
         let cases = [
             line(&attempts, "team-a", 0.00039),
+            AccessLine {
+                resumes: 1,
+                legs: &legs,
+                ..line(&attempts, "team-a", 0.0)
+            },
             // Values that need escaping, an empty attempt list, tiny and zero costs.
             AccessLine {
                 ttft: None,
@@ -495,6 +550,13 @@ mod tests {
         assert_eq!(v["held_ms"], "1.250");
         assert_eq!(v["duration_ms"], "2210.004");
         assert_eq!(v["target"], TARGET);
+        let json = direct(LogFormat::Json, &cases[1]);
+        let v: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+        assert_eq!(v["resumes"], 1);
+        assert_eq!(
+            v["legs"],
+            "openai/api.openai.com:443:200:upstream_truncated:12+40,azure/x.openai.azure.com:443:200:ok:55+20"
+        );
     }
 
     #[test]

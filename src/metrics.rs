@@ -215,6 +215,17 @@ pub static RETRIES: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_stream_resumes_total{route, outcome}`: streams cut after content on a route with
+/// `resume_on_cut`, by outcome: `spliced` (the client got the whole answer), `no_candidate`
+/// (no usable candidate accepts a prefill), `failed` (every continuation failed).
+pub static STREAM_RESUMES: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_stream_resumes_total",
+        "Streams cut after content that sluice tried to resume, by outcome",
+        &["route", "outcome"]
+    ))
+});
+
 /// `sluice_upstream_attempts`: upstream attempts per request.
 pub static ATTEMPTS: Lazy<prometheus::HistogramVec> = Lazy::new(|| {
     metric!(register_histogram_vec!(
@@ -394,6 +405,7 @@ pub fn init() {
     Lazy::force(&BREAKER_STATE);
     Lazy::force(&ENDPOINT_SKIPS);
     Lazy::force(&FAILOVERS);
+    Lazy::force(&STREAM_RESUMES);
     Lazy::force(&ATTEMPTS);
     Lazy::force(&RETRIES);
     Lazy::force(&KEY_COOLDOWNS);

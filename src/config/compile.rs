@@ -229,6 +229,7 @@ pub(crate) fn compile_with(
                     );
                 }
             }
+            let max_resumes = resume_bound(&path, f, &resolved, &mut errs);
             routes.push(Route {
                 name: Arc::from(r.name.as_str()),
                 path_prefix: m.path_prefix.clone(),
@@ -259,6 +260,7 @@ pub(crate) fn compile_with(
                         .unwrap_or(usize::MAX),
                     first_token: Duration::from_millis(f.first_token_ms),
                 },
+                max_resumes,
             });
         }
     }
@@ -512,7 +514,44 @@ fn compile_pool(
     pool.policy = p.policy;
     pool.model_map = p.model_map.clone().into_iter().collect();
     pool.health_check = health_check;
+    pool.prefill = p.prefill;
     Some(pool)
+}
+
+/// `routes[].failover.max_resumes` when `resume_on_cut` is on (0 when off), with the
+/// combinations that could never resume refused: `max_resumes` outside 1..=8, a single
+/// attempt allowed, or no pool of the route declaring a `prefill`.
+fn resume_bound(
+    path: &str,
+    f: &super::schema::FailoverConf,
+    pools: &[Arc<Pool>],
+    errs: &mut Errors,
+) -> u32 {
+    if !f.resume_on_cut {
+        return 0;
+    }
+    if !(1..=8).contains(&f.max_resumes) {
+        errs.push(
+            format!("{path}.failover.max_resumes"),
+            "must be between 1 and 8",
+        );
+    }
+    if f.max_attempts < 2 {
+        errs.push(
+            format!("{path}.failover.resume_on_cut"),
+            "needs max_attempts of at least 2 (the continuation is an attempt)",
+        );
+    }
+    if pools
+        .iter()
+        .all(|p| p.prefill == super::schema::Prefill::None)
+    {
+        errs.push(
+            format!("{path}.failover.resume_on_cut"),
+            "no pool of this route accepts a prefill (set pools[].prefill)",
+        );
+    }
+    f.max_resumes
 }
 
 fn compile_endpoint(

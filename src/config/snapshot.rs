@@ -145,6 +145,8 @@ pub struct Pool {
     pub model_map: HashMap<String, String>,
     /// Active health check.
     pub health_check: Option<HealthCheck>,
+    /// How its upstream continues a partial answer (`resume_on_cut`).
+    pub prefill: super::schema::Prefill,
     selector: Selector,
 }
 
@@ -165,6 +167,7 @@ impl Pool {
             policy: Policy::RoundRobin,
             model_map: HashMap::new(),
             health_check: None,
+            prefill: super::schema::Prefill::None,
             selector: Selector::default(),
         }
     }
@@ -201,6 +204,8 @@ pub struct Route {
     pub pools: Vec<Arc<Pool>>,
     /// Failover rules.
     pub failover: Failover,
+    /// Most continuations of a cut stream (`failover.resume_on_cut`); 0: never resumed.
+    pub max_resumes: u32,
 }
 
 impl Route {

@@ -212,5 +212,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         attempts: &ctx.upstream.attempts,
         client_disconnected: ctx.delivered.client_disconnected,
         error: ctx.delivered.error.as_ref().map_or("", |e| e.label()),
+        resumes: ctx.delivered.resumes,
+        legs: &ctx.delivered.legs,
     });
 }

@@ -71,6 +71,24 @@ pub struct AttemptRecord {
     pub outcome: &'static str,
 }
 
+/// One leg of a stream resumed after a cut (`failover.resume_on_cut`), for the log line: the
+/// cut leg first, then each continuation tried.
+#[derive(Debug, Clone)]
+pub struct Leg {
+    /// Pool name.
+    pub pool: Arc<str>,
+    /// Endpoint `host:port`.
+    pub endpoint: String,
+    /// Upstream status, 0 when none was received.
+    pub status: u16,
+    /// `ok`, the cut's error label, or why the continuation failed.
+    pub outcome: &'static str,
+    /// Prompt tokens billed by its upstream (estimated for a cut leg that reported none).
+    pub prompt_tokens: u64,
+    /// Completion tokens it delivered (estimated for a cut leg).
+    pub completion_tokens: u64,
+}
+
 /// The upstream side of the request (stage `failover`, or the passthrough choice).
 #[derive(Debug, Default)]
 pub struct UpstreamLog {
@@ -117,6 +135,10 @@ pub struct Delivered {
     /// Streamed inspected requests: how long the header and the no-content events were held
     /// before the first content event (commit on content).
     pub held: Option<Duration>,
+    /// Legs of a stream resumed after a cut (empty when none was cut or resumed).
+    pub legs: Vec<Leg>,
+    /// Continuations spliced into the client's stream.
+    pub resumes: u32,
 }
 
 /// A passthrough request's upstream (stage `request`): served on Pingora's proxy path.

@@ -11,6 +11,7 @@
 //!    failover goes on until then
 //! 5. `relay`     (request_filter) the served attempt's response to the client chunk by chunk,
 //!    usage accounting, cancellation (dropping the attempt closes the upstream connection)
+//!    (`resume`: a stream cut after content continued on the next candidate, spliced in)
 //! 6. `account`   (logging) tokens settled, metrics, one log line
 //!
 //! Inspected requests are answered entirely in `request_filter`: attempts are values on
@@ -31,6 +32,7 @@ pub mod path;
 mod relay;
 mod request;
 mod respond;
+mod resume;
 mod upstream;
 
 use crate::balance::breaker::Outcome;

@@ -184,6 +184,8 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     } else {
         None
     };
+    // What the client has seen, when a cut may be resumed (`failover.resume_on_cut`).
+    let mut tracker = super::resume::Tracker::for_request(ctx, success && is_sse);
     let mut failure: Option<SluiceError> = None;
     // The upstream's last bytes, written together with the end of the response.
     let mut last = Bytes::new();
@@ -197,6 +199,9 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
         // The held events and the first content event, in one write: no added TTFT.
         d.ttft = Some(ctx.start.elapsed());
         written += held.len();
+        if let Some(t) = tracker.as_mut() {
+            t.observe(&held);
+        }
         if session
             .write_response_body(Some(held), false)
             .await
@@ -231,6 +236,9 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
                 } else {
                     acc.push(&data)
                 };
+                if let Some(t) = tracker.as_mut() {
+                    t.observe(&out);
+                }
                 if let (Some(c), Accounting::Sse(a)) = (&cutoff, &acc) {
                     if c.exceeded(a.output_text().len()) {
                         failure = Some(SluiceError::BudgetExceeded(c.period));
@@ -285,13 +293,18 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     }
     // Not complete: the client left or the upstream failed; dropping the attempt here closes
     // the upstream connection now.
+    let cut_target = tracker.as_ref().map(|_| attempt.target().clone());
     let attempt_left = complete.then_some(attempt);
 
     let mut tail = BytesMut::new();
     tail.extend_from_slice(&last);
     match &mut acc {
         Accounting::Sse(a) => {
-            tail.extend_from_slice(&a.finish());
+            let end = a.finish();
+            if let Some(t) = tracker.as_mut() {
+                t.observe(&end);
+            }
+            tail.extend_from_slice(&end);
             d.completed = a.completed();
             if complete && failure.is_none() && !a.completed() && !a.saw_error() {
                 // A clean end of body without the terminal event: complete if the whole answer
@@ -327,6 +340,43 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
             }
         }
         Accounting::Off => {}
+    }
+    if let (Some(err), Some(t), Some(target), Accounting::Sse(a)) =
+        (&failure, tracker.as_mut(), &cut_target, &acc)
+    {
+        if super::resume::is_cut(err) && !d.client_disconnected && t.resumable() {
+            // The client gets every whole event of the cut leg, then the continuation.
+            let sent = std::mem::take(&mut tail).freeze();
+            let cut = super::resume::Cut {
+                target,
+                error: err,
+                reported: a.usage(),
+                hide_usage: hide,
+                max_event_bytes: bounds.max_sse_event_bytes,
+            };
+            let r = if session
+                .write_response_body(Some(sent), false)
+                .await
+                .is_err()
+            {
+                None
+            } else {
+                Some(super::resume::resume(session, ctx, t, cut).await)
+            };
+            d.client_disconnected = r.as_ref().is_none_or(|r| r.client_gone);
+            if let Some(r) = r {
+                if r.spliced {
+                    failure = None;
+                    d.completed = true;
+                    // Every leg counted: the sum is settled as is (a cut leg is estimated).
+                    d.usage = Some(r.usage);
+                    d.usage_incomplete = true;
+                    d.output_text = None;
+                }
+                d.legs = r.legs;
+                d.resumes = r.resumes;
+            }
+        }
     }
     if let Some(err) = &failure {
         if is_sse {

@@ -326,3 +326,40 @@ fn retry_rules_default_compile_and_are_validated() {
         ["routes[0].failover.max_error_body_bytes: must be greater than 0 when retry_on_error_codes is set"]
     );
 }
+
+#[test]
+fn resume_on_cut_defaults_off_and_refuses_what_could_never_resume() {
+    let route = |failover: &str| {
+        format!("routes:\n  - name: r\n    match: {{path_prefix: /v1}}\n    pools: [oa]\n    failover: {failover}\n")
+    };
+    let compiled = |yaml: &str| compile(&parse(yaml).unwrap(), Secrets::Skip).unwrap();
+    let off = compiled(&format!("{POOL}{}", route("{}")));
+    assert_eq!(off.routes[0].max_resumes, 0);
+    assert_eq!(
+        off.pools["oa"].prefill,
+        crate::config::schema::Prefill::None
+    );
+    let with_prefill = format!("{POOL}    prefill: continue_prompt\n");
+    let on = compiled(&format!("{with_prefill}{}", route("{resume_on_cut: true}")));
+    assert_eq!(on.routes[0].max_resumes, 1);
+    assert_eq!(
+        on.pools["oa"].prefill,
+        crate::config::schema::Prefill::ContinuePrompt
+    );
+    assert_eq!(
+        errors(&format!("{POOL}{}", route("{resume_on_cut: true}"))),
+        ["routes[0].failover.resume_on_cut: no pool of this route accepts a prefill (set pools[].prefill)"]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{with_prefill}{}",
+            route("{resume_on_cut: true, max_resumes: 9, max_attempts: 1}")
+        )),
+        [
+            "routes[0].failover.max_resumes: must be between 1 and 8",
+            "routes[0].failover.resume_on_cut: needs max_attempts of at least 2 (the continuation is an attempt)"
+        ]
+    );
+    let typo = format!("{POOL}    prefill: yes\n");
+    assert!(parse(&typo).is_err() || !errors(&typo).is_empty());
+}

@@ -416,6 +416,27 @@ pub struct PoolConf {
     /// then the one ending soonest). Default 64.
     #[serde(default = "default_max_cooldown_models_per_key")]
     pub max_cooldown_models_per_key: usize,
+    /// Whether this pool's upstream continues a partial answer handed back to it (the
+    /// continuation leg of `routes[].failover.resume_on_cut`). Default `none`.
+    #[serde(default)]
+    pub prefill: Prefill,
+}
+
+/// `pools[].prefill`: how a pool's upstream is asked to continue a partial answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prefill {
+    /// It cannot (default): never a continuation candidate.
+    #[default]
+    None,
+    /// The partial answer as a trailing assistant message, which the model continues
+    /// (Anthropic Messages "Prefill Claude's response"; OpenAI-compatible servers that
+    /// continue a final assistant message).
+    Assistant,
+    /// The partial answer as an assistant message followed by a user message asking to
+    /// continue exactly where it stopped, without repeating (OpenAI chat, which has no
+    /// prefill).
+    ContinuePrompt,
 }
 
 fn default_max_cooldown_models_per_key() -> usize {
@@ -514,6 +535,15 @@ pub struct FailoverConf {
     /// Default 16,384 (native error bodies are a few hundred bytes).
     #[serde(default = "default_max_error_body_bytes")]
     pub max_error_body_bytes: u64,
+    /// Resume a streamed answer cut after content (upstream reset, error, end without the
+    /// final event, or `idle_ms` stall) on the next candidate whose pool has a `prefill`,
+    /// splicing the continuation into the client's stream. Default false.
+    #[serde(default)]
+    pub resume_on_cut: bool,
+    /// Most continuations per request with `resume_on_cut` (each also counts toward
+    /// `max_attempts`). Default 1, at most 8.
+    #[serde(default = "default_max_resumes")]
+    pub max_resumes: u32,
 }
 
 /// `routes[].failover.retry`: the same endpoint tried again, with jittered exponential
@@ -585,6 +615,8 @@ impl Default for FailoverConf {
             retry_on_error_messages: Vec::new(),
             max_error_body_bytes: default_max_error_body_bytes(),
             first_token_ms: default_first_token(),
+            resume_on_cut: false,
+            max_resumes: default_max_resumes(),
         }
     }
 }
@@ -600,6 +632,9 @@ fn default_deadline() -> u64 {
 }
 fn default_first_token() -> u64 {
     120_000
+}
+fn default_max_resumes() -> u32 {
+    1
 }
 
 /// `tenants.list[]`.
