@@ -169,6 +169,13 @@ async fn missing_max_tokens_is_reserved_at_the_model_ceiling() {
     // The output window held 777 (the model's ceiling) when the request was admitted.
     assert_eq!(resp.headers()["x-ratelimit-limit-tokens"], "1000");
     assert_eq!(resp.headers()["x-ratelimit-remaining-tokens"], "223");
+    let _ = resp.bytes().await;
+    // sluice settles a request when it logs it, just after the client has the body: wait
+    // for that before reading the next request's headers.
+    s.wait_metric("sluice_tokens_settled_total", &[("tenant", "t")], |v| {
+        v > 0.0
+    })
+    .await;
     // A model without a ceiling gets the default one.
     let resp = chat(
         &s,
@@ -211,6 +218,12 @@ async fn budget_runs_until_spent_then_refuses_without_retry() {
             u["prompt_tokens"].as_f64().unwrap() * 10.0e-6
                 + u["completion_tokens"].as_f64().unwrap() * 2000.0e-6,
         );
+        // Settled when sluice logs the request, just after the client has the body.
+        let spent: f64 = costs.iter().sum();
+        s.wait_metric("sluice_spend_usd_total", &[("tenant", "t")], |v| {
+            v >= spent - 1e-9
+        })
+        .await;
     }
     let resp = refused.expect("the budget never ran out");
     assert_eq!(resp.headers()["x-should-retry"], "false");

@@ -57,11 +57,17 @@ pub struct BudgetHold {
     tenant: TenantId,
     day: i64,
     month: i64,
+    /// The part of the worst case that was left when it was taken.
     usd: f64,
+    /// What the reservation counts in the book: the whole worst case, even past what was left,
+    /// so that once one request was admitted on the remainder no other is admitted on crumbs
+    /// freed by settlements until it settles (spend overshoots the cap by at most one
+    /// request).
+    held: f64,
 }
 
 impl BudgetHold {
-    /// USD reserved.
+    /// USD reserved within the cap (the worst case, or what was left when less).
     pub fn usd(&self) -> f64 {
         self.usd
     }
@@ -70,16 +76,16 @@ impl BudgetHold {
     /// lower than it is).
     pub fn settle(mut self, usd: f64) {
         self.budgets
-            .settle(&self.tenant, self.day, self.month, self.usd, usd);
-        self.usd = 0.0;
+            .settle(&self.tenant, self.day, self.month, self.held, usd);
+        self.held = 0.0;
     }
 }
 
 impl Drop for BudgetHold {
     fn drop(&mut self) {
-        if self.usd > 0.0 {
+        if self.held > 0.0 {
             self.budgets
-                .settle(&self.tenant, self.day, self.month, self.usd, 0.0);
+                .settle(&self.tenant, self.day, self.month, self.held, 0.0);
         }
     }
 }
@@ -124,8 +130,9 @@ impl Budgets {
         Self::rolled(s, day, month)
     }
 
-    /// Reserve up to `usd` (a request's worst-case cost) of `tenant`'s `budget`: what is left
-    /// after spend and the reservations in flight, at most. Returns the hold and the USD that
+    /// Reserve `usd` (a request's worst-case cost) of `tenant`'s `budget` while there is any
+    /// left after spend and the reservations in flight; the hold's [`BudgetHold::usd`] is the
+    /// part that was left, and the whole worst case counts in the book until it settles. Returns the hold and the USD that
     /// was left before it, or the period whose cap spend and reservations already reach.
     pub fn reserve(
         self: &Arc<Self>,
@@ -159,9 +166,10 @@ impl Budgets {
                 left = left.min(cap - spent);
             }
         }
-        let take = usd.max(0.0).min(left);
-        s.day_reserved_usd += take;
-        s.month_reserved_usd += take;
+        let held = usd.max(0.0);
+        let take = held.min(left);
+        s.day_reserved_usd += held;
+        s.month_reserved_usd += held;
         m.insert(tenant.clone(), s);
         Ok((
             BudgetHold {
@@ -170,6 +178,7 @@ impl Budgets {
                 day,
                 month,
                 usd: take,
+                held,
             },
             left,
         ))
@@ -300,6 +309,23 @@ mod tests {
             .collect();
         assert!((holds[4].usd() - 0.02).abs() < 1e-12);
         assert_eq!(b.reserve(&t, &cap, 0.12).unwrap_err(), Period::Day);
+        // Settlements below the worst case free nothing while the fifth, admitted on the
+        // remainder, is in flight: no sixth request is admitted on those crumbs.
+        let cheap = b.reserve(&t, &cap, 0.0);
+        assert_eq!(cheap.unwrap_err(), Period::Day);
+        {
+            let b2 = Arc::new(Budgets::default());
+            let mut four: Vec<BudgetHold> = (0..4)
+                .map(|_| b2.reserve(&t, &cap, 0.12).unwrap().0)
+                .collect();
+            let fifth = b2.reserve(&t, &cap, 0.12).unwrap().0;
+            for h in four.drain(..) {
+                h.settle(0.11);
+            }
+            assert_eq!(b2.reserve(&t, &cap, 0.12).unwrap_err(), Period::Day);
+            fifth.settle(0.11);
+            assert_eq!(b2.reserve(&t, &cap, 0.12).unwrap_err(), Period::Day);
+        }
         // A dropped hold (refused or cut before any usage) gives its reservation back.
         drop(holds.pop());
         let (again, left) = b.reserve(&t, &cap, 0.12).unwrap();
