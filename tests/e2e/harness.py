@@ -29,11 +29,19 @@ OPENAI_KEY_ENV = "SLUICE_E2E_OPENAI_KEY"
 ANTHROPIC_KEY_ENV = "SLUICE_E2E_ANTHROPIC_KEY"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on right now (bind :0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on right now (bind :0, read it, close), never one this
+    process was already given (the kernel may hand the same free port out twice in a row)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def sha256_hex(text: str) -> str:
