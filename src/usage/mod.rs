@@ -16,6 +16,7 @@ pub mod estimate;
 mod json_body;
 mod sse;
 mod stream;
+mod strip;
 mod wire;
 
 #[cfg(test)]
