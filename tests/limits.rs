@@ -6,7 +6,7 @@ mod support;
 
 use futures_util::future::join_all;
 use std::time::Duration;
-use support::{Config, Mock, Pool, Route, Sluice, Tenant};
+use support::{Behavior, Config, Mock, Pool, Route, Sluice, Tenant};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 
@@ -293,6 +293,63 @@ async fn a_stream_that_would_overspend_is_cut_with_a_native_error_event() {
         .wait_metric("sluice_spend_usd_total", &[("tenant", "t")], |v| v > 0.0)
         .await;
     assert!(spend > 0.0005, "charged {spend}");
+}
+
+#[tokio::test]
+async fn a_held_opening_that_already_overspends_is_cut_too() {
+    // The answer arrives in one chunk, so it is all in the held opening (commit on content):
+    // the cut-off applies to it before anything is written, unless the answer is whole.
+    let text = "x".repeat(400);
+    let chunk = |delta: &str, finish: &str| {
+        format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n")
+    };
+    let opening = chunk(&format!("{{\"content\":\"{text}\"}}"), "null");
+    let whole = format!("{opening}{}data: [DONE]\n\n", chunk("{}", "\"stop\""));
+    // Each token of output costs $0.0001: $0.001 buys about 10 tokens; the answer is ~50.
+    let models =
+        "models:\n  - match: \"gpt-*\"\n    price: {input_per_1m: 0.0, output_per_1m: 100.0}\n";
+    for (body, whole_answer) in [(opening, false), (whole.clone(), true)] {
+        let mock = Mock::start().await;
+        mock.set(Behavior::Canned {
+            content_type: "text/event-stream".into(),
+            body,
+        });
+        let s = Sluice::start(
+            &config(
+                &mock,
+                "        budget: {usd_per_day: 0.001, cut_off_streams: true}",
+                models,
+            ),
+            &[KEY_ENV],
+        );
+        let resp = chat(
+            &s,
+            serde_json::json!({"model": "gpt-4o", "stream": true, "messages": [], "max_tokens": 1}),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let got = resp.text().await.unwrap();
+        if whole_answer {
+            // Whole, with its final event: nothing left to stop; delivered and charged.
+            assert_eq!(got, whole);
+        } else {
+            let events: Vec<&str> = got.split("\n\n").filter(|e| !e.is_empty()).collect();
+            let last = events.last().unwrap();
+            let err: serde_json::Value =
+                serde_json::from_str(last.trim_start_matches("data: ")).unwrap();
+            assert_eq!(err["error"]["code"], "insufficient_quota", "{got}");
+            assert!(
+                got.contains(&text),
+                "the overspending event is delivered, then the error"
+            );
+        }
+        let spend = s
+            .wait_metric("sluice_spend_usd_total", &[("tenant", "t")], |v| v > 0.001)
+            .await;
+        assert!(spend > 0.001, "charged {spend}");
+    }
 }
 
 #[tokio::test]

@@ -195,26 +195,43 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     let (mut final_written, mut closed_after_end) = (false, false);
     let drain_deadline = crate::drain::deadline();
     tokio::pin!(drain_deadline);
+    let mut read_on = end.is_none();
+    if let Some(End::Failed(e)) = end {
+        failure = Some(e);
+    }
     if !held.is_empty() {
-        // The held events and the first content event, in one write: no added TTFT.
-        d.ttft = Some(ctx.start.elapsed());
-        written += held.len();
         if let Some(t) = tracker.as_mut() {
             t.observe(&held);
         }
-        if session
-            .write_response_body(Some(held), false)
-            .await
-            .is_err()
-        {
-            d.client_disconnected = true;
-            return d;
+        let over_budget = match (&cutoff, &acc) {
+            (Some(c), Accounting::Sse(a))
+                if !a.completed() && c.exceeded(a.output_text().len()) =>
+            {
+                Some(c.period)
+            }
+            _ => None,
+        };
+        if let Some(period) = over_budget {
+            // The held events already overspend: they go out with the error event, as a
+            // chunk read later would.
+            failure = Some(SluiceError::BudgetExceeded(period));
+            last = held;
+            read_on = false;
+        } else {
+            // The held events and the first content event, in one write: no added TTFT.
+            d.ttft = Some(ctx.start.elapsed());
+            written += held.len();
+            if session
+                .write_response_body(Some(held), false)
+                .await
+                .is_err()
+            {
+                d.client_disconnected = true;
+                read_on = false;
+            } else {
+                final_written = acc.final_event_seen();
+            }
         }
-        final_written = acc.final_event_seen();
-    }
-    let read_on = end.is_none();
-    if let Some(End::Failed(e)) = end {
-        failure = Some(e);
     }
     loop {
         if !read_on {
@@ -240,7 +257,9 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
                     t.observe(&out);
                 }
                 if let (Some(c), Accounting::Sse(a)) = (&cutoff, &acc) {
-                    if c.exceeded(a.output_text().len()) {
+                    // An answer whose final event came in this chunk is whole: nothing left
+                    // to stop, it is delivered and charged (the overrun is counted).
+                    if !a.completed() && c.exceeded(a.output_text().len()) {
                         failure = Some(SluiceError::BudgetExceeded(c.period));
                         // These events are counted (and charged): the client gets them, then
                         // the error event, with no gap in the stream.
