@@ -227,10 +227,16 @@ fn timeout(attempt: &Attempt) -> SluiceError {
 
 /// Whether what the accountant saw so far ends the hold: content commits; an error event
 /// before content stops with the status its native code stands for; the stream's terminal
-/// event commits (`final`); held bytes past `cap` commit (`cap`). `None`: keep holding.
+/// event commits (`final`, also when it came with the first content: the whole answer was
+/// held); held bytes past `cap` commit (`cap`). `None`: keep holding.
 fn verdict(acc: &SseAccountant, rules: &Failover, held: usize, cap: usize) -> Option<Stop> {
     if acc.content_seen() {
-        Some(Stop::Content("content"))
+        // `final`: the whole answer came within the hold (a short answer in one read).
+        Some(Stop::Content(if acc.completed() {
+            "final"
+        } else {
+            "content"
+        }))
     } else if acc.saw_error() || acc.error_code().is_some() {
         let code = acc.error_code();
         let status = error_status(code);
