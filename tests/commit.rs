@@ -169,3 +169,59 @@ async fn the_first_token_deadline_also_bounds_the_wait_for_the_header() {
     // first_token_ms is 300; the pool's ttfb_ms is the default 120 s.
     assert!(took < std::time::Duration::from_secs(5), "{took:?}");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_during_the_hold_closes_the_upstream_at_once() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    // The primary sends its header and a role-only chunk, then nothing; the first-token
+    // deadline is far away, so only the client leaving can end the hold.
+    primary.set(Behavior::CutAt {
+        body: ROLE_ONLY.as_bytes().to_vec(),
+        end: CutEnd::Stall,
+    });
+    let yaml = Config::new()
+        .pool(Pool::openai("primary", &primary.url()))
+        .pool(Pool::openai("fallback", &fallback.url()))
+        .route(
+            Route::prefix("chat", "/v1", &["primary", "fallback"])
+                .yaml("{failover: {first_token_ms: 20000}}"),
+        )
+        .tenant(Tenant::new("t").virtual_key(VK))
+        .to_yaml();
+    let s = Sluice::start(&yaml, &[KEY_ENV]);
+    let request = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .bearer_auth(VK)
+        .json(&chat())
+        .send();
+    // The response header is held too: the client waits, then gives up.
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(500), request).await;
+    assert!(
+        gave_up.is_err(),
+        "nothing reached the client during the hold"
+    );
+    let left = std::time::Instant::now();
+    let deadline = left + std::time::Duration::from_secs(5);
+    let closed = loop {
+        if let Some(at) = *primary.slow_closed_at.lock().unwrap() {
+            break at;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream not closed\n{}",
+            s.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    let after = closed.saturating_duration_since(left);
+    assert!(
+        after < std::time::Duration::from_millis(100),
+        "upstream closed {after:?} after the client left"
+    );
+    assert!(
+        fallback.requests().is_empty(),
+        "no failover for a client that left"
+    );
+    let entry = s.log();
+    assert!(entry.contains(":200:client_gone"), "{entry}");
+}

@@ -81,7 +81,8 @@ pub enum CutEnd {
     Eof,
     /// A TCP reset.
     Reset,
-    /// Nothing more for 30 s, then a close.
+    /// Nothing more for 30 s (the time the proxy closes the connection first is recorded in
+    /// `Mock::slow_closed_at`), then a close.
     Stall,
 }
 
@@ -271,7 +272,17 @@ impl Mock {
                         return Ok(true);
                     }
                     CutEnd::Reset => sock.set_zero_linger()?,
-                    CutEnd::Stall => tokio::time::sleep(Duration::from_secs(30)).await,
+                    CutEnd::Stall => {
+                        // Nothing more for 30 s, unless the proxy closes the connection first
+                        // (its time is recorded in `slow_closed_at`).
+                        let mut probe = [0u8; 1];
+                        let read = sock.read(&mut probe);
+                        if let Ok(Ok(0) | Err(_)) =
+                            tokio::time::timeout(Duration::from_secs(30), read).await
+                        {
+                            *self.slow_closed_at.lock().unwrap() = Some(Instant::now());
+                        }
+                    }
                 }
                 return Ok(false);
             }
