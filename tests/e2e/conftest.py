@@ -16,6 +16,7 @@ Session layout (every port free-picked on 127.0.0.1):
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -208,22 +209,27 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sluice-e2e")
 
 
-@pytest.fixture(scope="session")
-def upstream(workdir: Path) -> Iterator[Upstream]:
-    proc, base = start_llmock(workdir, "llmock")
+@contextlib.contextmanager
+def llmock_upstream(workdir: Path, name: str,
+                    extra_args: tuple[str, ...] | list[str] = ()) -> Iterator[Upstream]:
+    """An llmock named `name` (its log in `workdir`) for the duration of the `with` block."""
+    proc, base = start_llmock(workdir, name, extra_args)
     try:
         yield Upstream(base, proc)
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream(workdir: Path) -> Iterator[Upstream]:
+    with llmock_upstream(workdir, "llmock") as u:
+        yield u
 
 
 @pytest.fixture(scope="session")
 def keycheck_upstream(workdir: Path) -> Iterator[Upstream]:
-    proc, base = start_llmock(workdir, "llmock-keycheck", ["--rpm", "1"])
-    try:
-        yield Upstream(base, proc)
-    finally:
-        proc.stop()
+    with llmock_upstream(workdir, "llmock-keycheck", ["--rpm", "1"]) as u:
+        yield u
 
 
 def sluice_config(proxy: str, admin: str, upstream: Upstream, keycheck: Upstream,

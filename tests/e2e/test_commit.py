@@ -32,8 +32,8 @@ import openai
 import pytest
 
 from conftest import (VIRTUAL_KEY, Sluice, SluiceFactory, Upstream, anthropic_client,
-                      openai_client)
-from harness import ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, pool, route, start_llmock
+                      llmock_upstream, openai_client)
+from harness import ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, pool, route
 
 pytestmark = pytest.mark.sluice
 
@@ -181,11 +181,8 @@ def scripted() -> Iterator[Scripted]:
 
 @pytest.fixture(scope="module")
 def fallback(workdir: Path) -> Iterator[Upstream]:
-    proc, base = start_llmock(workdir, "llmock-commit-fallback")
-    try:
-        yield Upstream(base, proc)
-    finally:
-        proc.stop()
+    with llmock_upstream(workdir, "llmock-commit-fallback") as u:
+        yield u
 
 
 def with_first_token(r: dict[str, Any]) -> dict[str, Any]:

@@ -25,10 +25,11 @@ from conftest import (
     SluiceFactory,
     Upstream,
     anthropic_client,
+    llmock_upstream,
     openai_client,
     stable,
 )
-from harness import ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, diff, pool, route, start_llmock
+from harness import ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, diff, pool, route
 
 pytestmark = pytest.mark.sluice
 
@@ -42,20 +43,14 @@ PRIMARY_TTFB_MS = 1000
 
 @pytest.fixture(scope="module")
 def primary(workdir: Path) -> Iterator[Upstream]:
-    proc, base = start_llmock(workdir, "llmock-primary")
-    try:
-        yield Upstream(base, proc)
-    finally:
-        proc.stop()
+    with llmock_upstream(workdir, "llmock-primary") as u:
+        yield u
 
 
 @pytest.fixture(scope="module")
 def fallback(workdir: Path) -> Iterator[Upstream]:
-    proc, base = start_llmock(workdir, "llmock-fallback")
-    try:
-        yield Upstream(base, proc)
-    finally:
-        proc.stop()
+    with llmock_upstream(workdir, "llmock-fallback") as u:
+        yield u
 
 
 @pytest.fixture

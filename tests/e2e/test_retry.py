@@ -24,8 +24,8 @@ import openai
 import pytest
 
 from conftest import (VIRTUAL_KEY, Sluice, SluiceFactory, Upstream, anthropic_client,
-                      openai_client, stable)
-from harness import ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, pool, route, start_llmock
+                      llmock_upstream, openai_client, stable)
+from harness import ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, pool, route
 from test_failover import attempts
 
 pytestmark = pytest.mark.sluice
@@ -44,31 +44,22 @@ SMALL_WINDOW = 100
 
 @pytest.fixture(scope="module")
 def primary(workdir: Path) -> Iterator[Upstream]:
-    proc, base = start_llmock(workdir, "llmock-retry-primary")
-    try:
-        yield Upstream(base, proc)
-    finally:
-        proc.stop()
+    with llmock_upstream(workdir, "llmock-retry-primary") as u:
+        yield u
 
 
 @pytest.fixture(scope="module")
 def small(workdir: Path) -> Iterator[Upstream]:
     """An llmock whose context window is SMALL_WINDOW tokens."""
-    proc, base = start_llmock(workdir, "llmock-small-context",
-                              ["--context-window", str(SMALL_WINDOW)])
-    try:
-        yield Upstream(base, proc)
-    finally:
-        proc.stop()
+    with llmock_upstream(workdir, "llmock-small-context",
+                         ["--context-window", str(SMALL_WINDOW)]) as u:
+        yield u
 
 
 @pytest.fixture(scope="module")
 def fallback(workdir: Path) -> Iterator[Upstream]:
-    proc, base = start_llmock(workdir, "llmock-retry-fallback")
-    try:
-        yield Upstream(base, proc)
-    finally:
-        proc.stop()
+    with llmock_upstream(workdir, "llmock-retry-fallback") as u:
+        yield u
 
 
 def start(factory: SluiceFactory, first: Upstream, fallback: Upstream,
