@@ -225,3 +225,45 @@ async fn a_client_that_leaves_during_the_hold_closes_the_upstream_at_once() {
     let entry = s.log();
     assert!(entry.contains(":200:client_gone"), "{entry}");
 }
+
+#[tokio::test]
+async fn a_held_primary_past_its_deadline_is_closed_before_the_next_candidate_answers() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::CutAt {
+        body: ROLE_ONLY.as_bytes().to_vec(),
+        end: CutEnd::Stall,
+    });
+    // The fallback never answers: it is given up at its own first-token deadline, 300 ms
+    // after the primary's.
+    fallback.set(Behavior::Stall);
+    let yaml = Config::new()
+        .pool(Pool::openai("primary", &primary.url()))
+        .pool(Pool::openai("fallback", &fallback.url()))
+        .route(
+            Route::prefix("chat", "/v1", &["primary", "fallback"])
+                .yaml("{failover: {first_token_ms: 300}}"),
+        )
+        .tenant(Tenant::new("t").virtual_key(VK))
+        .to_yaml();
+    let s = Sluice::start(&yaml, &[KEY_ENV]);
+    let sent = std::time::Instant::now();
+    let (status, body) = post(&s, "/v1/chat/completions", chat()).await;
+    let answered = sent.elapsed();
+    // Nothing served: the primary's answer as far as it went, ending in a native error.
+    assert_eq!(status, 200);
+    assert!(body.contains("\"error\""), "{body}");
+    assert!(
+        answered >= std::time::Duration::from_millis(550),
+        "{answered:?}"
+    );
+    let closed = primary
+        .slow_closed_at
+        .lock()
+        .unwrap()
+        .expect("primary closed");
+    let after = closed.saturating_duration_since(sent);
+    assert!(
+        after < std::time::Duration::from_millis(500),
+        "the stalled primary was closed {after:?} after the request, not at its deadline"
+    );
+}

@@ -279,6 +279,12 @@ impl Attempt {
         }
     }
 
+    /// Close the upstream connection now (HTTP/1.1: the socket; HTTP/2: a `RST_STREAM`),
+    /// keeping the attempt as a value: [`Attempt::chunk`] then yields the end of the body.
+    pub fn close(&mut self) {
+        self.session = None;
+    }
+
     /// Read what is left of the body (bounded by the idle timeout per read) so that the
     /// connection can be reused; closes it instead after `limit` bytes.
     pub async fn finish(mut self, limit: usize) {

@@ -167,6 +167,12 @@ pub async fn hold(
     };
     let route = ctx.route_name();
     let held_for = started.elapsed();
+    if !matches!(stop, Stop::Content(_) | Stop::Error(_, false)) {
+        // A failed hold is never read on: close the upstream connection now, so a stalled
+        // upstream stops generating (and billing) while the next candidates are tried; its
+        // header and held events stay, for the client if nothing does better.
+        attempt.close();
+    }
     let opening = |acc, held: BytesMut, end| Opening {
         acc,
         held: held.freeze(),
