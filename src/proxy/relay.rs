@@ -363,7 +363,14 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     if let (Some(err), Some(t), Some(target), Accounting::Sse(a)) =
         (&failure, tracker.as_mut(), &cut_target, &acc)
     {
-        if super::resume::is_cut(err) && !d.client_disconnected && t.resumable() {
+        // Not resumed: a tenant whose budget cuts streams off (a continuation would bill
+        // the prompt again, past what admission allowed), or a drain in progress.
+        if super::resume::is_cut(err)
+            && !d.client_disconnected
+            && t.resumable()
+            && cutoff.is_none()
+            && crate::drain::current() == crate::drain::Stage::Serving
+        {
             // The client gets every whole event of the cut leg, then the continuation.
             let sent = std::mem::take(&mut tail).freeze();
             let cut = super::resume::Cut {
@@ -387,8 +394,11 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
                 if r.spliced {
                     failure = None;
                     d.completed = true;
-                    // Every leg counted: the sum is settled as is (a cut leg is estimated).
-                    d.usage = Some(r.usage);
+                }
+                if r.legs.len() > 1 {
+                    // A continuation ran: every leg counted, spliced or not (a cut leg is
+                    // estimated), the sum settled as is.
+                    d.usage = plausible(ctx, Some(r.usage), bounds.max_usage_tokens);
                     d.usage_incomplete = true;
                     d.output_text = None;
                 }

@@ -232,6 +232,30 @@ def test_openai_chat_continuation_failing_moves_on_to_the_next_candidate(
                                                               sum(g[3] for g in got))
 
 
+def test_openai_chat_continuation_cut_again_without_resumes_left_is_billed_for_every_leg(
+        setup: Setup) -> None:
+    """`max_resumes: 1`: the continuation delivers 10 more tokens, then is cut too. The client
+    gets the native error of the original cut after 50 words; every leg is counted (the
+    continuation's prefilled prompt and its 10 tokens included), not only the first."""
+    setup.primary.configure(cut_after=40, cut_mode="eof")
+    setup.fallback.configure(prefill_cut_after=10)
+    request_id, stream = chat_via(setup, include_usage=False)
+    text = ""
+    with pytest.raises(openai.APIError) as raised:
+        for c in stream:
+            text += "".join(ch.delta.content or "" for ch in c.choices)
+    assert "before its final event" in raised.value.message
+    assert len(text.split()) == 50
+    entry = setup.sluice.access_entry(request_id)
+    got = legs(entry)
+    assert [(p, o) for p, o, _, _ in got] == [
+        ("primary-openai", "upstream_truncated"), ("fallback-openai", "upstream_truncated")]
+    assert entry["resumes"] == "1"
+    assert got[1][2] > 0 and got[1][3] > 0, got
+    assert (int(entry["prompt_tokens"]), int(entry["completion_tokens"])) == (
+        sum(g[2] for g in got), sum(g[3] for g in got)), entry
+
+
 # -- Anthropic messages -----------------------------------------------------------------
 
 MESSAGE_PROMPT = "List sixty words for a poem."

@@ -198,6 +198,9 @@ pub(crate) struct Splicer {
     pending: String,
     /// The continuation's own `message_start.message.usage.input_tokens`.
     input_tokens: u64,
+    /// The cut block still open was closed by the continuation (its block 0's
+    /// `content_block_stop`); if not when its `message_delta` comes, sluice closes it.
+    open_closed: bool,
     s: Splice,
 }
 
@@ -212,6 +215,7 @@ impl Splicer {
             base,
             pending: s.trimmed.clone(),
             input_tokens: 0,
+            open_closed: false,
             s,
         }
     }
@@ -249,6 +253,9 @@ impl Splicer {
                 } else {
                     Step::Failed
                 };
+            }
+            "content_block_stop" if index == Some(0) && self.open.is_some() => {
+                self.open_closed = true;
             }
             "content_block_start" | "content_block_stop" => {}
             "content_block_delta" => {
@@ -298,7 +305,18 @@ impl Splicer {
         if let Some(i) = index {
             v.insert("index".into(), Value::from(self.base.saturating_add(i)));
         }
-        let mut out = format!("event: {kind}\ndata: ").into_bytes();
+        let mut out = Vec::new();
+        if let (Some(open), "message_delta", false) = (self.open, kind.as_str(), self.open_closed) {
+            // A continuation with nothing to add (`content: []`: the prefill already ended
+            // the turn) never closes the block left open at the cut: close it, as every
+            // started block is closed before `message_delta` (Anthropic, "Streaming Messages").
+            self.open_closed = true;
+            out.extend_from_slice(
+                format!("event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":{open}}}\n\n")
+                    .as_bytes(),
+            );
+        }
+        out.extend_from_slice(format!("event: {kind}\ndata: ").as_bytes());
         if serde_json::to_writer(&mut out, &v).is_err() {
             return Step::Failed;
         }
@@ -450,6 +468,12 @@ mod tests {
         let tool = r#"{"type":"content_block_start","index":1,"content_block":{"type":"text"}}"#;
         let (_, v) = json(s.splice(&ev("content_block_start", tool)));
         assert_eq!(v["index"], 1);
+        let stop = r#"{"type":"content_block_stop","index":0}"#;
+        let (head, v) = json(s.splice(&ev("content_block_stop", stop)));
+        assert_eq!(
+            (head.as_str(), v["index"].as_u64()),
+            ("event: content_block_stop", Some(0))
+        );
         let md = r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}"#;
         let (head, v) = json(s.splice(&ev("message_delta", md)));
         assert_eq!(head, "event: message_delta");
@@ -461,6 +485,30 @@ mod tests {
         assert_eq!(t.splice(&ev("content_block_start", tool)), Step::Failed);
         let err = r#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#;
         assert_eq!(s.splice(&ev("error", err)), Step::Failed);
+    }
+
+    #[test]
+    fn an_empty_continuation_closes_the_block_left_open_at_the_cut() {
+        // The prefill already ended the turn: the continuation has `content: []`.
+        let mut s = Splicer::new(&tracked(false), Splice::default());
+        let start = r#"{"type":"message_start","message":{"id":"msg_2","content":[],"usage":{"input_tokens":12,"output_tokens":1}}}"#;
+        assert_eq!(s.splice(&ev("message_start", start)), Step::Skip);
+        let md = r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}"#;
+        let Step::Write { bytes, .. } = s.splice(&ev("message_delta", md)) else {
+            panic!("message_delta not written");
+        };
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 2, "{text}");
+        assert_eq!(
+            events[0],
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}"
+        );
+        assert!(events[1].starts_with("event: message_delta\n"), "{text}");
+        // Once only, and not when the block was closed (a cut after its stop).
+        let mut t = Splicer::new(&tracked(true), Splice::default());
+        let (head, _) = json(t.splice(&ev("message_delta", md)));
+        assert_eq!(head, "event: message_delta");
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub(super) async fn continuation(
     let started = tokio::select! {
         r = Attempt::start(target.clone(), out, deadline) => r,
         _ = session.as_downstream_mut().read_body_or_idle(true) => return LegEnd::ClientGone,
+        () = crate::drain::deadline() => return LegEnd::Failed("shutting_down"),
     };
     let (mut attempt, header) = match started {
         Ok(a) => a,
@@ -94,6 +95,14 @@ pub(super) async fn continuation(
         let chunk = tokio::select! {
             c = attempt.chunk() => c,
             _ = session.as_downstream_mut().read_body_or_idle(true) => return LegEnd::ClientGone,
+            () = crate::drain::deadline() => {
+                // The relay's own drain deadline: end the stream while Pingora still runs.
+                return if committed {
+                    LegEnd::Cut("shutting_down", acc.usage())
+                } else {
+                    LegEnd::Failed("shutting_down")
+                };
+            }
         };
         let whole = match chunk {
             Ok(Some(data)) => acc.push(&data),
@@ -120,7 +129,13 @@ pub(super) async fn continuation(
                 }
                 Step::Write { bytes, content } => (bytes, content),
             };
-            if !committed && !content && held.len() + bytes.len() <= max_held {
+            if !committed && !content {
+                if held.len() + bytes.len() > max_held {
+                    // Never commit events without content: a continuation that sends more
+                    // of them than the cap fails before the client sees any of it.
+                    cut = Some("hold_overflow");
+                    break;
+                }
                 held.extend_from_slice(&bytes);
                 continue;
             }

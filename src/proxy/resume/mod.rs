@@ -214,6 +214,15 @@ pub(crate) async fn resume(
         first,
     )];
     let mut prev = first;
+    // The answer already has the tokens the client allowed (its finish reason was cut off):
+    // a continuation could only go past the client's limit.
+    if ctx
+        .fields()
+        .max_tokens
+        .is_some_and(|m| first.completion_tokens >= m)
+    {
+        return no_resume(ctx, legs, prev);
+    }
     let Ok(base) = super::attempt::forwarded_header(session.req_header()) else {
         return no_resume(ctx, legs, prev);
     };
@@ -311,13 +320,15 @@ pub(crate) async fn resume(
                 resumes += 1;
             }
             LegEnd::ClientGone => {
-                legs.push(leg(
-                    &pool,
-                    target.addr(),
-                    status,
-                    "client_gone",
-                    Usage::default(),
-                ));
+                // What this leg delivered before the client left is billed by its upstream:
+                // estimated from its text and its prefilled prompt.
+                let usage = if text.is_empty() {
+                    Usage::default()
+                } else {
+                    leg_usage(ctx, api, text, &prefill, None).await
+                };
+                legs.push(leg(&pool, target.addr(), status, "client_gone", usage));
+                prev = add(prev, usage);
                 return Resumed {
                     spliced: false,
                     client_gone: true,
