@@ -670,3 +670,43 @@ async fn bodies_up_to_the_cap_fail_over_byte_identical() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_while_a_4xx_body_is_read_closes_the_upstream_at_once() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    // The rules read 4xx bodies (an error code is listed); this one stalls mid-body.
+    a.set(Behavior::StallInErrorBody(400));
+    let yaml = Config::new()
+        .pool(Pool::openai("primary", &a.url()).key_envs(&["KEY_A"]))
+        .pool(Pool::openai("fallback", &b.url()).key_envs(&["KEY_A"]))
+        .route(
+            Route::prefix("main", "/v1", &["primary", "fallback"])
+                .yaml("{failover: {retry_on_error_codes: [context_length_exceeded]}}"),
+        )
+        .to_yaml();
+    let s = Sluice::start(&yaml, &KEYS);
+    let gave_up = tokio::time::timeout(Duration::from_millis(400), chat(&s, false, 2).send()).await;
+    assert!(
+        gave_up.is_err(),
+        "nothing was answered while the body was read"
+    );
+    let left = std::time::Instant::now();
+    let deadline = left + Duration::from_secs(5);
+    let closed = loop {
+        if let Some(at) = *a.slow_closed_at.lock().unwrap() {
+            break at;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream not closed\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let after = closed.saturating_duration_since(left);
+    assert!(
+        after < Duration::from_millis(100),
+        "closed {after:?} after the client left"
+    );
+    assert!(b.requests().is_empty());
+}

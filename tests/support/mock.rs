@@ -57,6 +57,9 @@ pub enum Behavior {
     /// Reset the connection after reading the request, for this many more requests, then
     /// answer normally.
     ResetBeforeHeader(u32),
+    /// Answer this status with a JSON `content-length` of 1,000 bytes, send the first 10, then
+    /// nothing (the time the proxy closes the connection is recorded in `slow_closed_at`).
+    StallInErrorBody(u16),
     /// Stream 3 SSE chunks, then drop the connection.
     CutAfterThree,
     /// 401 when the request's `authorization` contains this key.
@@ -197,6 +200,19 @@ impl Mock {
         }
         match behavior {
             Behavior::Normal => {}
+            Behavior::StallInErrorBody(status) => {
+                let head = format!("HTTP/1.1 {status} Error\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"error\":");
+                sock.write_all(head.as_bytes()).await?;
+                sock.flush().await?;
+                let mut probe = [0u8; 1];
+                let read = sock.read(&mut probe);
+                if let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_secs(30), read).await
+                {
+                    *self.slow_closed_at.lock().unwrap() = Some(Instant::now());
+                }
+                return Ok(false);
+            }
             Behavior::ResetBeforeHeader(left) => {
                 *self.behavior.lock().unwrap() = match left {
                     0 | 1 => Behavior::Normal,

@@ -237,9 +237,15 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                                 && !matches!(status, 401 | 403 | 429)
                                 && rules.reads_error_bodies()
                             {
-                                let prefix =
-                                    body_prefix(&mut attempt, rules.max_error_body_bytes, deadline)
-                                        .await;
+                                let limit = rules.max_error_body_bytes;
+                                let prefix = tokio::select! {
+                                    p = body_prefix(&mut attempt, limit, deadline) => p,
+                                    _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                                        record(ctx, &target, status, "client_gone");
+                                        observe_attempts(&route.name, t.attempts);
+                                        return Ok(Ended::ClientGone);
+                                    }
+                                };
                                 let error = NativeError::parse(&prefix);
                                 (prefix, error)
                             } else {
