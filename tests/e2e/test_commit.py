@@ -34,6 +34,7 @@ import pytest
 from conftest import (VIRTUAL_KEY, Sluice, SluiceFactory, Upstream, anthropic_client,
                       llmock_upstream, openai_client)
 from harness import ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, pool, route
+from test_failover import attempts
 
 pytestmark = pytest.mark.sluice
 
@@ -230,15 +231,6 @@ def primary_failure_s(scripted: Scripted, path: str, script: str) -> float:
     elapsed = time.perf_counter() - start
     conn.close()
     return elapsed
-
-
-def attempts(entry: dict[str, str]) -> list[tuple[str, str, str]]:
-    out = []
-    for attempt in entry["attempts"].split(","):
-        pool_name, _, rest = attempt.partition("/")
-        _host, _port, status, outcome = rest.rsplit(":", 3)
-        out.append((pool_name, status, outcome))
-    return out
 
 
 # -- one streamed call per API: (ttft_s, text, usage (prompt, completion), dumps, request id) --
