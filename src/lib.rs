@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod balance;
+pub mod cache;
 pub mod config;
 pub mod drain;
 pub mod error;

@@ -180,6 +180,14 @@ pub(crate) fn compile_with(
         if !resolved.is_empty() && resolved.len() == r.pools.len() {
             let (failover, max_resumes) =
                 failover::compile_failover(&path, &r.failover, &resolved, &mut errs);
+            let route_cache = r
+                .cache
+                .as_ref()
+                .map(|c| cache::compile_route_cache(&path, c, &mut errs));
+            let hedge = r
+                .hedge
+                .as_ref()
+                .map(|h| cache::compile_hedge(&path, h, &mut errs));
             routes.push(Route {
                 name: Arc::from(r.name.as_str()),
                 path_prefix: m.path_prefix.clone(),
@@ -188,6 +196,9 @@ pub(crate) fn compile_with(
                 pools: resolved,
                 failover,
                 max_resumes,
+                cache: route_cache,
+                coalesce: r.coalesce,
+                hedge,
             });
         }
     }
@@ -238,6 +249,15 @@ pub(crate) fn compile_with(
         }
     };
 
+    let cache = cache::compile_settings(
+        &file.cache,
+        file.limits.redis.as_ref(),
+        file.routes
+            .iter()
+            .any(|r| cache::uses_redis(r.cache.as_ref())),
+        &mut errs,
+    );
+
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
     }
@@ -282,6 +302,7 @@ pub(crate) fn compile_with(
             write_bytes: usize::try_from(file.server.client_write_buffer_bytes)
                 .unwrap_or(usize::MAX),
         },
+        cache,
         accounting: Accounting {
             max_sse_event_bytes: usize::try_from(acc.max_sse_event_bytes).unwrap_or(usize::MAX),
             max_json_body_bytes: usize::try_from(acc.max_json_body_bytes).unwrap_or(usize::MAX),
@@ -563,6 +584,7 @@ pub(super) fn read_file(path: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests;
 
+mod cache;
 mod failover;
 mod tenants;
 use tenants::compile_tenants;

@@ -2,6 +2,7 @@
 //! (`parse`), and its compilation into the immutable [`Snapshot`] the request path reads
 //! (`snapshot`, `compile`).
 
+pub mod cache;
 mod compile;
 mod key;
 pub mod limits;

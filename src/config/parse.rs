@@ -5,8 +5,8 @@
 //! reported, not just the first one in the file.
 
 use super::schema::{
-    AccountingConf, LimitsSection, ListenersConf, ModelConf, PoolConf, ReloadConf, RouteConf,
-    ServerConf, TenantsConf,
+    AccountingConf, CacheSection, LimitsSection, ListenersConf, ModelConf, PoolConf, ReloadConf,
+    RouteConf, ServerConf, TenantsConf,
 };
 use super::{ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -33,6 +33,8 @@ pub struct ConfigFile {
     pub reload: ReloadConf,
     /// `accounting`.
     pub accounting: AccountingConf,
+    /// `cache`.
+    pub cache: CacheSection,
     /// Names of pools that failed to parse (so routes naming them are not also reported as
     /// naming an unknown pool).
     pub broken_pools: Vec<String>,
@@ -48,6 +50,7 @@ const SECTIONS: &[&str] = &[
     "models",
     "reload",
     "accounting",
+    "cache",
 ];
 
 /// Parse YAML text. Errors: YAML syntax (one error, with line and column), an unknown top-level
@@ -95,6 +98,7 @@ pub fn parse_lenient(text: &str) -> Result<(ConfigFile, Vec<ConfigError>), Confi
             "limits" => section(name, value, &mut errors, &mut file.limits),
             "reload" => section(name, value, &mut errors, &mut file.reload),
             "accounting" => section(name, value, &mut errors, &mut file.accounting),
+            "cache" => section(name, value, &mut errors, &mut file.cache),
             "models" => file.models = list(name, value, &mut errors),
             "pools" => {
                 file.broken_pools = broken_names(&value);

@@ -206,6 +206,12 @@ pub struct Route {
     pub failover: Failover,
     /// Most continuations of a cut stream (`failover.resume_on_cut`); 0: never resumed.
     pub max_resumes: u32,
+    /// Exact-match response cache (`cache`), if on.
+    pub cache: Option<super::cache::RouteCache>,
+    /// Identical requests in flight share one upstream attempt (`coalesce`).
+    pub coalesce: bool,
+    /// Race a slow first attempt (`hedge`), if on.
+    pub hedge: Option<super::cache::Hedge>,
 }
 
 impl Route {
@@ -322,6 +328,8 @@ pub struct Snapshot {
     pub redis: Option<RedisConf>,
     /// Bounds of response accounting (`accounting`).
     pub accounting: Accounting,
+    /// The response store (`cache`), fixed at start.
+    pub cache: super::cache::CacheSettings,
     /// Bounds on client connections (`server.header_timeout_ms`, ...), fixed at start.
     pub connections: ConnectionLimits,
     /// L4 buffer sizes of each client connection, fixed at start.

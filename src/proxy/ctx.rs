@@ -5,6 +5,7 @@
 //! |---------------|-----------------------------------|------------------------------------|
 //! | `caller`      | `request` (path, identify, route) | tenant, route, API, error style    |
 //! | `inspected`   | `inspect`                         | body fields and the body as sent   |
+//! | `reuse`       | `reuse`                           | cache / coalescing key and intent  |
 //! | `admission`   | `limit`                           | the hold on the tenant's limits    |
 //! | `upstream`    | `failover` / passthrough          | attempts made, the serving endpoint|
 //! | `delivered`   | `relay` / `respond` / `logging`   | what the client got                |
@@ -164,6 +165,8 @@ pub struct RequestCtx {
     pub caller: Caller,
     /// Set for inspected requests.
     pub inspected: Option<InspectedRequest>,
+    /// The request's cache / coalescing key, on routes with either.
+    pub reuse: Option<super::reuse::Reuse>,
     /// The request's hold on its tenant's limits (reservations, concurrency permit); settled
     /// by the log stage, released if dropped.
     pub admission: Option<Admission>,
@@ -185,6 +188,7 @@ impl Default for RequestCtx {
             snapshot: None,
             caller: Caller::default(),
             inspected: None,
+            reuse: None,
             admission: None,
             upstream: UpstreamLog::default(),
             delivered: Delivered::default(),

@@ -33,6 +33,7 @@ mod relay;
 mod request;
 mod respond;
 mod resume;
+pub mod reuse;
 mod upstream;
 
 use crate::balance::breaker::Outcome;

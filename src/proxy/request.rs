@@ -2,7 +2,7 @@
 //! then either failover and the relay (inspected) or Pingora's own proxy path (passthrough).
 
 use super::ctx::{InspectedRequest, Passthrough, RequestCtx};
-use super::{failover, identify, inspect, limit, path, relay};
+use super::{failover, identify, inspect, limit, path, relay, reuse};
 use crate::config::Snapshot;
 use crate::error::SluiceError;
 use crate::limits::Limiter;
@@ -42,6 +42,9 @@ pub async fn handle(
         let (fields, body) = inspect::inspect(ctx.caller.api, body)?;
         ctx.inspected = Some(InspectedRequest { fields, body });
         select_route(&snapshot, session, ctx, &path)?;
+        if let Some(route) = ctx.caller.route.and_then(|i| snapshot.routes.get(i)) {
+            ctx.reuse = reuse::of_request(route, session.req_header(), ctx);
+        }
         limit::admit(limiter, &snapshot, ctx).await?;
         match failover::run(session, ctx).await? {
             failover::Ended::Served(served) => {

@@ -363,3 +363,55 @@ fn resume_on_cut_defaults_off_and_refuses_what_could_never_resume() {
     let typo = format!("{POOL}    prefill: yes\n");
     assert!(parse(&typo).is_err() || !errors(&typo).is_empty());
 }
+
+#[test]
+fn cache_coalesce_and_hedge_default_off_compile_and_are_validated() {
+    let route = "routes:\n  - name: r\n    match: {path_prefix: /v1}\n    pools: [oa]\n";
+    let snap = compile(&parse(&format!("{POOL}{route}")).unwrap(), Secrets::Skip).unwrap();
+    let r = &snap.routes[0];
+    assert!(r.cache.is_none() && !r.coalesce && r.hedge.is_none());
+    assert_eq!(snap.cache.max_bytes, 32 << 20);
+    assert_eq!(snap.cache.max_entry_bytes, 1 << 20);
+    assert!(snap.cache.redis.is_none());
+
+    let on = format!(
+        "{POOL}{route}    cache: {{ttl_ms: 1000, scope: route, when: always}}\n    coalesce: true\n    hedge: {{after_ms: 250}}\ncache: {{max_bytes: 4096, max_entry_bytes: 1024}}\n"
+    );
+    let snap = compile(&parse(&on).unwrap(), Secrets::Skip).unwrap();
+    let r = &snap.routes[0];
+    let c = r.cache.as_ref().unwrap();
+    assert_eq!(c.ttl, Duration::from_millis(1000));
+    assert_eq!(c.scope, crate::config::cache::CacheScope::Route);
+    assert!(c.hits_count_toward_limits);
+    assert!(r.coalesce);
+    let h = r.hedge.unwrap();
+    assert_eq!((h.after, h.max), (Duration::from_millis(250), 1));
+    assert_eq!(snap.cache.max_bytes, 4096);
+
+    // The Redis tier defaults to the limits' Redis.
+    let shared = format!(
+        "{POOL}{route}    cache: {{store: redis}}\nlimits:\n  store: redis\n  redis: {{url: 'redis://127.0.0.1:1', timeout_ms: 20}}\n"
+    );
+    let snap = compile(&parse(&shared).unwrap(), Secrets::Skip).unwrap();
+    let redis = snap.cache.redis.as_ref().unwrap();
+    assert_eq!(redis.url, "redis://127.0.0.1:1");
+    assert_eq!(redis.timeout, Duration::from_millis(20));
+
+    let bad = format!(
+        "{POOL}{route}    cache: {{ttl_ms: 0, store: redis}}\n    hedge: {{after_ms: 0, max: 9}}\ncache: {{max_bytes: 10, max_entry_bytes: 20, redis: {{url: 'http://x'}}}}\n"
+    );
+    let errs = errors(&bad);
+    for e in [
+        "routes[0].cache.ttl_ms: must be greater than 0",
+        "routes[0].hedge.after_ms: must be greater than 0",
+        "routes[0].hedge.max: must be between 1 and 4",
+        "cache.max_entry_bytes: must be greater than 0 and at most cache.max_bytes",
+        "cache.redis.url: must be a redis:// (or rediss:// for TLS) URL",
+    ] {
+        assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
+    }
+    let no_redis = format!("{POOL}{route}    cache: {{store: redis}}\n");
+    assert!(errors(&no_redis)
+        .iter()
+        .any(|e| e.starts_with("cache.redis: required")));
+}

@@ -6,8 +6,10 @@
 
 use serde::Deserialize;
 
+mod cache;
 mod limits;
 mod route;
+pub use cache::*;
 pub use limits::*;
 pub use route::*;
 

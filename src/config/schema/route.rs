@@ -49,6 +49,15 @@ pub struct RouteConf {
     /// When and how often to try another endpoint / pool.
     #[serde(default)]
     pub failover: FailoverConf,
+    /// Exact-match response cache (off when absent).
+    #[serde(default)]
+    pub cache: Option<super::RouteCacheConf>,
+    /// Identical requests in flight at the same time share one upstream attempt. Default false.
+    #[serde(default)]
+    pub coalesce: bool,
+    /// Race a slow first attempt on the next candidate (off when absent).
+    #[serde(default)]
+    pub hedge: Option<super::HedgeConf>,
 }
 
 /// `routes[].failover`: failover happens only before the first response byte reached the

@@ -1,0 +1,343 @@
+//! The identity of an inspected request for the response cache and for coalescing: SHA-256 of
+//! the request in canonical form, and what the client asked of the cache.
+//!
+//! Canonical form (so that two requests a provider would answer alike hash alike):
+//! - the JSON body with object keys sorted (byte order) at every depth and no insignificant
+//!   whitespace (RFC 8259 section 2); numbers and strings exactly as the client wrote them;
+//! - top-level fields that do not change the answer removed: `stream`, `stream_options`
+//!   (OpenAI: `stream_options.include_usage` only adds a usage chunk), `user` (OpenAI:
+//!   end-user id for abuse monitoring), `metadata` (Anthropic `metadata.user_id`, OpenAI
+//!   stored-completion tags);
+//! - the headers that select a provider's API version or beta features, which change the
+//!   answer: `anthropic-version`, `anthropic-beta` (Anthropic API versioning docs), and
+//!   `openai-beta` (OpenAI Assistants/Responses beta header); Azure's `api-version` is in the
+//!   query string, which is hashed with the path;
+//! - plus the route, the scope (the tenant, or the whole route), the method, path and query,
+//!   and whether the answer is streamed (a stream and a JSON body are stored apart: converting
+//!   one into the other is not exact for every API).
+
+use http::HeaderMap;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Request headers that change what a provider answers, hashed with the body.
+pub const VERSION_HEADERS: [&str; 3] = ["anthropic-version", "anthropic-beta", "openai-beta"];
+
+/// Top-level body fields that do not change the answer, left out of the hash.
+pub const IGNORED_FIELDS: [&str; 4] = ["stream", "stream_options", "user", "metadata"];
+
+/// The client's own cache switch: request header `x-sluice-cache` with `on` (cache this
+/// request even when it does not ask for determinism) or `off` (bypass).
+pub const CLIENT_HEADER: &str = "x-sluice-cache";
+
+/// SHA-256 of a request in canonical form (32 bytes). Printed as 64 lower-case hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(pub [u8; 32]);
+
+impl Key {
+    /// Lower-case hex (64 characters): the log line's `input_hash` and the Redis key suffix.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", self.hex())
+    }
+}
+
+/// Where a request's key is shared: `route` always; `tenant` for the tenant scope (`None`:
+/// every tenant of the route shares entries).
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// Route name.
+    pub route: &'a str,
+    /// Tenant name, for `scope: tenant`.
+    pub tenant: Option<&'a str>,
+}
+
+/// What the client asked of the cache, from its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Intent {
+    /// The body asks for a repeatable answer: `temperature` is 0, or a `seed` is set.
+    pub deterministic: bool,
+    /// `x-sluice-cache: on`.
+    pub opted_in: bool,
+    /// `cache-control: no-cache` (RFC 9111 section 5.2.1.4) or `x-sluice-cache: off`: do not
+    /// answer from the cache; the fresh answer replaces the entry (`no-cache` only).
+    pub no_cache: bool,
+    /// `cache-control: no-store` (RFC 9111 section 5.2.1.5) or `x-sluice-cache: off`: do not
+    /// store this request's answer.
+    pub no_store: bool,
+}
+
+impl Intent {
+    /// Read the request's headers and parsed body.
+    pub fn of(headers: &HeaderMap, body: &Value) -> Intent {
+        let mut intent = Intent {
+            deterministic: is_deterministic(body),
+            ..Intent::default()
+        };
+        for v in headers.get_all(http::header::CACHE_CONTROL) {
+            for directive in v.to_str().unwrap_or("").split(',') {
+                match directive.trim().to_ascii_lowercase().as_str() {
+                    "no-cache" => intent.no_cache = true,
+                    "no-store" => intent.no_store = true,
+                    _ => {}
+                }
+            }
+        }
+        match headers
+            .get(CLIENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("on") => intent.opted_in = true,
+            Some("off") => {
+                intent.no_cache = true;
+                intent.no_store = true;
+            }
+            _ => {}
+        }
+        intent
+    }
+}
+
+/// `temperature` equal to 0 (any JSON spelling of zero), or a non-null `seed` (OpenAI chat
+/// completions `seed`).
+fn is_deterministic(body: &Value) -> bool {
+    let zero_temperature = body
+        .get("temperature")
+        .and_then(Value::as_f64)
+        .is_some_and(|t| t == 0.0);
+    let seeded = body.get("seed").is_some_and(|s| !s.is_null());
+    zero_temperature || seeded
+}
+
+/// The key of a request: `method`, `path_and_query`, its `headers` and JSON `body` (already
+/// parsed), `streamed` (the client asked for a stream), in `scope`.
+pub fn compute(
+    scope: Scope<'_>,
+    method: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &Value,
+    streamed: bool,
+) -> Key {
+    let mut h = Sha256::new();
+    // Every variable-length part is length-prefixed, so no two requests share a preimage.
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    part(b"sluice-cache-v1");
+    part(scope.route.as_bytes());
+    match scope.tenant {
+        Some(t) => {
+            part(b"tenant");
+            part(t.as_bytes());
+        }
+        None => part(b"route"),
+    }
+    part(method.as_bytes());
+    part(path_and_query.as_bytes());
+    for name in VERSION_HEADERS {
+        let mut values: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+        values.sort_unstable();
+        part(name.as_bytes());
+        part(&(values.len() as u64).to_be_bytes());
+        for v in values {
+            part(v);
+        }
+    }
+    part(if streamed { b"stream" } else { b"json" });
+    let mut canonical = Vec::with_capacity(256);
+    write_canonical(body, true, &mut canonical);
+    part(&canonical);
+    Key(h.finalize().into())
+}
+
+/// `v` in canonical JSON: keys sorted, no whitespace; at the top level (`top`) the ignored
+/// fields are left out.
+fn write_canonical(v: &Value, top: bool, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map
+                .iter()
+                .filter(|(k, _)| !(top && IGNORED_FIELDS.contains(&k.as_str())))
+                .collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(k, out);
+                out.push(b':');
+                write_canonical(v, false, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, false, out);
+            }
+            out.push(b']');
+        }
+        Value::String(s) => write_string(s, out),
+        // Scalars print without whitespace; numbers as serde_json parsed them.
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json's string escaping is canonical (the same text for the same string).
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(body: &str, headers: &HeaderMap, streamed: bool, tenant: Option<&str>) -> Key {
+        let v: Value = serde_json::from_str(body).unwrap();
+        compute(
+            Scope {
+                route: "chat",
+                tenant,
+            },
+            "POST",
+            "/v1/chat/completions",
+            headers,
+            &v,
+            streamed,
+        )
+    }
+
+    #[test]
+    fn key_order_whitespace_and_ignored_fields_do_not_change_the_key() {
+        let h = HeaderMap::new();
+        let a = key(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}"#,
+            &h,
+            false,
+            Some("t"),
+        );
+        let b = key(
+            r#"{ "temperature" : 0, "stream": false, "user": "u1", "metadata": {"a": 1},
+                "stream_options": {"include_usage": true},
+                "messages": [ {"content": "hi", "role": "user"} ], "model": "m" }"#,
+            &h,
+            false,
+            Some("t"),
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.hex().len(), 64);
+    }
+
+    #[test]
+    fn content_scope_stream_and_version_headers_change_the_key() {
+        let h = HeaderMap::new();
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let base = key(body, &h, false, Some("t"));
+        let other_text = key(
+            r#"{"model":"m","messages":[{"role":"user","content":"ho"}]}"#,
+            &h,
+            false,
+            Some("t"),
+        );
+        // `user` is ignored only at the top level: inside a message it is content.
+        let nested_user = key(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi","user":"x"}]}"#,
+            &h,
+            false,
+            Some("t"),
+        );
+        let streamed = key(body, &h, true, Some("t"));
+        let other_tenant = key(body, &h, false, Some("u"));
+        let route_scope = key(body, &h, false, None);
+        let mut versioned = HeaderMap::new();
+        versioned.insert("anthropic-version", "2023-06-01".parse().unwrap());
+        let with_version = key(body, &versioned, false, Some("t"));
+        let mut unrelated = HeaderMap::new();
+        unrelated.insert("x-stainless-retry-count", "1".parse().unwrap());
+        assert_eq!(key(body, &unrelated, false, Some("t")), base);
+        for (what, k) in [
+            ("content", other_text),
+            ("nested user", nested_user),
+            ("stream", streamed),
+            ("tenant", other_tenant),
+            ("scope", route_scope),
+            ("version header", with_version),
+        ] {
+            assert_ne!(k, base, "{what} did not change the key");
+        }
+    }
+
+    #[test]
+    fn intent_reads_determinism_and_the_client_switches() {
+        let v = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        let none = HeaderMap::new();
+        assert!(Intent::of(&none, &v(r#"{"temperature":0}"#)).deterministic);
+        assert!(Intent::of(&none, &v(r#"{"temperature":0.0}"#)).deterministic);
+        assert!(Intent::of(&none, &v(r#"{"seed":7,"temperature":1}"#)).deterministic);
+        assert!(!Intent::of(&none, &v(r#"{"temperature":0.2}"#)).deterministic);
+        assert!(!Intent::of(&none, &v(r#"{"seed":null}"#)).deterministic);
+        let mut h = HeaderMap::new();
+        h.insert("cache-control", "max-age=0, No-Cache".parse().unwrap());
+        h.insert(CLIENT_HEADER, "on".parse().unwrap());
+        let i = Intent::of(&h, &v("{}"));
+        assert!(i.no_cache && i.opted_in && !i.no_store);
+        let mut off = HeaderMap::new();
+        off.insert(CLIENT_HEADER, "off".parse().unwrap());
+        let i = Intent::of(&off, &v("{}"));
+        assert!(i.no_cache && i.no_store);
+    }
+
+    /// Arbitrary JSON values (bounded depth and size).
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-z \"\\\\é]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        /// The canonical text is valid JSON equal to the input (minus the ignored fields), and
+        /// pretty-printing the input does not change the key.
+        #[test]
+        fn canonical_form_is_the_same_json(v in json()) {
+            let mut out = Vec::new();
+            write_canonical(&v, false, &mut out);
+            let back: Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(&back, &v);
+            let h = HeaderMap::new();
+            let scope = Scope { route: "r", tenant: None };
+            let pretty: Value =
+                serde_json::from_str(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
+            prop_assert_eq!(
+                compute(scope, "POST", "/p", &h, &v, false),
+                compute(scope, "POST", "/p", &h, &pretty, false)
+            );
+        }
+    }
+}

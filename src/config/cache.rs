@@ -1,0 +1,51 @@
+//! Response reuse, compiled: the process's cache store settings ([`CacheSettings`], from the
+//! `cache` section) and each route's `cache` ([`RouteCache`]) and `hedge` ([`Hedge`]).
+
+pub use super::schema::{CacheScope, CacheStoreKind, CacheWhen};
+use std::time::Duration;
+
+/// The process's response store (`cache`). Fixed at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Memory tier bound, bytes (`cache.max_bytes`).
+    pub max_bytes: u64,
+    /// Largest response stored, bytes (`cache.max_entry_bytes`).
+    pub max_entry_bytes: usize,
+    /// The Redis tier, when a route uses `store: redis`.
+    pub redis: Option<CacheRedis>,
+}
+
+/// The Redis tier's server (`cache.redis`, else the limits' `limits.redis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRedis {
+    /// `redis://` or `rediss://` URL (a secret: never logged).
+    pub url: String,
+    /// Longest a lookup waits on Redis.
+    pub timeout: Duration,
+    /// Bound on one background (re)connect.
+    pub connect_timeout: Duration,
+}
+
+/// `routes[].cache`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCache {
+    /// How long an entry is served.
+    pub ttl: Duration,
+    /// Whose requests share entries.
+    pub scope: CacheScope,
+    /// Memory only, or memory then Redis.
+    pub store: CacheStoreKind,
+    /// Which requests are cached.
+    pub when: CacheWhen,
+    /// A hit counts against the tenant's request limits (never tokens or budget).
+    pub hits_count_toward_limits: bool,
+}
+
+/// `routes[].hedge`, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hedge {
+    /// No content this long after the attempt in flight was sent: start the next candidate.
+    pub after: Duration,
+    /// Most hedged attempts per request, beside the first (1..=4).
+    pub max: u32,
+}

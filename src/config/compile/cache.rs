@@ -1,0 +1,108 @@
+//! The `cache` section and each route's `cache` / `hedge` compiled and validated (each problem
+//! with its path).
+
+use super::Errors;
+use crate::config::cache::{CacheRedis, CacheSettings, Hedge, RouteCache};
+use crate::config::schema::{CacheSection, CacheStoreKind, HedgeConf, RedisConf, RouteCacheConf};
+use std::time::Duration;
+
+/// Most hedged attempts a route may ask for.
+const MAX_HEDGES: u32 = 4;
+
+/// The `cache` section; `limits_redis` is the limits' Redis, the default of the Redis tier.
+/// `uses_redis`: some route stores in Redis (then a Redis server is required).
+pub(super) fn compile_settings(
+    c: &CacheSection,
+    limits_redis: Option<&RedisConf>,
+    uses_redis: bool,
+    errs: &mut Errors,
+) -> CacheSettings {
+    if c.max_bytes == 0 {
+        errs.push("cache.max_bytes", "must be greater than 0");
+    }
+    if c.max_entry_bytes == 0 || c.max_entry_bytes > c.max_bytes {
+        errs.push(
+            "cache.max_entry_bytes",
+            "must be greater than 0 and at most cache.max_bytes",
+        );
+    }
+    let redis = match (&c.redis, limits_redis) {
+        (Some(r), _) => {
+            if !["redis://", "rediss://", "redis+unix://"]
+                .iter()
+                .any(|p| r.url.starts_with(p))
+            {
+                errs.push(
+                    "cache.redis.url",
+                    "must be a redis:// (or rediss:// for TLS) URL",
+                );
+            }
+            if r.timeout_ms == 0 || r.connect_timeout_ms == 0 {
+                errs.push(
+                    "cache.redis",
+                    "timeout_ms and connect_timeout_ms must be at least 1",
+                );
+            }
+            Some(CacheRedis {
+                url: r.url.clone(),
+                timeout: Duration::from_millis(r.timeout_ms),
+                connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+            })
+        }
+        (None, Some(r)) => Some(CacheRedis {
+            url: r.url.clone(),
+            timeout: Duration::from_millis(r.timeout_ms),
+            connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
+        }),
+        (None, None) => {
+            if uses_redis {
+                errs.push(
+                    "cache.redis",
+                    "required by a route with cache.store: redis (or set limits.redis)",
+                );
+            }
+            None
+        }
+    };
+    CacheSettings {
+        max_bytes: c.max_bytes,
+        max_entry_bytes: usize::try_from(c.max_entry_bytes).unwrap_or(usize::MAX),
+        redis: if uses_redis { redis } else { None },
+    }
+}
+
+/// `routes[i].cache` at `path` (`routes[i]`).
+pub(super) fn compile_route_cache(path: &str, c: &RouteCacheConf, errs: &mut Errors) -> RouteCache {
+    if c.ttl_ms == 0 {
+        errs.push(format!("{path}.cache.ttl_ms"), "must be greater than 0");
+    }
+    RouteCache {
+        ttl: Duration::from_millis(c.ttl_ms),
+        scope: c.scope,
+        store: c.store,
+        when: c.when,
+        hits_count_toward_limits: c.hits_count_toward_limits,
+    }
+}
+
+/// Whether a route stores in Redis.
+pub(super) fn uses_redis(c: Option<&RouteCacheConf>) -> bool {
+    c.is_some_and(|c| c.store == CacheStoreKind::Redis)
+}
+
+/// `routes[i].hedge` at `path` (`routes[i]`).
+pub(super) fn compile_hedge(path: &str, h: &HedgeConf, errs: &mut Errors) -> Hedge {
+    if h.after_ms == 0 {
+        errs.push(format!("{path}.hedge.after_ms"), "must be greater than 0");
+    }
+    if h.max == 0 || h.max > MAX_HEDGES {
+        errs.push(
+            format!("{path}.hedge.max"),
+            format!("must be between 1 and {MAX_HEDGES}"),
+        );
+    }
+    Hedge {
+        after: Duration::from_millis(h.after_ms),
+        max: h.max.clamp(1, MAX_HEDGES),
+    }
+}

@@ -1,0 +1,139 @@
+//! The response-reuse part of the schema: the process-wide `cache` section (the memory tier's
+//! bound and the optional Redis tier), and per route the `cache`, `coalesce` and `hedge` opt-ins.
+
+use serde::Deserialize;
+
+/// `cache`: the process's response store, shared by every route that sets `routes[].cache`.
+/// Fixed at start (a reload keeps the store it has; a changed bound applies at restart).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Memory tier bound: the sum of stored response sizes (body bytes plus a fixed overhead
+    /// per entry), bytes. Default 32 MiB.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Largest response stored (body bytes, as received from the upstream); larger ones are
+    /// served but not stored. Default 1 MiB.
+    #[serde(default = "default_max_entry_bytes")]
+    pub max_entry_bytes: u64,
+    /// The Redis tier of routes with `cache.store: redis`. Default: the limits' Redis
+    /// (`limits.redis`: its `url`, `timeout_ms` and `connect_timeout_ms`).
+    #[serde(default)]
+    pub redis: Option<CacheRedisConf>,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_max_bytes(),
+            max_entry_bytes: default_max_entry_bytes(),
+            redis: None,
+        }
+    }
+}
+
+fn default_max_bytes() -> u64 {
+    32 * 1024 * 1024
+}
+fn default_max_entry_bytes() -> u64 {
+    1024 * 1024
+}
+
+/// `cache.redis`: the Redis tier's own server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRedisConf {
+    /// `redis://[:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// The longest a request waits on Redis for a lookup (a store never delays a response),
+    /// ms; past it the lookup is a miss. Default 50.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Bound on one attempt to (re)connect, in the background, ms. Default 1000.
+    #[serde(default = "default_redis_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    50
+}
+fn default_redis_connect_timeout_ms() -> u64 {
+    1000
+}
+
+/// Whose requests share cache entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// The tenant's own requests only (default): one tenant never sees another's answers.
+    #[default]
+    Tenant,
+    /// Every request of the route.
+    Route,
+}
+
+/// Which tiers a route's entries live in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStoreKind {
+    /// This process's memory only (default).
+    #[default]
+    Memory,
+    /// Memory, then Redis (shared by the replicas).
+    Redis,
+}
+
+/// Which requests a route caches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheWhen {
+    /// Requests that ask for determinism (`temperature: 0`, or a `seed`), and requests with
+    /// the opt-in header `x-sluice-cache: on` (default).
+    #[default]
+    Deterministic,
+    /// Every request (the client still bypasses with `cache-control: no-cache` or
+    /// `x-sluice-cache: off`).
+    Always,
+}
+
+/// `routes[].cache`: exact-match response cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheConf {
+    /// How long an entry is served, ms. Default 300,000 (5 minutes).
+    #[serde(default = "default_ttl_ms")]
+    pub ttl_ms: u64,
+    /// `tenant` (default) or `route`.
+    #[serde(default)]
+    pub scope: CacheScope,
+    /// `memory` (default) or `redis`.
+    #[serde(default)]
+    pub store: CacheStoreKind,
+    /// `deterministic` (default) or `always`.
+    #[serde(default)]
+    pub when: CacheWhen,
+    /// A hit counts against the tenant's request limits (requests per minute / second and
+    /// concurrency; never tokens or budget). Default true.
+    #[serde(default = "super::default_true")]
+    pub hits_count_toward_limits: bool,
+}
+
+fn default_ttl_ms() -> u64 {
+    300_000
+}
+
+/// `routes[].hedge`: race a slow first attempt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeConf {
+    /// When the attempt in flight has delivered no content this long after it was sent, start
+    /// the next candidate beside it, ms.
+    pub after_ms: u64,
+    /// Most hedged attempts per request (beside the first). Default 1, at most 4.
+    #[serde(default = "one_u32")]
+    pub max: u32,
+}
+
+fn one_u32() -> u32 {
+    1
+}
