@@ -19,10 +19,10 @@ use crate::balance::breaker::Outcome;
 use crate::config::Failover;
 use crate::error::{SluiceError, TimeoutPhase};
 use crate::metrics;
+use crate::proxy::downstream::Downstream;
 use crate::usage::SseAccountant;
 use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -103,8 +103,8 @@ enum Stop {
 /// when the attempt's request was sent; the first content must come by `sent_at +
 /// rules.first_token` and before the failover `deadline` (each read is also bounded by the
 /// pool's `idle_ms`). The client leaving during the hold ends it at once.
-pub async fn hold(
-    session: &mut Session,
+pub async fn hold<D: Downstream>(
+    session: &mut D,
     ctx: &RequestCtx,
     rules: &Failover,
     served: Served,
@@ -143,7 +143,7 @@ pub async fn hold(
             () = tokio::time::sleep_until(first_token_at) => {
                 break Stop::Timeout(timeout(&attempt));
             }
-            _ = session.as_downstream_mut().read_body_or_idle(true) => return Hold::ClientGone,
+            () = session.gone() => return Hold::ClientGone,
         };
         match chunk {
             Ok(Some(data)) => {

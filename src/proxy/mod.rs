@@ -24,6 +24,7 @@ pub mod attempt;
 pub mod classify;
 mod commit;
 pub mod ctx;
+pub mod downstream;
 mod failover;
 pub mod identify;
 pub mod inspect;

@@ -8,6 +8,7 @@
 
 use super::commit::End;
 use super::ctx::{Delivered, RequestCtx};
+use super::downstream::Downstream;
 use super::failover::Served;
 use crate::error::SluiceError;
 use crate::limits::budget::Period;
@@ -15,7 +16,6 @@ use crate::metrics;
 use crate::usage::{JsonAccountant, SseAccountant, Usage};
 use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 enum Accounting {
     Sse(Box<SseAccountant>),
@@ -108,7 +108,7 @@ const REUSE_DRAIN_BYTES: usize = 64 * 1024;
 /// Relay the served attempt's response to the client. Never fails: returns what the client
 /// got (status, usage, completion, the error the response ended with, whether the client
 /// left) for the log stage.
-pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> Delivered {
+pub async fn relay<D: Downstream>(session: &mut D, ctx: &RequestCtx, served: Served) -> Delivered {
     let mut d = Delivered::default();
     let Served {
         mut attempt,
@@ -153,7 +153,7 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
     }
     super::respond::rate_limit_headers_map(&mut parts.headers, ctx);
     let header = Box::new(ResponseHeader::from(parts));
-    if session.write_response_header(header, false).await.is_err() {
+    if session.write_header(header).await.is_err() {
         d.client_disconnected = true;
         return d;
     }
@@ -221,11 +221,7 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
             // The held events and the first content event, in one write: no added TTFT.
             d.ttft = Some(ctx.start.elapsed());
             written += held.len();
-            if session
-                .write_response_body(Some(held), false)
-                .await
-                .is_err()
-            {
+            if session.write_body(held, false).await.is_err() {
                 d.client_disconnected = true;
                 read_on = false;
             } else {
@@ -242,7 +238,7 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
         } else {
             tokio::select! {
             chunk = attempt.chunk() => Event::Chunk(chunk),
-            _ = session.as_downstream_mut().read_body_or_idle(true) => Event::ClientGone,
+            () = session.gone() => Event::ClientGone,
             () = &mut drain_deadline => Event::DrainDeadline,
             }
         };
@@ -277,7 +273,7 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
                     break;
                 }
                 if !out.is_empty() {
-                    if session.write_response_body(Some(out), false).await.is_err() {
+                    if session.write_body(out, false).await.is_err() {
                         d.client_disconnected = !final_written;
                         closed_after_end = final_written;
                         break;
@@ -380,11 +376,7 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
                 hide_usage: hide,
                 max_event_bytes: bounds.max_sse_event_bytes,
             };
-            let r = if session
-                .write_response_body(Some(sent), false)
-                .await
-                .is_err()
-            {
+            let r = if session.write_body(sent, false).await.is_err() {
                 None
             } else {
                 Some(super::resume::resume(session, ctx, t, cut).await)
@@ -413,28 +405,28 @@ pub async fn relay(session: &mut Session, ctx: &RequestCtx, served: Served) -> D
             tail.extend_from_slice(&error_event(ctx, &acc, err));
         } else {
             // A non-streamed body cut short: close the connection so the client sees it.
-            session.set_keepalive(None);
+            session.close_after();
         }
     }
     if let Some(err) = failure {
         d.error = Some(err);
     }
     if closed_after_end {
-        session.set_keepalive(None);
+        session.close_after();
         return d;
     }
     if d.client_disconnected {
         metrics::CLIENT_DISCONNECTS
             .with_label_values(&[ctx.route_name()])
             .inc();
-        session.set_keepalive(None);
+        session.close_after();
         return d;
     }
     if d.error.is_some() && !is_sse {
         return d;
     }
     let tail = tail.freeze();
-    if session.write_response_body(Some(tail), true).await.is_err() && !final_written {
+    if session.write_body(tail, true).await.is_err() && !final_written {
         d.client_disconnected = true;
     }
     if let Some(attempt) = attempt_left {

@@ -18,6 +18,7 @@ mod rules;
 use super::attempt::{Attempt, Outgoing, Target};
 use super::commit::{self, Hold};
 use super::ctx::{AttemptRecord, RequestCtx};
+use super::downstream::Downstream;
 use crate::balance::breaker::{Outcome, Pass};
 use crate::balance::now_ms;
 use crate::config::Pool;
@@ -27,7 +28,6 @@ use crate::provider::provider;
 use crate::provider::NativeError;
 use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 use rules::{decide, decide_error, Next};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -136,7 +136,10 @@ impl Tally {
 /// `deadline`. When every candidate failed, the last upstream answer is served as-is if there
 /// was one; otherwise the last error (or [`SluiceError::NoUpstreamAvailable`] with the
 /// earliest cooldown) is returned for the caller to answer natively.
-pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, SluiceError> {
+pub async fn run<D: Downstream>(
+    session: &mut D,
+    ctx: &mut RequestCtx,
+) -> Result<Ended, SluiceError> {
     let (Some(snapshot), Some(route_idx)) = (ctx.snapshot.clone(), ctx.caller.route) else {
         return Err(SluiceError::Internal);
     };
@@ -214,7 +217,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                     };
                     let started = tokio::select! {
                         r = Attempt::start(target.clone(), &out, attempt_deadline) => r,
-                        _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                        () = session.gone() => {
                             record(ctx, &target, 0, "client_gone");
                             observe_attempts(&route.name, t.attempts);
                             return Ok(Ended::ClientGone);
@@ -240,7 +243,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                                 let limit = rules.max_error_body_bytes;
                                 let prefix = tokio::select! {
                                     p = body_prefix(&mut attempt, limit, deadline) => p,
-                                    _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                                    () = session.gone() => {
                                         record(ctx, &target, status, "client_gone");
                                         observe_attempts(&route.name, t.attempts);
                                         return Ok(Ended::ClientGone);
@@ -341,7 +344,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<Ended, S
                             let until = (tokio::time::Instant::now() + wait).min(deadline);
                             tokio::select! {
                                 () = tokio::time::sleep_until(until) => {}
-                                _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                                () = session.gone() => {
                                     observe_attempts(&route.name, t.attempts);
                                     return Ok(Ended::ClientGone);
                                 }

@@ -4,9 +4,9 @@
 use super::{anthropic_messages, events, openai_chat, Ev, Splice, Step, Tracker};
 use crate::balance::breaker::Outcome;
 use crate::proxy::attempt::{Attempt, Outgoing, Target};
+use crate::proxy::downstream::Downstream;
 use crate::usage::{ApiKind, SseAccountant, Usage};
 use bytes::Bytes;
-use pingora_proxy::Session;
 
 /// How one continuation leg ended.
 pub(super) enum LegEnd {
@@ -44,8 +44,8 @@ impl Splicer {
 
 /// Run one continuation leg on `target`, writing its spliced events to the client once its
 /// first content event arrived (the events before it are held, at most `max_event_bytes`).
-pub(super) async fn continuation(
-    session: &mut Session,
+pub(super) async fn continuation<D: Downstream>(
+    session: &mut D,
     target: &Target,
     out: &Outgoing<'_>,
     deadline: tokio::time::Instant,
@@ -56,7 +56,7 @@ pub(super) async fn continuation(
     let ep = target.endpoint();
     let started = tokio::select! {
         r = Attempt::start(target.clone(), out, deadline) => r,
-        _ = session.as_downstream_mut().read_body_or_idle(true) => return LegEnd::ClientGone,
+        () = session.gone() => return LegEnd::ClientGone,
         () = crate::drain::deadline() => return LegEnd::Failed("shutting_down"),
     };
     let (mut attempt, header) = match started {
@@ -94,7 +94,7 @@ pub(super) async fn continuation(
     while cut.is_none() && !ended {
         let chunk = tokio::select! {
             c = attempt.chunk() => c,
-            _ = session.as_downstream_mut().read_body_or_idle(true) => return LegEnd::ClientGone,
+            () = session.gone() => return LegEnd::ClientGone,
             () = crate::drain::deadline() => {
                 // The relay's own drain deadline: end the stream while Pingora still runs.
                 return if committed {
@@ -143,11 +143,7 @@ pub(super) async fn continuation(
             write.extend_from_slice(&bytes);
             committed = true;
             tracker.observe(&write);
-            if session
-                .write_response_body(Some(Bytes::from(write)), false)
-                .await
-                .is_err()
-            {
+            if session.write_body(Bytes::from(write), false).await.is_err() {
                 return LegEnd::ClientGone;
             }
         }

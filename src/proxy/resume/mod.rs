@@ -28,10 +28,10 @@ use crate::config::{Pool, Route};
 use crate::error::SluiceError;
 use crate::metrics;
 use crate::provider::provider;
+use crate::proxy::downstream::Downstream;
 use crate::usage::{estimate, ApiKind, Usage};
 use bytes::Bytes;
 use continuation::{continuation, LegEnd};
-use pingora_proxy::Session;
 use std::sync::Arc;
 
 /// Most bytes of delivered text a tracker keeps (and a prefill carries): 4 MiB, as the
@@ -190,8 +190,8 @@ pub(crate) struct Resumed {
 /// Continue the cut stream on the next candidates (see the module doc), writing the spliced
 /// events to the client. Never fails: when nothing could be spliced, `spliced` is false and
 /// the caller ends the stream with the native error of `cut.error`.
-pub(crate) async fn resume(
-    session: &mut Session,
+pub(crate) async fn resume<D: Downstream>(
+    session: &mut D,
     ctx: &RequestCtx,
     tracker: &mut Tracker,
     cut: Cut<'_>,
