@@ -335,6 +335,7 @@ fn access_line(c: &mut Criterion) {
         error: "",
         resumes: 0,
         legs: &[],
+        coalesced: "",
     };
     /// The subscriber's writer in src/logging.rs, into a sink.
     struct Redacting;

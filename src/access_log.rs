@@ -104,6 +104,8 @@ pub struct AccessLine<'a> {
     /// Legs of a cut stream, written `pool/endpoint:status:outcome:prompt+completion`,
     /// comma-separated (empty when no stream was cut with `resume_on_cut`).
     pub legs: &'a [Leg],
+    /// A follower of a coalesced call: the leader's request id (empty otherwise).
+    pub coalesced: &'a str,
 }
 
 /// Write `line` (when the subscriber's filter takes `sluice::access` INFO events).
@@ -187,7 +189,7 @@ fn write_text(buf: &mut Vec<u8>, ts: Timestamp, l: &AccessLine<'_>) -> std::io::
     )?;
     writeln!(
         buf,
-        " token_source={:?} cost_usd={:?} ttft_ms={} held_ms={} duration_ms={} completed={} attempts={} client_disconnected={} error={:?} resumes={} legs={}",
+        " token_source={:?} cost_usd={:?} ttft_ms={} held_ms={} duration_ms={} completed={} attempts={} client_disconnected={} error={:?} resumes={} legs={} coalesced={:?}",
         l.token_source,
         l.cost_usd,
         Ttft(l.ttft),
@@ -198,7 +200,8 @@ fn write_text(buf: &mut Vec<u8>, ts: Timestamp, l: &AccessLine<'_>) -> std::io::
         l.client_disconnected,
         l.error,
         l.resumes,
-        Legs(l.legs)
+        Legs(l.legs),
+        l.coalesced
     )
 }
 
@@ -238,6 +241,7 @@ struct JsonLine<'a> {
     resumes: u32,
     #[serde(serialize_with = "display")]
     legs: Legs<'a>,
+    coalesced: &'a str,
     target: &'static str,
 }
 
@@ -270,6 +274,7 @@ impl<'a> JsonLine<'a> {
             error: l.error,
             resumes: l.resumes,
             legs: Legs(l.legs),
+            coalesced: l.coalesced,
             target: TARGET,
         }
     }
@@ -387,6 +392,7 @@ impl AccessLine<'_> {
             error = self.error,
             resumes = self.resumes,
             legs = %Legs(self.legs),
+            coalesced = self.coalesced,
             "request"
         );
     }
@@ -461,6 +467,7 @@ mod tests {
             error: "",
             resumes: 0,
             legs: &[],
+            coalesced: "",
         }
     }
 
@@ -524,6 +531,7 @@ mod tests {
             AccessLine {
                 resumes: 1,
                 legs: &legs,
+                coalesced: "",
                 ..line(&attempts, "team-a", 0.0)
             },
             // Values that need escaping, an empty attempt list, tiny and zero costs.

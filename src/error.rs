@@ -32,8 +32,9 @@ impl TimeoutPhase {
     }
 }
 
-/// A request sluice answers itself.
-#[derive(Debug, Error)]
+/// A request sluice answers itself. `Clone`: a coalesced call's error goes to every client
+/// that shared it.
+#[derive(Debug, Clone, Error)]
 pub enum SluiceError {
     /// No route matched the request's path/model/headers.
     #[error("no route for {0}")]

@@ -382,6 +382,17 @@ pub static STREAM_HELD: Lazy<HistogramVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_coalesced_requests_total{route}`: requests served as followers of an identical
+/// request's upstream call (request coalescing); the call itself is counted once, under its
+/// leader.
+pub static COALESCED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_coalesced_requests_total",
+        "Requests that shared an identical request's upstream call instead of making their own",
+        &["route"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&CLIENT_CONNECTIONS);
@@ -420,6 +431,7 @@ pub fn init() {
     Lazy::force(&USAGE_IMPLAUSIBLE);
     Lazy::force(&STREAM_COMMITS);
     Lazy::force(&STREAM_HELD);
+    Lazy::force(&COALESCED);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

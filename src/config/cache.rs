@@ -13,6 +13,8 @@ pub struct CacheSettings {
     pub max_entry_bytes: usize,
     /// The Redis tier, when a route uses `store: redis`.
     pub redis: Option<CacheRedis>,
+    /// Most response bytes a coalesced call keeps for late joiners (`cache.max_flight_bytes`).
+    pub max_flight_bytes: usize,
 }
 
 /// The Redis tier's server (`cache.redis`, else the limits' `limits.redis`).

@@ -56,6 +56,7 @@ fn usage_is_exact(ctx: &RequestCtx) -> bool {
 /// part of it uninspected).
 pub fn needs_estimates(ctx: &RequestCtx) -> bool {
     ctx.inspected.is_some()
+        && ctx.delivered.coalesced.is_none()
         && (200..300).contains(&ctx.delivered.status)
         && ctx.caller.api.is_some()
         && !usage_is_exact(ctx)
@@ -93,9 +94,12 @@ pub async fn estimates(ctx: &RequestCtx) -> Estimates {
 /// Settle the tokens of an inspected request that got a 2xx: the upstream's usage when the
 /// response completed and was inspected in full; otherwise the reported prompt (if any) plus a
 /// tiktoken count of the delivered text (never less than what the upstream already reported),
-/// labelled estimated.
+/// labelled estimated. A follower of a coalesced call settles nothing (its leader paid).
 pub fn settle(ctx: &RequestCtx, est: Estimates) -> Option<Settled> {
-    if ctx.inspected.is_none() || !(200..300).contains(&ctx.delivered.status) {
+    if ctx.inspected.is_none()
+        || ctx.delivered.coalesced.is_some()
+        || !(200..300).contains(&ctx.delivered.status)
+    {
         return None;
     }
     ctx.caller.api?;
@@ -214,5 +218,6 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         error: ctx.delivered.error.as_ref().map_or("", |e| e.label()),
         resumes: ctx.delivered.resumes,
         legs: &ctx.delivered.legs,
+        coalesced: ctx.delivered.coalesced.as_deref().unwrap_or(""),
     });
 }

@@ -140,6 +140,9 @@ pub struct Delivered {
     pub legs: Vec<Leg>,
     /// Continuations spliced into the client's stream.
     pub resumes: u32,
+    /// A follower of a coalesced call: the leader's request id (the follower is charged no
+    /// upstream tokens).
+    pub coalesced: Option<Arc<str>>,
 }
 
 /// A passthrough request's upstream (stage `request`): served on Pingora's proxy path.

@@ -21,6 +21,27 @@ pub async fn admit(
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
 ) -> Result<(), SluiceError> {
+    admit_charging(limiter, snapshot, ctx, true).await
+}
+
+/// [`admit`] under the tenant's request limits only (requests per window, concurrency,
+/// a spent budget): no token or cost reservation, for a request that makes no upstream call
+/// of its own (a follower of a coalesced call).
+pub async fn admit_requests_only(
+    limiter: &Arc<Limiter>,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+) -> Result<(), SluiceError> {
+    admit_charging(limiter, snapshot, ctx, false).await
+}
+
+/// [`admit`]; `tokens`: reserve the request's tokens and worst-case cost.
+async fn admit_charging(
+    limiter: &Arc<Limiter>,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    tokens: bool,
+) -> Result<(), SluiceError> {
     let Some(tenant) = ctx.caller.tenant.clone() else {
         return Ok(());
     };
@@ -28,10 +49,11 @@ pub async fn admit(
         return Ok(());
     };
     let model = ctx.model();
-    let counts_tokens = limits.tokens_per_minute.is_some()
-        || limits.input_tokens_per_minute.is_some()
-        || limits.output_tokens_per_minute.is_some()
-        || limits.models.iter().any(|m| m.tokens_per_minute.is_some());
+    let counts_tokens = tokens
+        && (limits.tokens_per_minute.is_some()
+            || limits.input_tokens_per_minute.is_some()
+            || limits.output_tokens_per_minute.is_some()
+            || limits.models.iter().any(|m| m.tokens_per_minute.is_some()));
     let (prompt, ceiling) = match (ctx.caller.api, ctx.body()) {
         (Some(api), Some(body)) if counts_tokens => (
             byte_estimate(body),
@@ -47,7 +69,7 @@ pub async fn admit(
         &limits.budget,
         model.and_then(|m| snapshot.model_info(m)?.price),
     ) {
-        (Some(_), Some(price)) => {
+        (Some(_), Some(price)) if tokens => {
             let (p, c) = match (ctx.caller.api, ctx.body()) {
                 (Some(api), Some(body)) if prompt == 0 => (
                     prompt_estimate(api, model.unwrap_or(""), body),

@@ -5,6 +5,8 @@
 //! 1. `identify`  (request_filter) tenant from virtual key / header / default
 //! 2. `inspect`   (request_filter) read + parse + rewrite the JSON body of API calls
 //! 3. `limit`     (request_filter) admission under the tenant's limits
+//!    (`coalesce`: on a `coalesce: true` route, stages 3 to 5 shared by identical requests
+//!    in flight: one upstream call, every client a copy of it)
 //! 4. `failover`  (request_filter) [`attempt::Attempt`]s over the route's candidates, until one
 //!    answers; failover only before the first response byte
 //!    4b. `commit` (request_filter) a streamed answer held until its first content event:
@@ -22,6 +24,7 @@
 pub mod account;
 pub mod attempt;
 pub mod classify;
+pub mod coalesce;
 mod commit;
 pub mod ctx;
 pub mod downstream;

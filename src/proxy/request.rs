@@ -2,7 +2,7 @@
 //! then either failover and the relay (inspected) or Pingora's own proxy path (passthrough).
 
 use super::ctx::{InspectedRequest, Passthrough, RequestCtx};
-use super::{failover, identify, inspect, limit, path, relay, reuse};
+use super::{coalesce, failover, identify, inspect, limit, path, relay, reuse};
 use crate::config::Snapshot;
 use crate::error::SluiceError;
 use crate::limits::Limiter;
@@ -44,6 +44,11 @@ pub async fn handle(
         select_route(&snapshot, session, ctx, &path)?;
         if let Some(route) = ctx.caller.route.and_then(|i| snapshot.routes.get(i)) {
             ctx.reuse = reuse::of_request(route, session.req_header(), ctx);
+            if let Some(r) = ctx.reuse.filter(|_| route.coalesce) {
+                // Stages 3 to 5 shared with identical requests in flight (`coalesce`).
+                coalesce::serve(limiter, &snapshot, session, ctx, r.key).await?;
+                return Ok(Flow::Done);
+            }
         }
         limit::admit(limiter, &snapshot, ctx).await?;
         match failover::run(session, ctx).await? {

@@ -26,6 +26,9 @@ pub(super) fn compile_settings(
             "must be greater than 0 and at most cache.max_bytes",
         );
     }
+    if c.max_flight_bytes == 0 {
+        errs.push("cache.max_flight_bytes", "must be greater than 0");
+    }
     let redis = match (&c.redis, limits_redis) {
         (Some(r), _) => {
             if !["redis://", "rediss://", "redis+unix://"]
@@ -68,6 +71,7 @@ pub(super) fn compile_settings(
         max_bytes: c.max_bytes,
         max_entry_bytes: usize::try_from(c.max_entry_bytes).unwrap_or(usize::MAX),
         redis: if uses_redis { redis } else { None },
+        max_flight_bytes: usize::try_from(c.max_flight_bytes).unwrap_or(usize::MAX),
     }
 }
 

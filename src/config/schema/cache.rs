@@ -20,6 +20,12 @@ pub struct CacheSection {
     /// (`limits.redis`: its `url`, `timeout_ms` and `connect_timeout_ms`).
     #[serde(default)]
     pub redis: Option<CacheRedisConf>,
+    /// Request coalescing (`routes[].coalesce`): most response bytes a shared upstream call
+    /// keeps for clients that join it late; past it the call takes no new followers (they
+    /// make their own call) and keeps only what its slowest client has not read yet (the
+    /// upstream read waits for that client beyond it). Default 1 MiB.
+    #[serde(default = "default_max_flight_bytes")]
+    pub max_flight_bytes: u64,
 }
 
 impl Default for CacheSection {
@@ -28,6 +34,7 @@ impl Default for CacheSection {
             max_bytes: default_max_bytes(),
             max_entry_bytes: default_max_entry_bytes(),
             redis: None,
+            max_flight_bytes: default_max_flight_bytes(),
         }
     }
 }
@@ -36,6 +43,9 @@ fn default_max_bytes() -> u64 {
     32 * 1024 * 1024
 }
 fn default_max_entry_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_max_flight_bytes() -> u64 {
     1024 * 1024
 }
 

@@ -1,0 +1,368 @@
+//! One coalesced upstream call (a flight): the client-visible response of the leader's
+//! attempt (header, body chunks, how it ended) as it is produced, read by every client that
+//! shares it (the leader's own client included), each from its own cursor.
+//!
+//! Memory: while the flight takes new followers it keeps every chunk (a late joiner replays
+//! them from the first), up to `max_bytes`; past it the flight takes no new followers and
+//! drops the chunks every remaining client has read. A client that lags more than `max_bytes`
+//! behind holds the producer back (the upstream read waits), as one slow client of an
+//! unshared call would: the buffer never grows past `max_bytes` plus one chunk.
+
+use crate::error::SluiceError;
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::Notify;
+
+/// How a flight ended.
+#[derive(Debug, Clone)]
+pub enum End {
+    /// The response went out (whole, or ended by the relay with an error event or cut short).
+    Answered {
+        /// The response reached its normal end (the leader's relay says so).
+        completed: bool,
+        /// The error the response ended with, if any.
+        error: Option<SluiceError>,
+        /// The relay asked to close the client connection after it (an abnormal end).
+        close: bool,
+    },
+    /// The leader's call failed before any response header: every client gets this error
+    /// in its native shape.
+    Failed(SluiceError),
+    /// The producer stopped without an answer (every client had left).
+    Abandoned,
+}
+
+/// A publish failed: every client of the flight has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EveryoneLeft;
+
+/// What a subscriber reads next.
+pub enum Next {
+    /// Chunks from its cursor on, in order.
+    Chunks(Vec<Bytes>),
+    /// The body is over and the subscriber has read all of it.
+    BodyEnd,
+}
+
+struct State {
+    header: Option<Arc<ResponseHeader>>,
+    /// Retained chunks; `chunks[0]` is chunk number `first`.
+    chunks: VecDeque<Bytes>,
+    first: usize,
+    /// Bytes in `chunks`.
+    retained: usize,
+    /// Each subscriber's cursor (the next chunk number it reads); `None` once it left.
+    cursors: Vec<Option<usize>>,
+    subscribers: usize,
+    /// New followers may join (every chunk is still retained).
+    joinable: bool,
+    /// The producer wrote the last body bytes.
+    body_end: bool,
+    /// The relay asked to close client connections after the response.
+    close: bool,
+    end: Option<End>,
+}
+
+impl State {
+    fn published(&self) -> usize {
+        self.first + self.chunks.len()
+    }
+
+    /// Drop the chunks every subscriber has read (only once no follower can join).
+    fn trim(&mut self) {
+        if self.joinable {
+            return;
+        }
+        let min = self
+            .cursors
+            .iter()
+            .flatten()
+            .copied()
+            .min()
+            .unwrap_or_else(|| self.published());
+        while self.first < min {
+            match self.chunks.pop_front() {
+                Some(c) => self.retained -= c.len(),
+                None => break,
+            }
+            self.first += 1;
+        }
+    }
+}
+
+/// One shared upstream call. See the module docs.
+pub struct Flight {
+    state: Mutex<State>,
+    /// Producer to subscribers: a header, chunk or end was published.
+    progress: Notify,
+    /// Subscribers to producer: a cursor moved or a subscriber left.
+    drained: Notify,
+    /// Most bytes retained (see the module docs).
+    max_bytes: usize,
+    /// The leader's request id (the followers' log lines name it).
+    pub leader: Arc<str>,
+    /// Its entry in the registry of flights.
+    ident: super::Ident,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        super::forget(&self.ident, self);
+    }
+}
+
+impl Flight {
+    /// A flight started by request `leader`, with the leader's own subscription.
+    pub fn start(
+        ident: super::Ident,
+        leader: &str,
+        max_bytes: usize,
+    ) -> (Arc<Flight>, Subscription) {
+        let flight = Arc::new(Flight {
+            state: Mutex::new(State {
+                header: None,
+                chunks: VecDeque::new(),
+                first: 0,
+                retained: 0,
+                cursors: vec![Some(0)],
+                subscribers: 1,
+                joinable: true,
+                body_end: false,
+                close: false,
+                end: None,
+            }),
+            progress: Notify::new(),
+            drained: Notify::new(),
+            max_bytes,
+            leader: leader.into(),
+            ident,
+        });
+        let sub = Subscription {
+            flight: flight.clone(),
+            id: 0,
+        };
+        (flight, sub)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held leaves plain data behind: keep serving it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A follower's subscription, from the first chunk; `None` when the flight no longer
+    /// takes followers (over its byte bound, ended, or every client left).
+    pub fn join(self: &Arc<Self>) -> Option<Subscription> {
+        let mut s = self.lock();
+        if !s.joinable || s.end.is_some() {
+            return None;
+        }
+        s.cursors.push(Some(0));
+        s.subscribers += 1;
+        Some(Subscription {
+            flight: self.clone(),
+            id: s.cursors.len() - 1,
+        })
+    }
+
+    /// Whether it takes followers now.
+    pub fn joinable(&self) -> bool {
+        let s = self.lock();
+        s.joinable && s.end.is_none()
+    }
+
+    /// Producer: publish the response header. Errors: every client has left.
+    pub fn publish_header(&self, header: ResponseHeader) -> Result<(), EveryoneLeft> {
+        let mut s = self.lock();
+        if s.subscribers == 0 {
+            return Err(EveryoneLeft);
+        }
+        s.header = Some(Arc::new(header));
+        drop(s);
+        self.progress.notify_waiters();
+        Ok(())
+    }
+
+    /// Producer: publish body bytes (`end`: the last ones), waiting while the slowest client
+    /// lags past the byte bound. Errors: every client has left.
+    pub async fn publish_body(&self, data: Bytes, end: bool) -> Result<(), EveryoneLeft> {
+        {
+            let mut s = self.lock();
+            if s.subscribers == 0 {
+                return Err(EveryoneLeft);
+            }
+            if !data.is_empty() {
+                s.retained += data.len();
+                s.chunks.push_back(data);
+                if s.retained > self.max_bytes {
+                    // Late joiners could no longer replay the whole response.
+                    s.joinable = false;
+                }
+                s.trim();
+            }
+            s.body_end |= end;
+        }
+        self.progress.notify_waiters();
+        // Back-pressure: wait until what some client has not read fits the bound again.
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let mut s = self.lock();
+                if s.subscribers == 0 {
+                    return Err(EveryoneLeft);
+                }
+                s.trim();
+                if s.retained <= self.max_bytes {
+                    return Ok(());
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// Producer: close client connections after the response (it ended abnormally).
+    pub fn close_after(&self) {
+        self.lock().close = true;
+    }
+
+    /// Producer: resolves once every client has left. Cancel-safe.
+    pub async fn all_gone(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.lock().subscribers == 0 {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    /// Producer: the flight is over (idempotent: the first end stands). A response that
+    /// ended by an error the relay closed the connection for says `close`.
+    pub fn finish(&self, end: End) {
+        let mut s = self.lock();
+        if s.end.is_none() {
+            let end = match end {
+                End::Answered {
+                    completed, error, ..
+                } => End::Answered {
+                    completed,
+                    error,
+                    close: s.close || !s.body_end,
+                },
+                other => other,
+            };
+            s.end = Some(end);
+        }
+        s.joinable = false;
+        drop(s);
+        self.progress.notify_waiters();
+    }
+
+    /// Bytes retained now (tests and the memory bound).
+    pub fn retained_bytes(&self) -> usize {
+        self.lock().retained
+    }
+}
+
+/// One client's read position in a flight. Dropping it leaves the flight: the last one to
+/// leave makes [`Flight::all_gone`] resolve, which cancels the upstream call.
+pub struct Subscription {
+    flight: Arc<Flight>,
+    id: usize,
+}
+
+impl Subscription {
+    /// The flight.
+    pub fn flight(&self) -> &Arc<Flight> {
+        &self.flight
+    }
+
+    /// Wait for the response header, or the end that came instead. Cancel-safe.
+    pub async fn header(&self) -> Result<Arc<ResponseHeader>, End> {
+        loop {
+            let progress = self.flight.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            {
+                let s = self.flight.lock();
+                if let Some(h) = &s.header {
+                    return Ok(h.clone());
+                }
+                if let Some(end) = &s.end {
+                    return Err(end.clone());
+                }
+            }
+            progress.await;
+        }
+    }
+
+    /// The next chunks from this client's cursor, or [`Next::BodyEnd`] once it read the
+    /// last ones. Cancel-safe (the cursor moves only when chunks are returned).
+    pub async fn next(&self) -> Next {
+        loop {
+            let progress = self.flight.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            {
+                let mut s = self.flight.lock();
+                let cursor = s.cursors.get(self.id).copied().flatten().unwrap_or(0);
+                let published = s.published();
+                if cursor < published {
+                    let from = cursor.saturating_sub(s.first);
+                    let chunks: Vec<Bytes> = s.chunks.iter().skip(from).cloned().collect();
+                    if let Some(c) = s.cursors.get_mut(self.id) {
+                        *c = Some(published);
+                    }
+                    let lagging = !s.joinable;
+                    drop(s);
+                    if lagging {
+                        self.flight.drained.notify_waiters();
+                    }
+                    return Next::Chunks(chunks);
+                }
+                if s.body_end || s.end.is_some() {
+                    return Next::BodyEnd;
+                }
+            }
+            progress.await;
+        }
+    }
+
+    /// Wait for how the flight ended (it comes right after the body's end).
+    pub async fn end(&self) -> End {
+        loop {
+            let progress = self.flight.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if let Some(end) = self.flight.lock().end.clone() {
+                return end;
+            }
+            progress.await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut s = self.flight.lock();
+        if let Some(c) = s.cursors.get_mut(self.id) {
+            if c.take().is_some() {
+                s.subscribers -= 1;
+            }
+        }
+        if s.subscribers == 0 {
+            // Nobody left to serve: no follower may join a call about to be cancelled.
+            s.joinable = false;
+        }
+        drop(s);
+        self.flight.drained.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! The flight on its own: replay for late joiners, the byte bound, back-pressure, leaving.
+
+use super::*;
+use crate::cache::key::Key;
+use std::time::Duration;
+
+fn ident(n: u8) -> crate::proxy::coalesce::Ident {
+    (Key([n; 32]), false)
+}
+
+fn header() -> ResponseHeader {
+    ResponseHeader::build(200, None).unwrap()
+}
+
+async fn read_all(sub: &Subscription) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        match sub.next().await {
+            Next::Chunks(c) => c.iter().for_each(|b| out.extend_from_slice(b)),
+            Next::BodyEnd => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_late_joiner_gets_every_chunk_from_the_first() {
+    let (flight, leader) = Flight::start(ident(1), "lead", 1024);
+    flight.publish_header(header()).unwrap();
+    flight
+        .publish_body(Bytes::from_static(b"one "), false)
+        .await
+        .unwrap();
+    flight
+        .publish_body(Bytes::from_static(b"two "), false)
+        .await
+        .unwrap();
+    let late = flight.join().expect("joinable under the bound");
+    assert_eq!(late.header().await.unwrap().status.as_u16(), 200);
+    flight
+        .publish_body(Bytes::from_static(b"three"), true)
+        .await
+        .unwrap();
+    flight.finish(End::Answered {
+        completed: true,
+        error: None,
+        close: false,
+    });
+    assert_eq!(read_all(&late).await, b"one two three");
+    assert_eq!(read_all(&leader).await, b"one two three");
+    assert!(matches!(
+        late.end().await,
+        End::Answered {
+            completed: true,
+            close: false,
+            ..
+        }
+    ));
+    assert!(flight.join().is_none(), "an ended flight takes no follower");
+}
+
+#[tokio::test]
+async fn past_the_bound_no_follower_joins_and_read_chunks_are_released() {
+    let (flight, leader) = Flight::start(ident(2), "lead", 10);
+    flight.publish_header(header()).unwrap();
+    flight
+        .publish_body(Bytes::from_static(b"12345678"), false)
+        .await
+        .unwrap();
+    assert!(flight.join().is_some(), "8 bytes fit in 10");
+    // The follower above left at once (dropped): only the leader reads.
+    let publish = flight.publish_body(Bytes::from_static(b"abcdef"), false);
+    // 14 bytes retained, over the bound: the producer waits for the leader to read.
+    let mut publish = Box::pin(publish);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut publish)
+            .await
+            .is_err(),
+        "the producer waits while a client lags past the bound"
+    );
+    assert!(flight.join().is_none(), "over the bound: no new follower");
+    assert!(matches!(leader.next().await, Next::Chunks(c) if c.len() == 2));
+    publish.await.unwrap();
+    assert_eq!(flight.retained_bytes(), 0, "read chunks are released");
+}
+
+#[tokio::test]
+async fn the_producer_sees_everyone_gone_only_when_the_last_client_leaves() {
+    let (flight, leader) = Flight::start(ident(3), "lead", 1024);
+    let follower = flight.join().unwrap();
+    drop(leader);
+    let mut gone = Box::pin(flight.all_gone());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), &mut gone)
+            .await
+            .is_err(),
+        "a follower is still there"
+    );
+    drop(follower);
+    tokio::time::timeout(Duration::from_secs(1), gone)
+        .await
+        .expect("resolves once the last client left");
+    assert!(
+        flight.join().is_none(),
+        "a call about to be cancelled takes no one"
+    );
+    assert!(flight.publish_header(header()).is_err());
+    assert!(flight
+        .publish_body(Bytes::from_static(b"x"), false)
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn an_error_before_the_header_reaches_every_client() {
+    let (flight, leader) = Flight::start(ident(4), "lead", 1024);
+    let follower = flight.join().unwrap();
+    flight.finish(End::Failed(SluiceError::NoUpstreamAvailable {
+        retry_after: None,
+        rate_limited: false,
+    }));
+    for sub in [&leader, &follower] {
+        match sub.header().await {
+            Err(End::Failed(e)) => assert_eq!(e.status(), 503),
+            _ => panic!("expected the leader's error"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_ends_without_its_end_write_closes_the_clients() {
+    let (flight, leader) = Flight::start(ident(5), "lead", 1024);
+    flight.publish_header(header()).unwrap();
+    flight
+        .publish_body(Bytes::from_static(b"{\"cut"), false)
+        .await
+        .unwrap();
+    flight.finish(End::Answered {
+        completed: false,
+        error: None,
+        close: false,
+    });
+    assert_eq!(read_all(&leader).await, b"{\"cut");
+    assert!(matches!(
+        leader.end().await,
+        End::Answered { close: true, .. }
+    ));
+}

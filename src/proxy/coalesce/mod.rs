@@ -1,0 +1,357 @@
+//! Pipeline stages 3 to 5 on a route with `coalesce: true` (inspected requests with a
+//! [`Key`]): request coalescing. Identical requests in flight at the same time share one
+//! upstream call (a [`Flight`]).
+//!
+//! - Identity: the request's cache key ([`crate::cache::key`]: canonical body, route, scope
+//!   (the tenant by default), version headers, streamed or not) plus whether the client asked
+//!   for the usage chunk itself (sluice hides the one it asked for on the client's behalf, so
+//!   the two would see different streams).
+//! - The first request with that identity is the leader: it is admitted as usual and runs
+//!   failover and the relay (stages 4 and 5) into the flight through a [`Downstream`] that
+//!   publishes ([`Publisher`]) instead of writing to a client, while it copies the flight to
+//!   its own client like every follower does. Nothing is published before commit on content,
+//!   so followers see only the candidate that delivered; after content, an upstream failure
+//!   ends every client's stream with the same native error event (it is in the flight's
+//!   chunks); a failure before any header reaches every client as the same native error.
+//! - A follower joins while the flight takes followers (it has kept every chunk, up to
+//!   `cache.max_flight_bytes`): it is admitted under its tenant's request limits only (no
+//!   token or budget reservation), gets the chunks already sent, then follows live.
+//! - The upstream call is cancelled (the attempt dropped, closing its connection) only when
+//!   every client (the leader's own included) has left.
+//! - Charging: the leader's tenant pays the upstream tokens and budget, and its log line has
+//!   the call's full usage even when its own client left early. A follower settles no tokens:
+//!   its log line says `coalesced=<leader request id>` with 0 tokens, and it is counted in
+//!   `sluice_coalesced_requests_total{route}`.
+
+mod flight;
+
+use super::ctx::{Delivered, RequestCtx};
+use super::downstream::Downstream;
+use super::{failover, limit, relay};
+use crate::cache::key::Key;
+use crate::config::Snapshot;
+use crate::error::SluiceError;
+use crate::limits::Limiter;
+use crate::metrics;
+use bytes::Bytes;
+pub use flight::{End, EveryoneLeft, Flight, Next, Subscription};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Instant;
+
+/// What makes two requests share a flight: their [`Key`], and whether sluice asked for the
+/// usage chunk on the client's behalf (then hidden from it).
+pub type Ident = (Key, bool);
+
+/// The flights in progress that may take followers, by identity. Outside the config
+/// snapshot: a reload does not split a flight.
+static FLIGHTS: LazyLock<Mutex<HashMap<Ident, Weak<Flight>>>> = LazyLock::new(Mutex::default);
+
+fn flights() -> MutexGuard<'static, HashMap<Ident, Weak<Flight>>> {
+    FLIGHTS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Remove `flight`'s registry entry (when it is still the one registered under `ident`).
+fn forget(ident: &Ident, flight: *const Flight) {
+    let mut map = flights();
+    if map
+        .get(ident)
+        .is_some_and(|w| std::ptr::eq(w.as_ptr(), flight))
+    {
+        map.remove(ident);
+    }
+}
+
+/// Whether a flight with `ident` takes followers now.
+fn joinable(ident: &Ident) -> bool {
+    let found = flights().get(ident).and_then(Weak::upgrade);
+    found.is_some_and(|f| f.joinable())
+}
+
+/// A request's part in a flight.
+pub enum Role {
+    /// It started the flight: it makes the upstream call.
+    Leader(Arc<Flight>, Subscription),
+    /// It shares the call of the flight's leader.
+    Follower(Subscription),
+}
+
+/// Join the flight in progress for `ident`, or start one led by request `request_id`.
+pub fn join_or_lead(ident: Ident, request_id: &str, max_bytes: usize) -> Role {
+    let mut map = flights();
+    let existing = map.get(&ident).and_then(Weak::upgrade);
+    let joined = existing.as_ref().and_then(Flight::join);
+    let role = match joined {
+        Some(sub) => Role::Follower(sub),
+        None => {
+            let (flight, sub) = Flight::start(ident, request_id, max_bytes);
+            map.insert(ident, Arc::downgrade(&flight));
+            Role::Leader(flight, sub)
+        }
+    };
+    // A flight whose last holder is `existing` runs its `Drop` (which takes the registry
+    // lock) after the lock is released.
+    drop(map);
+    drop(existing);
+    role
+}
+
+/// Serve an inspected request on a `coalesce: true` route: admission, then either the
+/// upstream call for every client that shares it (leader) or a copy of another request's
+/// call (follower). Errors: a refused admission, or the leader's error before any response
+/// header (the caller answers it natively).
+pub async fn serve(
+    limiter: &Arc<Limiter>,
+    snapshot: &Snapshot,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    key: Key,
+) -> Result<(), SluiceError> {
+    let ident = (key, ctx.fields().injected_include_usage);
+    // A request that will most likely follow is admitted under request limits only. The
+    // flight may close between this look and the join: such a request then leads on that
+    // admission (its tokens settle at the end all the same, unreserved).
+    if joinable(&ident) {
+        limit::admit_requests_only(limiter, snapshot, ctx).await?;
+    } else {
+        limit::admit(limiter, snapshot, ctx).await?;
+    }
+    let max_bytes = snapshot.cache.max_flight_bytes;
+    match join_or_lead(ident, &ctx.request_id, max_bytes) {
+        Role::Leader(flight, sub) => lead(session, ctx, flight, sub).await,
+        Role::Follower(sub) => follow(session, ctx, sub).await,
+    }
+}
+
+/// The leader: failover and the relay publish into the flight while its own client copies
+/// it, both driven by this request's task.
+async fn lead(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    flight: Arc<Flight>,
+    sub: Subscription,
+) -> Result<(), SluiceError> {
+    let own = OwnHeaders::of(ctx);
+    let start = ctx.start;
+    let mut publisher = Publisher {
+        flight,
+        req: session.req_header().clone(),
+    };
+    let (produced, copied) = tokio::join!(
+        produce(&mut publisher, ctx),
+        copy(sub, session, &own, start)
+    );
+    produced?;
+    if copied.is_ok_and(|d| d.client_disconnected) {
+        // The shared call went on for the followers; its usage stays the leader's.
+        ctx.delivered.client_disconnected = true;
+    }
+    Ok(())
+}
+
+/// Failover and the relay into the flight; the flight's end published whatever happens.
+async fn produce(publisher: &mut Publisher, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
+    match failover::run(publisher, ctx).await {
+        Ok(failover::Ended::Served(served)) => {
+            let delivered = relay::relay(publisher, ctx, served).await;
+            publisher.flight.finish(End::Answered {
+                completed: delivered.completed,
+                error: delivered.error.clone(),
+                close: false,
+            });
+            ctx.delivered = delivered;
+            Ok(())
+        }
+        Ok(failover::Ended::ClientGone) => {
+            publisher.flight.finish(End::Abandoned);
+            ctx.delivered.client_disconnected = true;
+            Ok(())
+        }
+        Err(e) => {
+            publisher.flight.finish(End::Failed(e.clone()));
+            Err(e)
+        }
+    }
+}
+
+/// A follower: a copy of the leader's call, charged no tokens.
+async fn follow(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    sub: Subscription,
+) -> Result<(), SluiceError> {
+    metrics::COALESCED
+        .with_label_values(&[ctx.route_name()])
+        .inc();
+    let leader = sub.flight().leader.clone();
+    let own = OwnHeaders::of(ctx);
+    let copied = copy(sub, session, &own, ctx.start).await;
+    ctx.delivered.coalesced = Some(leader.clone());
+    let mut delivered = copied?;
+    delivered.coalesced = Some(leader);
+    ctx.delivered = delivered;
+    Ok(())
+}
+
+/// The headers that are each client's own on a shared response: its request id and its
+/// tenant's `x-ratelimit-*` values.
+struct OwnHeaders(http::HeaderMap);
+
+impl OwnHeaders {
+    fn of(ctx: &RequestCtx) -> OwnHeaders {
+        let mut h = http::HeaderMap::new();
+        if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
+            h.insert("x-sluice-request-id", id);
+        }
+        super::respond::rate_limit_headers_map(&mut h, ctx);
+        OwnHeaders(h)
+    }
+
+    fn apply(&self, header: &mut ResponseHeader) {
+        for (name, value) in &self.0 {
+            let _ = header.insert_header(name, value.clone());
+        }
+    }
+}
+
+/// Copy the flight to one client: the header (with the client's own headers), the chunks
+/// from its cursor, then live, until the flight's end. Leaving (the client gone) drops the
+/// subscription at once. Errors: the leader's error before any header (not written: the
+/// caller answers it natively for this client).
+async fn copy(
+    sub: Subscription,
+    session: &mut Session,
+    own: &OwnHeaders,
+    start: Instant,
+) -> Result<Delivered, SluiceError> {
+    let mut d = Delivered::default();
+    let header = tokio::select! {
+        h = sub.header() => h,
+        () = Downstream::gone(session) => {
+            d.client_disconnected = true;
+            return Ok(d);
+        }
+    };
+    let mut header = match header {
+        Ok(h) => (*h).clone(),
+        Err(End::Failed(e)) => return Err(e),
+        // No header and no error: the producer stopped (a bug): nothing to relay.
+        Err(_) => return Err(SluiceError::Internal),
+    };
+    own.apply(&mut header);
+    d.status = header.status.as_u16();
+    if Downstream::write_header(session, Box::new(header))
+        .await
+        .is_err()
+    {
+        d.client_disconnected = true;
+        return Ok(d);
+    }
+    loop {
+        let next = tokio::select! {
+            biased;
+            n = sub.next() => Some(n),
+            () = Downstream::gone(session) => None,
+        };
+        match next {
+            Some(Next::Chunks(chunks)) => {
+                for chunk in chunks {
+                    if d.ttft.is_none() {
+                        d.ttft = Some(start.elapsed());
+                    }
+                    if Downstream::write_body(session, chunk, false).await.is_err() {
+                        d.client_disconnected = true;
+                        session.set_keepalive(None);
+                        return Ok(d);
+                    }
+                }
+            }
+            Some(Next::BodyEnd) => break,
+            None => {
+                d.client_disconnected = true;
+                session.set_keepalive(None);
+                return Ok(d);
+            }
+        }
+    }
+    let end = sub.end().await;
+    drop(sub);
+    match end {
+        End::Answered {
+            completed,
+            error,
+            close,
+        } => {
+            d.completed = completed;
+            d.error = error;
+            if close {
+                session.set_keepalive(None);
+            } else if Downstream::write_body(session, Bytes::new(), true)
+                .await
+                .is_err()
+                && !completed
+            {
+                d.client_disconnected = true;
+            }
+        }
+        End::Failed(e) => {
+            d.error = Some(e);
+            session.set_keepalive(None);
+        }
+        End::Abandoned => {
+            d.error = Some(SluiceError::Internal);
+            session.set_keepalive(None);
+        }
+    }
+    Ok(d)
+}
+
+/// The client side failover and the relay write to on a leader's behalf: the flight. A
+/// write fails only when every client has left; `gone` resolves then.
+pub struct Publisher {
+    flight: Arc<Flight>,
+    req: RequestHeader,
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // However the producer stopped, no client waits for an end that never comes.
+        self.flight.finish(End::Abandoned);
+    }
+}
+
+fn everyone_left() -> Box<pingora_error::Error> {
+    pingora_error::Error::explain(
+        pingora_error::ErrorType::ConnectionClosed,
+        "every client of the coalesced call left",
+    )
+}
+
+impl Downstream for Publisher {
+    fn req_header(&self) -> &RequestHeader {
+        &self.req
+    }
+
+    async fn write_header(&mut self, header: Box<ResponseHeader>) -> pingora_error::Result<()> {
+        self.flight
+            .publish_header(*header)
+            .map_err(|_| everyone_left())
+    }
+
+    async fn write_body(&mut self, data: Bytes, end: bool) -> pingora_error::Result<()> {
+        self.flight
+            .publish_body(data, end)
+            .await
+            .map_err(|_| everyone_left())
+    }
+
+    async fn gone(&mut self) {
+        self.flight.all_gone().await;
+    }
+
+    fn close_after(&mut self) {
+        self.flight.close_after();
+    }
+}
