@@ -75,6 +75,15 @@ pub enum Behavior {
     /// A 200 SSE stream of `body` cut after the number of bytes in the request's `x-cut-at`
     /// header (the whole body without it), sent chunked in two pieces; then `end`.
     CutAt { body: Vec<u8>, end: CutEnd },
+    /// A 200 OpenAI chat SSE stream of `events` content chunks (`tok0 `, `tok1 `, ...) sent
+    /// `gap_ms` apart, then a finish chunk, a usage chunk and `[DONE]`; with `reset_after`,
+    /// a TCP reset after that many content chunks instead. The time the proxy closes the
+    /// connection first is recorded in `Mock::slow_closed_at`.
+    Paced {
+        events: usize,
+        gap_ms: u64,
+        reset_after: Option<usize>,
+    },
 }
 
 /// How a [`Behavior::CutAt`] stream ends after its bytes.
@@ -302,6 +311,11 @@ impl Mock {
                 }
                 return Ok(false);
             }
+            Behavior::Paced {
+                events,
+                gap_ms,
+                reset_after,
+            } => return self.paced(sock, events, gap_ms, reset_after).await,
             Behavior::CutAfterThree => {
                 sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
                 for i in 0..3 {
@@ -393,6 +407,44 @@ impl Mock {
 }
 
 impl Mock {
+    /// [`Behavior::Paced`]; returns whether the connection stays open.
+    async fn paced(
+        &self,
+        sock: &mut TcpStream,
+        events: usize,
+        gap_ms: u64,
+        reset_after: Option<usize>,
+    ) -> std::io::Result<bool> {
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+        let chunk = |e: &str| format!("{:x}\r\n{e}\r\n", e.len());
+        for i in 0..events {
+            if reset_after == Some(i) {
+                sock.set_zero_linger()?;
+                return Ok(false);
+            }
+            let e = format!("data: {{\"id\":\"p1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n");
+            sock.write_all(chunk(&e).as_bytes()).await?;
+            sock.flush().await?;
+            // Pace the stream while watching for the proxy closing the connection.
+            let mut probe = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(gap_ms), sock.read(&mut probe)).await
+            {
+                *self.slow_closed_at.lock().unwrap() = Some(Instant::now());
+                return Ok(false);
+            }
+        }
+        let end = format!(
+            "data: {{\"id\":\"p1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n\
+             data: {{\"id\":\"p1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{events},\"total_tokens\":{}}}}}\n\n\
+             data: [DONE]\n\n",
+            9 + events
+        );
+        sock.write_all(chunk(&end).as_bytes()).await?;
+        sock.write_all(b"0\r\n\r\n").await?;
+        Ok(true)
+    }
+
     /// [`Behavior::HugeSseLine`].
     async fn huge_sse_line(
         &self,

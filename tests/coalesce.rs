@@ -1,0 +1,368 @@
+//! Request coalescing through the real proxy (`coalesce: true`): identical streamed requests
+//! in flight at the same time make one upstream call and every client gets the whole answer
+//! (late joiners too); the call is cancelled only when every client has left; a leader that
+//! fails over before content takes its followers along; a failure after content reaches every
+//! client as the same native error event; different requests are not coalesced.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{Behavior, Config, CutEnd, Mock, Pool, Route, Sluice, Tenant};
+
+const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
+const VK: &str = "sk-coalesce-virtual-key";
+
+fn config(primary: &Mock, fallback: &Mock) -> String {
+    let breaker = "{breaker: {consecutive_failures: 1000000}}";
+    Config::new()
+        .pool(Pool::openai("primary", &primary.url()).yaml(breaker))
+        .pool(Pool::openai("fallback", &fallback.url()))
+        .route(
+            Route::prefix("chat", "/v1", &["primary", "fallback"])
+                .yaml("{coalesce: true, failover: {first_token_ms: 300}}"),
+        )
+        .tenant(Tenant::new("t").virtual_key(VK))
+        .to_yaml()
+}
+
+fn chat(text: &str) -> serde_json::Value {
+    serde_json::json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": text}]})
+}
+
+async fn send(s: &Sluice, body: &serde_json::Value) -> reqwest::Response {
+    // A client of its own per request: each request on a connection of its own.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .bearer_auth(VK)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+/// The rest of `resp`'s body after `got`, as text (bounded by the test's own timeout).
+async fn rest(mut resp: reqwest::Response, mut got: Vec<u8>) -> String {
+    let read = async {
+        while let Ok(Some(c)) = resp.chunk().await {
+            got.extend_from_slice(&c);
+        }
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the stream ends");
+    String::from_utf8(got).unwrap()
+}
+
+/// The first body chunk of `resp`.
+async fn first_chunk(resp: &mut reqwest::Response) -> Vec<u8> {
+    let c = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+        .await
+        .expect("a first chunk")
+        .unwrap()
+        .expect("a non-empty body");
+    c.to_vec()
+}
+
+/// A whole answer of a `Paced { events }` stream: every token in order, then `[DONE]`.
+fn assert_whole(body: &str, events: usize) {
+    let mut at = 0;
+    for i in 0..events {
+        let tok = format!("\"tok{i} \"");
+        let found = body[at..]
+            .find(&tok)
+            .unwrap_or_else(|| panic!("{tok} missing or out of order in {body}"));
+        at += found;
+    }
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert!(
+        !body.contains("\"usage\""),
+        "the usage chunk sluice asked for is hidden"
+    );
+}
+
+async fn wait_closed(mock: &Mock, within: Duration) -> Option<Instant> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if let Some(t) = *mock.slow_closed_at.lock().unwrap() {
+            return Some(t);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn identical_concurrent_requests_share_one_upstream_call() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Paced {
+        events: 10,
+        gap_ms: 30,
+        reset_after: None,
+    });
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    const N: usize = 20;
+    let body = chat("the same question");
+    let clients: Vec<_> = (0..N)
+        .map(|_| {
+            let (proxy, body) = (s.proxy.clone(), body.clone());
+            tokio::spawn(async move {
+                let resp = reqwest::Client::new()
+                    .post(format!("{proxy}/v1/chat/completions"))
+                    .bearer_auth(VK)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let id = resp.headers()["x-sluice-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                (id, rest(resp, Vec::new()).await)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in clients {
+        answers.push(c.await.unwrap());
+    }
+    assert_eq!(
+        primary.requests().len(),
+        1,
+        "one upstream call for {N} clients"
+    );
+    assert_whole(&answers[0].1, 10);
+    for (_, a) in &answers {
+        assert_eq!(a, &answers[0].1, "every client gets the same stream");
+    }
+    let mut ids: Vec<&str> = answers.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), N, "each client has its own request id");
+    let followers = s
+        .wait_metric(
+            "sluice_coalesced_requests_total",
+            &[("route", "chat")],
+            |v| v >= (N - 1) as f64,
+        )
+        .await;
+    assert_eq!(followers, (N - 1) as f64);
+    // Followers' log lines name the leader and carry no tokens; the leader's has the usage.
+    let until = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = s.log();
+        if log.matches("request_id=").count() >= N || Instant::now() > until {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("request_id=")).collect();
+    assert_eq!(lines.len(), N, "{log}");
+    let leaders: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("coalesced=\"\""))
+        .collect();
+    assert_eq!(leaders.len(), 1, "{log}");
+    assert!(
+        leaders[0].contains("completion_tokens=10"),
+        "{}",
+        leaders[0]
+    );
+    let leader_id = leaders[0]
+        .split("request_id=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    let tag = format!("coalesced=\"{leader_id}\"");
+    for l in lines.iter().filter(|l| !l.contains("coalesced=\"\"")) {
+        assert!(l.contains(&tag), "{l}");
+        assert!(l.contains("prompt_tokens=0 completion_tokens=0"), "{l}");
+    }
+}
+
+#[tokio::test]
+async fn a_late_joiner_gets_the_whole_answer() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Paced {
+        events: 12,
+        gap_ms: 40,
+        reset_after: None,
+    });
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let body = chat("late joiner");
+    let mut leader = send(&s, &body).await;
+    let mut got = first_chunk(&mut leader).await;
+    // Let more chunks go by before the follower joins.
+    while !String::from_utf8_lossy(&got).contains("tok3 ") {
+        got.extend_from_slice(&first_chunk(&mut leader).await);
+    }
+    let follower = send(&s, &body).await;
+    let (a, b) = tokio::join!(rest(leader, got), rest(follower, Vec::new()));
+    assert_whole(&a, 12);
+    assert_eq!(a, b, "the late joiner replays the chunks already sent");
+    assert_eq!(primary.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn every_client_leaving_cancels_the_upstream_call_at_once() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Paced {
+        events: 400,
+        gap_ms: 20,
+        reset_after: None,
+    });
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let body = chat("everyone leaves");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut resp = send(&s, &body).await;
+        first_chunk(&mut resp).await;
+        clients.push(resp);
+    }
+    // Two leave: the call goes on for the last one.
+    clients.truncate(1);
+    assert!(
+        wait_closed(&primary, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a client is still there: the upstream call goes on"
+    );
+    first_chunk(&mut clients[0]).await;
+    drop(clients);
+    let left = Instant::now();
+    let closed = wait_closed(&primary, Duration::from_secs(2))
+        .await
+        .expect("the upstream connection is closed");
+    let after = closed.saturating_duration_since(left);
+    eprintln!("upstream closed {after:?} after the last client left");
+    assert!(after < Duration::from_millis(100), "closed after {after:?}");
+    assert_eq!(primary.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn the_leaders_client_leaving_does_not_stop_a_follower() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Paced {
+        events: 15,
+        gap_ms: 20,
+        reset_after: None,
+    });
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let body = chat("leader leaves");
+    let mut leader = send(&s, &body).await;
+    first_chunk(&mut leader).await;
+    let mut follower = send(&s, &body).await;
+    let got = first_chunk(&mut follower).await;
+    drop(leader);
+    let b = rest(follower, got).await;
+    assert_whole(&b, 15);
+    assert_eq!(primary.requests().len(), 1);
+    assert!(primary.slow_closed_at.lock().unwrap().is_none());
+    assert_eq!(
+        s.wait_metric(
+            "sluice_coalesced_requests_total",
+            &[("route", "chat")],
+            |v| v >= 1.0
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn followers_follow_the_leaders_failover_before_content() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    // The primary answers its header and a role-only chunk, then stalls: no content.
+    let role_only = "data: {\"id\":\"PRIMARY-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n";
+    primary.set(Behavior::CutAt {
+        body: role_only.as_bytes().to_vec(),
+        end: CutEnd::Stall,
+    });
+    fallback.set(Behavior::Paced {
+        events: 5,
+        gap_ms: 20,
+        reset_after: None,
+    });
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let body = chat("failover");
+    let leader = {
+        let (proxy, body) = (s.proxy.clone(), body.clone());
+        tokio::spawn(async move {
+            let resp = reqwest::Client::new()
+                .post(format!("{proxy}/v1/chat/completions"))
+                .bearer_auth(VK)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            rest(resp, Vec::new()).await
+        })
+    };
+    // Joined while the leader's primary is held (first_token_ms 300).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let followers = futures_util::future::join_all((0..4).map(|_| async {
+        let resp = send(&s, &body).await;
+        rest(resp, Vec::new()).await
+    }));
+    let answers = followers.await;
+    let lead = leader.await.unwrap();
+    assert_whole(&lead, 5);
+    assert!(!lead.contains("PRIMARY"), "{lead}");
+    for a in &answers {
+        assert_eq!(a, &lead);
+    }
+    assert_eq!(primary.requests().len(), 1);
+    assert_eq!(fallback.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failure_after_content_reaches_every_client_as_the_same_error_event() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Paced {
+        events: 10,
+        gap_ms: 40,
+        reset_after: Some(4),
+    });
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let body = chat("cut");
+    let mut leader = send(&s, &body).await;
+    let got = first_chunk(&mut leader).await;
+    let follower = send(&s, &body).await;
+    let (a, b) = tokio::join!(rest(leader, got), rest(follower, Vec::new()));
+    assert!(a.contains("\"tok3 \""), "{a}");
+    let last = a.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(
+        last.starts_with("data: {\"error\":"),
+        "ends with OpenAI's native error event: {a}"
+    );
+    assert!(!a.contains("[DONE]"));
+    assert_eq!(a, b, "the follower gets the same events and error");
+    assert_eq!(primary.requests().len(), 1);
+    assert_eq!(fallback.requests().len(), 0, "no failover after content");
+}
+
+#[tokio::test]
+async fn different_requests_are_not_coalesced() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Paced {
+        events: 5,
+        gap_ms: 30,
+        reset_after: None,
+    });
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let (one, another) = (chat("one question"), chat("another question"));
+    let (a, b) = tokio::join!(send(&s, &one), send(&s, &another));
+    let (a, b) = tokio::join!(rest(a, Vec::new()), rest(b, Vec::new()));
+    assert_whole(&a, 5);
+    assert_whole(&b, 5);
+    assert_eq!(primary.requests().len(), 2);
+    assert_eq!(
+        s.metric("sluice_coalesced_requests_total", &[("route", "chat")])
+            .await,
+        0.0
+    );
+}
