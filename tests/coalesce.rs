@@ -366,3 +366,76 @@ async fn different_requests_are_not_coalesced() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn followers_reserve_no_tokens_but_count_against_request_limits() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Paced {
+        events: 10,
+        gap_ms: 30,
+        reset_after: None,
+    });
+    const ONE_AT_A_TIME: &str = "sk-coalesce-one-at-a-time";
+    let config = Config::new()
+        .pool(Pool::openai("primary", &primary.url()))
+        .pool(Pool::openai("fallback", &fallback.url()))
+        .route(Route::prefix("chat", "/v1", &["primary", "fallback"]).yaml("{coalesce: true}"))
+        // One reservation (the body's bytes / 4 plus max_tokens 200) fits, two do not.
+        .tenant(
+            Tenant::new("t")
+                .virtual_key(VK)
+                .limits("tokens_per_minute: 300"),
+        )
+        .tenant(
+            Tenant::new("u")
+                .virtual_key(ONE_AT_A_TIME)
+                .limits("max_concurrent: 1"),
+        )
+        .to_yaml();
+    let s = Sluice::start(&config, &[KEY_ENV]);
+    let mut body = chat("limits");
+    body["max_tokens"] = 200.into();
+    let mut leader = send(&s, &body).await;
+    let got = first_chunk(&mut leader).await;
+    // Without coalescing this second reservation would not fit the window: a follower has none.
+    let follower = send(&s, &body).await;
+    let (a, b) = tokio::join!(rest(leader, got), rest(follower, Vec::new()));
+    assert_whole(&a, 10);
+    assert_eq!(a, b);
+    assert_eq!(primary.requests().len(), 1);
+    // The call is charged once, to the leader: the upstream's usage (9 + 10).
+    let tokens = |kind: &'static str| {
+        let s = &s;
+        async move {
+            s.wait_metric(
+                "sluice_tokens_total",
+                &[("tenant", "t"), ("kind", kind)],
+                |v| v > 0.0,
+            )
+            .await
+        }
+    };
+    assert_eq!(tokens("prompt").await, 9.0);
+    assert_eq!(tokens("completion").await, 10.0);
+
+    // Request limits do apply to followers: a second request of a tenant allowed one at a
+    // time is refused, coalesced or not.
+    let mut first = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .bearer_auth(ONE_AT_A_TIME)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    first.chunk().await.unwrap();
+    let second = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .bearer_auth(ONE_AT_A_TIME)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 429);
+    assert_eq!(primary.requests().len(), 2, "tenants do not share calls");
+}

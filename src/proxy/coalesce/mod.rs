@@ -144,8 +144,12 @@ async fn lead(
         copy(sub, session, &own, start)
     );
     produced?;
-    if copied.is_ok_and(|d| d.client_disconnected) {
-        // The shared call went on for the followers; its usage stays the leader's.
+    if copied.is_ok_and(|d| d.client_disconnected) && !ctx.delivered.client_disconnected {
+        // The shared call went on for the followers; its usage stays the leader's. (When
+        // every client left, the relay counted the disconnect already.)
+        metrics::CLIENT_DISCONNECTS
+            .with_label_values(&[ctx.route_name()])
+            .inc();
         ctx.delivered.client_disconnected = true;
     }
     Ok(())
@@ -190,6 +194,11 @@ async fn follow(
     let copied = copy(sub, session, &own, ctx.start).await;
     ctx.delivered.coalesced = Some(leader.clone());
     let mut delivered = copied?;
+    if delivered.client_disconnected {
+        metrics::CLIENT_DISCONNECTS
+            .with_label_values(&[ctx.route_name()])
+            .inc();
+    }
     delivered.coalesced = Some(leader);
     ctx.delivered = delivered;
     Ok(())
