@@ -439,3 +439,125 @@ async fn followers_reserve_no_tokens_but_count_against_request_limits() {
     assert_eq!(second.status(), 429);
     assert_eq!(primary.requests().len(), 2, "tenants do not share calls");
 }
+
+#[tokio::test]
+async fn a_failure_before_any_header_reaches_every_client_natively() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Stall);
+    fallback.set(Behavior::Stall);
+    let timeouts = "{timeouts: {ttfb_ms: 300}}";
+    let config = Config::new()
+        .pool(Pool::openai("primary", &primary.url()).yaml(timeouts))
+        .pool(Pool::openai("fallback", &fallback.url()).yaml(timeouts))
+        .route(Route::prefix("chat", "/v1", &["primary", "fallback"]).yaml("{coalesce: true}"))
+        .tenant(Tenant::new("t").virtual_key(VK))
+        .to_yaml();
+    let s = Sluice::start(&config, &[KEY_ENV]);
+    let body = chat("nobody answers");
+    let answers = futures_util::future::join_all((0..3).map(|i| {
+        let (proxy, body) = (s.proxy.clone(), body.clone());
+        async move {
+            // The leader first; the others join while it waits.
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            let resp = reqwest::Client::new()
+                .post(format!("{proxy}/v1/chat/completions"))
+                .bearer_auth(VK)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+            let json: serde_json::Value = resp.json().await.unwrap();
+            (status, id, json)
+        }
+    }))
+    .await;
+    let (status, _, json) = &answers[0];
+    assert!(*status >= 500, "{status}");
+    assert!(
+        json["error"]["message"].is_string(),
+        "OpenAI's error shape: {json}"
+    );
+    for (st, _, j) in &answers {
+        assert_eq!((st, j), (status, json), "every client gets the same error");
+    }
+    let mut ids: Vec<&str> = answers.iter().map(|(_, id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each with its own request id");
+    assert_eq!(primary.requests().len(), 1);
+    assert_eq!(fallback.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn identical_plain_json_requests_share_one_call_too() {
+    let mock = Mock::start().await;
+    // Every reply held 300 ms: the requests overlap.
+    let slow = support::DelayProxy::start(mock.addr, Duration::from_millis(300)).await;
+    let config = Config::new()
+        .pool(Pool::openai("slow", &format!("http://{}", slow.addr)))
+        .route(Route::prefix("chat", "/v1", &["slow"]).yaml("{coalesce: true}"))
+        .tenant(Tenant::new("t").virtual_key(VK))
+        .to_yaml();
+    let s = Sluice::start(&config, &[KEY_ENV]);
+    let body = serde_json::json!({"model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "plain"}]});
+    let answers = futures_util::future::join_all((0..5).map(|_| {
+        let (proxy, body) = (s.proxy.clone(), body.clone());
+        async move {
+            let resp = reqwest::Client::new()
+                .post(format!("{proxy}/v1/chat/completions"))
+                .bearer_auth(VK)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<serde_json::Value>().await.unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(mock.requests().len(), 1);
+    assert_eq!(answers[0]["choices"][0]["message"]["content"], "Hi");
+    assert!(answers.iter().all(|a| a == &answers[0]));
+}
+
+#[tokio::test]
+async fn past_the_flight_bound_a_new_request_makes_its_own_call() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Paced {
+        events: 40,
+        gap_ms: 20,
+        reset_after: None,
+    });
+    let config = Config::new()
+        .pool(Pool::openai("primary", &primary.url()))
+        .pool(Pool::openai("fallback", &fallback.url()))
+        .route(Route::prefix("chat", "/v1", &["primary", "fallback"]).yaml("{coalesce: true}"))
+        .tenant(Tenant::new("t").virtual_key(VK))
+        .yaml("cache: {max_flight_bytes: 2000}")
+        .to_yaml();
+    let s = Sluice::start(&config, &[KEY_ENV]);
+    let body = chat("a long answer");
+    let mut leader = send(&s, &body).await;
+    let mut got = Vec::new();
+    // Each event is about 130 bytes: 2,000 bytes are past after about 16.
+    while !String::from_utf8_lossy(&got).contains("tok17 ") {
+        got.extend_from_slice(&first_chunk(&mut leader).await);
+    }
+    let late = send(&s, &body).await;
+    let (a, b) = tokio::join!(rest(leader, got), rest(late, Vec::new()));
+    assert_whole(&a, 40);
+    assert_whole(&b, 40);
+    assert_eq!(
+        primary.requests().len(),
+        2,
+        "the flight took no follower past its bound"
+    );
+    assert_eq!(
+        s.metric("sluice_coalesced_requests_total", &[("route", "chat")])
+            .await,
+        0.0
+    );
+}
