@@ -39,9 +39,10 @@ pub enum End {
 pub struct EveryoneLeft;
 
 /// What a subscriber reads next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// Chunks from its cursor on, in order.
-    Chunks(Vec<Bytes>),
+    /// Chunks from its cursor on were appended to the caller's buffer, in order.
+    Chunks,
     /// The body is over and the subscriber has read all of it.
     BodyEnd,
 }
@@ -301,9 +302,10 @@ impl Subscription {
         }
     }
 
-    /// The next chunks from this client's cursor, or [`Next::BodyEnd`] once it read the
-    /// last ones. Cancel-safe (the cursor moves only when chunks are returned).
-    pub async fn next(&self) -> Next {
+    /// The next chunks from this client's cursor, appended to `out` (a buffer the caller
+    /// reuses), or [`Next::BodyEnd`] once it read the last ones. Cancel-safe (the cursor moves
+    /// only when chunks are handed over).
+    pub async fn next(&self, out: &mut Vec<Bytes>) -> Next {
         loop {
             let progress = self.flight.progress.notified();
             tokio::pin!(progress);
@@ -314,7 +316,7 @@ impl Subscription {
                 let published = s.published();
                 if cursor < published {
                     let from = cursor.saturating_sub(s.first);
-                    let chunks: Vec<Bytes> = s.chunks.iter().skip(from).cloned().collect();
+                    out.extend(s.chunks.iter().skip(from).cloned());
                     if let Some(c) = s.cursors.get_mut(self.id) {
                         *c = Some(published);
                     }
@@ -323,7 +325,7 @@ impl Subscription {
                     if lagging {
                         self.flight.drained.notify_waiters();
                     }
-                    return Next::Chunks(chunks);
+                    return Next::Chunks;
                 }
                 if s.body_end || s.end.is_some() {
                     return Next::BodyEnd;

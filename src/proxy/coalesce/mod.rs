@@ -258,15 +258,16 @@ async fn copy(
         d.client_disconnected = true;
         return Ok(d);
     }
+    let mut chunks = Vec::new();
     loop {
         let next = tokio::select! {
             biased;
-            n = sub.next() => Some(n),
+            n = sub.next(&mut chunks) => Some(n),
             () = Downstream::gone(session) => None,
         };
         match next {
-            Some(Next::Chunks(chunks)) => {
-                for chunk in chunks {
+            Some(Next::Chunks) => {
+                for chunk in chunks.drain(..) {
                     if d.ttft.is_none() {
                         d.ttft = Some(start.elapsed());
                     }
