@@ -1,6 +1,7 @@
 //! One coalesced upstream call (a flight): the client-visible response of the leader's
-//! attempt (header, body chunks, how it ended) as it is produced, read by every client that
-//! shares it (the leader's own client included), each from its own cursor.
+//! attempt (header, body chunks, how it ended) as it is produced, read by every follower from
+//! its own cursor. The leader's own client is written to inline by the producer (no copy, no
+//! task of its own); the flight only records whether it is still there.
 //!
 //! Memory: while the flight takes new followers it keeps every chunk (a late joiner replays
 //! them from the first), up to `max_bytes`; past it the flight takes no new followers and
@@ -54,9 +55,11 @@ struct State {
     first: usize,
     /// Bytes in `chunks`.
     retained: usize,
-    /// Each subscriber's cursor (the next chunk number it reads); `None` once it left.
+    /// Each follower's cursor (the next chunk number it reads); `None` once it left.
     cursors: Vec<Option<usize>>,
     subscribers: usize,
+    /// The leader's own client is still there.
+    leader_here: bool,
     /// New followers may join (every chunk is still retained).
     joinable: bool,
     /// The producer wrote the last body bytes.
@@ -67,6 +70,11 @@ struct State {
 }
 
 impl State {
+    /// Nobody is left to serve: the leader's client and every follower left.
+    fn everyone_left(&self) -> bool {
+        !self.leader_here && self.subscribers == 0
+    }
+
     fn published(&self) -> usize {
         self.first + self.chunks.len()
     }
@@ -115,20 +123,17 @@ impl Drop for Flight {
 }
 
 impl Flight {
-    /// A flight started by request `leader`, with the leader's own subscription.
-    pub fn start(
-        ident: super::Ident,
-        leader: &str,
-        max_bytes: usize,
-    ) -> (Arc<Flight>, Subscription) {
-        let flight = Arc::new(Flight {
+    /// A flight started by request `leader`, whose client is there.
+    pub fn start(ident: super::Ident, leader: &str, max_bytes: usize) -> Arc<Flight> {
+        Arc::new(Flight {
             state: Mutex::new(State {
                 header: None,
                 chunks: VecDeque::new(),
                 first: 0,
                 retained: 0,
-                cursors: vec![Some(0)],
-                subscribers: 1,
+                cursors: Vec::new(),
+                subscribers: 0,
+                leader_here: true,
                 joinable: true,
                 body_end: false,
                 close: false,
@@ -139,12 +144,7 @@ impl Flight {
             max_bytes,
             leader: leader.into(),
             ident,
-        });
-        let sub = Subscription {
-            flight: flight.clone(),
-            id: 0,
-        };
-        (flight, sub)
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -156,7 +156,7 @@ impl Flight {
     /// takes followers (over its byte bound, ended, or every client left).
     pub fn join(self: &Arc<Self>) -> Option<Subscription> {
         let mut s = self.lock();
-        if !s.joinable || s.end.is_some() {
+        if !s.joinable || s.end.is_some() || s.everyone_left() {
             return None;
         }
         s.cursors.push(Some(0));
@@ -176,7 +176,7 @@ impl Flight {
     /// Producer: publish the response header. Errors: every client has left.
     pub fn publish_header(&self, header: ResponseHeader) -> Result<(), EveryoneLeft> {
         let mut s = self.lock();
-        if s.subscribers == 0 {
+        if s.everyone_left() {
             return Err(EveryoneLeft);
         }
         s.header = Some(Arc::new(header));
@@ -188,9 +188,9 @@ impl Flight {
     /// Producer: publish body bytes (`end`: the last ones), waiting while the slowest client
     /// lags past the byte bound. Errors: every client has left.
     pub async fn publish_body(&self, data: Bytes, end: bool) -> Result<(), EveryoneLeft> {
-        {
+        let fits = {
             let mut s = self.lock();
-            if s.subscribers == 0 {
+            if s.everyone_left() {
                 return Err(EveryoneLeft);
             }
             if !data.is_empty() {
@@ -203,16 +203,20 @@ impl Flight {
                 s.trim();
             }
             s.body_end |= end;
-        }
+            s.retained <= self.max_bytes
+        };
         self.progress.notify_waiters();
-        // Back-pressure: wait until what some client has not read fits the bound again.
+        if fits {
+            return Ok(());
+        }
+        // Back-pressure: wait until what some follower has not read fits the bound again.
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
             {
                 let mut s = self.lock();
-                if s.subscribers == 0 {
+                if s.everyone_left() {
                     return Err(EveryoneLeft);
                 }
                 s.trim();
@@ -229,13 +233,31 @@ impl Flight {
         self.lock().close = true;
     }
 
-    /// Producer: resolves once every client has left. Cancel-safe.
+    /// Producer: the leader's own client left (the call goes on while followers remain).
+    pub fn leader_left(&self) {
+        let mut s = self.lock();
+        s.leader_here = false;
+        if s.everyone_left() {
+            // Nobody left to serve: no follower may join a call about to be cancelled.
+            s.joinable = false;
+        }
+        drop(s);
+        self.drained.notify_waiters();
+    }
+
+    /// Producer: whether every client (the leader's and every follower) has left.
+    pub fn all_left(&self) -> bool {
+        self.lock().everyone_left()
+    }
+
+    /// Producer: resolves once every client (the leader's and every follower) has left.
+    /// Cancel-safe.
     pub async fn all_gone(&self) {
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            if self.lock().subscribers == 0 {
+            if self.lock().everyone_left() {
                 return;
             }
             drained.await;
@@ -270,8 +292,8 @@ impl Flight {
     }
 }
 
-/// One client's read position in a flight. Dropping it leaves the flight: the last one to
-/// leave makes [`Flight::all_gone`] resolve, which cancels the upstream call.
+/// One follower's read position in a flight. Dropping it leaves the flight: the last client
+/// to leave makes [`Flight::all_gone`] resolve, which cancels the upstream call.
 pub struct Subscription {
     flight: Arc<Flight>,
     id: usize,
@@ -357,7 +379,7 @@ impl Drop for Subscription {
                 s.subscribers -= 1;
             }
         }
-        if s.subscribers == 0 {
+        if s.everyone_left() {
             // Nobody left to serve: no follower may join a call about to be cancelled.
             s.joinable = false;
         }

@@ -7,9 +7,10 @@
 //!   for the usage chunk itself (sluice hides the one it asked for on the client's behalf, so
 //!   the two would see different streams).
 //! - The first request with that identity is the leader: it is admitted as usual and runs
-//!   failover and the relay (stages 4 and 5) into the flight through a [`Downstream`] that
-//!   publishes ([`Publisher`]) instead of writing to a client, while it copies the flight to
-//!   its own client like every follower does. Nothing is published before commit on content,
+//!   failover and the relay (stages 4 and 5) through a [`Downstream`] ([`Publisher`]) that
+//!   writes to its own client as usual and also publishes into the flight, for the followers
+//!   (a leader without followers costs one buffered `Bytes` handle per chunk, no copy, no task
+//!   of its own). Nothing is published before commit on content,
 //!   so followers see only the candidate that delivered; after content, an upstream failure
 //!   ends every client's stream with the same native error event (it is in the flight's
 //!   chunks); a failure before any header reaches every client as the same native error.
@@ -73,7 +74,7 @@ fn joinable(ident: &Ident) -> bool {
 /// A request's part in a flight.
 pub enum Role {
     /// It started the flight: it makes the upstream call.
-    Leader(Arc<Flight>, Subscription),
+    Leader(Arc<Flight>),
     /// It shares the call of the flight's leader.
     Follower(Subscription),
 }
@@ -86,9 +87,9 @@ pub fn join_or_lead(ident: Ident, request_id: &str, max_bytes: usize) -> Role {
     let role = match joined {
         Some(sub) => Role::Follower(sub),
         None => {
-            let (flight, sub) = Flight::start(ident, request_id, max_bytes);
+            let flight = Flight::start(ident, request_id, max_bytes);
             map.insert(ident, Arc::downgrade(&flight));
-            Role::Leader(flight, sub)
+            Role::Leader(flight)
         }
     };
     // A flight whose last holder is `existing` runs its `Drop` (which takes the registry
@@ -120,31 +121,27 @@ pub async fn serve(
     }
     let max_bytes = snapshot.cache.max_flight_bytes;
     match join_or_lead(ident, &ctx.request_id, max_bytes) {
-        Role::Leader(flight, sub) => lead(session, ctx, flight, sub).await,
+        Role::Leader(flight) => lead(session, ctx, flight).await,
         Role::Follower(sub) => follow(session, ctx, sub).await,
     }
 }
 
-/// The leader: failover and the relay publish into the flight while its own client copies
-/// it, both driven by this request's task.
+/// The leader: failover and the relay write to its own client and publish into the flight.
 async fn lead(
     session: &mut Session,
     ctx: &mut RequestCtx,
     flight: Arc<Flight>,
-    sub: Subscription,
 ) -> Result<(), SluiceError> {
-    let own = OwnHeaders::of(ctx);
-    let start = ctx.start;
     let mut publisher = Publisher {
         flight,
-        req: session.req_header().clone(),
+        session,
+        own_left: false,
     };
-    let (produced, copied) = tokio::join!(
-        produce(&mut publisher, ctx),
-        copy(sub, session, &own, start)
-    );
+    let produced = produce(&mut publisher, ctx).await;
+    let own_left = publisher.own_left;
+    drop(publisher);
     produced?;
-    if copied.is_ok_and(|d| d.client_disconnected) && !ctx.delivered.client_disconnected {
+    if own_left && !ctx.delivered.client_disconnected {
         // The shared call went on for the followers; its usage stays the leader's. (When
         // every client left, the relay counted the disconnect already.)
         metrics::CLIENT_DISCONNECTS
@@ -156,7 +153,7 @@ async fn lead(
 }
 
 /// Failover and the relay into the flight; the flight's end published whatever happens.
-async fn produce(publisher: &mut Publisher, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
+async fn produce(publisher: &mut Publisher<'_>, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
     match failover::run(publisher, ctx).await {
         Ok(failover::Ended::Served(served)) => {
             let delivered = relay::relay(publisher, ctx, served).await;
@@ -318,16 +315,31 @@ async fn copy(
     Ok(d)
 }
 
-/// The client side failover and the relay write to on a leader's behalf: the flight. A
-/// write fails only when every client has left; `gone` resolves then.
-pub struct Publisher {
+/// The client side failover and the relay write to on a leader's behalf: its own client
+/// (while it is there) and the flight. A write fails only when every client has left;
+/// `gone` resolves then.
+pub struct Publisher<'a> {
     flight: Arc<Flight>,
-    req: RequestHeader,
+    /// The leader's own client.
+    session: &'a mut Session,
+    /// It left (or a write to it failed): no more writes to it.
+    own_left: bool,
 }
 
-impl Drop for Publisher {
+impl Publisher<'_> {
+    /// The leader's own client is gone: only followers, if any, are served from now on.
+    fn own_client_left(&mut self) {
+        if !self.own_left {
+            self.own_left = true;
+            self.session.set_keepalive(None);
+            self.flight.leader_left();
+        }
+    }
+}
+
+impl Drop for Publisher<'_> {
     fn drop(&mut self) {
-        // However the producer stopped, no client waits for an end that never comes.
+        // However the producer stopped, no follower waits for an end that never comes.
         self.flight.finish(End::Abandoned);
     }
 }
@@ -339,29 +351,54 @@ fn everyone_left() -> Box<pingora_error::Error> {
     )
 }
 
-impl Downstream for Publisher {
+impl Downstream for Publisher<'_> {
     fn req_header(&self) -> &RequestHeader {
-        &self.req
+        Downstream::req_header(&*self.session)
     }
 
     async fn write_header(&mut self, header: Box<ResponseHeader>) -> pingora_error::Result<()> {
         self.flight
-            .publish_header(*header)
-            .map_err(|_| everyone_left())
+            .publish_header((*header).clone())
+            .map_err(|_| everyone_left())?;
+        if !self.own_left
+            && Downstream::write_header(&mut *self.session, header)
+                .await
+                .is_err()
+        {
+            self.own_client_left();
+        }
+        Ok(())
     }
 
     async fn write_body(&mut self, data: Bytes, end: bool) -> pingora_error::Result<()> {
         self.flight
-            .publish_body(data, end)
+            .publish_body(data.clone(), end)
             .await
-            .map_err(|_| everyone_left())
+            .map_err(|_| everyone_left())?;
+        if !self.own_left
+            && Downstream::write_body(&mut *self.session, data, end)
+                .await
+                .is_err()
+        {
+            self.own_client_left();
+            if self.flight.all_left() {
+                return Err(everyone_left());
+            }
+        }
+        Ok(())
     }
 
     async fn gone(&mut self) {
+        if !self.own_left {
+            // Cancel-safe: nothing is recorded until the client is seen gone.
+            Downstream::gone(&mut *self.session).await;
+            self.own_client_left();
+        }
         self.flight.all_gone().await;
     }
 
     fn close_after(&mut self) {
         self.flight.close_after();
+        self.session.set_keepalive(None);
     }
 }

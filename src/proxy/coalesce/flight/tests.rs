@@ -1,4 +1,6 @@
 //! The flight on its own: replay for late joiners, the byte bound, back-pressure, leaving.
+//! The leader's own client is written to by the producer itself: here only its presence
+//! (`leader_left`) matters.
 
 use super::*;
 use crate::cache::key::Key;
@@ -24,7 +26,8 @@ async fn read_all(sub: &Subscription) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_late_joiner_gets_every_chunk_from_the_first() {
-    let (flight, leader) = Flight::start(ident(1), "lead", 1024);
+    let flight = Flight::start(ident(1), "lead", 1024);
+    let early = flight.join().expect("joinable from the start");
     flight.publish_header(header()).unwrap();
     flight
         .publish_body(Bytes::from_static(b"one "), false)
@@ -46,7 +49,7 @@ async fn a_late_joiner_gets_every_chunk_from_the_first() {
         close: false,
     });
     assert_eq!(read_all(&late).await, b"one two three");
-    assert_eq!(read_all(&leader).await, b"one two three");
+    assert_eq!(read_all(&early).await, b"one two three");
     assert!(matches!(
         late.end().await,
         End::Answered {
@@ -60,26 +63,27 @@ async fn a_late_joiner_gets_every_chunk_from_the_first() {
 
 #[tokio::test]
 async fn past_the_bound_no_follower_joins_and_read_chunks_are_released() {
-    let (flight, leader) = Flight::start(ident(2), "lead", 10);
+    let flight = Flight::start(ident(2), "lead", 10);
+    let slow = flight.join().unwrap();
     flight.publish_header(header()).unwrap();
     flight
         .publish_body(Bytes::from_static(b"12345678"), false)
         .await
         .unwrap();
     assert!(flight.join().is_some(), "8 bytes fit in 10");
-    // The follower above left at once (dropped): only the leader reads.
+    // The follower above left at once (dropped): only `slow` reads.
     let publish = flight.publish_body(Bytes::from_static(b"abcdef"), false);
-    // 14 bytes retained, over the bound: the producer waits for the leader to read.
+    // 14 bytes retained, over the bound: the producer waits for the follower to read.
     let mut publish = Box::pin(publish);
     assert!(
         tokio::time::timeout(Duration::from_millis(50), &mut publish)
             .await
             .is_err(),
-        "the producer waits while a client lags past the bound"
+        "the producer waits while a follower lags past the bound"
     );
     assert!(flight.join().is_none(), "over the bound: no new follower");
     let mut chunks = Vec::new();
-    assert_eq!(leader.next(&mut chunks).await, Next::Chunks);
+    assert_eq!(slow.next(&mut chunks).await, Next::Chunks);
     assert_eq!(chunks.len(), 2);
     publish.await.unwrap();
     assert_eq!(flight.retained_bytes(), 0, "read chunks are released");
@@ -87,10 +91,18 @@ async fn past_the_bound_no_follower_joins_and_read_chunks_are_released() {
 
 #[tokio::test]
 async fn the_producer_sees_everyone_gone_only_when_the_last_client_leaves() {
-    let (flight, leader) = Flight::start(ident(3), "lead", 1024);
-    let follower = flight.join().unwrap();
-    drop(leader);
+    let flight = Flight::start(ident(3), "lead", 1024);
+    drop(flight.join().unwrap());
     let mut gone = Box::pin(flight.all_gone());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), &mut gone)
+            .await
+            .is_err(),
+        "the leader's client is still there"
+    );
+    let follower = flight.join().expect("still joinable");
+    flight.leader_left();
+    assert!(!flight.all_left(), "a follower is still there");
     assert!(
         tokio::time::timeout(Duration::from_millis(20), &mut gone)
             .await
@@ -113,14 +125,14 @@ async fn the_producer_sees_everyone_gone_only_when_the_last_client_leaves() {
 }
 
 #[tokio::test]
-async fn an_error_before_the_header_reaches_every_client() {
-    let (flight, leader) = Flight::start(ident(4), "lead", 1024);
-    let follower = flight.join().unwrap();
+async fn an_error_before_the_header_reaches_every_follower() {
+    let flight = Flight::start(ident(4), "lead", 1024);
+    let (one, two) = (flight.join().unwrap(), flight.join().unwrap());
     flight.finish(End::Failed(SluiceError::NoUpstreamAvailable {
         retry_after: None,
         rate_limited: false,
     }));
-    for sub in [&leader, &follower] {
+    for sub in [&one, &two] {
         match sub.header().await {
             Err(End::Failed(e)) => assert_eq!(e.status(), 503),
             _ => panic!("expected the leader's error"),
@@ -130,7 +142,8 @@ async fn an_error_before_the_header_reaches_every_client() {
 
 #[tokio::test]
 async fn a_body_that_ends_without_its_end_write_closes_the_clients() {
-    let (flight, leader) = Flight::start(ident(5), "lead", 1024);
+    let flight = Flight::start(ident(5), "lead", 1024);
+    let follower = flight.join().unwrap();
     flight.publish_header(header()).unwrap();
     flight
         .publish_body(Bytes::from_static(b"{\"cut"), false)
@@ -141,9 +154,9 @@ async fn a_body_that_ends_without_its_end_write_closes_the_clients() {
         error: None,
         close: false,
     });
-    assert_eq!(read_all(&leader).await, b"{\"cut");
+    assert_eq!(read_all(&follower).await, b"{\"cut");
     assert!(matches!(
-        leader.end().await,
+        follower.end().await,
         End::Answered { close: true, .. }
     ));
 }
