@@ -57,6 +57,8 @@ struct State {
     retained: usize,
     /// Each follower's cursor (the next chunk number it reads); `None` once it left.
     cursors: Vec<Option<usize>>,
+    /// Slots of `cursors` freed by followers that left, reused by the next ones.
+    free: Vec<usize>,
     subscribers: usize,
     /// The leader's own client is still there.
     leader_here: bool,
@@ -132,6 +134,7 @@ impl Flight {
                 first: 0,
                 retained: 0,
                 cursors: Vec::new(),
+                free: Vec::new(),
                 subscribers: 0,
                 leader_here: true,
                 joinable: true,
@@ -159,11 +162,21 @@ impl Flight {
         if !s.joinable || s.end.is_some() || s.everyone_left() {
             return None;
         }
-        s.cursors.push(Some(0));
+        // Joinable: nothing was released yet, the follower starts at the first chunk.
+        let id = match s.free.pop() {
+            Some(id) => id,
+            None => {
+                s.cursors.push(None);
+                s.cursors.len() - 1
+            }
+        };
+        if let Some(c) = s.cursors.get_mut(id) {
+            *c = Some(0);
+        }
         s.subscribers += 1;
         Some(Subscription {
             flight: self.clone(),
-            id: s.cursors.len() - 1,
+            id,
         })
     }
 
@@ -377,6 +390,7 @@ impl Drop for Subscription {
         if let Some(c) = s.cursors.get_mut(self.id) {
             if c.take().is_some() {
                 s.subscribers -= 1;
+                s.free.push(self.id);
             }
         }
         if s.everyone_left() {

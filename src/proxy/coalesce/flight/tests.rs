@@ -24,6 +24,13 @@ async fn read_all(sub: &Subscription) -> Vec<u8> {
     }
 }
 
+/// The chunks available now.
+async fn read_one(sub: &Subscription) -> Vec<u8> {
+    let mut chunks = Vec::new();
+    assert_eq!(sub.next(&mut chunks).await, Next::Chunks);
+    chunks.concat()
+}
+
 #[tokio::test]
 async fn a_late_joiner_gets_every_chunk_from_the_first() {
     let flight = Flight::start(ident(1), "lead", 1024);
@@ -70,8 +77,17 @@ async fn past_the_bound_no_follower_joins_and_read_chunks_are_released() {
         .publish_body(Bytes::from_static(b"12345678"), false)
         .await
         .unwrap();
-    assert!(flight.join().is_some(), "8 bytes fit in 10");
-    // The follower above left at once (dropped): only `slow` reads.
+    let passing = flight.join().expect("8 bytes fit in 10");
+    assert_eq!(
+        read_one(&passing).await,
+        b"12345678",
+        "it replays from the first chunk"
+    );
+    drop(passing);
+    let reused = flight.join().expect("its slot is reused");
+    assert_eq!(read_one(&reused).await, b"12345678");
+    drop(reused);
+    // The followers above left: only `slow` reads.
     let publish = flight.publish_body(Bytes::from_static(b"abcdef"), false);
     // 14 bytes retained, over the bound: the producer waits for the follower to read.
     let mut publish = Box::pin(publish);
