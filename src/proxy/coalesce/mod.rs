@@ -152,7 +152,8 @@ async fn lead(
     Ok(())
 }
 
-/// Failover and the relay into the flight; the flight's end published whatever happens.
+/// Failover and the relay, to the leader's client and into the flight; the flight's end is
+/// published whatever happens.
 async fn produce(publisher: &mut Publisher<'_>, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
     match failover::run(publisher, ctx).await {
         Ok(failover::Ended::Served(served)) => {
