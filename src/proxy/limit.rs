@@ -24,9 +24,9 @@ pub async fn admit(
     admit_charging(limiter, snapshot, ctx, true).await
 }
 
-/// [`admit`] under the tenant's request limits only (requests per window, concurrency,
-/// a spent budget): no token or cost reservation, for a request that makes no upstream call
-/// of its own (a follower of a coalesced call).
+/// [`admit`] under the tenant's request limits only (requests per window, concurrency, and
+/// a local budget already spent): no token or cost reservation, for a request that makes no
+/// upstream call of its own (a follower of a coalesced call).
 pub async fn admit_requests_only(
     limiter: &Arc<Limiter>,
     snapshot: &Snapshot,
