@@ -226,11 +226,11 @@ pub static STREAM_RESUMES: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
-/// `sluice_hedges_total{route}`: hedged attempts started (`routes[].hedge`).
+/// `sluice_hedges_total{route}`: hedged lanes started (`routes[].hedge`).
 pub static HEDGES: Lazy<IntCounterVec> = Lazy::new(|| {
     metric!(register_int_counter_vec!(
         "sluice_hedges_total",
-        "Hedged attempts started because the attempts in flight delivered no content in time",
+        "Hedged lanes started because the lanes running delivered no content in time",
         &["route"]
     ))
 });

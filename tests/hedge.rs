@@ -189,7 +189,124 @@ async fn when_every_lane_fails_the_request_fails_over_as_without_hedging() {
     let (status, _, _, body) = stream(&s.proxy, VK).await;
     // The last upstream answer goes back as it was, as without hedging.
     assert_eq!(status, 503, "{body}");
-    assert!(primary.requests().len() >= 1 && fallback.requests().len() >= 1);
+    assert!(!primary.requests().is_empty() && !fallback.requests().is_empty());
     // Both failed at once: no lane ever waited `after_ms`, so no hedge started.
     assert_eq!(s.metric("sluice_hedges_total", &[]).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_quick_error_from_the_hedge_does_not_beat_a_primary_that_delivers() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    // The primary answers after 700 ms; the hedge (at 300 ms) is refused at once with a 400
+    // the rules serve: it is kept, and the primary's answer wins.
+    primary.set(Behavior::Delay(Duration::from_millis(700)));
+    fallback.set(Behavior::Status(400, None));
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let (status, _, _, body) = stream(&s.proxy, VK).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("Hello") && body.ends_with("data: [DONE]\n\n"),
+        "{body}"
+    );
+    assert_eq!(fallback.requests().len(), 1);
+    let log = s.log();
+    assert!(log.contains(":400:held"), "{log}");
+    assert_eq!(
+        s.metric("sluice_hedge_wins_total", &[("lane", "first")])
+            .await,
+        1.0
+    );
+    // An error answer bills nothing: no hedge cost for the fallback.
+    assert_eq!(
+        s.metric("sluice_hedge_cost_tokens_total", &[("pool", "fallback")])
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn when_every_lane_fails_the_later_candidates_answer_is_served() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    // The primary stalls until its first-token deadline (1 s); the hedge's 503 came first.
+    // As without hedging, the answer of the later candidate in the route's order is served.
+    primary.set(Behavior::CutAt {
+        body: ROLE_ONLY.as_bytes().to_vec(),
+        end: CutEnd::Stall,
+    });
+    fallback.set(Behavior::Status(503, None));
+    let yaml = config(&primary, &fallback).replace("first_token_ms: 20000", "first_token_ms: 1000");
+    let s = Sluice::start(&yaml, &[KEY_ENV]);
+    let (status, _, _, body) = stream(&s.proxy, VK).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(!body.contains("PRIMARY"), "{body}");
+    assert_eq!(s.metric("sluice_hedges_total", &[]).await, 1.0);
+    assert_eq!(s.metric("sluice_hedge_wins_total", &[]).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_race_closes_every_lane() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    for m in [&primary, &fallback] {
+        m.set(Behavior::CutAt {
+            body: ROLE_ONLY.as_bytes().to_vec(),
+            end: CutEnd::Stall,
+        });
+    }
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let request = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .bearer_auth(VK)
+        .json(&chat())
+        .send();
+    // Both lanes run (the hedge starts at 300 ms), nothing reaches the client; it gives up.
+    let gave_up = tokio::time::timeout(Duration::from_millis(700), request).await;
+    assert!(gave_up.is_err(), "the client got an answer");
+    let left = Instant::now();
+    for (name, m) in [("primary", &primary), ("fallback", &fallback)] {
+        let closed = loop {
+            if let Some(t) = *m.slow_closed_at.lock().unwrap() {
+                break t;
+            }
+            assert!(
+                left.elapsed() < Duration::from_secs(5),
+                "{name} never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let gap = closed.saturating_duration_since(left);
+        assert!(gap < Duration::from_millis(100), "{name}: {gap:?}");
+    }
+    let log = s.wait_log(":client_gone").await;
+    assert_eq!(log.matches(":client_gone").count(), 2, "{log}");
+}
+
+#[tokio::test]
+async fn a_plain_call_is_hedged_at_its_response_header() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Delay(Duration::from_millis(2000)));
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let start = Instant::now();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .bearer_auth(VK)
+        .json(&serde_json::json!({"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let took = start.elapsed();
+    assert!(
+        body["choices"][0]["message"]["content"].is_string(),
+        "{body}"
+    );
+    assert!(took >= Duration::from_millis(AFTER_MS), "{took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "waited for the primary: {took:?}"
+    );
+    // The primary's connection was closed when the fallback won.
+    let closed = *primary.slow_closed_at.lock().unwrap();
+    assert!(closed.is_some(), "the primary's connection is still open");
 }

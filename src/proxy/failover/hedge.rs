@@ -72,6 +72,10 @@ pub(super) async fn race<D: Downstream>(
     let mut hedges = 0u32;
     let result = loop {
         tokio::select! {
+            // A lane that delivered and the client leaving are seen before the timer: a hedge
+            // never starts in the wake-up that served the request.
+            biased;
+            () = down.gone() => break Raced::ClientGone,
             ended = running.next() => match ended {
                 Some((i, LaneEnd::Served(s))) => break Raced::Won(i, Box::new(s)),
                 Some((_, LaneEnd::ClientGone | LaneEnd::Failed)) => {
@@ -91,7 +95,6 @@ pub(super) async fn race<D: Downstream>(
                     }
                 }
             }
-            () = down.gone() => break Raced::ClientGone,
         }
     };
     // Dropping the lanes still running cancels their attempts (closing their connections).
@@ -100,18 +103,39 @@ pub(super) async fn race<D: Downstream>(
         Raced::Won(i, _) => Some(*i),
         _ => None,
     };
+    if let (Some(w), true) = (winner, hedges > 0) {
+        let lane = if w == 0 { "first" } else { "hedge" };
+        metrics::HEDGE_WINS.with_label_values(&[route, lane]).inc();
+    }
     let outcome = if matches!(result, Raced::ClientGone) {
         "client_gone"
     } else {
         "hedge_lost"
     };
+    let mut prompt = None;
     for (i, lane) in lanes.iter_mut().enumerate() {
-        let Some((target, status)) = lane.in_flight.take() else {
+        let Some(f) = lane.in_flight.take() else {
             continue;
         };
-        super::record(&mut lane.log, &target, status, outcome);
-        if winner.is_some_and(|w| w != i) {
-            hedge_cost(ctx, &target.pool.name);
+        super::record(&mut lane.log, &f.target, f.status, outcome);
+        if winner.is_none_or(|w| w == i) {
+            continue;
+        }
+        // Beaten after `after_ms` without content: a failure for its breaker (else an
+        // endpoint that always stalls would never be skipped, and every request would pay
+        // `after_ms` and a second prompt). One beaten sooner is neutral.
+        if f.sent_at.elapsed() >= hedge.after && (f.status == 0 || (200..300).contains(&f.status)) {
+            if let Some(ep) = f.target.endpoint() {
+                ep.state
+                    .breaker
+                    .record(crate::balance::breaker::Outcome::Failure);
+            }
+        }
+        // What its upstream may bill: the prompt of a request it received and was answering
+        // (before its header, or a 2xx without content yet); an error answer bills nothing.
+        if f.status == 0 || (200..300).contains(&f.status) {
+            let tokens = *prompt.get_or_insert_with(|| prompt_tokens(ctx));
+            hedge_cost(ctx, &f.target.pool.name, tokens);
         }
     }
     result
@@ -128,14 +152,20 @@ async fn run_lane(
     (i, lane::run(&mut detached, ctx, plan, lane).await)
 }
 
-/// Count the prompt a lost hedge's upstream may bill (its attempt delivered no content).
-fn hedge_cost(ctx: &RequestCtx, pool: &str) {
+/// The request's prompt tokens, estimated as admission estimates them (0 when not inspected).
+fn prompt_tokens(ctx: &RequestCtx) -> u64 {
+    match (ctx.caller.api, ctx.body()) {
+        (Some(api), Some(body)) => {
+            crate::proxy::limit::prompt_estimate(api, ctx.model().unwrap_or(""), body)
+        }
+        _ => 0,
+    }
+}
+
+/// Count `prompt` tokens a lost hedge's upstream may bill (its attempt delivered no content).
+fn hedge_cost(ctx: &RequestCtx, pool: &str, prompt: u64) {
     let route = ctx.route_name();
-    let (Some(api), Some(body)) = (ctx.caller.api, ctx.body()) else {
-        return;
-    };
     let model = ctx.model().unwrap_or("");
-    let prompt = crate::proxy::limit::prompt_estimate(api, model, body);
     metrics::HEDGE_COST_TOKENS
         .with_label_values(&[route, pool])
         .inc_by(prompt);

@@ -33,9 +33,9 @@ pub(super) enum LaneEnd {
 pub(super) struct Lane {
     /// Its attempts, in order, and the endpoint of the last one.
     pub log: UpstreamLog,
-    /// The attempt in flight and its status so far (0 before the header), until recorded:
-    /// a lane dropped mid-attempt (a lost hedge, a client gone) is recorded from it.
-    pub in_flight: Option<(Target, u16)>,
+    /// The attempt in flight, until recorded: a lane dropped mid-attempt (a lost hedge, a
+    /// client gone) is recorded from it.
+    pub in_flight: Option<InFlight>,
     /// What it learned for the final answer when no candidate served.
     pub tally: Tally,
 }
@@ -69,6 +69,7 @@ async fn candidate<D: Downstream>(
         pool,
         endpoint: ep_idx,
         request,
+        seq,
     } = c;
     let model = request.model.as_deref();
     let out = Outgoing {
@@ -84,7 +85,7 @@ async fn candidate<D: Downstream>(
             lane.tally.rate_limited |= keys_cooling;
             lane.tally.other_unavailable |= !keys_cooling;
             if ep.keys.is_empty() {
-                lane.tally.last_err = Some(crate::error::SluiceError::NoUpstreamKey(
+                plan.failed(crate::error::SluiceError::NoUpstreamKey(
                     pool.name.to_string(),
                 ));
             }
@@ -103,13 +104,18 @@ async fn candidate<D: Downstream>(
                 .inc();
         }
         lane.log.last = Some((pool.clone(), ep_idx));
+        plan.attempting(&pool, ep_idx);
         let target = Target {
             pool: pool.clone(),
             endpoint: ep_idx,
             key,
         };
-        lane.in_flight = Some((target.clone(), 0));
         let sent_at = tokio::time::Instant::now();
+        lane.in_flight = Some(InFlight {
+            target: target.clone(),
+            status: 0,
+            sent_at,
+        });
         // Commit on content: a streamed call's first-token deadline bounds the wait for the
         // header too.
         let attempt_deadline = if ctx.fields().stream {
@@ -128,7 +134,9 @@ async fn candidate<D: Downstream>(
         let (next, reason) = match started {
             Ok((mut attempt, header)) => {
                 let status = header.status.as_u16();
-                lane.in_flight = Some((target.clone(), status));
+                if let Some(f) = lane.in_flight.as_mut() {
+                    f.status = status;
+                }
                 let held = commit::applies(ctx, &header);
                 let (other_key, cooldown) = observe(&target, model, &header, held);
                 if let Some(until) = cooldown {
@@ -162,6 +170,16 @@ async fn candidate<D: Downstream>(
                         key = k;
                         continue;
                     }
+                    // Racing lanes (`hedge`): an error answer is kept, not served, while
+                    // another lane may still deliver; no lane takes another candidate.
+                    Next::Serve | Next::Stop
+                        if plan.hedged && !held && !(200..300).contains(&status) =>
+                    {
+                        settle(lane, status, "held");
+                        plan.hold(answer, pool.clone(), ep_idx, seq);
+                        plan.stop();
+                        return Some(LaneEnd::Failed);
+                    }
                     Next::Serve | Next::Stop => {
                         // --- commit on content (see `commit`): a streamed answer is served
                         // once it carries output; until then it fails over like an answer
@@ -178,8 +196,9 @@ async fn candidate<D: Downstream>(
                                 Hold::Failed(f) => {
                                     ep.state.breaker.record(f.breaker);
                                     settle(lane, status, f.outcome);
-                                    lane.tally.held = Some((f.served, pool.clone(), ep_idx));
+                                    plan.hold(f.served, pool.clone(), ep_idx, seq);
                                     if !f.move_on {
+                                        plan.stop();
                                         return Some(LaneEnd::Failed);
                                     }
                                     lane.tally.previous =
@@ -202,7 +221,7 @@ async fn candidate<D: Downstream>(
                             "failover"
                         };
                         settle(lane, status, outcome);
-                        lane.tally.held = Some((answer, pool.clone(), ep_idx));
+                        plan.hold(answer, pool.clone(), ep_idx, seq);
                     }
                 }
                 (next, status.to_string())
@@ -219,7 +238,7 @@ async fn candidate<D: Downstream>(
                     err.label()
                 };
                 let reason = err.label().to_owned();
-                lane.tally.last_err = Some(err);
+                plan.failed(err);
                 settle(lane, 0, outcome);
                 (next, reason)
             }
@@ -249,7 +268,10 @@ async fn candidate<D: Downstream>(
                     }
                 }
             }
-            Next::Stop => return Some(LaneEnd::Failed),
+            Next::Stop => {
+                plan.stop();
+                return Some(LaneEnd::Failed);
+            }
             _ => {
                 lane.tally.previous = Some((pool.name.clone(), reason));
                 return None;
@@ -258,10 +280,19 @@ async fn candidate<D: Downstream>(
     }
 }
 
+/// An attempt in flight.
+pub(super) struct InFlight {
+    pub target: Target,
+    /// Its status so far (0 before the header).
+    pub status: u16,
+    /// When its request was sent.
+    pub sent_at: tokio::time::Instant,
+}
+
 /// Record the attempt in flight with `status` and `outcome`.
 fn settle(lane: &mut Lane, status: u16, outcome: &'static str) {
-    if let Some((target, _)) = lane.in_flight.take() {
-        record(&mut lane.log, &target, status, outcome);
+    if let Some(f) = lane.in_flight.take() {
+        record(&mut lane.log, &f.target, status, outcome);
     }
 }
 

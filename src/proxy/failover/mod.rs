@@ -108,11 +108,10 @@ fn observe(
     }
 }
 
-/// What one lane learned, for the final answer when no candidate served.
+/// What one lane learned, for the final answer when no candidate served (the answer kept and
+/// the last failure are the [`Plan`]'s, shared by the lanes).
 #[derive(Default)]
 pub(super) struct Tally {
-    last_err: Option<SluiceError>,
-    held: Option<(Served, Arc<Pool>, usize)>,
     earliest: Option<u64>,
     /// An endpoint was skipped or failed because of upstream 429s / for another reason.
     rate_limited: bool,
@@ -126,15 +125,8 @@ impl Tally {
         self.earliest = Some(self.earliest.map_or(until, |e| e.min(until)));
     }
 
-    /// Fold `other` (another lane's) into this one: the first held answer and the last
-    /// error are kept.
+    /// Fold `other` (another lane's) into this one.
     fn merge(&mut self, other: Tally) {
-        if self.held.is_none() {
-            self.held = other.held;
-        }
-        if other.last_err.is_some() {
-            self.last_err = other.last_err;
-        }
         if let Some(until) = other.earliest {
             self.cooldown(until);
         }
@@ -177,36 +169,27 @@ pub async fn run<D: Downstream>(
     };
     observe_attempts(&route.name, plan.attempts());
     // Every lane's attempts go to the log, the first lane's first.
-    // The serving endpoint is the winner's; without one, the first lane's last.
-    let winner = match &ended {
-        Raced::Won(i, _) => *i,
-        _ => 0,
-    };
+    // The serving endpoint is the winner's; without one, the latest attempt's.
+    if let Some(last) = plan.last() {
+        ctx.upstream.last = Some(last);
+    }
     let mut t = Tally::default();
     for (i, lane) in lanes.into_iter().enumerate() {
         ctx.upstream.attempts.extend(lane.log.attempts);
-        if i == winner && lane.log.last.is_some() {
+        if matches!(ended, Raced::Won(w, _) if w == i) && lane.log.last.is_some() {
             ctx.upstream.last = lane.log.last;
         }
         t.merge(lane.tally);
     }
-    if let Some(e) = plan.take_fatal() {
-        return Err(e);
-    }
     match ended {
-        Raced::Won(i, served) => {
-            if route.hedge.is_some() {
-                let lane = if i == 0 { "first" } else { "hedge" };
-                metrics::HEDGE_WINS
-                    .with_label_values(&[&route.name, lane])
-                    .inc();
-            }
-            return Ok(Ended::Served(*served));
-        }
+        Raced::Won(_, served) => return Ok(Ended::Served(*served)),
         Raced::ClientGone => return Ok(Ended::ClientGone),
         Raced::Failed => {}
     }
-    if let Some((held, pool, endpoint)) = t.held {
+    if let Some(e) = plan.take_fatal() {
+        return Err(e);
+    }
+    if let Some((held, pool, endpoint)) = plan.take_held() {
         // Every candidate failed: the last upstream answer goes back as-is.
         ctx.upstream.last = Some((pool, endpoint));
         return Ok(Ended::Served(held));
@@ -214,7 +197,7 @@ pub async fn run<D: Downstream>(
     let retry_after = t
         .earliest
         .map(|until| Duration::from_millis(until.saturating_sub(now_ms())));
-    Err(match (t.last_err, plan.take_invalid_model()) {
+    Err(match (plan.take_last_err(), plan.take_invalid_model()) {
         (Some(e), _) => e,
         (None, Some(e)) if !t.rate_limited && !t.other_unavailable => e,
         (None, _) => SluiceError::NoUpstreamAvailable {

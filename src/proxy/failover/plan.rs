@@ -4,12 +4,13 @@
 //! it. Every lane (the first one, and the hedged ones) takes the next candidate no lane took,
 //! and all count toward the same `max_attempts` and `deadline`.
 
+use super::Served;
 use crate::config::{Failover, Pool, Route};
 use crate::error::SluiceError;
 use crate::provider::provider;
 use bytes::Bytes;
 use pingora_http::RequestHeader;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
@@ -27,6 +28,8 @@ pub(super) struct Candidate {
     /// Endpoint index in `pool.endpoints`.
     pub endpoint: usize,
     pub request: Arc<PoolRequest>,
+    /// Its place in the route's order (0 for the first candidate taken).
+    pub seq: usize,
 }
 
 #[derive(Default)]
@@ -40,7 +43,12 @@ struct Cursor {
     invalid_model: Option<SluiceError>,
     /// The body could not be rewritten for a pool's model: the request ends with this error.
     fatal: Option<SluiceError>,
+    /// Candidates taken so far.
+    taken: usize,
 }
+
+/// An answer kept: the answer, its pool, endpoint index and candidate place.
+type Kept = (Served, Arc<Pool>, usize, usize);
 
 /// Everything the lanes of one request share.
 pub(super) struct Plan<'a> {
@@ -55,6 +63,19 @@ pub(super) struct Plan<'a> {
     body: Bytes,
     cursor: Mutex<Cursor>,
     attempts: AtomicU32,
+    /// Lanes race (`hedge`): an error answer is then kept, not served at once, while another
+    /// lane may still deliver.
+    pub hedged: bool,
+    /// The rules said stop (or an error answer is to be served): no lane takes a candidate.
+    stopped: AtomicBool,
+    /// The upstream answer kept to be served if nothing does better: the one of the latest
+    /// candidate in the route's order (what an unhedged request would serve), with its pool,
+    /// endpoint and place; replacing it drops (closes) the previous one at once.
+    held: Mutex<Option<Kept>>,
+    /// The latest attempt's failure without an answer.
+    last_err: Mutex<Option<SluiceError>>,
+    /// The pool and endpoint of the latest attempt of any lane.
+    last: Mutex<Option<(Arc<Pool>, usize)>>,
 }
 
 impl<'a> Plan<'a> {
@@ -68,7 +89,60 @@ impl<'a> Plan<'a> {
             body,
             cursor: Mutex::new(Cursor::default()),
             attempts: AtomicU32::new(0),
+            hedged: route.hedge.is_some(),
+            stopped: AtomicBool::new(false),
+            held: Mutex::new(None),
+            last_err: Mutex::new(None),
+            last: Mutex::new(None),
         }
+    }
+
+    /// No lane takes another candidate (the rules said stop).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Keep `answer` (from endpoint `endpoint` of `pool`, candidate `seq`) to serve if nothing
+    /// does better, unless one of a later candidate is kept; the answer it replaces (or
+    /// `answer` itself) is dropped, closing its connection.
+    pub fn hold(&self, answer: Served, pool: Arc<Pool>, endpoint: usize, seq: usize) {
+        let dropped = match self.held.lock() {
+            Ok(mut h) if h.as_ref().is_none_or(|(_, _, _, kept)| *kept <= seq) => {
+                h.replace((answer, pool, endpoint, seq)).map(|(a, ..)| a)
+            }
+            _ => Some(answer),
+        };
+        drop(dropped);
+    }
+
+    /// The answer kept, if any (taken), with its pool and endpoint.
+    pub fn take_held(&self) -> Option<(Served, Arc<Pool>, usize)> {
+        let (answer, pool, endpoint, _) = self.held.lock().ok()?.take()?;
+        Some((answer, pool, endpoint))
+    }
+
+    /// Remember `err`, the latest attempt's failure without an answer.
+    pub fn failed(&self, err: SluiceError) {
+        if let Ok(mut e) = self.last_err.lock() {
+            *e = Some(err);
+        }
+    }
+
+    /// The latest failure without an answer, if any (taken).
+    pub fn take_last_err(&self) -> Option<SluiceError> {
+        self.last_err.lock().ok()?.take()
+    }
+
+    /// An attempt starts on endpoint `endpoint` of `pool`.
+    pub fn attempting(&self, pool: &Arc<Pool>, endpoint: usize) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some((pool.clone(), endpoint));
+        }
+    }
+
+    /// The pool and endpoint of the latest attempt, if any.
+    pub fn last(&self) -> Option<(Arc<Pool>, usize)> {
+        self.last.lock().ok()?.clone()
     }
 
     /// The next candidate no lane took yet; `None` when every one was taken (or the request
@@ -78,18 +152,21 @@ impl<'a> Plan<'a> {
             return None;
         };
         loop {
-            if c.fatal.is_some() {
+            if c.fatal.is_some() || self.stopped.load(Ordering::Acquire) {
                 return None;
             }
             let pool = self.route.pools.get(c.pool)?;
             if let Some((order, pos, request)) = &mut c.order {
                 if let Some(&endpoint) = order.get(*pos) {
                     *pos += 1;
-                    return Some(Candidate {
+                    let candidate = Candidate {
                         pool: pool.clone(),
                         endpoint,
                         request: request.clone(),
-                    });
+                        seq: c.taken,
+                    };
+                    c.taken += 1;
+                    return Some(candidate);
                 }
                 c.order = None;
                 c.pool += 1;
@@ -128,7 +205,7 @@ impl<'a> Plan<'a> {
         let Ok(c) = self.cursor.lock() else {
             return false;
         };
-        if c.fatal.is_some() {
+        if c.fatal.is_some() || self.stopped.load(Ordering::Acquire) {
             return false;
         }
         match &c.order {
