@@ -226,6 +226,44 @@ pub static STREAM_RESUMES: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_hedges_total{route}`: hedged lanes started (`routes[].hedge`).
+pub static HEDGES: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_hedges_total",
+        "Hedged lanes started because the lanes running delivered no content in time",
+        &["route"]
+    ))
+});
+
+/// `sluice_hedge_wins_total{route,lane}`: hedged requests by the lane that won (`first`: the
+/// first attempt's lane, `hedge`: a hedged one).
+pub static HEDGE_WINS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_hedge_wins_total",
+        "Hedged requests by the lane whose answer was served (first, hedge)",
+        &["route", "lane"]
+    ))
+});
+
+/// `sluice_hedge_cost_tokens_total{route,pool}`: prompt tokens (estimated) sent to attempts
+/// that lost a hedge race, which their upstream may bill.
+pub static HEDGE_COST_TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_hedge_cost_tokens_total",
+        "Prompt tokens (estimated) sent to attempts that lost a hedge race",
+        &["route", "pool"]
+    ))
+});
+
+/// `sluice_hedge_cost_usd_total{route,pool}`: their price, for models with a price.
+pub static HEDGE_COST_USD: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    metric!(prometheus::register_counter_vec!(
+        "sluice_hedge_cost_usd_total",
+        "USD (estimated from the price table) of prompts sent to attempts that lost a hedge race",
+        &["route", "pool"]
+    ))
+});
+
 /// `sluice_upstream_attempts`: upstream attempts per request.
 pub static ATTEMPTS: Lazy<prometheus::HistogramVec> = Lazy::new(|| {
     metric!(register_histogram_vec!(
@@ -419,6 +457,10 @@ pub fn init() {
     Lazy::force(&STREAM_RESUMES);
     Lazy::force(&ATTEMPTS);
     Lazy::force(&RETRIES);
+    Lazy::force(&HEDGES);
+    Lazy::force(&HEDGE_WINS);
+    Lazy::force(&HEDGE_COST_TOKENS);
+    Lazy::force(&HEDGE_COST_USD);
     Lazy::force(&KEY_COOLDOWNS);
     Lazy::force(&REDIS_ROUND_TRIPS);
     Lazy::force(&REDIS_LATENCY);

@@ -561,3 +561,49 @@ async fn past_the_flight_bound_a_new_request_makes_its_own_call() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn a_hedged_call_is_shared_like_any_other() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    let role_only = "data: {\"id\":\"PRIMARY-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n";
+    primary.set(Behavior::CutAt {
+        body: role_only.as_bytes().to_vec(),
+        end: CutEnd::Stall,
+    });
+    fallback.set(Behavior::Paced {
+        events: 5,
+        gap_ms: 20,
+        reset_after: None,
+    });
+    let config = Config::new()
+        .pool(Pool::openai("primary", &primary.url()))
+        .pool(Pool::openai("fallback", &fallback.url()))
+        .route(
+            Route::prefix("chat", "/v1", &["primary", "fallback"])
+                .yaml("{coalesce: true, hedge: {after_ms: 200}}"),
+        )
+        .tenant(Tenant::new("t").virtual_key(VK))
+        .to_yaml();
+    let s = Sluice::start(&config, &[KEY_ENV]);
+    let body = chat("hedged");
+    let answers = futures_util::future::join_all((0..4).map(|i| {
+        let s = &s;
+        let body = &body;
+        async move {
+            // The leader first; the followers join before the hedge starts.
+            tokio::time::sleep(Duration::from_millis(50 * i)).await;
+            rest(send(s, body).await, Vec::new()).await
+        }
+    }))
+    .await;
+    assert_whole(&answers[0], 5);
+    assert!(!answers[0].contains("PRIMARY"), "{}", answers[0]);
+    assert!(answers.iter().all(|a| a == &answers[0]));
+    assert_eq!(primary.requests().len(), 1);
+    assert_eq!(fallback.requests().len(), 1);
+    let closed = wait_closed(&primary, Duration::from_secs(2)).await;
+    assert!(
+        closed.is_some(),
+        "the stalled primary is closed when the hedge wins"
+    );
+}

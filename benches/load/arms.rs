@@ -39,6 +39,11 @@ pub const LITELLM_MASTER: &str = "sk-bench-litellm-9f2c71d4e8a3";
 /// The sluice arm's config: listeners on `proxy` / `admin`, one OpenAI pool to the bench
 /// upstream on `upstream` with its key from env `BENCH_UPSTREAM_KEY`, and [`SLUICE_POLICIES`].
 pub fn sluice_config(proxy: u16, admin: u16, upstream: u16) -> String {
+    config_with(proxy, admin, upstream, "{}")
+}
+
+/// [`sluice_config`] with the YAML mapping `route` merged into its route.
+fn config_with(proxy: u16, admin: u16, upstream: u16, route: &str) -> String {
     let cfg = Config::new()
         // The hold phase opens ~10,000 streams: above the default client connection cap.
         .yaml("server: {threads: 1, log_format: json, drain_timeout_seconds: 1, max_client_connections: 12000}")
@@ -46,12 +51,30 @@ pub fn sluice_config(proxy: u16, admin: u16, upstream: u16) -> String {
             Pool::openai("local", &format!("http://127.0.0.1:{upstream}"))
                 .key_envs(&["BENCH_UPSTREAM_KEY"]),
         )
-        .route(Route::prefix("chat", "/v1", &["local"]))
+        .route(Route::prefix("chat", "/v1", &["local"]).yaml(route))
         .yaml(SLUICE_POLICIES);
     format!(
         "# sluice bench config: every policy on, limits far above the load so nothing is rejected.\n{}",
         cfg.with_listeners(&format!("127.0.0.1:{proxy}"), &format!("127.0.0.1:{admin}"))
     )
+}
+
+/// A config variant of the sluice arm (`--sluice-variants`): the same config with one more
+/// feature on the route. `reuse`: the exact-match response cache (`when: always`, so every
+/// request is looked up and every answer stored) and request coalescing; the harness's
+/// requests are all distinct, so every lookup misses and nothing coalesces: what the two
+/// cost a route when they do not help. `None` for an unknown variant.
+pub fn sluice_variant_config(
+    variant: &str,
+    proxy: u16,
+    admin: u16,
+    upstream: u16,
+) -> Option<String> {
+    let route = match variant {
+        "reuse" => "{cache: {when: always, ttl_ms: 60000}, coalesce: true}",
+        _ => return None,
+    };
+    Some(config_with(proxy, admin, upstream, route))
 }
 
 /// Every policy of the sluice arm: a model with a price and an output ceiling, the virtual

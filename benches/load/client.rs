@@ -2,7 +2,9 @@
 //! workload's request (an OpenAI chat completion, streamed or not).
 use crate::support::http::find;
 use bytes::{Buf, BytesMut};
+use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,7 +42,7 @@ impl Conn {
 
     /// Send `req` and read the whole response. Returns (response, server wants close).
     async fn roundtrip(&mut self, req: &[u8], keep_body: bool) -> std::io::Result<(Resp, bool)> {
-        self.s.write_all(req).await?;
+        self.s.write_all(&stamped(req)).await?;
         self.read_response(keep_body).await
     }
 
@@ -219,14 +221,33 @@ pub const MODEL: &str = "gpt-4o-mini";
 
 /// The workload's `POST /v1/chat/completions{query}` (OpenAI chat completions, ~230 B body,
 /// `max_tokens` 64; with `stream`, `stream_options.include_usage`), bearer `auth`.
+/// The serial number every workload request carries in its prompt (12 digits, rewritten per
+/// request by [`stamped`]): no two requests the harness sends are identical, so a proxy's
+/// response cache or request coalescing never answers one from another (the `sluice-reuse`
+/// arm measures what they cost when they miss).
+const SERIAL: &[u8] = b"#000000000000";
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// `req` with the next serial number in place of its [`SERIAL`] (same length, so the
+/// `content-length` holds); `req` itself when it has none.
+pub fn stamped(req: &[u8]) -> Cow<'_, [u8]> {
+    let Some(at) = find(req, SERIAL) else {
+        return Cow::Borrowed(req);
+    };
+    let n = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed) % 1_000_000_000_000;
+    let mut out = req.to_vec();
+    out[at + 1..at + SERIAL.len()].copy_from_slice(format!("{n:012}").as_bytes());
+    Cow::Owned(out)
+}
+
 pub fn chat_request(addr: SocketAddr, auth: &str, stream: bool, query: &str) -> Vec<u8> {
     let body = if stream {
         format!(
-            r#"{{"model":"{MODEL}","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"Say hello to the benchmark in one short sentence."}}],"max_tokens":64,"stream":true,"stream_options":{{"include_usage":true}}}}"#
+            r#"{{"model":"{MODEL}","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"Say hello to the benchmark in one short sentence. #000000000000"}}],"max_tokens":64,"stream":true,"stream_options":{{"include_usage":true}}}}"#
         )
     } else {
         format!(
-            r#"{{"model":"{MODEL}","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"Say hello to the benchmark in one short sentence."}}],"max_tokens":64}}"#
+            r#"{{"model":"{MODEL}","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"Say hello to the benchmark in one short sentence. #000000000000"}}],"max_tokens":64}}"#
         )
     };
     format!(

@@ -1,7 +1,7 @@
 //! The load patterns: closed loops (a fixed count, or for a time), one connection in
 //! sequence, an open loop at a fixed rate (no coordinated omission), streams one after the
 //! other, and one stream opened and held; with their latency samples ([`Lat`]).
-use crate::client::Client;
+use crate::client::{stamped, Client};
 use crate::support::http::find;
 use futures_util::future::join_all;
 use std::cell::Cell;
@@ -198,7 +198,7 @@ pub async fn streams(addr: SocketAddr, req: &[u8], n: u64, to: Duration) -> (Lat
 pub async fn open_stream(addr: SocketAddr, req: &[u8]) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
-    s.write_all(req).await?;
+    s.write_all(&stamped(req)).await?;
     let mut buf = Vec::with_capacity(2048);
     let mut tmp = [0u8; 2048];
     loop {

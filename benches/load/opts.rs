@@ -17,6 +17,8 @@ pub struct Opts {
     pub hold_streams: usize,
     pub hold_set: bool,
     pub extra_sluice: Vec<(String, PathBuf)>,
+    /// Config variants of the sluice arm run beside it (same binary): `reuse`.
+    pub variants: Vec<String>,
     pub budget: Duration,
     pub proxy_core: u32,
     pub hold: bool,
@@ -39,6 +41,7 @@ pub fn parse_opts() -> Opts {
         hold_streams: 9_800,
         hold_set: false,
         extra_sluice: Vec::new(),
+        variants: vec!["reuse".into()],
         budget: Duration::from_secs(13 * 60),
         proxy_core: 1,
         hold: true,
@@ -64,6 +67,13 @@ pub fn parse_opts() -> Opts {
                 let v = val();
                 let (name, path) = v.split_once('=').expect("--extra-sluice NAME=PATH");
                 o.extra_sluice.push((format!("sluice-{name}"), path.into()));
+            }
+            "--sluice-variants" => {
+                o.variants = val()
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
             }
             "--no-hold" => o.hold = false,
             "--no-pause" => o.pause = false,

@@ -1,7 +1,7 @@
 //! Setting up a run: the upstream on this process's core, then every arm asked for on the
 //! proxy core (LiteLLM first: it needs ~30 s to become ready), each smoke-tested; an arm
 //! that cannot start is skipped with a note, except direct, bare and sluice.
-use crate::arms::{sluice_config, smoke, Arm, Kind};
+use crate::arms::{sluice_config, sluice_variant_config, smoke, Arm, Kind};
 use crate::arms::{UPSTREAM_KEY, VIRTUAL_KEY};
 use crate::client::get;
 use crate::load::{port_open, wait_until};
@@ -194,15 +194,27 @@ impl Session {
             sluices.push(("sluice".into(), bin(opts, "sluice")));
         }
         sluices.extend(opts.extra_sluice.iter().cloned());
-        for (name, exe) in sluices {
+        // Config variants of the main arm: (name, binary, variant).
+        let mut runs: Vec<(String, PathBuf, Option<String>)> =
+            sluices.into_iter().map(|(n, e)| (n, e, None)).collect();
+        if main {
+            for v in &opts.variants {
+                runs.push((format!("sluice-{v}"), bin(opts, "sluice"), Some(v.clone())));
+            }
+        }
+        for (name, exe, variant) in runs {
             let (port, admin) = (free_port(), free_port());
             // The config gets a directory of its own: sluice watches the config's directory, and a
             // log file written next to it would trigger a re-read on every write.
             let conf_dir = dir.join(format!("{name}-conf"));
             std::fs::create_dir_all(&conf_dir).map_err(|e| e.to_string())?;
             let cfg = conf_dir.join("sluice.yaml");
-            std::fs::write(&cfg, sluice_config(port, admin, up_addr.port()))
-                .map_err(|e| e.to_string())?;
+            let text = match &variant {
+                None => sluice_config(port, admin, up_addr.port()),
+                Some(v) => sluice_variant_config(v, port, admin, up_addr.port())
+                    .ok_or_else(|| format!("unknown sluice variant {v:?} (known: reuse)"))?,
+            };
+            std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
             let v = Command::new(&exe)
                 .arg("validate")
                 .arg(&cfg)

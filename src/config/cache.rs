@@ -46,7 +46,8 @@ pub struct RouteCache {
 /// `routes[].hedge`, compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hedge {
-    /// No content this long after the attempt in flight was sent: start the next candidate.
+    /// No lane delivered content this long after failover began (and again every `after`):
+    /// start a lane on the next candidate.
     pub after: Duration,
     /// Most hedged attempts per request, beside the first (1..=4).
     pub max: u32,

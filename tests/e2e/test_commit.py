@@ -95,10 +95,12 @@ SCRIPTS: dict[str, tuple[list[bytes], str]] = {
 class ScriptedHandler(BaseHTTPRequestHandler):
     """Answers 200 `text/event-stream` (chunked) and plays the script the `x-script` header
     names; `a|b` plays `a` for the first request with that header value, `b` after.
-    `GET /_count` answers how many scripted requests it served."""
+    `GET /_count` answers how many scripted requests it served, `GET /_closed` the times
+    (`time.time()`) at which the client closed a stalled stream."""
 
     protocol_version = "HTTP/1.1"
     seen: dict[str, int] = {}
+    closed_at: list[float] = []
     lock = threading.Lock()
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
@@ -124,14 +126,20 @@ class ScriptedHandler(BaseHTTPRequestHandler):
                                        struct.pack("ii", 1, 0))
             self.close_connection = True
         elif end == "stall":
-            # Until sluice drops the attempt (bounded).
-            select.select([self.connection], [], [], 10.0)
+            # Until sluice drops the attempt (bounded); when it did, the time is kept.
+            readable, _, _ = select.select([self.connection], [], [], 10.0)
+            if readable:
+                with self.lock:
+                    self.closed_at.append(time.time())
             self.close_connection = True
         else:
             self.wfile.write(b"0\r\n\r\n")
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        body = str(self.seen.get("total", 0)).encode()
+        if self.path == "/_closed":
+            body = json.dumps(self.closed_at).encode()
+        else:
+            body = str(self.seen.get("total", 0)).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -165,6 +173,15 @@ class Scripted:
         try:
             conn.request("GET", "/_count")
             return int(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def closed_at(self) -> list[float]:
+        """When the client (sluice) closed each stalled stream, as `time.time()`."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5.0)
+        try:
+            conn.request("GET", "/_closed")
+            return json.loads(conn.getresponse().read())
         finally:
             conn.close()
 

@@ -168,6 +168,19 @@ impl Sluice {
         std::fs::read_to_string(self.dir.join("sluice.log")).unwrap_or_default()
     }
 
+    /// The log once it contains `needle` (the access line is written after the response,
+    /// from the log stage): polled for up to 5 s, then whatever it holds.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = self.admin.trim_start_matches("http://").to_owned();

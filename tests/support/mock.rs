@@ -84,6 +84,9 @@ pub enum Behavior {
         gap_ms: u64,
         reset_after: Option<usize>,
     },
+    /// Wait this long after reading the request (nothing sent; a proxy closing the
+    /// connection meanwhile is recorded in `slow_closed_at`), then answer normally.
+    Delay(Duration),
 }
 
 /// How a [`Behavior::CutAt`] stream ends after its bytes.
@@ -209,6 +212,14 @@ impl Mock {
         }
         match behavior {
             Behavior::Normal => {}
+            Behavior::Delay(wait) => {
+                let mut probe = [0u8; 1];
+                if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(wait, sock.read(&mut probe)).await
+                {
+                    *self.slow_closed_at.lock().unwrap() = Some(Instant::now());
+                    return Ok(false);
+                }
+            }
             Behavior::StallInErrorBody(status) => {
                 let head = format!("HTTP/1.1 {status} Error\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"error\":");
                 sock.write_all(head.as_bytes()).await?;

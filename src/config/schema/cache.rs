@@ -136,8 +136,8 @@ fn default_ttl_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HedgeConf {
-    /// When the attempt in flight has delivered no content this long after it was sent, start
-    /// the next candidate beside it, ms.
+    /// When no attempt has delivered content this long after failover began (and again every
+    /// `after_ms`), start a lane on the next candidate beside the ones running, ms.
     pub after_ms: u64,
     /// Most hedged attempts per request (beside the first). Default 1, at most 4.
     #[serde(default = "one_u32")]

@@ -13,22 +13,24 @@
 //! [`observe`]. Endpoint state lives in [`crate::balance`]'s registry, outside the config
 //! snapshot.
 
+mod hedge;
+mod lane;
+mod plan;
 mod rules;
 
-use super::attempt::{Attempt, Outgoing, Target};
-use super::commit::{self, Hold};
-use super::ctx::{AttemptRecord, RequestCtx};
+use super::attempt::{Attempt, Target};
+use super::ctx::{AttemptRecord, RequestCtx, UpstreamLog};
 use super::downstream::Downstream;
 use crate::balance::breaker::{Outcome, Pass};
 use crate::balance::now_ms;
 use crate::config::Pool;
 use crate::error::SluiceError;
 use crate::metrics;
-use crate::provider::provider;
-use crate::provider::NativeError;
 use bytes::{Bytes, BytesMut};
+use hedge::Raced;
+use lane::{Lane, LaneEnd};
 use pingora_http::ResponseHeader;
-use rules::{decide, decide_error, Next};
+use plan::Plan;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,19 +108,14 @@ fn observe(
     }
 }
 
-/// Bookkeeping of one failover run, for the final answer when no candidate served.
+/// What one lane learned, for the final answer when no candidate served (the answer kept and
+/// the last failure are the [`Plan`]'s, shared by the lanes).
 #[derive(Default)]
-struct Tally {
-    attempts: u32,
-    last_err: Option<SluiceError>,
-    held: Option<(Served, Arc<Pool>, usize)>,
+pub(super) struct Tally {
     earliest: Option<u64>,
     /// An endpoint was skipped or failed because of upstream 429s / for another reason.
     rate_limited: bool,
     other_unavailable: bool,
-    /// A pool whose URL cannot carry the model (Azure deployment names): skipped without a
-    /// connection, answered when no other pool could serve.
-    invalid_model: Option<SluiceError>,
     /// The pool and reason of the previous failed attempt (failover metric).
     previous: Option<(Arc<str>, String)>,
 }
@@ -127,9 +124,19 @@ impl Tally {
     fn cooldown(&mut self, until: u64) {
         self.earliest = Some(self.earliest.map_or(until, |e| e.min(until)));
     }
+
+    /// Fold `other` (another lane's) into this one.
+    fn merge(&mut self, other: Tally) {
+        if let Some(until) = other.earliest {
+            self.cooldown(until);
+        }
+        self.rate_limited |= other.rate_limited;
+        self.other_unavailable |= other.other_unavailable;
+    }
 }
 
-/// Run the route's candidates until one answers with a status that is not retryable.
+/// Run the route's candidates until one answers with a status that is not retryable: one
+/// lane ([`lane`]), or on a route with `hedge` lanes raced side by side ([`hedge`]).
 ///
 /// Skipped without a connection attempt: endpoints whose breaker is open, cooling down after a
 /// `retry-after`, or without a usable key. Bounded by the route's `max_attempts` and
@@ -146,238 +153,43 @@ pub async fn run<D: Downstream>(
     let Some(route) = snapshot.routes.get(route_idx) else {
         return Err(SluiceError::Internal);
     };
-    let rules = &route.failover;
-    let deadline = tokio::time::Instant::now() + rules.deadline;
-    let body = ctx.body().cloned().unwrap_or_default();
     let base = super::attempt::forwarded_header(session.req_header())
         .map_err(|_| SluiceError::Internal)?;
-    let mut t = Tally::default();
-    let served = 'pools: {
-        for pool in &route.pools {
-            let model = ctx.model().map(|m| pool.upstream_model(m).to_owned());
-            if model
-                .as_deref()
-                .is_some_and(|m| !provider(pool.provider).accepts_model(m))
-            {
-                t.invalid_model = Some(SluiceError::InvalidModel(pool.name.to_string()));
-                continue;
-            }
-            let pool_body = match (ctx.model(), &model) {
-                (Some(asked), Some(renamed)) if asked != renamed => {
-                    super::inspect::with_model(&body, renamed)?
-                }
-                _ => body.clone(),
-            };
-            let out = Outgoing {
-                base: &base,
-                model: model.as_deref(),
-                body: pool_body,
-            };
-            for ep_idx in pool.order() {
-                let ep = &pool.endpoints[ep_idx];
-                // `_pass` holds a half-open breaker's probe slot until this endpoint is done.
-                let (mut key, mut _pass) =
-                    match usable(pool, ep_idx, model.as_deref(), &mut t.earliest) {
-                        Ok(k) => k,
-                        Err(keys_cooling) => {
-                            t.rate_limited |= keys_cooling;
-                            t.other_unavailable |= !keys_cooling;
-                            if ep.keys.is_empty() {
-                                t.last_err =
-                                    Some(SluiceError::NoUpstreamKey(pool.name.to_string()));
-                            }
-                            continue;
-                        }
-                    };
-                // Retries of this endpoint so far (`retry`), each after a backoff.
-                let mut retries = 0u32;
-                loop {
-                    if t.attempts >= rules.max_attempts || tokio::time::Instant::now() >= deadline {
-                        break 'pools None;
-                    }
-                    t.attempts += 1;
-                    if let Some((from, reason)) = t.previous.take() {
-                        metrics::FAILOVERS
-                            .with_label_values(&[&route.name, &from, &pool.name, reason.as_str()])
-                            .inc();
-                    }
-                    ctx.upstream.last = Some((pool.clone(), ep_idx));
-                    let target = Target {
-                        pool: pool.clone(),
-                        endpoint: ep_idx,
-                        key,
-                    };
-                    let sent_at = tokio::time::Instant::now();
-                    // Commit on content: a streamed call's first-token deadline bounds the
-                    // wait for the header too.
-                    let attempt_deadline = if ctx.fields().stream {
-                        deadline.min(sent_at + rules.first_token)
-                    } else {
-                        deadline
-                    };
-                    let started = tokio::select! {
-                        r = Attempt::start(target.clone(), &out, attempt_deadline) => r,
-                        () = session.gone() => {
-                            record(ctx, &target, 0, "client_gone");
-                            observe_attempts(&route.name, t.attempts);
-                            return Ok(Ended::ClientGone);
-                        }
-                    };
-                    // Another try of this endpoint must fit in the attempt budget.
-                    let retry_left =
-                        retries < rules.retry.max_retries && t.attempts < rules.max_attempts;
-                    let (next, reason) = match started {
-                        Ok((mut attempt, header)) => {
-                            let status = header.status.as_u16();
-                            let held = commit::applies(ctx, &header);
-                            let (other_key, cooldown) =
-                                observe(&target, model.as_deref(), &header, held);
-                            if let Some(until) = cooldown {
-                                t.cooldown(until);
-                            }
-                            t.rate_limited |= status == 429;
-                            let (prefix, error) = if (400..500).contains(&status)
-                                && !matches!(status, 401 | 403 | 429)
-                                && rules.reads_error_bodies()
-                            {
-                                let limit = rules.max_error_body_bytes;
-                                let prefix = tokio::select! {
-                                    p = body_prefix(&mut attempt, limit, deadline) => p,
-                                    () = session.gone() => {
-                                        record(ctx, &target, status, "client_gone");
-                                        observe_attempts(&route.name, t.attempts);
-                                        return Ok(Ended::ClientGone);
-                                    }
-                                };
-                                let error = NativeError::parse(&prefix);
-                                (prefix, error)
-                            } else {
-                                (Bytes::new(), None)
-                            };
-                            let next = decide(rules, status, other_key, retry_left, error.as_ref());
-                            let answer = Served {
-                                attempt,
-                                header,
-                                prefix,
-                                opening: None,
-                            };
-                            match next {
-                                Next::OtherKey(k) => {
-                                    record(ctx, &target, status, "key_disabled");
-                                    key = k;
-                                    continue;
-                                }
-                                Next::Serve | Next::Stop => {
-                                    // --- commit on content (see `commit`): a streamed answer
-                                    // is served once it carries output; until then it fails
-                                    // over like an answer without a header.
-                                    let served = if held {
-                                        let hold = commit::hold(
-                                            session, ctx, rules, answer, sent_at, deadline,
-                                        );
-                                        match hold.await {
-                                            Hold::Committed(s, outcome) => {
-                                                ep.state.breaker.record(outcome);
-                                                s
-                                            }
-                                            Hold::ClientGone => {
-                                                record(ctx, &target, status, "client_gone");
-                                                observe_attempts(&route.name, t.attempts);
-                                                return Ok(Ended::ClientGone);
-                                            }
-                                            Hold::Failed(f) => {
-                                                ep.state.breaker.record(f.breaker);
-                                                record(ctx, &target, status, f.outcome);
-                                                t.held = Some((f.served, pool.clone(), ep_idx));
-                                                if !f.move_on {
-                                                    break 'pools None;
-                                                }
-                                                t.previous =
-                                                    Some((pool.name.clone(), f.outcome.to_owned()));
-                                                break;
-                                            }
-                                        }
-                                    } else {
-                                        answer
-                                    };
-                                    // --- end of commit on content.
-                                    record(ctx, &target, status, "ok");
-                                    break 'pools Some(served);
-                                }
-                                // Kept: returned as is if nothing does better.
-                                Next::HoldAndMoveOn | Next::RetrySame => {
-                                    let outcome = if next == Next::RetrySame {
-                                        "retry"
-                                    } else {
-                                        "failover"
-                                    };
-                                    record(ctx, &target, status, outcome);
-                                    t.held = Some((answer, pool.clone(), ep_idx));
-                                }
-                            }
-                            (next, status.to_string())
-                        }
-                        Err(err) => {
-                            t.other_unavailable = true;
-                            // Only what the upstream did counts: an attempt sluice could not
-                            // even send (a header it could not build) is neutral.
-                            ep.state.breaker.record(Outcome::of_error(&err));
-                            let next = decide_error(rules, &err, retry_left);
-                            let outcome = if next == Next::RetrySame {
-                                "retry"
-                            } else {
-                                err.label()
-                            };
-                            record(ctx, &target, 0, outcome);
-                            let reason = err.label().to_owned();
-                            t.last_err = Some(err);
-                            (next, reason)
-                        }
-                    };
-                    match next {
-                        Next::RetrySame => {
-                            metrics::RETRIES
-                                .with_label_values(&[&route.name, &pool.name, reason.as_str()])
-                                .inc();
-                            let wait = rules.retry.backoff_for(retries);
-                            retries += 1;
-                            let until = (tokio::time::Instant::now() + wait).min(deadline);
-                            tokio::select! {
-                                () = tokio::time::sleep_until(until) => {}
-                                () = session.gone() => {
-                                    observe_attempts(&route.name, t.attempts);
-                                    return Ok(Ended::ClientGone);
-                                }
-                            }
-                            // The endpoint may have become unusable meanwhile (breaker open,
-                            // cooling down after a `retry-after`): then the next candidate.
-                            match usable(pool, ep_idx, model.as_deref(), &mut t.earliest) {
-                                Ok((k, pass)) => {
-                                    key = k;
-                                    _pass = pass;
-                                }
-                                Err(_) => {
-                                    t.previous = Some((pool.name.clone(), reason));
-                                    break;
-                                }
-                            }
-                        }
-                        Next::Stop => break 'pools None,
-                        _ => {
-                            t.previous = Some((pool.name.clone(), reason));
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        None
+    let body = ctx.body().cloned().unwrap_or_default();
+    let plan = Plan::new(route, base, ctx.model(), body);
+    let lanes_max = route.hedge.map_or(1, |h| h.max as usize + 1);
+    let mut lanes: Vec<Lane> = (0..lanes_max).map(|_| Lane::default()).collect();
+    let ended = match route.hedge {
+        None => match lane::run(session, ctx, &plan, &mut lanes[0]).await {
+            LaneEnd::Served(s) => Raced::Won(0, Box::new(s)),
+            LaneEnd::ClientGone => Raced::ClientGone,
+            LaneEnd::Failed => Raced::Failed,
+        },
+        Some(h) => hedge::race(session, ctx, &plan, h, &mut lanes).await,
     };
-    observe_attempts(&route.name, t.attempts);
-    if let Some(served) = served {
-        return Ok(Ended::Served(served));
+    observe_attempts(&route.name, plan.attempts());
+    // Every lane's attempts go to the log, the first lane's first.
+    // The serving endpoint is the winner's; without one, the latest attempt's.
+    if let Some(last) = plan.last() {
+        ctx.upstream.last = Some(last);
     }
-    if let Some((held, pool, endpoint)) = t.held {
+    let mut t = Tally::default();
+    for (i, lane) in lanes.into_iter().enumerate() {
+        ctx.upstream.attempts.extend(lane.log.attempts);
+        if matches!(ended, Raced::Won(w, _) if w == i) && lane.log.last.is_some() {
+            ctx.upstream.last = lane.log.last;
+        }
+        t.merge(lane.tally);
+    }
+    match ended {
+        Raced::Won(_, served) => return Ok(Ended::Served(*served)),
+        Raced::ClientGone => return Ok(Ended::ClientGone),
+        Raced::Failed => {}
+    }
+    if let Some(e) = plan.take_fatal() {
+        return Err(e);
+    }
+    if let Some((held, pool, endpoint)) = plan.take_held() {
         // Every candidate failed: the last upstream answer goes back as-is.
         ctx.upstream.last = Some((pool, endpoint));
         return Ok(Ended::Served(held));
@@ -385,7 +197,7 @@ pub async fn run<D: Downstream>(
     let retry_after = t
         .earliest
         .map(|until| Duration::from_millis(until.saturating_sub(now_ms())));
-    Err(match (t.last_err, t.invalid_model) {
+    Err(match (plan.take_last_err(), plan.take_invalid_model()) {
         (Some(e), _) => e,
         (None, Some(e)) if !t.rate_limited && !t.other_unavailable => e,
         (None, _) => SluiceError::NoUpstreamAvailable {
@@ -479,8 +291,8 @@ pub fn retry_after_ms(h: &ResponseHeader) -> Option<u64> {
         .map(|s| (s * 1000.0) as u64)
 }
 
-fn record(ctx: &mut RequestCtx, target: &Target, status: u16, outcome: &'static str) {
-    ctx.upstream.attempts.push(AttemptRecord {
+fn record(log: &mut UpstreamLog, target: &Target, status: u16, outcome: &'static str) {
+    log.attempts.push(AttemptRecord {
         pool: target.pool.name.clone(),
         endpoint: target.addr().to_owned(),
         status,
