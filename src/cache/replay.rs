@@ -17,7 +17,29 @@
 //! content string.
 
 use super::entry::Entry;
+use crate::usage::{ApiKind, SseAccountant};
+use bytes::Bytes;
 use memchr::memmem;
+
+/// The body a hit sends: [`fresh_body`] with a [`fresh_id`] and the time now; for a stream
+/// whose client did not ask for usage (`hide_usage`: sluice added
+/// `stream_options.include_usage`), passed through the [`SseAccountant`] in hide mode, so the
+/// usage chunk is hidden exactly as on a live stream. `max_event_bytes`:
+/// `accounting.max_sse_event_bytes`.
+pub fn for_client(entry: &Entry, api: ApiKind, hide_usage: bool, max_event_bytes: usize) -> Bytes {
+    let new_id = entry.id.as_deref().map(fresh_id).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let fresh = Bytes::from(fresh_body(entry, &new_id, now));
+    if !(entry.sse && hide_usage) {
+        return fresh;
+    }
+    let mut acc = SseAccountant::new(api, true, max_event_bytes);
+    let mut out = acc.push(&fresh).to_vec();
+    out.extend_from_slice(&acc.finish());
+    Bytes::from(out)
+}
 
 /// The entry's body with a fresh id (`new_id`, from [`fresh_id`]) and creation time
 /// (`now_secs`, Unix seconds).

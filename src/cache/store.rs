@@ -67,8 +67,13 @@ impl Store {
     /// tiers (memory only until the Redis tier is wired in).
     pub async fn get(&self, key: &Key, route_store: CacheStoreKind) -> Option<Arc<Entry>> {
         match route_store {
-            CacheStoreKind::Memory | CacheStoreKind::Redis => self.memory.get(key).map(|s| s.entry),
+            CacheStoreKind::Memory | CacheStoreKind::Redis => self.get_memory(key),
         }
+    }
+
+    /// The memory tier's live entry for `key`, if any (no I/O: the first tier of [`Store::get`]).
+    pub fn get_memory(&self, key: &Key) -> Option<Arc<Entry>> {
+        self.memory.get(key).map(|s| s.entry)
     }
 
     /// Store `entry` under `key` for `ttl`, replacing any entry there. An entry whose body is
