@@ -1,7 +1,7 @@
 """Response cache (README "Response cache") with the official SDKs against llmock: the same
-deterministic request sent twice, stream and non-stream, OpenAI and Anthropic, costs one
-upstream call; the second answer's content equals the first's; the `x-sluice-cache` header
-says `miss` then `hit` (read through the SDKs' raw responses).
+deterministic request sent twice, stream and non-stream, OpenAI (chat and Responses) and
+Anthropic, costs one upstream call; the second answer's content equals the first's; the
+`x-sluice-cache` header says `miss` then `hit` (read through the SDKs' raw responses).
 
 The added latency of a hit is measured, not asserted (timing belongs in benches): the p50 of
 hits through this (debug) build is printed beside the p50 of the same request answered by
@@ -29,6 +29,7 @@ CHAT = {"model": "gpt-4o-mini", "temperature": 0,
 # This anthropic SDK's `create` takes no `temperature` argument: sent as an extra body field.
 MESSAGE = {"model": "claude-sonnet-4-6", "max_tokens": 256, "extra_body": {"temperature": 0},
            "messages": [{"role": "user", "content": PROMPT}]}
+RESPONSES = {"model": "gpt-4.1-mini", "temperature": 0, "input": PROMPT}
 HIT_RUNS = 200
 
 
@@ -71,6 +72,25 @@ def openai_answer(client: Any, stream: bool) -> tuple[str, str, str]:
     return header, "".join(parts), ids.pop()
 
 
+def responses_answer(client: Any, stream: bool) -> tuple[str, str, str]:
+    """(x-sluice-cache, output text, response id) of one Responses call."""
+    raw = client.responses.with_raw_response.create(**RESPONSES, stream=stream)
+    header = raw.headers.get("x-sluice-cache", "")
+    parsed = raw.parse()
+    if not stream:
+        return header, parsed.output_text, parsed.id
+    text, resp_id, completed = [], "", False
+    for event in parsed:
+        if event.type == "response.created":
+            resp_id = event.response.id
+        elif event.type == "response.output_text.delta":
+            text.append(event.delta)
+        elif event.type == "response.completed":
+            completed = event.response.id == resp_id
+    assert completed, "the replayed stream ends with response.completed, under one id"
+    return header, "".join(text), resp_id
+
+
 def anthropic_answer(client: Any, stream: bool) -> tuple[str, str, str]:
     """(x-sluice-cache, text, message id) of one Messages call."""
     raw = client.messages.with_raw_response.create(**MESSAGE, stream=stream)
@@ -91,13 +111,16 @@ def anthropic_answer(client: Any, stream: bool) -> tuple[str, str, str]:
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize("api", ["openai", "anthropic"])
+@pytest.mark.parametrize("api", ["openai", "responses", "anthropic"])
 def test_the_same_deterministic_request_twice_costs_one_upstream_call(
         sluice_factory: SluiceFactory, cache_upstream: Upstream, api: str, stream: bool) -> None:
     s = start(sluice_factory, cache_upstream)
     if api == "openai":
         client = openai_client(s.openai_url, VIRTUAL_KEY)
         answer, path_end = openai_answer, "/chat/completions"
+    elif api == "responses":
+        client = openai_client(s.openai_url, VIRTUAL_KEY)
+        answer, path_end = responses_answer, "/responses"
     else:
         client = anthropic_client(s.anthropic_url, VIRTUAL_KEY)
         answer, path_end = anthropic_answer, "/messages"
@@ -115,7 +138,7 @@ def test_the_same_deterministic_request_twice_costs_one_upstream_call(
 
 
 def route_name(api: str) -> str:
-    return "openai" if api == "openai" else "anthropic-messages"
+    return "anthropic-messages" if api == "anthropic" else "openai"
 
 
 def p50_ms(url: str, headers: dict[str, str], body: dict[str, Any], runs: int) -> float:
