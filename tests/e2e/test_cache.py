@@ -135,6 +135,14 @@ def test_the_same_deterministic_request_twice_costs_one_upstream_call(
     saved = metrics.sum("sluice_cache_saved_tokens_total", route=route_name(api),
                         kind="completion")
     assert saved > 0, "the hit saved the upstream's completion tokens"
+    # The log lines carry the outcome and the same input hash.
+    deadline = time.monotonic() + 5
+    while len(lines := [e for e in s.access_log() if e.get("cache")]) < 2 \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [e["cache"] for e in lines] == ["miss", "hit"], lines
+    assert lines[0]["input_hash"] == lines[1]["input_hash"]
+    assert len(lines[0]["input_hash"]) == 64
 
 
 def route_name(api: str) -> str:
