@@ -166,4 +166,28 @@ mod tests {
         assert!(fresh_id("msg_01XYZ").starts_with("msg_"));
         assert_eq!(fresh_id("plain").len(), 32);
     }
+
+    proptest::proptest! {
+        /// Any stored bytes (a corrupt entry from another tier) are rewritten without a panic,
+        /// and bytes without an id or a `"created` key come out unchanged.
+        #[test]
+        fn any_body_is_rewritten_without_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            id in "[a-z_-]{0,12}",
+        ) {
+            let e = Entry {
+                body: Bytes::from(body.clone()),
+                id: Some(id),
+                ..entry("", "x")
+            };
+            let out = fresh_body(&e, "new", 5);
+            let untouched = memmem::find(&body, b"\"created").is_none()
+                && e.id.as_deref().is_none_or(|id| {
+                    id.is_empty() || memmem::find(&body, format!("\"{id}\"").as_bytes()).is_none()
+                });
+            if untouched {
+                proptest::prop_assert_eq!(out, body);
+            }
+        }
+    }
 }
