@@ -141,6 +141,17 @@ async fn hits_misses_bypasses_and_the_clients_switches() {
     assert_eq!(chat_a(&s, &chat(0.0, "five"), &[]).await.cache, "miss");
     assert_eq!(upstream(), 10);
 
+    // A request sluice passes through (not an API call it inspects) is a bypass too.
+    let models = reqwest::Client::new()
+        .get(format!("{}/v1/models", s.proxy))
+        .bearer_auth(VK_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    assert_eq!(models.headers()["x-sluice-cache"], "bypass");
+    assert_eq!(upstream(), 11);
+
     // Metrics: outcomes, stores, and what the hits saved (the mock reports usage).
     let hits = s
         .wait_metric("sluice_cache_requests_total", &[("outcome", "hit")], |v| {
@@ -151,7 +162,7 @@ async fn hits_misses_bypasses_and_the_clients_switches() {
     assert_eq!(
         s.metric("sluice_cache_requests_total", &[("outcome", "bypass")])
             .await,
-        5.0
+        6.0
     );
     assert_eq!(
         s.metric("sluice_cache_stored_total", &[("route", "chat")])
@@ -164,7 +175,7 @@ async fn hits_misses_bypasses_and_the_clients_switches() {
     assert_eq!(saved, 4.0, "each hit saved the mock's 1 completion token");
     assert!(s.metric("sluice_cache_saved_usd_total", &[]).await > 0.0);
     assert!(s.metric("sluice_cache_bytes", &[]).await > 0.0);
-    // Tokens settled are the upstream's only: 10 upstream answers of 1 completion token.
+    // Tokens settled are the upstream's only: 10 chat answers of 1 completion token.
     let tokens = s
         .wait_metric("sluice_tokens_total", &[("kind", "completion")], |v| {
             v >= 10.0

@@ -91,6 +91,17 @@ pub async fn lookup(store: &Arc<Store>, ctx: &mut RequestCtx) -> Lookup {
     Lookup::Upstream(recorder)
 }
 
+/// A request on a caching route that sluice does not inspect (passthrough: not JSON, or not an
+/// API call) is never cached: `bypass`.
+pub fn passthrough(route: &crate::config::Route, ctx: &mut RequestCtx) {
+    if route.cache.is_some() {
+        ctx.cache = Some(Outcome::Bypass);
+        metrics::CACHE_REQUESTS
+            .with_label_values(&[&route.name, Outcome::Bypass.as_str()])
+            .inc();
+    }
+}
+
 /// Whether a hit on `ctx`'s route counts against the tenant's request limits.
 pub fn hits_count_toward_limits(ctx: &RequestCtx) -> bool {
     ctx.snapshot

@@ -161,6 +161,9 @@ impl ProxyHttp for Sluice {
     ) -> Result<()> {
         if ctx.passthrough.is_some() {
             upstream_response.insert_header("x-sluice-request-id", ctx.request_id.as_str())?;
+            if let Some(outcome) = ctx.cache {
+                upstream_response.insert_header(cache::HEADER, outcome.as_str())?;
+            }
             respond::rate_limit_headers(upstream_response, ctx)?;
         }
         Ok(())

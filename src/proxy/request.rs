@@ -90,6 +90,7 @@ pub async fn handle(
             retry_after: None,
             rate_limited: false,
         })?;
+    cache::passthrough(route, ctx);
     limit::admit(limiter, &snapshot, ctx).await?;
     ctx.upstream.last = Some((pool, ep));
     ctx.passthrough = Some(Passthrough {
