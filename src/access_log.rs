@@ -104,6 +104,10 @@ pub struct AccessLine<'a> {
     /// Legs of a cut stream, written `pool/endpoint:status:outcome:prompt+completion`,
     /// comma-separated (empty when no stream was cut with `resume_on_cut`).
     pub legs: &'a [Leg],
+    /// Response cache outcome (`hit`, `miss`, `bypass`), empty on routes without `cache`.
+    pub cache: &'a str,
+    /// The request's cache / coalescing key (SHA-256, 64 hex digits), empty when it has none.
+    pub input_hash: &'a str,
     /// A follower of a coalesced call: the leader's request id (empty otherwise).
     pub coalesced: &'a str,
 }
@@ -189,7 +193,7 @@ fn write_text(buf: &mut Vec<u8>, ts: Timestamp, l: &AccessLine<'_>) -> std::io::
     )?;
     writeln!(
         buf,
-        " token_source={:?} cost_usd={:?} ttft_ms={} held_ms={} duration_ms={} completed={} attempts={} client_disconnected={} error={:?} resumes={} legs={} coalesced={:?}",
+        " token_source={:?} cost_usd={:?} ttft_ms={} held_ms={} duration_ms={} completed={} attempts={} client_disconnected={} error={:?} resumes={} legs={} cache={:?} input_hash={:?} coalesced={:?}",
         l.token_source,
         l.cost_usd,
         Ttft(l.ttft),
@@ -201,6 +205,8 @@ fn write_text(buf: &mut Vec<u8>, ts: Timestamp, l: &AccessLine<'_>) -> std::io::
         l.error,
         l.resumes,
         Legs(l.legs),
+        l.cache,
+        l.input_hash,
         l.coalesced
     )
 }
@@ -241,6 +247,8 @@ struct JsonLine<'a> {
     resumes: u32,
     #[serde(serialize_with = "display")]
     legs: Legs<'a>,
+    cache: &'a str,
+    input_hash: &'a str,
     coalesced: &'a str,
     target: &'static str,
 }
@@ -274,6 +282,8 @@ impl<'a> JsonLine<'a> {
             error: l.error,
             resumes: l.resumes,
             legs: Legs(l.legs),
+            cache: l.cache,
+            input_hash: l.input_hash,
             coalesced: l.coalesced,
             target: TARGET,
         }
@@ -392,6 +402,8 @@ impl AccessLine<'_> {
             error = self.error,
             resumes = self.resumes,
             legs = %Legs(self.legs),
+            cache = self.cache,
+            input_hash = self.input_hash,
             coalesced = self.coalesced,
             "request"
         );
@@ -467,6 +479,8 @@ mod tests {
             error: "",
             resumes: 0,
             legs: &[],
+            cache: "",
+            input_hash: "",
             coalesced: "",
         }
     }
@@ -531,6 +545,8 @@ mod tests {
             AccessLine {
                 resumes: 1,
                 legs: &legs,
+                cache: "miss",
+                input_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                 coalesced: "",
                 ..line(&attempts, "team-a", 0.0)
             },

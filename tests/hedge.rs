@@ -125,7 +125,7 @@ async fn a_stalled_primary_is_raced_and_the_fallback_wins_after_after_ms() {
             .await
             > 0.0
     );
-    let log = s.log();
+    let log = s.wait_log(":hedge_lost").await;
     assert!(log.contains(":hedge_lost"), "{log}");
 }
 
@@ -209,7 +209,7 @@ async fn a_quick_error_from_the_hedge_does_not_beat_a_primary_that_delivers() {
         "{body}"
     );
     assert_eq!(fallback.requests().len(), 1);
-    let log = s.log();
+    let log = s.wait_log(":400:held").await;
     assert!(log.contains(":400:held"), "{log}");
     assert_eq!(
         s.metric("sluice_hedge_wins_total", &[("lane", "first")])

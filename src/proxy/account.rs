@@ -55,7 +55,8 @@ fn usage_is_exact(ctx: &RequestCtx) -> bool {
 /// Whether [`settle`] needs sluice's own token counts (usage missing, the response cut, or
 /// part of it uninspected).
 pub fn needs_estimates(ctx: &RequestCtx) -> bool {
-    ctx.inspected.is_some()
+    !is_cache_hit(ctx)
+        && ctx.inspected.is_some()
         && ctx.delivered.coalesced.is_none()
         && (200..300).contains(&ctx.delivered.status)
         && ctx.caller.api.is_some()
@@ -96,7 +97,8 @@ pub async fn estimates(ctx: &RequestCtx) -> Estimates {
 /// tiktoken count of the delivered text (never less than what the upstream already reported),
 /// labelled estimated. A follower of a coalesced call settles nothing (its leader paid).
 pub fn settle(ctx: &RequestCtx, est: Estimates) -> Option<Settled> {
-    if ctx.inspected.is_none()
+    if is_cache_hit(ctx)
+        || ctx.inspected.is_none()
         || ctx.delivered.coalesced.is_some()
         || !(200..300).contains(&ctx.delivered.status)
     {
@@ -132,6 +134,12 @@ pub fn settle(ctx: &RequestCtx, est: Estimates) -> Option<Settled> {
             completion_source: Source::Estimated,
         }),
     }
+}
+
+/// A cache hit: no upstream was paid, so no tokens or spend are settled (what it saved is
+/// counted by the cache stage).
+fn is_cache_hit(ctx: &RequestCtx) -> bool {
+    ctx.cache == Some(crate::cache::Outcome::Hit)
 }
 
 /// USD cost of `usage` from the request's model price, if the model table has one.
@@ -194,6 +202,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
     let u = settled.map(|s| s.usage).unwrap_or_default();
     let token_source = settled.map_or("none", |s| s.completion_source.label());
     let endpoint = ctx.upstream.endpoint_addr().unwrap_or("none");
+    let input_hash = ctx.reuse.map(|r| r.key.hex()).unwrap_or_default();
     crate::access_log::write(&crate::access_log::AccessLine {
         request_id: &ctx.request_id,
         tenant,
@@ -218,6 +227,8 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         error: ctx.delivered.error.as_ref().map_or("", |e| e.label()),
         resumes: ctx.delivered.resumes,
         legs: &ctx.delivered.legs,
+        cache: ctx.cache.map_or("", crate::cache::Outcome::as_str),
+        input_hash: &input_hash,
         coalesced: ctx.delivered.coalesced.as_deref().unwrap_or(""),
     });
 }

@@ -3,6 +3,7 @@
 //! native 429 when it does not fit. Tenants without limits skip this stage entirely.
 
 use super::ctx::RequestCtx;
+use crate::config::limits::{ModelLimits, TenantLimits};
 use crate::config::Snapshot;
 use crate::error::SluiceError;
 use crate::limits::{Ask, Limiter, Rejection};
@@ -21,27 +22,6 @@ pub async fn admit(
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
 ) -> Result<(), SluiceError> {
-    admit_charging(limiter, snapshot, ctx, true).await
-}
-
-/// [`admit`] under the tenant's request limits only (requests per window, concurrency, and
-/// a local budget already spent): no token or cost reservation, for a request that makes no
-/// upstream call of its own (a follower of a coalesced call).
-pub async fn admit_requests_only(
-    limiter: &Arc<Limiter>,
-    snapshot: &Snapshot,
-    ctx: &mut RequestCtx,
-) -> Result<(), SluiceError> {
-    admit_charging(limiter, snapshot, ctx, false).await
-}
-
-/// [`admit`]; `tokens`: reserve the request's tokens and worst-case cost.
-async fn admit_charging(
-    limiter: &Arc<Limiter>,
-    snapshot: &Snapshot,
-    ctx: &mut RequestCtx,
-    tokens: bool,
-) -> Result<(), SluiceError> {
     let Some(tenant) = ctx.caller.tenant.clone() else {
         return Ok(());
     };
@@ -49,11 +29,10 @@ async fn admit_charging(
         return Ok(());
     };
     let model = ctx.model();
-    let counts_tokens = tokens
-        && (limits.tokens_per_minute.is_some()
-            || limits.input_tokens_per_minute.is_some()
-            || limits.output_tokens_per_minute.is_some()
-            || limits.models.iter().any(|m| m.tokens_per_minute.is_some()));
+    let counts_tokens = limits.tokens_per_minute.is_some()
+        || limits.input_tokens_per_minute.is_some()
+        || limits.output_tokens_per_minute.is_some()
+        || limits.models.iter().any(|m| m.tokens_per_minute.is_some());
     let (prompt, ceiling) = match (ctx.caller.api, ctx.body()) {
         (Some(api), Some(body)) if counts_tokens => (
             byte_estimate(body),
@@ -69,7 +48,7 @@ async fn admit_charging(
         &limits.budget,
         model.and_then(|m| snapshot.model_info(m)?.price),
     ) {
-        (Some(_), Some(price)) if tokens => {
+        (Some(_), Some(price)) => {
             let (p, c) = match (ctx.caller.api, ctx.body()) {
                 (Some(api), Some(body)) if prompt == 0 => (
                     prompt_estimate(api, model.unwrap_or(""), body),
@@ -105,17 +84,75 @@ async fn admit_charging(
             result = limiter.admit_until(limits, ask, deadline).await;
         }
     }
+    decided(&tenant, result, ctx)
+}
+
+/// Admit a request that makes no upstream call of its own (a cache hit, a follower of a
+/// coalesced call): only the tenant's request limits (requests per minute / second,
+/// concurrency, tenant-wide and per model); no token reservation and no budget hold, so it is
+/// never refused for tokens or budget and settles nothing.
+pub async fn admit_requests(
+    limiter: &Arc<Limiter>,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+) -> Result<(), SluiceError> {
+    let Some(tenant) = ctx.caller.tenant.clone() else {
+        return Ok(());
+    };
+    let Some(limits) = snapshot.tenant_limits(&tenant) else {
+        return Ok(());
+    };
+    let requests_only = Arc::new(TenantLimits {
+        requests_per_minute: limits.requests_per_minute,
+        requests_per_second: limits.requests_per_second,
+        tokens_per_minute: None,
+        input_tokens_per_minute: None,
+        output_tokens_per_minute: None,
+        input_token_weight: limits.input_token_weight,
+        output_token_weight: limits.output_token_weight,
+        max_concurrent: limits.max_concurrent,
+        budget: None,
+        models: limits
+            .models
+            .iter()
+            .map(|m| ModelLimits {
+                pattern: m.pattern.clone(),
+                glob: m.glob.clone(),
+                requests_per_minute: m.requests_per_minute,
+                tokens_per_minute: None,
+                max_concurrent: m.max_concurrent,
+            })
+            .collect(),
+        redis_failure_policy: limits.redis_failure_policy,
+    });
+    let ask = Ask {
+        tenant: &tenant,
+        model: ctx.model(),
+        prompt_tokens: 0,
+        output_ceiling: 0,
+        cost_ceiling_usd: None,
+    };
+    let result = limiter.admit(&requests_only, ask).await;
+    decided(&tenant, result, ctx)
+}
+
+/// Record the admission decision (metric; `ctx.admission`) or turn the refusal into an error.
+fn decided(
+    tenant: &str,
+    result: Result<crate::limits::Admission, Rejection>,
+    ctx: &mut RequestCtx,
+) -> Result<(), SluiceError> {
     match result {
         Ok(admission) => {
             metrics::LIMIT_DECISIONS
-                .with_label_values(&[&tenant, "admitted", "ok"])
+                .with_label_values(&[tenant, "admitted", "ok"])
                 .inc();
             ctx.admission = Some(admission);
             Ok(())
         }
         Err(rejection) => {
             metrics::LIMIT_DECISIONS
-                .with_label_values(&[&tenant, "rejected", rejection.reason()])
+                .with_label_values(&[tenant, "rejected", rejection.reason()])
                 .inc();
             Err(match rejection {
                 Rejection::Budget { period } => SluiceError::BudgetExceeded(period),

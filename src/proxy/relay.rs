@@ -10,6 +10,7 @@ use super::commit::End;
 use super::ctx::{Delivered, RequestCtx};
 use super::downstream::Downstream;
 use super::failover::Served;
+use crate::cache::record::Recorder;
 use crate::error::SluiceError;
 use crate::limits::budget::Period;
 use crate::metrics;
@@ -107,8 +108,14 @@ const REUSE_DRAIN_BYTES: usize = 64 * 1024;
 
 /// Relay the served attempt's response to the client. Never fails: returns what the client
 /// got (status, usage, completion, the error the response ended with, whether the client
-/// left) for the log stage.
-pub async fn relay<D: Downstream>(session: &mut D, ctx: &RequestCtx, served: Served) -> Delivered {
+/// left) for the log stage. `recorder` (a cache miss whose answer may be stored) sees the
+/// header, every chunk as received, and the outcome.
+pub async fn relay<D: Downstream>(
+    session: &mut D,
+    ctx: &RequestCtx,
+    served: Served,
+    recorder: Option<Recorder>,
+) -> Delivered {
     let mut d = Delivered::default();
     let Served {
         mut attempt,
@@ -121,12 +128,12 @@ pub async fn relay<D: Downstream>(session: &mut D, ctx: &RequestCtx, served: Ser
     let mut first = (!prefix.is_empty()).then_some(prefix);
     // A stream held until its first content (`commit`): its accountant goes on, its held
     // events go out right after the header, and a hold that failed ends there.
-    let (opening_acc, held, end) = match opening {
+    let (opening_acc, held, end, opening_raw) = match opening {
         Some(o) => {
             d.held = Some(o.held_for);
-            (Some(o.acc), o.held, o.end)
+            (Some(o.acc), o.held, o.end, o.raw)
         }
-        None => (None, Bytes::new(), None),
+        None => (None, Bytes::new(), None, None),
     };
     let endpoint = attempt.target().addr().to_owned();
     let status = upstream_header.status.as_u16();
@@ -146,8 +153,19 @@ pub async fn relay<D: Downstream>(session: &mut D, ctx: &RequestCtx, served: Ser
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|_| !is_sse);
+    // A held stream whose raw opening was not kept cannot be recorded whole.
+    let raw_lost = opening_acc.is_some() && opening_raw.is_none();
+    let mut rec = recorder
+        .filter(|_| !raw_lost)
+        .and_then(|r| r.begin(&upstream_header, opening_raw.as_deref()));
     let mut parts = downstream_parts(&upstream_header, is_sse);
     drop(upstream_header);
+    if let Some(outcome) = ctx.cache {
+        parts.headers.insert(
+            super::cache::HEADER,
+            http::HeaderValue::from_static(outcome.as_str()),
+        );
+    }
     if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
         parts.headers.insert(REQUEST_ID, id);
     }
@@ -244,6 +262,9 @@ pub async fn relay<D: Downstream>(session: &mut D, ctx: &RequestCtx, served: Ser
         };
         match event {
             Event::Chunk(Ok(Some(data))) => {
+                if let Some(r) = rec.as_mut() {
+                    r.push(&data);
+                }
                 let out = if data.is_empty() {
                     Bytes::new()
                 } else {
@@ -410,6 +431,9 @@ pub async fn relay<D: Downstream>(session: &mut D, ctx: &RequestCtx, served: Ser
     }
     if let Some(err) = failure {
         d.error = Some(err);
+    }
+    if let Some(r) = rec {
+        r.finish(&d);
     }
     if closed_after_end {
         session.close_after();

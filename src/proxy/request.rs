@@ -2,7 +2,8 @@
 //! then either failover and the relay (inspected) or Pingora's own proxy path (passthrough).
 
 use super::ctx::{InspectedRequest, Passthrough, RequestCtx};
-use super::{coalesce, failover, identify, inspect, limit, path, relay, reuse};
+use super::{cache, coalesce, failover, identify, inspect, limit, path, relay, reuse};
+use crate::cache::Store;
 use crate::config::Snapshot;
 use crate::error::SluiceError;
 use crate::limits::Limiter;
@@ -22,6 +23,7 @@ pub enum Flow {
 /// Run the parent's request stages. Errors are answered natively by the caller.
 pub async fn handle(
     limiter: &Arc<Limiter>,
+    store: &Arc<Store>,
     snapshot: Arc<Snapshot>,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -42,18 +44,31 @@ pub async fn handle(
         let (fields, body) = inspect::inspect(ctx.caller.api, body)?;
         ctx.inspected = Some(InspectedRequest { fields, body });
         select_route(&snapshot, session, ctx, &path)?;
-        if let Some(route) = ctx.caller.route.and_then(|i| snapshot.routes.get(i)) {
+        let route = ctx.caller.route.and_then(|i| snapshot.routes.get(i));
+        if let Some(route) = route {
             ctx.reuse = reuse::of_request(route, session.req_header(), ctx);
-            if let Some(r) = ctx.reuse.filter(|_| route.coalesce) {
-                // Stages 3 to 5 shared with identical requests in flight (`coalesce`).
-                coalesce::serve(limiter, &snapshot, session, ctx, r.key).await?;
+        }
+        let recorder = match cache::lookup(store, ctx).await {
+            cache::Lookup::Hit(entry) => {
+                // No tokens, no budget: only the request limits, when the route says so.
+                if cache::hits_count_toward_limits(ctx) {
+                    limit::admit_requests(limiter, &snapshot, ctx).await?;
+                }
+                ctx.delivered = cache::serve(session, ctx, &entry).await;
                 return Ok(Flow::Done);
             }
+            cache::Lookup::Upstream(recorder) => recorder,
+        };
+        if let Some(r) = ctx.reuse.filter(|_| route.is_some_and(|r| r.coalesce)) {
+            // Stages 3 to 5 shared with identical requests in flight (`coalesce`); the
+            // leader's answer is stored like any other.
+            coalesce::serve(limiter, &snapshot, session, ctx, r.key, recorder).await?;
+            return Ok(Flow::Done);
         }
         limit::admit(limiter, &snapshot, ctx).await?;
         match failover::run(session, ctx).await? {
             failover::Ended::Served(served) => {
-                ctx.delivered = relay::relay(session, ctx, served).await;
+                ctx.delivered = relay::relay(session, ctx, served, recorder).await;
             }
             failover::Ended::ClientGone => ctx.delivered.client_disconnected = true,
         }
@@ -82,6 +97,7 @@ pub async fn handle(
             retry_after: None,
             rate_limited: false,
         })?;
+    cache::passthrough(route, ctx);
     limit::admit(limiter, &snapshot, ctx).await?;
     ctx.upstream.last = Some((pool, ep));
     ctx.passthrough = Some(Passthrough {

@@ -30,6 +30,7 @@ use super::ctx::{Delivered, RequestCtx};
 use super::downstream::Downstream;
 use super::{failover, limit, relay};
 use crate::cache::key::Key;
+use crate::cache::record::Recorder;
 use crate::config::Snapshot;
 use crate::error::SluiceError;
 use crate::limits::Limiter;
@@ -109,19 +110,20 @@ pub async fn serve(
     session: &mut Session,
     ctx: &mut RequestCtx,
     key: Key,
+    recorder: Option<Recorder>,
 ) -> Result<(), SluiceError> {
     let ident = (key, ctx.fields().injected_include_usage);
     // A request that will most likely follow is admitted under request limits only. The
     // flight may close between this look and the join: such a request then leads on that
     // admission (its tokens settle at the end all the same, unreserved).
     if joinable(&ident) {
-        limit::admit_requests_only(limiter, snapshot, ctx).await?;
+        limit::admit_requests(limiter, snapshot, ctx).await?;
     } else {
         limit::admit(limiter, snapshot, ctx).await?;
     }
     let max_bytes = snapshot.cache.max_flight_bytes;
     match join_or_lead(ident, &ctx.request_id, max_bytes) {
-        Role::Leader(flight) => lead(session, ctx, flight).await,
+        Role::Leader(flight) => lead(session, ctx, flight, recorder).await,
         Role::Follower(sub) => follow(session, ctx, sub).await,
     }
 }
@@ -131,13 +133,14 @@ async fn lead(
     session: &mut Session,
     ctx: &mut RequestCtx,
     flight: Arc<Flight>,
+    recorder: Option<Recorder>,
 ) -> Result<(), SluiceError> {
     let mut publisher = Publisher {
         flight,
         session,
         own_left: false,
     };
-    let produced = produce(&mut publisher, ctx).await;
+    let produced = produce(&mut publisher, ctx, recorder).await;
     let own_left = publisher.own_left;
     drop(publisher);
     produced?;
@@ -154,10 +157,14 @@ async fn lead(
 
 /// Failover and the relay, to the leader's client and into the flight; the flight's end is
 /// published whatever happens.
-async fn produce(publisher: &mut Publisher<'_>, ctx: &mut RequestCtx) -> Result<(), SluiceError> {
+async fn produce(
+    publisher: &mut Publisher<'_>,
+    ctx: &mut RequestCtx,
+    recorder: Option<Recorder>,
+) -> Result<(), SluiceError> {
     match failover::run(publisher, ctx).await {
         Ok(failover::Ended::Served(served)) => {
-            let delivered = relay::relay(publisher, ctx, served).await;
+            let delivered = relay::relay(publisher, ctx, served, recorder).await;
             publisher.flight.finish(End::Answered {
                 completed: delivered.completed,
                 error: delivered.error.clone(),
