@@ -3,5 +3,6 @@
 //! canonical form. Stores live outside the config snapshot (a reload keeps them).
 
 pub mod key;
+pub mod redis_tier;
 
 pub use key::{Intent, Key};

@@ -2,9 +2,12 @@
 //! with its path).
 
 use super::Errors;
-use crate::config::cache::{CacheRedis, CacheSettings, Hedge, RouteCache};
+use crate::config::cache::{CacheRedis, CacheSettings, Hedge, RouteCache, ENTRY_OVERHEAD_BYTES};
 use crate::config::schema::{CacheSection, CacheStoreKind, HedgeConf, RedisConf, RouteCacheConf};
 use std::time::Duration;
+
+/// Default bound on the bytes of Redis tier writes in flight (`cache.redis.max_pending_put_bytes`).
+const DEFAULT_MAX_PENDING_PUT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Most hedged attempts a route may ask for.
 const MAX_HEDGES: u32 = 4;
@@ -26,6 +29,10 @@ pub(super) fn compile_settings(
             "must be greater than 0 and at most cache.max_bytes",
         );
     }
+    let max_entry_bytes = usize::try_from(c.max_entry_bytes).unwrap_or(usize::MAX);
+    let max_value_bytes = max_entry_bytes.saturating_add(ENTRY_OVERHEAD_BYTES);
+    // Room for at least one largest entry, so every storable entry can be written.
+    let default_pending = DEFAULT_MAX_PENDING_PUT_BYTES.max(max_value_bytes);
     let redis = match (&c.redis, limits_redis) {
         (Some(r), _) => {
             if !["redis://", "rediss://", "redis+unix://"]
@@ -43,16 +50,32 @@ pub(super) fn compile_settings(
                     "timeout_ms and connect_timeout_ms must be at least 1",
                 );
             }
+            let pending = match r.max_pending_put_bytes {
+                Some(n) => {
+                    if n < c.max_entry_bytes {
+                        errs.push(
+                            "cache.redis.max_pending_put_bytes",
+                            "must be at least cache.max_entry_bytes",
+                        );
+                    }
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }
+                None => default_pending,
+            };
             Some(CacheRedis {
                 url: r.url.clone(),
                 timeout: Duration::from_millis(r.timeout_ms),
                 connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+                max_value_bytes,
+                max_pending_put_bytes: pending,
             })
         }
         (None, Some(r)) => Some(CacheRedis {
             url: r.url.clone(),
             timeout: Duration::from_millis(r.timeout_ms),
             connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
+            max_value_bytes,
+            max_pending_put_bytes: default_pending,
         }),
         (None, None) => {
             if uses_redis {
@@ -66,7 +89,7 @@ pub(super) fn compile_settings(
     };
     CacheSettings {
         max_bytes: c.max_bytes,
-        max_entry_bytes: usize::try_from(c.max_entry_bytes).unwrap_or(usize::MAX),
+        max_entry_bytes,
         redis: if uses_redis { redis } else { None },
     }
 }
