@@ -335,6 +335,8 @@ fn access_line(c: &mut Criterion) {
         error: "",
         resumes: 0,
         legs: &[],
+        cache: "",
+        input_hash: "",
     };
     /// The subscriber's writer in src/logging.rs, into a sink.
     struct Redacting;

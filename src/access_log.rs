@@ -104,6 +104,10 @@ pub struct AccessLine<'a> {
     /// Legs of a cut stream, written `pool/endpoint:status:outcome:prompt+completion`,
     /// comma-separated (empty when no stream was cut with `resume_on_cut`).
     pub legs: &'a [Leg],
+    /// Response cache outcome (`hit`, `miss`, `bypass`), empty on routes without `cache`.
+    pub cache: &'a str,
+    /// The request's cache / coalescing key (SHA-256, 64 hex digits), empty when it has none.
+    pub input_hash: &'a str,
 }
 
 /// Write `line` (when the subscriber's filter takes `sluice::access` INFO events).
@@ -187,7 +191,7 @@ fn write_text(buf: &mut Vec<u8>, ts: Timestamp, l: &AccessLine<'_>) -> std::io::
     )?;
     writeln!(
         buf,
-        " token_source={:?} cost_usd={:?} ttft_ms={} held_ms={} duration_ms={} completed={} attempts={} client_disconnected={} error={:?} resumes={} legs={}",
+        " token_source={:?} cost_usd={:?} ttft_ms={} held_ms={} duration_ms={} completed={} attempts={} client_disconnected={} error={:?} resumes={} legs={} cache={:?} input_hash={:?}",
         l.token_source,
         l.cost_usd,
         Ttft(l.ttft),
@@ -198,7 +202,9 @@ fn write_text(buf: &mut Vec<u8>, ts: Timestamp, l: &AccessLine<'_>) -> std::io::
         l.client_disconnected,
         l.error,
         l.resumes,
-        Legs(l.legs)
+        Legs(l.legs),
+        l.cache,
+        l.input_hash
     )
 }
 
@@ -238,6 +244,8 @@ struct JsonLine<'a> {
     resumes: u32,
     #[serde(serialize_with = "display")]
     legs: Legs<'a>,
+    cache: &'a str,
+    input_hash: &'a str,
     target: &'static str,
 }
 
@@ -270,6 +278,8 @@ impl<'a> JsonLine<'a> {
             error: l.error,
             resumes: l.resumes,
             legs: Legs(l.legs),
+            cache: l.cache,
+            input_hash: l.input_hash,
             target: TARGET,
         }
     }
@@ -387,6 +397,8 @@ impl AccessLine<'_> {
             error = self.error,
             resumes = self.resumes,
             legs = %Legs(self.legs),
+            cache = self.cache,
+            input_hash = self.input_hash,
             "request"
         );
     }
@@ -461,6 +473,8 @@ mod tests {
             error: "",
             resumes: 0,
             legs: &[],
+            cache: "",
+            input_hash: "",
         }
     }
 
@@ -524,6 +538,8 @@ mod tests {
             AccessLine {
                 resumes: 1,
                 legs: &legs,
+                cache: "miss",
+                input_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                 ..line(&attempts, "team-a", 0.0)
             },
             // Values that need escaping, an empty attempt list, tiny and zero costs.

@@ -306,6 +306,17 @@ pub static CACHE_REDIS_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_cache_redis_lookups_total{result}`: memory misses of `store: redis` routes answered
+/// by the Redis tier: `hit` (an entry that decodes), `undecodable` (a value that does not decode
+/// as an entry: a miss). Redis misses and failures are not counted here.
+pub static CACHE_REDIS_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_redis_lookups_total",
+        "Response cache entries found in the Redis tier, by result (hit, undecodable)",
+        &["result"]
+    ))
+});
+
 /// `sluice_cache_redis_skipped_puts_total{reason}`: entries not written to the Redis tier:
 /// `too_large` (over the tier's value bound), `backlog` (too many bytes of writes in flight).
 pub static CACHE_REDIS_SKIPPED_PUTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -403,6 +414,60 @@ pub static STREAM_HELD: Lazy<HistogramVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_cache_requests_total{route,outcome}`: requests of caching routes by cache outcome
+/// (`hit`, `miss`, `bypass`).
+pub static CACHE_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_requests_total",
+        "Requests of routes with a response cache, by route and outcome (hit, miss, bypass)",
+        &["route", "outcome"]
+    ))
+});
+
+/// `sluice_cache_bytes`: the memory tier's weighted size (bytes; bounded by `cache.max_bytes`).
+pub static CACHE_BYTES: Lazy<IntGauge> = Lazy::new(|| {
+    metric!(register_int_gauge!(
+        "sluice_cache_bytes",
+        "Response cache memory tier: weighted size of its entries, bytes"
+    ))
+});
+
+/// `sluice_cache_entries`: entries in the memory tier.
+pub static CACHE_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
+    metric!(register_int_gauge!(
+        "sluice_cache_entries",
+        "Response cache memory tier: entries"
+    ))
+});
+
+/// `sluice_cache_stored_total{route}`: complete responses stored.
+pub static CACHE_STORED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_stored_total",
+        "Complete 200 responses stored in the response cache, by route",
+        &["route"]
+    ))
+});
+
+/// `sluice_cache_saved_tokens_total{route,kind}`: tokens hits did not spend upstream (`kind`:
+/// `prompt`, `completion`), from the stored response's usage.
+pub static CACHE_SAVED_TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_saved_tokens_total",
+        "Tokens cache hits did not spend upstream, by route and kind (prompt, completion)",
+        &["route", "kind"]
+    ))
+});
+
+/// `sluice_cache_saved_usd_total{route}`: USD hits did not spend (model price table).
+pub static CACHE_SAVED_USD: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    metric!(prometheus::register_counter_vec!(
+        "sluice_cache_saved_usd_total",
+        "USD cache hits did not spend upstream (priced with the model table), by route",
+        &["route"]
+    ))
+});
+
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     Lazy::force(&CLIENT_CONNECTIONS);
@@ -436,11 +501,18 @@ pub fn init() {
     Lazy::force(&LEASES);
     Lazy::force(&REDIS_FALLBACKS);
     Lazy::force(&CACHE_REDIS_ERRORS);
+    Lazy::force(&CACHE_REDIS_LOOKUPS);
     Lazy::force(&CACHE_REDIS_SKIPPED_PUTS);
     Lazy::force(&CONFIG_RELOAD_IGNORED);
     Lazy::force(&BUDGET_OVERRUN);
     Lazy::force(&SSE_OVERSIZED_EVENTS);
     Lazy::force(&USAGE_IMPLAUSIBLE);
+    Lazy::force(&CACHE_REQUESTS);
+    Lazy::force(&CACHE_BYTES);
+    Lazy::force(&CACHE_ENTRIES);
+    Lazy::force(&CACHE_STORED);
+    Lazy::force(&CACHE_SAVED_TOKENS);
+    Lazy::force(&CACHE_SAVED_USD);
     Lazy::force(&STREAM_COMMITS);
     Lazy::force(&STREAM_HELD);
 }

@@ -82,29 +82,39 @@ impl RedisTier {
     /// timeout or any failure (counted in `sluice_cache_redis_errors_total{op="get"}`); after
     /// a failure, `None` at once (no wait) until the fail-fast pause is over.
     pub async fn get(&self, key: &Key) -> Option<Vec<u8>> {
+        self.get_with_ttl(key).await.map(|(v, _)| v)
+    }
+
+    /// [`RedisTier::get`], with the entry's time left to live (`PTTL`, in the same round
+    /// trip: a pipeline of `GET` and `PTTL`; <https://redis.io/docs/latest/commands/pttl/>).
+    /// The time left is `None` when the key has no expiry (not written by sluice).
+    pub async fn get_with_ttl(&self, key: &Key) -> Option<(Vec<u8>, Option<Duration>)> {
         if self.link.is_down() {
-            metrics::CACHE_REDIS_ERRORS
-                .with_label_values(&["get"])
-                .inc();
+            metrics::CACHE_REDIS_ERRORS.with_label_values(&["get"]).inc();
             return None;
         }
         let deadline = Instant::now() + self.link.timeout();
         let Some(mut conn) = self.link.connection(deadline).await else {
-            metrics::CACHE_REDIS_ERRORS
-                .with_label_values(&["get"])
-                .inc();
+            metrics::CACHE_REDIS_ERRORS.with_label_values(&["get"]).inc();
             self.link.mark_down();
             return None;
         };
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(redis_key(key));
-        let res = tokio::time::timeout_at(deadline, cmd.query_async::<Option<Vec<u8>>>(&mut conn));
+        let rkey = redis_key(key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&rkey).cmd("PTTL").arg(&rkey);
+        let res = tokio::time::timeout_at(
+            deadline,
+            pipe.query_async::<(Option<Vec<u8>>, i64)>(&mut conn),
+        );
         match res.await {
-            Ok(Ok(v)) => v,
-            _ => {
-                metrics::CACHE_REDIS_ERRORS
-                    .with_label_values(&["get"])
-                    .inc();
+            // PTTL: -1 no expiry, -2 gone meanwhile (then a miss: it just expired).
+            Ok(Ok((Some(v), ms))) if ms > 0 => {
+                Some((v, Some(Duration::from_millis(ms.unsigned_abs()))))
+            }
+            Ok(Ok((Some(v), -1))) => Some((v, None)),
+            Ok(Ok(_)) => None,
+            Err(_) | Ok(Err(_)) => {
+                metrics::CACHE_REDIS_ERRORS.with_label_values(&["get"]).inc();
                 self.link.mark_down();
                 None
             }

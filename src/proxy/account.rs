@@ -55,7 +55,8 @@ fn usage_is_exact(ctx: &RequestCtx) -> bool {
 /// Whether [`settle`] needs sluice's own token counts (usage missing, the response cut, or
 /// part of it uninspected).
 pub fn needs_estimates(ctx: &RequestCtx) -> bool {
-    ctx.inspected.is_some()
+    !is_cache_hit(ctx)
+        && ctx.inspected.is_some()
         && (200..300).contains(&ctx.delivered.status)
         && ctx.caller.api.is_some()
         && !usage_is_exact(ctx)
@@ -95,7 +96,7 @@ pub async fn estimates(ctx: &RequestCtx) -> Estimates {
 /// tiktoken count of the delivered text (never less than what the upstream already reported),
 /// labelled estimated.
 pub fn settle(ctx: &RequestCtx, est: Estimates) -> Option<Settled> {
-    if ctx.inspected.is_none() || !(200..300).contains(&ctx.delivered.status) {
+    if is_cache_hit(ctx) || ctx.inspected.is_none() || !(200..300).contains(&ctx.delivered.status) {
         return None;
     }
     ctx.caller.api?;
@@ -128,6 +129,12 @@ pub fn settle(ctx: &RequestCtx, est: Estimates) -> Option<Settled> {
             completion_source: Source::Estimated,
         }),
     }
+}
+
+/// A cache hit: no upstream was paid, so no tokens or spend are settled (what it saved is
+/// counted by the cache stage).
+fn is_cache_hit(ctx: &RequestCtx) -> bool {
+    ctx.cache == Some(crate::cache::Outcome::Hit)
 }
 
 /// USD cost of `usage` from the request's model price, if the model table has one.
@@ -190,6 +197,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
     let u = settled.map(|s| s.usage).unwrap_or_default();
     let token_source = settled.map_or("none", |s| s.completion_source.label());
     let endpoint = ctx.upstream.endpoint_addr().unwrap_or("none");
+    let input_hash = ctx.reuse.map(|r| r.key.hex()).unwrap_or_default();
     crate::access_log::write(&crate::access_log::AccessLine {
         request_id: &ctx.request_id,
         tenant,
@@ -214,5 +222,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         error: ctx.delivered.error.as_ref().map_or("", |e| e.label()),
         resumes: ctx.delivered.resumes,
         legs: &ctx.delivered.legs,
+        cache: ctx.cache.map_or("", crate::cache::Outcome::as_str),
+        input_hash: &input_hash,
     });
 }

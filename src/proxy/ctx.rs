@@ -6,6 +6,7 @@
 //! | `caller`      | `request` (path, identify, route) | tenant, route, API, error style    |
 //! | `inspected`   | `inspect`                         | body fields and the body as sent   |
 //! | `reuse`       | `reuse`                           | cache / coalescing key and intent  |
+//! | `cache`       | `cache`                           | hit / miss / bypass                |
 //! | `admission`   | `limit`                           | the hold on the tenant's limits    |
 //! | `upstream`    | `failover` / passthrough          | attempts made, the serving endpoint|
 //! | `delivered`   | `relay` / `respond` / `logging`   | what the client got                |
@@ -178,6 +179,8 @@ pub struct RequestCtx {
     pub passthrough: Option<Passthrough>,
     /// Counts this request in flight.
     pub active: Option<super::ActiveGuard>,
+    /// The response cache's outcome, on routes with `cache`.
+    pub cache: Option<crate::cache::Outcome>,
 }
 
 impl Default for RequestCtx {
@@ -194,6 +197,7 @@ impl Default for RequestCtx {
             delivered: Delivered::default(),
             passthrough: None,
             active: None,
+            cache: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! native 429 when it does not fit. Tenants without limits skip this stage entirely.
 
 use super::ctx::RequestCtx;
+use crate::config::limits::{ModelLimits, TenantLimits};
 use crate::config::Snapshot;
 use crate::error::SluiceError;
 use crate::limits::{Ask, Limiter, Rejection};
@@ -83,17 +84,74 @@ pub async fn admit(
             result = limiter.admit_until(limits, ask, deadline).await;
         }
     }
+    decided(&tenant, result, ctx)
+}
+
+/// Admit a cache hit: only the tenant's request limits (requests per minute / second,
+/// concurrency, tenant-wide and per model); no token reservation and no budget hold, so a hit
+/// is never refused for tokens or budget and settles nothing.
+pub async fn admit_requests(
+    limiter: &Arc<Limiter>,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+) -> Result<(), SluiceError> {
+    let Some(tenant) = ctx.caller.tenant.clone() else {
+        return Ok(());
+    };
+    let Some(limits) = snapshot.tenant_limits(&tenant) else {
+        return Ok(());
+    };
+    let requests_only = Arc::new(TenantLimits {
+        requests_per_minute: limits.requests_per_minute,
+        requests_per_second: limits.requests_per_second,
+        tokens_per_minute: None,
+        input_tokens_per_minute: None,
+        output_tokens_per_minute: None,
+        input_token_weight: limits.input_token_weight,
+        output_token_weight: limits.output_token_weight,
+        max_concurrent: limits.max_concurrent,
+        budget: None,
+        models: limits
+            .models
+            .iter()
+            .map(|m| ModelLimits {
+                pattern: m.pattern.clone(),
+                glob: m.glob.clone(),
+                requests_per_minute: m.requests_per_minute,
+                tokens_per_minute: None,
+                max_concurrent: m.max_concurrent,
+            })
+            .collect(),
+        redis_failure_policy: limits.redis_failure_policy,
+    });
+    let ask = Ask {
+        tenant: &tenant,
+        model: ctx.model(),
+        prompt_tokens: 0,
+        output_ceiling: 0,
+        cost_ceiling_usd: None,
+    };
+    let result = limiter.admit(&requests_only, ask).await;
+    decided(&tenant, result, ctx)
+}
+
+/// Record the admission decision (metric; `ctx.admission`) or turn the refusal into an error.
+fn decided(
+    tenant: &str,
+    result: Result<crate::limits::Admission, Rejection>,
+    ctx: &mut RequestCtx,
+) -> Result<(), SluiceError> {
     match result {
         Ok(admission) => {
             metrics::LIMIT_DECISIONS
-                .with_label_values(&[&tenant, "admitted", "ok"])
+                .with_label_values(&[tenant, "admitted", "ok"])
                 .inc();
             ctx.admission = Some(admission);
             Ok(())
         }
         Err(rejection) => {
             metrics::LIMIT_DECISIONS
-                .with_label_values(&[&tenant, "rejected", rejection.reason()])
+                .with_label_values(&[tenant, "rejected", rejection.reason()])
                 .inc();
             Err(match rejection {
                 Rejection::Budget { period } => SluiceError::BudgetExceeded(period),

@@ -4,6 +4,8 @@
 //! 0. `path`      (request_filter) path normalized (dot-segments, slashes) or refused
 //! 1. `identify`  (request_filter) tenant from virtual key / header / default
 //! 2. `inspect`   (request_filter) read + parse + rewrite the JSON body of API calls
+//!    2b. `reuse` / 2c. `cache` (request_filter) the request's key; a cache hit is answered
+//!    here, before token/budget admission, without any upstream attempt
 //! 3. `limit`     (request_filter) admission under the tenant's limits
 //! 4. `failover`  (request_filter) [`attempt::Attempt`]s over the route's candidates, until one
 //!    answers; failover only before the first response byte
@@ -21,6 +23,7 @@
 
 pub mod account;
 pub mod attempt;
+mod cache;
 pub mod classify;
 mod commit;
 pub mod ctx;
@@ -80,12 +83,25 @@ impl Drop for ActiveGuard {
 pub struct Sluice {
     config: Arc<ArcSwap<Snapshot>>,
     limiter: Arc<Limiter>,
+    /// The response cache's store, sized by the first snapshot's `cache` section.
+    store: Arc<crate::cache::Store>,
 }
 
 impl Sluice {
-    /// A proxy serving `config` (swappable for hot reload) under `limiter`.
+    /// A proxy serving `config` (swappable for hot reload) under `limiter`, with a response
+    /// store built from `config`'s current `cache` section (kept across reloads).
     pub fn new(config: Arc<ArcSwap<Snapshot>>, limiter: Arc<Limiter>) -> Self {
-        Self { config, limiter }
+        let store = Arc::new(crate::cache::Store::new(&config.load().cache));
+        Self {
+            config,
+            limiter,
+            store,
+        }
+    }
+
+    /// The response cache's store.
+    pub fn store(&self) -> &Arc<crate::cache::Store> {
+        &self.store
     }
 }
 
@@ -101,7 +117,15 @@ impl ProxyHttp for Sluice {
     /// Returns true when the response was already written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.active = Some(ActiveGuard::new());
-        match request::handle(&self.limiter, self.config.load_full(), session, ctx).await {
+        match request::handle(
+            &self.limiter,
+            &self.store,
+            self.config.load_full(),
+            session,
+            ctx,
+        )
+        .await
+        {
             Ok(request::Flow::Passthrough) => Ok(false),
             Ok(request::Flow::Done) => Ok(true),
             Err(e) => {

@@ -10,6 +10,7 @@ use super::commit::End;
 use super::ctx::{Delivered, RequestCtx};
 use super::downstream::Downstream;
 use super::failover::Served;
+use crate::cache::record::Recorder;
 use crate::error::SluiceError;
 use crate::limits::budget::Period;
 use crate::metrics;
@@ -107,8 +108,14 @@ const REUSE_DRAIN_BYTES: usize = 64 * 1024;
 
 /// Relay the served attempt's response to the client. Never fails: returns what the client
 /// got (status, usage, completion, the error the response ended with, whether the client
-/// left) for the log stage.
-pub async fn relay<D: Downstream>(session: &mut D, ctx: &RequestCtx, served: Served) -> Delivered {
+/// left) for the log stage. `recorder` (a cache miss whose answer may be stored) sees the
+/// header, every chunk as received, and the outcome.
+pub async fn relay<D: Downstream>(
+    session: &mut D,
+    ctx: &RequestCtx,
+    served: Served,
+    recorder: Option<Recorder>,
+) -> Delivered {
     let mut d = Delivered::default();
     let Served {
         mut attempt,
@@ -146,8 +153,15 @@ pub async fn relay<D: Downstream>(session: &mut D, ctx: &RequestCtx, served: Ser
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|_| !is_sse);
+    let mut rec = recorder.and_then(|r| r.begin(&upstream_header, &held, opening_acc.as_deref()));
     let mut parts = downstream_parts(&upstream_header, is_sse);
     drop(upstream_header);
+    if let Some(outcome) = ctx.cache {
+        parts.headers.insert(
+            super::cache::HEADER,
+            http::HeaderValue::from_static(outcome.as_str()),
+        );
+    }
     if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
         parts.headers.insert(REQUEST_ID, id);
     }
@@ -244,6 +258,9 @@ pub async fn relay<D: Downstream>(session: &mut D, ctx: &RequestCtx, served: Ser
         };
         match event {
             Event::Chunk(Ok(Some(data))) => {
+                if let Some(r) = rec.as_mut() {
+                    r.push(&data);
+                }
                 let out = if data.is_empty() {
                     Bytes::new()
                 } else {
@@ -410,6 +427,9 @@ pub async fn relay<D: Downstream>(session: &mut D, ctx: &RequestCtx, served: Ser
     }
     if let Some(err) = failure {
         d.error = Some(err);
+    }
+    if let Some(r) = rec {
+        r.finish(&d);
     }
     if closed_after_end {
         session.close_after();

@@ -2,7 +2,8 @@
 //! then either failover and the relay (inspected) or Pingora's own proxy path (passthrough).
 
 use super::ctx::{InspectedRequest, Passthrough, RequestCtx};
-use super::{failover, identify, inspect, limit, path, relay, reuse};
+use super::{cache, failover, identify, inspect, limit, path, relay, reuse};
+use crate::cache::Store;
 use crate::config::Snapshot;
 use crate::error::SluiceError;
 use crate::limits::Limiter;
@@ -22,6 +23,7 @@ pub enum Flow {
 /// Run the parent's request stages. Errors are answered natively by the caller.
 pub async fn handle(
     limiter: &Arc<Limiter>,
+    store: &Arc<Store>,
     snapshot: Arc<Snapshot>,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -45,10 +47,21 @@ pub async fn handle(
         if let Some(route) = ctx.caller.route.and_then(|i| snapshot.routes.get(i)) {
             ctx.reuse = reuse::of_request(route, session.req_header(), ctx);
         }
+        let recorder = match cache::lookup(store, ctx).await {
+            cache::Lookup::Hit(entry) => {
+                // No tokens, no budget: only the request limits, when the route says so.
+                if cache::hits_count_toward_limits(ctx) {
+                    limit::admit_requests(limiter, &snapshot, ctx).await?;
+                }
+                ctx.delivered = cache::serve(session, ctx, &entry).await;
+                return Ok(Flow::Done);
+            }
+            cache::Lookup::Upstream(recorder) => recorder,
+        };
         limit::admit(limiter, &snapshot, ctx).await?;
         match failover::run(session, ctx).await? {
             failover::Ended::Served(served) => {
-                ctx.delivered = relay::relay(session, ctx, served).await;
+                ctx.delivered = relay::relay(session, ctx, served, recorder).await;
             }
             failover::Ended::ClientGone => ctx.delivered.client_disconnected = true,
         }

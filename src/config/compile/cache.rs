@@ -2,7 +2,7 @@
 //! with its path).
 
 use super::Errors;
-use crate::config::cache::{CacheRedis, CacheSettings, Hedge, RouteCache, ENTRY_OVERHEAD_BYTES};
+use crate::config::cache::{CacheRedis, CacheSettings, Hedge, RouteCache, REDIS_VALUE_ALLOWANCE_BYTES};
 use crate::config::schema::{CacheSection, CacheStoreKind, HedgeConf, RedisConf, RouteCacheConf};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ pub(super) fn compile_settings(
         );
     }
     let max_entry_bytes = usize::try_from(c.max_entry_bytes).unwrap_or(usize::MAX);
-    let max_value_bytes = max_entry_bytes.saturating_add(ENTRY_OVERHEAD_BYTES);
+    let max_value_bytes = max_entry_bytes.saturating_add(REDIS_VALUE_ALLOWANCE_BYTES);
     // Room for at least one largest entry, so every storable entry can be written.
     let default_pending = DEFAULT_MAX_PENDING_PUT_BYTES.max(max_value_bytes);
     let redis = match (&c.redis, limits_redis) {
@@ -43,6 +43,9 @@ pub(super) fn compile_settings(
                     "cache.redis.url",
                     "must be a redis:// (or rediss:// for TLS) URL",
                 );
+            } else if redis::Client::open(r.url.as_str()).is_err() {
+                // The client's own parse (host, port, db): refused here, not at start.
+                errs.push("cache.redis.url", "not a valid Redis URL");
             }
             if r.timeout_ms == 0 || r.connect_timeout_ms == 0 {
                 errs.push(

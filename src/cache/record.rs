@@ -1,0 +1,294 @@
+//! The relay's recorder on a cache miss: one more consumer of the served attempt's header and
+//! chunks. It keeps the response as received from the upstream (bounded by
+//! `cache.max_entry_bytes`; past it, recording stops) and, when the relay ends, stores it only
+//! if it is a complete answer:
+//! - status 200, not `cache-control: no-store` or `private` from the upstream (RFC 9111
+//!   sections 5.2.2.5 and 5.2.2.7), no `content-encoding` other than `identity`;
+//! - delivered whole: no error, no client that left mid-way, no resumed stream (a spliced
+//!   answer is not what one upstream said);
+//! - a stream: its final event seen (`[DONE]`, `message_stop`, `response.completed` /
+//!   `response.incomplete`), no error event, every choice's finish reason seen and the usage
+//!   chunk (OpenAI chat), a `stop_reason` (Anthropic), no malformed or oversized event;
+//! - a JSON body: valid JSON, an object without `error`, and (Responses) a `status` that is
+//!   `completed` or `incomplete` when present.
+
+use super::entry::Entry;
+use super::key::Key;
+use super::store::Store;
+use crate::config::cache::CacheStoreKind;
+use crate::config::Accounting;
+use crate::metrics;
+use crate::proxy::ctx::Delivered;
+use crate::usage::{ApiKind, JsonAccountant, SseAccountant, Usage};
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where and how a miss's answer is stored, and what was received so far.
+pub struct Recorder {
+    store: Arc<Store>,
+    key: Key,
+    ttl: Duration,
+    route_store: CacheStoreKind,
+    /// Route name (metric label).
+    route: Arc<str>,
+    api: ApiKind,
+    bounds: Accounting,
+    sse: bool,
+    content_type: String,
+    buf: Vec<u8>,
+    /// The response outgrew `max_entry_bytes`: nothing is kept.
+    over: bool,
+}
+
+impl Recorder {
+    /// A recorder that will store under `key` in `store` for `ttl` (`route_store`: the
+    /// route's tiers). `bounds`: the accounting caps the stored stream is checked with.
+    pub fn new(
+        store: Arc<Store>,
+        key: Key,
+        ttl: Duration,
+        route_store: CacheStoreKind,
+        route: Arc<str>,
+        api: ApiKind,
+        bounds: Accounting,
+    ) -> Recorder {
+        Recorder {
+            store,
+            key,
+            ttl,
+            route_store,
+            route,
+            api,
+            bounds,
+            sse: false,
+            content_type: String::new(),
+            buf: Vec::new(),
+            over: false,
+        }
+    }
+
+    /// Start on the served attempt's `header`; `None` when the answer cannot be stored
+    /// (not 200, `no-store` / `private`, encoded). A stream held by `commit` arrives with its
+    /// `held` events and its accountant (`opening`), whose event in progress is raw.
+    pub fn begin(
+        mut self,
+        header: &ResponseHeader,
+        held: &[u8],
+        opening: Option<&SseAccountant>,
+    ) -> Option<Recorder> {
+        if header.status.as_u16() != 200 || !storable(&header.headers) {
+            return None;
+        }
+        let content_type = header
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        self.sse = content_type.starts_with("text/event-stream");
+        self.content_type = content_type.to_owned();
+        self.push(held);
+        if let Some(acc) = opening {
+            self.push(acc.pending_raw());
+        }
+        Some(self)
+    }
+
+    /// Append body bytes as received from the upstream.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.over || chunk.is_empty() {
+            return;
+        }
+        if self.buf.len() + chunk.len() > self.store.max_entry_bytes() {
+            self.over = true;
+            self.buf = Vec::new();
+            return;
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The relay ended with `d`: store the answer if it is complete (see the module doc).
+    pub fn finish(self, d: &Delivered) {
+        let whole = !self.over
+            && d.error.is_none()
+            && d.completed
+            && !d.client_disconnected
+            && d.resumes == 0
+            && d.legs.is_empty();
+        if !whole {
+            return;
+        }
+        let Recorder {
+            store,
+            key,
+            ttl,
+            route_store,
+            route,
+            api,
+            bounds,
+            sse,
+            content_type,
+            buf,
+            ..
+        } = self;
+        let checked = if sse {
+            check_stream(api, &buf, bounds.max_sse_event_bytes)
+        } else {
+            check_json(api, buf, bounds.max_json_body_bytes)
+        };
+        let Some((body, usage)) = checked else {
+            return;
+        };
+        let id = response_id(&body, sse);
+        store.put(
+            key,
+            Entry {
+                sse,
+                content_type,
+                body,
+                id,
+                usage,
+            },
+            ttl,
+            route_store,
+        );
+        metrics::CACHE_STORED.with_label_values(&[&route]).inc();
+    }
+}
+
+/// No `cache-control: no-store` or `private` (RFC 9111 section 5.2.2), and an identity body.
+fn storable(headers: &http::HeaderMap) -> bool {
+    let forbidden = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            let d = d.trim();
+            let name = d.split('=').next().unwrap_or("").trim();
+            name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("private")
+        });
+    let encoded = headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    !forbidden && !encoded
+}
+
+/// A complete stream, framed into whole events, and its usage; `None` if incomplete.
+fn check_stream(api: ApiKind, raw: &[u8], max_event_bytes: usize) -> Option<(Bytes, Usage)> {
+    let mut acc = SseAccountant::new(api, false, max_event_bytes);
+    let mut out = acc.push(&Bytes::copy_from_slice(raw)).to_vec();
+    out.extend_from_slice(&acc.finish());
+    let finished = match api {
+        ApiKind::OpenAiResponses => true,
+        _ => acc.ended_after_final_content(true),
+    };
+    let ok = acc.completed()
+        && !acc.saw_error()
+        && finished
+        && acc.malformed_events() == 0
+        && acc.oversized_events() == 0;
+    ok.then(|| (Bytes::from(out), acc.usage().unwrap_or_default()))
+}
+
+/// A complete JSON answer and its usage; `None` if not one.
+fn check_json(api: ApiKind, raw: Vec<u8>, max_json_bytes: usize) -> Option<(Bytes, Usage)> {
+    let v: Value = serde_json::from_slice(&raw).ok()?;
+    let obj = v.as_object()?;
+    if obj.get("error").is_some_and(|e| !e.is_null()) {
+        return None;
+    }
+    if let Some(status) = obj.get("status").and_then(Value::as_str) {
+        if !matches!(status, "completed" | "incomplete") {
+            return None;
+        }
+    }
+    let mut acc = JsonAccountant::new(api, max_json_bytes);
+    acc.push(&raw);
+    let usage = acc.finish().unwrap_or_default();
+    Some((Bytes::from(raw), usage))
+}
+
+/// The response id to replace on a hit: top-level `id` (OpenAI chat, Anthropic JSON),
+/// `message.id` (Anthropic `message_start`) or `response.id` (Responses), from the body or
+/// the stream's first events that carry one.
+fn response_id(body: &[u8], sse: bool) -> Option<String> {
+    let of = |v: &Value| -> Option<String> {
+        [&v["id"], &v["message"]["id"], &v["response"]["id"]]
+            .into_iter()
+            .find_map(|id| id.as_str().map(str::to_owned))
+    };
+    if !sse {
+        return of(&serde_json::from_slice(body).ok()?);
+    }
+    body.split(|b| *b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .take(8)
+        .filter_map(|data| serde_json::from_slice::<Value>(data.trim_ascii()).ok())
+        .find_map(|v| of(&v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &str = "data: {\"id\":\"chatcmpl-1\",\"created\":1,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}],\"usage\":null}\n\n\
+        data: {\"id\":\"chatcmpl-1\",\"created\":1,\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n\
+        data: {\"id\":\"chatcmpl-1\",\"created\":1,\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n\
+        data: [DONE]\n\n";
+
+    #[test]
+    fn a_complete_chat_stream_is_kept_with_its_usage() {
+        let (body, usage) = check_stream(ApiKind::OpenAiChat, CHAT.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(&body[..], CHAT.as_bytes());
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 2));
+        assert_eq!(response_id(&body, true).as_deref(), Some("chatcmpl-1"));
+    }
+
+    #[test]
+    fn incomplete_or_failed_streams_are_not() {
+        let cut = &CHAT[..CHAT.find("data: [DONE]").unwrap()];
+        // Without `[DONE]` the stream did not reach its final event.
+        assert!(check_stream(ApiKind::OpenAiChat, cut.as_bytes(), 1 << 20).is_none());
+        let no_usage = CHAT.replace(
+            "data: {\"id\":\"chatcmpl-1\",\"created\":1,\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
+            "",
+        );
+        assert!(check_stream(ApiKind::OpenAiChat, no_usage.as_bytes(), 1 << 20).is_none());
+        let error = format!(
+            "{}data: {{\"error\":{{\"message\":\"x\",\"type\":\"server_error\"}}}}\n\ndata: [DONE]\n\n",
+            &CHAT[..CHAT.find("data: {\"id\":\"chatcmpl-1\",\"created\":1,\"choices\":[]").unwrap()]
+        );
+        assert!(check_stream(ApiKind::OpenAiChat, error.as_bytes(), 1 << 20).is_none());
+    }
+
+    #[test]
+    fn json_bodies() {
+        let ok = br#"{"id":"msg_1","type":"message","content":[],"usage":{"input_tokens":3,"output_tokens":4}}"#;
+        let (body, usage) = check_json(ApiKind::AnthropicMessages, ok.to_vec(), 1 << 20).unwrap();
+        assert_eq!(usage.completion_tokens, 4);
+        assert_eq!(response_id(&body, false).as_deref(), Some("msg_1"));
+        assert!(check_json(ApiKind::OpenAiChat, b"{\"id\":".to_vec(), 1 << 20).is_none());
+        let err = br#"{"error":{"message":"x"}}"#;
+        assert!(check_json(ApiKind::OpenAiChat, err.to_vec(), 1 << 20).is_none());
+        let failed = br#"{"id":"resp_1","status":"failed"}"#;
+        assert!(check_json(ApiKind::OpenAiResponses, failed.to_vec(), 1 << 20).is_none());
+    }
+
+    #[test]
+    fn upstream_cache_control_is_obeyed() {
+        let mut h = http::HeaderMap::new();
+        assert!(storable(&h));
+        h.insert(
+            http::header::CACHE_CONTROL,
+            "max-age=0, Private".parse().unwrap(),
+        );
+        assert!(!storable(&h));
+        h.insert(http::header::CACHE_CONTROL, "no-store".parse().unwrap());
+        assert!(!storable(&h));
+        h.insert(http::header::CACHE_CONTROL, "no-cache".parse().unwrap());
+        assert!(storable(&h));
+    }
+}

@@ -1,0 +1,203 @@
+//! Pipeline stage 2c (inspected requests on a route with `cache`, after `reuse`, before
+//! `limit`): the response cache's decision, `hit` / `miss` / `bypass`, and the answer of a
+//! hit, written without any upstream attempt.
+//!
+//! - Cacheable: the client asked for determinism (`temperature: 0` or a `seed`), or opted in
+//!   (`x-sluice-cache: on`), or the route caches `when: always`. Otherwise: `bypass`, nothing
+//!   stored.
+//! - `cache-control: no-cache` (or `x-sluice-cache: off`): `bypass` the lookup; the fresh
+//!   answer still replaces the entry unless the client also said `no-store` (`off` does).
+//! - A hit is answered in the form the client asked (the stream flag is part of the key): the
+//!   stored JSON, or the stored stream replayed as whole events; with a fresh response id and
+//!   creation time ([`crate::cache::replay`]), and the usage chunk shown or hidden by the same
+//!   rule as a live stream (hidden when sluice added `stream_options.include_usage`).
+//! - A hit spends no tokens and no budget: it is looked up before token/budget admission, and
+//!   counts only against the tenant's request limits (`hits_count_toward_limits`).
+
+use super::ctx::{Delivered, RequestCtx};
+use super::downstream::Downstream;
+use crate::cache::record::Recorder;
+use crate::cache::{replay, Entry, Outcome, Store};
+use crate::config::cache::CacheWhen;
+use crate::limits::budget;
+use crate::metrics;
+use crate::usage::{ApiKind, SseAccountant};
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use std::sync::Arc;
+
+/// The response header (and client request header) naming the cache outcome.
+pub const HEADER: http::HeaderName = http::HeaderName::from_static("x-sluice-cache");
+
+/// What the cache stage decided.
+pub enum Lookup {
+    /// Answer from this entry.
+    Hit(Arc<Entry>),
+    /// Ask the upstream; the recorder (when the answer may be stored) goes to the relay.
+    Upstream(Option<Recorder>),
+}
+
+/// Decide for `ctx`'s request (its route's `cache`, its `reuse` key and intent) and look it
+/// up in `store`. Sets `ctx.cache` and counts `sluice_cache_requests_total`. Routes without
+/// `cache` get `Upstream(None)` and no outcome.
+pub async fn lookup(store: &Arc<Store>, ctx: &mut RequestCtx) -> Lookup {
+    let Some(snapshot) = ctx.snapshot.clone() else {
+        return Lookup::Upstream(None);
+    };
+    let Some(route) = ctx.caller.route.and_then(|i| snapshot.routes.get(i)) else {
+        return Lookup::Upstream(None);
+    };
+    let Some(conf) = route.cache.as_ref() else {
+        return Lookup::Upstream(None);
+    };
+    let (mut outcome, look, keep) = match (&ctx.reuse, ctx.caller.api) {
+        (Some(r), Some(_)) => {
+            let i = r.intent;
+            let cacheable = i.deterministic || i.opted_in || conf.when == CacheWhen::Always;
+            if !cacheable || i.no_cache {
+                (Outcome::Bypass, false, cacheable && !i.no_store)
+            } else {
+                (Outcome::Miss, true, !i.no_store)
+            }
+        }
+        _ => (Outcome::Bypass, false, false),
+    };
+    let mut found = None;
+    if let (true, Some(r)) = (look, &ctx.reuse) {
+        found = store.get(&r.key, conf.store).await;
+        if found.is_some() {
+            outcome = Outcome::Hit;
+        }
+    }
+    ctx.cache = Some(outcome);
+    metrics::CACHE_REQUESTS
+        .with_label_values(&[&route.name, outcome.as_str()])
+        .inc();
+    if let Some(entry) = found {
+        return Lookup::Hit(entry);
+    }
+    let recorder = match (keep, &ctx.reuse, ctx.caller.api) {
+        (true, Some(r), Some(api)) => Some(Recorder::new(
+            store.clone(),
+            r.key,
+            conf.ttl,
+            conf.store,
+            route.name.clone(),
+            api,
+            snapshot.accounting,
+        )),
+        _ => None,
+    };
+    Lookup::Upstream(recorder)
+}
+
+/// Whether a hit on `ctx`'s route counts against the tenant's request limits.
+pub fn hits_count_toward_limits(ctx: &RequestCtx) -> bool {
+    ctx.snapshot
+        .as_ref()
+        .zip(ctx.caller.route)
+        .and_then(|(s, i)| {
+            s.routes
+                .get(i)?
+                .cache
+                .as_ref()
+                .map(|c| c.hits_count_toward_limits)
+        })
+        .unwrap_or(true)
+}
+
+/// Answer `ctx`'s request from `entry`. Never fails: returns what the client got. Counts the
+/// tokens and USD the hit saved (`sluice_cache_saved_*`).
+pub async fn serve<D: Downstream>(session: &mut D, ctx: &RequestCtx, entry: &Entry) -> Delivered {
+    let mut d = Delivered {
+        status: 200,
+        ..Delivered::default()
+    };
+    let body = replay_body(ctx, entry);
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.version = http::Version::HTTP_11;
+    let h = &mut parts.headers;
+    if let Ok(v) = http::HeaderValue::from_str(&entry.content_type) {
+        h.insert(http::header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(body.len()),
+    );
+    if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
+        h.insert(
+            http::HeaderName::from_static("x-sluice-request-id"),
+            id.clone(),
+        );
+        h.insert(
+            http::HeaderName::from_static(ctx.caller.style.request_id_header()),
+            id,
+        );
+    }
+    h.insert(HEADER, http::HeaderValue::from_static("hit"));
+    super::respond::rate_limit_headers_map(h, ctx);
+    let header = Box::new(ResponseHeader::from(parts));
+    if session.write_header(header).await.is_err() {
+        d.client_disconnected = true;
+        return d;
+    }
+    d.ttft = Some(ctx.start.elapsed());
+    if session.write_body(body, true).await.is_err() {
+        d.client_disconnected = true;
+        return d;
+    }
+    d.completed = true;
+    count_saved(ctx, entry);
+    d
+}
+
+/// The entry's body made fresh; for a stream whose client did not ask for usage (sluice added
+/// `include_usage`), without the usage chunk, as a live stream would be.
+fn replay_body(ctx: &RequestCtx, entry: &Entry) -> Bytes {
+    let new_id = entry
+        .id
+        .as_deref()
+        .map(replay::fresh_id)
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let fresh = Bytes::from(replay::fresh_body(entry, &new_id, now));
+    let api = ctx.caller.api.unwrap_or(ApiKind::OpenAiChat);
+    if !(entry.sse && ctx.fields().injected_include_usage) {
+        return fresh;
+    }
+    let max = ctx
+        .snapshot
+        .as_ref()
+        .map_or(usize::MAX, |s| s.accounting.max_sse_event_bytes);
+    let mut acc = SseAccountant::new(api, true, max);
+    let mut out = acc.push(&fresh).to_vec();
+    out.extend_from_slice(&acc.finish());
+    Bytes::from(out)
+}
+
+/// `sluice_cache_saved_tokens_total` and `sluice_cache_saved_usd_total` for one hit.
+fn count_saved(ctx: &RequestCtx, entry: &Entry) {
+    let route = ctx.route_name();
+    let u = &entry.usage;
+    for (kind, n) in [
+        ("prompt", u.prompt_tokens),
+        ("completion", u.completion_tokens),
+    ] {
+        metrics::CACHE_SAVED_TOKENS
+            .with_label_values(&[route, kind])
+            .inc_by(n);
+    }
+    let price = ctx
+        .snapshot
+        .as_ref()
+        .zip(ctx.model())
+        .and_then(|(s, m)| s.model_info(m)?.price);
+    if let Some(price) = price {
+        let anthropic = ctx.caller.api == Some(ApiKind::AnthropicMessages);
+        metrics::CACHE_SAVED_USD
+            .with_label_values(&[route])
+            .inc_by(budget::cost_usd(u, &price, anthropic));
+    }
+}
