@@ -159,3 +159,92 @@ async fn redis_killed_is_a_quick_miss_then_an_instant_one_and_back_it_is_found_a
     );
     drop(redis);
 }
+
+/// Two stores (two replicas) on one Redis: what one stores the other finds, decoded, and
+/// keeps in memory; a value that is not an entry is a miss; memory-only routes never ask Redis.
+mod store {
+    use super::*;
+    use bytes::Bytes;
+    use sluice::cache::{Entry, Store};
+    use sluice::config::cache::{CacheSettings, CacheStoreKind};
+
+    fn store(redis: &Redis) -> Store {
+        let settings = CacheSettings {
+            max_bytes: 1 << 20,
+            max_entry_bytes: 64 * 1024,
+            redis: Some(CacheRedis {
+                url: redis.url(),
+                timeout: TIMEOUT,
+                connect_timeout: Duration::from_millis(1000),
+                max_value_bytes: 128 * 1024,
+                max_pending_put_bytes: 1024 * 1024,
+            }),
+        };
+        let s = Store::new(&settings);
+        tokio::spawn(s.redis().unwrap().clone().maintain());
+        s
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            sse: false,
+            content_type: "application/json".to_owned(),
+            body: Bytes::from_static(br#"{"id":"c1","choices":[]}"#),
+            id: Some("c1".to_owned()),
+            usage: Default::default(),
+        }
+    }
+
+    /// Poll `store.get` (10 s at most) until it finds `key`.
+    async fn eventually(store: &Store, key: &Key) -> Option<Arc<Entry>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(e) = store.get(key, CacheStoreKind::Redis).await {
+                return Some(e);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn an_entry_stored_by_one_replica_is_found_by_the_other_and_kept_in_memory() {
+        let redis = Redis::start();
+        let (a, b) = (store(&redis), store(&redis));
+        let key = Key([4; 32]);
+        a.put(key, entry(), Duration::from_secs(30), CacheStoreKind::Redis);
+        let got = eventually(&b, &key).await.expect("not found through Redis");
+        assert_eq!(*got, entry());
+        assert_eq!(b.entries(), 1, "a Redis hit was not kept in memory");
+        // A memory-only route of B finds it in memory now, but never asks Redis.
+        let other = Key([5; 32]);
+        a.put(other, entry(), Duration::from_secs(30), CacheStoreKind::Redis);
+        assert!(eventually(&b, &key).await.is_some());
+        assert!(b.get(&other, CacheStoreKind::Memory).await.is_none());
+        // A memory-only put never reaches Redis.
+        let local = Key([6; 32]);
+        a.put(local, entry(), Duration::from_secs(30), CacheStoreKind::Memory);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(b.get(&local, CacheStoreKind::Redis).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_value_that_is_not_an_entry_is_a_miss() {
+        let redis = Redis::start();
+        let s = store(&redis);
+        let key = Key([10; 32]);
+        let mut c = direct(&redis).await;
+        let _: () = redis::cmd("SET")
+            .arg(redis_key(&key))
+            .arg(b"\x01garbage".as_slice())
+            .arg("PX")
+            .arg(30_000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        // The tier hands the bytes over; the entry's decoder refuses them: a miss.
+        assert!(eventually_get(s.redis().unwrap(), &key).await.is_some());
+        assert!(s.get(&key, CacheStoreKind::Redis).await.is_none());
+        assert_eq!(s.entries(), 0);
+    }
+}
