@@ -71,14 +71,9 @@ impl Recorder {
     }
 
     /// Start on the served attempt's `header`; `None` when the answer cannot be stored
-    /// (not 200, `no-store` / `private`, encoded). A stream held by `commit` arrives with its
-    /// `held` events and its accountant (`opening`), whose event in progress is raw.
-    pub fn begin(
-        mut self,
-        header: &ResponseHeader,
-        held: &[u8],
-        opening: Option<&SseAccountant>,
-    ) -> Option<Recorder> {
+    /// (not 200, `no-store` / `private`, encoded). `opening`: the bytes a stream held by
+    /// `commit` already read, as received.
+    pub fn begin(mut self, header: &ResponseHeader, opening: Option<&[u8]>) -> Option<Recorder> {
         if header.status.as_u16() != 200 || !storable(&header.headers) {
             return None;
         }
@@ -89,10 +84,7 @@ impl Recorder {
             .unwrap_or("application/json");
         self.sse = content_type.starts_with("text/event-stream");
         self.content_type = content_type.to_owned();
-        self.push(held);
-        if let Some(acc) = opening {
-            self.push(acc.pending_raw());
-        }
+        self.push(opening.unwrap_or_default());
         Some(self)
     }
 

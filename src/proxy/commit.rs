@@ -38,6 +38,9 @@ pub struct Opening {
     /// Set when the held stream failed: the relay writes the held events and ends there
     /// instead of reading on.
     pub end: Option<End>,
+    /// The bytes read during the hold exactly as the upstream sent them, kept on routes with
+    /// a response cache (the cache stores the stream as received, usage chunk included).
+    pub raw: Option<Bytes>,
 }
 
 /// How a stream whose hold failed ends, when it is what the client gets.
@@ -136,6 +139,7 @@ pub async fn hold<D: Downstream>(
     let hide = ctx.fields().injected_include_usage;
     let mut acc = Box::new(SseAccountant::new(api, hide, bounds.max_sse_event_bytes));
     let mut held = BytesMut::new();
+    let mut raw = ctx.cache.is_some().then(BytesMut::new);
     let first_token_at = (sent_at + rules.first_token).min(deadline);
     let stop = loop {
         let chunk = tokio::select! {
@@ -147,6 +151,9 @@ pub async fn hold<D: Downstream>(
         };
         match chunk {
             Ok(Some(data)) => {
+                if let Some(r) = raw.as_mut() {
+                    r.extend_from_slice(&data);
+                }
                 held.extend_from_slice(&acc.push(&data));
                 if let Some(stop) = verdict(&acc, rules, held.len(), bounds.max_sse_event_bytes) {
                     break stop;
@@ -178,6 +185,7 @@ pub async fn hold<D: Downstream>(
         held: held.freeze(),
         held_for,
         end,
+        raw: raw.map(BytesMut::freeze),
     };
     let served = |opening| Served {
         attempt,

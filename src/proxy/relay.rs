@@ -128,12 +128,12 @@ pub async fn relay<D: Downstream>(
     let mut first = (!prefix.is_empty()).then_some(prefix);
     // A stream held until its first content (`commit`): its accountant goes on, its held
     // events go out right after the header, and a hold that failed ends there.
-    let (opening_acc, held, end) = match opening {
+    let (opening_acc, held, end, opening_raw) = match opening {
         Some(o) => {
             d.held = Some(o.held_for);
-            (Some(o.acc), o.held, o.end)
+            (Some(o.acc), o.held, o.end, o.raw)
         }
-        None => (None, Bytes::new(), None),
+        None => (None, Bytes::new(), None, None),
     };
     let endpoint = attempt.target().addr().to_owned();
     let status = upstream_header.status.as_u16();
@@ -153,7 +153,7 @@ pub async fn relay<D: Downstream>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|_| !is_sse);
-    let mut rec = recorder.and_then(|r| r.begin(&upstream_header, &held, opening_acc.as_deref()));
+    let mut rec = recorder.and_then(|r| r.begin(&upstream_header, opening_raw.as_deref()));
     let mut parts = downstream_parts(&upstream_header, is_sse);
     drop(upstream_header);
     if let Some(outcome) = ctx.cache {

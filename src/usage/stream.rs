@@ -431,18 +431,6 @@ impl SseAccountant {
         self.state.oversized
     }
 
-    /// The raw bytes of the event in progress, withheld until its blank line, exactly as
-    /// received (empty while an oversized event passes through): with the events already
-    /// returned by [`SseAccountant::push`], the stream so far (the response cache records a
-    /// held stream from there).
-    pub fn pending_raw(&self) -> &[u8] {
-        if self.holder.passing {
-            &[]
-        } else {
-            &self.holder.held
-        }
-    }
-
     /// Bytes of stream content held now (the parsed event in progress plus its raw bytes):
     /// at most `max_event_bytes`, whatever the upstream sends.
     pub fn held_bytes(&self) -> usize {

@@ -72,6 +72,12 @@ pub enum Behavior {
     HugeSseLine { line_bytes: usize, pause_at: usize },
     /// A 200 with this content type and body (SSE bodies chunked, others with a length).
     Canned { content_type: String, body: String },
+    /// [`Behavior::Canned`] with one more response header line (`name: value`).
+    CannedWithHeader {
+        content_type: String,
+        header: String,
+        body: String,
+    },
     /// A 200 SSE stream of `body` cut after the number of bytes in the request's `x-cut-at`
     /// header (the whole body without it), sent chunked in two pieces; then `end`.
     CutAt { body: Vec<u8>, end: CutEnd },
@@ -252,6 +258,16 @@ impl Mock {
                 pause_at,
             } => {
                 self.huge_sse_line(sock, line_bytes, pause_at).await?;
+                return Ok(true);
+            }
+            Behavior::CannedWithHeader {
+                content_type,
+                header,
+                body,
+            } => {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{header}\r\ncontent-length: {}\r\n\r\n", body.len());
+                sock.write_all(head.as_bytes()).await?;
+                sock.write_all(body.as_bytes()).await?;
                 return Ok(true);
             }
             Behavior::Canned { content_type, body } => {
