@@ -218,12 +218,22 @@ mod store {
         assert_eq!(b.entries(), 1, "a Redis hit was not kept in memory");
         // A memory-only route of B finds it in memory now, but never asks Redis.
         let other = Key([5; 32]);
-        a.put(other, entry(), Duration::from_secs(30), CacheStoreKind::Redis);
+        a.put(
+            other,
+            entry(),
+            Duration::from_secs(30),
+            CacheStoreKind::Redis,
+        );
         assert!(eventually(&b, &key).await.is_some());
         assert!(b.get(&other, CacheStoreKind::Memory).await.is_none());
         // A memory-only put never reaches Redis.
         let local = Key([6; 32]);
-        a.put(local, entry(), Duration::from_secs(30), CacheStoreKind::Memory);
+        a.put(
+            local,
+            entry(),
+            Duration::from_secs(30),
+            CacheStoreKind::Memory,
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(b.get(&local, CacheStoreKind::Redis).await.is_none());
     }

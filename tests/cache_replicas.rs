@@ -103,7 +103,11 @@ fn streamed_answer(sse: &str) -> String {
         .filter_map(|l| l.strip_prefix("data: "))
         .filter(|d| *d != "[DONE]")
         .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -144,7 +148,11 @@ async fn an_answer_stored_by_one_replica_is_a_hit_on_the_other() {
     let q = chat("what is a sidecar?", false);
     let (status, cache, first, _) = send(&a, &q).await;
     assert_eq!((status, cache.as_str()), (200, "miss"), "{first}");
-    assert_eq!(wait_entries(&redis, 1).await, 1, "the answer never reached Redis");
+    assert_eq!(
+        wait_entries(&redis, 1).await,
+        1,
+        "the answer never reached Redis"
+    );
     // B never saw it: a hit from Redis, no upstream request, the same answer.
     let (status, cache, second, _) = send(&b, &q).await;
     assert_eq!((status, cache.as_str()), (200, "hit"), "{second}");
@@ -251,4 +259,57 @@ async fn with_redis_killed_both_replicas_keep_serving_and_sharing_resumes_when_i
         }
     }
     assert!(resumed, "sharing did not resume after Redis came back");
+}
+
+/// Redis replaced by a server that accepts connections and never answers (a hung Redis): the
+/// worst case for the tier's timeout. Misses on both replicas, spread over 2 s (several
+/// fail-fast pauses and reconnects): none fails, none waits much past `timeout_ms`.
+#[tokio::test]
+async fn a_silent_redis_adds_at_most_the_tier_timeout_to_a_request() {
+    let redis = Redis::start();
+    let port = redis.addr().port();
+    let mock = Mock::start().await;
+    let (a, b) = replicas(&mock, &redis);
+    let mut healthy = Vec::new();
+    for i in 0..10 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let (status, _, _, took) = send(s, &chat(&format!("healthy {i}"), false)).await;
+        assert_eq!(status, 200);
+        healthy.push(took);
+    }
+    assert_eq!(wait_entries(&redis, 10).await, 10);
+
+    drop(redis);
+    let hole = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = hole.accept().await {
+            held.push(sock);
+        }
+    });
+    let mut silent = Vec::new();
+    for i in 0..40 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let (status, cache, body, took) = send(s, &chat(&format!("silent {i}"), false)).await;
+        assert_eq!((status, cache.as_str()), (200, "miss"), "{body}");
+        silent.push(took);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "misses: median / slowest with Redis healthy {:?} / {:?}, with Redis silent {:?} / {:?} (tier timeout {TIMEOUT_MS} ms)",
+        median(&healthy),
+        slowest(&healthy),
+        median(&silent),
+        slowest(&silent)
+    );
+    assert!(
+        slowest(&silent) < slowest(&healthy) + Duration::from_millis(TIMEOUT_MS + 300),
+        "a request waited on the silent Redis past the timeout: {silent:?}"
+    );
+    let errors = a.metric("sluice_cache_redis_errors_total", &[]).await
+        + b.metric("sluice_cache_redis_errors_total", &[]).await;
+    assert!(errors > 0.0, "the outage was not counted");
+    holder.abort();
 }

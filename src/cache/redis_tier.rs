@@ -90,12 +90,16 @@ impl RedisTier {
     /// The time left is `None` when the key has no expiry (not written by sluice).
     pub async fn get_with_ttl(&self, key: &Key) -> Option<(Vec<u8>, Option<Duration>)> {
         if self.link.is_down() {
-            metrics::CACHE_REDIS_ERRORS.with_label_values(&["get"]).inc();
+            metrics::CACHE_REDIS_ERRORS
+                .with_label_values(&["get"])
+                .inc();
             return None;
         }
         let deadline = Instant::now() + self.link.timeout();
         let Some(mut conn) = self.link.connection(deadline).await else {
-            metrics::CACHE_REDIS_ERRORS.with_label_values(&["get"]).inc();
+            metrics::CACHE_REDIS_ERRORS
+                .with_label_values(&["get"])
+                .inc();
             self.link.mark_down();
             return None;
         };
@@ -114,7 +118,9 @@ impl RedisTier {
             Ok(Ok((Some(v), -1))) => Some((v, None)),
             Ok(Ok(_)) => None,
             Err(_) | Ok(Err(_)) => {
-                metrics::CACHE_REDIS_ERRORS.with_label_values(&["get"]).inc();
+                metrics::CACHE_REDIS_ERRORS
+                    .with_label_values(&["get"])
+                    .inc();
                 self.link.mark_down();
                 None
             }

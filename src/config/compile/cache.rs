@@ -2,7 +2,9 @@
 //! with its path).
 
 use super::Errors;
-use crate::config::cache::{CacheRedis, CacheSettings, Hedge, RouteCache, REDIS_VALUE_ALLOWANCE_BYTES};
+use crate::config::cache::{
+    CacheRedis, CacheSettings, Hedge, RouteCache, REDIS_VALUE_ALLOWANCE_BYTES,
+};
 use crate::config::schema::{CacheSection, CacheStoreKind, HedgeConf, RedisConf, RouteCacheConf};
 use std::time::Duration;
 
