@@ -159,6 +159,8 @@ pub fn keep_start_only_fields(current: &Snapshot, next: &mut Snapshot) -> Vec<&'
     );
     keep!("reload.watch", reload_watch);
     keep!("reload.poll_interval_ms", reload_poll);
+    // The response store (and its Redis tier) is built once from the first snapshot.
+    keep!("cache.redis", cache.redis);
     match (&current.redis, &next.redis) {
         (Some(_), None) | (None, Some(_)) => kept.push("limits.store"),
         (Some(c), Some(n)) => {
@@ -362,5 +364,17 @@ mod tests {
         assert_eq!(b.redis, a.redis);
         let mut same = snapshot("");
         assert!(keep_start_only_fields(&snapshot(""), &mut same).is_empty());
+    }
+
+    #[test]
+    fn the_cache_redis_tier_is_kept_until_a_restart() {
+        let route = "  - {name: c, match: {path_prefix: /v2}, pools: [p], cache: {store: redis}}\n";
+        let memory = snapshot("");
+        let mut redis = snapshot(&format!(
+            "{route}cache: {{redis: {{url: \"redis://127.0.0.1:1\"}}}}\n"
+        ));
+        assert!(redis.cache.redis.is_some());
+        assert_eq!(keep_start_only_fields(&memory, &mut redis), ["cache.redis"]);
+        assert!(redis.cache.redis.is_none());
     }
 }
