@@ -10,6 +10,8 @@
 //! - A caller whose round trip failed or timed out calls [`RedisLink::mark_down`]: the link
 //!   fails fast ([`RedisLink::is_down`], an atomic read, no lock) and the maintainer connects
 //!   afresh once the pause is over, so a recovery is noticed within [`RETRY_AFTER_FAILURE`].
+//!   A new connection ends the pause at once (a caller that gave up waiting for the first
+//!   connection at start does not hold the others off for the whole pause).
 //!
 //! The connection is redis-rs's `aio::ConnectionManager`
 //! (<https://docs.rs/redis/0.32/redis/aio/struct.ConnectionManager.html>): cheap to clone,
@@ -115,7 +117,10 @@ impl RedisLink {
             let connect = ConnectionManager::new(self.client.clone());
             match tokio::time::timeout(self.connect_timeout, connect).await {
                 Ok(Ok(c)) => {
+                    // A fresh connection ends any fail-fast pause: one a request started
+                    // while this connect was under way (at start, say) guards nothing.
                     self.conn.send_replace(Some(c));
+                    self.down_until_ms.store(0, Ordering::Release);
                 }
                 _ => {
                     self.connect_errors.inc();

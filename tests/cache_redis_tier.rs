@@ -1,6 +1,7 @@
 //! The response cache's Redis tier against a real `redis-server` (Debian package, started on a
 //! picked port and stopped by each test): bytes in, bytes out; misses; values over the bound;
-//! Redis killed mid-run (a miss within the timeout, then at once) and back (found again).
+//! error replies; Redis killed mid-run (a miss within the timeout, then at once) and back
+//! (found again); and the store over it (two replicas' stores sharing entries).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -91,6 +92,27 @@ async fn whatever_bytes_redis_holds_come_back_as_they_are() {
         .unwrap();
     // The tier does not interpret values: the memory tier's decoder rejects garbage.
     assert_eq!(eventually_get(&tier, &key).await, Some(garbage));
+}
+
+/// An error reply (here WRONGTYPE: the key holds a list) is a miss for that key only: the
+/// connection works, so the tier does not fail fast for the others.
+#[tokio::test]
+async fn an_error_reply_is_a_miss_without_failing_fast() {
+    let redis = Redis::start();
+    let tier = tier(&redis);
+    let (odd, fine) = (Key([11; 32]), Key([12; 32]));
+    let mut c = direct(&redis).await;
+    let _: () = redis::cmd("RPUSH")
+        .arg(redis_key(&odd))
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    tier.put(fine, b"fine".to_vec(), Duration::from_secs(30));
+    assert_eq!(eventually_get(&tier, &fine).await, Some(b"fine".to_vec()));
+    assert_eq!(tier.get(&odd).await, None);
+    assert!(!tier.is_down(), "an error reply made the tier fail fast");
+    assert_eq!(tier.get(&fine).await, Some(b"fine".to_vec()));
 }
 
 #[tokio::test]

@@ -117,13 +117,25 @@ impl RedisTier {
             }
             Ok(Ok((Some(v), -1))) => Some((v, None)),
             Ok(Ok(_)) => None,
-            Err(_) | Ok(Err(_)) => {
-                metrics::CACHE_REDIS_ERRORS
-                    .with_label_values(&["get"])
-                    .inc();
-                self.link.mark_down();
+            Ok(Err(e)) => {
+                self.failed("get", Some(&e));
                 None
             }
+            Err(_) => {
+                self.failed("get", None);
+                None
+            }
+        }
+    }
+
+    /// Count a failed `op`; when the connection is at fault (an I/O error, one redis-rs says
+    /// needs a new connection, or the timeout: `None`), fail fast and reconnect. An error
+    /// reply (a key of another type, Redis out of memory...) came back at once over a working
+    /// connection: counted only.
+    fn failed(&self, op: &str, error: Option<&redis::RedisError>) {
+        metrics::CACHE_REDIS_ERRORS.with_label_values(&[op]).inc();
+        if error.is_none_or(|e| e.is_io_error() || e.is_unrecoverable_error()) {
+            self.link.mark_down();
         }
     }
 
@@ -173,12 +185,10 @@ impl RedisTier {
         };
         let mut cmd = redis::cmd("SET");
         cmd.arg(redis_key(key)).arg(value).arg("PX").arg(ttl_ms);
-        let res = tokio::time::timeout_at(deadline, cmd.query_async::<()>(&mut conn)).await;
-        if !matches!(res, Ok(Ok(()))) {
-            metrics::CACHE_REDIS_ERRORS
-                .with_label_values(&["put"])
-                .inc();
-            self.link.mark_down();
+        match tokio::time::timeout_at(deadline, cmd.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failed("put", Some(&e)),
+            Err(_) => self.failed("put", None),
         }
     }
 }
