@@ -509,8 +509,98 @@ fn metric_labels(c: &mut Criterion) {
     g.finish();
 }
 
+/// The response cache: a memory-tier lookup (hit, miss) among 10,000 entries, an insert
+/// (evictions included, once full), a hit's replayed stream (fresh id and `created`; with the
+/// usage chunk hidden, as for a client that did not ask for it), and a miss's recording and
+/// store of a whole streamed answer (the check that it is complete included). The stream is
+/// llmock's chat capture with `include_usage` (tests/fixtures/openai_chat).
+fn cache(c: &mut Criterion) {
+    use sluice::cache::record::Recorder;
+    use sluice::cache::{replay, Entry, Key, Store};
+    use sluice::config::cache::{CacheSettings, CacheStoreKind};
+    use std::time::Duration;
+    let stream = fixture("openai_chat/llmock_include_usage.sse");
+    let id = String::from_utf8_lossy(&stream)
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_owned);
+    let store = Arc::new(Store::new(&CacheSettings {
+        max_bytes: 64 << 20,
+        max_entry_bytes: 1 << 20,
+        redis: None,
+    }));
+    let key = |i: u64| {
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&i.to_be_bytes());
+        Key(k)
+    };
+    let entry = Entry {
+        sse: true,
+        content_type: "text/event-stream".to_owned(),
+        body: stream.clone(),
+        id,
+        usage: Default::default(),
+    };
+    let ttl = Duration::from_secs(300);
+    let memory = CacheStoreKind::Memory;
+    for i in 0..10_000 {
+        store.put(key(i), entry.clone(), ttl, memory);
+    }
+    let mut g = c.benchmark_group("cache");
+    g.bench_function("lookup_hit", |b| {
+        b.iter(|| store.get_memory(black_box(&key(1234))))
+    });
+    g.bench_function("lookup_miss", |b| {
+        b.iter(|| store.get_memory(black_box(&key(u64::MAX))))
+    });
+    let mut n = 1_000_000u64;
+    g.bench_function("insert", |b| {
+        b.iter(|| {
+            n += 1;
+            store.put(key(n), entry.clone(), ttl, memory)
+        })
+    });
+    g.throughput(Throughput::Bytes(stream.len() as u64));
+    g.bench_function("replay_stream", |b| {
+        b.iter(|| replay::for_client(black_box(&entry), ApiKind::OpenAiChat, false, 1 << 20))
+    });
+    g.bench_function("replay_stream_usage_hidden", |b| {
+        b.iter(|| replay::for_client(black_box(&entry), ApiKind::OpenAiChat, true, 1 << 20))
+    });
+    let mut header = pingora_http::ResponseHeader::build(200, Some(2)).unwrap();
+    header
+        .insert_header("content-type", "text/event-stream")
+        .unwrap();
+    let delivered = sluice::proxy::ctx::Delivered {
+        status: 200,
+        completed: true,
+        ..Default::default()
+    };
+    g.bench_function("record_and_store_stream", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut r = Recorder::new(
+                store.clone(),
+                key(n),
+                ttl,
+                memory,
+                Arc::from("chat"),
+                ApiKind::OpenAiChat,
+                sluice::config::Accounting::default(),
+            )
+            .begin(&header, None)
+            .unwrap();
+            r.push(black_box(&stream));
+            r.finish(&delivered);
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    cache,
     sse,
     sse_per_event,
     body,

@@ -159,7 +159,9 @@ pub fn keep_start_only_fields(current: &Snapshot, next: &mut Snapshot) -> Vec<&'
     );
     keep!("reload.watch", reload_watch);
     keep!("reload.poll_interval_ms", reload_poll);
-    // The response store (and its Redis tier) is built once from the first snapshot.
+    // The response store (and its Redis tier) is built once, at start.
+    keep!("cache.max_bytes", cache.max_bytes);
+    keep!("cache.max_entry_bytes", cache.max_entry_bytes);
     keep!("cache.redis", cache.redis);
     match (&current.redis, &next.redis) {
         (Some(_), None) | (None, Some(_)) => kept.push("limits.store"),
@@ -364,6 +366,14 @@ mod tests {
         assert_eq!(b.redis, a.redis);
         let mut same = snapshot("");
         assert!(keep_start_only_fields(&snapshot(""), &mut same).is_empty());
+
+        // The response store's bounds are read once, at start.
+        let mut bigger = snapshot("cache: {max_bytes: 99999999, max_entry_bytes: 2048}\n");
+        assert_eq!(
+            keep_start_only_fields(&snapshot(""), &mut bigger),
+            ["cache.max_bytes", "cache.max_entry_bytes"]
+        );
+        assert_eq!(bigger.cache, snapshot("").cache);
     }
 
     #[test]

@@ -17,7 +17,29 @@
 //! content string.
 
 use super::entry::Entry;
+use crate::usage::{ApiKind, SseAccountant};
+use bytes::Bytes;
 use memchr::memmem;
+
+/// The body a hit sends: [`fresh_body`] with a [`fresh_id`] and the time now; for a stream
+/// whose client did not ask for usage (`hide_usage`: sluice added
+/// `stream_options.include_usage`), passed through the [`SseAccountant`] in hide mode, so the
+/// usage chunk is hidden exactly as on a live stream. `max_event_bytes`:
+/// `accounting.max_sse_event_bytes`.
+pub fn for_client(entry: &Entry, api: ApiKind, hide_usage: bool, max_event_bytes: usize) -> Bytes {
+    let new_id = entry.id.as_deref().map(fresh_id).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let fresh = Bytes::from(fresh_body(entry, &new_id, now));
+    if !(entry.sse && hide_usage) {
+        return fresh;
+    }
+    let mut acc = SseAccountant::new(api, true, max_event_bytes);
+    let mut out = acc.push(&fresh).to_vec();
+    out.extend_from_slice(&acc.finish());
+    Bytes::from(out)
+}
 
 /// The entry's body with a fresh id (`new_id`, from [`fresh_id`]) and creation time
 /// (`now_secs`, Unix seconds).
@@ -143,5 +165,29 @@ mod tests {
         );
         assert!(fresh_id("msg_01XYZ").starts_with("msg_"));
         assert_eq!(fresh_id("plain").len(), 32);
+    }
+
+    proptest::proptest! {
+        /// Any stored bytes (a corrupt entry from another tier) are rewritten without a panic,
+        /// and bytes without an id or a `"created` key come out unchanged.
+        #[test]
+        fn any_body_is_rewritten_without_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            id in "[a-z_-]{0,12}",
+        ) {
+            let e = Entry {
+                body: Bytes::from(body.clone()),
+                id: Some(id),
+                ..entry("", "x")
+            };
+            let out = fresh_body(&e, "new", 5);
+            let untouched = memmem::find(&body, b"\"created").is_none()
+                && e.id.as_deref().is_none_or(|id| {
+                    id.is_empty() || memmem::find(&body, format!("\"{id}\"").as_bytes()).is_none()
+                });
+            if untouched {
+                proptest::prop_assert_eq!(out, body);
+            }
+        }
     }
 }

@@ -94,8 +94,8 @@ impl Store {
     /// `cache.redis.timeout_ms`; a Redis failure is a miss), and an entry found there that
     /// decodes is served and kept in memory for the time Redis still gives it.
     pub async fn get(&self, key: &Key, route_store: CacheStoreKind) -> Option<Arc<Entry>> {
-        if let Some(s) = self.memory.get(key) {
-            return Some(s.entry);
+        if let Some(entry) = self.get_memory(key) {
+            return Some(entry);
         }
         match (route_store, &self.redis) {
             (CacheStoreKind::Redis, Some(tier)) => self.get_from_redis(tier, key).await,
@@ -129,6 +129,11 @@ impl Store {
             self.export();
         }
         Some(entry)
+    }
+
+    /// The memory tier's live entry for `key`, if any (no I/O: the first tier of [`Store::get`]).
+    pub fn get_memory(&self, key: &Key) -> Option<Arc<Entry>> {
+        self.memory.get(key).map(|s| s.entry)
     }
 
     /// Store `entry` under `key` for `ttl`, replacing any entry there. An entry whose body is

@@ -21,7 +21,7 @@ use crate::cache::{replay, Entry, Outcome, Store};
 use crate::config::cache::CacheWhen;
 use crate::limits::budget;
 use crate::metrics;
-use crate::usage::{ApiKind, SseAccountant};
+use crate::usage::ApiKind;
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use std::sync::Arc;
@@ -151,30 +151,14 @@ pub async fn serve<D: Downstream>(session: &mut D, ctx: &RequestCtx, entry: &Ent
     d
 }
 
-/// The entry's body made fresh; for a stream whose client did not ask for usage (sluice added
-/// `include_usage`), without the usage chunk, as a live stream would be.
+/// The entry's body made fresh (see [`replay::for_client`]).
 fn replay_body(ctx: &RequestCtx, entry: &Entry) -> Bytes {
-    let new_id = entry
-        .id
-        .as_deref()
-        .map(replay::fresh_id)
-        .unwrap_or_default();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let fresh = Bytes::from(replay::fresh_body(entry, &new_id, now));
     let api = ctx.caller.api.unwrap_or(ApiKind::OpenAiChat);
-    if !(entry.sse && ctx.fields().injected_include_usage) {
-        return fresh;
-    }
     let max = ctx
         .snapshot
         .as_ref()
         .map_or(usize::MAX, |s| s.accounting.max_sse_event_bytes);
-    let mut acc = SseAccountant::new(api, true, max);
-    let mut out = acc.push(&fresh).to_vec();
-    out.extend_from_slice(&acc.finish());
-    Bytes::from(out)
+    replay::for_client(entry, api, ctx.fields().injected_include_usage, max)
 }
 
 /// `sluice_cache_saved_tokens_total` and `sluice_cache_saved_usd_total` for one hit.
