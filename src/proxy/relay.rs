@@ -153,7 +153,11 @@ pub async fn relay<D: Downstream>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|_| !is_sse);
-    let mut rec = recorder.and_then(|r| r.begin(&upstream_header, opening_raw.as_deref()));
+    // A held stream whose raw opening was not kept cannot be recorded whole.
+    let raw_lost = opening_acc.is_some() && opening_raw.is_none();
+    let mut rec = recorder
+        .filter(|_| !raw_lost)
+        .and_then(|r| r.begin(&upstream_header, opening_raw.as_deref()));
     let mut parts = downstream_parts(&upstream_header, is_sse);
     drop(upstream_header);
     if let Some(outcome) = ctx.cache {
