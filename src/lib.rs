@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod provider;
 pub mod proxy;
+pub mod redis_link;
 pub mod reload;
 pub mod server;
 pub mod usage;

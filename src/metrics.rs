@@ -333,6 +333,38 @@ pub static REDIS_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_cache_redis_errors_total{op}`: calls of the response cache's Redis tier that failed,
+/// timed out or were skipped while the tier fails fast (`get`, `put`), and its failed
+/// background `connect` attempts. A failed `get` is a miss; a failed `put` only this count.
+pub static CACHE_REDIS_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_redis_errors_total",
+        "Response cache Redis tier calls failed, timed out or skipped while Redis is down (get, put), and failed connects",
+        &["op"]
+    ))
+});
+
+/// `sluice_cache_redis_lookups_total{result}`: memory misses of `store: redis` routes answered
+/// by the Redis tier: `hit` (an entry that decodes), `undecodable` (a value that does not decode
+/// as an entry: a miss). Redis misses and failures are not counted here.
+pub static CACHE_REDIS_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_redis_lookups_total",
+        "Response cache entries found in the Redis tier, by result (hit, undecodable)",
+        &["result"]
+    ))
+});
+
+/// `sluice_cache_redis_skipped_puts_total{reason}`: entries not written to the Redis tier:
+/// `too_large` (over the tier's value bound), `backlog` (too many bytes of writes in flight).
+pub static CACHE_REDIS_SKIPPED_PUTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_redis_skipped_puts_total",
+        "Response cache entries not written to Redis, by reason (too_large, backlog)",
+        &["reason"]
+    ))
+});
+
 /// `sluice_client_connections`: client connections open on the proxy listener.
 pub static CLIENT_CONNECTIONS: Lazy<IntGauge> = Lazy::new(|| {
     metric!(register_int_gauge!(
@@ -521,6 +553,9 @@ pub fn init() {
     Lazy::force(&REDIS_ERRORS);
     Lazy::force(&LEASES);
     Lazy::force(&REDIS_FALLBACKS);
+    Lazy::force(&CACHE_REDIS_ERRORS);
+    Lazy::force(&CACHE_REDIS_LOOKUPS);
+    Lazy::force(&CACHE_REDIS_SKIPPED_PUTS);
     Lazy::force(&CONFIG_RELOAD_IGNORED);
     Lazy::force(&BUDGET_OVERRUN);
     Lazy::force(&SSE_OVERSIZED_EVENTS);

@@ -159,9 +159,10 @@ pub fn keep_start_only_fields(current: &Snapshot, next: &mut Snapshot) -> Vec<&'
     );
     keep!("reload.watch", reload_watch);
     keep!("reload.poll_interval_ms", reload_poll);
-    // The response store is built once, at start.
+    // The response store (and its Redis tier) is built once, at start.
     keep!("cache.max_bytes", cache.max_bytes);
     keep!("cache.max_entry_bytes", cache.max_entry_bytes);
+    keep!("cache.redis", cache.redis);
     match (&current.redis, &next.redis) {
         (Some(_), None) | (None, Some(_)) => kept.push("limits.store"),
         (Some(c), Some(n)) => {
@@ -373,5 +374,17 @@ mod tests {
             ["cache.max_bytes", "cache.max_entry_bytes"]
         );
         assert_eq!(bigger.cache, snapshot("").cache);
+    }
+
+    #[test]
+    fn the_cache_redis_tier_is_kept_until_a_restart() {
+        let route = "  - {name: c, match: {path_prefix: /v2}, pools: [p], cache: {store: redis}}\n";
+        let memory = snapshot("");
+        let mut redis = snapshot(&format!(
+            "{route}cache: {{redis: {{url: \"redis://127.0.0.1:1\"}}}}\n"
+        ));
+        assert!(redis.cache.redis.is_some());
+        assert_eq!(keep_start_only_fields(&memory, &mut redis), ["cache.redis"]);
+        assert!(redis.cache.redis.is_none());
     }
 }

@@ -2,6 +2,7 @@
 //! [`Sluice`] app) and the background services; the admin listener runs beside it
 //! ([`crate::admin::spawn`]).
 
+use crate::cache::redis_tier::RedisTier;
 use crate::config::Snapshot;
 use crate::health::HealthChecker;
 use crate::limits::shared::SharedStore;
@@ -47,6 +48,20 @@ impl pingora_core::services::background::BackgroundService for SharedFlush {
     }
 }
 
+/// Keeps the response cache's Redis tier connected (see [`RedisTier::maintain`]) until
+/// shutdown.
+struct CacheRedisKeeper(Arc<RedisTier>);
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for CacheRedisKeeper {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            () = self.0.clone().maintain() => {}
+        }
+    }
+}
+
 /// Build the Pingora server for `snapshot` (loaded from `path`, watched for reloads) and run
 /// it until shutdown. SIGTERM: stop accepting, readiness false, drain for
 /// `server.drain_timeout_seconds`, exit. SIGINT: exit at once. SIGHUP: reload. Never returns.
@@ -87,10 +102,10 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     let connections = config.load().connections;
     let buffers = config.load().client_buffers;
     crate::listener::warn_if_open_files_low(connections.max_connections);
-    let app = Arc::new(pingora_proxy::http_proxy(
-        &server.configuration,
-        Sluice::new(config, limiter),
-    ));
+    let sluice = Sluice::new(config, limiter);
+    // The response cache's Redis tier, built with the store from the first snapshot.
+    let cache_redis = sluice.store().redis().cloned();
+    let app = Arc::new(pingora_proxy::http_proxy(&server.configuration, sluice));
     let mut proxy = Service::new("sluice proxy".to_owned(), Listener::new(app, connections));
     // Sized L4 buffers instead of Pingora's 64 KiB read buffer per client connection.
     proxy.add_listener(
@@ -119,6 +134,12 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     ));
     if let Some(store) = shared {
         server.add_service(background_service("shared limits", SharedFlush(store)));
+    }
+    if let Some(tier) = cache_redis {
+        server.add_service(background_service(
+            "cache redis tier",
+            CacheRedisKeeper(tier),
+        ));
     }
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "sluice starting");
     server.run_forever()

@@ -4,13 +4,15 @@
 //!
 //! - [`key`]: the request's key and the client's cache intent;
 //! - [`entry`]: a stored response and its binary form;
-//! - [`store`]: the process's store (memory tier);
+//! - [`store`]: the process's store (memory tier, then the Redis tier);
+//! - [`redis_tier`]: the Redis tier, bytes in and out, shared by the replicas;
 //! - [`record`]: the relay's recorder, which stores a complete response;
 //! - [`replay`]: a stored response made fresh for a hit (new id and creation time).
 
 pub mod entry;
 pub mod key;
 pub mod record;
+pub mod redis_tier;
 pub mod replay;
 pub mod store;
 

@@ -1,9 +1,13 @@
 //! The response store shared by every caching route: the memory tier (a `moka` concurrent
 //! cache bounded by the weighted size of its entries, each expiring after its route's TTL),
-//! built once at start and kept across reloads (outside the config snapshot).
+//! then, for routes with `store: redis`, the Redis tier shared by the replicas
+//! ([`RedisTier`]: a memory miss asks it, a hit there is kept in memory for the time Redis
+//! still gives it; a store writes both). Built once at start and kept across reloads
+//! (outside the config snapshot).
 
 use super::entry::Entry;
 use super::key::Key;
+use super::redis_tier::RedisTier;
 use crate::config::cache::{CacheSettings, CacheStoreKind};
 use crate::metrics;
 use moka::sync::Cache;
@@ -37,16 +41,32 @@ impl Expiry<Key, Stored> for PerEntryTtl {
     }
 }
 
-/// The process's response store: the memory tier (`cache.max_bytes`).
+/// The process's response store: the memory tier (`cache.max_bytes`), and the Redis tier when
+/// the first snapshot has one (some route with `store: redis`).
 pub struct Store {
     memory: Cache<Key, Stored>,
     max_entry_bytes: usize,
+    /// The Redis tier (`cache.redis`, else `limits.redis`); its connection is kept by
+    /// [`RedisTier::maintain`], which the server runs.
+    redis: Option<Arc<RedisTier>>,
 }
 
 impl Store {
     /// A store sized by `settings` (`cache.max_bytes`: the memory tier's bound on the sum of
-    /// [`Entry::weight`]s; `cache.max_entry_bytes`: the largest body stored).
+    /// [`Entry::weight`]s; `cache.max_entry_bytes`: the largest body stored), with a Redis tier
+    /// when `settings.redis` is set (a URL the config check accepted; one the client still
+    /// refuses is logged, without the URL, and the store runs on memory alone).
     pub fn new(settings: &CacheSettings) -> Store {
+        let redis = settings
+            .redis
+            .as_ref()
+            .and_then(|conf| match RedisTier::new(conf) {
+                Ok(tier) => Some(Arc::new(tier)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cache.redis: unusable URL, the Redis tier is off");
+                    None
+                }
+            });
         let memory = Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|_key: &Key, v: &Stored| v.entry.weight())
@@ -55,7 +75,13 @@ impl Store {
         Store {
             memory,
             max_entry_bytes: settings.max_entry_bytes,
+            redis,
         }
+    }
+
+    /// The Redis tier, if any (the server runs its [`RedisTier::maintain`]).
+    pub fn redis(&self) -> Option<&Arc<RedisTier>> {
+        self.redis.as_ref()
     }
 
     /// The largest response body stored, bytes (`cache.max_entry_bytes`).
@@ -64,11 +90,45 @@ impl Store {
     }
 
     /// The live entry for `key`, if any (an expired one is a miss). `route_store`: the route's
-    /// tiers (memory only until the Redis tier is wired in).
+    /// tiers. With `Redis`, a memory miss asks the Redis tier (waiting at most
+    /// `cache.redis.timeout_ms`; a Redis failure is a miss), and an entry found there that
+    /// decodes is served and kept in memory for the time Redis still gives it.
     pub async fn get(&self, key: &Key, route_store: CacheStoreKind) -> Option<Arc<Entry>> {
-        match route_store {
-            CacheStoreKind::Memory | CacheStoreKind::Redis => self.get_memory(key),
+        if let Some(entry) = self.get_memory(key) {
+            return Some(entry);
         }
+        match (route_store, &self.redis) {
+            (CacheStoreKind::Redis, Some(tier)) => self.get_from_redis(tier, key).await,
+            (CacheStoreKind::Memory | CacheStoreKind::Redis, _) => None,
+        }
+    }
+
+    /// The Redis tier's entry for `key`, decoded, kept in memory when it fits.
+    async fn get_from_redis(&self, tier: &RedisTier, key: &Key) -> Option<Arc<Entry>> {
+        let (bytes, left) = tier.get_with_ttl(key).await?;
+        let Some(entry) = Entry::decode(&bytes) else {
+            metrics::CACHE_REDIS_LOOKUPS
+                .with_label_values(&["undecodable"])
+                .inc();
+            return None;
+        };
+        metrics::CACHE_REDIS_LOOKUPS
+            .with_label_values(&["hit"])
+            .inc();
+        let entry = Arc::new(entry);
+        // A replica with a larger `max_entry_bytes` may have stored it: served, not kept.
+        if let (Some(ttl), true) = (left, entry.body.len() <= self.max_entry_bytes) {
+            self.memory.insert(
+                *key,
+                Stored {
+                    entry: entry.clone(),
+                    ttl,
+                },
+            );
+            self.memory.run_pending_tasks();
+            self.export();
+        }
+        Some(entry)
     }
 
     /// The memory tier's live entry for `key`, if any (no I/O: the first tier of [`Store::get`]).
@@ -79,9 +139,14 @@ impl Store {
     /// Store `entry` under `key` for `ttl`, replacing any entry there. An entry whose body is
     /// over `cache.max_entry_bytes` is not stored. Eviction (least recently used first, as
     /// `moka`'s TinyLFU admission allows) keeps the weighted size within `cache.max_bytes`.
+    /// With `Redis`, the encoded entry is also written to the Redis tier, in a task of its
+    /// own ([`RedisTier::put`]: never delays the caller, failures only counted).
     pub fn put(&self, key: Key, entry: Entry, ttl: Duration, route_store: CacheStoreKind) {
         if entry.body.len() > self.max_entry_bytes {
             return;
+        }
+        if let (CacheStoreKind::Redis, Some(tier)) = (route_store, &self.redis) {
+            tier.put(key, entry.encode(), ttl);
         }
         match route_store {
             CacheStoreKind::Memory | CacheStoreKind::Redis => {

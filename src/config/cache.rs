@@ -26,7 +26,16 @@ pub struct CacheRedis {
     pub timeout: Duration,
     /// Bound on one background (re)connect.
     pub connect_timeout: Duration,
+    /// Largest value written (an encoded entry), bytes: `cache.max_entry_bytes` plus
+    /// [`REDIS_VALUE_ALLOWANCE_BYTES`] for its headers and metadata. Larger ones stay in memory only.
+    pub max_value_bytes: usize,
+    /// Bound on the bytes of writes in flight (`cache.redis.max_pending_put_bytes`); a write
+    /// past it is skipped (counted), never queued.
+    pub max_pending_put_bytes: usize,
 }
+
+/// Room for an encoded entry's status, headers and usage beside its body, bytes.
+pub const REDIS_VALUE_ALLOWANCE_BYTES: usize = 64 * 1024;
 
 /// `routes[].cache`, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,8 @@
 //! unused part of a restarted replica's slice counts as spent.
 //!
 //! Latency: no request waits on Redis longer than `timeout_ms`, at any concurrency.
-//! - (Re)connecting is the job of one background task ([`SharedStore::maintain`]); a request
-//!   only reads the current connection (a `tokio::sync::watch` value) and, when there is none
+//! - (Re)connecting is the job of one background task ([`SharedStore::maintain`], the
+//!   [`RedisLink`]'s); a request only reads the current connection and, when there is none
 //!   yet, waits for one no longer than its own deadline.
 //! - After a failure the store fails fast for [`RETRY_AFTER_FAILURE`]: an atomic read, no lock.
 //! - One lease per key is in flight at a time (a spawned task, so a request that gives up or is
@@ -34,13 +34,14 @@
 use super::key::LimitKey;
 use crate::config::schema::{FailurePolicy, RedisConf};
 use crate::metrics;
-use redis::aio::ConnectionManager;
+use crate::redis_link::RedisLink;
+/// How long the store fails fast after a Redis failure (the link's pause).
+pub use crate::redis_link::RETRY_AFTER_FAILURE;
 use redis::Script;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Lease: grant up to ARGV[2] of limit ARGV[1] on KEYS[1] (the window's granted total),
@@ -98,13 +99,8 @@ impl Slice {
 
 /// The shared store of one sluice process.
 pub struct SharedStore {
-    client: redis::Client,
-    /// The current connection, set by [`SharedStore::maintain`]; `None` while there is none.
-    conn: watch::Sender<Option<ConnectionManager>>,
-    /// Asks the maintainer for a (new) connection.
-    reconnect: Notify,
-    timeout: Duration,
-    connect_timeout: Duration,
+    /// The kept connection to Redis (reconnects, fail-fast after a failure).
+    link: RedisLink,
     lease_ms: u64,
     /// Failure policy for tenants that set none.
     pub failure_policy: FailurePolicy,
@@ -113,105 +109,43 @@ pub struct SharedStore {
     slices: Mutex<HashMap<LimitKey, Slice>>,
     lease: Script,
     give_back: Script,
-    /// The store's clock origin (tokio's clock, so tests can pause it).
-    epoch: Instant,
-    /// After a failure, calls fail fast until then (ms since `epoch`); then the maintainer
-    /// connects afresh: an outage costs requests no wait, a recovery is noticed within
-    /// [`RETRY_AFTER_FAILURE`].
-    down_until_ms: AtomicU64,
 }
-
-/// How long the store fails fast after a Redis failure before trying again.
-pub const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
 impl SharedStore {
     /// A store for `conf`. Errors: an unparseable URL. Connecting is the job of
     /// [`SharedStore::maintain`], which the server runs in the background.
     pub fn new(conf: &RedisConf) -> Result<Self, String> {
-        let client = redis::Client::open(conf.url.as_str()).map_err(|e| e.to_string())?;
+        let link = RedisLink::new(
+            &conf.url,
+            Duration::from_millis(conf.timeout_ms),
+            Duration::from_millis(conf.connect_timeout_ms),
+            metrics::REDIS_ERRORS.with_label_values(&["connect"]),
+        )?;
         Ok(Self {
-            client,
-            conn: watch::Sender::new(None),
-            reconnect: Notify::new(),
-            timeout: Duration::from_millis(conf.timeout_ms),
-            connect_timeout: Duration::from_millis(conf.connect_timeout_ms.max(1)),
+            link,
             lease_ms: conf.lease_ms,
             failure_policy: conf.failure_policy,
             expected_replicas: conf.expected_replicas.max(1),
             slices: Mutex::new(HashMap::new()),
             lease: Script::new(LEASE),
             give_back: Script::new(RETURN),
-            epoch: Instant::now(),
-            down_until_ms: AtomicU64::new(0),
         })
     }
 
     /// The bound on a request's wait on the store (`limits.redis.timeout_ms`).
     pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    fn clock_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.link.timeout()
     }
 
     /// Whether the store fails fast now (an atomic read: never waits).
     fn is_down(&self) -> bool {
-        self.clock_ms() < self.down_until_ms.load(Ordering::Acquire)
+        self.link.is_down()
     }
 
-    /// Fail fast for a while, forget the connection and ask the maintainer for a new one.
-    fn mark_down(&self) {
-        let until = self.clock_ms() + RETRY_AFTER_FAILURE.as_millis() as u64;
-        self.down_until_ms.fetch_max(until, Ordering::AcqRel);
-        self.conn.send_replace(None);
-        self.reconnect.notify_one();
-    }
-
-    /// Keep a connection to Redis: connect at start, and again (after the fail-fast pause)
-    /// whenever a call found the connection broken. Runs until the process ends; every
-    /// connect attempt is bounded by `limits.redis.connect_timeout_ms`.
+    /// Keep a connection to Redis (see [`RedisLink::maintain`]): runs until the process
+    /// ends; every connect attempt is bounded by `limits.redis.connect_timeout_ms`.
     pub async fn maintain(self: Arc<Self>) {
-        loop {
-            if self.conn.borrow().is_some() {
-                self.reconnect.notified().await;
-                continue;
-            }
-            let wait = self
-                .down_until_ms
-                .load(Ordering::Acquire)
-                .saturating_sub(self.clock_ms());
-            if wait > 0 {
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
-            let connect = ConnectionManager::new(self.client.clone());
-            match tokio::time::timeout(self.connect_timeout, connect).await {
-                Ok(Ok(c)) => {
-                    self.conn.send_replace(Some(c));
-                }
-                _ => {
-                    metrics::REDIS_ERRORS.with_label_values(&["connect"]).inc();
-                    let until = self.clock_ms() + RETRY_AFTER_FAILURE.as_millis() as u64;
-                    self.down_until_ms.fetch_max(until, Ordering::AcqRel);
-                }
-            }
-        }
-    }
-
-    /// The current connection, waiting for the maintainer's first one no later than
-    /// `deadline`. `None`: none by then.
-    async fn connection(&self, deadline: Instant) -> Option<ConnectionManager> {
-        let mut rx = self.conn.subscribe();
-        let current = rx.borrow_and_update().clone();
-        if current.is_some() {
-            return current;
-        }
-        self.reconnect.notify_one();
-        let ready = tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await;
-        match ready {
-            Ok(Ok(c)) => c.clone(),
-            _ => None,
-        }
+        self.link.maintain().await;
     }
 
     /// Run `script` within `timeout_ms`; counts round trips, latency and failures.
@@ -227,10 +161,10 @@ impl SharedStore {
             return Err(StoreDown);
         }
         let started = Instant::now();
-        let deadline = started + self.timeout;
-        let Some(mut conn) = self.connection(deadline).await else {
+        let deadline = started + self.link.timeout();
+        let Some(mut conn) = self.link.connection(deadline).await else {
             metrics::REDIS_ERRORS.with_label_values(&[op]).inc();
-            self.mark_down();
+            self.link.mark_down();
             return Err(StoreDown);
         };
         let mut inv = script.prepare_invoke();
@@ -249,7 +183,7 @@ impl SharedStore {
             Ok(Ok(v)) => Ok(v),
             _ => {
                 metrics::REDIS_ERRORS.with_label_values(&[op]).inc();
-                self.mark_down();
+                self.link.mark_down();
                 Err(StoreDown)
             }
         }

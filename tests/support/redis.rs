@@ -75,6 +75,18 @@ impl Redis {
             .map(|k| cli(&["GET", k]).trim().parse::<u64>().unwrap_or(0))
             .sum()
     }
+    /// The keys matching `pattern` (e.g. `sluice:cache:v1:*`), through `redis-cli --scan`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--scan", "--pattern", pattern])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
     /// `INFO commandstats` calls of EVALSHA + EVAL.
     pub fn script_calls(&self) -> u64 {
         let out = Command::new("redis-cli")

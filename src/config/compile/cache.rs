@@ -2,9 +2,14 @@
 //! with its path).
 
 use super::Errors;
-use crate::config::cache::{CacheRedis, CacheSettings, Hedge, RouteCache};
+use crate::config::cache::{
+    CacheRedis, CacheSettings, Hedge, RouteCache, REDIS_VALUE_ALLOWANCE_BYTES,
+};
 use crate::config::schema::{CacheSection, CacheStoreKind, HedgeConf, RedisConf, RouteCacheConf};
 use std::time::Duration;
+
+/// Default bound on the bytes of Redis tier writes in flight (`cache.redis.max_pending_put_bytes`).
+const DEFAULT_MAX_PENDING_PUT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Most hedged attempts a route may ask for.
 const MAX_HEDGES: u32 = 4;
@@ -29,6 +34,10 @@ pub(super) fn compile_settings(
     if c.max_flight_bytes == 0 {
         errs.push("cache.max_flight_bytes", "must be greater than 0");
     }
+    let max_entry_bytes = usize::try_from(c.max_entry_bytes).unwrap_or(usize::MAX);
+    let max_value_bytes = max_entry_bytes.saturating_add(REDIS_VALUE_ALLOWANCE_BYTES);
+    // Room for at least one largest entry, so every storable entry can be written.
+    let default_pending = DEFAULT_MAX_PENDING_PUT_BYTES.max(max_value_bytes);
     let redis = match (&c.redis, limits_redis) {
         (Some(r), _) => {
             if !["redis://", "rediss://", "redis+unix://"]
@@ -39,6 +48,9 @@ pub(super) fn compile_settings(
                     "cache.redis.url",
                     "must be a redis:// (or rediss:// for TLS) URL",
                 );
+            } else if redis::Client::open(r.url.as_str()).is_err() {
+                // The client's own parse (host, port, db): refused here, not at start.
+                errs.push("cache.redis.url", "not a valid Redis URL");
             }
             if r.timeout_ms == 0 || r.connect_timeout_ms == 0 {
                 errs.push(
@@ -46,16 +58,32 @@ pub(super) fn compile_settings(
                     "timeout_ms and connect_timeout_ms must be at least 1",
                 );
             }
+            let pending = match r.max_pending_put_bytes {
+                Some(n) => {
+                    if n < c.max_entry_bytes {
+                        errs.push(
+                            "cache.redis.max_pending_put_bytes",
+                            "must be at least cache.max_entry_bytes",
+                        );
+                    }
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }
+                None => default_pending,
+            };
             Some(CacheRedis {
                 url: r.url.clone(),
                 timeout: Duration::from_millis(r.timeout_ms),
                 connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+                max_value_bytes,
+                max_pending_put_bytes: pending,
             })
         }
         (None, Some(r)) => Some(CacheRedis {
             url: r.url.clone(),
             timeout: Duration::from_millis(r.timeout_ms),
             connect_timeout: Duration::from_millis(r.connect_timeout_ms.max(1)),
+            max_value_bytes,
+            max_pending_put_bytes: default_pending,
         }),
         (None, None) => {
             if uses_redis {
@@ -69,7 +97,7 @@ pub(super) fn compile_settings(
     };
     CacheSettings {
         max_bytes: c.max_bytes,
-        max_entry_bytes: usize::try_from(c.max_entry_bytes).unwrap_or(usize::MAX),
+        max_entry_bytes,
         redis: if uses_redis { redis } else { None },
         max_flight_bytes: usize::try_from(c.max_flight_bytes).unwrap_or(usize::MAX),
     }

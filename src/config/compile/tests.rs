@@ -415,3 +415,40 @@ fn cache_coalesce_and_hedge_default_off_compile_and_are_validated() {
         .iter()
         .any(|e| e.starts_with("cache.redis: required")));
 }
+
+#[test]
+fn the_cache_redis_tier_bounds_default_and_are_validated() {
+    let route = "routes:\n  - name: r\n    match: {path_prefix: /v1}\n    pools: [oa]\n    cache: {store: redis}\n";
+    // Defaults: values up to max_entry_bytes + 64 KiB, 8 MiB of writes in flight.
+    let own = format!("{POOL}{route}cache: {{redis: {{url: 'redis://127.0.0.1:1/2'}}}}\n");
+    let snap = compile(&parse(&own).unwrap(), Secrets::Skip).unwrap();
+    let r = snap.cache.redis.as_ref().unwrap();
+    assert_eq!(r.timeout, Duration::from_millis(50));
+    assert_eq!(r.connect_timeout, Duration::from_millis(1000));
+    assert_eq!(r.max_value_bytes, (1 << 20) + 64 * 1024);
+    assert_eq!(r.max_pending_put_bytes, 8 << 20);
+    // The default backlog always holds one largest value.
+    let big = format!(
+        "{POOL}{route}cache: {{max_bytes: 67108864, max_entry_bytes: 16777216, redis: {{url: 'redis://h:1'}}}}\n"
+    );
+    let snap = compile(&parse(&big).unwrap(), Secrets::Skip).unwrap();
+    let r = snap.cache.redis.as_ref().unwrap();
+    assert_eq!(r.max_pending_put_bytes, r.max_value_bytes);
+    // Set explicitly: at least one largest entry; a URL the Redis client refuses.
+    let bad = format!(
+        "{POOL}{route}cache: {{max_entry_bytes: 4096, redis: {{url: 'redis://h:notaport', max_pending_put_bytes: 100}}}}\n"
+    );
+    let errs = errors(&bad);
+    for e in [
+        "cache.redis.max_pending_put_bytes: must be at least cache.max_entry_bytes",
+        "cache.redis.url: not a valid Redis URL",
+    ] {
+        assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
+    }
+    // No route stores in Redis: no tier, even with cache.redis set.
+    let memory = format!(
+        "{POOL}routes:\n  - name: r\n    match: {{path_prefix: /v1}}\n    pools: [oa]\n    cache: {{}}\ncache: {{redis: {{url: 'redis://h:1'}}}}\n"
+    );
+    let snap = compile(&parse(&memory).unwrap(), Secrets::Skip).unwrap();
+    assert!(snap.cache.redis.is_none());
+}

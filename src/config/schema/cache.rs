@@ -62,6 +62,10 @@ pub struct CacheRedisConf {
     /// Bound on one attempt to (re)connect, in the background, ms. Default 1000.
     #[serde(default = "default_redis_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Bound on the bytes of cache writes in flight to Redis (each is spawned, never delaying
+    /// a response); a write past it is skipped. Default 8 MiB (at least one largest entry).
+    #[serde(default)]
+    pub max_pending_put_bytes: Option<u64>,
 }
 
 fn default_redis_timeout_ms() -> u64 {

@@ -1,0 +1,283 @@
+//! The response cache's Redis tier against a real `redis-server` (Debian package, started on a
+//! picked port and stopped by each test): bytes in, bytes out; misses; values over the bound;
+//! error replies; Redis killed mid-run (a miss within the timeout, then at once) and back
+//! (found again); and the store over it (two replicas' stores sharing entries).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use futures_util::FutureExt;
+use sluice::cache::redis_tier::{redis_key, RedisTier};
+use sluice::cache::Key;
+use sluice::config::cache::CacheRedis;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::Redis;
+
+const TIMEOUT: Duration = Duration::from_millis(50);
+
+fn tier(redis: &Redis) -> Arc<RedisTier> {
+    let conf = CacheRedis {
+        url: redis.url(),
+        timeout: TIMEOUT,
+        connect_timeout: Duration::from_millis(1000),
+        max_value_bytes: 64 * 1024,
+        max_pending_put_bytes: 1024 * 1024,
+    };
+    let tier = Arc::new(RedisTier::new(&conf).unwrap());
+    tokio::spawn(tier.clone().maintain());
+    tier
+}
+
+/// A direct connection to `redis`, to read and write behind the tier's back.
+async fn direct(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Poll `tier.get(key)` (at most 10 s) until it returns something.
+async fn eventually_get(tier: &RedisTier, key: &Key) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(v) = tier.get(key).await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_put_is_found_by_get_with_its_ttl_and_a_missing_key_is_a_miss() {
+    let redis = Redis::start();
+    let tier = tier(&redis);
+    let key = Key([7; 32]);
+    assert_eq!(
+        tier.get(&Key([8; 32])).await,
+        None,
+        "a missing key is a miss"
+    );
+    let value: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+    tier.put(key, value.clone(), Duration::from_secs(30));
+    assert_eq!(eventually_get(&tier, &key).await, Some(value));
+    // Stored under the documented key, with Redis's own expiry.
+    let mut c = direct(&redis).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(redis_key(&key))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 30_000, "PTTL {pttl}");
+    assert!(redis_key(&key).starts_with("sluice:cache:v1:"));
+    // Another key is still a miss, and the tier is healthy.
+    assert_eq!(tier.get(&Key([8; 32])).await, None);
+    assert!(!tier.is_down());
+}
+
+#[tokio::test]
+async fn whatever_bytes_redis_holds_come_back_as_they_are() {
+    let redis = Redis::start();
+    let tier = tier(&redis);
+    let key = Key([9; 32]);
+    let garbage = b"\x00\xffnot an entry\r\n".to_vec();
+    let mut c = direct(&redis).await;
+    let _: () = redis::cmd("SET")
+        .arg(redis_key(&key))
+        .arg(&garbage)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // The tier does not interpret values: the memory tier's decoder rejects garbage.
+    assert_eq!(eventually_get(&tier, &key).await, Some(garbage));
+}
+
+/// An error reply (here WRONGTYPE: the key holds a list) is a miss for that key only: the
+/// connection works, so the tier does not fail fast for the others.
+#[tokio::test]
+async fn an_error_reply_is_a_miss_without_failing_fast() {
+    let redis = Redis::start();
+    let tier = tier(&redis);
+    let (odd, fine) = (Key([11; 32]), Key([12; 32]));
+    let mut c = direct(&redis).await;
+    let _: () = redis::cmd("RPUSH")
+        .arg(redis_key(&odd))
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    tier.put(fine, b"fine".to_vec(), Duration::from_secs(30));
+    assert_eq!(eventually_get(&tier, &fine).await, Some(b"fine".to_vec()));
+    assert_eq!(tier.get(&odd).await, None);
+    assert!(!tier.is_down(), "an error reply made the tier fail fast");
+    assert_eq!(tier.get(&fine).await, Some(b"fine".to_vec()));
+}
+
+#[tokio::test]
+async fn a_value_over_the_bound_is_never_stored() {
+    let redis = Redis::start();
+    let tier = tier(&redis);
+    let (big, small) = (Key([1; 32]), Key([2; 32]));
+    tier.put(big, vec![b'x'; 64 * 1024 + 1], Duration::from_secs(30));
+    tier.put(small, vec![b'y'; 64 * 1024], Duration::from_secs(30));
+    assert_eq!(
+        eventually_get(&tier, &small).await.map(|v| v.len()),
+        Some(64 * 1024)
+    );
+    let mut c = direct(&redis).await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(redis_key(&big))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "an oversized value reached Redis");
+}
+
+#[tokio::test]
+async fn redis_killed_is_a_quick_miss_then_an_instant_one_and_back_it_is_found_again() {
+    let redis = Redis::start();
+    let port = redis.addr().port();
+    let tier = tier(&redis);
+    let key = Key([3; 32]);
+    tier.put(key, b"first".to_vec(), Duration::from_secs(30));
+    assert_eq!(eventually_get(&tier, &key).await, Some(b"first".to_vec()));
+
+    drop(redis);
+    // The first lookup after the kill finds the connection broken (or waits out the
+    // timeout): a miss, bounded by the timeout plus scheduling slack.
+    let t0 = Instant::now();
+    assert_eq!(tier.get(&key).await, None);
+    let first_miss = t0.elapsed();
+    eprintln!("first lookup after the kill: a miss in {first_miss:?}");
+    assert!(
+        first_miss < TIMEOUT + Duration::from_millis(200),
+        "first miss took {first_miss:?}"
+    );
+    assert!(tier.is_down());
+    // Then every lookup is a miss on its first poll: no wait, no round trip.
+    assert_eq!(
+        tier.get(&key).now_or_never(),
+        Some(None),
+        "not failing fast"
+    );
+    // And a write returns at once.
+    tier.put(key, b"lost".to_vec(), Duration::from_secs(30));
+
+    // Redis back (empty: no persistence) on the same port: the tier reconnects by itself.
+    let redis = Redis::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        tier.put(key, b"second".to_vec(), Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        found = tier.get(&key).await;
+    }
+    assert_eq!(
+        found,
+        Some(b"second".to_vec()),
+        "not found again after Redis came back"
+    );
+    drop(redis);
+}
+
+/// Two stores (two replicas) on one Redis: what one stores the other finds, decoded, and
+/// keeps in memory; a value that is not an entry is a miss; memory-only routes never ask Redis.
+mod store {
+    use super::*;
+    use bytes::Bytes;
+    use sluice::cache::{Entry, Store};
+    use sluice::config::cache::{CacheSettings, CacheStoreKind};
+
+    fn store(redis: &Redis) -> Store {
+        let settings = CacheSettings {
+            max_bytes: 1 << 20,
+            max_entry_bytes: 64 * 1024,
+            max_flight_bytes: 64 * 1024,
+            redis: Some(CacheRedis {
+                url: redis.url(),
+                timeout: TIMEOUT,
+                connect_timeout: Duration::from_millis(1000),
+                max_value_bytes: 128 * 1024,
+                max_pending_put_bytes: 1024 * 1024,
+            }),
+        };
+        let s = Store::new(&settings);
+        tokio::spawn(s.redis().unwrap().clone().maintain());
+        s
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            sse: false,
+            content_type: "application/json".to_owned(),
+            body: Bytes::from_static(br#"{"id":"c1","choices":[]}"#),
+            id: Some("c1".to_owned()),
+            usage: Default::default(),
+        }
+    }
+
+    /// Poll `store.get` (10 s at most) until it finds `key`.
+    async fn eventually(store: &Store, key: &Key) -> Option<Arc<Entry>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(e) = store.get(key, CacheStoreKind::Redis).await {
+                return Some(e);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn an_entry_stored_by_one_replica_is_found_by_the_other_and_kept_in_memory() {
+        let redis = Redis::start();
+        let (a, b) = (store(&redis), store(&redis));
+        let key = Key([4; 32]);
+        a.put(key, entry(), Duration::from_secs(30), CacheStoreKind::Redis);
+        let got = eventually(&b, &key).await.expect("not found through Redis");
+        assert_eq!(*got, entry());
+        assert_eq!(b.entries(), 1, "a Redis hit was not kept in memory");
+        // A memory-only route of B finds it in memory now, but never asks Redis.
+        let other = Key([5; 32]);
+        a.put(
+            other,
+            entry(),
+            Duration::from_secs(30),
+            CacheStoreKind::Redis,
+        );
+        assert!(eventually(&b, &key).await.is_some());
+        assert!(b.get(&other, CacheStoreKind::Memory).await.is_none());
+        // A memory-only put never reaches Redis.
+        let local = Key([6; 32]);
+        a.put(
+            local,
+            entry(),
+            Duration::from_secs(30),
+            CacheStoreKind::Memory,
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(b.get(&local, CacheStoreKind::Redis).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_value_that_is_not_an_entry_is_a_miss() {
+        let redis = Redis::start();
+        let s = store(&redis);
+        let key = Key([10; 32]);
+        let mut c = direct(&redis).await;
+        let _: () = redis::cmd("SET")
+            .arg(redis_key(&key))
+            .arg(b"\x01garbage".as_slice())
+            .arg("PX")
+            .arg(30_000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        // The tier hands the bytes over; the entry's decoder refuses them: a miss.
+        assert!(eventually_get(s.redis().unwrap(), &key).await.is_some());
+        assert!(s.get(&key, CacheStoreKind::Redis).await.is_none());
+        assert_eq!(s.entries(), 0);
+    }
+}
