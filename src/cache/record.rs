@@ -127,13 +127,13 @@ impl Recorder {
         } = self;
         let checked = if sse {
             check_stream(api, &buf, bounds.max_sse_event_bytes)
+                .map(|(body, usage)| (response_id(&body), body, usage))
         } else {
-            check_json(api, buf, bounds.max_json_body_bytes)
+            check_json(api, buf, bounds.max_json_body_bytes, d.usage)
         };
-        let Some((body, usage)) = checked else {
+        let Some((id, body, usage)) = checked else {
             return;
         };
-        let id = response_id(&body, sse);
         store.put(
             key,
             Entry {
@@ -185,36 +185,59 @@ fn check_stream(api: ApiKind, raw: &[u8], max_event_bytes: usize) -> Option<(Byt
     ok.then(|| (Bytes::from(out), acc.usage().unwrap_or_default()))
 }
 
-/// A complete JSON answer and its usage; `None` if not one.
-fn check_json(api: ApiKind, raw: Vec<u8>, max_json_bytes: usize) -> Option<(Bytes, Usage)> {
-    let v: Value = serde_json::from_slice(&raw).ok()?;
-    let obj = v.as_object()?;
-    if obj.get("error").is_some_and(|e| !e.is_null()) {
-        return None;
-    }
-    if let Some(status) = obj.get("status").and_then(Value::as_str) {
-        if !matches!(status, "completed" | "incomplete") {
-            return None;
-        }
-    }
-    let mut acc = JsonAccountant::new(api, max_json_bytes);
-    acc.push(&raw);
-    let usage = acc.finish().unwrap_or_default();
-    Some((Bytes::from(raw), usage))
+/// The members of a JSON answer the check reads, borrowed (one pass, no tree built).
+#[derive(serde::Deserialize)]
+struct JsonPeek<'a> {
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    /// `null` reads as `None` (serde's `Option`); anything else is an error answer.
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(borrow, default)]
+    status: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// The response id to replace on a hit: top-level `id` (OpenAI chat, Anthropic JSON),
-/// `message.id` (Anthropic `message_start`) or `response.id` (Responses), from the body or
-/// the stream's first events that carry one.
-fn response_id(body: &[u8], sse: bool) -> Option<String> {
+/// A complete JSON answer: its response id, the body and its usage (`relayed`: what the
+/// relay's accountant read from the same bytes; counted again only when it read none);
+/// `None` if not one.
+fn check_json(
+    api: ApiKind,
+    raw: Vec<u8>,
+    max_json_bytes: usize,
+    relayed: Option<Usage>,
+) -> Option<(Option<String>, Bytes, Usage)> {
+    let peek: JsonPeek<'_> = serde_json::from_slice(&raw).ok()?;
+    if peek.error.is_some() {
+        return None;
+    }
+    if peek
+        .status
+        .as_deref()
+        .is_some_and(|s| !matches!(s, "completed" | "incomplete"))
+    {
+        return None;
+    }
+    let id = peek.id.map(std::borrow::Cow::into_owned);
+    let usage = match relayed {
+        Some(u) => u,
+        None => {
+            let mut acc = JsonAccountant::new(api, max_json_bytes);
+            acc.push(&raw);
+            acc.finish().unwrap_or_default()
+        }
+    };
+    Some((id, Bytes::from(raw), usage))
+}
+
+/// A stream's response id, to replace on a hit: top-level `id` (OpenAI chat chunks),
+/// `message.id` (Anthropic `message_start`) or `response.id` (Responses), from the first
+/// events that carry one. (A JSON answer's id comes from [`check_json`]'s pass.)
+fn response_id(body: &[u8]) -> Option<String> {
     let of = |v: &Value| -> Option<String> {
         [&v["id"], &v["message"]["id"], &v["response"]["id"]]
             .into_iter()
             .find_map(|id| id.as_str().map(str::to_owned))
     };
-    if !sse {
-        return of(&serde_json::from_slice(body).ok()?);
-    }
     body.split(|b| *b == b'\n')
         .filter_map(|line| line.strip_prefix(b"data:"))
         .take(8)
@@ -236,7 +259,7 @@ mod tests {
         let (body, usage) = check_stream(ApiKind::OpenAiChat, CHAT.as_bytes(), 1 << 20).unwrap();
         assert_eq!(&body[..], CHAT.as_bytes());
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 2));
-        assert_eq!(response_id(&body, true).as_deref(), Some("chatcmpl-1"));
+        assert_eq!(response_id(&body).as_deref(), Some("chatcmpl-1"));
     }
 
     #[test]
@@ -259,14 +282,31 @@ mod tests {
     #[test]
     fn json_bodies() {
         let ok = br#"{"id":"msg_1","type":"message","content":[],"usage":{"input_tokens":3,"output_tokens":4}}"#;
-        let (body, usage) = check_json(ApiKind::AnthropicMessages, ok.to_vec(), 1 << 20).unwrap();
+        let (id, body, usage) =
+            check_json(ApiKind::AnthropicMessages, ok.to_vec(), 1 << 20, None).unwrap();
         assert_eq!(usage.completion_tokens, 4);
-        assert_eq!(response_id(&body, false).as_deref(), Some("msg_1"));
-        assert!(check_json(ApiKind::OpenAiChat, b"{\"id\":".to_vec(), 1 << 20).is_none());
+        assert_eq!(&body[..], &ok[..]);
+        assert_eq!(id.as_deref(), Some("msg_1"));
+        // The relay's usage is taken as is when it read one.
+        let relayed = Usage {
+            completion_tokens: 9,
+            ..Usage::default()
+        };
+        let (_, _, usage) = check_json(
+            ApiKind::AnthropicMessages,
+            ok.to_vec(),
+            1 << 20,
+            Some(relayed),
+        )
+        .unwrap();
+        assert_eq!(usage.completion_tokens, 9);
+        assert!(check_json(ApiKind::OpenAiChat, b"{\"id\":".to_vec(), 1 << 20, None).is_none());
         let err = br#"{"error":{"message":"x"}}"#;
-        assert!(check_json(ApiKind::OpenAiChat, err.to_vec(), 1 << 20).is_none());
+        assert!(check_json(ApiKind::OpenAiChat, err.to_vec(), 1 << 20, None).is_none());
+        let null_error = br#"{"id":"x","error":null}"#;
+        assert!(check_json(ApiKind::OpenAiChat, null_error.to_vec(), 1 << 20, None).is_some());
         let failed = br#"{"id":"resp_1","status":"failed"}"#;
-        assert!(check_json(ApiKind::OpenAiResponses, failed.to_vec(), 1 << 20).is_none());
+        assert!(check_json(ApiKind::OpenAiResponses, failed.to_vec(), 1 << 20, None).is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::config::cache::{CacheSettings, CacheStoreKind};
 use crate::metrics;
 use moka::sync::Cache;
 use moka::Expiry;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,11 +42,27 @@ impl Expiry<Key, Stored> for PerEntryTtl {
     }
 }
 
+/// Small stores between two runs of the memory tier's housekeeping (evictions applied, gauges
+/// exported), at most: the bound holds within this many small entries (each under 1/64 of
+/// `cache.max_bytes`; a larger one runs it at once) of the last run.
+const HOUSEKEEPING_EVERY: u64 = 32;
+
+/// Longest a store waits for housekeeping (and the gauges for an update) after the last run
+/// while stores go on, ms.
+const HOUSEKEEPING_MS: u64 = 100;
+
 /// The process's response store: the memory tier (`cache.max_bytes`), and the Redis tier when
 /// the first snapshot has one (some route with `store: redis`).
 pub struct Store {
     memory: Cache<Key, Stored>,
     max_entry_bytes: usize,
+    /// The memory tier's bound (`cache.max_bytes`).
+    max_bytes: u64,
+    /// Stores so far (housekeeping cadence).
+    stores: AtomicU64,
+    /// When housekeeping last ran (ms since `epoch`; `u64::MAX`: never).
+    housekept_ms: AtomicU64,
+    epoch: Instant,
     /// The Redis tier (`cache.redis`, else `limits.redis`); its connection is kept by
     /// [`RedisTier::maintain`], which the server runs.
     redis: Option<Arc<RedisTier>>,
@@ -75,6 +92,10 @@ impl Store {
         Store {
             memory,
             max_entry_bytes: settings.max_entry_bytes,
+            max_bytes: settings.max_bytes,
+            stores: AtomicU64::new(0),
+            housekept_ms: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
             redis,
         }
     }
@@ -148,6 +169,7 @@ impl Store {
         if let (CacheStoreKind::Redis, Some(tier)) = (route_store, &self.redis) {
             tier.put(key, entry.encode(), ttl);
         }
+        let weight = u64::from(entry.weight());
         match route_store {
             CacheStoreKind::Memory | CacheStoreKind::Redis => {
                 self.memory.insert(
@@ -159,26 +181,40 @@ impl Store {
                 );
             }
         }
-        // Evictions are applied by moka's housekeeping: run it now so the bound (and the
-        // gauges) hold after every store, not only eventually. Stores happen once per miss.
-        self.memory.run_pending_tasks();
-        self.export();
+        // Evictions are applied by moka's housekeeping (it also runs on its own as the cache
+        // is used). Run it now after a large entry, so the bound holds at once where it
+        // matters, and every `HOUSEKEEPING_EVERY` stores, so small ones pay for it rarely.
+        let stores = self.stores.fetch_add(1, Ordering::Relaxed) + 1;
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last_ms = self.housekept_ms.load(Ordering::Relaxed);
+        if weight.saturating_mul(64) >= self.max_bytes
+            || stores % HOUSEKEEPING_EVERY == 0
+            || last_ms == u64::MAX
+            || now_ms.saturating_sub(last_ms) >= HOUSEKEEPING_MS
+        {
+            self.housekept_ms.store(now_ms, Ordering::Relaxed);
+            self.memory.run_pending_tasks();
+            self.export();
+        }
     }
 
     /// Weighted size of the memory tier now (bytes, after pending evictions are applied).
     pub fn weighted_bytes(&self) -> u64 {
+        self.memory.run_pending_tasks();
         self.memory.weighted_size()
     }
 
     /// Entries in the memory tier now.
     pub fn entries(&self) -> u64 {
+        self.memory.run_pending_tasks();
         self.memory.entry_count()
     }
 
     /// `sluice_cache_bytes` and `sluice_cache_entries` from the memory tier.
     fn export(&self) {
-        metrics::CACHE_BYTES.set(i64::try_from(self.weighted_bytes()).unwrap_or(i64::MAX));
-        metrics::CACHE_ENTRIES.set(i64::try_from(self.entries()).unwrap_or(i64::MAX));
+        let (bytes, entries) = (self.memory.weighted_size(), self.memory.entry_count());
+        metrics::CACHE_BYTES.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        metrics::CACHE_ENTRIES.set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 }
 

@@ -33,8 +33,8 @@ const MAX_INFORMATIONAL: usize = 8;
 /// `proxy-connection` and HTTP/2's `http2-settings`), never forwarded; with the headers sluice
 /// sets itself (`host`, `content-length`) and the ones it must not pass on (`expect`: the body
 /// is already read; `accept-encoding`: usage is read from the bytes, so the response must be
-/// identity-encoded).
-const NOT_FORWARDED: [HeaderName; 14] = [
+/// identity-encoded; `x-sluice-cache`: the client's switch for sluice's response cache).
+const NOT_FORWARDED: [HeaderName; 15] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -49,6 +49,8 @@ const NOT_FORWARDED: [HeaderName; 14] = [
     header::CONTENT_LENGTH,
     header::EXPECT,
     header::ACCEPT_ENCODING,
+    // sluice's own request header (the client's cache switch), not the provider's.
+    HeaderName::from_static("x-sluice-cache"),
 ];
 
 /// The process's upstream connector: one connection pool for every attempt of every config
