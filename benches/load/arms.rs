@@ -63,7 +63,8 @@ fn config_with(proxy: u16, admin: u16, upstream: u16, route: &str) -> String {
 /// feature on the route. `reuse`: the exact-match response cache (`when: always`, so every
 /// request is looked up and every answer stored) and request coalescing; the harness's
 /// requests are all distinct, so every lookup misses and nothing coalesces: what the two
-/// cost a route when they do not help. `None` for an unknown variant.
+/// cost a route when they do not help; `cache` and `coalesce`: each alone. `None` for an
+/// unknown variant.
 pub fn sluice_variant_config(
     variant: &str,
     proxy: u16,
@@ -72,6 +73,9 @@ pub fn sluice_variant_config(
 ) -> Option<String> {
     let route = match variant {
         "reuse" => "{cache: {when: always, ttl_ms: 60000}, coalesce: true}",
+        // Each alone, to tell their costs apart.
+        "cache" => "{cache: {when: always, ttl_ms: 60000}}",
+        "coalesce" => "{coalesce: true}",
         _ => return None,
     };
     Some(config_with(proxy, admin, upstream, route))

@@ -9,6 +9,7 @@ llmock directly, and `make bench` has the hit path's own cost."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -161,7 +162,8 @@ def p50_ms(url: str, headers: dict[str, str], body: dict[str, Any], runs: int) -
 
 
 def test_hit_latency_is_printed(sluice_factory: SluiceFactory, cache_upstream: Upstream) -> None:
-    """p50 of a hit through sluice (debug build) vs the same answer from llmock directly."""
+    """p50 of a hit through sluice (the build `SLUICE_BIN` names; `make test` runs the debug
+    build) vs the same answer from llmock directly, both timed with the same httpx client."""
     s = start(sluice_factory, cache_upstream)
     auth = {"authorization": f"Bearer {VIRTUAL_KEY}"}
     url = f"{s.openai_url}/chat/completions"
@@ -170,5 +172,6 @@ def test_hit_latency_is_printed(sluice_factory: SluiceFactory, cache_upstream: U
     hit = p50_ms(url, auth, CHAT, HIT_RUNS)
     direct = p50_ms(f"{cache_upstream.openai_url}/chat/completions", auth, CHAT, HIT_RUNS)
     assert upstream_calls(cache_upstream, "/chat/completions") == 1 + HIT_RUNS
-    print(f"\ncache hit through sluice (debug build): p50 {hit:.3f} ms over {HIT_RUNS}; "
+    build = "release" if "release" in os.environ.get("SLUICE_BIN", "") else "debug"
+    print(f"\ncache hit through sluice ({build} build): p50 {hit:.3f} ms over {HIT_RUNS}; "
           f"llmock answering directly: p50 {direct:.3f} ms")
