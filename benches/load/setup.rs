@@ -211,8 +211,11 @@ impl Session {
             let cfg = conf_dir.join("sluice.yaml");
             let text = match &variant {
                 None => sluice_config(port, admin, up_addr.port()),
-                Some(v) => sluice_variant_config(v, port, admin, up_addr.port())
-                    .ok_or_else(|| format!("unknown sluice variant {v:?} (known: reuse, cache, coalesce)"))?,
+                Some(v) => {
+                    sluice_variant_config(v, port, admin, up_addr.port()).ok_or_else(|| {
+                        format!("unknown sluice variant {v:?} (known: reuse, cache, coalesce)")
+                    })?
+                }
             };
             std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
             let v = Command::new(&exe)
