@@ -22,6 +22,9 @@ macro_rules! metric {
     };
 }
 
+mod reuse;
+pub use reuse::*;
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
@@ -226,44 +229,6 @@ pub static STREAM_RESUMES: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
-/// `sluice_hedges_total{route}`: hedged lanes started (`routes[].hedge`).
-pub static HEDGES: Lazy<IntCounterVec> = Lazy::new(|| {
-    metric!(register_int_counter_vec!(
-        "sluice_hedges_total",
-        "Hedged lanes started because the lanes running delivered no content in time",
-        &["route"]
-    ))
-});
-
-/// `sluice_hedge_wins_total{route,lane}`: hedged requests by the lane that won (`first`: the
-/// first attempt's lane, `hedge`: a hedged one).
-pub static HEDGE_WINS: Lazy<IntCounterVec> = Lazy::new(|| {
-    metric!(register_int_counter_vec!(
-        "sluice_hedge_wins_total",
-        "Hedged requests by the lane whose answer was served (first, hedge)",
-        &["route", "lane"]
-    ))
-});
-
-/// `sluice_hedge_cost_tokens_total{route,pool}`: prompt tokens (estimated) sent to attempts
-/// that lost a hedge race, which their upstream may bill.
-pub static HEDGE_COST_TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
-    metric!(register_int_counter_vec!(
-        "sluice_hedge_cost_tokens_total",
-        "Prompt tokens (estimated) sent to attempts that lost a hedge race",
-        &["route", "pool"]
-    ))
-});
-
-/// `sluice_hedge_cost_usd_total{route,pool}`: their price, for models with a price.
-pub static HEDGE_COST_USD: Lazy<prometheus::CounterVec> = Lazy::new(|| {
-    metric!(prometheus::register_counter_vec!(
-        "sluice_hedge_cost_usd_total",
-        "USD (estimated from the price table) of prompts sent to attempts that lost a hedge race",
-        &["route", "pool"]
-    ))
-});
-
 /// `sluice_upstream_attempts`: upstream attempts per request.
 pub static ATTEMPTS: Lazy<prometheus::HistogramVec> = Lazy::new(|| {
     metric!(register_histogram_vec!(
@@ -330,38 +295,6 @@ pub static REDIS_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
         "sluice_redis_fallbacks_total",
         "Admissions decided without Redis by failure policy (open: local limits, closed: refused)",
         &["policy"]
-    ))
-});
-
-/// `sluice_cache_redis_errors_total{op}`: calls of the response cache's Redis tier that failed,
-/// timed out or were skipped while the tier fails fast (`get`, `put`), and its failed
-/// background `connect` attempts. A failed `get` is a miss; a failed `put` only this count.
-pub static CACHE_REDIS_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
-    metric!(register_int_counter_vec!(
-        "sluice_cache_redis_errors_total",
-        "Response cache Redis tier calls failed, timed out or skipped while Redis is down (get, put), and failed connects",
-        &["op"]
-    ))
-});
-
-/// `sluice_cache_redis_lookups_total{result}`: memory misses of `store: redis` routes answered
-/// by the Redis tier: `hit` (an entry that decodes), `undecodable` (a value that does not decode
-/// as an entry: a miss). Redis misses and failures are not counted here.
-pub static CACHE_REDIS_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
-    metric!(register_int_counter_vec!(
-        "sluice_cache_redis_lookups_total",
-        "Response cache entries found in the Redis tier, by result (hit, undecodable)",
-        &["result"]
-    ))
-});
-
-/// `sluice_cache_redis_skipped_puts_total{reason}`: entries not written to the Redis tier:
-/// `too_large` (over the tier's value bound), `backlog` (too many bytes of writes in flight).
-pub static CACHE_REDIS_SKIPPED_PUTS: Lazy<IntCounterVec> = Lazy::new(|| {
-    metric!(register_int_counter_vec!(
-        "sluice_cache_redis_skipped_puts_total",
-        "Response cache entries not written to Redis, by reason (too_large, backlog)",
-        &["reason"]
     ))
 });
 
@@ -452,73 +385,9 @@ pub static STREAM_HELD: Lazy<HistogramVec> = Lazy::new(|| {
     ))
 });
 
-/// `sluice_coalesced_requests_total{route}`: requests served as followers of an identical
-/// request's upstream call (request coalescing); the call itself is counted once, under its
-/// leader.
-pub static COALESCED: Lazy<IntCounterVec> = Lazy::new(|| {
-    metric!(register_int_counter_vec!(
-        "sluice_coalesced_requests_total",
-        "Requests that shared an identical request's upstream call instead of making their own",
-        &["route"]
-    ))
-});
-
-/// `sluice_cache_requests_total{route,outcome}`: requests of caching routes by cache outcome
-/// (`hit`, `miss`, `bypass`).
-pub static CACHE_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
-    metric!(register_int_counter_vec!(
-        "sluice_cache_requests_total",
-        "Requests of routes with a response cache, by route and outcome (hit, miss, bypass)",
-        &["route", "outcome"]
-    ))
-});
-
-/// `sluice_cache_bytes`: the memory tier's weighted size (bytes; bounded by `cache.max_bytes`).
-pub static CACHE_BYTES: Lazy<IntGauge> = Lazy::new(|| {
-    metric!(register_int_gauge!(
-        "sluice_cache_bytes",
-        "Response cache memory tier: weighted size of its entries, bytes"
-    ))
-});
-
-/// `sluice_cache_entries`: entries in the memory tier.
-pub static CACHE_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
-    metric!(register_int_gauge!(
-        "sluice_cache_entries",
-        "Response cache memory tier: entries"
-    ))
-});
-
-/// `sluice_cache_stored_total{route}`: complete responses stored.
-pub static CACHE_STORED: Lazy<IntCounterVec> = Lazy::new(|| {
-    metric!(register_int_counter_vec!(
-        "sluice_cache_stored_total",
-        "Complete 200 responses stored in the response cache, by route",
-        &["route"]
-    ))
-});
-
-/// `sluice_cache_saved_tokens_total{route,kind}`: tokens hits did not spend upstream (`kind`:
-/// `prompt`, `completion`), from the stored response's usage.
-pub static CACHE_SAVED_TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
-    metric!(register_int_counter_vec!(
-        "sluice_cache_saved_tokens_total",
-        "Tokens cache hits did not spend upstream, by route and kind (prompt, completion)",
-        &["route", "kind"]
-    ))
-});
-
-/// `sluice_cache_saved_usd_total{route}`: USD hits did not spend (model price table).
-pub static CACHE_SAVED_USD: Lazy<prometheus::CounterVec> = Lazy::new(|| {
-    metric!(prometheus::register_counter_vec!(
-        "sluice_cache_saved_usd_total",
-        "USD cache hits did not spend upstream (priced with the model table), by route",
-        &["route"]
-    ))
-});
-
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
+    reuse::init();
     Lazy::force(&CLIENT_CONNECTIONS);
     Lazy::force(&CLIENT_CONNECTIONS_CLOSED);
     Lazy::force(&REQUESTS);
@@ -543,32 +412,18 @@ pub fn init() {
     Lazy::force(&STREAM_RESUMES);
     Lazy::force(&ATTEMPTS);
     Lazy::force(&RETRIES);
-    Lazy::force(&HEDGES);
-    Lazy::force(&HEDGE_WINS);
-    Lazy::force(&HEDGE_COST_TOKENS);
-    Lazy::force(&HEDGE_COST_USD);
     Lazy::force(&KEY_COOLDOWNS);
     Lazy::force(&REDIS_ROUND_TRIPS);
     Lazy::force(&REDIS_LATENCY);
     Lazy::force(&REDIS_ERRORS);
     Lazy::force(&LEASES);
     Lazy::force(&REDIS_FALLBACKS);
-    Lazy::force(&CACHE_REDIS_ERRORS);
-    Lazy::force(&CACHE_REDIS_LOOKUPS);
-    Lazy::force(&CACHE_REDIS_SKIPPED_PUTS);
     Lazy::force(&CONFIG_RELOAD_IGNORED);
     Lazy::force(&BUDGET_OVERRUN);
     Lazy::force(&SSE_OVERSIZED_EVENTS);
     Lazy::force(&USAGE_IMPLAUSIBLE);
-    Lazy::force(&CACHE_REQUESTS);
-    Lazy::force(&CACHE_BYTES);
-    Lazy::force(&CACHE_ENTRIES);
-    Lazy::force(&CACHE_STORED);
-    Lazy::force(&CACHE_SAVED_TOKENS);
-    Lazy::force(&CACHE_SAVED_USD);
     Lazy::force(&STREAM_COMMITS);
     Lazy::force(&STREAM_HELD);
-    Lazy::force(&COALESCED);
 }
 
 /// Most distinct model names exported as labels; later ones are exported as `other`.

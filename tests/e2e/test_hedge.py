@@ -20,7 +20,7 @@ import pytest
 
 from conftest import VIRTUAL_KEY, Sluice, SluiceFactory, Upstream, llmock_upstream, openai_client
 from harness import OPENAI_KEY_ENV, pool, route
-from test_commit import CHAT, MARK, Scripted, chat_call
+from test_commit import MARK, Scripted, chat_call, scripted  # noqa: F401 - a fixture
 from test_failover import attempts
 
 pytestmark = pytest.mark.sluice
@@ -30,15 +30,6 @@ RUNS = 5
 # Coarse: hedging must serve the fallback's first content as it arrives, not at a later
 # deadline (the precise figure is printed; performance targets live in the benchmarks).
 TOLERANCE_S = 0.05
-
-
-@pytest.fixture
-def scripted() -> Iterator[Scripted]:
-    s = Scripted()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

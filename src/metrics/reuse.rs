@@ -1,0 +1,158 @@
+//! The metrics of response reuse and racing: the response cache (memory and Redis tiers),
+//! request coalescing and hedging. Registered with the rest by [`super::init`].
+
+use once_cell::sync::Lazy;
+use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
+
+/// `sluice_hedges_total{route}`: hedged lanes started (`routes[].hedge`).
+pub static HEDGES: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_hedges_total",
+        "Hedged lanes started because the lanes running delivered no content in time",
+        &["route"]
+    ))
+});
+
+/// `sluice_hedge_wins_total{route,lane}`: hedged requests by the lane that won (`first`: the
+/// first attempt's lane, `hedge`: a hedged one).
+pub static HEDGE_WINS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_hedge_wins_total",
+        "Hedged requests by the lane whose answer was served (first, hedge)",
+        &["route", "lane"]
+    ))
+});
+
+/// `sluice_hedge_cost_tokens_total{route,pool}`: prompt tokens (estimated) sent to attempts
+/// that lost a hedge race, which their upstream may bill.
+pub static HEDGE_COST_TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_hedge_cost_tokens_total",
+        "Prompt tokens (estimated) sent to attempts that lost a hedge race",
+        &["route", "pool"]
+    ))
+});
+
+/// `sluice_hedge_cost_usd_total{route,pool}`: their price, for models with a price.
+pub static HEDGE_COST_USD: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    metric!(prometheus::register_counter_vec!(
+        "sluice_hedge_cost_usd_total",
+        "USD (estimated from the price table) of prompts sent to attempts that lost a hedge race",
+        &["route", "pool"]
+    ))
+});
+
+/// `sluice_cache_redis_errors_total{op}`: calls of the response cache's Redis tier that failed,
+/// timed out or were skipped while the tier fails fast (`get`, `put`), and its failed
+/// background `connect` attempts. A failed `get` is a miss; a failed `put` only this count.
+pub static CACHE_REDIS_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_redis_errors_total",
+        "Response cache Redis tier calls failed, timed out or skipped while Redis is down (get, put), and failed connects",
+        &["op"]
+    ))
+});
+
+/// `sluice_cache_redis_lookups_total{result}`: memory misses of `store: redis` routes answered
+/// by the Redis tier: `hit` (an entry that decodes), `undecodable` (a value that does not decode
+/// as an entry: a miss). Redis misses and failures are not counted here.
+pub static CACHE_REDIS_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_redis_lookups_total",
+        "Response cache entries found in the Redis tier, by result (hit, undecodable)",
+        &["result"]
+    ))
+});
+
+/// `sluice_cache_redis_skipped_puts_total{reason}`: entries not written to the Redis tier:
+/// `too_large` (over the tier's value bound), `backlog` (too many bytes of writes in flight).
+pub static CACHE_REDIS_SKIPPED_PUTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_redis_skipped_puts_total",
+        "Response cache entries not written to Redis, by reason (too_large, backlog)",
+        &["reason"]
+    ))
+});
+
+/// `sluice_coalesced_requests_total{route}`: requests served as followers of an identical
+/// request's upstream call (request coalescing); the call itself is counted once, under its
+/// leader.
+pub static COALESCED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_coalesced_requests_total",
+        "Requests that shared an identical request's upstream call instead of making their own",
+        &["route"]
+    ))
+});
+
+/// `sluice_cache_requests_total{route,outcome}`: requests of caching routes by cache outcome
+/// (`hit`, `miss`, `bypass`).
+pub static CACHE_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_requests_total",
+        "Requests of routes with a response cache, by route and outcome (hit, miss, bypass)",
+        &["route", "outcome"]
+    ))
+});
+
+/// `sluice_cache_bytes`: the memory tier's weighted size (bytes; bounded by `cache.max_bytes`).
+pub static CACHE_BYTES: Lazy<IntGauge> = Lazy::new(|| {
+    metric!(register_int_gauge!(
+        "sluice_cache_bytes",
+        "Response cache memory tier: weighted size of its entries, bytes"
+    ))
+});
+
+/// `sluice_cache_entries`: entries in the memory tier.
+pub static CACHE_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
+    metric!(register_int_gauge!(
+        "sluice_cache_entries",
+        "Response cache memory tier: entries"
+    ))
+});
+
+/// `sluice_cache_stored_total{route}`: complete responses stored.
+pub static CACHE_STORED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_stored_total",
+        "Complete 200 responses stored in the response cache, by route",
+        &["route"]
+    ))
+});
+
+/// `sluice_cache_saved_tokens_total{route,kind}`: tokens hits did not spend upstream (`kind`:
+/// `prompt`, `completion`), from the stored response's usage.
+pub static CACHE_SAVED_TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_saved_tokens_total",
+        "Tokens cache hits did not spend upstream, by route and kind (prompt, completion)",
+        &["route", "kind"]
+    ))
+});
+
+/// `sluice_cache_saved_usd_total{route}`: USD hits did not spend (model price table).
+pub static CACHE_SAVED_USD: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    metric!(prometheus::register_counter_vec!(
+        "sluice_cache_saved_usd_total",
+        "USD cache hits did not spend upstream (priced with the model table), by route",
+        &["route"]
+    ))
+});
+
+/// Force registration of these metrics.
+pub(super) fn init() {
+    Lazy::force(&HEDGES);
+    Lazy::force(&HEDGE_WINS);
+    Lazy::force(&HEDGE_COST_TOKENS);
+    Lazy::force(&HEDGE_COST_USD);
+    Lazy::force(&CACHE_REDIS_ERRORS);
+    Lazy::force(&CACHE_REDIS_LOOKUPS);
+    Lazy::force(&CACHE_REDIS_SKIPPED_PUTS);
+    Lazy::force(&COALESCED);
+    Lazy::force(&CACHE_REQUESTS);
+    Lazy::force(&CACHE_BYTES);
+    Lazy::force(&CACHE_ENTRIES);
+    Lazy::force(&CACHE_STORED);
+    Lazy::force(&CACHE_SAVED_TOKENS);
+    Lazy::force(&CACHE_SAVED_USD);
+}
