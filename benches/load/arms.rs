@@ -63,8 +63,8 @@ fn config_with(proxy: u16, admin: u16, upstream: u16, route: &str) -> String {
 /// feature on the route. `reuse`: the exact-match response cache (`when: always`, so every
 /// request is looked up and every answer stored) and request coalescing; the harness's
 /// requests are all distinct, so every lookup misses and nothing coalesces: what the two
-/// cost a route when they do not help; `cache` and `coalesce`: each alone. `None` for an
-/// unknown variant.
+/// cost a route when they do not help; `cache` and `coalesce`: each alone; `cache-full`: the
+/// cache alone in a 1 MiB memory tier (full, evicting). `None` for an unknown variant.
 pub fn sluice_variant_config(
     variant: &str,
     proxy: u16,
@@ -74,11 +74,18 @@ pub fn sluice_variant_config(
     let route = match variant {
         "reuse" => "{cache: {when: always, ttl_ms: 60000}, coalesce: true}",
         // Each alone, to tell their costs apart.
-        "cache" => "{cache: {when: always, ttl_ms: 60000}}",
+        "cache" | "cache-full" => "{cache: {when: always, ttl_ms: 60000}}",
         "coalesce" => "{coalesce: true}",
         _ => return None,
     };
-    Some(config_with(proxy, admin, upstream, route))
+    let cfg = config_with(proxy, admin, upstream, route);
+    // `cache-full`: a 1 MiB memory tier, full after a few thousand misses: the cost of a
+    // miss once the cache evicts (steady state), not while it grows.
+    Some(if variant == "cache-full" {
+        format!("{cfg}\ncache: {{max_bytes: 1048576, max_entry_bytes: 65536}}\n")
+    } else {
+        cfg
+    })
 }
 
 /// Every policy of the sluice arm: a model with a price and an output ceiling, the virtual
