@@ -85,17 +85,6 @@ fn assert_whole(body: &str, events: usize) {
     );
 }
 
-async fn wait_closed(mock: &Mock, within: Duration) -> Option<Instant> {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if let Some(t) = *mock.slow_closed_at.lock().unwrap() {
-            return Some(t);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    None
-}
-
 #[tokio::test]
 async fn identical_concurrent_requests_share_one_upstream_call() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
@@ -226,7 +215,8 @@ async fn every_client_leaving_cancels_the_upstream_call_at_once() {
     // Two leave: the call goes on for the last one.
     clients.truncate(1);
     assert!(
-        wait_closed(&primary, Duration::from_millis(300))
+        primary
+            .wait_closed(Duration::from_millis(300))
             .await
             .is_none(),
         "a client is still there: the upstream call goes on"
@@ -234,7 +224,8 @@ async fn every_client_leaving_cancels_the_upstream_call_at_once() {
     first_chunk(&mut clients[0]).await;
     drop(clients);
     let left = Instant::now();
-    let closed = wait_closed(&primary, Duration::from_secs(2))
+    let closed = primary
+        .wait_closed(Duration::from_secs(2))
         .await
         .expect("the upstream connection is closed");
     let after = closed.saturating_duration_since(left);
@@ -601,7 +592,7 @@ async fn a_hedged_call_is_shared_like_any_other() {
     assert!(answers.iter().all(|a| a == &answers[0]));
     assert_eq!(primary.requests().len(), 1);
     assert_eq!(fallback.requests().len(), 1);
-    let closed = wait_closed(&primary, Duration::from_secs(2)).await;
+    let closed = primary.wait_closed(Duration::from_secs(2)).await;
     assert!(
         closed.is_some(),
         "the stalled primary is closed when the hedge wins"

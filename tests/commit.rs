@@ -201,17 +201,12 @@ async fn a_client_that_leaves_during_the_hold_closes_the_upstream_at_once() {
         "nothing reached the client during the hold"
     );
     let left = std::time::Instant::now();
-    let deadline = left + std::time::Duration::from_secs(5);
-    let closed = loop {
-        if let Some(at) = *primary.slow_closed_at.lock().unwrap() {
-            break at;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "upstream not closed\n{}",
+    let Some(closed) = primary.wait_closed(std::time::Duration::from_secs(5)).await else {
+        panic!(
+            "upstream not closed
+{}",
             s.log()
         );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     };
     let after = closed.saturating_duration_since(left);
     assert!(

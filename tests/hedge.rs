@@ -97,15 +97,8 @@ async fn a_stalled_primary_is_raced_and_the_fallback_wins_after_after_ms() {
         "{ttft:?} vs {after:?} + {direct:?}"
     );
     // The primary's connection is closed when the fallback wins, not at its deadline.
-    let closed = loop {
-        if let Some(t) = *primary.slow_closed_at.lock().unwrap() {
-            break t;
-        }
-        assert!(
-            first_at.elapsed() < Duration::from_secs(5),
-            "primary never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let Some(closed) = primary.wait_closed(Duration::from_secs(5)).await else {
+        panic!("primary never closed");
     };
     let gap = closed.saturating_duration_since(first_at);
     println!("primary closed {gap:?} after the first content reached the client");
@@ -157,15 +150,8 @@ async fn a_slow_primary_that_delivers_first_wins_and_the_hedge_is_closed() {
     assert!(!body.contains("PRIMARY-1"), "{body}");
     assert!(body.contains("Hello"), "{body}");
     assert_eq!(fallback.requests().len(), 1, "the hedge was not started");
-    let closed = loop {
-        if let Some(t) = *fallback.slow_closed_at.lock().unwrap() {
-            break t;
-        }
-        assert!(
-            first_at.elapsed() < Duration::from_secs(5),
-            "hedge never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let Some(closed) = fallback.wait_closed(Duration::from_secs(5)).await else {
+        panic!("hedge never closed");
     };
     assert!(closed.saturating_duration_since(first_at) < Duration::from_millis(100));
     assert_eq!(
@@ -263,15 +249,8 @@ async fn a_client_that_leaves_mid_race_closes_every_lane() {
     assert!(gave_up.is_err(), "the client got an answer");
     let left = Instant::now();
     for (name, m) in [("primary", &primary), ("fallback", &fallback)] {
-        let closed = loop {
-            if let Some(t) = *m.slow_closed_at.lock().unwrap() {
-                break t;
-            }
-            assert!(
-                left.elapsed() < Duration::from_secs(5),
-                "{name} never closed"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let Some(closed) = m.wait_closed(Duration::from_secs(5)).await else {
+            panic!("{name} never closed");
         };
         let gap = closed.saturating_duration_since(left);
         assert!(gap < Duration::from_millis(100), "{name}: {gap:?}");

@@ -108,6 +108,21 @@ pub enum CutEnd {
 }
 
 impl Mock {
+    /// When the proxy closed a connection this mock was holding open (`slow_closed_at`),
+    /// polled for up to `within`; `None` if it did not by then.
+    pub async fn wait_closed(&self, within: Duration) -> Option<Instant> {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(t) = *self.slow_closed_at.lock().unwrap() {
+                return Some(t);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Listen on 127.0.0.1:0 and serve every connection on a task of its own.
     pub async fn start() -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
