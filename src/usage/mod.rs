@@ -3,7 +3,7 @@
 //!
 //! The proxy picks an [`ApiKind`] from the request path, then feeds the upstream body to a
 //! [`SseAccountant`] (text/event-stream) or a [`JsonAccountant`] (application/json). Both are
-//! generic: the SSE framer (`sse`) and the two accountants (`stream`, `json_body`) dispatch per
+//! generic: the stream framers (`framing`: `sse`, ...) and the two accountants (`stream`, `json_body`) dispatch per
 //! [`ApiKind`] to one wire module per API (`wire::openai_chat`, `wire::openai_responses`,
 //! `wire::anthropic_messages`, `wire::openai_embeddings`), each holding both its stream event
 //! and its body parsing. When the
@@ -13,6 +13,7 @@
 pub mod counter;
 pub mod estimate;
 
+mod framing;
 mod json_body;
 mod sse;
 mod stream;

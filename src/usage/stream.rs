@@ -4,7 +4,8 @@
 
 use bytes::Bytes;
 
-use super::sse::{Frame, SseEvent, SseFramer, KEEP_CAPACITY_BYTES};
+use super::framing::Framer;
+use super::sse::{Frame, SseEvent, KEEP_CAPACITY_BYTES};
 use super::strip::strip_usage_null;
 use super::wire::{anthropic_messages, openai_chat, openai_responses, Signal, TextBuf};
 use super::{ApiKind, Usage};
@@ -103,7 +104,7 @@ impl Holder {
 pub struct SseAccountant {
     api: ApiKind,
     hide: bool,
-    framer: SseFramer,
+    framer: Framer,
     state: StreamState,
     holder: Holder,
 }
@@ -121,7 +122,7 @@ impl SseAccountant {
         SseAccountant {
             api,
             hide,
-            framer: SseFramer::new((max_event_bytes / 2).max(1)),
+            framer: Framer::for_api(api, (max_event_bytes / 2).max(1)),
             state: StreamState::default(),
             holder: Holder::default(),
         }
