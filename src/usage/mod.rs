@@ -15,6 +15,7 @@ pub mod estimate;
 
 mod framing;
 mod json_body;
+mod ndjson;
 mod sse;
 mod stream;
 mod strip;
@@ -84,6 +85,14 @@ pub enum ApiKind {
     AnthropicMessages,
     /// OpenAI embeddings, `POST /v1/embeddings`: usage `prompt_tokens` only.
     Embeddings,
+    /// Ollama chat, `POST /api/chat`: NDJSON stream (or one JSON object with `stream: false`),
+    /// usage `prompt_eval_count` / `eval_count` in the final (`done: true`) object.
+    OllamaChat,
+    /// Ollama generate, `POST /api/generate`: as chat, text in `response`.
+    OllamaGenerate,
+    /// Ollama embeddings, `POST /api/embed` (and the older `/api/embeddings`): usage
+    /// `prompt_eval_count` only (the older endpoint reports none).
+    OllamaEmbed,
 }
 
 impl ApiKind {
@@ -95,9 +104,14 @@ impl ApiKind {
     /// `/embeddings` -> embeddings. Anything else is `None`, e.g. `/v1/models`,
     /// `/v1/messages/count_tokens`, `/v1/responses/{id}`, or OpenAI Assistants'
     /// `/v1/threads/{id}/messages` (hence the `/v1` required before `/messages`).
+    /// Ollama's `/api/chat`, `/api/generate`, `/api/embed` and `/api/embeddings` are checked
+    /// first (see [`ApiKind::OllamaChat`]).
     pub fn from_path(path: &str) -> Option<ApiKind> {
         let end = path.find(['?', '#']).unwrap_or(path.len());
         let path = path[..end].trim_end_matches('/');
+        if let Some(api) = ApiKind::ollama(path) {
+            return Some(api);
+        }
         if path.ends_with("/chat/completions") {
             Some(ApiKind::OpenAiChat)
         } else if path.ends_with("/completions") {
@@ -112,4 +126,35 @@ impl ApiKind {
             None
         }
     }
+}
+
+impl ApiKind {
+    /// Ollama's native API by how `path` (no query, no trailing `/`) ends: `/api/chat`,
+    /// `/api/generate`, `/api/embed`, `/api/embeddings`. Source:
+    /// <https://github.com/ollama/ollama/blob/main/docs/api.md>.
+    fn ollama(path: &str) -> Option<ApiKind> {
+        if path.ends_with("/api/chat") {
+            Some(ApiKind::OllamaChat)
+        } else if path.ends_with("/api/generate") {
+            Some(ApiKind::OllamaGenerate)
+        } else if path.ends_with("/api/embed") || path.ends_with("/api/embeddings") {
+            Some(ApiKind::OllamaEmbed)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a request of this API streams when its body has no `stream` member: Ollama's
+    /// chat and generate do ("stream: if false the response will be returned as a single
+    /// response object", default true, per Ollama's docs/api.md); the others do not.
+    pub fn streams_by_default(self) -> bool {
+        matches!(self, ApiKind::OllamaChat | ApiKind::OllamaGenerate)
+    }
+}
+
+/// Whether a response `content-type` is a stream sluice frames event by event:
+/// `text/event-stream` (SSE) or `application/x-ndjson` (Ollama's NDJSON streams).
+pub fn is_stream_content_type(content_type: &str) -> bool {
+    let ct = content_type.trim_start();
+    ct.starts_with("text/event-stream") || ct.starts_with("application/x-ndjson")
 }

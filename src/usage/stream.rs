@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::framing::Framer;
 use super::sse::{Frame, SseEvent, KEEP_CAPACITY_BYTES};
 use super::strip::strip_usage_null;
-use super::wire::{anthropic_messages, openai_chat, openai_responses, Signal, TextBuf};
+use super::wire::{anthropic_messages, ollama, openai_chat, openai_responses, Signal, TextBuf};
 use super::{ApiKind, Usage};
 
 /// What hide mode does with one complete event.
@@ -294,7 +294,9 @@ impl SseAccountant {
             Frame::Skipped { name, .. } => account_unparsed(api, state, name),
         });
         if std::mem::take(&mut holder.passing) {
-            return Bytes::from_static(b"\n\n");
+            let mut end = b"\n".to_vec();
+            end.extend_from_slice(framer.event_terminator());
+            return Bytes::from(end);
         }
         let mut held = std::mem::take(&mut holder.held);
         let whole = state.malformed == malformed_before;
@@ -313,12 +315,11 @@ impl SseAccountant {
                 return Bytes::new();
             }
         }
-        // End its last line if needed, then add the blank line.
-        match held.last() {
-            Some(b'\n') => held.push(b'\n'),
-            Some(b'\r') => held.extend_from_slice(b"\n\n"),
-            _ => held.extend_from_slice(b"\n\n"),
+        // End its last line if needed, then the event (SSE: a blank line; NDJSON: nothing).
+        if held.last() != Some(&b'\n') {
+            held.push(b'\n');
         }
+        held.extend_from_slice(framer.event_terminator());
         Bytes::from(held)
     }
 
@@ -463,6 +464,9 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
         ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings => {
             openai_chat::on_event(state, name, event.data)
         }
+        ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => {
+            ollama::on_event(state, event.data).map(|()| Verdict::Keep)
+        }
     };
     parsed.unwrap_or_else(|_| {
         state.malformed += 1;
@@ -479,6 +483,9 @@ fn opening(api: ApiKind, state: &mut StreamState, name: &str, data: &[u8], named
         ApiKind::AnthropicMessages => anthropic_messages::opening(name, data),
         ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings => {
             openai_chat::opening(data)
+        }
+        ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => {
+            ollama::opening(data)
         }
     };
     match signal {

@@ -10,6 +10,7 @@ pub(crate) mod anthropic_messages;
 pub(crate) mod openai_chat;
 pub(crate) mod openai_embeddings;
 pub(crate) mod openai_responses;
+pub(crate) mod ollama;
 mod skim;
 
 use std::borrow::Cow;
