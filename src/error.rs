@@ -456,8 +456,7 @@ mod tests {
             let a: serde_json::Value =
                 serde_json::from_slice(&e.body(ErrorStyle::Anthropic)).unwrap();
             assert_eq!(a["type"], "error");
-            let l: serde_json::Value =
-                serde_json::from_slice(&e.body(ErrorStyle::Ollama)).unwrap();
+            let l: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::Ollama)).unwrap();
             assert!(l["error"].as_str().unwrap().starts_with("sluice: "));
         }
         let first_token = SluiceError::UpstreamTimeout {

@@ -197,8 +197,18 @@ mod tests {
     #[test]
     fn an_oversized_line_is_skipped_and_the_next_one_parsed() {
         // Cap 16: a 41-byte line passes it, split anywhere.
-        let stream = [&b"{\"ok\":1}\n{\"response\":\""[..], &[b'x'; 20][..], b"\"}\n{\"n\":2}\n"].concat();
-        let want = vec![line("{\"ok\":1}"), Got::Oversized, Got::Skipped, line("{\"n\":2}")];
+        let stream = [
+            &b"{\"ok\":1}\n{\"response\":\""[..],
+            &[b'x'; 20][..],
+            b"\"}\n{\"n\":2}\n",
+        ]
+        .concat();
+        let want = vec![
+            line("{\"ok\":1}"),
+            Got::Oversized,
+            Got::Skipped,
+            line("{\"n\":2}"),
+        ];
         for cut in 0..=stream.len() {
             assert_eq!(
                 frame_with(16, &[&stream[..cut], &stream[cut..]]),
@@ -222,9 +232,6 @@ mod tests {
             vec![Got::Oversized, Got::Skipped]
         );
         let tail = [b'q'; 40];
-        assert_eq!(
-            frame_with(16, &[&tail]),
-            vec![Got::Oversized, Got::Skipped]
-        );
+        assert_eq!(frame_with(16, &[&tail]), vec![Got::Oversized, Got::Skipped]);
     }
 }

@@ -78,6 +78,16 @@ def call(client: ollama.Client, api: str, stream: bool) -> list[dict[str, Any]]:
     return [p.model_dump() for p in parts]
 
 
+def last_access(sluice: Sluice, wait_s: float = 5.0) -> dict[str, str]:
+    """The newest access-log line; sluice writes it just after the client saw the end of the
+    body, so poll (bounded) until there is one."""
+    deadline = time.monotonic() + wait_s
+    while not (entries := sluice.access_log()):
+        assert time.monotonic() < deadline, f"no access-log line after {wait_s}s"
+        time.sleep(0.05)
+    return entries[-1]
+
+
 def text(parts: list[dict[str, Any]]) -> str:
     return "".join((p.get("message") or {}).get("content") or p.get("response") or ""
                    for p in parts)
@@ -103,7 +113,7 @@ def test_answers_equal_direct_and_usage_is_counted_exactly(
     assert seen["body"]["stream"] is stream
     meter.assert_counted(model=MODEL, prompt=final["prompt_eval_count"],
                          completion=final["eval_count"], route="ollama", pool="ollama")
-    entry = sluice.access_log()[-1]
+    entry = last_access(sluice)
     assert entry["route"] == "ollama", entry
     assert int(entry["prompt_tokens"]) == final["prompt_eval_count"], entry
     assert int(entry["completion_tokens"]) == final["eval_count"], entry
@@ -125,7 +135,7 @@ def test_stream_defaults_to_true_when_absent(sluice: Sluice, upstream: OllamaUps
     assert "stream" not in upstream.requests()[-1]["body"]
     meter.assert_counted(model=MODEL, prompt=lines[-1]["prompt_eval_count"], completion=5,
                          route="ollama", pool="ollama")
-    entry = sluice.access_log()[-1]
+    entry = last_access(sluice)
     assert entry["stream"] == "true", entry
 
 
@@ -143,12 +153,14 @@ def test_embed_counts_prompt_eval_count(sluice: Sluice, upstream: OllamaUpstream
 def test_other_paths_pass_through_with_the_pool_key(sluice: Sluice,
                                                     upstream: OllamaUpstream) -> None:
     d, v = direct(upstream), via(sluice)
-    assert v.list().model_dump() == d.list().model_dump()
-    assert v.show(MODEL).model_dump() == d.show(MODEL).model_dump()
+    tags, show = d.list().model_dump(), d.show(MODEL).model_dump()
+    upstream.clear()
+    assert v.list().model_dump() == tags
+    assert v.show(MODEL).model_dump() == show
     version = httpx.get(f"http://{sluice.proxy}/api/version", timeout=SDK_TIMEOUT_S,
                         headers={"authorization": f"Bearer {VIRTUAL_KEY}"})
     assert version.json() == {"version": "0.12.6"}
-    seen = upstream.requests()[-3:]
+    seen = upstream.requests()
     assert [r["path"] for r in seen] == ["/api/tags", "/api/show", "/api/version"]
     assert {r["authorization"] for r in seen} == {f"Bearer {OLLAMA_UPSTREAM_KEY}"}
 
@@ -184,20 +196,22 @@ def test_dead_upstream_raises_response_error_promptly(sluice_factory: SluiceFact
 
 
 @pytest.mark.parametrize("mode", ["eof", "reset"])
+@pytest.mark.parametrize("cut", [0, 3])
 def test_a_cut_stream_raises_response_error(sluice: Sluice, upstream: OllamaUpstream,
-                                            mode: str) -> None:
-    """Three lines, then the upstream ends the body (or resets) without the `done` line: the
-    SDK gets those lines, then sluice's `{"error":"..."}` line, and raises."""
+                                            cut: int, mode: str) -> None:
+    """`cut` lines (none: the stream breaks before content), then the upstream ends the body
+    (or resets) without the `done` line: the SDK gets those lines whole, then sluice's
+    `{"error":"..."}` line, and raises (a partial line would be a JSONDecodeError instead)."""
     client = ollama.Client(host=f"http://{sluice.proxy}", timeout=SDK_TIMEOUT_S,
                            headers={"Authorization": f"Bearer {VIRTUAL_KEY}",
-                                    "x-mock-cut-after": "3", "x-mock-cut-mode": mode})
+                                    "x-mock-cut-after": str(cut), "x-mock-cut-mode": mode})
     got = []
     with pytest.raises(ollama.ResponseError) as raised:
         for part in client.chat(model=MODEL, messages=MESSAGES, stream=True):
             got.append(part.message.content)
-    assert len(got) == 3
+    assert len(got) == cut
     assert raised.value.error.startswith("sluice: "), raised.value.error
-    entry = sluice.access_log()[-1]
+    entry = last_access(sluice)
     assert entry["route"] == "ollama" and entry["status"] == "200", entry
 
 

@@ -101,7 +101,12 @@ fn ndjson_fixtures_split_at_every_byte_boundary_and_byte_by_byte() {
             let got = replay(case.api, false, [&raw[..cut], &raw[cut..]]);
             assert_eq!(got, want, "{} cut={cut}", case.file);
         }
-        assert_eq!(replay(case.api, false, raw.chunks(1)), want, "{}", case.file);
+        assert_eq!(
+            replay(case.api, false, raw.chunks(1)),
+            want,
+            "{}",
+            case.file
+        );
         // Hide mode is for OpenAI chat only: ignored here.
         assert_eq!(replay(case.api, true, [&raw[..]]), want, "{}", case.file);
     }
@@ -112,7 +117,13 @@ fn ndjson_fixtures_with_crlf_split_everywhere() {
     for case in cases() {
         let raw: Vec<u8> = fixture(case.file)
             .iter()
-            .flat_map(|&b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] })
+            .flat_map(|&b| {
+                if b == b'\n' {
+                    vec![b'\r', b'\n']
+                } else {
+                    vec![b]
+                }
+            })
             .collect();
         let want = expected(&case, &raw);
         for cut in 0..=raw.len() {
@@ -158,7 +169,12 @@ fn ndjson_bodies() {
             u(26, 290, 0, 0, 0),
             "The sky is blue because it is the color of the sky.",
         ),
-        ("ollama/embed.json", ApiKind::OllamaEmbed, u(8, 0, 0, 0, 0), ""),
+        (
+            "ollama/embed.json",
+            ApiKind::OllamaEmbed,
+            u(8, 0, 0, 0, 0),
+            "",
+        ),
     ];
     for (file, api, usage, text) in cases {
         let raw = fixture(file);
@@ -192,6 +208,8 @@ fn ollama_paths() {
     assert!(!ApiKind::OllamaEmbed.streams_by_default());
     assert!(!ApiKind::OpenAiChat.streams_by_default());
     assert!(crate::usage::is_stream_content_type("application/x-ndjson"));
-    assert!(crate::usage::is_stream_content_type("text/event-stream; charset=utf-8"));
+    assert!(crate::usage::is_stream_content_type(
+        "text/event-stream; charset=utf-8"
+    ));
     assert!(!crate::usage::is_stream_content_type("application/json"));
 }

@@ -178,7 +178,10 @@ mod tests {
             opening(br#"{"message":{"role":"assistant","content":""},"done":false}"#),
             Signal::Holds
         );
-        assert_eq!(opening(br#"{"response":"a","done":false}"#), Signal::Content);
+        assert_eq!(
+            opening(br#"{"response":"a","done":false}"#),
+            Signal::Content
+        );
         assert_eq!(opening(br#"{"response":"","done":true}"#), Signal::Content);
         assert_eq!(opening(b"not json"), Signal::Content);
     }

@@ -48,6 +48,11 @@ MODELS = ("llama3.2", "all-minilm")
 CREATED_AT = "2026-11-30T00:00:00.000000Z"
 
 
+def compact(obj: Any) -> bytes:
+    """JSON as Ollama's Go server writes it: no spaces, UTF-8 as is."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def prompt_text(api: str, body: dict[str, Any]) -> str:
     if api == "chat":
         return " ".join(str(m.get("content", "")) for m in body.get("messages") or [])
@@ -77,7 +82,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ---------------------------------------------------------------------
     def _send_json(self, status: int, obj: Any) -> None:
-        raw = json.dumps(obj).encode()
+        raw = compact(obj)
         self.send_response(status)
         self.send_header("content-type", "application/json; charset=utf-8")
         self.send_header("content-length", str(len(raw)))
@@ -148,6 +153,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"modelfile": f"FROM {model}", "parameters": "",
                                   "template": "{{ .Prompt }}",
                                   "details": {"format": "gguf", "family": "llama"},
+                                  "model_info": {"general.architecture": "llama",
+                                                 "general.parameter_count": 3212749888},
                                   "capabilities": ["completion"]})
         else:
             self._send_json(404, {"error": f"path {path} not found"})
@@ -182,7 +189,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 break
-            data = json.dumps(line).encode() + b"\n"
+            data = compact(line) + b"\n"
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")
