@@ -2,10 +2,11 @@
 //! non-streamed bodies, generated text for estimates, and prompt-token estimates with tiktoken.
 //!
 //! The proxy picks an [`ApiKind`] from the request path, then feeds the upstream body to a
-//! [`SseAccountant`] (text/event-stream) or a [`JsonAccountant`] (application/json). Both are
-//! generic: the stream framers (`framing`: `sse`, ...) and the two accountants (`stream`, `json_body`) dispatch per
+//! [`SseAccountant`] (text/event-stream, or application/x-ndjson for Ollama) or a
+//! [`JsonAccountant`] (application/json). Both are generic: the stream framers (`framing`:
+//! `sse`, `ndjson`) and the two accountants (`stream`, `json_body`) dispatch per
 //! [`ApiKind`] to one wire module per API (`wire::openai_chat`, `wire::openai_responses`,
-//! `wire::anthropic_messages`, `wire::openai_embeddings`), each holding both its stream event
+//! `wire::anthropic_messages`, `wire::openai_embeddings`, `wire::ollama`), each holding both its stream event
 //! and its body parsing. When the
 //! upstream reports no usage, [`estimate::count_tokens`] over the accountant's output text and
 //! [`estimate::estimate_prompt_tokens`] over the request body give an estimate instead.
@@ -35,10 +36,11 @@ pub struct Usage {
     /// Input tokens. OpenAI chat/completions/embeddings `usage.prompt_tokens`; Responses
     /// `usage.input_tokens`; Anthropic `usage.input_tokens` as given, which EXCLUDES the
     /// cache reads and writes counted in `cached_tokens` / `cache_write_tokens`. OpenAI's
-    /// `prompt_tokens` / `input_tokens` INCLUDE their cached part.
+    /// `prompt_tokens` / `input_tokens` INCLUDE their cached part. Ollama `prompt_eval_count`.
     pub prompt_tokens: u64,
     /// Output tokens. OpenAI `usage.completion_tokens`; Responses and Anthropic
-    /// `usage.output_tokens` (Anthropic: the last, cumulative `message_delta` value).
+    /// `usage.output_tokens` (Anthropic: the last, cumulative `message_delta` value); Ollama
+    /// `eval_count`.
     pub completion_tokens: u64,
     /// Input tokens read from the prompt cache. OpenAI `usage.prompt_tokens_details.cached_tokens`;
     /// Responses `usage.input_tokens_details.cached_tokens`; Anthropic

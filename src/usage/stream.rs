@@ -1,6 +1,6 @@
-//! Streamed-response accountant (response body path, per chunk): frames SSE, hands each event
-//! to its API's parser, and in hide mode strips the usage the proxy asked for on the client's
-//! behalf.
+//! Streamed-response accountant (response body path, per chunk): frames SSE (or, for Ollama,
+//! NDJSON: one line per event), hands each event to its API's parser, and in hide mode strips
+//! the usage the proxy asked for on the client's behalf.
 
 use bytes::Bytes;
 
@@ -346,7 +346,8 @@ impl SseAccountant {
 
     /// True once the stream's normal terminal event was seen: `data: [DONE]` (OpenAI chat and
     /// completions), `response.completed` or `response.incomplete` (Responses: both end the
-    /// stream cleanly, the latter at a token limit), `message_stop` (Anthropic). An oversized
+    /// stream cleanly, the latter at a token limit), `message_stop` (Anthropic), a line with
+    /// `"done": true` (Ollama). An oversized
     /// event counts by its `event:` name.
     pub fn completed(&self) -> bool {
         self.state.completed
@@ -360,7 +361,8 @@ impl SseAccountant {
     ///   chunk arrived: only `data: [DONE]` is missing;
     /// - Anthropic: a `message_delta` carried a non-null `delta.stop_reason` (it also carries
     ///   the final cumulative usage): only `message_stop` is missing;
-    /// - Responses: never (the usage and the final status come with `response.completed`).
+    /// - Responses: never (the usage and the final status come with `response.completed`);
+    /// - Ollama: never (the usage comes with the final `"done": true` line).
     ///
     /// False after an in-stream error. Sources: OpenAI "Streaming" chat completion chunk
     /// object (`choices[].finish_reason`, `usage`); Anthropic Messages streaming (event flow
@@ -373,6 +375,8 @@ impl SseAccountant {
         match self.api {
             ApiKind::AnthropicMessages => s.stop_reason_seen,
             ApiKind::OpenAiResponses => false,
+            // Ollama: the usage and the end come together in the `done: true` line.
+            ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => false,
             _ => {
                 s.choices_seen != 0
                     && s.choices_finished & s.choices_seen == s.choices_seen
