@@ -231,3 +231,30 @@ def test_token_limit_gives_the_native_429(sluice_factory: SluiceFactory,
     assert upstream.requests() == []
     assert sluice.scrape().sum("sluice_limit_decisions_total", tenant=TENANT,
                                decision="rejected") >= 1
+
+
+@pytest.mark.parametrize("fault", ["503", "cut before content"])
+def test_failover_between_ollama_pools_before_content(sluice_factory: SluiceFactory,
+                                                      upstream: OllamaUpstream,
+                                                      fault: str) -> None:
+    """The first pool answers 503, or streams a 200 header then ends before any line: sluice
+    moves to the second pool before the client sees anything, and the SDK gets the second
+    pool's whole answer, counted exactly."""
+    bad = OllamaUpstream(OLLAMA_UPSTREAM_KEY, fail_status=503) if fault == "503" else \
+        OllamaUpstream(OLLAMA_UPSTREAM_KEY, fail_cut_after=0)
+    try:
+        sluice = sluice_factory.start(
+            pools=[pool("bad", "ollama", bad.url, OLLAMA_KEY_ENV),
+                   pool("good", "ollama", upstream.url, OLLAMA_KEY_ENV)],
+            routes=[route("ollama", "/api", ["bad", "good"])],
+            env={OLLAMA_KEY_ENV: OLLAMA_UPSTREAM_KEY})
+        want = call(direct(upstream), "chat", True)
+        upstream.clear()
+        meter = sluice.meter()
+        got = call(via(sluice), "chat", True)
+        assert got == want
+        assert len(bad.requests()) == 1 and len(upstream.requests()) == 1
+        meter.assert_counted(model=MODEL, prompt=got[-1]["prompt_eval_count"],
+                             completion=got[-1]["eval_count"], route="ollama", pool="good")
+    finally:
+        bad.stop()

@@ -25,6 +25,9 @@ read directly equals one read through sluice.
 
 Faults, per request: header `x-mock-cut-after: N` sends N lines of a stream then ends the body
 cleanly without the final object (`x-mock-cut-mode: reset` resets the connection instead).
+Per instance: `fail_status=503` answers every chat/generate call with that status and
+`{"error":"server busy, please try again"}`; `fail_cut_after=N` cuts every stream after N
+lines.
 Every request is journalled (`OllamaUpstream.requests`: method, path, authorization, body).
 """
 
@@ -138,7 +141,10 @@ class Handler(BaseHTTPRequestHandler):
                 model.split(":")[0] not in MODELS:
             self._send_json(404, {"error": f"model '{model}' not found"})
             return
-        if path in ("/api/chat", "/api/generate"):
+        if path in ("/api/chat", "/api/generate") and self.server.fail_status:
+            self._send_json(self.server.fail_status,
+                            {"error": "server busy, please try again"})
+        elif path in ("/api/chat", "/api/generate"):
             self._generate("chat" if path == "/api/chat" else "generate", model, body)
         elif path == "/api/embed":
             inputs = body.get("input")
@@ -176,7 +182,7 @@ class Handler(BaseHTTPRequestHandler):
                                   **final_fields(prompt, len(tokens), reason)})
             return
         lines = [{**piece(t), "done": False} for t in tokens] + [final]
-        cut = self.headers.get("x-mock-cut-after")
+        cut = self.headers.get("x-mock-cut-after", self.server.fail_cut_after)
         self.send_response(200)
         self.send_header("content-type", "application/x-ndjson")
         self.send_header("transfer-encoding", "chunked")
@@ -200,14 +206,19 @@ class _Server(ThreadingHTTPServer):
     key: str
     journal: list[dict[str, Any]]
     lock: threading.Lock
+    fail_status: int | None
+    fail_cut_after: int | None
 
 
 class OllamaUpstream:
     """The mock on a free loopback port, serving in a thread until `stop`."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, *, fail_status: int | None = None,
+                 fail_cut_after: int | None = None) -> None:
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.key = key
+        self.server.fail_status = fail_status
+        self.server.fail_cut_after = fail_cut_after
         self.server.journal = []
         self.server.lock = threading.Lock()
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
