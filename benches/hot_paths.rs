@@ -47,6 +47,12 @@ fn sse(c: &mut Criterion) {
             ApiKind::AnthropicMessages,
             "anthropic/llmock_capture.sse",
         ),
+        // Ollama's NDJSON stream (the NDJSON framer, not SSE), from Ollama's docs/api.md.
+        (
+            "ollama_ndjson",
+            ApiKind::OllamaChat,
+            "ollama/chat_stream.ndjson",
+        ),
     ] {
         let chunks = stream_chunks(&fixture(file));
         let bytes: usize = chunks.iter().map(Bytes::len).sum();

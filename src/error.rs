@@ -281,6 +281,7 @@ impl SluiceError {
         match style {
             ErrorStyle::OpenAi => style.body(openai_type, Some(code), &message),
             ErrorStyle::Anthropic => style.body(anthropic_type, None, &message),
+            ErrorStyle::Ollama => style.body(anthropic_type, None, &message),
         }
     }
 }
@@ -455,6 +456,8 @@ mod tests {
             let a: serde_json::Value =
                 serde_json::from_slice(&e.body(ErrorStyle::Anthropic)).unwrap();
             assert_eq!(a["type"], "error");
+            let l: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::Ollama)).unwrap();
+            assert!(l["error"].as_str().unwrap().starts_with("sluice: "));
         }
         let first_token = SluiceError::UpstreamTimeout {
             upstream: "h:1".into(),

@@ -89,7 +89,7 @@ pub fn applies(ctx: &RequestCtx, header: &ResponseHeader) -> bool {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"))
+            .is_some_and(crate::usage::is_stream_content_type)
 }
 
 /// Why the hold stopped reading.

@@ -142,7 +142,7 @@ pub async fn relay<D: Downstream>(
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+        .is_some_and(crate::usage::is_stream_content_type);
     let success = upstream_header.status.is_success();
     let hide = is_sse && ctx.fields().injected_include_usage;
     // When the client has every byte of a sized response it may send its next request at

@@ -4,7 +4,9 @@
 //! wire modules are the same whatever the framing.
 //!
 //! - [`Framer::Sse`]: `text/event-stream` (WHATWG server-sent events; OpenAI, Anthropic).
+//! - [`Framer::Ndjson`]: `application/x-ndjson` (one JSON object per line; Ollama).
 
+use super::ndjson::NdjsonFramer;
 use super::sse::{Frame, SseFramer};
 use super::ApiKind;
 
@@ -13,6 +15,8 @@ use super::ApiKind;
 pub(crate) enum Framer {
     /// Server-sent events ([`SseFramer`]).
     Sse(SseFramer),
+    /// Newline-delimited JSON ([`NdjsonFramer`]).
+    Ndjson(NdjsonFramer),
 }
 
 impl Framer {
@@ -24,6 +28,9 @@ impl Framer {
             | ApiKind::OpenAiResponses
             | ApiKind::AnthropicMessages
             | ApiKind::Embeddings => Framer::Sse(SseFramer::new(max_event_bytes)),
+            ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => {
+                Framer::Ndjson(NdjsonFramer::new(max_event_bytes))
+            }
         }
     }
 
@@ -31,6 +38,7 @@ impl Framer {
     pub(crate) fn feed<F: FnMut(Frame<'_>)>(&mut self, chunk: &[u8], emit: F) {
         match self {
             Framer::Sse(f) => f.feed(chunk, emit),
+            Framer::Ndjson(f) => f.feed(chunk, emit),
         }
     }
 
@@ -38,6 +46,7 @@ impl Framer {
     pub(crate) fn finish<F: FnMut(Frame<'_>)>(&mut self, emit: F) {
         match self {
             Framer::Sse(f) => f.finish(emit),
+            Framer::Ndjson(f) => f.finish(emit),
         }
     }
 
@@ -45,6 +54,18 @@ impl Framer {
     pub(crate) fn held_bytes(&self) -> usize {
         match self {
             Framer::Sse(f) => f.held_bytes(),
+            Framer::Ndjson(f) => f.held_bytes(),
+        }
+    }
+}
+
+impl Framer {
+    /// The bytes that end one event of this framing after its last line: a blank line for
+    /// SSE (`\n` after the line's own), nothing more for NDJSON (the line's `\n` ends it).
+    pub(crate) fn event_terminator(&self) -> &'static [u8] {
+        match self {
+            Framer::Sse(_) => b"\n",
+            Framer::Ndjson(_) => b"",
         }
     }
 }

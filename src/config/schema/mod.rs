@@ -209,6 +209,10 @@ pub enum ProviderKind {
     /// Any OpenAI-compatible server (vLLM, llama.cpp, ...): `Authorization: Bearer`.
     #[serde(rename = "openai_compatible")]
     OpenAiCompatible,
+    /// Ollama's native API (`/api/chat`, `/api/generate`, `/api/embed`, other `/api/*` passed
+    /// through): the pool key, if any, as `Authorization: Bearer`; errors `{"error":".."}`.
+    #[serde(rename = "ollama")]
+    Ollama,
 }
 
 /// Where a provider key comes from: exactly one of `env` or `file`. The value itself is never

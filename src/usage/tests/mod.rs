@@ -5,6 +5,7 @@ mod bounds;
 mod cut;
 mod fixtures;
 mod json_and_estimate;
+mod ollama;
 mod opening;
 mod props;
 mod robustness;
