@@ -38,7 +38,7 @@ impl ErrorStyle {
         let path = req.uri.path();
         if path.contains("/messages") || req.headers.contains_key("anthropic-version") {
             ErrorStyle::Anthropic
-        } else if path.contains("/api/") {
+        } else if is_ollama_path(path) {
             ErrorStyle::Ollama
         } else {
             ErrorStyle::OpenAi
@@ -80,6 +80,31 @@ impl ErrorStyle {
             ErrorStyle::Ollama => ollama::error_body(message),
         }
     }
+}
+
+/// Ollama's native API: `/api/` then one of its endpoints (Ollama docs/api.md), so that
+/// OpenAI-compatible paths under `/api/v1/...` (OpenRouter and others) keep the OpenAI style.
+fn is_ollama_path(path: &str) -> bool {
+    const ENDPOINTS: [&str; 14] = [
+        "chat",
+        "generate",
+        "embed",
+        "embeddings",
+        "tags",
+        "show",
+        "create",
+        "copy",
+        "delete",
+        "pull",
+        "push",
+        "ps",
+        "version",
+        "blobs",
+    ];
+    path.strip_prefix("/api/").is_some_and(|rest| {
+        let first = rest.split('/').next().unwrap_or("");
+        ENDPOINTS.contains(&first)
+    })
 }
 
 /// The native in-stream error event for `err` in a stream of `api`, which the client's SDK
@@ -307,5 +332,10 @@ mod tests {
         assert_eq!(ErrorStyle::guess(&req), ErrorStyle::Ollama);
         let req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
         assert_eq!(ErrorStyle::guess(&req), ErrorStyle::OpenAi);
+        // OpenAI-compatible APIs under `/api/v1` (OpenRouter) keep the OpenAI style.
+        let req = RequestHeader::build("POST", b"/api/v1/chat/completions", None).unwrap();
+        assert_eq!(ErrorStyle::guess(&req), ErrorStyle::OpenAi);
+        let req = RequestHeader::build("GET", b"/api/tags", None).unwrap();
+        assert_eq!(ErrorStyle::guess(&req), ErrorStyle::Ollama);
     }
 }
