@@ -281,6 +281,8 @@ impl SluiceError {
         match style {
             ErrorStyle::OpenAi => style.body(openai_type, Some(code), &message),
             ErrorStyle::Anthropic => style.body(anthropic_type, None, &message),
+            // The type travels in `x-amzn-errortype` (ErrorStyle::error_type_header).
+            ErrorStyle::Bedrock => style.body("", None, &message),
         }
     }
 }

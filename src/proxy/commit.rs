@@ -79,7 +79,7 @@ pub struct Failed {
 }
 
 /// Whether the answer `header` to the request in `ctx` is held: an inspected streamed
-/// request of an API sluice accounts, answered 2xx `text/event-stream`. Non-streamed calls
+/// request of an API sluice accounts, answered 2xx `text/event-stream` (or an AWS event stream). Non-streamed calls
 /// and passthrough are never held.
 pub fn applies(ctx: &RequestCtx, header: &ResponseHeader) -> bool {
     ctx.fields().stream
@@ -89,7 +89,7 @@ pub fn applies(ctx: &RequestCtx, header: &ResponseHeader) -> bool {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"))
+            .is_some_and(crate::usage::is_stream_content_type)
 }
 
 /// Why the hold stopped reading.

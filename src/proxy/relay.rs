@@ -142,7 +142,7 @@ pub async fn relay<D: Downstream>(
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+        .is_some_and(crate::usage::is_stream_content_type);
     let success = upstream_header.status.is_success();
     let hide = is_sse && ctx.fields().injected_include_usage;
     // When the client has every byte of a sized response it may send its next request at
@@ -272,6 +272,13 @@ pub async fn relay<D: Downstream>(
                 };
                 if let Some(t) = tracker.as_mut() {
                     t.observe(&out);
+                }
+                if matches!(&acc, Accounting::Sse(a) if a.broken()) {
+                    // A corrupt AWS event stream message: the whole events before it go out,
+                    // then the native error; nothing after it can be framed.
+                    failure = Some(SluiceError::UpstreamFailed(endpoint.clone()));
+                    last = out;
+                    break;
                 }
                 if let (Some(c), Accounting::Sse(a)) = (&cutoff, &acc) {
                     // An answer whose final event came in this chunk is whole: nothing left

@@ -126,7 +126,8 @@ pub fn count_tokens(model: &str, text: &str) -> u64 {
 /// items: message content, function call arguments and outputs) and `tools`; Anthropic `system`
 /// and `messages[]` (text, thinking, tool_use input, tool_result content) and `tools`;
 /// embeddings `input` (a string or strings; arrays of token ids count their length). Images,
-/// audio and files are not counted, so multimodal prompts are underestimated.
+/// audio and files are not counted, so multimodal prompts are underestimated. Bedrock:
+/// Converse `system` and `messages`; InvokeModel `system`, `messages`, `prompt`, `inputText`.
 pub fn estimate_prompt_tokens(api: ApiKind, model: &str, body: &Value) -> u64 {
     let mut text = String::new();
     let mut messages = 0u64;
@@ -161,6 +162,22 @@ pub fn estimate_prompt_tokens(api: ApiKind, model: &str, body: &Value) -> u64 {
         }
         ApiKind::OpenAiCompletions => prompt_input(body.get("prompt"), &mut text, &mut token_ids),
         ApiKind::Embeddings => prompt_input(body.get("input"), &mut text, &mut token_ids),
+        // Bedrock Converse: `system[]` blocks and `messages[]` (`content[].text`); InvokeModel
+        // bodies are model-native: Anthropic-shaped (`system`, `messages`) or a `prompt` /
+        // `inputText` string (Bedrock "Inference request parameters" per model family).
+        ApiKind::BedrockConverse | ApiKind::BedrockInvoke => {
+            if let Some(system) = body.get("system") {
+                messages += 1;
+                collect(system, &mut text, 0);
+            }
+            for message in array(body.get("messages")) {
+                messages += 1;
+                collect(message, &mut text, 0);
+            }
+            for key in ["prompt", "inputText"] {
+                prompt_input(body.get(key), &mut text, &mut token_ids);
+            }
+        }
     }
     if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {
         push(&mut text, &tools.to_string());

@@ -4,7 +4,9 @@
 //! wire modules are the same whatever the framing.
 //!
 //! - [`Framer::Sse`]: `text/event-stream` (WHATWG server-sent events; OpenAI, Anthropic).
+//! - [`Framer::EventStream`]: `application/vnd.amazon.eventstream` (AWS event stream; Bedrock).
 
+use super::eventstream::EventStreamFramer;
 use super::sse::{Frame, SseFramer};
 use super::ApiKind;
 
@@ -13,6 +15,8 @@ use super::ApiKind;
 pub(crate) enum Framer {
     /// Server-sent events ([`SseFramer`]).
     Sse(SseFramer),
+    /// AWS event stream messages ([`EventStreamFramer`]).
+    EventStream(EventStreamFramer),
 }
 
 impl Framer {
@@ -24,6 +28,9 @@ impl Framer {
             | ApiKind::OpenAiResponses
             | ApiKind::AnthropicMessages
             | ApiKind::Embeddings => Framer::Sse(SseFramer::new(max_event_bytes)),
+            ApiKind::BedrockConverse | ApiKind::BedrockInvoke => {
+                Framer::EventStream(EventStreamFramer::new(max_event_bytes))
+            }
         }
     }
 
@@ -31,6 +38,7 @@ impl Framer {
     pub(crate) fn feed<F: FnMut(Frame<'_>)>(&mut self, chunk: &[u8], emit: F) {
         match self {
             Framer::Sse(f) => f.feed(chunk, emit),
+            Framer::EventStream(f) => f.feed(chunk, emit),
         }
     }
 
@@ -38,6 +46,7 @@ impl Framer {
     pub(crate) fn finish<F: FnMut(Frame<'_>)>(&mut self, emit: F) {
         match self {
             Framer::Sse(f) => f.finish(emit),
+            Framer::EventStream(f) => f.finish(emit),
         }
     }
 
@@ -45,6 +54,16 @@ impl Framer {
     pub(crate) fn held_bytes(&self) -> usize {
         match self {
             Framer::Sse(f) => f.held_bytes(),
+            Framer::EventStream(f) => f.held_bytes(),
+        }
+    }
+
+    /// True once the stream's framing is lost for good (an AWS event stream CRC or length that
+    /// did not check): nothing more is framed, nothing more should be forwarded.
+    pub(crate) fn broken(&self) -> bool {
+        match self {
+            Framer::Sse(_) => false,
+            Framer::EventStream(f) => f.broken(),
         }
     }
 }

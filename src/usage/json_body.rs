@@ -2,7 +2,9 @@
 //! cap, then hands it to its API's body parser (in [`super::wire`]) for usage and generated
 //! text.
 
-use super::wire::{anthropic_messages, openai_chat, openai_embeddings, openai_responses, TextBuf};
+use super::wire::{
+    anthropic_messages, bedrock_converse, openai_chat, openai_embeddings, openai_responses, TextBuf,
+};
 use super::{ApiKind, Usage};
 
 /// Accountant for one non-streamed JSON response body (chat/completions, completions,
@@ -90,6 +92,9 @@ impl JsonAccountant {
             ApiKind::Embeddings => openai_embeddings::body(&self.body),
             ApiKind::OpenAiResponses => openai_responses::body(&self.body, &mut text),
             ApiKind::AnthropicMessages => anthropic_messages::body(&self.body, &mut text),
+            ApiKind::BedrockConverse => bedrock_converse::body(&self.body, &mut text),
+            // Model-native bodies: nothing sluice reads (estimated from the request).
+            ApiKind::BedrockInvoke => None,
         };
         Parsed {
             usage,

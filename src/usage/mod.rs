@@ -13,6 +13,7 @@
 pub mod counter;
 pub mod estimate;
 
+mod eventstream;
 mod framing;
 mod json_body;
 mod sse;
@@ -24,6 +25,7 @@ mod wire;
 mod tests;
 
 pub use estimate::{count_tokens, estimate_prompt_tokens};
+pub use eventstream::encode_message as encode_eventstream_message;
 pub use json_body::JsonAccountant;
 pub use stream::SseAccountant;
 
@@ -84,6 +86,34 @@ pub enum ApiKind {
     AnthropicMessages,
     /// OpenAI embeddings, `POST /v1/embeddings`: usage `prompt_tokens` only.
     Embeddings,
+    /// AWS Bedrock Runtime `Converse` and `ConverseStream`, `POST /model/{modelId}/converse`
+    /// and `/model/{modelId}/converse-stream` (the stream in AWS event stream framing).
+    BedrockConverse,
+    /// AWS Bedrock Runtime `InvokeModel` and `InvokeModelWithResponseStream`,
+    /// `POST /model/{modelId}/invoke` and `/model/{modelId}/invoke-with-response-stream`:
+    /// model-native bodies, passed through; usage is estimated.
+    BedrockInvoke,
+}
+
+/// The Bedrock Runtime API of `path` (`/model/{modelId}/{operation}`), if it is one.
+fn bedrock_api(path: &str) -> Option<ApiKind> {
+    let rest = path.strip_prefix("/model/")?;
+    let (model, op) = rest.split_once('/')?;
+    if model.is_empty() {
+        return None;
+    }
+    match op {
+        "converse" | "converse-stream" => Some(ApiKind::BedrockConverse),
+        "invoke" | "invoke-with-response-stream" => Some(ApiKind::BedrockInvoke),
+        _ => None,
+    }
+}
+
+/// Whether a response's `content-type` is a stream the accountant frames: `text/event-stream`
+/// (SSE) or `application/vnd.amazon.eventstream` (AWS event stream, Bedrock).
+pub fn is_stream_content_type(content_type: &str) -> bool {
+    content_type.starts_with("text/event-stream")
+        || content_type.starts_with("application/vnd.amazon.eventstream")
 }
 
 impl ApiKind {
@@ -95,6 +125,9 @@ impl ApiKind {
     /// `/embeddings` -> embeddings. Anything else is `None`, e.g. `/v1/models`,
     /// `/v1/messages/count_tokens`, `/v1/responses/{id}`, or OpenAI Assistants'
     /// `/v1/threads/{id}/messages` (hence the `/v1` required before `/messages`).
+    /// Bedrock: `/model/{modelId}/converse` or `/converse-stream` -> Converse,
+    /// `/model/{modelId}/invoke` or `/invoke-with-response-stream` -> InvokeModel (exactly
+    /// three segments, the model id one segment, as the AWS SDKs encode it).
     pub fn from_path(path: &str) -> Option<ApiKind> {
         let end = path.find(['?', '#']).unwrap_or(path.len());
         let path = path[..end].trim_end_matches('/');
@@ -109,7 +142,7 @@ impl ApiKind {
         } else if path.ends_with("/embeddings") {
             Some(ApiKind::Embeddings)
         } else {
-            None
+            bedrock_api(path)
         }
     }
 }
