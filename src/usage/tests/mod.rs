@@ -1,6 +1,7 @@
 //! Tests of the usage module against golden fixtures (`tests/fixtures/`) and hostile input.
 
 mod agree;
+mod bedrock;
 mod bounds;
 mod cut;
 mod fixtures;
