@@ -457,6 +457,12 @@ mod tests {
             let a: serde_json::Value =
                 serde_json::from_slice(&e.body(ErrorStyle::Anthropic)).unwrap();
             assert_eq!(a["type"], "error");
+            let b: serde_json::Value =
+                serde_json::from_slice(&e.body(ErrorStyle::Bedrock)).unwrap();
+            assert!(b["message"].as_str().unwrap().starts_with("sluice: "));
+            let (header, kind) = ErrorStyle::Bedrock.error_type_header(e.status()).unwrap();
+            assert_eq!(header, "x-amzn-errortype");
+            assert!(kind.ends_with("Exception"), "{kind}");
         }
         let first_token = SluiceError::UpstreamTimeout {
             upstream: "h:1".into(),
