@@ -137,6 +137,26 @@ pub fn model_from_path(path: &str) -> Option<(String, bool)> {
     Some((model, stream))
 }
 
+/// The output ceiling a `Converse` / `ConverseStream` body sets (`inferenceConfig.maxTokens`,
+/// tokens), for the token limits' reservation; `None` when absent or not a JSON object.
+/// Source: Bedrock Runtime API reference, "InferenceConfiguration".
+pub fn max_tokens(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default, rename = "inferenceConfig")]
+        inference_config: Option<Inference>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inference {
+        #[serde(default, rename = "maxTokens")]
+        max_tokens: Option<u64>,
+    }
+    serde_json::from_slice::<Body>(body)
+        .ok()?
+        .inference_config?
+        .max_tokens
+}
+
 /// Signs `req` (its `host` already set) with SigV4: `x-amz-date`, `authorization` and, for
 /// temporary credentials, `x-amz-security-token` are added. Signed headers: `host`,
 /// `content-type` when present, and those the signer adds. `body`: the exact payload (hashed
@@ -262,6 +282,19 @@ mod tests {
         assert_eq!(model_from_path("/model/m/invoke").map(|m| m.1), Some(false));
         assert_eq!(model_from_path("/model//converse"), None);
         assert_eq!(model_from_path("/model/m/other"), None);
+    }
+
+    #[test]
+    fn max_tokens_from_the_inference_config() {
+        assert_eq!(
+            max_tokens(br#"{"messages":[],"inferenceConfig":{"maxTokens":300,"temperature":0.1}}"#),
+            Some(300)
+        );
+        assert_eq!(max_tokens(br#"{"messages":[]}"#), None);
+        assert_eq!(
+            max_tokens(br#"{"inferenceConfig":{"maxTokens":"x"}}"#),
+            None
+        );
     }
 
     #[test]

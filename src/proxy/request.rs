@@ -46,6 +46,7 @@ pub async fn handle(
             // Bedrock names the model and the streaming in the path, not the body.
             fields.model = Some(model);
             fields.stream = stream;
+            fields.max_tokens = crate::provider::bedrock::max_tokens(&body);
         }
         ctx.inspected = Some(InspectedRequest { fields, body });
         select_route(&snapshot, session, ctx, &path)?;
