@@ -198,6 +198,7 @@ def test_dead_upstream_raises_promptly(sluice_factory: SluiceFactory) -> None:
         with pytest.raises(ClientError) as caught:
             call(modelId=MODEL, messages=MESSAGES)
         elapsed = time.monotonic() - started
+        print(f"dead upstream: {call.__name__} raised after {elapsed * 1000:.0f} ms")
         status = caught.value.response["ResponseMetadata"]["HTTPStatusCode"]
         assert status >= 500, caught.value.response
         assert caught.value.response["Error"]["Code"] in (
