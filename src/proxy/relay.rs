@@ -159,6 +159,14 @@ pub async fn relay<D: Downstream>(
         .filter(|_| !raw_lost)
         .and_then(|r| r.begin(&upstream_header, opening_raw.as_deref()));
     let mut parts = downstream_parts(&upstream_header, is_sse);
+    // Bedrock InvokeModel reports its usage in the response header, not the body.
+    let header_usage = (ctx.caller.api == Some(crate::usage::ApiKind::BedrockInvoke))
+        .then(|| {
+            crate::usage::invoke_header_usage(|name| {
+                upstream_header.headers.get(name)?.to_str().ok()
+            })
+        })
+        .flatten();
     drop(upstream_header);
     if let Some(outcome) = ctx.cache {
         parts.headers.insert(
@@ -190,10 +198,9 @@ pub async fn relay<D: Downstream>(
             hide,
             bounds.max_sse_event_bytes,
         ))),
-        Some(api) if success => Accounting::Json(Box::new(JsonAccountant::new(
-            api,
-            bounds.max_json_body_bytes,
-        ))),
+        Some(api) if success => Accounting::Json(Box::new(
+            JsonAccountant::new(api, bounds.max_json_body_bytes).with_header_usage(header_usage),
+        )),
         _ => Accounting::Off,
     };
     let _gauge = is_sse.then(StreamGauge::start);

@@ -16,6 +16,9 @@ pub struct JsonAccountant {
     body: Vec<u8>,
     over_cap: bool,
     parsed: Option<Parsed>,
+    /// Usage the response header reported (Bedrock `InvokeModel`), see
+    /// [`JsonAccountant::with_header_usage`].
+    header_usage: Option<Usage>,
 }
 
 #[derive(Debug, Default)]
@@ -33,7 +36,16 @@ impl JsonAccountant {
             body: Vec::new(),
             over_cap: false,
             parsed: None,
+            header_usage: None,
         }
+    }
+
+    /// The usage the response header reported, for an API whose body carries none (Bedrock
+    /// `InvokeModel`: [`super::invoke_header_usage`]); it is what [`JsonAccountant::finish`]
+    /// returns for that API.
+    pub fn with_header_usage(mut self, usage: Option<Usage>) -> Self {
+        self.header_usage = usage;
+        self
     }
 
     /// Appends one body chunk. Past `max_bytes` in total the copy is dropped for good and
@@ -82,7 +94,12 @@ impl JsonAccountant {
 
     fn parse(&self) -> Parsed {
         if self.over_cap || self.body.is_empty() {
-            return Parsed::default();
+            return Parsed {
+                usage: self
+                    .header_usage
+                    .filter(|_| self.api == ApiKind::BedrockInvoke),
+                text: String::new(),
+            };
         }
         let mut text = TextBuf::default();
         let usage = match self.api {
@@ -93,8 +110,8 @@ impl JsonAccountant {
             ApiKind::OpenAiResponses => openai_responses::body(&self.body, &mut text),
             ApiKind::AnthropicMessages => anthropic_messages::body(&self.body, &mut text),
             ApiKind::BedrockConverse => bedrock_converse::body(&self.body, &mut text),
-            // Model-native bodies: nothing sluice reads (estimated from the request).
-            ApiKind::BedrockInvoke => None,
+            // Model-native bodies: the usage comes from the response header, if any.
+            ApiKind::BedrockInvoke => self.header_usage,
         };
         Parsed {
             usage,

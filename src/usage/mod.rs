@@ -28,6 +28,7 @@ pub use estimate::{count_tokens, estimate_prompt_tokens};
 pub use eventstream::encode_message as encode_eventstream_message;
 pub use json_body::JsonAccountant;
 pub use stream::SseAccountant;
+pub use wire::bedrock_converse::invoke_header_usage;
 
 /// Token counts of one response, as the upstream reported them. All counts are tokens (u64);
 /// a field the upstream did not send (absent or `null`) is 0.
@@ -91,7 +92,8 @@ pub enum ApiKind {
     BedrockConverse,
     /// AWS Bedrock Runtime `InvokeModel` and `InvokeModelWithResponseStream`,
     /// `POST /model/{modelId}/invoke` and `/model/{modelId}/invoke-with-response-stream`:
-    /// model-native bodies, passed through; usage is estimated.
+    /// model-native bodies, passed through; usage from the `x-amzn-bedrock-*-token-count`
+    /// response headers or the stream's `amazon-bedrock-invocationMetrics`.
     BedrockInvoke,
 }
 

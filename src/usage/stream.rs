@@ -492,8 +492,7 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
             bedrock_converse::on_event(state, name, event.data).map(|()| Verdict::Keep)
         }
         ApiKind::BedrockInvoke => {
-            bedrock_converse::on_invoke_event(state, name);
-            Ok(Verdict::Keep)
+            bedrock_converse::on_invoke_event(state, name, event.data).map(|()| Verdict::Keep)
         }
     };
     parsed.unwrap_or_else(|_| {

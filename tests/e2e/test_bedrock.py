@@ -12,6 +12,7 @@ here is built with `total_max_attempts: 1` so that each call is one request."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Iterator
 
@@ -132,18 +133,27 @@ def test_invoke_model_passes_through(sluice_factory: SluiceFactory, upstream: Up
     body = b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":50,' \
            b'"messages":[{"role":"user","content":"Name five things found near a river"}]}'
     direct = client(upstream.url, POOL_AKID, POOL_SECRET).invoke_model(modelId=MODEL, body=body)
+    meter = Meter(sluice)
     via = client(f"http://{sluice.proxy}", VIRTUAL_KEY).invoke_model(modelId=MODEL, body=body)
     assert via["body"].read() == direct["body"].read()
     assert upstream.requests[-1]["auth_ok"]
+    usage = upstream.requests[-1]["usage"]
+    meter.assert_counted(model=MODEL, prompt=usage["inputTokens"],
+                         completion=usage["outputTokens"], route="bedrock", pool="bedrock")
 
     def chunks(resp: dict[str, Any]) -> list[bytes]:
         return [e["chunk"]["bytes"] for e in resp["body"]]
 
     direct_stream = client(upstream.url, POOL_AKID, POOL_SECRET)
     want = chunks(direct_stream.invoke_model_with_response_stream(modelId=MODEL, body=body))
+    meter = Meter(sluice)
     got = chunks(client(f"http://{sluice.proxy}", VIRTUAL_KEY).invoke_model_with_response_stream(
         modelId=MODEL, body=body))
-    assert got == want and len(got) == 5
+    assert got == want and len(got) == 6
+    metrics = json.loads(got[-1])["amazon-bedrock-invocationMetrics"]
+    meter.assert_counted(model=MODEL, prompt=metrics["inputTokenCount"],
+                         completion=metrics["outputTokenCount"], route="bedrock",
+                         pool="bedrock")
 
 
 def test_bearer_virtual_key_and_pool_api_key(sluice_factory: SluiceFactory) -> None:

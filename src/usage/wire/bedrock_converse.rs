@@ -119,13 +119,103 @@ pub(crate) fn on_event(
     Ok(())
 }
 
-/// Accounts one `InvokeModelWithResponseStream` event: a `chunk` (a model-native payload,
-/// base64 in `bytes`) is content whose usage sluice does not read; an exception marks the
-/// stream failed. Its end is the end of the body.
-pub(crate) fn on_invoke_event(state: &mut StreamState, name: &str) {
+/// Accounts one `InvokeModelWithResponseStream` event: a `chunk` carries a model-native JSON
+/// payload, base64 in `bytes`; Bedrock adds `amazon-bedrock-invocationMetrics`
+/// (`inputTokenCount`, `outputTokenCount`, `cacheReadInputTokenCount`,
+/// `cacheWriteInputTokenCount`) to the last one, which gives the usage and ends the stream. Text
+/// is read from the payload shapes of the main model families: Anthropic `delta.text`, Amazon
+/// Titan/Nova `outputText`, Meta `generation`, legacy Claude `completion`. An exception marks
+/// the stream failed. Source: Bedrock user guide, "Invoke a model with response streaming"
+/// (<https://docs.aws.amazon.com/bedrock/latest/userguide/inference-invoke.html>).
+pub(crate) fn on_invoke_event(
+    state: &mut StreamState,
+    name: &str,
+    data: &[u8],
+) -> Result<(), serde_json::Error> {
+    use base64::Engine as _;
     if is_exception(name) {
         state.saw_error = true;
+        return Ok(());
     }
+    if name != "chunk" {
+        return Ok(());
+    }
+    let part: PayloadPart = serde_json::from_slice(data)?;
+    let Ok(inner) = base64::engine::general_purpose::STANDARD.decode(part.bytes.as_str()) else {
+        return Err(serde::de::Error::custom("chunk.bytes is not base64"));
+    };
+    let chunk: InvokeChunk = serde_json::from_slice(&inner)?;
+    if let Some(delta) = &chunk.delta {
+        state.text.push(delta.text.as_str());
+    }
+    for piece in [&chunk.output_text, &chunk.generation, &chunk.completion] {
+        state.text.push(piece.as_str());
+    }
+    if let Some(m) = chunk.metrics {
+        state.usage = Some(Usage {
+            prompt_tokens: m.input_token_count.unwrap_or(0),
+            completion_tokens: m.output_token_count.unwrap_or(0),
+            cached_tokens: m.cache_read_input_token_count.unwrap_or(0),
+            cache_write_tokens: m.cache_write_input_token_count.unwrap_or(0),
+            reasoning_tokens: 0,
+        });
+        state.completed = true;
+    }
+    Ok(())
+}
+
+/// `PayloadPart`: `{"bytes": "<base64>"}`.
+#[derive(Deserialize)]
+struct PayloadPart<'a> {
+    #[serde(default, borrow)]
+    bytes: Text<'a>,
+}
+
+/// The members of a model-native stream chunk that accounting reads.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InvokeChunk<'a> {
+    #[serde(default, borrow)]
+    delta: Option<InvokeDelta<'a>>,
+    #[serde(default, borrow)]
+    output_text: Text<'a>,
+    #[serde(default, borrow)]
+    generation: Text<'a>,
+    #[serde(default, borrow)]
+    completion: Text<'a>,
+    #[serde(default, rename = "amazon-bedrock-invocationMetrics")]
+    metrics: Option<InvocationMetrics>,
+}
+
+#[derive(Deserialize)]
+struct InvokeDelta<'a> {
+    #[serde(default, borrow)]
+    text: Text<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InvocationMetrics {
+    #[serde(default)]
+    input_token_count: Option<u64>,
+    #[serde(default)]
+    output_token_count: Option<u64>,
+    #[serde(default)]
+    cache_read_input_token_count: Option<u64>,
+    #[serde(default)]
+    cache_write_input_token_count: Option<u64>,
+}
+
+/// The usage of a non-streamed `InvokeModel` answer, from the headers Bedrock sets on it
+/// (`x-amzn-bedrock-input-token-count`, `x-amzn-bedrock-output-token-count`); `None` when
+/// either is missing or not a number. `header` looks a header up by its lower-case name.
+pub fn invoke_header_usage<'h>(header: impl Fn(&str) -> Option<&'h str>) -> Option<Usage> {
+    let count = |name: &str| header(name)?.trim().parse::<u64>().ok();
+    Some(Usage {
+        prompt_tokens: count("x-amzn-bedrock-input-token-count")?,
+        completion_tokens: count("x-amzn-bedrock-output-token-count")?,
+        ..Usage::default()
+    })
 }
 
 /// Commit on content: `messageStart` and `contentBlockStop` hold; an exception is an error
@@ -241,6 +331,34 @@ mod tests {
             (u.prompt_tokens, u.completion_tokens, u.cache_write_tokens),
             (5, 1, 2)
         );
+    }
+
+    #[test]
+    fn invoke_stream_chunks_and_metrics() {
+        use base64::Engine as _;
+        let chunk = |inner: &str| {
+            let b = base64::engine::general_purpose::STANDARD.encode(inner);
+            format!(r#"{{"bytes":"{b}"}}"#)
+        };
+        let mut state = StreamState::default();
+        let delta = r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"Hi"}}"#;
+        on_invoke_event(&mut state, "chunk", chunk(delta).as_bytes()).unwrap();
+        assert!(!state.completed && state.usage.is_none());
+        let stop = r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":12,"outputTokenCount":3,"invocationLatency":90,"firstByteLatency":40}}"#;
+        on_invoke_event(&mut state, "chunk", chunk(stop).as_bytes()).unwrap();
+        assert!(state.completed);
+        assert_eq!(state.text.as_str(), "Hi");
+        let u = state.usage.unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (12, 3));
+        assert!(on_invoke_event(&mut state, "chunk", br#"{"bytes":"!!"}"#).is_err());
+        let headers = [
+            ("x-amzn-bedrock-input-token-count", "7"),
+            ("x-amzn-bedrock-output-token-count", "2"),
+        ];
+        let find = |n: &str| headers.iter().find(|h| h.0 == n).map(|h| h.1);
+        let u = invoke_header_usage(find).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (7, 2));
+        assert!(invoke_header_usage(|_| None).is_none());
     }
 
     #[test]

@@ -8,8 +8,9 @@ Operations (AWS Bedrock Runtime API reference; botocore's `bedrock-runtime` serv
 `POST /model/{modelId}/converse` (JSON: `output.message.content[].text`, `stopReason`,
 `usage`), `/converse-stream` (`application/vnd.amazon.eventstream`: `messageStart`,
 `contentBlockDelta` per piece, `contentBlockStop`, `messageStop`, `metadata` with `usage`),
-`/invoke` (an Anthropic-shaped JSON body) and `/invoke-with-response-stream` (`chunk` events,
-`bytes` base64). The answer is deterministic: five words picked from the prompt's hash, one
+`/invoke` (an Anthropic-shaped JSON body, the token counts in `x-amzn-bedrock-input-token-count`
+/ `-output-token-count`) and `/invoke-with-response-stream` (`chunk` events, `bytes` base64, the
+last one with `amazon-bedrock-invocationMetrics`). The answer is deterministic: five words picked from the prompt's hash, one
 piece per word. Usage: `inputTokens` = words of the user messages + 3, `outputTokens` = pieces,
 `cacheReadInputTokens` = 2.
 
@@ -182,11 +183,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "content": [{"type": "text", "text": "".join(pieces)}],
                 "stop_reason": "end_turn",
                 "usage": {"input_tokens": usage["inputTokens"],
-                          "output_tokens": usage["outputTokens"]}})
+                          "output_tokens": usage["outputTokens"]}},
+                {"x-amzn-bedrock-input-token-count": str(usage["inputTokens"]),
+                 "x-amzn-bedrock-output-token-count": str(usage["outputTokens"])})
         if op == "converse-stream":
             return self.stream(self.converse_events(pieces, usage), faults)
         if op == "invoke-with-response-stream":
-            return self.stream(self.invoke_events(pieces), faults)
+            return self.stream(self.invoke_events(pieces, usage), faults)
         return self.error(404, "UnknownOperationException", "unknown operation")
 
     @staticmethod
@@ -199,11 +202,17 @@ class _Handler(BaseHTTPRequestHandler):
         yield False, "metadata", {"usage": usage, "metrics": {"latencyMs": 7}}
 
     @staticmethod
-    def invoke_events(pieces: list[str]):
+    def invoke_events(pieces: list[str], usage: dict[str, int]):
+        """Anthropic-shaped chunks; the last carries Bedrock's invocation metrics."""
+        def chunk(inner: dict[str, Any]) -> dict[str, str]:
+            return {"bytes": base64.b64encode(json.dumps(inner).encode()).decode()}
+
         for piece in pieces:
-            inner = {"type": "content_block_delta", "index": 0,
-                     "delta": {"type": "text_delta", "text": piece}}
-            yield True, "chunk", {"bytes": base64.b64encode(json.dumps(inner).encode()).decode()}
+            yield True, "chunk", chunk({"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": piece}})
+        yield False, "chunk", chunk({"type": "message_stop", "amazon-bedrock-invocationMetrics": {
+            "inputTokenCount": usage["inputTokens"], "outputTokenCount": usage["outputTokens"],
+            "invocationLatency": 9, "firstByteLatency": 4}})
 
     def stream(self, events, faults: dict[str, Any]) -> None:
         self.send_response(200)
