@@ -48,6 +48,12 @@ fn sse(c: &mut Criterion) {
             ApiKind::AnthropicMessages,
             "anthropic/llmock_capture.sse",
         ),
+        // Ollama's NDJSON stream (the NDJSON framer, not SSE), from Ollama's docs/api.md.
+        (
+            "ollama_ndjson",
+            ApiKind::OllamaChat,
+            "ollama/chat_stream.ndjson",
+        ),
         // AWS event stream framing (binary, CRC-checked), Bedrock ConverseStream.
         (
             "bedrock_converse",
@@ -587,9 +593,16 @@ fn cache(c: &mut Criterion) {
     header
         .insert_header("content-type", "text/event-stream")
         .unwrap();
+    // What the relay's accountant reports of that stream as it relays it.
     let delivered = sluice::proxy::ctx::Delivered {
         status: 200,
         completed: true,
+        stream_whole: true,
+        usage: Some(sluice::usage::Usage {
+            prompt_tokens: 5,
+            completion_tokens: 2,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     g.bench_function("record_and_store_stream", |b| {

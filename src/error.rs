@@ -281,6 +281,7 @@ impl SluiceError {
         match style {
             ErrorStyle::OpenAi => style.body(openai_type, Some(code), &message),
             ErrorStyle::Anthropic => style.body(anthropic_type, None, &message),
+            ErrorStyle::Ollama => style.body(anthropic_type, None, &message),
             // The type travels in `x-amzn-errortype` (ErrorStyle::error_type_header).
             ErrorStyle::Bedrock => style.body("", None, &message),
         }
@@ -457,6 +458,8 @@ mod tests {
             let a: serde_json::Value =
                 serde_json::from_slice(&e.body(ErrorStyle::Anthropic)).unwrap();
             assert_eq!(a["type"], "error");
+            let l: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::Ollama)).unwrap();
+            assert!(l["error"].as_str().unwrap().starts_with("sluice: "));
             let b: serde_json::Value =
                 serde_json::from_slice(&e.body(ErrorStyle::Bedrock)).unwrap();
             assert!(b["message"].as_str().unwrap().starts_with("sluice: "));

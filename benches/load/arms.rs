@@ -64,7 +64,9 @@ fn config_with(proxy: u16, admin: u16, upstream: u16, route: &str) -> String {
 /// request is looked up and every answer stored) and request coalescing; the harness's
 /// requests are all distinct, so every lookup misses and nothing coalesces: what the two
 /// cost a route when they do not help; `cache` and `coalesce`: each alone; `cache-full`: the
-/// cache alone in a 1 MiB memory tier (full, evicting). `None` for an unknown variant.
+/// cache alone in a 1 MiB memory tier (full, evicting); `cache-nostore` and `cache-noretain`:
+/// the cache's lookup alone, and its lookup, recording and check without keeping anything.
+/// `None` for an unknown variant.
 pub fn sluice_variant_config(
     variant: &str,
     proxy: u16,
@@ -74,17 +76,23 @@ pub fn sluice_variant_config(
     let route = match variant {
         "reuse" => "{cache: {when: always, ttl_ms: 60000}, coalesce: true}",
         // Each alone, to tell their costs apart.
-        "cache" | "cache-full" => "{cache: {when: always, ttl_ms: 60000}}",
+        "cache" | "cache-full" | "cache-nostore" | "cache-noretain" => {
+            "{cache: {when: always, ttl_ms: 60000}}"
+        }
         "coalesce" => "{coalesce: true}",
         _ => return None,
     };
     let cfg = config_with(proxy, admin, upstream, route);
     // `cache-full`: a 1 MiB memory tier, full after a few thousand misses: the cost of a
     // miss once the cache evicts (steady state), not while it grows.
-    Some(if variant == "cache-full" {
-        format!("{cfg}\ncache: {{max_bytes: 1048576, max_entry_bytes: 65536}}\n")
-    } else {
-        cfg
+    Some(match variant {
+        "cache-full" => format!("{cfg}\ncache: {{max_bytes: 1048576, max_entry_bytes: 65536}}\n"),
+        // The miss's parts apart: `cache-nostore` looks up and records nothing (every answer
+        // is over a 1-byte `max_entry_bytes`); `cache-noretain` also checks and offers every
+        // answer to a tier too small to keep it (weight over a 600-byte bound).
+        "cache-nostore" => format!("{cfg}\ncache: {{max_bytes: 33554432, max_entry_bytes: 1}}\n"),
+        "cache-noretain" => format!("{cfg}\ncache: {{max_bytes: 600, max_entry_bytes: 600}}\n"),
+        _ => cfg,
     })
 }
 

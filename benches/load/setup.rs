@@ -213,7 +213,7 @@ impl Session {
                 None => sluice_config(port, admin, up_addr.port()),
                 Some(v) => {
                     sluice_variant_config(v, port, admin, up_addr.port()).ok_or_else(|| {
-                        format!("unknown sluice variant {v:?} (known: reuse, cache, cache-full, coalesce)")
+                        format!("unknown sluice variant {v:?} (known: reuse, cache, cache-full, cache-nostore, cache-noretain, coalesce)")
                     })?
                 }
             };

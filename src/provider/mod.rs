@@ -6,6 +6,7 @@ mod anthropic;
 mod azure_openai;
 pub mod bedrock;
 mod native_error;
+mod ollama;
 mod openai;
 mod openai_compatible;
 
@@ -26,6 +27,8 @@ pub enum ErrorStyle {
     OpenAi,
     /// `{"type":"error","error":{"type","message"}}`, request id in `request-id`.
     Anthropic,
+    /// Ollama: `{"error":"message"}` (Ollama docs/api.md), request id in `x-request-id`.
+    Ollama,
     /// AWS Bedrock Runtime (rest-json): `{"message"}` with the type in `x-amzn-errortype`,
     /// request id in `x-amzn-requestid`.
     Bedrock,
@@ -33,12 +36,14 @@ pub enum ErrorStyle {
 
 impl ErrorStyle {
     /// Guess the style of a request that matched no route: Anthropic when the path is the
-    /// Messages API or the client sent `anthropic-version`, Bedrock for a `/model/...` path,
-    /// else OpenAI.
+    /// Messages API or the client sent `anthropic-version`, Ollama when the path is under
+    /// Ollama's `/api/`, Bedrock for a `/model/...` path, else OpenAI.
     pub fn guess(req: &RequestHeader) -> Self {
         let path = req.uri.path();
         if path.contains("/messages") || req.headers.contains_key("anthropic-version") {
             ErrorStyle::Anthropic
+        } else if path.contains("/api/") {
+            ErrorStyle::Ollama
         } else if path.starts_with("/model/") {
             ErrorStyle::Bedrock
         } else {
@@ -51,6 +56,7 @@ impl ErrorStyle {
         match self {
             ErrorStyle::OpenAi => "x-request-id",
             ErrorStyle::Anthropic => "request-id",
+            ErrorStyle::Ollama => "x-request-id",
             ErrorStyle::Bedrock => "x-amzn-requestid",
         }
     }
@@ -68,6 +74,10 @@ impl ErrorStyle {
     /// A native in-stream error event carrying `body` (an error body of this style): OpenAI
     /// SDKs raise on a `data:` JSON with an `error` key, Anthropic SDKs on `event: error`.
     pub fn sse_error_event(self, body: &[u8]) -> Bytes {
+        if self == ErrorStyle::Ollama {
+            // Not SSE: Ollama streams NDJSON, where an error is one `{"error":..}` line.
+            return ollama::error_line(body);
+        }
         let mut out = Vec::with_capacity(body.len() + 24);
         if self == ErrorStyle::Anthropic {
             out.extend_from_slice(b"event: error\n");
@@ -84,6 +94,7 @@ impl ErrorStyle {
         match self {
             ErrorStyle::OpenAi => openai::error_body(kind, code, message),
             ErrorStyle::Anthropic => anthropic::error_body(kind, message),
+            ErrorStyle::Ollama => ollama::error_body(message),
             ErrorStyle::Bedrock => bedrock::error_body(message),
         }
     }
@@ -105,6 +116,9 @@ pub fn stream_error_event(
             return responses_error_event(&err.body(ErrorStyle::OpenAi), sequence_number);
         }
         Some(ApiKind::AnthropicMessages) => ErrorStyle::Anthropic,
+        Some(ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed) => {
+            ErrorStyle::Ollama
+        }
         Some(ApiKind::BedrockConverse | ApiKind::BedrockInvoke) => {
             return bedrock::exception_message(err.status(), &format!("sluice: {err}"));
         }
@@ -193,6 +207,7 @@ pub fn provider(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::AzureOpenAi => &azure_openai::AzureOpenAi,
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::OpenAiCompatible => &openai_compatible::OpenAiCompatible,
+        ProviderKind::Ollama => &ollama::Ollama,
         ProviderKind::Bedrock => &bedrock::Bedrock,
     }
 }
@@ -257,6 +272,7 @@ mod tests {
             (ProviderKind::OpenAiCompatible, "authorization", "Bearer k1"),
             (ProviderKind::AzureOpenAi, "api-key", "k1"),
             (ProviderKind::Anthropic, "x-api-key", "k1"),
+            (ProviderKind::Ollama, "authorization", "Bearer k1"),
         ] {
             let mut req = RequestHeader::build("POST", b"/v1/x", None).unwrap();
             provider(kind).set_auth(&mut req, "k1").unwrap();
@@ -340,5 +356,19 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "rate_limit_error");
+        let b = ErrorStyle::Ollama.body("rate_limit_error", Some("x"), "m \"q\"");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v, serde_json::json!({"error": "m \"q\""}));
+        let line = ErrorStyle::Ollama.sse_error_event(&b);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+    }
+
+    #[test]
+    fn ollama_paths_guess_the_ollama_style() {
+        let req = RequestHeader::build("POST", b"/api/chat", None).unwrap();
+        assert_eq!(ErrorStyle::guess(&req), ErrorStyle::Ollama);
+        let req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        assert_eq!(ErrorStyle::guess(&req), ErrorStyle::OpenAi);
     }
 }

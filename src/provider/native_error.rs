@@ -10,7 +10,9 @@
 //!   "Errors"), in a body and in the `event: error` of a stream;
 //! - OpenAI Responses stream events: `{"type":"error","code","message"}` and
 //!   `{"type":"response.failed","response":{"error":{"code","message"}}}` (OpenAI API
-//!   reference, "Streaming events").
+//!   reference, "Streaming events");
+//! - Ollama, `{"error":"message"}` in a body or a stream line (Ollama docs/api.md): the
+//!   message only.
 
 use serde::Deserialize;
 
@@ -31,7 +33,7 @@ pub struct NativeError {
 #[derive(Deserialize)]
 struct Body {
     #[serde(default)]
-    error: Option<ErrorObject>,
+    error: Option<ErrorField>,
     #[serde(default, rename = "type")]
     kind: Option<String>,
     #[serde(default)]
@@ -40,6 +42,14 @@ struct Body {
     message: Option<String>,
     #[serde(default)]
     response: Option<ResponseObject>,
+}
+
+/// `error` as an object (OpenAI, Anthropic) or a string (Ollama).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorField {
+    Object(ErrorObject),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -80,7 +90,17 @@ impl NativeError {
     /// not JSON in one of the shapes above (a body cut at the read bound included).
     pub fn parse(raw: &[u8]) -> Option<NativeError> {
         let body: Body = serde_json::from_slice(raw).ok()?;
-        let inner = body.error.or(body.response.and_then(|r| r.error));
+        let inner = match body.error {
+            Some(ErrorField::Text(message)) => {
+                return Some(NativeError {
+                    message: Some(message),
+                    ..NativeError::default()
+                })
+            }
+            Some(ErrorField::Object(e)) => Some(e),
+            None => None,
+        };
+        let inner = inner.or(body.response.and_then(|r| r.error));
         match inner {
             Some(e) => Some(NativeError {
                 kind: e.kind,
@@ -157,6 +177,15 @@ mod tests {
         assert!(e.matches(&codes(&["context_length_exceeded"]), &[]));
         assert!(!e.matches(&codes(&["rate_limit_exceeded"]), &[]));
         assert!(!e.is_content_filter());
+    }
+
+    #[test]
+    fn ollama_string_errors_match_by_message() {
+        let e = NativeError::parse(br#"{"error":"model 'x' not found"}"#).unwrap();
+        assert_eq!(e.message.as_deref(), Some("model 'x' not found"));
+        assert_eq!((&e.code, &e.kind), (&None, &None));
+        assert!(e.matches(&[], &codes(&["not found"])));
+        assert!(NativeError::parse(br#"{"error":null}"#).is_none());
     }
 
     #[test]

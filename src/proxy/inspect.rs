@@ -114,6 +114,10 @@ struct Peek<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     max_output_tokens: Option<u64>,
+    /// Ollama: `options.num_predict`, its output ceiling (Ollama docs/api.md, "Parameters").
+    /// Read leniently: a body whose `options` is not Ollama's object is still forwarded.
+    #[serde(default)]
+    options: Option<serde_json::Value>,
     /// Absent (`None`), `null` (`Some(None)`) or an object.
     #[serde(default, deserialize_with = "present")]
     stream_options: Option<Option<StreamOptions>>,
@@ -156,11 +160,19 @@ pub fn inspect(api: Option<ApiKind>, body: Bytes) -> Result<(Inspected, Bytes), 
         serde_json::from_slice(&body).map_err(|e| SluiceError::BadJson(e.to_string()))?;
     let mut out = Inspected {
         model: peek.model.map(Cow::into_owned),
-        stream: peek.stream.unwrap_or(false),
+        // Ollama chat and generate stream when `stream` is absent.
+        stream: peek
+            .stream
+            .unwrap_or_else(|| api.is_some_and(ApiKind::streams_by_default)),
         max_tokens: peek
             .max_tokens
             .or(peek.max_completion_tokens)
-            .or(peek.max_output_tokens),
+            .or(peek.max_output_tokens)
+            // -1 (no limit) and -2 (fill the context) are not ceilings.
+            .or_else(|| {
+                let n = peek.options.as_ref()?.get("num_predict")?.as_u64();
+                n.filter(|n| *n > 0)
+            }),
         injected_include_usage: false,
     };
     let wants_usage = peek
@@ -253,6 +265,23 @@ mod tests {
             r#"{"model":"m","max_completion_tokens":9}"#,
         );
         assert_eq!(i.max_tokens, Some(9));
+        assert!(!i.stream);
+        // Ollama: `stream` defaults to true for chat and generate, not for embed.
+        let (i, _) = run(
+            ApiKind::OllamaChat,
+            r#"{"model":"llama3.2","messages":[],"options":{"num_predict":12}}"#,
+        );
+        assert!(i.stream && !i.injected_include_usage);
+        assert_eq!(i.max_tokens, Some(12));
+        let (i, _) = run(ApiKind::OllamaGenerate, r#"{"model":"m","stream":false}"#);
+        assert!(!i.stream);
+        let (i, _) = run(
+            ApiKind::OllamaGenerate,
+            r#"{"model":"m","options":{"num_predict":-1}}"#,
+        );
+        assert!(i.stream);
+        assert_eq!(i.max_tokens, None);
+        let (i, _) = run(ApiKind::OllamaEmbed, r#"{"model":"m","input":"x"}"#);
         assert!(!i.stream);
     }
 

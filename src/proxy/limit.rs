@@ -37,7 +37,7 @@ pub async fn admit(
         (Some(api), Some(body)) if counts_tokens => (
             byte_estimate(body),
             match api {
-                ApiKind::Embeddings => 0,
+                ApiKind::Embeddings | ApiKind::OllamaEmbed => 0,
                 _ => snapshot.output_ceiling(model, ctx.fields().max_tokens),
             },
         ),

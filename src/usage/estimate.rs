@@ -126,14 +126,16 @@ pub fn count_tokens(model: &str, text: &str) -> u64 {
 /// items: message content, function call arguments and outputs) and `tools`; Anthropic `system`
 /// and `messages[]` (text, thinking, tool_use input, tool_result content) and `tools`;
 /// embeddings `input` (a string or strings; arrays of token ids count their length). Images,
-/// audio and files are not counted, so multimodal prompts are underestimated. Bedrock:
+/// audio and files are not counted, so multimodal prompts are underestimated. Ollama: chat
+/// as OpenAI chat; generate `system` and `prompt`; embed `input` (or `prompt`). Ollama's models
+/// have their own tokenizers: tiktoken's count is only an estimate of theirs. Bedrock:
 /// Converse `system` and `messages`; InvokeModel `system`, `messages`, `prompt`, `inputText`.
 pub fn estimate_prompt_tokens(api: ApiKind, model: &str, body: &Value) -> u64 {
     let mut text = String::new();
     let mut messages = 0u64;
     let mut token_ids = 0u64;
     match api {
-        ApiKind::OpenAiChat | ApiKind::AnthropicMessages => {
+        ApiKind::OpenAiChat | ApiKind::AnthropicMessages | ApiKind::OllamaChat => {
             if let Some(system) = body.get("system") {
                 messages += 1;
                 collect(system, &mut text, 0);
@@ -162,6 +164,19 @@ pub fn estimate_prompt_tokens(api: ApiKind, model: &str, body: &Value) -> u64 {
         }
         ApiKind::OpenAiCompletions => prompt_input(body.get("prompt"), &mut text, &mut token_ids),
         ApiKind::Embeddings => prompt_input(body.get("input"), &mut text, &mut token_ids),
+        ApiKind::OllamaGenerate => {
+            if let Some(system) = body.get("system") {
+                messages += 1;
+                collect(system, &mut text, 0);
+            }
+            messages += 1;
+            prompt_input(body.get("prompt"), &mut text, &mut token_ids);
+        }
+        // `/api/embed` takes `input`; the older `/api/embeddings` takes `prompt`.
+        ApiKind::OllamaEmbed => {
+            prompt_input(body.get("input"), &mut text, &mut token_ids);
+            prompt_input(body.get("prompt"), &mut text, &mut token_ids);
+        }
         // Bedrock Converse: `system[]` blocks and `messages[]` (`content[].text`); InvokeModel
         // bodies are model-native: Anthropic-shaped (`system`, `messages`) or a `prompt` /
         // `inputText` string (Bedrock "Inference request parameters" per model family).

@@ -3,7 +3,8 @@
 //! text.
 
 use super::wire::{
-    anthropic_messages, bedrock_converse, openai_chat, openai_embeddings, openai_responses, TextBuf,
+    anthropic_messages, bedrock_converse, ollama, openai_chat, openai_embeddings, openai_responses,
+    TextBuf,
 };
 use super::{ApiKind, Usage};
 
@@ -109,6 +110,9 @@ impl JsonAccountant {
             ApiKind::Embeddings => openai_embeddings::body(&self.body),
             ApiKind::OpenAiResponses => openai_responses::body(&self.body, &mut text),
             ApiKind::AnthropicMessages => anthropic_messages::body(&self.body, &mut text),
+            ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => {
+                ollama::body(&self.body, &mut text)
+            }
             ApiKind::BedrockConverse => bedrock_converse::body(&self.body, &mut text),
             // Model-native bodies: the usage comes from the response header, if any.
             ApiKind::BedrockInvoke => self.header_usage,

@@ -2,10 +2,11 @@
 //! non-streamed bodies, generated text for estimates, and prompt-token estimates with tiktoken.
 //!
 //! The proxy picks an [`ApiKind`] from the request path, then feeds the upstream body to a
-//! [`SseAccountant`] (text/event-stream) or a [`JsonAccountant`] (application/json). Both are
-//! generic: the stream framers (`framing`: `sse`, ...) and the two accountants (`stream`, `json_body`) dispatch per
+//! [`SseAccountant`] (text/event-stream, or application/x-ndjson for Ollama) or a
+//! [`JsonAccountant`] (application/json). Both are generic: the stream framers (`framing`:
+//! `sse`, `ndjson`) and the two accountants (`stream`, `json_body`) dispatch per
 //! [`ApiKind`] to one wire module per API (`wire::openai_chat`, `wire::openai_responses`,
-//! `wire::anthropic_messages`, `wire::openai_embeddings`), each holding both its stream event
+//! `wire::anthropic_messages`, `wire::openai_embeddings`, `wire::ollama`), each holding both its stream event
 //! and its body parsing. When the
 //! upstream reports no usage, [`estimate::count_tokens`] over the accountant's output text and
 //! [`estimate::estimate_prompt_tokens`] over the request body give an estimate instead.
@@ -16,6 +17,7 @@ pub mod estimate;
 mod eventstream;
 mod framing;
 mod json_body;
+mod ndjson;
 mod sse;
 mod stream;
 mod strip;
@@ -37,10 +39,11 @@ pub struct Usage {
     /// Input tokens. OpenAI chat/completions/embeddings `usage.prompt_tokens`; Responses
     /// `usage.input_tokens`; Anthropic `usage.input_tokens` as given, which EXCLUDES the
     /// cache reads and writes counted in `cached_tokens` / `cache_write_tokens`. OpenAI's
-    /// `prompt_tokens` / `input_tokens` INCLUDE their cached part.
+    /// `prompt_tokens` / `input_tokens` INCLUDE their cached part. Ollama `prompt_eval_count`.
     pub prompt_tokens: u64,
     /// Output tokens. OpenAI `usage.completion_tokens`; Responses and Anthropic
-    /// `usage.output_tokens` (Anthropic: the last, cumulative `message_delta` value).
+    /// `usage.output_tokens` (Anthropic: the last, cumulative `message_delta` value); Ollama
+    /// `eval_count`.
     pub completion_tokens: u64,
     /// Input tokens read from the prompt cache. OpenAI `usage.prompt_tokens_details.cached_tokens`;
     /// Responses `usage.input_tokens_details.cached_tokens`; Anthropic
@@ -87,6 +90,14 @@ pub enum ApiKind {
     AnthropicMessages,
     /// OpenAI embeddings, `POST /v1/embeddings`: usage `prompt_tokens` only.
     Embeddings,
+    /// Ollama chat, `POST /api/chat`: NDJSON stream (or one JSON object with `stream: false`),
+    /// usage `prompt_eval_count` / `eval_count` in the final (`done: true`) object.
+    OllamaChat,
+    /// Ollama generate, `POST /api/generate`: as chat, text in `response`.
+    OllamaGenerate,
+    /// Ollama embeddings, `POST /api/embed` (and the older `/api/embeddings`): usage
+    /// `prompt_eval_count` only (the older endpoint reports none).
+    OllamaEmbed,
     /// AWS Bedrock Runtime `Converse` and `ConverseStream`, `POST /model/{modelId}/converse`
     /// and `/model/{modelId}/converse-stream` (the stream in AWS event stream framing).
     BedrockConverse,
@@ -111,13 +122,6 @@ fn bedrock_api(path: &str) -> Option<ApiKind> {
     }
 }
 
-/// Whether a response's `content-type` is a stream the accountant frames: `text/event-stream`
-/// (SSE) or `application/vnd.amazon.eventstream` (AWS event stream, Bedrock).
-pub fn is_stream_content_type(content_type: &str) -> bool {
-    content_type.starts_with("text/event-stream")
-        || content_type.starts_with("application/vnd.amazon.eventstream")
-}
-
 impl ApiKind {
     /// The API of a request path, matched on how the path ends after dropping any query string
     /// (`?...`), fragment and trailing `/`, so prefixes are free: `/v1/chat/completions`,
@@ -127,12 +131,17 @@ impl ApiKind {
     /// `/embeddings` -> embeddings. Anything else is `None`, e.g. `/v1/models`,
     /// `/v1/messages/count_tokens`, `/v1/responses/{id}`, or OpenAI Assistants'
     /// `/v1/threads/{id}/messages` (hence the `/v1` required before `/messages`).
+    /// Ollama's `/api/chat`, `/api/generate`, `/api/embed` and `/api/embeddings` are checked
+    /// first (see [`ApiKind::OllamaChat`]).
     /// Bedrock: `/model/{modelId}/converse` or `/converse-stream` -> Converse,
     /// `/model/{modelId}/invoke` or `/invoke-with-response-stream` -> InvokeModel (exactly
     /// three segments, the model id one segment, as the AWS SDKs encode it).
     pub fn from_path(path: &str) -> Option<ApiKind> {
         let end = path.find(['?', '#']).unwrap_or(path.len());
         let path = path[..end].trim_end_matches('/');
+        if let Some(api) = ApiKind::ollama(path) {
+            return Some(api);
+        }
         if path.ends_with("/chat/completions") {
             Some(ApiKind::OpenAiChat)
         } else if path.ends_with("/completions") {
@@ -147,4 +156,38 @@ impl ApiKind {
             bedrock_api(path)
         }
     }
+}
+
+impl ApiKind {
+    /// Ollama's native API by how `path` (no query, no trailing `/`) ends: `/api/chat`,
+    /// `/api/generate`, `/api/embed`, `/api/embeddings`. Source:
+    /// <https://github.com/ollama/ollama/blob/main/docs/api.md>.
+    fn ollama(path: &str) -> Option<ApiKind> {
+        if path.ends_with("/api/chat") {
+            Some(ApiKind::OllamaChat)
+        } else if path.ends_with("/api/generate") {
+            Some(ApiKind::OllamaGenerate)
+        } else if path.ends_with("/api/embed") || path.ends_with("/api/embeddings") {
+            Some(ApiKind::OllamaEmbed)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a request of this API streams when its body has no `stream` member: Ollama's
+    /// chat and generate do ("stream: if false the response will be returned as a single
+    /// response object", default true, per Ollama's docs/api.md); the others do not.
+    pub fn streams_by_default(self) -> bool {
+        matches!(self, ApiKind::OllamaChat | ApiKind::OllamaGenerate)
+    }
+}
+
+/// Whether a response `content-type` is a stream sluice frames event by event:
+/// `text/event-stream` (SSE), `application/x-ndjson` (Ollama's NDJSON streams) or
+/// `application/vnd.amazon.eventstream` (AWS event stream, Bedrock).
+pub fn is_stream_content_type(content_type: &str) -> bool {
+    let ct = content_type.trim_start();
+    ct.starts_with("text/event-stream")
+        || ct.starts_with("application/x-ndjson")
+        || ct.starts_with("application/vnd.amazon.eventstream")
 }

@@ -1,6 +1,6 @@
-//! Streamed-response accountant (response body path, per chunk): frames SSE, hands each event
-//! to its API's parser, and in hide mode strips the usage the proxy asked for on the client's
-//! behalf.
+//! Streamed-response accountant (response body path, per chunk): frames SSE (or, for Ollama,
+//! NDJSON: one line per event), hands each event to its API's parser, and in hide mode strips
+//! the usage the proxy asked for on the client's behalf.
 
 use bytes::Bytes;
 
@@ -8,7 +8,7 @@ use super::framing::Framer;
 use super::sse::{Frame, SseEvent, KEEP_CAPACITY_BYTES};
 use super::strip::strip_usage_null;
 use super::wire::{
-    anthropic_messages, bedrock_converse, openai_chat, openai_responses, Signal, TextBuf,
+    anthropic_messages, bedrock_converse, ollama, openai_chat, openai_responses, Signal, TextBuf,
 };
 use super::{ApiKind, Usage};
 
@@ -307,7 +307,13 @@ impl SseAccountant {
             Frame::Skipped { name, .. } => account_unparsed(api, state, name),
         });
         if std::mem::take(&mut holder.passing) {
-            return Bytes::from_static(b"\n\n");
+            if !framer.is_text() {
+                // A binary message cut mid-way cannot be ended by adding bytes.
+                return Bytes::new();
+            }
+            let mut end = b"\n".to_vec();
+            end.extend_from_slice(framer.event_terminator());
+            return Bytes::from(end);
         }
         let mut held = std::mem::take(&mut holder.held);
         let whole = state.malformed == malformed_before;
@@ -326,12 +332,11 @@ impl SseAccountant {
                 return Bytes::new();
             }
         }
-        // End its last line if needed, then add the blank line.
-        match held.last() {
-            Some(b'\n') => held.push(b'\n'),
-            Some(b'\r') => held.extend_from_slice(b"\n\n"),
-            _ => held.extend_from_slice(b"\n\n"),
+        // End its last line if needed, then the event (SSE: a blank line; NDJSON: nothing).
+        if held.last() != Some(&b'\n') {
+            held.push(b'\n');
         }
+        held.extend_from_slice(framer.event_terminator());
         Bytes::from(held)
     }
 
@@ -358,7 +363,8 @@ impl SseAccountant {
 
     /// True once the stream's normal terminal event was seen: `data: [DONE]` (OpenAI chat and
     /// completions), `response.completed` or `response.incomplete` (Responses: both end the
-    /// stream cleanly, the latter at a token limit), `message_stop` (Anthropic). An oversized
+    /// stream cleanly, the latter at a token limit), `message_stop` (Anthropic), a line with
+    /// `"done": true` (Ollama). An oversized
     /// event counts by its `event:` name.
     pub fn completed(&self) -> bool {
         self.state.completed
@@ -372,7 +378,8 @@ impl SseAccountant {
     ///   chunk arrived: only `data: [DONE]` is missing;
     /// - Anthropic: a `message_delta` carried a non-null `delta.stop_reason` (it also carries
     ///   the final cumulative usage): only `message_stop` is missing;
-    /// - Responses: never (the usage and the final status come with `response.completed`).
+    /// - Responses: never (the usage and the final status come with `response.completed`);
+    /// - Ollama: never (the usage comes with the final `"done": true` line).
     ///
     /// False after an in-stream error. Sources: OpenAI "Streaming" chat completion chunk
     /// object (`choices[].finish_reason`, `usage`); Anthropic Messages streaming (event flow
@@ -385,6 +392,8 @@ impl SseAccountant {
         match self.api {
             ApiKind::AnthropicMessages => s.stop_reason_seen,
             ApiKind::OpenAiResponses => false,
+            // Ollama: the usage and the end come together in the `done: true` line.
+            ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => false,
             // Bedrock Converse: `messageStop` came, only the `metadata` event is missing.
             ApiKind::BedrockConverse => s.stop_reason_seen,
             // InvokeModelWithResponseStream has no terminal event: a clean end is the end.
@@ -488,6 +497,9 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
         ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings => {
             openai_chat::on_event(state, name, event.data)
         }
+        ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => {
+            ollama::on_event(state, event.data).map(|()| Verdict::Keep)
+        }
         ApiKind::BedrockConverse => {
             bedrock_converse::on_event(state, name, event.data).map(|()| Verdict::Keep)
         }
@@ -510,6 +522,9 @@ fn opening(api: ApiKind, state: &mut StreamState, name: &str, data: &[u8], named
         ApiKind::AnthropicMessages => anthropic_messages::opening(name, data),
         ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings => {
             openai_chat::opening(data)
+        }
+        ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => {
+            ollama::opening(data)
         }
         ApiKind::BedrockConverse | ApiKind::BedrockInvoke => bedrock_converse::opening(name),
     };

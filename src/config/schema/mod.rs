@@ -209,6 +209,10 @@ pub enum ProviderKind {
     /// Any OpenAI-compatible server (vLLM, llama.cpp, ...): `Authorization: Bearer`.
     #[serde(rename = "openai_compatible")]
     OpenAiCompatible,
+    /// Ollama's native API (`/api/chat`, `/api/generate`, `/api/embed`, other `/api/*` passed
+    /// through): the pool key, if any, as `Authorization: Bearer`; errors `{"error":".."}`.
+    #[serde(rename = "ollama")]
+    Ollama,
     /// AWS Bedrock Runtime: SigV4 with the pool's `region` (keys `ACCESS_KEY_ID:SECRET[:TOKEN]`)
     /// or a Bedrock API key as `Authorization: Bearer`; the model in the path.
     #[serde(rename = "bedrock")]

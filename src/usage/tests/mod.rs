@@ -6,6 +6,7 @@ mod bounds;
 mod cut;
 mod fixtures;
 mod json_and_estimate;
+mod ollama;
 mod opening;
 mod props;
 mod robustness;

@@ -9,12 +9,15 @@ use proptest::prelude::*;
 use super::{u, Outcome};
 use crate::usage::{ApiKind, JsonAccountant, SseAccountant, Usage};
 
-const APIS: [ApiKind; 5] = [
+const APIS: [ApiKind; 8] = [
     ApiKind::OpenAiChat,
     ApiKind::OpenAiCompletions,
     ApiKind::OpenAiResponses,
     ApiKind::AnthropicMessages,
     ApiKind::Embeddings,
+    ApiKind::OllamaChat,
+    ApiKind::OllamaGenerate,
+    ApiKind::OllamaEmbed,
 ];
 
 /// Pieces SSE streams are made of, so that random concatenations hit real structure (field
@@ -49,6 +52,10 @@ const VOCAB: &[&[u8]] = &[
     b"{\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}",
     b"{\"type\":\"response.output_text.delta\",\"delta\":\"d\"}",
     b"{\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":5}}}",
+    b"{\"message\":{\"role\":\"assistant\",\"content\":\"c\"},\"done\":false}",
+    b"{\"response\":\"r\",\"done\":false}",
+    b"{\"done\":true,\"prompt_eval_count\":9,\"eval_count\":18446744073709551615}",
+    b"{\"error\":\"model runner stopped\"}",
     b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
 ];
 
@@ -150,6 +157,34 @@ fn anthropic_stream(texts: &[String], input: u64, output: u64, cache_read: u64) 
     s.into_bytes()
 }
 
+/// A well-formed Ollama chat (or generate) NDJSON stream: one line per piece, then the
+/// final `done: true` line with the counts; `crlf` for `\r\n` line ends.
+fn ollama_stream(texts: &[String], prompt: u64, output: u64, chat: bool, crlf: bool) -> Vec<u8> {
+    let eol = if crlf { "\r\n" } else { "\n" };
+    let mut out = String::new();
+    let piece = |t: &str| {
+        if chat {
+            serde_json::json!({"model": "m", "message": {"role": "assistant", "content": t}})
+        } else {
+            serde_json::json!({"model": "m", "response": t})
+        }
+    };
+    for t in texts {
+        let mut line = piece(t);
+        line["done"] = false.into();
+        out.push_str(&line.to_string());
+        out.push_str(eol);
+    }
+    let mut last = piece("");
+    last["done"] = true.into();
+    last["done_reason"] = "stop".into();
+    last["prompt_eval_count"] = prompt.into();
+    last["eval_count"] = output.into();
+    out.push_str(&last.to_string());
+    out.push_str(eol);
+    out.into_bytes()
+}
+
 fn eol() -> impl Strategy<Value = &'static str> {
     proptest::sample::select(&["\n", "\r\n", "\r"][..])
 }
@@ -207,6 +242,24 @@ proptest! {
         prop_assert_eq!(got.usage, Some(u(counts.0, counts.1, counts.2, 0, 0)));
         prop_assert_eq!(got.text, texts.concat());
         prop_assert!(got.completed);
+        prop_assert_eq!(got.forwarded, raw);
+    }
+
+    #[test]
+    fn ollama_streams_give_their_usage_and_text_however_split(
+        texts in proptest::collection::vec(any::<String>(), 0..6),
+        counts in (any::<u64>(), any::<u64>()),
+        chat in any::<bool>(),
+        crlf in any::<bool>(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let raw = ollama_stream(&texts, counts.0, counts.1, chat, crlf);
+        let api = if chat { ApiKind::OllamaChat } else { ApiKind::OllamaGenerate };
+        let got = run(api, false, 1 << 20, &split(&raw, &cuts))?;
+        prop_assert_eq!(got.usage, Some(u(counts.0, counts.1, 0, 0, 0)));
+        prop_assert_eq!(got.text, texts.concat());
+        prop_assert!(got.completed && !got.saw_error);
+        prop_assert_eq!(got.events, texts.len() as u64 + 1);
         prop_assert_eq!(got.forwarded, raw);
     }
 
