@@ -220,6 +220,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("x-amzn-requestid", "mock-request")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
+        try:
+            self.send_events(events, faults)
+        except (BrokenPipeError, ConnectionResetError):
+            # The proxy stopped reading (a corrupt message ends the stream there).
+            self.close_connection = True
+
+    def send_events(self, events, faults: dict[str, Any]) -> None:
         sent = 0
         for is_content, name, body in events:
             if is_content:
