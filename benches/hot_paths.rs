@@ -1,4 +1,5 @@
-//! Micro-benchmarks of sluice's hot paths (`make bench`): SSE usage parsing per API (MB/s),
+//! Micro-benchmarks of sluice's hot paths (`make bench`): stream usage parsing per API (MB/s;
+//! SSE, and Bedrock's AWS event stream),
 //! request body inspection (10 KiB, 1 MiB), route matching on 1,000 routes, limit checks
 //! (ns per admit + settle, and the cost of absent limits), token estimation.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -53,6 +54,12 @@ fn sse(c: &mut Criterion) {
             ApiKind::OllamaChat,
             "ollama/chat_stream.ndjson",
         ),
+        // AWS event stream framing (binary, CRC-checked), Bedrock ConverseStream.
+        (
+            "bedrock_converse",
+            ApiKind::BedrockConverse,
+            "bedrock/converse_stream.bin",
+        ),
     ] {
         let chunks = stream_chunks(&fixture(file));
         let bytes: usize = chunks.iter().map(Bytes::len).sum();
@@ -105,6 +112,12 @@ fn sse_per_event(c: &mut Criterion) {
             "anthropic",
             ApiKind::AnthropicMessages,
             "anthropic/llmock_capture.sse",
+        ),
+        // AWS event stream framing (binary, CRC-checked), Bedrock ConverseStream.
+        (
+            "bedrock_converse",
+            ApiKind::BedrockConverse,
+            "bedrock/converse_stream.bin",
         ),
     ] {
         let chunks = stream_chunks(&fixture(file));

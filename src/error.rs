@@ -282,6 +282,8 @@ impl SluiceError {
             ErrorStyle::OpenAi => style.body(openai_type, Some(code), &message),
             ErrorStyle::Anthropic => style.body(anthropic_type, None, &message),
             ErrorStyle::Ollama => style.body(anthropic_type, None, &message),
+            // The type travels in `x-amzn-errortype` (ErrorStyle::error_type_header).
+            ErrorStyle::Bedrock => style.body("", None, &message),
         }
     }
 }
@@ -458,6 +460,12 @@ mod tests {
             assert_eq!(a["type"], "error");
             let l: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::Ollama)).unwrap();
             assert!(l["error"].as_str().unwrap().starts_with("sluice: "));
+            let b: serde_json::Value =
+                serde_json::from_slice(&e.body(ErrorStyle::Bedrock)).unwrap();
+            assert!(b["message"].as_str().unwrap().starts_with("sluice: "));
+            let (header, kind) = ErrorStyle::Bedrock.error_type_header(e.status()).unwrap();
+            assert_eq!(header, "x-amzn-errortype");
+            assert!(kind.ends_with("Exception"), "{kind}");
         }
         let first_token = SluiceError::UpstreamTimeout {
             upstream: "h:1".into(),

@@ -76,7 +76,10 @@ async fn probe(connector: &Connector, pool: &Pool, ep: &Endpoint, path: &str) ->
         .first()
         .map(|k| k.expose().to_owned())
         .unwrap_or_default();
-    if req.insert_header("host", host).is_err() || p.set_auth(&mut req, &key).is_err() {
+    if req.insert_header("host", host).is_err()
+        || p.authorize(&mut req, &key, Some(&[]), pool.region.as_deref())
+            .is_err()
+    {
         return Outcome::Neutral;
     }
     if session.write_request_header(Box::new(req)).await.is_err()

@@ -374,6 +374,19 @@ fn compile_pool(
             "required for provider azure_openai",
         );
     }
+    match (p.provider == ProviderKind::Bedrock, p.region.as_deref()) {
+        (true, None) => errs.push(format!("{path}.region"), "required for provider bedrock"),
+        (true, Some(r))
+            if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+        {
+            errs.push(
+                format!("{path}.region"),
+                "must be an AWS region name such as us-east-1",
+            )
+        }
+        (false, Some(_)) => errs.push(format!("{path}.region"), "only for provider bedrock"),
+        _ => {}
+    }
     let t = &p.timeouts;
     for (name, v) in [
         ("connect_ms", t.connect_ms),
@@ -463,6 +476,7 @@ fn compile_pool(
     pool.model_map = p.model_map.clone().into_iter().collect();
     pool.health_check = health_check;
     pool.prefill = p.prefill;
+    pool.region = p.region.clone();
     Some(pool)
 }
 

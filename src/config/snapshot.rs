@@ -147,6 +147,8 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     /// How its upstream continues a partial answer (`resume_on_cut`).
     pub prefill: super::schema::Prefill,
+    /// AWS region of SigV4 signing (Bedrock).
+    pub region: Option<String>,
     selector: Selector,
 }
 
@@ -168,6 +170,7 @@ impl Pool {
             model_map: HashMap::new(),
             health_check: None,
             prefill: super::schema::Prefill::None,
+            region: None,
             selector: Selector::default(),
         }
     }

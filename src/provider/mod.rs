@@ -4,6 +4,7 @@
 
 mod anthropic;
 mod azure_openai;
+pub mod bedrock;
 mod native_error;
 mod ollama;
 mod openai;
@@ -28,18 +29,23 @@ pub enum ErrorStyle {
     Anthropic,
     /// Ollama: `{"error":"message"}` (Ollama docs/api.md), request id in `x-request-id`.
     Ollama,
+    /// AWS Bedrock Runtime (rest-json): `{"message"}` with the type in `x-amzn-errortype`,
+    /// request id in `x-amzn-requestid`.
+    Bedrock,
 }
 
 impl ErrorStyle {
     /// Guess the style of a request that matched no route: Anthropic when the path is the
     /// Messages API or the client sent `anthropic-version`, Ollama when the path is under
-    /// Ollama's `/api/`, else OpenAI.
+    /// Ollama's `/api/`, Bedrock for a `/model/...` path, else OpenAI.
     pub fn guess(req: &RequestHeader) -> Self {
         let path = req.uri.path();
         if path.contains("/messages") || req.headers.contains_key("anthropic-version") {
             ErrorStyle::Anthropic
         } else if is_ollama_path(path) {
             ErrorStyle::Ollama
+        } else if path.starts_with("/model/") {
+            ErrorStyle::Bedrock
         } else {
             ErrorStyle::OpenAi
         }
@@ -51,6 +57,17 @@ impl ErrorStyle {
             ErrorStyle::OpenAi => "x-request-id",
             ErrorStyle::Anthropic => "request-id",
             ErrorStyle::Ollama => "x-request-id",
+            ErrorStyle::Bedrock => "x-amzn-requestid",
+        }
+    }
+
+    /// The header naming an error's type for this style, for an error answered with
+    /// `status`: Bedrock's `x-amzn-errortype` (botocore reads the `ClientError` code from it,
+    /// e.g. `ThrottlingException` for 429); `None` for the JSON styles.
+    pub fn error_type_header(self, status: u16) -> Option<(&'static str, &'static str)> {
+        match self {
+            ErrorStyle::Bedrock => Some(("x-amzn-errortype", bedrock::error_type(status))),
+            _ => None,
         }
     }
 
@@ -78,6 +95,7 @@ impl ErrorStyle {
             ErrorStyle::OpenAi => openai::error_body(kind, code, message),
             ErrorStyle::Anthropic => anthropic::error_body(kind, message),
             ErrorStyle::Ollama => ollama::error_body(message),
+            ErrorStyle::Bedrock => bedrock::error_body(message),
         }
     }
 }
@@ -125,6 +143,9 @@ pub fn stream_error_event(
         Some(ApiKind::AnthropicMessages) => ErrorStyle::Anthropic,
         Some(ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed) => {
             ErrorStyle::Ollama
+        }
+        Some(ApiKind::BedrockConverse | ApiKind::BedrockInvoke) => {
+            return bedrock::exception_message(err.status(), &format!("sluice: {err}"));
         }
         Some(_) => ErrorStyle::OpenAi,
         None => fallback,
@@ -184,6 +205,24 @@ pub trait Provider {
     fn accepts_model(&self, _model: &str) -> bool {
         true
     }
+    /// Write the credential for an upstream request whose `host` is already set: `body` is the
+    /// exact payload when known (`None` for a body streamed through), `region` the pool's.
+    /// Providers that sign the request (Bedrock's SigV4) need both; the others just
+    /// [`Provider::set_auth`].
+    fn authorize(
+        &self,
+        req: &mut RequestHeader,
+        key: &str,
+        _body: Option<&[u8]>,
+        _region: Option<&str>,
+    ) -> pingora_error::Result<()> {
+        self.set_auth(req, key)
+    }
+    /// Whether the request body names the model (`model`), so that a pool's `model_map`
+    /// rewrites it there; false for Bedrock, whose model is in the path only.
+    fn model_in_body(&self) -> bool {
+        true
+    }
 }
 
 /// The provider implementation for `kind`.
@@ -194,13 +233,17 @@ pub fn provider(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::OpenAiCompatible => &openai_compatible::OpenAiCompatible,
         ProviderKind::Ollama => &ollama::Ollama,
+        ProviderKind::Bedrock => &bedrock::Bedrock,
     }
 }
 
 /// Headers that carry a client credential; all are removed before the upstream key is set.
 pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
 
-/// The client's credential: `Authorization: Bearer <k>`, else `x-api-key`, else `api-key`.
+/// The client's credential: `Authorization: Bearer <k>`, else the access key id of an AWS
+/// SigV4 `Authorization: AWS4-HMAC-SHA256 Credential=<k>/<date>/<region>/<service>/aws4_request, ...`
+/// (an AWS SDK signing with placeholder credentials whose access key id is the virtual key;
+/// the signature itself is not checked), else `x-api-key`, else `api-key`.
 pub fn client_key(req: &RequestHeader) -> Option<&str> {
     if let Some(v) = req
         .headers
@@ -208,6 +251,9 @@ pub fn client_key(req: &RequestHeader) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
     {
         let v = v.trim();
+        if let Some(k) = sigv4_access_key_id(v) {
+            return Some(k);
+        }
         if let Some(k) = v
             .strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
@@ -219,6 +265,17 @@ pub fn client_key(req: &RequestHeader) -> Option<&str> {
         .iter()
         .find_map(|h| req.headers.get(*h).and_then(|v| v.to_str().ok()))
         .map(str::trim)
+}
+
+/// The access key id of an AWS SigV4 `Authorization` value (AWS "Signature Version 4":
+/// `AWS4-HMAC-SHA256 Credential=AKID/date/region/service/aws4_request, SignedHeaders=..,
+/// Signature=..`).
+fn sigv4_access_key_id(v: &str) -> Option<&str> {
+    let params = v.strip_prefix("AWS4-HMAC-SHA256")?;
+    let cred = params
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("Credential="))?;
+    cred.split('/').next().map(str::trim)
 }
 
 /// Prefix `path_and_query` with `base_path` (no trailing slash).
@@ -256,6 +313,12 @@ mod tests {
         assert_eq!(client_key(&req), Some("a"));
         req.insert_header("authorization", "Bearer b").unwrap();
         assert_eq!(client_key(&req), Some("b"));
+        req.insert_header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=vk-1/20250101/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=ab",
+        )
+        .unwrap();
+        assert_eq!(client_key(&req), Some("vk-1"));
     }
 
     #[test]

@@ -353,11 +353,18 @@ fn build_request(target: &Target, out: &Outgoing<'_>) -> pingora_error::Result<R
         .keys
         .get(target.key)
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "endpoint has no such key"))?;
-    p.set_auth(&mut req, key.expose())?;
     let default_port = if ep.tls { ":443" } else { ":80" };
     let host = ep.addr.strip_suffix(default_port).unwrap_or(&ep.addr);
     req.insert_header(header::HOST, host)?;
     req.insert_header(header::CONTENT_LENGTH, out.body.len())?;
+    // Last: a signing provider (Bedrock SigV4) signs the final host, path and body, anew for
+    // each attempt.
+    p.authorize(
+        &mut req,
+        key.expose(),
+        Some(&out.body),
+        pool.region.as_deref(),
+    )?;
     Ok(req)
 }
 

@@ -79,7 +79,7 @@ pub struct Failed {
 }
 
 /// Whether the answer `header` to the request in `ctx` is held: an inspected streamed
-/// request of an API sluice accounts, answered 2xx `text/event-stream`. Non-streamed calls
+/// request of an API sluice accounts, answered 2xx `text/event-stream` (or an AWS event stream). Non-streamed calls
 /// and passthrough are never held.
 pub fn applies(ctx: &RequestCtx, header: &ResponseHeader) -> bool {
     ctx.fields().stream

@@ -159,6 +159,14 @@ pub async fn relay<D: Downstream>(
         .filter(|_| !raw_lost)
         .and_then(|r| r.begin(&upstream_header, opening_raw.as_deref()));
     let mut parts = downstream_parts(&upstream_header, is_sse);
+    // Bedrock InvokeModel reports its usage in the response header, not the body.
+    let header_usage = (ctx.caller.api == Some(crate::usage::ApiKind::BedrockInvoke))
+        .then(|| {
+            crate::usage::invoke_header_usage(|name| {
+                upstream_header.headers.get(name)?.to_str().ok()
+            })
+        })
+        .flatten();
     drop(upstream_header);
     if let Some(outcome) = ctx.cache {
         parts.headers.insert(
@@ -190,10 +198,9 @@ pub async fn relay<D: Downstream>(
             hide,
             bounds.max_sse_event_bytes,
         ))),
-        Some(api) if success => Accounting::Json(Box::new(JsonAccountant::new(
-            api,
-            bounds.max_json_body_bytes,
-        ))),
+        Some(api) if success => Accounting::Json(Box::new(
+            JsonAccountant::new(api, bounds.max_json_body_bytes).with_header_usage(header_usage),
+        )),
         _ => Accounting::Off,
     };
     let _gauge = is_sse.then(StreamGauge::start);
@@ -272,6 +279,13 @@ pub async fn relay<D: Downstream>(
                 };
                 if let Some(t) = tracker.as_mut() {
                     t.observe(&out);
+                }
+                if matches!(&acc, Accounting::Sse(a) if a.broken()) {
+                    // A corrupt AWS event stream message: the whole events before it go out,
+                    // then the native error; nothing after it can be framed.
+                    failure = Some(SluiceError::UpstreamFailed(endpoint.clone()));
+                    last = out;
+                    break;
                 }
                 if let (Some(c), Accounting::Sse(a)) = (&cutoff, &acc) {
                     // An answer whose final event came in this chunk is whole: nothing left

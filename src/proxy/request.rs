@@ -41,7 +41,13 @@ pub async fn handle(
 
     if inspect::should_inspect(req, &snapshot) {
         let body = inspect::read_body(session, snapshot.max_body_bytes).await?;
-        let (fields, body) = inspect::inspect(ctx.caller.api, body)?;
+        let (mut fields, body) = inspect::inspect(ctx.caller.api, body)?;
+        if let Some((model, stream)) = crate::provider::bedrock::model_from_path(&path) {
+            // Bedrock names the model and the streaming in the path, not the body.
+            fields.model = Some(model);
+            fields.stream = stream;
+            fields.max_tokens = crate::provider::bedrock::max_tokens(&body);
+        }
         ctx.inspected = Some(InspectedRequest { fields, body });
         select_route(&snapshot, session, ctx, &path)?;
         let route = ctx.caller.route.and_then(|i| snapshot.routes.get(i));

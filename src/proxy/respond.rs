@@ -38,6 +38,9 @@ fn error_header(
         ctx.request_id.as_str(),
     )?;
     h.insert_header("x-sluice-request-id", ctx.request_id.as_str())?;
+    if let Some((name, value)) = ctx.caller.style.error_type_header(status) {
+        h.insert_header(name, value)?;
+    }
     if let Some(outcome) = ctx.cache {
         h.insert_header(super::cache::HEADER, outcome.as_str())?;
     }

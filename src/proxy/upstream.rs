@@ -59,7 +59,6 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> 
         .keys
         .get(key)
         .or_err(ErrorType::InternalError, "endpoint has no such key")?;
-    p.set_auth(req, key.expose())?;
     let pq = req
         .uri
         .path_and_query()
@@ -75,5 +74,7 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> 
     let default_port = if ep.tls { ":443" } else { ":80" };
     let host = ep.addr.strip_suffix(default_port).unwrap_or(&ep.addr);
     req.insert_header(http::header::HOST, host)?;
+    // A streamed-through body is not hashed: a signing provider signs `UNSIGNED-PAYLOAD`.
+    p.authorize(req, key.expose(), None, pool.region.as_deref())?;
     Ok(())
 }

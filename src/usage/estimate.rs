@@ -128,7 +128,8 @@ pub fn count_tokens(model: &str, text: &str) -> u64 {
 /// embeddings `input` (a string or strings; arrays of token ids count their length). Images,
 /// audio and files are not counted, so multimodal prompts are underestimated. Ollama: chat
 /// as OpenAI chat; generate `system` and `prompt`; embed `input` (or `prompt`). Ollama's models
-/// have their own tokenizers: tiktoken's count is only an estimate of theirs.
+/// have their own tokenizers: tiktoken's count is only an estimate of theirs. Bedrock:
+/// Converse `system` and `messages`; InvokeModel `system`, `messages`, `prompt`, `inputText`.
 pub fn estimate_prompt_tokens(api: ApiKind, model: &str, body: &Value) -> u64 {
     let mut text = String::new();
     let mut messages = 0u64;
@@ -175,6 +176,22 @@ pub fn estimate_prompt_tokens(api: ApiKind, model: &str, body: &Value) -> u64 {
         ApiKind::OllamaEmbed => {
             prompt_input(body.get("input"), &mut text, &mut token_ids);
             prompt_input(body.get("prompt"), &mut text, &mut token_ids);
+        }
+        // Bedrock Converse: `system[]` blocks and `messages[]` (`content[].text`); InvokeModel
+        // bodies are model-native: Anthropic-shaped (`system`, `messages`) or a `prompt` /
+        // `inputText` string (Bedrock "Inference request parameters" per model family).
+        ApiKind::BedrockConverse | ApiKind::BedrockInvoke => {
+            if let Some(system) = body.get("system") {
+                messages += 1;
+                collect(system, &mut text, 0);
+            }
+            for message in array(body.get("messages")) {
+                messages += 1;
+                collect(message, &mut text, 0);
+            }
+            for key in ["prompt", "inputText"] {
+                prompt_input(body.get(key), &mut text, &mut token_ids);
+            }
         }
     }
     if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {

@@ -5,7 +5,9 @@
 //!
 //! - [`Framer::Sse`]: `text/event-stream` (WHATWG server-sent events; OpenAI, Anthropic).
 //! - [`Framer::Ndjson`]: `application/x-ndjson` (one JSON object per line; Ollama).
+//! - [`Framer::EventStream`]: `application/vnd.amazon.eventstream` (AWS event stream; Bedrock).
 
+use super::eventstream::EventStreamFramer;
 use super::ndjson::NdjsonFramer;
 use super::sse::{Frame, SseFramer};
 use super::ApiKind;
@@ -17,6 +19,8 @@ pub(crate) enum Framer {
     Sse(SseFramer),
     /// Newline-delimited JSON ([`NdjsonFramer`]).
     Ndjson(NdjsonFramer),
+    /// AWS event stream messages ([`EventStreamFramer`]).
+    EventStream(EventStreamFramer),
 }
 
 impl Framer {
@@ -31,6 +35,9 @@ impl Framer {
             ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => {
                 Framer::Ndjson(NdjsonFramer::new(max_event_bytes))
             }
+            ApiKind::BedrockConverse | ApiKind::BedrockInvoke => {
+                Framer::EventStream(EventStreamFramer::new(max_event_bytes))
+            }
         }
     }
 
@@ -39,6 +46,7 @@ impl Framer {
         match self {
             Framer::Sse(f) => f.feed(chunk, emit),
             Framer::Ndjson(f) => f.feed(chunk, emit),
+            Framer::EventStream(f) => f.feed(chunk, emit),
         }
     }
 
@@ -47,6 +55,7 @@ impl Framer {
         match self {
             Framer::Sse(f) => f.finish(emit),
             Framer::Ndjson(f) => f.finish(emit),
+            Framer::EventStream(f) => f.finish(emit),
         }
     }
 
@@ -55,17 +64,34 @@ impl Framer {
         match self {
             Framer::Sse(f) => f.held_bytes(),
             Framer::Ndjson(f) => f.held_bytes(),
+            Framer::EventStream(f) => f.held_bytes(),
         }
     }
 }
 
 impl Framer {
     /// The bytes that end one event of this framing after its last line: a blank line for
-    /// SSE (`\n` after the line's own), nothing more for NDJSON (the line's `\n` ends it).
+    /// SSE (`\n` after the line's own), nothing more for NDJSON (the line's `\n` ends it) or
+    /// an AWS event stream (binary, no lines).
     pub(crate) fn event_terminator(&self) -> &'static [u8] {
         match self {
             Framer::Sse(_) => b"\n",
             Framer::Ndjson(_) => b"",
+            Framer::EventStream(_) => b"",
+        }
+    }
+
+    /// Whether events are lines of text (SSE, NDJSON): false for the binary AWS event stream.
+    pub(crate) fn is_text(&self) -> bool {
+        !matches!(self, Framer::EventStream(_))
+    }
+
+    /// True once the stream's framing is lost for good (an AWS event stream CRC or length that
+    /// did not check): nothing more is framed, nothing more should be forwarded.
+    pub(crate) fn broken(&self) -> bool {
+        match self {
+            Framer::Sse(_) | Framer::Ndjson(_) => false,
+            Framer::EventStream(f) => f.broken(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! text.
 
 use super::wire::{
-    anthropic_messages, ollama, openai_chat, openai_embeddings, openai_responses, TextBuf,
+    anthropic_messages, bedrock_converse, ollama, openai_chat, openai_embeddings, openai_responses,
+    TextBuf,
 };
 use super::{ApiKind, Usage};
 
@@ -16,6 +17,9 @@ pub struct JsonAccountant {
     body: Vec<u8>,
     over_cap: bool,
     parsed: Option<Parsed>,
+    /// Usage the response header reported (Bedrock `InvokeModel`), see
+    /// [`JsonAccountant::with_header_usage`].
+    header_usage: Option<Usage>,
 }
 
 #[derive(Debug, Default)]
@@ -33,7 +37,16 @@ impl JsonAccountant {
             body: Vec::new(),
             over_cap: false,
             parsed: None,
+            header_usage: None,
         }
+    }
+
+    /// The usage the response header reported, for an API whose body carries none (Bedrock
+    /// `InvokeModel`: [`super::invoke_header_usage`]); it is what [`JsonAccountant::finish`]
+    /// returns for that API.
+    pub fn with_header_usage(mut self, usage: Option<Usage>) -> Self {
+        self.header_usage = usage;
+        self
     }
 
     /// Appends one body chunk. Past `max_bytes` in total the copy is dropped for good and
@@ -82,7 +95,12 @@ impl JsonAccountant {
 
     fn parse(&self) -> Parsed {
         if self.over_cap || self.body.is_empty() {
-            return Parsed::default();
+            return Parsed {
+                usage: self
+                    .header_usage
+                    .filter(|_| self.api == ApiKind::BedrockInvoke),
+                text: String::new(),
+            };
         }
         let mut text = TextBuf::default();
         let usage = match self.api {
@@ -95,6 +113,9 @@ impl JsonAccountant {
             ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => {
                 ollama::body(&self.body, &mut text)
             }
+            ApiKind::BedrockConverse => bedrock_converse::body(&self.body, &mut text),
+            // Model-native bodies: the usage comes from the response header, if any.
+            ApiKind::BedrockInvoke => self.header_usage,
         };
         Parsed {
             usage,

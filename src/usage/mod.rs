@@ -14,6 +14,7 @@
 pub mod counter;
 pub mod estimate;
 
+mod eventstream;
 mod framing;
 mod json_body;
 mod ndjson;
@@ -26,8 +27,10 @@ mod wire;
 mod tests;
 
 pub use estimate::{count_tokens, estimate_prompt_tokens};
+pub use eventstream::encode_message as encode_eventstream_message;
 pub use json_body::JsonAccountant;
 pub use stream::SseAccountant;
+pub use wire::bedrock_converse::invoke_header_usage;
 
 /// Token counts of one response, as the upstream reported them. All counts are tokens (u64);
 /// a field the upstream did not send (absent or `null`) is 0.
@@ -95,6 +98,28 @@ pub enum ApiKind {
     /// Ollama embeddings, `POST /api/embed` (and the older `/api/embeddings`): usage
     /// `prompt_eval_count` only (the older endpoint reports none).
     OllamaEmbed,
+    /// AWS Bedrock Runtime `Converse` and `ConverseStream`, `POST /model/{modelId}/converse`
+    /// and `/model/{modelId}/converse-stream` (the stream in AWS event stream framing).
+    BedrockConverse,
+    /// AWS Bedrock Runtime `InvokeModel` and `InvokeModelWithResponseStream`,
+    /// `POST /model/{modelId}/invoke` and `/model/{modelId}/invoke-with-response-stream`:
+    /// model-native bodies, passed through; usage from the `x-amzn-bedrock-*-token-count`
+    /// response headers or the stream's `amazon-bedrock-invocationMetrics`.
+    BedrockInvoke,
+}
+
+/// The Bedrock Runtime API of `path` (`/model/{modelId}/{operation}`), if it is one.
+fn bedrock_api(path: &str) -> Option<ApiKind> {
+    let rest = path.strip_prefix("/model/")?;
+    let (model, op) = rest.split_once('/')?;
+    if model.is_empty() {
+        return None;
+    }
+    match op {
+        "converse" | "converse-stream" => Some(ApiKind::BedrockConverse),
+        "invoke" | "invoke-with-response-stream" => Some(ApiKind::BedrockInvoke),
+        _ => None,
+    }
 }
 
 impl ApiKind {
@@ -108,6 +133,9 @@ impl ApiKind {
     /// `/v1/threads/{id}/messages` (hence the `/v1` required before `/messages`).
     /// Ollama's `/api/chat`, `/api/generate`, `/api/embed` and `/api/embeddings` are checked
     /// first (see [`ApiKind::OllamaChat`]).
+    /// Bedrock: `/model/{modelId}/converse` or `/converse-stream` -> Converse,
+    /// `/model/{modelId}/invoke` or `/invoke-with-response-stream` -> InvokeModel (exactly
+    /// three segments, the model id one segment, as the AWS SDKs encode it).
     pub fn from_path(path: &str) -> Option<ApiKind> {
         let end = path.find(['?', '#']).unwrap_or(path.len());
         let path = path[..end].trim_end_matches('/');
@@ -125,7 +153,7 @@ impl ApiKind {
         } else if path.ends_with("/embeddings") {
             Some(ApiKind::Embeddings)
         } else {
-            None
+            bedrock_api(path)
         }
     }
 }
@@ -155,8 +183,11 @@ impl ApiKind {
 }
 
 /// Whether a response `content-type` is a stream sluice frames event by event:
-/// `text/event-stream` (SSE) or `application/x-ndjson` (Ollama's NDJSON streams).
+/// `text/event-stream` (SSE), `application/x-ndjson` (Ollama's NDJSON streams) or
+/// `application/vnd.amazon.eventstream` (AWS event stream, Bedrock).
 pub fn is_stream_content_type(content_type: &str) -> bool {
     let ct = content_type.trim_start();
-    ct.starts_with("text/event-stream") || ct.starts_with("application/x-ndjson")
+    ct.starts_with("text/event-stream")
+        || ct.starts_with("application/x-ndjson")
+        || ct.starts_with("application/vnd.amazon.eventstream")
 }

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use super::framing::Framer;
 use super::sse::{Frame, SseEvent, KEEP_CAPACITY_BYTES};
 use super::strip::strip_usage_null;
-use super::wire::{anthropic_messages, ollama, openai_chat, openai_responses, Signal, TextBuf};
+use super::wire::{
+    anthropic_messages, bedrock_converse, ollama, openai_chat, openai_responses, Signal, TextBuf,
+};
 use super::{ApiKind, Usage};
 
 /// What hide mode does with one complete event.
@@ -42,6 +44,8 @@ pub(crate) struct StreamState {
     pub(crate) content_seen: bool,
     /// The native code or type of the first error event seen before any content.
     pub(crate) error_code: Option<String>,
+    /// The framer lost the stream's framing (see [`SseAccountant::broken`]).
+    pub(crate) broken: bool,
     events: u64,
     malformed: u64,
     oversized: u64,
@@ -194,6 +198,15 @@ impl SseAccountant {
             holder.clear();
             Bytes::from(out)
         };
+        if framer.broken() {
+            // The framing is lost (an AWS event stream CRC did not check): nothing after the
+            // last whole event is held or forwarded; the caller ends the stream.
+            if !std::mem::replace(&mut state.broken, true) {
+                state.malformed += 1;
+            }
+            holder.clear();
+            return out;
+        }
         holder.held.extend_from_slice(&chunk[end..]);
         out
     }
@@ -294,6 +307,10 @@ impl SseAccountant {
             Frame::Skipped { name, .. } => account_unparsed(api, state, name),
         });
         if std::mem::take(&mut holder.passing) {
+            if !framer.is_text() {
+                // A binary message cut mid-way cannot be ended by adding bytes.
+                return Bytes::new();
+            }
             let mut end = b"\n".to_vec();
             end.extend_from_slice(framer.event_terminator());
             return Bytes::from(end);
@@ -377,6 +394,10 @@ impl SseAccountant {
             ApiKind::OpenAiResponses => false,
             // Ollama: the usage and the end come together in the `done: true` line.
             ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => false,
+            // Bedrock Converse: `messageStop` came, only the `metadata` event is missing.
+            ApiKind::BedrockConverse => s.stop_reason_seen,
+            // InvokeModelWithResponseStream has no terminal event: a clean end is the end.
+            ApiKind::BedrockInvoke => true,
             _ => {
                 s.choices_seen != 0
                     && s.choices_finished & s.choices_seen == s.choices_seen
@@ -417,6 +438,14 @@ impl SseAccountant {
     /// Anthropic an `error` event.
     pub fn saw_error(&self) -> bool {
         self.state.saw_error
+    }
+
+    /// True once the stream's framing was lost for good (an AWS event stream prelude or
+    /// message CRC, or a length, that did not check; SSE never): counted once in
+    /// [`SseAccountant::malformed_events`], and nothing after the last whole event is
+    /// forwarded, so the caller should end the stream with a native error.
+    pub fn broken(&self) -> bool {
+        self.state.broken
     }
 
     /// Number of SSE events seen (each blank-line-terminated block with a `data:` or `event:`
@@ -471,6 +500,12 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
         ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => {
             ollama::on_event(state, event.data).map(|()| Verdict::Keep)
         }
+        ApiKind::BedrockConverse => {
+            bedrock_converse::on_event(state, name, event.data).map(|()| Verdict::Keep)
+        }
+        ApiKind::BedrockInvoke => {
+            bedrock_converse::on_invoke_event(state, name, event.data).map(|()| Verdict::Keep)
+        }
     };
     parsed.unwrap_or_else(|_| {
         state.malformed += 1;
@@ -491,6 +526,7 @@ fn opening(api: ApiKind, state: &mut StreamState, name: &str, data: &[u8], named
         ApiKind::OllamaChat | ApiKind::OllamaGenerate | ApiKind::OllamaEmbed => {
             ollama::opening(data)
         }
+        ApiKind::BedrockConverse | ApiKind::BedrockInvoke => bedrock_converse::opening(name),
     };
     match signal {
         Signal::Error(code) => {

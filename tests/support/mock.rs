@@ -93,6 +93,8 @@ pub enum Behavior {
     /// Wait this long after reading the request (nothing sent; a proxy closing the
     /// connection meanwhile is recorded in `slow_closed_at`), then answer normally.
     Delay(Duration),
+    /// A 200 with this content type and binary `body` (an AWS event stream), sent chunked.
+    CannedBytes { content_type: String, body: Vec<u8> },
 }
 
 /// How a [`Behavior::CutAt`] stream ends after its bytes.
@@ -316,6 +318,13 @@ impl Mock {
                     sock.write_all(head.as_bytes()).await?;
                     sock.write_all(body.as_bytes()).await?;
                 }
+                return Ok(true);
+            }
+            Behavior::CannedBytes { content_type, body } => {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n", body.len());
+                sock.write_all(head.as_bytes()).await?;
+                sock.write_all(&body).await?;
+                sock.write_all(b"\r\n0\r\n\r\n").await?;
                 return Ok(true);
             }
             Behavior::CutAt { body, end } => {

@@ -452,3 +452,29 @@ fn the_cache_redis_tier_bounds_default_and_are_validated() {
     let snap = compile(&parse(&memory).unwrap(), Secrets::Skip).unwrap();
     assert!(snap.cache.redis.is_none());
 }
+
+#[test]
+fn bedrock_pools_need_a_region_and_only_they_take_one() {
+    let bedrock = |region: &str| {
+        format!("pools:\n  - name: b\n    provider: bedrock\n{region}    endpoints:\n      - url: http://127.0.0.1:9\n        keys: [{{env: K}}]\n")
+    };
+    assert_eq!(
+        errors(&bedrock("")),
+        ["pools[0].region: required for provider bedrock"]
+    );
+    assert!(errors(&bedrock("    region: 'us east'\n"))[0].starts_with("pools[0].region: must be"));
+    let snap = compile(
+        &parse(&bedrock("    region: us-west-2\n")).unwrap(),
+        Secrets::Skip,
+    )
+    .unwrap();
+    assert_eq!(snap.pools["b"].region.as_deref(), Some("us-west-2"));
+    let other = POOL.replace(
+        "provider: openai\n",
+        "provider: openai\n    region: us-west-2\n",
+    );
+    assert_eq!(
+        errors(&other),
+        ["pools[0].region: only for provider bedrock"]
+    );
+}

@@ -213,6 +213,10 @@ pub enum ProviderKind {
     /// through): the pool key, if any, as `Authorization: Bearer`; errors `{"error":".."}`.
     #[serde(rename = "ollama")]
     Ollama,
+    /// AWS Bedrock Runtime: SigV4 with the pool's `region` (keys `ACCESS_KEY_ID:SECRET[:TOKEN]`)
+    /// or a Bedrock API key as `Authorization: Bearer`; the model in the path.
+    #[serde(rename = "bedrock")]
+    Bedrock,
 }
 
 /// Where a provider key comes from: exactly one of `env` or `file`. The value itself is never
@@ -428,6 +432,10 @@ pub struct PoolConf {
     /// continuation leg of `routes[].failover.resume_on_cut`). Default `none`.
     #[serde(default)]
     pub prefill: Prefill,
+    /// AWS region the requests are signed for (SigV4 credential scope), e.g. `us-east-1`.
+    /// Required for `bedrock`; not allowed for other providers.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// `pools[].prefill`: how a pool's upstream is asked to continue a partial answer.

@@ -185,7 +185,9 @@ impl<'a> Plan<'a> {
                 continue;
             }
             let body = match (self.asked.as_deref(), &model) {
-                (Some(asked), Some(renamed)) if asked != renamed => {
+                (Some(asked), Some(renamed))
+                    if asked != renamed && provider(pool.provider).model_in_body() =>
+                {
                     match super::super::inspect::with_model(&self.body, renamed) {
                         Ok(b) => b,
                         Err(e) => {

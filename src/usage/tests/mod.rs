@@ -1,6 +1,7 @@
 //! Tests of the usage module against golden fixtures (`tests/fixtures/`) and hostile input.
 
 mod agree;
+mod bedrock;
 mod bounds;
 mod cut;
 mod fixtures;
@@ -132,6 +133,18 @@ fn api_kind_from_path() {
             "/openai/deployments/emb/embeddings?api-version=1",
             Some(ApiKind::Embeddings),
         ),
+        (
+            "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse",
+            Some(ApiKind::BedrockConverse),
+        ),
+        ("/model/m/converse-stream", Some(ApiKind::BedrockConverse)),
+        ("/model/m/invoke", Some(ApiKind::BedrockInvoke)),
+        (
+            "/model/m/invoke-with-response-stream",
+            Some(ApiKind::BedrockInvoke),
+        ),
+        ("/model//converse", None),
+        ("/model/m/apply-guardrail", None),
         ("/v1/models", None),
         ("/v1/messages/count_tokens", None),
         ("/v1/messages/batches", None),

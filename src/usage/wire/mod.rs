@@ -7,6 +7,7 @@
 //! strings have no escapes costs no allocation beyond the text it appends.
 
 pub(crate) mod anthropic_messages;
+pub(crate) mod bedrock_converse;
 pub(crate) mod ollama;
 pub(crate) mod openai_chat;
 pub(crate) mod openai_embeddings;
