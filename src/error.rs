@@ -281,6 +281,11 @@ impl SluiceError {
         match style {
             ErrorStyle::OpenAi => style.body(openai_type, Some(code), &message),
             ErrorStyle::Anthropic => style.body(anthropic_type, None, &message),
+            ErrorStyle::Gemini => style.body(
+                crate::provider::gemini_status_name(self.status()),
+                Some(&self.status().to_string()),
+                &message,
+            ),
         }
     }
 }
@@ -455,7 +460,15 @@ mod tests {
             let a: serde_json::Value =
                 serde_json::from_slice(&e.body(ErrorStyle::Anthropic)).unwrap();
             assert_eq!(a["type"], "error");
+            let g: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::Gemini)).unwrap();
+            assert_eq!(g["error"]["code"], e.status());
+            assert!(g["error"]["status"].as_str().is_some_and(|s| !s.is_empty()));
         }
+        let g: serde_json::Value = serde_json::from_slice(
+            &SluiceError::BudgetExceeded(Period::Day).body(ErrorStyle::Gemini),
+        )
+        .unwrap();
+        assert_eq!(g["error"]["status"], "RESOURCE_EXHAUSTED");
         let first_token = SluiceError::UpstreamTimeout {
             upstream: "h:1".into(),
             phase: TimeoutPhase::FirstToken,

@@ -4,10 +4,12 @@
 
 mod anthropic;
 mod azure_openai;
+mod gemini;
 mod native_error;
 mod openai;
 mod openai_compatible;
 
+pub use gemini::{path_model_and_method as gemini_path, status_name as gemini_status_name};
 pub use native_error::{is_content_filter_code, NativeError};
 
 pub use crate::config::schema::ProviderKind;
@@ -25,15 +27,24 @@ pub enum ErrorStyle {
     OpenAi,
     /// `{"type":"error","error":{"type","message"}}`, request id in `request-id`.
     Anthropic,
+    /// Gemini API `{"error":{"code","message","status"}}` (the HTTP status and the canonical
+    /// code name, Google API error model), request id in `x-request-id`.
+    Gemini,
 }
 
 impl ErrorStyle {
     /// Guess the style of a request that matched no route: Anthropic when the path is the
-    /// Messages API or the client sent `anthropic-version`, else OpenAI.
+    /// Messages API or the client sent `anthropic-version`, Gemini when the client sent
+    /// `x-goog-api-key` or the path is a Gemini method (`.../models/{model}:{method}`), else
+    /// OpenAI.
     pub fn guess(req: &RequestHeader) -> Self {
         let path = req.uri.path();
         if path.contains("/messages") || req.headers.contains_key("anthropic-version") {
             ErrorStyle::Anthropic
+        } else if req.headers.contains_key(gemini::KEY_HEADER)
+            || gemini::path_model_and_method(path).is_some()
+        {
+            ErrorStyle::Gemini
         } else {
             ErrorStyle::OpenAi
         }
@@ -44,6 +55,7 @@ impl ErrorStyle {
         match self {
             ErrorStyle::OpenAi => "x-request-id",
             ErrorStyle::Anthropic => "request-id",
+            ErrorStyle::Gemini => "x-request-id",
         }
     }
 
@@ -60,12 +72,17 @@ impl ErrorStyle {
         Bytes::from(out)
     }
 
-    /// Serialize a native error body. `kind` is the error's type (`invalid_request_error`...),
-    /// `code` the OpenAI `code` (ignored by the Anthropic shape).
+    /// Serialize a native error body. `kind` is the error's type (`invalid_request_error`...;
+    /// for Gemini the canonical code name, `RESOURCE_EXHAUSTED`...), `code` the OpenAI `code`
+    /// (Gemini: the HTTP status as decimal text, the body's numeric `code`; when absent or
+    /// not a number, the status the code name stands for).
     pub fn body(self, kind: &str, code: Option<&str>, message: &str) -> Bytes {
         match self {
             ErrorStyle::OpenAi => openai::error_body(kind, code, message),
             ErrorStyle::Anthropic => anthropic::error_body(kind, message),
+            ErrorStyle::Gemini => {
+                gemini::error_body(kind, code.and_then(|c| c.parse().ok()), message)
+            }
         }
     }
 }
@@ -86,6 +103,7 @@ pub fn stream_error_event(
             return responses_error_event(&err.body(ErrorStyle::OpenAi), sequence_number);
         }
         Some(ApiKind::AnthropicMessages) => ErrorStyle::Anthropic,
+        Some(ApiKind::GeminiGenerateContent) => ErrorStyle::Gemini,
         Some(_) => ErrorStyle::OpenAi,
         None => fallback,
     };
@@ -144,6 +162,12 @@ pub trait Provider {
     fn accepts_model(&self, _model: &str) -> bool {
         true
     }
+    /// Whether the upstream reads the model from the JSON body's `model` (so a pool's
+    /// `model_map` rewrites the body). False for providers that take it from the path only
+    /// (Gemini), whose bodies are forwarded untouched.
+    fn model_in_body(&self) -> bool {
+        true
+    }
 }
 
 /// The provider implementation for `kind`.
@@ -153,13 +177,16 @@ pub fn provider(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::AzureOpenAi => &azure_openai::AzureOpenAi,
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::OpenAiCompatible => &openai_compatible::OpenAiCompatible,
+        ProviderKind::Gemini => &gemini::Gemini,
     }
 }
 
 /// Headers that carry a client credential; all are removed before the upstream key is set.
-pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 4] =
+    ["authorization", "x-api-key", "api-key", gemini::KEY_HEADER];
 
-/// The client's credential: `Authorization: Bearer <k>`, else `x-api-key`, else `api-key`.
+/// The client's credential: `Authorization: Bearer <k>`, else `x-api-key`, else `api-key`,
+/// else `x-goog-api-key` (Gemini SDKs), else a Gemini `key` query parameter.
 pub fn client_key(req: &RequestHeader) -> Option<&str> {
     if let Some(v) = req
         .headers
@@ -174,10 +201,11 @@ pub fn client_key(req: &RequestHeader) -> Option<&str> {
             return Some(k.trim());
         }
     }
-    ["x-api-key", "api-key"]
+    ["x-api-key", "api-key", gemini::KEY_HEADER]
         .iter()
         .find_map(|h| req.headers.get(*h).and_then(|v| v.to_str().ok()))
         .map(str::trim)
+        .or_else(|| gemini::query_key(req))
 }
 
 /// Prefix `path_and_query` with `base_path` (no trailing slash).
@@ -199,6 +227,7 @@ mod tests {
             (ProviderKind::OpenAiCompatible, "authorization", "Bearer k1"),
             (ProviderKind::AzureOpenAi, "api-key", "k1"),
             (ProviderKind::Anthropic, "x-api-key", "k1"),
+            (ProviderKind::Gemini, "x-goog-api-key", "k1"),
         ] {
             let mut req = RequestHeader::build("POST", b"/v1/x", None).unwrap();
             provider(kind).set_auth(&mut req, "k1").unwrap();

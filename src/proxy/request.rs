@@ -41,7 +41,8 @@ pub async fn handle(
 
     if inspect::should_inspect(req, &snapshot) {
         let body = inspect::read_body(session, snapshot.max_body_bytes).await?;
-        let (fields, body) = inspect::inspect(ctx.caller.api, body)?;
+        let (mut fields, body) = inspect::inspect(ctx.caller.api, body)?;
+        inspect::from_path(&mut fields, &path, ctx.caller.api);
         ctx.inspected = Some(InspectedRequest { fields, body });
         select_route(&snapshot, session, ctx, &path)?;
         let route = ctx.caller.route.and_then(|i| snapshot.routes.get(i));

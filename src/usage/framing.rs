@@ -3,7 +3,8 @@
 //! payload, and where it ended in the chunk), so the accountant, hide mode and the per-API
 //! wire modules are the same whatever the framing.
 //!
-//! - [`Framer::Sse`]: `text/event-stream` (WHATWG server-sent events; OpenAI, Anthropic).
+//! - [`Framer::Sse`]: `text/event-stream` (WHATWG server-sent events; OpenAI, Anthropic,
+//!   Gemini `alt=sse`).
 
 use super::sse::{Frame, SseFramer};
 use super::ApiKind;
@@ -24,6 +25,7 @@ impl Framer {
             | ApiKind::OpenAiResponses
             | ApiKind::AnthropicMessages
             | ApiKind::Embeddings => Framer::Sse(SseFramer::new(max_event_bytes)),
+            ApiKind::GeminiGenerateContent => Framer::Sse(SseFramer::new(max_event_bytes)),
         }
     }
 

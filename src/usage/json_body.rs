@@ -2,7 +2,9 @@
 //! cap, then hands it to its API's body parser (in [`super::wire`]) for usage and generated
 //! text.
 
-use super::wire::{anthropic_messages, openai_chat, openai_embeddings, openai_responses, TextBuf};
+use super::wire::{
+    anthropic_messages, gemini, openai_chat, openai_embeddings, openai_responses, TextBuf,
+};
 use super::{ApiKind, Usage};
 
 /// Accountant for one non-streamed JSON response body (chat/completions, completions,
@@ -57,7 +59,8 @@ impl JsonAccountant {
     /// or over the cap. Embeddings `usage.prompt_tokens`; chat and completions `usage` with
     /// `prompt_tokens_details.cached_tokens` and `completion_tokens_details.reasoning_tokens`;
     /// Responses `usage.input_tokens` / `output_tokens` and their details; Anthropic `usage`
-    /// `input_tokens`, `output_tokens`, `cache_creation_input_tokens`, `cache_read_input_tokens`.
+    /// `input_tokens`, `output_tokens`, `cache_creation_input_tokens`, `cache_read_input_tokens`;
+    /// Gemini `usageMetadata` (see [`Usage`] for how its counts map).
     pub fn finish(&mut self) -> Option<Usage> {
         if self.parsed.is_none() {
             self.parsed = Some(self.parse());
@@ -90,6 +93,7 @@ impl JsonAccountant {
             ApiKind::Embeddings => openai_embeddings::body(&self.body),
             ApiKind::OpenAiResponses => openai_responses::body(&self.body, &mut text),
             ApiKind::AnthropicMessages => anthropic_messages::body(&self.body, &mut text),
+            ApiKind::GeminiGenerateContent => gemini::body(&self.body, &mut text),
         };
         Parsed {
             usage,

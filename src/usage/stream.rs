@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::framing::Framer;
 use super::sse::{Frame, SseEvent, KEEP_CAPACITY_BYTES};
 use super::strip::strip_usage_null;
-use super::wire::{anthropic_messages, openai_chat, openai_responses, Signal, TextBuf};
+use super::wire::{anthropic_messages, gemini, openai_chat, openai_responses, Signal, TextBuf};
 use super::{ApiKind, Usage};
 
 /// What hide mode does with one complete event.
@@ -34,7 +34,8 @@ pub(crate) struct StreamState {
     /// the last bit), and one per choice that carried a non-null `finish_reason`.
     pub(crate) choices_seen: u64,
     pub(crate) choices_finished: u64,
-    /// Anthropic: a `message_delta` carried a non-null `delta.stop_reason`.
+    /// Anthropic: a `message_delta` carried a non-null `delta.stop_reason`. Gemini: the last
+    /// event finished every candidate (`finishReason`) or reported a blocked prompt.
     pub(crate) stop_reason_seen: bool,
     /// Responses: the largest `sequence_number` seen.
     pub(crate) last_sequence_number: Option<u64>,
@@ -359,7 +360,11 @@ impl SseAccountant {
     ///   chunk arrived: only `data: [DONE]` is missing;
     /// - Anthropic: a `message_delta` carried a non-null `delta.stop_reason` (it also carries
     ///   the final cumulative usage): only `message_stop` is missing;
-    /// - Responses: never (the usage and the final status come with `response.completed`).
+    /// - Responses: never (the usage and the final status come with `response.completed`);
+    /// - Gemini (which has no terminal event, so this is how its streams complete): the last
+    ///   event carried a `finishReason` on every candidate (or a blocked prompt's
+    ///   `promptFeedback.blockReason`; a later usage-only event keeps it) and `usageMetadata`
+    ///   was reported.
     ///
     /// False after an in-stream error. Sources: OpenAI "Streaming" chat completion chunk
     /// object (`choices[].finish_reason`, `usage`); Anthropic Messages streaming (event flow
@@ -372,6 +377,7 @@ impl SseAccountant {
         match self.api {
             ApiKind::AnthropicMessages => s.stop_reason_seen,
             ApiKind::OpenAiResponses => false,
+            ApiKind::GeminiGenerateContent => s.stop_reason_seen && s.usage.is_some(),
             _ => {
                 s.choices_seen != 0
                     && s.choices_finished & s.choices_seen == s.choices_seen
@@ -463,6 +469,9 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
         ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings => {
             openai_chat::on_event(state, name, event.data)
         }
+        ApiKind::GeminiGenerateContent => {
+            gemini::on_event(state, event.data).map(|()| Verdict::Keep)
+        }
     };
     parsed.unwrap_or_else(|_| {
         state.malformed += 1;
@@ -480,6 +489,7 @@ fn opening(api: ApiKind, state: &mut StreamState, name: &str, data: &[u8], named
         ApiKind::OpenAiChat | ApiKind::OpenAiCompletions | ApiKind::Embeddings => {
             openai_chat::opening(data)
         }
+        ApiKind::GeminiGenerateContent => gemini::opening(data),
     };
     match signal {
         Signal::Error(code) => {

@@ -209,6 +209,10 @@ pub enum ProviderKind {
     /// Any OpenAI-compatible server (vLLM, llama.cpp, ...): `Authorization: Bearer`.
     #[serde(rename = "openai_compatible")]
     OpenAiCompatible,
+    /// Google Gemini API (`x-goog-api-key`; the model in the path,
+    /// `/v1beta/models/{model}:{method}`).
+    #[serde(rename = "gemini")]
+    Gemini,
 }
 
 /// Where a provider key comes from: exactly one of `env` or `file`. The value itself is never

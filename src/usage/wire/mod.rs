@@ -7,6 +7,7 @@
 //! strings have no escapes costs no allocation beyond the text it appends.
 
 pub(crate) mod anthropic_messages;
+pub(crate) mod gemini;
 pub(crate) mod openai_chat;
 pub(crate) mod openai_embeddings;
 pub(crate) mod openai_responses;
