@@ -1,4 +1,5 @@
-//! Micro-benchmarks of sluice's hot paths (`make bench`): SSE usage parsing per API (MB/s),
+//! Micro-benchmarks of sluice's hot paths (`make bench`): SSE usage parsing per API (MB/s;
+//! OpenAI chat and Responses, Anthropic, Gemini `alt=sse`),
 //! request body inspection (10 KiB, 1 MiB), route matching on 1,000 routes, limit checks
 //! (ns per admit + settle, and the cost of absent limits), token estimation.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -46,6 +47,11 @@ fn sse(c: &mut Criterion) {
             "anthropic",
             ApiKind::AnthropicMessages,
             "anthropic/llmock_capture.sse",
+        ),
+        (
+            "gemini",
+            ApiKind::GeminiGenerateContent,
+            "gemini/sdk_stream_thoughts.sse",
         ),
     ] {
         let chunks = stream_chunks(&fixture(file));
@@ -99,6 +105,11 @@ fn sse_per_event(c: &mut Criterion) {
             "anthropic",
             ApiKind::AnthropicMessages,
             "anthropic/llmock_capture.sse",
+        ),
+        (
+            "gemini",
+            ApiKind::GeminiGenerateContent,
+            "gemini/sdk_stream_thoughts.sse",
         ),
     ] {
         let chunks = stream_chunks(&fixture(file));
