@@ -132,8 +132,9 @@ pub fn status_name(http_status: u16) -> &'static str {
     }
 }
 
-/// The HTTP status of a canonical code name (the inverse of [`status_name`]; 500 for others).
-fn http_status_of(status: &str) -> u16 {
+/// The HTTP status of a canonical code name (the inverse of [`status_name`]; 500 for others,
+/// numbers included).
+pub fn http_status_of(status: &str) -> u16 {
     match status {
         "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE" => 400,
         "UNAUTHENTICATED" => 401,
@@ -230,6 +231,14 @@ mod tests {
             let code = v["error"]["code"].as_u64().unwrap();
             assert_eq!(status_name(code as u16), name);
         }
+    }
+
+    #[test]
+    fn code_names_stand_for_their_status() {
+        assert_eq!(http_status_of("UNAVAILABLE"), 503);
+        assert_eq!(http_status_of("RESOURCE_EXHAUSTED"), 429);
+        assert_eq!(http_status_of("503"), 500);
+        assert_eq!(http_status_of("something_new"), 500);
     }
 
     #[test]

@@ -9,7 +9,10 @@ mod native_error;
 mod openai;
 mod openai_compatible;
 
-pub use gemini::{path_model_and_method as gemini_path, status_name as gemini_status_name};
+pub use gemini::{
+    http_status_of as gemini_code_status, path_model_and_method as gemini_path,
+    status_name as gemini_status_name,
+};
 pub use native_error::{is_content_filter_code, NativeError};
 
 pub use crate::config::schema::ProviderKind;

@@ -253,11 +253,15 @@ def test_budget_is_resource_exhausted(sluice_factory: SluiceFactory,
     assert len(mock.journal) == 1, "a refused call reached the upstream"
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+@pytest.mark.parametrize("stream,in_stream", [(False, False), (True, False), (True, True)],
+                         ids=["generate", "stream", "stream-error-event"])
 def test_failover_between_two_gemini_endpoints_on_503(sluice_factory: SluiceFactory,
                                                       mock: GeminiUpstream,
-                                                      stream: bool) -> None:
-    with GeminiUpstream(GEMINI_UPSTREAM_KEY, fail_status=503) as primary:
+                                                      stream: bool, in_stream: bool) -> None:
+    """The primary answers 503 UNAVAILABLE (as a status, or as the first event of a 200
+    stream: nothing reached the client yet); the client gets the fallback's answer whole."""
+    with GeminiUpstream(GEMINI_UPSTREAM_KEY, fail_status=503,
+                        fail_in_stream=in_stream) as primary:
         sluice = start(sluice_factory,
                        [gemini_pool("primary-gemini", primary.base),
                         gemini_pool("fallback-gemini", mock.base)],
@@ -269,6 +273,9 @@ def test_failover_between_two_gemini_endpoints_on_503(sluice_factory: SluiceFact
         assert got == direct
         assert len(primary.journal) == 1 and len(mock.journal) == 1
         assert primary.journal[0]["key"] == GEMINI_UPSTREAM_KEY
+        entry = [e for e in sluice.access_log() if e.get("route") == ROUTE][-1]
+        assert entry["attempts"].startswith("primary-gemini/"), entry
+        assert "fallback-gemini/" in entry["attempts"], entry
         meter.assert_counted(model=MODEL, prompt=usage.prompt_token_count,
                              completion=usage.candidates_token_count + usage.thoughts_token_count,
                              route=ROUTE, pool="fallback-gemini")

@@ -170,7 +170,8 @@ pub(crate) fn on_event(state: &mut StreamState, data: &[u8]) -> Result<(), serde
 }
 
 /// Commit on content: what one Gemini stream event says (see [`super::Signal`]). An `error`
-/// object is an error (its `status`, such as `UNAVAILABLE`, else its numeric `code`); an
+/// object is an error (its `status`, such as `UNAVAILABLE`, else the name its numeric `code`
+/// stands for); an
 /// event with text, a function call, a finish reason or a blocked prompt is content; one whose
 /// candidates carry only empty parts holds. Unparseable data counts as content.
 pub(crate) fn opening(data: &[u8]) -> Signal {
@@ -178,11 +179,11 @@ pub(crate) fn opening(data: &[u8]) -> Signal {
         return Signal::Content;
     };
     if let Some(error) = event.error.as_ref().filter(|e| !e.is_null()) {
+        // Its canonical name, else the name its numeric code stands for.
         let code = super::error_code([error.pointer("/status")]).or_else(|| {
-            error
-                .pointer("/code")
-                .and_then(serde_json::Value::as_u64)
-                .map(|c| c.to_string())
+            let code = error.pointer("/code")?.as_u64()?;
+            let name = crate::provider::gemini_status_name(u16::try_from(code).ok()?);
+            Some(name.to_owned())
         });
         return Signal::Error(code);
     }
@@ -224,6 +225,14 @@ mod tests {
             (12, 10, 4, 7)
         );
         assert_eq!(text.as_str(), "Hi");
+    }
+
+    #[test]
+    fn an_error_without_status_is_named_by_its_code() {
+        assert_eq!(
+            opening(br#"{"error":{"code":429,"message":"m"}}"#),
+            Signal::Error(Some("RESOURCE_EXHAUSTED".into()))
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ event), `:countTokens` (`{"totalTokens"}`), `:embedContent` / `:batchEmbedConten
 
 The key is checked as the API checks it: `x-goog-api-key` must be the configured key, else a
 400 `INVALID_ARGUMENT` ("API key not valid", what the real API answers). `fail_status` makes
-every call answer that status instead (a 503 `UNAVAILABLE` primary for failover tests).
+every call answer that status instead (a 503 `UNAVAILABLE` primary for failover tests);
+with `fail_in_stream` a streamed call gets it as the first event of a 200 stream.
 Answers are deterministic functions of the request, so a call through sluice can be compared
 with one made directly. Every request is journaled (`journal`: path, query, key header).
 """
@@ -70,6 +71,9 @@ class GeminiUpstream:
 
     key: str
     fail_status: int | None = None
+    # With fail_status: streamed calls get a 200 SSE stream whose first event is the error
+    # (the API reports some failures that way), instead of the error status.
+    fail_in_stream: bool = False
     journal: list[dict[str, Any]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -121,6 +125,10 @@ class GeminiUpstream:
         if h.headers.get("x-goog-api-key") != self.key:
             return self.send(h, 400, error_body(
                 400, "API key not valid. Please pass a valid API key."))
+        if self.fail_status is not None and self.fail_in_stream and "alt=sse" in url.query:
+            return self.send(h, 200, b"data: " + error_body(
+                self.fail_status, "The model is overloaded.") + b"\r\n\r\n",
+                "text/event-stream")
         if self.fail_status is not None:
             return self.send(h, self.fail_status, error_body(
                 self.fail_status, "The model is overloaded. Please try again later."))
