@@ -165,6 +165,7 @@ def test_dead_upstream_is_the_sdks_server_error_promptly(sluice_factory: SluiceF
         generate(via(sluice), stream)
     took = time.monotonic() - began
     assert caught.value.code == 502, caught.value
+    print(f"dead upstream ({'stream' if stream else 'generate'}): ServerError after {took:.3f} s")
     assert took < 5.0, f"the SDK waited {took:.1f} s for a dead upstream"
 
 

@@ -199,8 +199,16 @@ pub(crate) fn opening(data: &[u8]) -> Signal {
 
 /// Reads a whole non-streamed `GenerateContentResponse`: its usage (`None` when
 /// `usageMetadata` is absent or the body is not this JSON), and its generated text appended
-/// to `text` (`candidates[].content.parts[].text`, function calls as compact JSON).
+/// to `text` (`candidates[].content.parts[].text`, function calls as compact JSON). Also
+/// reads `:streamGenerateContent` without `alt=sse`, which the API answers with a JSON array
+/// of `GenerateContentResponse`s: the text of each, the usage of the last that has one.
 pub(crate) fn body(raw: &[u8], text: &mut TextBuf) -> Option<Usage> {
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let chunks: Vec<Response> = serde_json::from_slice(raw).ok()?;
+        chunks.iter().for_each(|c| c.push_text(text));
+        let last = chunks.iter().rev().find_map(|c| c.usage_metadata.as_ref());
+        return last.map(WireUsage::usage);
+    }
     let body: Response = serde_json::from_slice(raw).ok()?;
     body.push_text(text);
     body.usage_metadata.as_ref().map(WireUsage::usage)
@@ -233,6 +241,16 @@ mod tests {
             opening(br#"{"error":{"code":429,"message":"m"}}"#),
             Signal::Error(Some("RESOURCE_EXHAUSTED".into()))
         );
+    }
+
+    #[test]
+    fn a_json_array_stream_reads_every_text_and_the_last_usage() {
+        let raw = br#"[{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":1}},
+ {"candidates":[{"content":{"parts":[{"text":"b"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":4}}]"#;
+        let mut text = TextBuf::default();
+        let u = body(raw, &mut text).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (2, 4));
+        assert_eq!(text.as_str(), "ab");
     }
 
     #[test]
