@@ -11,7 +11,6 @@ The upstream is tests/e2e/upstreams/gemini.py (it checks the key)."""
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import time
