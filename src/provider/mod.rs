@@ -246,6 +246,15 @@ mod tests {
         assert_eq!(client_key(&req), Some("a"));
         req.insert_header("authorization", "Bearer b").unwrap();
         assert_eq!(client_key(&req), Some("b"));
+        let mut req = RequestHeader::build("POST", b"/v1/models/m:generateContent", None).unwrap();
+        req.insert_header("x-goog-api-key", "g").unwrap();
+        assert_eq!(client_key(&req), Some("g"));
+        // A Gemini path's `key` query parameter, only when no header carries a key.
+        let q =
+            RequestHeader::build("POST", b"/v1beta/models/m:countTokens?a=1&key=q", None).unwrap();
+        assert_eq!(client_key(&q), Some("q"));
+        let other = RequestHeader::build("POST", b"/v1/chat/completions?key=q", None).unwrap();
+        assert_eq!(client_key(&other), None);
     }
 
     #[test]
