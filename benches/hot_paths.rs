@@ -585,9 +585,16 @@ fn cache(c: &mut Criterion) {
     header
         .insert_header("content-type", "text/event-stream")
         .unwrap();
+    // What the relay's accountant reports of that stream as it relays it.
     let delivered = sluice::proxy::ctx::Delivered {
         status: 200,
         completed: true,
+        stream_whole: true,
+        usage: Some(sluice::usage::Usage {
+            prompt_tokens: 5,
+            completion_tokens: 2,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     g.bench_function("record_and_store_stream", |b| {

@@ -22,7 +22,12 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// Request headers that change what a provider answers, hashed with the body.
-pub const VERSION_HEADERS: [&str; 3] = ["anthropic-version", "anthropic-beta", "openai-beta"];
+/// (As `HeaderName`s, built at compile time: looked up without parsing a name per request.)
+pub const VERSION_HEADERS: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("anthropic-version"),
+    http::HeaderName::from_static("anthropic-beta"),
+    http::HeaderName::from_static("openai-beta"),
+];
 
 /// Top-level body fields that do not change the answer, left out of the hash.
 pub const IGNORED_FIELDS: [&str; 4] = ["stream", "stream_options", "user", "metadata"];
@@ -144,10 +149,10 @@ pub fn compute(
     }
     part(method.as_bytes());
     part(path_and_query.as_bytes());
-    for name in VERSION_HEADERS {
+    for name in &VERSION_HEADERS {
         let mut values: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
         values.sort_unstable();
-        part(name.as_bytes());
+        part(name.as_str().as_bytes());
         part(&(values.len() as u64).to_be_bytes());
         for v in values {
             part(v);
@@ -193,7 +198,9 @@ fn write_canonical(v: &Value, top: bool, out: &mut Vec<u8>) {
         }
         Value::String(s) => write_string(s, out),
         // Scalars print without whitespace; numbers as serde_json parsed them.
-        other => out.extend_from_slice(other.to_string().as_bytes()),
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
     }
 }
 

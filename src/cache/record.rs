@@ -8,7 +8,9 @@
 //!   answer is not what one upstream said);
 //! - a stream: its final event seen (`[DONE]`, `message_stop`, `response.completed` /
 //!   `response.incomplete`), no error event, every choice's finish reason seen and the usage
-//!   chunk (OpenAI chat), a `stop_reason` (Anthropic), no malformed or oversized event;
+//!   chunk (OpenAI chat), a `stop_reason` (Anthropic), no malformed or oversized event: the
+//!   relay's own accountant says so ([`Delivered::stream_whole`]), so a stored stream is
+//!   parsed once, as it is relayed;
 //! - a JSON body: valid JSON, an object without `error`, and (Responses) a `status` that is
 //!   `completed` or `incomplete` when present.
 
@@ -19,7 +21,7 @@ use crate::config::cache::CacheStoreKind;
 use crate::config::Accounting;
 use crate::metrics;
 use crate::proxy::ctx::Delivered;
-use crate::usage::{ApiKind, JsonAccountant, SseAccountant, Usage};
+use crate::usage::{ApiKind, JsonAccountant, Usage};
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use serde_json::Value;
@@ -84,6 +86,14 @@ impl Recorder {
             .unwrap_or("application/json");
         self.sse = content_type.starts_with("text/event-stream");
         self.content_type = content_type.to_owned();
+        // A sized body is kept in one allocation of its size (no regrowth, no slack stored).
+        let sized = header
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());
+        if let Some(n) = sized.filter(|n| *n <= self.store.max_entry_bytes()) {
+            self.buf.reserve_exact(n);
+        }
         self.push(opening.unwrap_or_default());
         Some(self)
     }
@@ -126,8 +136,9 @@ impl Recorder {
             ..
         } = self;
         let checked = if sse {
-            check_stream(api, &buf, bounds.max_sse_event_bytes)
-                .map(|(body, usage)| (response_id(&body), body, usage))
+            d.stream_whole
+                .then(|| whole_events(buf))
+                .map(|body| (response_id(&body), body, d.usage.unwrap_or_default()))
         } else {
             check_json(api, buf, bounds.max_json_body_bytes, d.usage)
         };
@@ -168,8 +179,34 @@ fn storable(headers: &http::HeaderMap) -> bool {
     !forbidden && !encoded
 }
 
-/// A complete stream, framed into whole events, and its usage; `None` if incomplete.
+/// A whole stream as received, ending on an event boundary: a final event the upstream left
+/// without its blank line (the relay's accountant took it as whole) gets one. Kept in an
+/// allocation of its size.
+fn whole_events(mut raw: Vec<u8>) -> Bytes {
+    let ended = raw.ends_with(b"\n\n") || raw.ends_with(b"\r\n\r\n") || raw.ends_with(b"\r\r");
+    if !ended {
+        // The last line's own end, if it has one, is repeated as the blank line.
+        let blank: &[u8] = if raw.ends_with(b"\r\n") {
+            b"\r\n"
+        } else if raw.ends_with(b"\n") {
+            b"\n"
+        } else if raw.ends_with(b"\r") {
+            b"\r"
+        } else {
+            b"\n\n"
+        };
+        raw.extend_from_slice(blank);
+    }
+    raw.shrink_to_fit();
+    Bytes::from(raw)
+}
+
+/// A complete stream, framed into whole events, and its usage; `None` if incomplete. (The
+/// relay's accountant makes the same check as it relays; this one, over a stream at rest,
+/// is what tests and benches hold the relay's to.)
+#[cfg(test)]
 fn check_stream(api: ApiKind, raw: &[u8], max_event_bytes: usize) -> Option<(Bytes, Usage)> {
+    use crate::usage::SseAccountant;
     let mut acc = SseAccountant::new(api, false, max_event_bytes);
     let mut out = acc.push(&Bytes::copy_from_slice(raw)).to_vec();
     out.extend_from_slice(&acc.finish());
@@ -220,6 +257,8 @@ fn check_json(
         return None;
     }
     let id = peek.id.map(std::borrow::Cow::into_owned);
+    let mut raw = raw;
+    raw.shrink_to_fit();
     let usage = match relayed {
         Some(u) => u,
         None => {
@@ -289,6 +328,22 @@ mod tests {
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (3, 1));
         let open = done.replace(",\"finishReason\":\"STOP\"", "");
         assert!(check_stream(ApiKind::GeminiGenerateContent, open.as_bytes(), 1 << 20).is_none());
+    }
+
+    #[test]
+    fn a_whole_stream_is_stored_as_received_ending_on_an_event_boundary() {
+        // As received: unchanged, and the same bytes the check at rest frames.
+        let (framed, _) = check_stream(ApiKind::OpenAiChat, CHAT.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(whole_events(CHAT.as_bytes().to_vec()), framed);
+        // A final event left without its blank line gets one, in the stream's own line end.
+        for (raw, want) in [
+            ("data: [DONE]", "data: [DONE]\n\n"),
+            ("data: [DONE]\n", "data: [DONE]\n\n"),
+            ("data: [DONE]\r\n", "data: [DONE]\r\n\r\n"),
+            ("data: [DONE]\r", "data: [DONE]\r\r"),
+        ] {
+            assert_eq!(&whole_events(raw.as_bytes().to_vec())[..], want.as_bytes());
+        }
     }
 
     #[test]

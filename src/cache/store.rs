@@ -1,67 +1,107 @@
-//! The response store shared by every caching route: the memory tier (a `moka` concurrent
-//! cache bounded by the weighted size of its entries, each expiring after its route's TTL),
-//! then, for routes with `store: redis`, the Redis tier shared by the replicas
+//! The response store shared by every caching route: the memory tier (a `quick_cache`
+//! concurrent cache bounded by the weighted size of its entries, each expiring after its
+//! route's TTL), then, for routes with `store: redis`, the Redis tier shared by the replicas
 //! ([`RedisTier`]: a memory miss asks it, a hit there is kept in memory for the time Redis
 //! still gives it; a store writes both). Built once at start and kept across reloads
 //! (outside the config snapshot).
+//!
+//! Why `quick_cache` (S3-FIFO eviction; <https://docs.rs/quick_cache>) rather than `moka`
+//! (TinyLFU admission, LRU eviction, a timer wheel for per-entry expiry): on a route whose
+//! requests all miss, every answer is stored and another evicted. With `moka` that touched the
+//! oldest entry and several queues per store; S3-FIFO admits a new entry to a small FIFO and
+//! evicts one-hit entries from there first (Yang et al., "FIFO queues are all you need for
+//! cache eviction", SOSP 2023), so a stream of one-off answers churns recently touched memory
+//! only. Measured in the README's "Response cache" section. Expiry is checked on lookup (an
+//! expired entry is a miss and is removed); until then it only takes room the size bound
+//! already counts.
 
 use super::entry::Entry;
 use super::key::Key;
 use super::redis_tier::RedisTier;
 use crate::config::cache::{CacheSettings, CacheStoreKind};
 use crate::metrics;
-use moka::sync::Cache;
-use moka::Expiry;
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// One entry in the memory tier, with its own time to live.
+/// One entry in the memory tier, with the instant it expires.
 #[derive(Clone)]
 struct Stored {
     entry: Arc<Entry>,
-    ttl: Duration,
+    expires: Instant,
 }
 
-/// Each entry expires `ttl` after it was written (an update restarts it).
-struct PerEntryTtl;
+/// An entry weighs [`Entry::weight`] bytes.
+#[derive(Clone, Copy)]
+struct ByWeight;
 
-impl Expiry<Key, Stored> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &Key, value: &Stored, _now: Instant) -> Option<Duration> {
-        Some(value.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &Key,
-        value: &Stored,
-        _now: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
+impl Weighter<Key, Stored> for ByWeight {
+    fn weight(&self, _key: &Key, value: &Stored) -> u64 {
+        u64::from(value.entry.weight())
     }
 }
 
-/// Small stores between two runs of the memory tier's housekeeping (evictions applied, gauges
-/// exported), at most: the bound holds within this many small entries (each under 1/64 of
-/// `cache.max_bytes`; a larger one runs it at once) of the last run.
-const HOUSEKEEPING_EVERY: u64 = 32;
+/// Hashes a [`Key`] by its first 8 bytes: a key is already a SHA-256 digest, uniform and not
+/// choosable by a client (finding inputs whose digests collide in 64 bits is a preimage
+/// search), so hashing it again buys nothing.
+#[derive(Clone, Copy, Default)]
+struct DigestHash;
 
-/// Longest a store waits for housekeeping (and the gauges for an update) after the last run
-/// while stores go on, ms.
-const HOUSEKEEPING_MS: u64 = 100;
+impl BuildHasher for DigestHash {
+    type Hasher = DigestHasher;
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+/// See [`DigestHash`]: keeps the first 8 bytes written (little-endian).
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]`'s `Hash` writes its length first (a `usize`), then the 32 bytes.
+        if bytes.len() >= 8 {
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            self.0 ^= u64::from_le_bytes(first);
+        }
+    }
+    fn write_usize(&mut self, _len: usize) {}
+}
+
+/// Stores between two exports of the memory tier's gauges, at most.
+const EXPORT_EVERY: u64 = 32;
+
+/// Longest the gauges wait for an update after the last export while stores go on, ms.
+const EXPORT_MS: u64 = 100;
+
+/// Entries one shard of the memory tier holds at the largest entry size, at least: the
+/// memory tier is split into shards (each with its own lock and share of `cache.max_bytes`),
+/// and an entry heavier than a shard's share would not be admitted at all.
+const ENTRIES_PER_SHARD: u64 = 2;
+
+/// Most shards of the memory tier (sluice's workers are few; more shards only cut the size
+/// a shard can hold).
+const MAX_SHARDS: u64 = 16;
+
+/// Weight of a typical entry, for the memory tier's initial sizing only (bytes).
+const TYPICAL_ENTRY_BYTES: u64 = 4096;
 
 /// The process's response store: the memory tier (`cache.max_bytes`), and the Redis tier when
 /// the first snapshot has one (some route with `store: redis`).
 pub struct Store {
-    memory: Cache<Key, Stored>,
+    memory: Cache<Key, Stored, ByWeight, DigestHash>,
     max_entry_bytes: usize,
-    /// The memory tier's bound (`cache.max_bytes`).
-    max_bytes: u64,
-    /// Stores so far (housekeeping cadence).
+    /// Stores so far (gauge export cadence).
     stores: AtomicU64,
-    /// When housekeeping last ran (ms since `epoch`; `u64::MAX`: never).
-    housekept_ms: AtomicU64,
+    /// When the gauges were last exported (ms since `epoch`; `u64::MAX`: never).
+    exported_ms: AtomicU64,
     epoch: Instant,
     /// The Redis tier (`cache.redis`, else `limits.redis`); its connection is kept by
     /// [`RedisTier::maintain`], which the server runs.
@@ -84,17 +124,11 @@ impl Store {
                     None
                 }
             });
-        let memory = Cache::builder()
-            .max_capacity(settings.max_bytes)
-            .weigher(|_key: &Key, v: &Stored| v.entry.weight())
-            .expire_after(PerEntryTtl)
-            .build();
         Store {
-            memory,
+            memory: memory_tier(settings),
             max_entry_bytes: settings.max_entry_bytes,
-            max_bytes: settings.max_bytes,
             stores: AtomicU64::new(0),
-            housekept_ms: AtomicU64::new(u64::MAX),
+            exported_ms: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             redis,
         }
@@ -139,82 +173,102 @@ impl Store {
         let entry = Arc::new(entry);
         // A replica with a larger `max_entry_bytes` may have stored it: served, not kept.
         if let (Some(ttl), true) = (left, entry.body.len() <= self.max_entry_bytes) {
-            self.memory.insert(
-                *key,
-                Stored {
-                    entry: entry.clone(),
-                    ttl,
-                },
-            );
-            self.memory.run_pending_tasks();
-            self.export();
+            self.keep(*key, entry.clone(), ttl);
         }
         Some(entry)
     }
 
-    /// The memory tier's live entry for `key`, if any (no I/O: the first tier of [`Store::get`]).
+    /// The memory tier's live entry for `key`, if any (no I/O: the first tier of
+    /// [`Store::get`]). An expired entry is removed and is a miss.
     pub fn get_memory(&self, key: &Key) -> Option<Arc<Entry>> {
-        self.memory.get(key).map(|s| s.entry)
+        let stored = self.memory.get(key)?;
+        let now = Instant::now();
+        if stored.expires > now {
+            return Some(stored.entry);
+        }
+        self.memory.remove_if(key, |s| s.expires <= now);
+        None
     }
 
     /// Store `entry` under `key` for `ttl`, replacing any entry there. An entry whose body is
-    /// over `cache.max_entry_bytes` is not stored. Eviction (least recently used first, as
-    /// `moka`'s TinyLFU admission allows) keeps the weighted size within `cache.max_bytes`.
-    /// With `Redis`, the encoded entry is also written to the Redis tier, in a task of its
-    /// own ([`RedisTier::put`]: never delays the caller, failures only counted).
+    /// over `cache.max_entry_bytes` is not stored. Eviction (S3-FIFO: entries never looked up
+    /// again go first) keeps the weighted size within `cache.max_bytes`. With `Redis`, the
+    /// encoded entry is also written to the Redis tier, in a task of its own
+    /// ([`RedisTier::put`]: never delays the caller, failures only counted).
     pub fn put(&self, key: Key, entry: Entry, ttl: Duration, route_store: CacheStoreKind) {
         if entry.body.len() > self.max_entry_bytes {
             return;
         }
-        if let (CacheStoreKind::Redis, Some(tier)) = (route_store, &self.redis) {
-            tier.put(key, entry.encode(), ttl);
-        }
-        let weight = u64::from(entry.weight());
         match route_store {
-            CacheStoreKind::Memory | CacheStoreKind::Redis => {
-                self.memory.insert(
-                    key,
-                    Stored {
-                        entry: Arc::new(entry),
-                        ttl,
-                    },
-                );
+            CacheStoreKind::Redis => {
+                if let Some(tier) = &self.redis {
+                    tier.put(key, entry.encode(), ttl);
+                }
             }
+            CacheStoreKind::Memory => {}
         }
-        // Evictions are applied by moka's housekeeping (it also runs on its own as the cache
-        // is used). Run it now after a large entry, so the bound holds at once where it
-        // matters, and every `HOUSEKEEPING_EVERY` stores, so small ones pay for it rarely.
+        self.keep(key, Arc::new(entry), ttl);
+    }
+
+    /// The memory tier's insert, and the gauges now and then.
+    fn keep(&self, key: Key, entry: Arc<Entry>, ttl: Duration) {
+        let expires = Instant::now() + ttl;
+        self.memory.insert(key, Stored { entry, expires });
         let stores = self.stores.fetch_add(1, Ordering::Relaxed) + 1;
         let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last_ms = self.housekept_ms.load(Ordering::Relaxed);
-        if weight.saturating_mul(64) >= self.max_bytes
-            || stores % HOUSEKEEPING_EVERY == 0
+        let last_ms = self.exported_ms.load(Ordering::Relaxed);
+        if stores % EXPORT_EVERY == 0
             || last_ms == u64::MAX
-            || now_ms.saturating_sub(last_ms) >= HOUSEKEEPING_MS
+            || now_ms.saturating_sub(last_ms) >= EXPORT_MS
         {
-            self.housekept_ms.store(now_ms, Ordering::Relaxed);
-            self.memory.run_pending_tasks();
+            self.exported_ms.store(now_ms, Ordering::Relaxed);
             self.export();
         }
     }
 
-    /// Weighted size of the memory tier now (bytes, after pending evictions are applied).
+    /// Weighted size of the memory tier now (bytes).
     pub fn weighted_bytes(&self) -> u64 {
-        self.memory.run_pending_tasks();
-        self.memory.weighted_size()
+        self.memory.weight()
     }
 
-    /// Entries in the memory tier now.
+    /// Entries in the memory tier now (expired ones not yet looked up included).
     pub fn entries(&self) -> u64 {
-        self.memory.run_pending_tasks();
-        self.memory.entry_count()
+        self.memory.len() as u64
     }
 
     /// `sluice_cache_bytes` and `sluice_cache_entries` from the memory tier.
     fn export(&self) {
-        let (bytes, entries) = (self.memory.weighted_size(), self.memory.entry_count());
+        let (bytes, entries) = (self.weighted_bytes(), self.entries());
         metrics::CACHE_BYTES.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         metrics::CACHE_ENTRIES.set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+}
+
+/// The memory tier for `settings`: `cache.max_bytes` split over shards that each hold at least
+/// [`ENTRIES_PER_SHARD`] entries of `cache.max_entry_bytes`.
+fn memory_tier(settings: &CacheSettings) -> Cache<Key, Stored, ByWeight, DigestHash> {
+    let max_bytes = settings.max_bytes.max(1);
+    let largest = u64::try_from(settings.max_entry_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(u64::from(super::entry::ENTRY_OVERHEAD_BYTES));
+    let fit = max_bytes / largest.saturating_mul(ENTRIES_PER_SHARD).max(1);
+    // A power of two (the crate rounds up otherwise, which would halve each shard's share).
+    let shards = match fit.clamp(1, MAX_SHARDS) {
+        n if n.is_power_of_two() => n,
+        n => n.next_power_of_two() / 2,
+    };
+    let items = usize::try_from(max_bytes / TYPICAL_ENTRY_BYTES)
+        .unwrap_or(usize::MAX)
+        .max(16);
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(items)
+        .weight_capacity(max_bytes)
+        .shards(usize::try_from(shards).unwrap_or(1))
+        .build();
+    match options {
+        Ok(o) => Cache::with_options(o, ByWeight, DigestHash, Default::default()),
+        // Only an invalid option fails, and those above are in range: one shard then.
+        Err(_) => Cache::with(items, max_bytes, ByWeight, DigestHash, Default::default()),
     }
 }
 
@@ -299,6 +353,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_entry_of_the_largest_size_is_admitted_whatever_the_bound() {
+        // The tier is sharded; a shard's share must still hold the largest entry.
+        for (max_bytes, max_entry) in [(1 << 20, 1 << 19), (3 << 20, 1 << 20), (32 << 20, 1 << 16)]
+        {
+            let s = Store::new(&settings(max_bytes, max_entry));
+            s.put(
+                key(7),
+                entry(max_entry),
+                Duration::from_secs(60),
+                CacheStoreKind::Memory,
+            );
+            let got = s.get(&key(7), CacheStoreKind::Memory).await;
+            assert_eq!(
+                got.map(|e| e.body.len()),
+                Some(max_entry),
+                "{max_bytes}/{max_entry}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn entries_expire_after_their_ttl() {
         let s = Store::new(&settings(1 << 20, 1 << 16));
         s.put(
@@ -310,5 +385,7 @@ mod tests {
         assert!(s.get(&key(1), CacheStoreKind::Memory).await.is_some());
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(s.get(&key(1), CacheStoreKind::Memory).await.is_none());
+        // The expired entry was removed on that lookup.
+        assert_eq!(s.entries(), 0);
     }
 }

@@ -144,6 +144,11 @@ pub struct Delivered {
     /// A follower of a coalesced call: the leader's request id (the follower is charged no
     /// upstream tokens).
     pub coalesced: Option<Arc<str>>,
+    /// A stream whose accountant saw the whole answer: its final event, no error event, no
+    /// malformed or oversized event, and (OpenAI chat/completions, Anthropic) every choice's
+    /// finish reason and the usage report after the last content. What the response cache
+    /// stores a stream on ([`crate::cache::record`]), without parsing it a second time.
+    pub stream_whole: bool,
 }
 
 /// A passthrough request's upstream (stage `request`): served on Pingora's proxy path.

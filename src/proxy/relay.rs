@@ -14,7 +14,7 @@ use crate::cache::record::Recorder;
 use crate::error::SluiceError;
 use crate::limits::budget::Period;
 use crate::metrics;
-use crate::usage::{JsonAccountant, SseAccountant, Usage};
+use crate::usage::{ApiKind, JsonAccountant, SseAccountant, Usage};
 use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 
@@ -367,6 +367,17 @@ pub async fn relay<D: Downstream>(
             }
             d.usage = plausible(ctx, a.usage(), bounds.max_usage_tokens);
             d.output_text = Some(a.output_text().to_owned());
+            let finished = match ctx.caller.api {
+                Some(ApiKind::OpenAiResponses) => true,
+                _ => a.ended_after_final_content(true),
+            };
+            // A Gemini stream has no terminal event: its last chunk (`finished`) is it.
+            let terminal = a.completed() || ctx.caller.api == Some(ApiKind::GeminiGenerateContent);
+            d.stream_whole = terminal
+                && !a.saw_error()
+                && finished
+                && a.malformed_events() == 0
+                && oversized == 0;
         }
         Accounting::Json(a) => {
             d.usage = plausible(ctx, a.finish(), bounds.max_usage_tokens);
