@@ -168,22 +168,38 @@ def test_dead_upstream_is_the_sdks_server_error_promptly(sluice_factory: SluiceF
     assert took < 5.0, f"the SDK waited {took:.1f} s for a dead upstream"
 
 
+def cut_fixture() -> bytes:
+    """tests/fixtures/gemini/sdk_stream_parts.sse with \r\n line ends (as the API sends)
+    and without its `continuationToken`s (on a failed stream that carries one, google-genai
+    re-sends the call to continue it: not what this test is about)."""
+    raw = (Path(__file__).parent.parent / "fixtures" / "gemini" / "sdk_stream_parts.sse"
+           ).read_bytes()
+    events = []
+    for event in raw.split(b"\n\n")[:-1]:
+        chunk = json.loads(event[len(b"data: "):])
+        for candidate in chunk["candidates"]:
+            candidate.pop("continuationToken", None)
+        events.append(b"data: " + json.dumps(chunk, separators=(",", ":")).encode())
+    return b"".join(e + b"\r\n\r\n" for e in events)
+
+
+FIXTURE = cut_fixture()
+
+
 class CutHandler(BaseHTTPRequestHandler):
-    """A Gemini upstream that sends one chunk of a stream (no finishReason) and closes."""
+    """Serves the Gemini fixture stream cut after `x-cut-at` bytes (whole without it), then
+    closes the connection (a clean end of a close-delimited body)."""
 
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers.get("content-length", "0")))
+        cut = int(self.headers.get("x-cut-at", len(FIXTURE)))
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("connection", "close")
         self.end_headers()
-        chunk = {"candidates": [{"content": {"parts": [{"text": "Half an"}], "role": "model"},
-                                 "index": 0}],
-                 "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 2,
-                                   "totalTokenCount": 11}}
-        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\ndata: {\"cand")
+        self.wfile.write(FIXTURE[:cut])
         self.wfile.flush()
         self.close_connection = True
 
@@ -191,26 +207,56 @@ class CutHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_cut_stream_raises_the_sdks_server_error(sluice_factory: SluiceFactory) -> None:
-    """No terminal event in Gemini streams: a body that ends before a chunk with finishReason
-    is cut. The SDK gets the whole first chunk, then a native error chunk it raises on."""
+def events_before(cut: int) -> list[str]:
+    """The text of each whole event in the fixture's first `cut` bytes: events ended by their
+    blank line, and a last one whose data line is ended and whole JSON (sluice forwards it
+    with its blank line added; a partial one is dropped)."""
+    *whole, rest = FIXTURE[:cut].split(b"\r\n\r\n")
+    if rest.endswith((b"\r", b"\n")):
+        whole.append(rest)
+    texts = []
+    for event in whole:
+        try:
+            chunk = json.loads(event[len(b"data: "):])
+        except ValueError:
+            continue
+        texts.append(chunk["candidates"][0]["content"]["parts"][0]["text"])
+    return texts
+
+
+@pytest.fixture(scope="module")
+def cut_upstream() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), CutHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        sluice = start(sluice_factory,
-                       [gemini_pool("gemini-cut", f"http://127.0.0.1:{server.server_port}")],
-                       ["gemini-cut"])
-        got: list[str] = []
-        c = via(sluice)  # held: the SDK closes its HTTP client when the Client is collected
-        with pytest.raises(errors.ServerError) as caught:
-            for ch in c.models.generate_content_stream(model=MODEL, contents=PROMPT):
-                got.append(ch.text)
-        assert got == ["Half an"]
-        assert caught.value.code == 502 and caught.value.status == "INTERNAL", caught.value
-        assert "before its final event" in caught.value.message
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_cut_stream_raises_the_sdks_server_error(sluice_factory: SluiceFactory,
+                                                   cut_upstream: str) -> None:
+    """No terminal event in Gemini streams: a body that ends before its chunk with
+    finishReason is cut, wherever it ends (inside a data line, inside a \r\n, between
+    events). The SDK gets every whole chunk, then a native error chunk it raises on; the
+    whole stream ends without error."""
+    sluice = start(sluice_factory, [gemini_pool("gemini-cut", cut_upstream)], ["gemini-cut"])
+    c = via(sluice)  # held: the SDK closes its HTTP client when the Client is collected
+    first_end = FIXTURE.index(b"\r\n\r\n") + 4
+    for cut in (20, first_end - 3, first_end - 1, first_end, first_end + 9, len(FIXTURE) - 5):
+        got: list[str] = []
+        with pytest.raises(errors.ServerError) as caught:
+            for ch in c.models.generate_content_stream(
+                    model=MODEL, contents=PROMPT,
+                    config=types.GenerateContentConfig(
+                        http_options=types.HttpOptions(headers={"x-cut-at": str(cut)}))):
+                got.append(ch.text)
+        assert got == events_before(cut), f"cut at {cut}: got {got}"
+        assert caught.value.code == 502 and caught.value.status == "INTERNAL", caught.value
+        assert "before its final event" in caught.value.message
+    whole = [ch.text for ch in c.models.generate_content_stream(model=MODEL, contents=PROMPT)]
+    assert whole == ["Part A ", "Part B ", "Part C!"]
 
 
 def assert_resource_exhausted(exc: errors.ClientError) -> None:
