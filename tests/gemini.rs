@@ -153,6 +153,30 @@ async fn a_stream_is_counted_and_one_without_its_finishing_chunk_gets_the_error_
 }
 
 #[tokio::test]
+async fn passed_through_methods_get_the_key_and_the_mapped_model() {
+    let mock = Mock::start().await;
+    mock.set(Behavior::Canned {
+        content_type: "application/json".to_owned(),
+        body: r#"{"totalTokens":3}"#.to_owned(),
+    });
+    let s = start(&mock);
+    let resp = client()
+        .post(format!(
+            "{}/v1beta/models/{ALIAS}:countTokens?key={VK}",
+            s.proxy
+        ))
+        .json(&body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, format!("/v1beta/models/{MODEL}:countTokens"));
+    assert_eq!(seen[0].header("x-goog-api-key"), Some(KEY_ENV.1));
+}
+
+#[tokio::test]
 async fn sluice_errors_are_in_geminis_shape() {
     let mock = Mock::start().await;
     let s = start(&mock);
