@@ -259,6 +259,18 @@ def test_a_cut_stream_raises_the_sdks_server_error(sluice_factory: SluiceFactory
     assert whole == ["Part A ", "Part B ", "Part C!"]
 
 
+def route_entry(sluice: Sluice, wait_s: float = 5.0) -> dict[str, str]:
+    """The last access-log line of the Gemini route (written when the request ends, which
+    may be just after the client saw the end of the body: polled, bounded)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = [e for e in sluice.access_log() if e.get("route") == ROUTE]
+        if found:
+            return found[-1]
+        assert time.monotonic() < deadline, f"no access-log line for route {ROUTE}"
+        time.sleep(0.05)
+
+
 def assert_resource_exhausted(exc: errors.ClientError) -> None:
     assert exc.code == 429 and exc.status == "RESOURCE_EXHAUSTED", exc
     assert exc.response is not None and exc.response.status_code == 429
@@ -319,7 +331,7 @@ def test_failover_between_two_gemini_endpoints_on_503(sluice_factory: SluiceFact
         assert got == direct
         assert len(primary.journal) == 1 and len(mock.journal) == 1
         assert primary.journal[0]["key"] == GEMINI_UPSTREAM_KEY
-        entry = [e for e in sluice.access_log() if e.get("route") == ROUTE][-1]
+        entry = route_entry(sluice)
         assert entry["attempts"].startswith("primary-gemini/"), entry
         assert "fallback-gemini/" in entry["attempts"], entry
         meter.assert_counted(model=MODEL, prompt=usage.prompt_token_count,
