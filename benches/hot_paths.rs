@@ -1,5 +1,5 @@
 //! Micro-benchmarks of sluice's hot paths (`make bench`): stream usage parsing per API (MB/s;
-//! SSE, and Bedrock's AWS event stream),
+//! SSE: OpenAI chat and Responses, Anthropic, Gemini `alt=sse`; Ollama's NDJSON; Bedrock's AWS event stream),
 //! request body inspection (10 KiB, 1 MiB), route matching on 1,000 routes, limit checks
 //! (ns per admit + settle, and the cost of absent limits), token estimation.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -60,6 +60,11 @@ fn sse(c: &mut Criterion) {
             ApiKind::BedrockConverse,
             "bedrock/converse_stream.bin",
         ),
+        (
+            "gemini",
+            ApiKind::GeminiGenerateContent,
+            "gemini/sdk_stream_thoughts.sse",
+        ),
     ] {
         let chunks = stream_chunks(&fixture(file));
         let bytes: usize = chunks.iter().map(Bytes::len).sum();
@@ -118,6 +123,11 @@ fn sse_per_event(c: &mut Criterion) {
             "bedrock_converse",
             ApiKind::BedrockConverse,
             "bedrock/converse_stream.bin",
+        ),
+        (
+            "gemini",
+            ApiKind::GeminiGenerateContent,
+            "gemini/sdk_stream_thoughts.sse",
         ),
     ] {
         let chunks = stream_chunks(&fixture(file));

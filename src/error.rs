@@ -284,6 +284,11 @@ impl SluiceError {
             ErrorStyle::Ollama => style.body(anthropic_type, None, &message),
             // The type travels in `x-amzn-errortype` (ErrorStyle::error_type_header).
             ErrorStyle::Bedrock => style.body("", None, &message),
+            ErrorStyle::Gemini => style.body(
+                crate::provider::gemini_status_name(self.status()),
+                Some(&self.status().to_string()),
+                &message,
+            ),
         }
     }
 }
@@ -466,7 +471,15 @@ mod tests {
             let (header, kind) = ErrorStyle::Bedrock.error_type_header(e.status()).unwrap();
             assert_eq!(header, "x-amzn-errortype");
             assert!(kind.ends_with("Exception"), "{kind}");
+            let g: serde_json::Value = serde_json::from_slice(&e.body(ErrorStyle::Gemini)).unwrap();
+            assert_eq!(g["error"]["code"], e.status());
+            assert!(g["error"]["status"].as_str().is_some_and(|s| !s.is_empty()));
         }
+        let g: serde_json::Value = serde_json::from_slice(
+            &SluiceError::BudgetExceeded(Period::Day).body(ErrorStyle::Gemini),
+        )
+        .unwrap();
+        assert_eq!(g["error"]["status"], "RESOURCE_EXHAUSTED");
         let first_token = SluiceError::UpstreamTimeout {
             upstream: "h:1".into(),
             phase: TimeoutPhase::FirstToken,

@@ -4,7 +4,8 @@
 //!
 //! What is redacted (whatever the level, whoever logs):
 //! - the value of every credential header (`authorization`, `proxy-authorization`,
-//!   `x-api-key`, `api-key`, `cookie`, `set-cookie`) in the forms Pingora prints headers:
+//!   `x-api-key`, `api-key` and so Gemini's `x-goog-api-key`, `cookie`, `set-cookie`) in the
+//!   forms Pingora prints headers:
 //!   `Debug` of `http::HeaderMap` (`"authorization": "Bearer ..."`), raw header bytes
 //!   (`authorization: Bearer ...\r\n`), and `name=value` fields. Virtual keys are only known
 //!   as SHA-256 hashes, so this is what hides them;
@@ -201,6 +202,16 @@ mod tests {
                 assert!(!r.contains(secret), "{secret} left in {r}");
             }
             assert!(r.contains(REDACTED), "{r}");
+        }
+        // Gemini's `x-goog-api-key` (its name ends in `api-key`), in each form.
+        for c in [
+            r#"headers: {"x-goog-api-key": "AIza-g1", "content-type": "application/json"}"#,
+            r#"{"message":"headers: {\"x-goog-api-key\": \"AIza-g1\"}"}"#,
+            r#"b"POST / HTTP/1.1\r\nx-goog-api-key: AIza-g1\r\n\r\n""#,
+            "x-goog-api-key=AIza-g1",
+        ] {
+            let r = redact(c);
+            assert!(!r.contains("AIza-g1") && r.contains(REDACTED), "{r}");
         }
         // Quoted values are redacted whole, commas included (SigV4, Digest).
         let sigv4 = r#"headers: {"authorization": "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261129/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7", "host": "h"}"#;

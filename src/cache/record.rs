@@ -214,7 +214,9 @@ fn check_stream(api: ApiKind, raw: &[u8], max_event_bytes: usize) -> Option<(Byt
         ApiKind::OpenAiResponses => true,
         _ => acc.ended_after_final_content(true),
     };
-    let ok = acc.completed()
+    // A Gemini stream has no terminal event: its last chunk's finishReason and usage are it.
+    let terminal = acc.completed() || api == ApiKind::GeminiGenerateContent;
+    let ok = terminal
         && !acc.saw_error()
         && finished
         && acc.malformed_events() == 0
@@ -316,6 +318,16 @@ mod tests {
             &CHAT[..CHAT.find("data: {\"id\":\"chatcmpl-1\",\"created\":1,\"choices\":[]").unwrap()]
         );
         assert!(check_stream(ApiKind::OpenAiChat, error.as_bytes(), 1 << 20).is_none());
+    }
+
+    #[test]
+    fn a_gemini_stream_is_kept_only_when_its_last_chunk_finished() {
+        let done = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":1}}\r\n\r\n";
+        let (_, usage) =
+            check_stream(ApiKind::GeminiGenerateContent, done.as_bytes(), 1 << 20).unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (3, 1));
+        let open = done.replace(",\"finishReason\":\"STOP\"", "");
+        assert!(check_stream(ApiKind::GeminiGenerateContent, open.as_bytes(), 1 << 20).is_none());
     }
 
     #[test]

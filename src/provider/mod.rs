@@ -5,11 +5,16 @@
 mod anthropic;
 mod azure_openai;
 pub mod bedrock;
+mod gemini;
 mod native_error;
 mod ollama;
 mod openai;
 mod openai_compatible;
 
+pub use gemini::{
+    http_status_of as gemini_code_status, path_model_and_method as gemini_path,
+    status_name as gemini_status_name,
+};
 pub use native_error::{is_content_filter_code, NativeError};
 
 pub use crate::config::schema::ProviderKind;
@@ -32,12 +37,17 @@ pub enum ErrorStyle {
     /// AWS Bedrock Runtime (rest-json): `{"message"}` with the type in `x-amzn-errortype`,
     /// request id in `x-amzn-requestid`.
     Bedrock,
+    /// Gemini API `{"error":{"code","message","status"}}` (the HTTP status and the canonical
+    /// code name, Google API error model), request id in `x-request-id`.
+    Gemini,
 }
 
 impl ErrorStyle {
     /// Guess the style of a request that matched no route: Anthropic when the path is the
-    /// Messages API or the client sent `anthropic-version`, Ollama when the path is under
-    /// Ollama's `/api/`, Bedrock for a `/model/...` path, else OpenAI.
+    /// Messages API or the client sent `anthropic-version`, Ollama for Ollama's own endpoints
+    /// under `/api/`, Bedrock for a `/model/...` path, Gemini when the client sent
+    /// `x-goog-api-key` or the path is a Gemini method (`.../models/{model}:{method}`), else
+    /// OpenAI.
     pub fn guess(req: &RequestHeader) -> Self {
         let path = req.uri.path();
         if path.contains("/messages") || req.headers.contains_key("anthropic-version") {
@@ -46,6 +56,10 @@ impl ErrorStyle {
             ErrorStyle::Ollama
         } else if path.starts_with("/model/") {
             ErrorStyle::Bedrock
+        } else if req.headers.contains_key(gemini::KEY_HEADER)
+            || gemini::path_model_and_method(path).is_some()
+        {
+            ErrorStyle::Gemini
         } else {
             ErrorStyle::OpenAi
         }
@@ -58,6 +72,7 @@ impl ErrorStyle {
             ErrorStyle::Anthropic => "request-id",
             ErrorStyle::Ollama => "x-request-id",
             ErrorStyle::Bedrock => "x-amzn-requestid",
+            ErrorStyle::Gemini => "x-request-id",
         }
     }
 
@@ -88,14 +103,19 @@ impl ErrorStyle {
         Bytes::from(out)
     }
 
-    /// Serialize a native error body. `kind` is the error's type (`invalid_request_error`...),
-    /// `code` the OpenAI `code` (ignored by the Anthropic shape).
+    /// Serialize a native error body. `kind` is the error's type (`invalid_request_error`...;
+    /// for Gemini the canonical code name, `RESOURCE_EXHAUSTED`...), `code` the OpenAI `code`
+    /// (Gemini: the HTTP status as decimal text, the body's numeric `code`; when absent or
+    /// not a number, the status the code name stands for).
     pub fn body(self, kind: &str, code: Option<&str>, message: &str) -> Bytes {
         match self {
             ErrorStyle::OpenAi => openai::error_body(kind, code, message),
             ErrorStyle::Anthropic => anthropic::error_body(kind, message),
             ErrorStyle::Ollama => ollama::error_body(message),
             ErrorStyle::Bedrock => bedrock::error_body(message),
+            ErrorStyle::Gemini => {
+                gemini::error_body(kind, code.and_then(|c| c.parse().ok()), message)
+            }
         }
     }
 }
@@ -147,6 +167,7 @@ pub fn stream_error_event(
         Some(ApiKind::BedrockConverse | ApiKind::BedrockInvoke) => {
             return bedrock::exception_message(err.status(), &format!("sluice: {err}"));
         }
+        Some(ApiKind::GeminiGenerateContent) => ErrorStyle::Gemini,
         Some(_) => ErrorStyle::OpenAi,
         None => fallback,
     };
@@ -218,8 +239,9 @@ pub trait Provider {
     ) -> pingora_error::Result<()> {
         self.set_auth(req, key)
     }
-    /// Whether the request body names the model (`model`), so that a pool's `model_map`
-    /// rewrites it there; false for Bedrock, whose model is in the path only.
+    /// Whether the upstream reads the model from the JSON body's `model` (so a pool's
+    /// `model_map` rewrites the body). False for providers that take it from the path only
+    /// (Gemini, Bedrock), whose bodies are forwarded untouched.
     fn model_in_body(&self) -> bool {
         true
     }
@@ -234,16 +256,19 @@ pub fn provider(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::OpenAiCompatible => &openai_compatible::OpenAiCompatible,
         ProviderKind::Ollama => &ollama::Ollama,
         ProviderKind::Bedrock => &bedrock::Bedrock,
+        ProviderKind::Gemini => &gemini::Gemini,
     }
 }
 
 /// Headers that carry a client credential; all are removed before the upstream key is set.
-pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 4] =
+    ["authorization", "x-api-key", "api-key", gemini::KEY_HEADER];
 
 /// The client's credential: `Authorization: Bearer <k>`, else the access key id of an AWS
 /// SigV4 `Authorization: AWS4-HMAC-SHA256 Credential=<k>/<date>/<region>/<service>/aws4_request, ...`
 /// (an AWS SDK signing with placeholder credentials whose access key id is the virtual key;
-/// the signature itself is not checked), else `x-api-key`, else `api-key`.
+/// the signature itself is not checked), else `x-api-key`, else `api-key`, else
+/// `x-goog-api-key` (Gemini SDKs), else a Gemini path's `key` query parameter.
 pub fn client_key(req: &RequestHeader) -> Option<&str> {
     if let Some(v) = req
         .headers
@@ -261,10 +286,11 @@ pub fn client_key(req: &RequestHeader) -> Option<&str> {
             return Some(k.trim());
         }
     }
-    ["x-api-key", "api-key"]
+    ["x-api-key", "api-key", gemini::KEY_HEADER]
         .iter()
         .find_map(|h| req.headers.get(*h).and_then(|v| v.to_str().ok()))
         .map(str::trim)
+        .or_else(|| gemini::query_key(req))
 }
 
 /// The access key id of an AWS SigV4 `Authorization` value (AWS "Signature Version 4":
@@ -298,6 +324,7 @@ mod tests {
             (ProviderKind::AzureOpenAi, "api-key", "k1"),
             (ProviderKind::Anthropic, "x-api-key", "k1"),
             (ProviderKind::Ollama, "authorization", "Bearer k1"),
+            (ProviderKind::Gemini, "x-goog-api-key", "k1"),
         ] {
             let mut req = RequestHeader::build("POST", b"/v1/x", None).unwrap();
             provider(kind).set_auth(&mut req, "k1").unwrap();
@@ -319,6 +346,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(client_key(&req), Some("vk-1"));
+        let mut req = RequestHeader::build("POST", b"/v1/models/m:generateContent", None).unwrap();
+        req.insert_header("x-goog-api-key", "g").unwrap();
+        assert_eq!(client_key(&req), Some("g"));
+        // A Gemini path's `key` query parameter, only when no header carries a key.
+        let q =
+            RequestHeader::build("POST", b"/v1beta/models/m:countTokens?a=1&key=q", None).unwrap();
+        assert_eq!(client_key(&q), Some("q"));
+        let other = RequestHeader::build("POST", b"/v1/chat/completions?key=q", None).unwrap();
+        assert_eq!(client_key(&other), None);
     }
 
     #[test]

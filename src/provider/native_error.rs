@@ -13,13 +13,17 @@
 //!   reference, "Streaming events");
 //! - Ollama, `{"error":"message"}` in a body or a stream line (Ollama docs/api.md): the
 //!   message only.
+//! - Gemini, `{"error":{"code":503,"message","status":"UNAVAILABLE"}}` (Google API error
+//!   model, <https://cloud.google.com/apis/design/errors>): `status` reads as the type, the
+//!   numeric `code` as the code.
 
 use serde::Deserialize;
 
 /// An upstream's error as it reported it. Fields absent from the body are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NativeError {
-    /// OpenAI `error.type` / Anthropic `error.type` (`invalid_request_error`, `overloaded_error`).
+    /// OpenAI `error.type` / Anthropic `error.type` (`invalid_request_error`, `overloaded_error`)
+    /// / Gemini `error.status` (`UNAVAILABLE`).
     pub kind: Option<String>,
     /// OpenAI `error.code` (`context_length_exceeded`, `content_filter`), Azure's
     /// `error.innererror.code` when `error.code` is absent.
@@ -69,6 +73,10 @@ struct ErrorObject {
     message: Option<String>,
     #[serde(default)]
     innererror: Option<InnerError>,
+    /// Gemini's canonical code name (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`); Azure sends the
+    /// HTTP status there as a number, which is ignored.
+    #[serde(default)]
+    status: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -103,7 +111,10 @@ impl NativeError {
         let inner = inner.or(body.response.and_then(|r| r.error));
         match inner {
             Some(e) => Some(NativeError {
-                kind: e.kind,
+                kind: e.kind.or(match e.status {
+                    Some(serde_json::Value::String(s)) => Some(s),
+                    _ => None,
+                }),
                 code: code_text(e.code),
                 inner_code: e.innererror.and_then(|i| i.code),
                 message: e.message,
@@ -220,6 +231,16 @@ mod tests {
             NativeError::parse(failed).unwrap().code.as_deref(),
             Some("server_error")
         );
+    }
+
+    #[test]
+    fn gemini_matches_by_status() {
+        let raw = br#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#;
+        let e = NativeError::parse(raw).unwrap();
+        assert_eq!(e.kind.as_deref(), Some("UNAVAILABLE"));
+        assert_eq!(e.code.as_deref(), Some("503"));
+        assert!(e.matches(&codes(&["UNAVAILABLE"]), &[]));
+        assert!(!e.matches(&codes(&["RESOURCE_EXHAUSTED"]), &[]));
     }
 
     #[test]

@@ -300,7 +300,9 @@ pub fn error_status(code: Option<&str>) -> u16 {
         "server_is_overloaded" | "slow_down" | "service_unavailable" => 503,
         "timeout_error" => 504,
         "overloaded_error" => 529,
-        _ => 500,
+        // Gemini's canonical code names (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`...; Google API
+        // error model); anything else is 500.
+        other => crate::provider::gemini_code_status(other),
     }
 }
 
@@ -318,6 +320,8 @@ mod tests {
         assert_eq!(error_status(Some("rate_limit_exceeded")), 429);
         assert_eq!(error_status(Some("content_filter")), 400);
         assert_eq!(error_status(Some("something_new")), 500);
+        assert_eq!(error_status(Some("UNAVAILABLE")), 503);
+        assert_eq!(error_status(Some("RESOURCE_EXHAUSTED")), 429);
         assert_eq!(error_status(None), 500);
     }
 }

@@ -1,6 +1,7 @@
 //! Pipeline stage 1 (request_filter): who is calling. A virtual key (the Bearer / `x-api-key`
-//! the app sends) authenticates its tenant; the tenant header selects only tenants that allow
-//! it; else the default tenant. README "Who is calling" has the full table.
+//! / `x-goog-api-key` / Gemini `?key=` the app sends) authenticates its tenant; the tenant
+//! header selects only tenants that allow it; else the default tenant. README "Who is calling"
+//! has the full table.
 
 use crate::config::{TenantId, Tenants};
 use crate::error::SluiceError;
@@ -93,6 +94,7 @@ mod tests {
         let t = tenants("");
         assert_eq!(who(&t, &[("authorization", "Bearer vk-a")]), Ok("a".into()));
         assert_eq!(who(&t, &[("x-api-key", "vk-a")]), Ok("a".into()));
+        assert_eq!(who(&t, &[("x-goog-api-key", "vk-a")]), Ok("a".into()));
         assert_eq!(
             who(&t, &[("x-api-key", "vk-a"), ("x-tenant", " a ")]),
             Ok("a".into())

@@ -121,6 +121,16 @@ struct Peek<'a> {
     /// Absent (`None`), `null` (`Some(None)`) or an object.
     #[serde(default, deserialize_with = "present")]
     stream_options: Option<Option<StreamOptions>>,
+    /// Gemini: `generationConfig.maxOutputTokens` is the output ceiling.
+    #[serde(default, rename = "generationConfig")]
+    generation_config: Option<GenerationConfig>,
+}
+
+/// Gemini `GenerationConfig` (Gemini API reference, "Generating content").
+#[derive(Deserialize)]
+struct GenerationConfig {
+    #[serde(default, rename = "maxOutputTokens")]
+    max_output_tokens: Option<u64>,
 }
 
 /// For `Option<Option<T>>` fields: tells an explicit `null` (`Some(None)`) from an absent
@@ -172,7 +182,8 @@ pub fn inspect(api: Option<ApiKind>, body: Bytes) -> Result<(Inspected, Bytes), 
             .or_else(|| {
                 let n = peek.options.as_ref()?.get("num_predict")?.as_u64();
                 n.filter(|n| *n > 0)
-            }),
+            })
+            .or(peek.generation_config.and_then(|g| g.max_output_tokens)),
         injected_include_usage: false,
     };
     let wants_usage = peek
@@ -209,6 +220,22 @@ fn insert_first_member(body: &Bytes, member: &[u8]) -> Bytes {
     }
     out.extend_from_slice(rest);
     out.freeze()
+}
+
+/// What a Gemini method path (`/v1beta/models/{model}:{method}`, Gemini API reference) says
+/// about the request, which its body does not carry: the model (when the body named none)
+/// and, for `generateContent` / `streamGenerateContent`, whether it streams (the method
+/// decides; a body's `stream` is not part of that API). Other paths leave `fields` alone.
+pub fn from_path(fields: &mut Inspected, path: &str, api: Option<ApiKind>) {
+    let Some((model, method)) = crate::provider::gemini_path(path) else {
+        return;
+    };
+    if fields.model.is_none() {
+        fields.model = Some(model.to_owned());
+    }
+    if api == Some(ApiKind::GeminiGenerateContent) {
+        fields.stream = method == "streamGenerateContent";
+    }
 }
 
 /// Rewrite an existing `stream_options` to `include_usage: true` (rare: re-serializes).
@@ -350,6 +377,24 @@ mod tests {
     }
 
     #[test]
+    fn gemini_model_stream_and_ceiling_from_path_and_generation_config() {
+        let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+        let api = ApiKind::from_path(path);
+        assert_eq!(api, Some(ApiKind::GeminiGenerateContent));
+        let body = r#"{"contents":[],"generationConfig":{"maxOutputTokens":77}}"#;
+        let (mut i, b) = inspect(api, Bytes::from(body)).unwrap();
+        assert_eq!(b, body.as_bytes());
+        from_path(&mut i, path, api);
+        assert_eq!(i.model.as_deref(), Some("gemini-2.5-flash"));
+        assert!(i.stream && !i.injected_include_usage);
+        assert_eq!(i.max_tokens, Some(77));
+        let path = "/v1beta/models/m1:countTokens";
+        let (mut i, _) = inspect(None, Bytes::from_static(b"{}")).unwrap();
+        from_path(&mut i, path, ApiKind::from_path(path));
+        assert_eq!((i.model.as_deref(), i.stream), (Some("m1"), false));
+    }
+
+    #[test]
     fn empty_object_and_bad_json() {
         assert_eq!(
             insert_first_member(&Bytes::from_static(b"{ }"), b"\"a\":1"),
@@ -373,13 +418,14 @@ mod props {
     use proptest::prelude::*;
     use serde_json::{Map, Value};
 
-    const APIS: [Option<ApiKind>; 6] = [
+    const APIS: [Option<ApiKind>; 7] = [
         None,
         Some(ApiKind::OpenAiChat),
         Some(ApiKind::OpenAiCompletions),
         Some(ApiKind::OpenAiResponses),
         Some(ApiKind::AnthropicMessages),
         Some(ApiKind::Embeddings),
+        Some(ApiKind::GeminiGenerateContent),
     ];
 
     fn json() -> impl Strategy<Value = Value> {

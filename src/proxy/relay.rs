@@ -385,7 +385,9 @@ pub async fn relay<D: Downstream>(
                 Some(ApiKind::OpenAiResponses) => true,
                 _ => a.ended_after_final_content(true),
             };
-            d.stream_whole = a.completed()
+            // A Gemini stream has no terminal event: its last chunk (`finished`) is it.
+            let terminal = a.completed() || ctx.caller.api == Some(ApiKind::GeminiGenerateContent);
+            d.stream_whole = terminal
                 && !a.saw_error()
                 && finished
                 && a.malformed_events() == 0

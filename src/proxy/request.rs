@@ -48,6 +48,7 @@ pub async fn handle(
             fields.stream = stream;
             fields.max_tokens = crate::provider::bedrock::max_tokens(&body);
         }
+        inspect::from_path(&mut fields, &path, ctx.caller.api);
         ctx.inspected = Some(InspectedRequest { fields, body });
         select_route(&snapshot, session, ctx, &path)?;
         let route = ctx.caller.route.and_then(|i| snapshot.routes.get(i));

@@ -63,7 +63,17 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> 
         .uri
         .path_and_query()
         .map_or_else(|| req.uri.path().to_owned(), |pq| pq.as_str().to_owned());
-    let path = p.upstream_path(&ep.base_path, &pq, None, pool.api_version.as_deref());
+    // A model in the path (Gemini `/models/{model}:{method}`) is mapped as an inspected
+    // request's would be (`model_map`), when the mapped id may go in a URL.
+    let model = crate::provider::gemini_path(req.uri.path())
+        .map(|(m, _)| pool.upstream_model(m).to_owned())
+        .filter(|m| p.accepts_model(m));
+    let path = p.upstream_path(
+        &ep.base_path,
+        &pq,
+        model.as_deref(),
+        pool.api_version.as_deref(),
+    );
     if path != pq {
         let uri = http::Uri::try_from(path).or_err(
             ErrorType::InternalError,

@@ -125,11 +125,13 @@ pub fn count_tokens(model: &str, text: &str) -> u64 {
 /// `tools` as JSON; legacy completions `prompt`; Responses `instructions`, `input` (a string or
 /// items: message content, function call arguments and outputs) and `tools`; Anthropic `system`
 /// and `messages[]` (text, thinking, tool_use input, tool_result content) and `tools`;
-/// embeddings `input` (a string or strings; arrays of token ids count their length). Images,
-/// audio and files are not counted, so multimodal prompts are underestimated. Ollama: chat
-/// as OpenAI chat; generate `system` and `prompt`; embed `input` (or `prompt`). Ollama's models
-/// have their own tokenizers: tiktoken's count is only an estimate of theirs. Bedrock:
-/// Converse `system` and `messages`; InvokeModel `system`, `messages`, `prompt`, `inputText`.
+/// embeddings `input` (a string or strings; arrays of token ids count their length); Gemini
+/// `systemInstruction` and `contents[]` (role, part text, function calls and responses) and
+/// `tools`. Images, audio and files are not counted, so multimodal prompts are underestimated.
+/// Ollama: chat as OpenAI chat; generate `system` and `prompt`; embed `input` (or `prompt`).
+/// Ollama's models have their own tokenizers: tiktoken's count is only an estimate of theirs.
+/// Bedrock: Converse `system` and `messages`; InvokeModel `system`, `messages`, `prompt`,
+/// `inputText`.
 pub fn estimate_prompt_tokens(api: ApiKind, model: &str, body: &Value) -> u64 {
     let mut text = String::new();
     let mut messages = 0u64;
@@ -193,6 +195,13 @@ pub fn estimate_prompt_tokens(api: ApiKind, model: &str, body: &Value) -> u64 {
                 prompt_input(body.get(key), &mut text, &mut token_ids);
             }
         }
+        ApiKind::GeminiGenerateContent => {
+            let system = body.get("systemInstruction").into_iter();
+            for content in system.chain(array(body.get("contents"))) {
+                messages += 1;
+                gemini_content(content, &mut text);
+            }
+        }
     }
     if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {
         push(&mut text, &tools.to_string());
@@ -220,6 +229,24 @@ fn push(text: &mut String, piece: &str) {
         text.push('\n');
     }
     text.push_str(piece);
+}
+
+/// A Gemini `Content` (`{"role","parts":[...]}`): its role, each part's `text`, and
+/// `functionCall` / `functionResponse` parts as JSON (Gemini API reference, "Content").
+fn gemini_content(content: &Value, text: &mut String) {
+    if let Some(Value::String(role)) = content.get("role") {
+        push(text, role);
+    }
+    for part in array(content.get("parts")) {
+        if let Some(Value::String(s)) = part.get("text") {
+            push(text, s);
+        }
+        for key in ["functionCall", "functionResponse"] {
+            if let Some(v) = part.get(key) {
+                push(text, &v.to_string());
+            }
+        }
+    }
 }
 
 /// Embeddings `input` / completions `prompt`: a string, strings, token ids, or arrays of ids.

@@ -3,7 +3,8 @@
 //! payload, and where it ended in the chunk), so the accountant, hide mode and the per-API
 //! wire modules are the same whatever the framing.
 //!
-//! - [`Framer::Sse`]: `text/event-stream` (WHATWG server-sent events; OpenAI, Anthropic).
+//! - [`Framer::Sse`]: `text/event-stream` (WHATWG server-sent events; OpenAI, Anthropic,
+//!   Gemini `alt=sse`).
 //! - [`Framer::Ndjson`]: `application/x-ndjson` (one JSON object per line; Ollama).
 //! - [`Framer::EventStream`]: `application/vnd.amazon.eventstream` (AWS event stream; Bedrock).
 
@@ -38,6 +39,7 @@ impl Framer {
             ApiKind::BedrockConverse | ApiKind::BedrockInvoke => {
                 Framer::EventStream(EventStreamFramer::new(max_event_bytes))
             }
+            ApiKind::GeminiGenerateContent => Framer::Sse(SseFramer::new(max_event_bytes)),
         }
     }
 

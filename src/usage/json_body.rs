@@ -3,8 +3,8 @@
 //! text.
 
 use super::wire::{
-    anthropic_messages, bedrock_converse, ollama, openai_chat, openai_embeddings, openai_responses,
-    TextBuf,
+    anthropic_messages, bedrock_converse, gemini, ollama, openai_chat, openai_embeddings,
+    openai_responses, TextBuf,
 };
 use super::{ApiKind, Usage};
 
@@ -72,7 +72,8 @@ impl JsonAccountant {
     /// or over the cap. Embeddings `usage.prompt_tokens`; chat and completions `usage` with
     /// `prompt_tokens_details.cached_tokens` and `completion_tokens_details.reasoning_tokens`;
     /// Responses `usage.input_tokens` / `output_tokens` and their details; Anthropic `usage`
-    /// `input_tokens`, `output_tokens`, `cache_creation_input_tokens`, `cache_read_input_tokens`.
+    /// `input_tokens`, `output_tokens`, `cache_creation_input_tokens`, `cache_read_input_tokens`;
+    /// Gemini `usageMetadata` (see [`Usage`] for how its counts map).
     pub fn finish(&mut self) -> Option<Usage> {
         if self.parsed.is_none() {
             self.parsed = Some(self.parse());
@@ -116,6 +117,7 @@ impl JsonAccountant {
             ApiKind::BedrockConverse => bedrock_converse::body(&self.body, &mut text),
             // Model-native bodies: the usage comes from the response header, if any.
             ApiKind::BedrockInvoke => self.header_usage,
+            ApiKind::GeminiGenerateContent => gemini::body(&self.body, &mut text),
         };
         Parsed {
             usage,

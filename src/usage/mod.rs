@@ -37,24 +37,28 @@ pub use wire::bedrock_converse::invoke_header_usage;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Input tokens. OpenAI chat/completions/embeddings `usage.prompt_tokens`; Responses
-    /// `usage.input_tokens`; Anthropic `usage.input_tokens` as given, which EXCLUDES the
+    /// `usage.input_tokens`; Gemini `usageMetadata.promptTokenCount` (INCLUDES its cached
+    /// part) plus `toolUsePromptTokenCount`; Anthropic `usage.input_tokens` as given, which EXCLUDES the
     /// cache reads and writes counted in `cached_tokens` / `cache_write_tokens`. OpenAI's
     /// `prompt_tokens` / `input_tokens` INCLUDE their cached part. Ollama `prompt_eval_count`.
     pub prompt_tokens: u64,
     /// Output tokens. OpenAI `usage.completion_tokens`; Responses and Anthropic
     /// `usage.output_tokens` (Anthropic: the last, cumulative `message_delta` value); Ollama
-    /// `eval_count`.
+    /// `eval_count`; Gemini `usageMetadata.candidatesTokenCount` PLUS `thoughtsTokenCount`
+    /// (Gemini's candidates count excludes the thinking tokens, which are billed as output:
+    /// added so that, as for OpenAI, the output count includes reasoning).
     pub completion_tokens: u64,
     /// Input tokens read from the prompt cache. OpenAI `usage.prompt_tokens_details.cached_tokens`;
     /// Responses `usage.input_tokens_details.cached_tokens`; Anthropic
-    /// `usage.cache_read_input_tokens`.
+    /// `usage.cache_read_input_tokens`; Gemini `usageMetadata.cachedContentTokenCount`.
     pub cached_tokens: u64,
     /// Input tokens written to the prompt cache: Anthropic `usage.cache_creation_input_tokens`
     /// (OpenAI does not report cache writes: always 0 there).
     pub cache_write_tokens: u64,
     /// Reasoning tokens, already included in `completion_tokens`. OpenAI
     /// `usage.completion_tokens_details.reasoning_tokens`; Responses
-    /// `usage.output_tokens_details.reasoning_tokens`; Anthropic reports none (0).
+    /// `usage.output_tokens_details.reasoning_tokens`; Gemini `usageMetadata.thoughtsTokenCount`;
+    /// Anthropic reports none (0).
     pub reasoning_tokens: u64,
 }
 
@@ -90,6 +94,11 @@ pub enum ApiKind {
     AnthropicMessages,
     /// OpenAI embeddings, `POST /v1/embeddings`: usage `prompt_tokens` only.
     Embeddings,
+    /// Google Gemini `POST /v1beta/models/{model}:generateContent` (a JSON
+    /// `GenerateContentResponse`) and `:streamGenerateContent?alt=sse` (SSE, one
+    /// `GenerateContentResponse` per `data:` event, no terminal event); usage from
+    /// `usageMetadata`.
+    GeminiGenerateContent,
     /// Ollama chat, `POST /api/chat`: NDJSON stream (or one JSON object with `stream: false`),
     /// usage `prompt_eval_count` / `eval_count` in the final (`done: true`) object.
     OllamaChat,
@@ -128,7 +137,9 @@ impl ApiKind {
     /// `/openai/deployments/x/chat/completions?api-version=..` and `/anthropic/v1/messages` all
     /// match. Endings: `/chat/completions` -> chat, `/completions` -> legacy completions,
     /// `/responses` -> Responses, `/v1/messages` (or exactly `/messages`) -> Anthropic,
-    /// `/embeddings` -> embeddings. Anything else is `None`, e.g. `/v1/models`,
+    /// `/embeddings` -> embeddings, `:generateContent` or `:streamGenerateContent` (the Gemini
+    /// method after the model, `/v1beta/models/{model}:{method}`) -> Gemini. Anything else is
+    /// `None` (Gemini `:countTokens`, `:embedContent`: passed through), e.g. `/v1/models`,
     /// `/v1/messages/count_tokens`, `/v1/responses/{id}`, or OpenAI Assistants'
     /// `/v1/threads/{id}/messages` (hence the `/v1` required before `/messages`).
     /// Ollama's `/api/chat`, `/api/generate`, `/api/embed` and `/api/embeddings` are checked
@@ -152,6 +163,8 @@ impl ApiKind {
             Some(ApiKind::AnthropicMessages)
         } else if path.ends_with("/embeddings") {
             Some(ApiKind::Embeddings)
+        } else if path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent") {
+            Some(ApiKind::GeminiGenerateContent)
         } else {
             bedrock_api(path)
         }

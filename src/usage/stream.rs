@@ -8,7 +8,8 @@ use super::framing::Framer;
 use super::sse::{Frame, SseEvent, KEEP_CAPACITY_BYTES};
 use super::strip::strip_usage_null;
 use super::wire::{
-    anthropic_messages, bedrock_converse, ollama, openai_chat, openai_responses, Signal, TextBuf,
+    anthropic_messages, bedrock_converse, gemini, ollama, openai_chat, openai_responses, Signal,
+    TextBuf,
 };
 use super::{ApiKind, Usage};
 
@@ -36,7 +37,8 @@ pub(crate) struct StreamState {
     /// the last bit), and one per choice that carried a non-null `finish_reason`.
     pub(crate) choices_seen: u64,
     pub(crate) choices_finished: u64,
-    /// Anthropic: a `message_delta` carried a non-null `delta.stop_reason`.
+    /// Anthropic: a `message_delta` carried a non-null `delta.stop_reason`. Gemini: the last
+    /// event finished every candidate (`finishReason`) or reported a blocked prompt.
     pub(crate) stop_reason_seen: bool,
     /// Responses: the largest `sequence_number` seen.
     pub(crate) last_sequence_number: Option<u64>,
@@ -380,6 +382,10 @@ impl SseAccountant {
     ///   the final cumulative usage): only `message_stop` is missing;
     /// - Responses: never (the usage and the final status come with `response.completed`);
     /// - Ollama: never (the usage comes with the final `"done": true` line).
+    /// - Gemini (which has no terminal event, so this is how its streams complete): the last
+    ///   event carried a `finishReason` on every candidate (or a blocked prompt's
+    ///   `promptFeedback.blockReason`; a later usage-only event keeps it) and `usageMetadata`
+    ///   was reported.
     ///
     /// False after an in-stream error. Sources: OpenAI "Streaming" chat completion chunk
     /// object (`choices[].finish_reason`, `usage`); Anthropic Messages streaming (event flow
@@ -398,6 +404,7 @@ impl SseAccountant {
             ApiKind::BedrockConverse => s.stop_reason_seen,
             // InvokeModelWithResponseStream has no terminal event: a clean end is the end.
             ApiKind::BedrockInvoke => true,
+            ApiKind::GeminiGenerateContent => s.stop_reason_seen && s.usage.is_some(),
             _ => {
                 s.choices_seen != 0
                     && s.choices_finished & s.choices_seen == s.choices_seen
@@ -506,6 +513,9 @@ fn account(api: ApiKind, state: &mut StreamState, event: &SseEvent<'_>) -> Verdi
         ApiKind::BedrockInvoke => {
             bedrock_converse::on_invoke_event(state, name, event.data).map(|()| Verdict::Keep)
         }
+        ApiKind::GeminiGenerateContent => {
+            gemini::on_event(state, event.data).map(|()| Verdict::Keep)
+        }
     };
     parsed.unwrap_or_else(|_| {
         state.malformed += 1;
@@ -527,6 +537,7 @@ fn opening(api: ApiKind, state: &mut StreamState, name: &str, data: &[u8], named
             ollama::opening(data)
         }
         ApiKind::BedrockConverse | ApiKind::BedrockInvoke => bedrock_converse::opening(name),
+        ApiKind::GeminiGenerateContent => gemini::opening(data),
     };
     match signal {
         Signal::Error(code) => {

@@ -217,6 +217,10 @@ pub enum ProviderKind {
     /// or a Bedrock API key as `Authorization: Bearer`; the model in the path.
     #[serde(rename = "bedrock")]
     Bedrock,
+    /// Google Gemini API (`x-goog-api-key`; the model in the path,
+    /// `/v1beta/models/{model}:{method}`).
+    #[serde(rename = "gemini")]
+    Gemini,
 }
 
 /// Where a provider key comes from: exactly one of `env` or `file`. The value itself is never

@@ -184,10 +184,10 @@ impl<'a> Plan<'a> {
                 c.pool += 1;
                 continue;
             }
+            // A provider that reads the model from the path only gets the body untouched.
+            let in_body = provider(pool.provider).model_in_body();
             let body = match (self.asked.as_deref(), &model) {
-                (Some(asked), Some(renamed))
-                    if asked != renamed && provider(pool.provider).model_in_body() =>
-                {
+                (Some(asked), Some(renamed)) if asked != renamed && in_body => {
                     match super::super::inspect::with_model(&self.body, renamed) {
                         Ok(b) => b,
                         Err(e) => {

@@ -183,6 +183,49 @@ fn cases() -> Vec<Case> {
                 6,
             )
         },
+        // Gemini has no terminal event: `completed` stays false; whether the stream ended
+        // after its final content is checked by `gemini_streams_end_after_final_content`.
+        Case {
+            completed: false,
+            ..case(
+                "gemini/sdk_stream_parts.sse",
+                GeminiGenerateContent,
+                Some(u(35100, 500, 0, 0, 0)),
+                "Part A Part B Part C!",
+                3,
+            )
+        },
+        Case {
+            completed: false,
+            ..case(
+                "gemini/sdk_stream_thoughts.sse",
+                GeminiGenerateContent,
+                Some(u(205, 40, 180, 0, 15)),
+                "Thinking step 1...Hello world!",
+                2,
+            )
+        },
+        Case {
+            completed: false,
+            ..case(
+                "gemini/sdk_stream_no_finish.sse",
+                GeminiGenerateContent,
+                None,
+                "Hello world",
+                2,
+            )
+        },
+        Case {
+            completed: false,
+            saw_error: true,
+            ..case(
+                "gemini/sdk_stream_error.sse",
+                GeminiGenerateContent,
+                Some(u(100, 10, 0, 0, 0)),
+                "Part A ",
+                2,
+            )
+        },
     ]
 }
 
@@ -218,7 +261,7 @@ fn each_mode(mut check: impl FnMut(&Case, bool, &[u8], Option<&[u8]>)) {
 #[test]
 fn every_sse_fixture_has_a_case() {
     let listed: Vec<&str> = cases().iter().map(|c| c.file).collect();
-    for dir in ["openai_chat", "openai_responses", "anthropic"] {
+    for dir in ["openai_chat", "openai_responses", "anthropic", "gemini"] {
         for entry in std::fs::read_dir(fixture_dir().join(dir)).unwrap() {
             let name = format!("{dir}/{}", entry.unwrap().file_name().to_string_lossy());
             if name.ends_with(".sse") {
@@ -316,4 +359,41 @@ fn fixtures_with_bom_and_three_way_splits() {
             }
         }
     });
+}
+
+/// Gemini streams complete by their last chunk (every candidate's `finishReason`, and
+/// `usageMetadata`), at every split and with `\r\n` line ends (what the API sends).
+#[test]
+fn gemini_streams_end_after_final_content() {
+    for (file, whole) in [
+        ("gemini/sdk_stream_parts.sse", true),
+        ("gemini/sdk_stream_thoughts.sse", true),
+        ("gemini/sdk_stream_no_finish.sse", false),
+        ("gemini/sdk_stream_error.sse", false),
+    ] {
+        for raw in [fixture(file), with_line_end(&fixture(file), b"\r\n")] {
+            for cut in 0..=raw.len() {
+                let mut acc = crate::usage::SseAccountant::new(
+                    ApiKind::GeminiGenerateContent,
+                    false,
+                    1 << 20,
+                );
+                acc.push(&bytes::Bytes::copy_from_slice(&raw[..cut]));
+                acc.push(&bytes::Bytes::copy_from_slice(&raw[cut..]));
+                acc.finish();
+                assert_eq!(
+                    acc.ended_after_final_content(true),
+                    whole,
+                    "{file} cut={cut}"
+                );
+            }
+            // Cut before its last event, no stream is whole.
+            let last = raw.len() - 10;
+            let mut acc =
+                crate::usage::SseAccountant::new(ApiKind::GeminiGenerateContent, false, 1 << 20);
+            acc.push(&bytes::Bytes::copy_from_slice(&raw[..last]));
+            acc.finish();
+            assert!(!acc.ended_after_final_content(true), "{file} cut at {last}");
+        }
+    }
 }

@@ -63,6 +63,12 @@ fn json_cases() -> Vec<(&'static str, ApiKind, Option<Usage>, &'static str)> {
             Some(u(472, 95, 8192, 1024, 0)),
             "Need the weather tool.I'll check.{\"city\":\"Paris\"}",
         ),
+        (
+            "gemini/sdk_unary_thoughts.json",
+            GeminiGenerateContent,
+            Some(u(130, 80, 40, 0, 30)),
+            "Thinking step 1...Hello ",
+        ),
     ]
 }
 
@@ -78,7 +84,7 @@ fn account(api: ApiKind, max_bytes: usize, pieces: &[&[u8]]) -> (Option<Usage>, 
 #[test]
 fn every_json_fixture_has_a_case() {
     let listed: Vec<&str> = json_cases().iter().map(|c| c.0).collect();
-    for dir in ["openai_chat", "openai_responses", "anthropic"] {
+    for dir in ["openai_chat", "openai_responses", "anthropic", "gemini"] {
         for entry in std::fs::read_dir(fixture_dir().join(dir)).unwrap() {
             let name = format!("{dir}/{}", entry.unwrap().file_name().to_string_lossy());
             if name.ends_with(".json") {

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::{u, Outcome};
 use crate::usage::{ApiKind, JsonAccountant, SseAccountant, Usage};
 
-const APIS: [ApiKind; 8] = [
+const APIS: [ApiKind; 9] = [
     ApiKind::OpenAiChat,
     ApiKind::OpenAiCompletions,
     ApiKind::OpenAiResponses,
@@ -18,6 +18,7 @@ const APIS: [ApiKind; 8] = [
     ApiKind::OllamaChat,
     ApiKind::OllamaGenerate,
     ApiKind::OllamaEmbed,
+    ApiKind::GeminiGenerateContent,
 ];
 
 /// Pieces SSE streams are made of, so that random concatenations hit real structure (field
@@ -185,6 +186,37 @@ fn ollama_stream(texts: &[String], prompt: u64, output: u64, chat: bool, crlf: b
     out.into_bytes()
 }
 
+/// A well-formed Gemini `alt=sse` stream (one `GenerateContentResponse` per event, cumulative
+/// `usageMetadata` on each, `finishReason` on the last) with `eol` line ends.
+fn gemini_stream(texts: &[String], counts: (u64, u64, u64, u64), eol: &str) -> Vec<u8> {
+    let (prompt, candidates, thoughts, cached) = counts;
+    let mut s = String::new();
+    let n = texts.len().max(1);
+    for i in 0..n {
+        let last = i + 1 == n;
+        let text = texts.get(i).map_or("", String::as_str);
+        let mut candidate = serde_json::json!({
+            "content": {"parts": [{"text": text}], "role": "model"},
+            "index": 0,
+        });
+        if last {
+            candidate["finishReason"] = "STOP".into();
+        }
+        let seen = if last { candidates } else { candidates / 2 };
+        let event = serde_json::json!({
+            "candidates": [candidate],
+            "usageMetadata": {
+                "promptTokenCount": prompt,
+                "candidatesTokenCount": seen,
+                "thoughtsTokenCount": thoughts,
+                "cachedContentTokenCount": cached,
+            },
+        });
+        s.push_str(&format!("data: {event}{eol}{eol}"));
+    }
+    s.into_bytes()
+}
+
 fn eol() -> impl Strategy<Value = &'static str> {
     proptest::sample::select(&["\n", "\r\n", "\r"][..])
 }
@@ -261,6 +293,30 @@ proptest! {
         prop_assert!(got.completed && !got.saw_error);
         prop_assert_eq!(got.events, texts.len() as u64 + 1);
         prop_assert_eq!(got.forwarded, raw);
+    }
+
+    #[test]
+    fn gemini_streams_give_their_usage_and_text_however_split(
+        texts in proptest::collection::vec(any::<String>(), 0..6),
+        counts in (0..u64::from(u32::MAX), 0..u64::from(u32::MAX), 0..u64::from(u32::MAX), 0..u64::from(u32::MAX)),
+        eol in eol(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let raw = gemini_stream(&texts, counts, eol);
+        let pieces = split(&raw, &cuts);
+        let got = run(ApiKind::GeminiGenerateContent, false, 1 << 20, &pieces)?;
+        let (prompt, candidates, thoughts, cached) = counts;
+        prop_assert_eq!(got.usage, Some(u(prompt, candidates + thoughts, cached, 0, thoughts)));
+        prop_assert_eq!(got.text, texts.concat());
+        prop_assert!(!got.completed && !got.saw_error);
+        prop_assert_eq!(got.malformed, 0);
+        prop_assert_eq!(got.forwarded, raw.clone());
+        let mut acc = SseAccountant::new(ApiKind::GeminiGenerateContent, false, 1 << 20);
+        for piece in &pieces {
+            acc.push(&Bytes::copy_from_slice(piece));
+        }
+        acc.finish();
+        prop_assert!(acc.ended_after_final_content(true));
     }
 
     #[test]

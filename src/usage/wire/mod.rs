@@ -8,6 +8,7 @@
 
 pub(crate) mod anthropic_messages;
 pub(crate) mod bedrock_converse;
+pub(crate) mod gemini;
 pub(crate) mod ollama;
 pub(crate) mod openai_chat;
 pub(crate) mod openai_embeddings;
