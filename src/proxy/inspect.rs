@@ -222,11 +222,22 @@ fn insert_first_member(body: &Bytes, member: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// What a Gemini method path (`/v1beta/models/{model}:{method}`, Gemini API reference) says
-/// about the request, which its body does not carry: the model (when the body named none)
-/// and, for `generateContent` / `streamGenerateContent`, whether it streams (the method
-/// decides; a body's `stream` is not part of that API). Other paths leave `fields` alone.
-pub fn from_path(fields: &mut Inspected, path: &str, api: Option<ApiKind>) {
+/// What the path says about a request of an API that names the model (and the streaming) in
+/// the path rather than the body (`body`: the request body, for what else such an API keeps
+/// elsewhere). Other paths leave `fields` alone.
+/// - Gemini (`/v1beta/models/{model}:{method}`, Gemini API reference): the model (when the
+///   body named none) and, for `generateContent` / `streamGenerateContent`, whether it
+///   streams (the method decides; a body's `stream` is not part of that API).
+/// - Bedrock Runtime (`/model/{modelId}/{operation}`): the percent-decoded model id, the
+///   streaming (`converse-stream`, `invoke-with-response-stream`) and the output ceiling of
+///   a Converse body (`inferenceConfig.maxTokens`).
+pub fn from_path(fields: &mut Inspected, path: &str, api: Option<ApiKind>, body: &[u8]) {
+    if let Some((model, stream)) = crate::provider::bedrock::model_from_path(path) {
+        fields.model = Some(model);
+        fields.stream = stream;
+        fields.max_tokens = crate::provider::bedrock::max_tokens(body);
+        return;
+    }
     let Some((model, method)) = crate::provider::gemini_path(path) else {
         return;
     };
@@ -384,14 +395,32 @@ mod tests {
         let body = r#"{"contents":[],"generationConfig":{"maxOutputTokens":77}}"#;
         let (mut i, b) = inspect(api, Bytes::from(body)).unwrap();
         assert_eq!(b, body.as_bytes());
-        from_path(&mut i, path, api);
+        from_path(&mut i, path, api, body.as_bytes());
         assert_eq!(i.model.as_deref(), Some("gemini-2.5-flash"));
         assert!(i.stream && !i.injected_include_usage);
         assert_eq!(i.max_tokens, Some(77));
         let path = "/v1beta/models/m1:countTokens";
         let (mut i, _) = inspect(None, Bytes::from_static(b"{}")).unwrap();
-        from_path(&mut i, path, ApiKind::from_path(path));
+        from_path(&mut i, path, ApiKind::from_path(path), b"{}");
         assert_eq!((i.model.as_deref(), i.stream), (Some("m1"), false));
+    }
+
+    #[test]
+    fn bedrock_model_stream_and_ceiling_from_path_and_inference_config() {
+        let path = "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse-stream";
+        let api = ApiKind::from_path(path);
+        let body = r#"{"messages":[],"inferenceConfig":{"maxTokens":300}}"#;
+        let (mut i, _) = inspect(api, Bytes::from(body)).unwrap();
+        from_path(&mut i, path, api, body.as_bytes());
+        assert_eq!(
+            i.model.as_deref(),
+            Some("anthropic.claude-3-haiku-20240307-v1:0")
+        );
+        assert!(i.stream);
+        assert_eq!(i.max_tokens, Some(300));
+        let path = "/model/m/converse";
+        from_path(&mut i, path, ApiKind::from_path(path), b"{}");
+        assert_eq!((i.stream, i.max_tokens), (false, None));
     }
 
     #[test]

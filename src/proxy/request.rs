@@ -42,13 +42,7 @@ pub async fn handle(
     if inspect::should_inspect(req, &snapshot) {
         let body = inspect::read_body(session, snapshot.max_body_bytes).await?;
         let (mut fields, body) = inspect::inspect(ctx.caller.api, body)?;
-        if let Some((model, stream)) = crate::provider::bedrock::model_from_path(&path) {
-            // Bedrock names the model and the streaming in the path, not the body.
-            fields.model = Some(model);
-            fields.stream = stream;
-            fields.max_tokens = crate::provider::bedrock::max_tokens(&body);
-        }
-        inspect::from_path(&mut fields, &path, ctx.caller.api);
+        inspect::from_path(&mut fields, &path, ctx.caller.api, &body);
         ctx.inspected = Some(InspectedRequest { fields, body });
         select_route(&snapshot, session, ctx, &path)?;
         let route = ctx.caller.route.and_then(|i| snapshot.routes.get(i));
