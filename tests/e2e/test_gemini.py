@@ -26,8 +26,9 @@ from google.genai import errors, types
 from conftest import VIRTUAL_KEY, UNKNOWN_KEY, Sluice, SluiceFactory, default_tenants
 from harness import free_port, pool, route
 
-sys.path.insert(0, str(Path(__file__).parent / "upstreams"))
-from gemini import GeminiUpstream  # noqa: E402
+# As a package path: putting `upstreams/` itself on sys.path would let its modules shadow
+# the SDKs they mock (`import ollama` finding `upstreams/ollama.py`).
+from upstreams.gemini import GeminiUpstream
 
 pytestmark = pytest.mark.sluice
 
