@@ -48,24 +48,18 @@ fn cases() -> [Case; 3] {
     ]
 }
 
-fn expected(case: &Case, raw: &[u8]) -> Outcome {
-    Outcome {
-        usage: case.usage,
-        text: case.text.to_owned(),
-        completed: case.completed,
-        saw_error: case.saw_error,
-        events: case.events,
-        malformed: 0,
-        oversized: 0,
-        forwarded: raw.to_vec(),
-    }
-}
-
 #[test]
 fn fixtures_whole_split_everywhere_and_byte_by_byte() {
     for case in cases() {
         let raw = fixture(case.file);
-        let want = expected(&case, &raw);
+        let want = Outcome::clean(
+            case.usage,
+            case.text,
+            case.completed,
+            case.saw_error,
+            case.events,
+            &raw,
+        );
         assert_eq!(
             replay_whole(ApiKind::BedrockConverse, false, &raw),
             want,

@@ -51,6 +51,28 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
+    /// What a clean replay of the golden fixture `raw` must report: these counts and this
+    /// text, nothing malformed or oversized, and `raw` forwarded byte for byte.
+    pub(super) fn clean(
+        usage: Option<Usage>,
+        text: &str,
+        completed: bool,
+        saw_error: bool,
+        events: u64,
+        raw: &[u8],
+    ) -> Self {
+        Outcome {
+            usage,
+            text: text.to_owned(),
+            completed,
+            saw_error,
+            events,
+            malformed: 0,
+            oversized: 0,
+            forwarded: raw.to_vec(),
+        }
+    }
+
     /// What the finished accountant `acc` reports, with the bytes it `forwarded`.
     pub(super) fn of(acc: &SseAccountant, forwarded: Vec<u8>) -> Self {
         Outcome {
