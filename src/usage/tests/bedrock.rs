@@ -7,21 +7,13 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::{fixture, replay, replay_whole, u, Outcome};
-use crate::usage::{encode_eventstream_message, ApiKind, JsonAccountant, SseAccountant, Usage};
-
-struct Case {
-    file: &'static str,
-    usage: Option<Usage>,
-    text: &'static str,
-    completed: bool,
-    saw_error: bool,
-    events: u64,
-}
+use super::{fixture, replay, replay_whole, u, Case, Outcome};
+use crate::usage::{encode_eventstream_message, ApiKind, JsonAccountant, SseAccountant};
 
 fn cases() -> [Case; 3] {
     [
         Case {
+            api: ApiKind::BedrockConverse,
             file: "bedrock/converse_stream.bin",
             usage: Some(u(37, 19, 1024, 256, 0)),
             text: "Grüße aus Köln 🌧 — 日本語",
@@ -30,6 +22,7 @@ fn cases() -> [Case; 3] {
             events: 6,
         },
         Case {
+            api: ApiKind::BedrockConverse,
             file: "bedrock/converse_stream_reasoning_tool.bin",
             usage: Some(u(412, 58, 0, 0, 0)),
             text: "Need the weather.{\"city\":\"Zürich\"}",
@@ -38,6 +31,7 @@ fn cases() -> [Case; 3] {
             events: 10,
         },
         Case {
+            api: ApiKind::BedrockConverse,
             file: "bedrock/throttling_exception.bin",
             usage: None,
             text: "Hello",
@@ -52,14 +46,7 @@ fn cases() -> [Case; 3] {
 fn fixtures_whole_split_everywhere_and_byte_by_byte() {
     for case in cases() {
         let raw = fixture(case.file);
-        let want = Outcome::clean(
-            case.usage,
-            case.text,
-            case.completed,
-            case.saw_error,
-            case.events,
-            &raw,
-        );
+        let want = case.clean(&raw);
         assert_eq!(
             replay_whole(ApiKind::BedrockConverse, false, &raw),
             want,

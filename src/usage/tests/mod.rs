@@ -37,6 +37,36 @@ pub(super) fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A golden fixture of a stream and what replaying it must report (Ollama's and Bedrock's
+/// fixture tests).
+pub(super) struct Case {
+    /// Under `tests/fixtures/`.
+    pub file: &'static str,
+    pub api: ApiKind,
+    pub usage: Option<Usage>,
+    pub text: &'static str,
+    pub completed: bool,
+    pub saw_error: bool,
+    pub events: u64,
+}
+
+impl Case {
+    /// What a clean replay of the fixture's bytes `raw` must report: the case's counts and
+    /// text, nothing malformed or oversized, and `raw` forwarded byte for byte.
+    pub(super) fn clean(&self, raw: &[u8]) -> Outcome {
+        Outcome {
+            usage: self.usage,
+            text: self.text.to_owned(),
+            completed: self.completed,
+            saw_error: self.saw_error,
+            events: self.events,
+            malformed: 0,
+            oversized: 0,
+            forwarded: raw.to_vec(),
+        }
+    }
+}
+
 /// Everything an accountant reports after a whole stream, plus what it forwarded.
 #[derive(PartialEq, Eq)]
 pub(super) struct Outcome {
@@ -51,28 +81,6 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
-    /// What a clean replay of the golden fixture `raw` must report: these counts and this
-    /// text, nothing malformed or oversized, and `raw` forwarded byte for byte.
-    pub(super) fn clean(
-        usage: Option<Usage>,
-        text: &str,
-        completed: bool,
-        saw_error: bool,
-        events: u64,
-        raw: &[u8],
-    ) -> Self {
-        Outcome {
-            usage,
-            text: text.to_owned(),
-            completed,
-            saw_error,
-            events,
-            malformed: 0,
-            oversized: 0,
-            forwarded: raw.to_vec(),
-        }
-    }
-
     /// What the finished accountant `acc` reports, with the bytes it `forwarded`.
     pub(super) fn of(acc: &SseAccountant, forwarded: Vec<u8>) -> Self {
         Outcome {

@@ -2,18 +2,8 @@
 //! every NDJSON stream replayed whole, split at every byte boundary, byte by byte and with
 //! `\r\n` line ends; the non-streamed bodies through the JSON accountant.
 
-use super::{fixture, fixture_dir, replay, u, Outcome};
+use super::{fixture, fixture_dir, replay, u, Case};
 use crate::usage::{ApiKind, JsonAccountant, Usage};
-
-struct Case {
-    file: &'static str,
-    api: ApiKind,
-    usage: Option<Usage>,
-    text: &'static str,
-    completed: bool,
-    saw_error: bool,
-    events: u64,
-}
 
 fn cases() -> Vec<Case> {
     use ApiKind::*;
@@ -82,14 +72,7 @@ fn every_ndjson_fixture_has_a_case() {
 fn ndjson_fixtures_split_at_every_byte_boundary_and_byte_by_byte() {
     for case in cases() {
         let raw = fixture(case.file);
-        let want = Outcome::clean(
-            case.usage,
-            case.text,
-            case.completed,
-            case.saw_error,
-            case.events,
-            &raw,
-        );
+        let want = case.clean(&raw);
         assert_eq!(replay(case.api, false, [&raw[..]]), want, "{}", case.file);
         for cut in 0..=raw.len() {
             let got = replay(case.api, false, [&raw[..cut], &raw[cut..]]);
@@ -119,14 +102,7 @@ fn ndjson_fixtures_with_crlf_split_everywhere() {
                 }
             })
             .collect();
-        let want = Outcome::clean(
-            case.usage,
-            case.text,
-            case.completed,
-            case.saw_error,
-            case.events,
-            &raw,
-        );
+        let want = case.clean(&raw);
         for cut in 0..=raw.len() {
             let got = replay(case.api, false, [&raw[..cut], &raw[cut..]]);
             assert_eq!(got, want, "{} crlf cut={cut}", case.file);
