@@ -539,7 +539,8 @@ fn metric_labels(c: &mut Criterion) {
     g.finish();
 }
 
-/// The response cache: a memory-tier lookup (hit, miss) among 10,000 entries, an insert
+/// The response cache: a request's key (its body in canonical form, hashed), a memory-tier
+/// lookup (hit, miss) among 10,000 entries, an insert
 /// (evictions included, once full), a hit's replayed stream (fresh id and `created`; with the
 /// usage chunk hidden, as for a client that did not ask for it), and a miss's recording and
 /// store of a whole streamed answer (the check that it is complete included). The stream is
@@ -590,6 +591,29 @@ fn cache(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             store.put(key(n), entry.clone(), ttl, memory)
+        })
+    });
+    // The key of the bench-load request (`benches/load/client.rs`, ~230 B): body parsed,
+    // canonicalized and hashed with the route, scope, path and version headers.
+    let request = Bytes::from_static(
+        br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark in one short sentence. #000000000042"}],"max_tokens":64}"#,
+    );
+    let headers = http::HeaderMap::new();
+    g.bench_function("key_of_request", |b| {
+        b.iter(|| {
+            let body = sluice::cache::canonical::of(black_box(&request)).unwrap();
+            let key = sluice::cache::key::compute(
+                sluice::cache::key::Scope {
+                    route: "chat",
+                    tenant: Some("bench"),
+                },
+                "POST",
+                "/v1/chat/completions",
+                &headers,
+                &body.text,
+                false,
+            );
+            (key, sluice::cache::Intent::of(&headers, body.deterministic))
         })
     });
     g.throughput(Throughput::Bytes(stream.len() as u64));

@@ -2,9 +2,9 @@
 //! the request in canonical form, and what the client asked of the cache.
 //!
 //! Canonical form (so that two requests a provider would answer alike hash alike):
-//! - the JSON body with object keys sorted (byte order) at every depth and no insignificant
-//!   whitespace (RFC 8259 section 2); numbers and strings exactly as the client wrote them;
-//! - top-level fields that do not change the answer removed: `stream`, `stream_options`
+//! - the JSON body in canonical form ([`super::canonical`]: object keys sorted (byte order) at
+//!   every depth, no insignificant whitespace (RFC 8259 section 2)), with the top-level fields
+//!   that do not change the answer removed: `stream`, `stream_options`
 //!   (OpenAI: `stream_options.include_usage` only adds a usage chunk), `user` (OpenAI:
 //!   end-user id for abuse monitoring), `metadata` (Anthropic `metadata.user_id`, OpenAI
 //!   stored-completion tags);
@@ -17,7 +17,6 @@
 //!   one into the other is not exact for every API).
 
 use http::HeaderMap;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -79,10 +78,11 @@ pub struct Intent {
 }
 
 impl Intent {
-    /// Read the request's headers and parsed body.
-    pub fn of(headers: &HeaderMap, body: &Value) -> Intent {
+    /// Read the request's headers; `deterministic`: what its body says
+    /// ([`super::canonical::Canonical::deterministic`]).
+    pub fn of(headers: &HeaderMap, deterministic: bool) -> Intent {
         let mut intent = Intent {
-            deterministic: is_deterministic(body),
+            deterministic,
             ..Intent::default()
         };
         for v in headers.get_all(http::header::CACHE_CONTROL) {
@@ -111,25 +111,15 @@ impl Intent {
     }
 }
 
-/// `temperature` equal to 0 (any JSON spelling of zero), or a non-null `seed` (OpenAI chat
-/// completions `seed`).
-fn is_deterministic(body: &Value) -> bool {
-    let zero_temperature = body
-        .get("temperature")
-        .and_then(Value::as_f64)
-        .is_some_and(|t| t == 0.0);
-    let seeded = body.get("seed").is_some_and(|s| !s.is_null());
-    zero_temperature || seeded
-}
-
-/// The key of a request: `method`, `path_and_query`, its `headers` and JSON `body` (already
-/// parsed), `streamed` (the client asked for a stream), in `scope`.
+/// The key of a request: `method`, `path_and_query`, its `headers` and its JSON body in
+/// canonical form (`canonical`: [`super::canonical::Canonical::text`]), `streamed` (the client
+/// asked for a stream), in `scope`.
 pub fn compute(
     scope: Scope<'_>,
     method: &str,
     path_and_query: &str,
     headers: &HeaderMap,
-    body: &Value,
+    canonical: &[u8],
     streamed: bool,
 ) -> Key {
     let mut h = Sha256::new();
@@ -159,63 +149,19 @@ pub fn compute(
         }
     }
     part(if streamed { b"stream" } else { b"json" });
-    let mut canonical = Vec::with_capacity(256);
-    write_canonical(body, true, &mut canonical);
-    part(&canonical);
+    part(canonical);
     Key(h.finalize().into())
-}
-
-/// `v` in canonical JSON: keys sorted, no whitespace; at the top level (`top`) the ignored
-/// fields are left out.
-fn write_canonical(v: &Value, top: bool, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map
-                .iter()
-                .filter(|(k, _)| !(top && IGNORED_FIELDS.contains(&k.as_str())))
-                .collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(k, out);
-                out.push(b':');
-                write_canonical(v, false, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, false, out);
-            }
-            out.push(b']');
-        }
-        Value::String(s) => write_string(s, out),
-        // Scalars print without whitespace; numbers as serde_json parsed them.
-        other => {
-            let _ = serde_json::to_writer(&mut *out, other);
-        }
-    }
-}
-
-fn write_string(s: &str, out: &mut Vec<u8>) {
-    // serde_json's string escaping is canonical (the same text for the same string).
-    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::canonical;
     use proptest::prelude::*;
+    use serde_json::Value;
 
     fn key(body: &str, headers: &HeaderMap, streamed: bool, tenant: Option<&str>) -> Key {
-        let v: Value = serde_json::from_str(body).unwrap();
+        let text = canonical::of(body.as_bytes()).unwrap().text;
         compute(
             Scope {
                 route: "chat",
@@ -224,7 +170,7 @@ mod tests {
             "POST",
             "/v1/chat/completions",
             headers,
-            &v,
+            &text,
             streamed,
         )
     }
@@ -290,22 +236,18 @@ mod tests {
     }
 
     #[test]
-    fn intent_reads_determinism_and_the_client_switches() {
-        let v = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+    fn intent_reads_the_client_switches() {
         let none = HeaderMap::new();
-        assert!(Intent::of(&none, &v(r#"{"temperature":0}"#)).deterministic);
-        assert!(Intent::of(&none, &v(r#"{"temperature":0.0}"#)).deterministic);
-        assert!(Intent::of(&none, &v(r#"{"seed":7,"temperature":1}"#)).deterministic);
-        assert!(!Intent::of(&none, &v(r#"{"temperature":0.2}"#)).deterministic);
-        assert!(!Intent::of(&none, &v(r#"{"seed":null}"#)).deterministic);
+        assert!(Intent::of(&none, true).deterministic);
+        assert_eq!(Intent::of(&none, false), Intent::default());
         let mut h = HeaderMap::new();
         h.insert("cache-control", "max-age=0, No-Cache".parse().unwrap());
         h.insert(CLIENT_HEADER, "on".parse().unwrap());
-        let i = Intent::of(&h, &v("{}"));
+        let i = Intent::of(&h, false);
         assert!(i.no_cache && i.opted_in && !i.no_store);
         let mut off = HeaderMap::new();
         off.insert(CLIENT_HEADER, "off".parse().unwrap());
-        let i = Intent::of(&off, &v("{}"));
+        let i = Intent::of(&off, false);
         assert!(i.no_cache && i.no_store);
     }
 
@@ -329,21 +271,20 @@ mod tests {
     proptest! {
         #![proptest_config(crate::proptest_config())]
 
-        /// The canonical text is valid JSON equal to the input (minus the ignored fields), and
-        /// pretty-printing the input does not change the key.
+        /// The canonical text is valid JSON equal to the input (below the top level, where
+        /// nothing is left out), and pretty-printing the input does not change the key.
         #[test]
         fn canonical_form_is_the_same_json(v in json()) {
-            let mut out = Vec::new();
-            write_canonical(&v, false, &mut out);
+            let nested = Value::Array(vec![v.clone()]);
+            let out = canonical::of(nested.to_string().as_bytes()).unwrap().text;
             let back: Value = serde_json::from_slice(&out).unwrap();
-            prop_assert_eq!(&back, &v);
+            prop_assert_eq!(&back, &nested);
             let h = HeaderMap::new();
             let scope = Scope { route: "r", tenant: None };
-            let pretty: Value =
-                serde_json::from_str(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
+            let text = |s: String| canonical::of(s.as_bytes()).unwrap().text;
             prop_assert_eq!(
-                compute(scope, "POST", "/p", &h, &v, false),
-                compute(scope, "POST", "/p", &h, &pretty, false)
+                compute(scope, "POST", "/p", &h, &text(v.to_string()), false),
+                compute(scope, "POST", "/p", &h, &text(serde_json::to_string_pretty(&v).unwrap()), false)
             );
         }
     }

@@ -9,6 +9,7 @@
 //! - [`record`]: the relay's recorder, which stores a complete response;
 //! - [`replay`]: a stored response made fresh for a hit (new id and creation time).
 
+pub mod canonical;
 pub mod entry;
 pub mod key;
 pub mod record;

@@ -2,6 +2,7 @@
 //! [`Key`] and the client's cache [`Intent`], read once for the cache and coalescing stages.
 
 use super::ctx::RequestCtx;
+use crate::cache::canonical;
 use crate::cache::key::{self, Intent, Key, Scope};
 use crate::config::cache::CacheScope;
 use crate::config::Route;
@@ -22,7 +23,7 @@ pub fn of_request(route: &Route, req: &RequestHeader, ctx: &RequestCtx) -> Optio
     if route.cache.is_none() && !route.coalesce {
         return None;
     }
-    let body: serde_json::Value = serde_json::from_slice(ctx.body()?).ok()?;
+    let body = canonical::of(ctx.body()?).ok()?;
     let tenant = match route.cache.as_ref().map_or(CacheScope::Tenant, |c| c.scope) {
         CacheScope::Tenant => Some(ctx.caller.tenant.as_deref().unwrap_or("")),
         CacheScope::Route => None,
@@ -39,11 +40,11 @@ pub fn of_request(route: &Route, req: &RequestHeader, ctx: &RequestCtx) -> Optio
         req.method.as_str(),
         pq,
         &req.headers,
-        &body,
+        &body.text,
         ctx.fields().stream,
     );
     Some(Reuse {
         key,
-        intent: Intent::of(&req.headers, &body),
+        intent: Intent::of(&req.headers, body.deterministic),
     })
 }
