@@ -19,7 +19,7 @@ pub use template::{Options, Provider, Sidecar, SIDECAR};
 use pod::Outcome;
 use serde_yaml::Value;
 use std::fmt;
-use yaml::{fix_file_modes, get_path_mut, split_docs, str_of};
+use yaml::{fix_file_modes, get_path_mut, insert_before, split_docs, str_of};
 
 /// Why a document was refused (or the input could not be read).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,9 +197,7 @@ fn object(
     for (key, value) in [("metadata", metadata), ("spec", spec)] {
         match pod.get_mut(key) {
             Some(slot) => *slot = value,
-            None if !value.is_null() => {
-                pod.insert(key.into(), value);
-            }
+            None if !value.is_null() => insert_before(pod, key, value, "spec"),
             None => {}
         }
     }

@@ -2,7 +2,7 @@
 //! the checks that refuse a pod sluice cannot join, then the edits.
 
 use super::template::{Sidecar, SIDECAR};
-use super::yaml::str_of;
+use super::yaml::{insert_before, str_of};
 use serde_yaml::{Mapping, Sequence, Value};
 
 /// What happened to a pod.
@@ -68,6 +68,9 @@ pub fn inject(
     let volume_names = add_volumes(spec, sidecar)?;
     let mut container = sidecar.container.clone();
     rename_mounts(&mut container, &volume_names);
+    if !spec.contains_key("initContainers") {
+        insert_before(spec, "initContainers", Value::Null, "containers");
+    }
     let inits = entry_seq(spec, "initContainers")?;
     // First: Kubernetes starts init containers in order and waits for a native sidecar's
     // startupProbe before starting the next, so the app's own init containers can call it too.

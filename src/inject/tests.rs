@@ -118,6 +118,15 @@ fn a_deployment_gets_the_sidecar_volumes_and_env() {
         .collect();
     assert_eq!(volumes, ["sluice-config", "provider-keys", "tmp"]);
     assert_eq!(spec["securityContext"]["fsGroup"], 65532);
+    let keys: Vec<&str> = spec
+        .as_mapping()
+        .into_iter()
+        .flat_map(|m| m.keys().filter_map(Value::as_str))
+        .collect();
+    assert_eq!(
+        keys,
+        ["initContainers", "containers", "volumes", "securityContext"]
+    );
     // The app's own OPENAI_BASE_URL is kept; only the missing variable is added.
     assert_eq!(
         env_of(&spec["containers"][0]),

@@ -2,7 +2,7 @@
 //! each document (so untouched documents are written back byte for byte, comments included),
 //! re-serializing a changed one, and small accessors on `serde_yaml::Value`.
 
-use serde_yaml::Value;
+use serde_yaml::{Mapping, Value};
 
 /// One document of a YAML stream as written: its `---` line (if any) and everything up to the
 /// next one.
@@ -93,6 +93,25 @@ pub fn get_path<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
 /// The value at a path of mapping keys, mutably.
 pub fn get_path_mut<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
     path.iter().try_fold(v, |v, k| v.get_mut(k))
+}
+
+/// Inserts `key` just before the key `before` (at the end if `before` is absent), so added
+/// fields sit where a person would write them (`initContainers` before `containers`). An
+/// existing `key` is overwritten in place.
+pub fn insert_before(m: &mut Mapping, key: &str, value: Value, before: &str) {
+    if m.contains_key(key) || !m.contains_key(before) {
+        m.insert(key.into(), value);
+        return;
+    }
+    let mut value = Some(value);
+    for (k, v) in std::mem::take(m) {
+        if k.as_str() == Some(before) {
+            if let Some(value) = value.take() {
+                m.insert(key.into(), value);
+            }
+        }
+        m.insert(k, v);
+    }
 }
 
 /// Kubernetes reads YAML 1.1, where `defaultMode: 0440` is octal (288); serde_yaml follows
