@@ -7,9 +7,16 @@
 //! Idempotent: a pod that already has the sidecar is left untouched, and untouched documents
 //! are written back as read, so a second run over the output reproduces it exactly.
 //!
+//! Comments: an injected document is written back by replaying the additions on a lossless
+//! syntax tree of its text ([`lossless`]), so its comments, quoting and layout stay; where that
+//! cannot be done faithfully (checked by reading the result back) it is re-serialized with only
+//! its leading comments kept, and a warning says so.
+//!
 //! Parts: [`yaml`] splits the stream and re-serializes, [`template`] is the sidecar taken from
-//! deploy/k8s/base, [`pod`] edits one pod; this module finds the pods of each kind.
+//! deploy/k8s/base, [`pod`] edits one pod, [`lossless`] writes it back; this module finds the
+//! pods of each kind.
 
+pub mod lossless;
 pub mod pod;
 pub mod template;
 pub mod yaml;
@@ -103,6 +110,7 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, Vec<InjectError>>
                 continue;
             }
         };
+        let before = doc.clone();
         let mut warnings = Vec::new();
         match object(&mut doc, &sidecar, &mut warnings, true) {
             Err((object, reason)) => errors.push(fail(object, reason)),
@@ -117,9 +125,17 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, Vec<InjectError>>
                 done.already += tally.already;
                 if tally.injected == 0 {
                     done.output.push_str(raw.text);
+                } else if let Some(text) = lossless::rewrite(raw.text, &before, &doc) {
+                    done.output.push_str(&text);
                 } else {
                     match serde_yaml::to_string(&doc) {
-                        Ok(body) => done.output.push_str(&raw.rewrite(&body)),
+                        Ok(body) => {
+                            done.output.push_str(&raw.rewrite(&body));
+                            done.warnings.push(format!(
+                                "document {index} ({name}): rewritten without the comments \
+                                 inside it (its layout could not be edited in place)"
+                            ));
+                        }
                         Err(e) => errors.push(fail(name, format!("cannot write it back: {e}"))),
                     }
                 }

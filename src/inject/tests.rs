@@ -105,6 +105,10 @@ fn a_deployment_gets_the_sidecar_volumes_and_env() {
     assert!(done
         .output
         .starts_with("# header comment\napiVersion: apps/v1\n"));
+    assert!(done
+        .output
+        .contains("image: example/app:1 # inline comment\n"));
+    assert!(done.warnings.is_empty(), "{:?}", done.warnings);
     let (_, base_container) = base_sidecar();
     let doc = &docs(&done.output)[0];
     let spec = pod_spec(doc, &["spec", "template", "spec"]);
@@ -360,4 +364,20 @@ fn one_refusal_fails_the_whole_stream_and_all_are_reported() {
         text[1].starts_with("document 3 (Pod bad): hostNetwork"),
         "{text:?}"
     );
+}
+
+#[test]
+fn a_layout_that_cannot_be_edited_in_place_is_rewritten_with_a_warning() {
+    // The container is an alias: adding env to it in place would change its anchor too.
+    let input = "# top\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nx-app: &app {name: a, image: i}\nspec:\n  containers: [*app] # inner\n";
+    let done = run(input);
+    assert_eq!(done.injected, 1);
+    assert!(done.output.starts_with("# top\n"), "{}", done.output);
+    assert!(!done.output.contains("# inner"));
+    assert_eq!(done.warnings.len(), 1, "{:?}", done.warnings);
+    assert!(done.warnings[0].contains("rewritten without the comments"));
+    let doc = &docs(&done.output)[0];
+    assert_eq!(doc["spec"]["initContainers"][0]["name"], SIDECAR);
+    assert_eq!(env_of(&doc["spec"]["containers"][0]).len(), 2);
+    assert_eq!(run(&done.output).output, done.output);
 }

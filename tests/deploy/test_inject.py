@@ -191,6 +191,15 @@ def test_untouched_documents_keep_their_text(case):
             assert chunk in after, f"{rel(path)}: a document not injected was rewritten"
 
 
+def test_comments_are_kept(case):
+    """Every comment of the input is in the output, injected documents included."""
+    path, before, after = case
+    for line in before.splitlines():
+        if "#" in line:
+            comment = line[line.index("#"):]
+            assert comment in after, f"{rel(path)}: comment {comment!r} lost"
+
+
 def test_base_deployment_is_left_alone():
     path = BASE / "deployment.yaml"
     assert inject_ok(str(path)) == path.read_text()
