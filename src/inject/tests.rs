@@ -381,3 +381,67 @@ fn a_layout_that_cannot_be_edited_in_place_is_rewritten_with_a_warning() {
     assert_eq!(env_of(&doc["spec"]["containers"][0]).len(), 2);
     assert_eq!(run(&done.output).output, done.output);
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LINES: &[&str] = &[
+        "---",
+        "# comment",
+        "apiVersion: v1",
+        "apiVersion: apps/v1",
+        "kind: Pod",
+        "kind: Deployment",
+        "kind: Service",
+        "metadata: {name: p}",
+        "metadata:",
+        "  name: x # n",
+        "spec:",
+        "  template:",
+        "    spec: {containers: [{name: t}]}",
+        "  containers:",
+        "  - name: a",
+        "    image: i",
+        "    env: [{name: OPENAI_BASE_URL, value: x}]",
+        "  - {name: b, ports: [{containerPort: 80}]}",
+        "  initContainers: [{name: sluice, restartPolicy: Always}]",
+        "  hostNetwork: true",
+        "  volumes: [{name: tmp, emptyDir: {}}]",
+        "  securityContext: {fsGroup: 7}",
+        "x: &a {name: c}",
+        "  - *a",
+        "",
+        "...",
+        "\t: [",
+    ];
+
+    proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        #[test]
+        fn split_gives_the_input_back(text in any::<String>()) {
+            let docs = split_docs(&text);
+            prop_assert_eq!(docs.iter().map(|d| d.text).collect::<String>(), text);
+        }
+
+        /// Arbitrary text never panics; manifest-like text that is accepted is accepted again
+        /// and comes back byte-identical (idempotence).
+        #[test]
+        fn accepted_output_is_a_fixed_point(
+            lines in prop::collection::vec(prop::sample::select(LINES), 0..24),
+            noise in any::<String>(),
+        ) {
+            let _ = inject(&noise, &Options::default());
+            let input = lines.join("\n") + "\n";
+            if let Ok(once) = inject(&input, &Options::default()) {
+                let twice = inject(&once.output, &Options::default());
+                prop_assert!(twice.is_ok(), "{input}\n=>\n{}\n{twice:?}", once.output);
+                if let Ok(twice) = twice {
+                    prop_assert_eq!(twice.injected, 0);
+                    prop_assert_eq!(&twice.output, &once.output);
+                }
+            }
+        }
+    }
+}
