@@ -179,6 +179,7 @@ fn every_kind_with_a_pod_is_injected() {
     let kinds = [
         ("apps/v1", "StatefulSet", format!("{{{tmpl}}}")),
         ("apps/v1", "DaemonSet", format!("{{{tmpl}}}")),
+        ("apps/v1", "ReplicaSet", format!("{{{tmpl}}}")),
         ("batch/v1", "Job", format!("{{{tmpl}}}")),
         (
             "batch/v1",
@@ -192,10 +193,11 @@ fn every_kind_with_a_pod_is_injected() {
             &format!("---\napiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {spec}\n");
     }
     let done = run(&input);
-    assert_eq!(done.injected, 5);
+    assert_eq!(done.injected, 6);
     let out = docs(&done.output);
-    let paths: [&[&str]; 5] = [
+    let paths: [&[&str]; 6] = [
         &["spec"],
+        &["spec", "template", "spec"],
         &["spec", "template", "spec"],
         &["spec", "template", "spec"],
         &["spec", "template", "spec"],
