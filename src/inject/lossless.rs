@@ -4,7 +4,6 @@
 //! and the result is used only if it parses back to exactly the changed document; otherwise
 //! the caller falls back to re-serializing (comments inside that document lost).
 
-use super::yaml::fix_file_modes;
 use serde_yaml::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
@@ -16,10 +15,7 @@ use yaml_edit::{Document, YamlFile, YamlNode};
 pub fn rewrite(text: &str, old: &Value, new: &Value) -> Option<String> {
     // yaml-edit is pre-1.0: a panic in it must not take `sluice inject` down.
     let out = catch_unwind(AssertUnwindSafe(|| replay(text, old, new))).ok()??;
-    let back: Value = serde_yaml::from_str(&out).ok()?;
-    let mut back = back;
-    back.apply_merge().ok()?;
-    (fix_file_modes(back) == *new).then_some(out)
+    (super::parse(&out).ok()? == *new).then_some(out)
 }
 
 fn replay(text: &str, old: &Value, new: &Value) -> Option<String> {
@@ -107,6 +103,7 @@ fn node_of(v: &Value) -> Option<YamlNode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inject::yaml::fix_file_modes;
 
     fn parse(s: &str) -> Value {
         fix_file_modes(serde_yaml::from_str(s).unwrap_or_default())

@@ -95,18 +95,10 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, Vec<InjectError>>
             object,
             reason,
         };
-        let doc: Value = match serde_yaml::from_str(raw.text) {
+        let mut doc = match parse(raw.text) {
             Ok(doc) => doc,
-            Err(e) => {
-                errors.push(fail(String::new(), format!("not valid YAML: {e}")));
-                continue;
-            }
-        };
-        let mut doc = doc;
-        let mut doc = match doc.apply_merge() {
-            Ok(()) => fix_file_modes(doc),
-            Err(e) => {
-                errors.push(fail(String::new(), format!("bad YAML merge key: {e}")));
+            Err(reason) => {
+                errors.push(fail(String::new(), reason));
                 continue;
             }
         };
@@ -147,6 +139,15 @@ pub fn inject(input: &str, opts: &Options) -> Result<Injected, Vec<InjectError>>
     } else {
         Err(errors)
     }
+}
+
+/// One document as the injection sees it: merge keys (`<<`) applied, as Kubernetes' YAML
+/// reader does, and file modes read as YAML 1.1 octal ([`yaml::fix_file_modes`]).
+fn parse(text: &str) -> Result<Value, String> {
+    let mut doc: Value = serde_yaml::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    doc.apply_merge()
+        .map_err(|e| format!("bad YAML merge key: {e}"))?;
+    Ok(fix_file_modes(doc))
 }
 
 /// Pods injected and pods already injected in one object.
