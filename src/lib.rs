@@ -15,6 +15,7 @@ pub mod config;
 pub mod drain;
 pub mod error;
 pub mod health;
+pub mod inject;
 pub mod limits;
 pub mod listener;
 pub mod logging;
