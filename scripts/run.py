@@ -91,15 +91,17 @@ def plan(conf_path: str, out: str) -> int:
         Path(out).write_text(header + yaml.safe_dump(conf, sort_keys=False))
         config = out
 
-    Path(f"{out}.banner").write_text(banner(conf, config, proxy, admin, lines))
+    served = conf_path if config == conf_path else f"{conf_path} (generated copy: {config})"
+    Path(f"{out}.banner").write_text(banner(conf, served, proxy, admin, lines))
     for var, value in (("proxy", proxy), ("admin", admin), ("config", config),
                        ("mock_port", str(mock_port or ""))):
         print(f"{var}={shlex.quote(value)}")
     return 0
 
 
-def banner(conf: dict[str, Any], config: str, proxy: str, admin: str, lines: list[str]) -> str:
-    """What an app needs, printed by run.sh once sluice is ready."""
+def banner(conf: dict[str, Any], served: str, proxy: str, admin: str, lines: list[str]) -> str:
+    """What an app needs, printed by run.sh once sluice is ready: the config served, each
+    pool's upstream (`lines`), the base URLs, a virtual key, the metrics address."""
     tenants = (conf.get("tenants") or {}).get("list") or []
     digest = sha256_hex(VIRTUAL_KEY)
     tenant = next((t["name"] for t in tenants
@@ -107,10 +109,10 @@ def banner(conf: dict[str, Any], config: str, proxy: str, admin: str, lines: lis
     if tenant:
         key, who = VIRTUAL_KEY, f"virtual key of tenant {tenant}, not a provider key"
     else:
-        key, who = "<a virtual key of one of your tenants>", f"{config} has no tenant keyed by "\
-            f"{VIRTUAL_KEY}"
+        key, who = "<a virtual key of one of your tenants>", "no tenant of this config is "\
+            f"keyed by {VIRTUAL_KEY}"
     return "\n".join([
-        f"sluice is serving {config}",
+        f"sluice is serving {served}",
         *lines,
         "",
         "Point an app at it:",

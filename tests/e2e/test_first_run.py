@@ -113,8 +113,8 @@ class MakeRun:
                 self.printed[m.group(1)] = m.group(2)
             elif m := re.match(r"Metrics: (http://\S+)/metrics", line):
                 self.printed["metrics"] = m.group(1).removeprefix("http://")
-            elif m := re.match(r"sluice is serving (\S+)", line):
-                self.printed["config"] = m.group(1)
+            elif m := re.match(r"sluice is serving (\S+)(?: \(generated copy: (\S+)\))?", line):
+                self.printed["config"] = m.group(2) or m.group(1)
             elif m := re.match(r"\s+pool (\S+) -> (.*)", line):
                 self.printed[f"pool {m.group(1)}"] = m.group(2)
 
