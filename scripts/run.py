@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,27 @@ def listener(conf: dict[str, Any], name: str, env: str) -> str:
     return f"{host}:{free_port()}" if port == "0" else addr
 
 
-def missing_keys(pool: dict[str, Any], offline_all: bool) -> list[str]:
-    """The key variables of `pool` that are unset or empty (every one when offline_all)."""
-    names = [key["env"] for endpoint in pool.get("endpoints", [])
-             for key in endpoint.get("keys", []) if "env" in key]
-    return names if offline_all else [n for n in names if not os.environ.get(n)]
+def check_free(addr: str, env: str) -> None:
+    """Exit with a clear message when `addr` is taken: sluice would wait for it (Pingora retries
+    a bind) while its /readyz already answers 200, so the script checks first."""
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+        except OSError as exc:
+            sys.exit(f"run: cannot listen on {addr} ({exc.strerror}): is another sluice or "
+                     f"`make run` running? Set {env}=host:port (port 0 picks a free one)")
+
+
+def why_offline(pool: dict[str, Any], offline_all: bool) -> str | None:
+    """Why llmock stands in for `pool` (its unset or empty key variables), or None."""
+    if offline_all:
+        return "SLUICE_RUN_OFFLINE=1"
+    unset = [key["env"] for endpoint in pool.get("endpoints", [])
+             for key in endpoint.get("keys", []) if "env" in key and not os.environ.get(key["env"])]
+    return f"{', '.join(unset)} not set" if unset else None
 
 
 def plan(conf_path: str, out: str) -> int:
@@ -62,24 +79,24 @@ def plan(conf_path: str, out: str) -> int:
     offline_all = os.environ.get("SLUICE_RUN_OFFLINE", "") not in ("", "0")
     proxy = listener(conf, "proxy", "SLUICE_PROXY")
     admin = listener(conf, "admin", "SLUICE_ADMIN")
+    check_free(proxy, "SLUICE_PROXY")
+    check_free(admin, "SLUICE_ADMIN")
     changed = conf.get("listeners") != {"proxy": proxy, "admin": admin}
     conf["listeners"] = {**(conf.get("listeners") or {}), "proxy": proxy, "admin": admin}
 
-    offline = {pool["name"]: missing_keys(pool, offline_all) for pool in conf.get("pools", [])}
-    offline = {name: keys for name, keys in offline.items() if keys}
+    offline = {pool["name"]: why for pool in conf.get("pools", [])
+               if (why := why_offline(pool, offline_all))}
     mock_port = free_port() if offline else None
     lines = []
     for pool in conf.get("pools", []):
         name, provider = pool["name"], pool["provider"]
         if name in offline:
             if provider not in LLMOCK_PATHS:
-                sys.exit(f"run: pool {name!r} ({provider}) has no key ({', '.join(offline[name])} "
-                         f"not set) and llmock cannot stand in for {provider}: set the key")
+                sys.exit(f"run: pool {name!r} ({provider}): {offline[name]}, and llmock cannot "
+                         f"stand in for {provider}: set its keys")
             url = f"http://127.0.0.1:{mock_port}{LLMOCK_PATHS[provider]}"
             pool["endpoints"] = [{"url": url, "keys": [{"env": OFFLINE_KEY_ENV}]}]
-            why = "SLUICE_RUN_OFFLINE=1" if offline_all else \
-                f"{', '.join(offline[name])} not set"
-            lines.append(f"  pool {name} -> llmock {url} (offline: {why})")
+            lines.append(f"  pool {name} -> llmock {url} (offline: {offline[name]})")
         else:
             urls = ", ".join(e["url"] for e in pool.get("endpoints", []))
             lines.append(f"  pool {name} -> {urls} ({provider}, keys as configured)")

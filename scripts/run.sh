@@ -30,7 +30,9 @@ fi
 
 . scripts/procs.sh run
 
-eval "$("$py" scripts/run.py plan "$conf" "$work/sluice.yaml")"
+# Sets proxy, admin, config and mock_port (empty when every pool has its keys).
+plan="$("$py" scripts/run.py plan "$conf" "$work/sluice.yaml")"
+eval "$plan"
 if [ -n "$mock_port" ]; then
     start_llmock "$mock_port"
 fi

@@ -34,8 +34,9 @@ pytestmark = pytest.mark.sluice
 
 CONF = REPO_ROOT / "conf" / "sluice.yaml"
 KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
-# Set-up is quick when done (`make test` runs it first); allow a stale .venv's reinstall.
-READY_S = 120.0
+# Set-up is quick when done (`make test` runs it first); allow a stale .venv's reinstall
+# (under the suite's 120 s per-test timeout, pytest.ini).
+READY_S = 90.0
 STOP_S = 15.0
 
 
@@ -202,7 +203,7 @@ def test_without_keys_make_run_serves_both_sdks_offline(make_run, how: str) -> N
     meter = Meter(sluice)
     reply = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "first run, no stream"}])
-    assert reply.choices[0].message.content
+    assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
     meter.assert_counted(model="gpt-4o-mini", prompt=reply.usage.prompt_tokens,
                          completion=reply.usage.completion_tokens, route="openai", pool="openai")
 
@@ -214,7 +215,7 @@ def test_without_keys_make_run_serves_both_sdks_offline(make_run, how: str) -> N
         if chunk.choices and chunk.choices[0].delta.content:
             text.append(chunk.choices[0].delta.content)
         usage = chunk.usage or usage
-    assert text and usage is not None
+    assert text and usage is not None and usage.completion_tokens > 0
     meter.assert_counted(model="gpt-4o-mini", prompt=usage.prompt_tokens,
                          completion=usage.completion_tokens, route="openai", pool="openai")
 
@@ -224,11 +225,29 @@ def test_without_keys_make_run_serves_both_sdks_offline(make_run, how: str) -> N
                                 messages=[{"role": "user", "content": "first run"}]) as stream:
         assert "".join(stream.text_stream)
         final = stream.get_final_message()
+    assert final.usage.output_tokens > 0
     meter.assert_counted(model="claude-sonnet-4-6", prompt=final.usage.input_tokens,
                          completion=final.usage.output_tokens, route="anthropic-messages",
                          pool="anthropic")
 
     stop(run, how)
+
+
+def test_a_taken_port_is_refused_before_anything_starts() -> None:
+    """sluice would wait for a taken proxy port with /readyz already 200: the script checks."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = "127.0.0.1:%d" % holder.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in (*KEY_VARS, "MAKEFLAGS")}
+        env.update(SLUICE_BIN=str(sluice_binary()), SLUICE_PROXY=taken,
+                   SLUICE_ADMIN="127.0.0.1:0")
+        out = subprocess.run(["make", "--no-print-directory", "run"], cwd=REPO_ROOT, env=env,
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=READY_S)
+    assert out.returncode != 0
+    assert f"cannot listen on {taken}" in out.stderr, out.stdout + out.stderr
+    assert "sluice is serving" not in out.stdout
 
 
 def test_real_config_without_keys_is_still_refused() -> None:
@@ -275,7 +294,7 @@ def test_with_one_key_that_provider_is_real_and_the_other_offline(make_run) -> N
     meter = Meter(Sluice(run.proxy, run.printed["metrics"], proc=None))
     reply = claude.messages.create(model="claude-sonnet-4-6", max_tokens=64,
                                    messages=[{"role": "user", "content": "one key"}])
-    assert reply.content
+    assert reply.content and reply.usage.output_tokens > 0
     meter.assert_counted(model="claude-sonnet-4-6", prompt=reply.usage.input_tokens,
                          completion=reply.usage.output_tokens, route="anthropic-messages",
                          pool="anthropic")
