@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from conftest import Meter, Sluice, anthropic_client, openai_client
-from harness import REPO_ROOT, sluice_binary
+from harness import REPO_ROOT, free_port, sluice_binary
 
 pytestmark = pytest.mark.sluice
 
@@ -141,11 +141,12 @@ def make_run() -> Iterator[Callable[..., MakeRun]]:
     test leaves running is killed at the end (its whole session)."""
     started: list[MakeRun] = []
 
-    def start(**keys: str) -> MakeRun:
+    def start(**variables: str) -> MakeRun:
         env = {k: v for k, v in os.environ.items()
                if k not in (*KEY_VARS, "SLUICE_RUN_OFFLINE", "SLUICE_CONF", "MAKEFLAGS")}
-        env.update(keys, SLUICE_BIN=str(sluice_binary()), SLUICE_PROXY="127.0.0.1:0",
+        env.update(SLUICE_BIN=str(sluice_binary()), SLUICE_PROXY="127.0.0.1:0",
                    SLUICE_ADMIN="127.0.0.1:0")
+        env.update(variables)
         popen = subprocess.Popen(
             ["make", "--no-print-directory", "run"], cwd=REPO_ROOT, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -277,6 +278,28 @@ def test_with_both_keys_make_run_serves_conf_as_is(make_run) -> None:
     assert served.pop("listeners") == {"proxy": run.proxy, "admin": run.printed["metrics"]}
     conf.pop("listeners")
     assert served == conf
+    stop(run, "SIGTERM to make")
+
+
+def test_with_both_keys_and_the_config_s_own_ports_sluice_runs_the_file_itself(
+        make_run, tmp_path: Path) -> None:
+    """No listener override (the variables empty) and every key set: sluice is handed the
+    config file itself, no generated copy (a copy of conf/sluice.yaml on free ports stands in
+    for it, as 8080 / 9090 may be taken on a test machine)."""
+    conf = yaml.safe_load(CONF.read_text())
+    conf["listeners"] = {"proxy": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"}
+    path = tmp_path / "sluice.yaml"
+    path.write_text(yaml.safe_dump(conf, sort_keys=False))
+    run = make_run(OPENAI_API_KEY="sk-first-run-test-openai",
+                   ANTHROPIC_API_KEY="sk-ant-first-run-test", SLUICE_CONF=str(path),
+                   SLUICE_PROXY="", SLUICE_ADMIN="")
+    assert run.printed["config"] == str(path), run.output
+    assert not any("generated copy" in line for line in run.output), run.output
+    assert run.proxy == conf["listeners"]["proxy"]
+    assert run.printed["metrics"] == conf["listeners"]["admin"]
+    commands = [cmdline(pid) for pid in descendants(run.popen.pid)]
+    assert any(c.endswith(f" run -c {path} ".encode()) for c in commands), commands
+    assert not any(b"llmock" in c for c in commands), commands
     stop(run, "SIGTERM to make")
 
 
