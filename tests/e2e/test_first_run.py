@@ -137,7 +137,8 @@ class MakeRun:
 
 @pytest.fixture
 def make_run() -> Iterator[Callable[..., MakeRun]]:
-    """Start `make run` with the given key variables (every other one removed); whatever the
+    """Start `make run` with the given variables (keys, overrides; the key variables and
+    SLUICE_RUN_OFFLINE / SLUICE_CONF of the outer environment removed); whatever the
     test leaves running is killed at the end (its whole session)."""
     started: list[MakeRun] = []
 
