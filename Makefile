@@ -17,8 +17,8 @@ deps: ## only the system packages a cargo build needs
 build: deps
 	cargo build --locked
 
-run: deps
-	cargo run --release --locked -- run -c conf/sluice.yaml
+run: ## sluice on conf/sluice.yaml until Ctrl-C; pools without keys served by llmock (scripts/run.sh)
+	scripts/run.sh
 
 test: setup lint unit e2e deploy-test
 

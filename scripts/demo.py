@@ -3,7 +3,8 @@
 
     demo.py ports N                          print N free loopback ports
     demo.py config FILE PROXY ADMIN MOCK      write a sluice config for the demo
-    demo.py wait NAME URL LOG                 poll URL until 200 (20 s), else print LOG and fail
+    demo.py wait NAME URL LOG [PID]           poll URL until 200 (20 s), else print LOG and fail
+                                              (at once if process PID exits first)
     demo.py run PROXY ADMIN                   drive both SDKs through sluice and compare
                                               the tokens sluice counted with the upstream's usage
 """
@@ -16,9 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
-import anthropic  # noqa: E402
 import httpx  # noqa: E402
-import openai  # noqa: E402
 import yaml  # noqa: E402
 
 from harness import (  # noqa: E402
@@ -51,9 +50,20 @@ def write_config(path: str, proxy: str, admin: str, mock: str) -> None:
     Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def wait_ready(name: str, url: str, log: str) -> None:
+def alive(pid: int) -> bool:
+    """Whether process `pid` is running (an exited child not yet reaped is a zombie: gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def wait_ready(name: str, url: str, log: str, pid: int | None = None) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
+        if pid is not None and not alive(pid):
+            sys.exit(f"{name} exited before {url} answered")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -89,6 +99,11 @@ def settle(admin: str, before: Metrics, model: str, want: tuple[int, int]) -> Me
 
 
 def run(proxy: str, admin: str) -> int:
+    # The SDKs are imported here only: `ports` and `wait` (also used by scripts/run.sh) stay
+    # quick to start.
+    import anthropic
+    import openai
+
     wait_listening(proxy)  # /readyz may answer just before the proxy port is bound
     rows = []
 
@@ -144,8 +159,8 @@ def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[0] == "config":
         write_config(*argv[1:])
         return 0
-    if len(argv) == 4 and argv[0] == "wait":
-        wait_ready(argv[1], argv[2], argv[3])
+    if len(argv) in (4, 5) and argv[0] == "wait":
+        wait_ready(argv[1], argv[2], argv[3], int(argv[4]) if len(argv) == 5 else None)
         return 0
     if len(argv) == 3 and argv[0] == "run":
         return run(*argv[1:])

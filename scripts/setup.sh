@@ -3,6 +3,8 @@
 #
 #   scripts/setup.sh          system packages + test tools + the Python venv (.venv)
 #   scripts/setup.sh system   system packages only (what `cargo build` needs)
+#   scripts/setup.sh run      system packages + the Python venv (what `make run` needs: llmock
+#                             for the offline upstream; no redis-server, no JS SDKs)
 #
 # System: cmake (pingora-core builds zlib-ng with it) and python3-venv; for the tests also
 # redis-server (the shared-limits tests start their own on a free port). apt-get runs only
@@ -79,6 +81,7 @@ install_js() {
 install_system
 case "$want" in
     system) ;;
+    run) install_venv ;;
     all) install_venv; install_js ;;
-    *) echo "usage: $0 [all|system]" >&2; exit 2 ;;
+    *) echo "usage: $0 [all|system|run]" >&2; exit 2 ;;
 esac
