@@ -481,6 +481,14 @@ impl Peek for GuardedIo {
     }
 }
 
+/// Whether `addr` (`host:port`) can be listened on now: a listener is bound to it and closed
+/// at once (std's `TcpListener::bind` sets `SO_REUSEADDR` on Unix, as Pingora's own bind does,
+/// so only another listener makes it fail). Errors: the address does not resolve, or the bind
+/// fails (`AddrInUse`: another process listens there).
+pub fn check_free(addr: &str) -> io::Result<()> {
+    std::net::TcpListener::bind(addr).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,5 +572,16 @@ mod tests {
         // Silent for longer than the header deadline: the read fails.
         let e = io.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn check_free_refuses_an_address_another_listener_holds() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap().to_string();
+        let err = check_free(&addr).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        drop(held);
+        assert!(check_free(&addr).is_ok());
+        assert!(check_free("not-an-address").is_err());
     }
 }

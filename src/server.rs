@@ -79,6 +79,13 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
         max_connections: snapshot.admin_max_connections,
         connection_timeout: snapshot.admin_connection_timeout,
     };
+    // Pingora retries a taken address for 30 s and then stops only the proxy service: the
+    // process would stay up, and readiness (a connection to the proxy address) would be
+    // answered by whoever holds the port. Refuse at once instead, as for the admin listener.
+    if let Err(e) = crate::listener::check_free(&proxy_addr) {
+        tracing::error!(proxy = %proxy_addr, error = %e, "proxy listener: cannot bind");
+        std::process::exit(1);
+    }
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

@@ -344,6 +344,51 @@ async fn sighup_reloads_and_sigterm_drains_then_exits() {
     eprintln!("exited {status:?}");
 }
 
+/// A proxy address another process listens on: sluice exits at once, non-zero, saying so
+/// (Pingora alone would retry for 30 s and then leave the process up without its proxy
+/// listener, with `/readyz` answered through the other process's port).
+#[test]
+fn a_taken_proxy_address_is_refused_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = taken.local_addr().unwrap().to_string();
+    let (_, admin) = Sluice::listeners();
+    let dir = Sluice::temp_dir();
+    let path = dir.join("sluice.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}pools:\n  - name: p\n    provider: openai\n    endpoints: [{{url: 'http://127.0.0.1:9', keys: [{{env: SLUICE_TEST_KEY}}]}}]\nroutes:\n  - name: r\n    match: {{path_prefix: /v1}}\n    pools: [p]\n",
+            Sluice::listeners_yaml(&proxy, &admin)
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let out = std::process::Command::new(support::sluice_bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .env(KEY_ENV.0, KEY_ENV.1)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let elapsed = t0.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "sluice ran on a taken address: {log}"
+    );
+    assert!(log.contains("proxy listener: cannot bind"), "{log}");
+    // Well before Pingora's 30 s of retries.
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert!(
+        !support::readyz(&admin),
+        "the admin listener outlived the refusal"
+    );
+    drop(taken);
+}
+
 #[tokio::test]
 async fn sigint_exits_at_once() {
     let mock = Mock::start().await;
