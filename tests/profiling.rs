@@ -88,6 +88,7 @@ async fn a_profile_under_load_names_sluice_functions_and_the_admin_listener_keep
     load(&s, 8, stop.clone(), done.clone());
 
     let url = format!("{}/debug/pprof/profile?seconds=2", s.admin);
+    let asked = std::time::Instant::now();
     let profile = tokio::spawn({
         let url = url.clone();
         async move {
@@ -129,6 +130,7 @@ async fn a_profile_under_load_names_sluice_functions_and_the_admin_listener_keep
     );
 
     let (status, disposition, body) = profile.await.unwrap();
+    let took = asked.elapsed();
     stop.store(true, Ordering::Relaxed);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(
@@ -157,6 +159,18 @@ async fn a_profile_under_load_names_sluice_functions_and_the_admin_listener_keep
         !ours.is_empty(),
         "no sluice:: function among {} functions",
         functions.len()
+    );
+    // Measured, not asserted (timing belongs in benches).
+    eprintln!(
+        "profile: answered in {:.2} s for seconds=2, {} gzip bytes, {} samples ({} stacks), \
+         {} functions of which {} sluice::, {} requests served meanwhile",
+        took.as_secs_f64(),
+        body.len(),
+        sampled,
+        p.sample.len(),
+        functions.len(),
+        ours.len(),
+        done.load(Ordering::Relaxed)
     );
     // The profile is free again.
     let after = client()
