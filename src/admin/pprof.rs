@@ -160,23 +160,23 @@ mod tests {
 
     #[test]
     fn seconds_are_checked() {
-        assert_eq!(seconds(Some("seconds=2"), 25, LONG), Ok(2));
-        assert_eq!(seconds(Some("debug=1&seconds=25"), 25, LONG), Ok(25));
-        assert_eq!(seconds(None, 25, LONG), Ok(25));
+        assert_eq!(seconds(Some("seconds=2"), 20, LONG), Ok(2));
+        assert_eq!(seconds(Some("debug=1&seconds=20"), 20, LONG), Ok(20));
+        assert_eq!(seconds(None, 20, LONG), Ok(20));
         assert_eq!(seconds(Some("x=1"), 60, LONG), Ok(DEFAULT_SECONDS));
         for bad in [
             "seconds=0",
-            "seconds=26",
+            "seconds=21",
             "seconds=-1",
             "seconds=2.5",
             "seconds=",
             "seconds",
         ] {
-            let err = seconds(Some(bad), 25, LONG).unwrap_err();
-            assert!(err.contains("from 1 to 25"), "{bad}: {err}");
+            let err = seconds(Some(bad), 20, LONG).unwrap_err();
+            assert!(err.contains("from 1 to 20"), "{bad}: {err}");
         }
-        // 20 s + the margin does not fit a 24 s connection.
-        let err = seconds(Some("seconds=20"), 25, Duration::from_secs(24)).unwrap_err();
+        // 15 s + the margin does not fit a 24 s connection.
+        let err = seconds(Some("seconds=15"), 20, Duration::from_secs(24)).unwrap_err();
         assert!(err.contains("admin_connection_timeout_ms"), "{err}");
     }
 }

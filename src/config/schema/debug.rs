@@ -13,8 +13,9 @@ pub struct DebugConf {
     #[serde(default)]
     pub profiling: bool,
     /// Longest CPU profile a request may ask for (`seconds`, whole seconds); longer asks get a
-    /// 400. Must leave at least 5 s of `server.admin_connection_timeout_ms` for building and
-    /// sending the profile. Default 25 (fits the default 30 s admin connection timeout).
+    /// 400. Must leave at least 10 s of `server.admin_connection_timeout_ms` for symbolizing,
+    /// encoding and sending the profile. Default 20 (fits the default 30 s admin connection
+    /// timeout); longer profiles need a longer admin connection timeout.
     #[serde(default = "default_max_profile_seconds")]
     pub max_profile_seconds: u64,
     /// Sampling frequency of CPU profiles (Hz, 1..=1000): SIGPROF per this many CPU-time
@@ -35,7 +36,7 @@ impl Default for DebugConf {
 }
 
 fn default_max_profile_seconds() -> u64 {
-    25
+    20
 }
 fn default_profile_frequency_hz() -> u32 {
     99
