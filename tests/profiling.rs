@@ -36,13 +36,15 @@ fn client() -> reqwest::Client {
 }
 
 /// `workers` tasks sending chat completions (streamed and not) through the proxy until `stop`;
-/// each success counted in `done`.
-fn load(s: &Sluice, workers: usize, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
+/// each success counted in `done`, anything else in `failed`.
+fn load(s: &Sluice, workers: usize, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> Arc<AtomicU64> {
+    let failed = Arc::new(AtomicU64::new(0));
     for i in 0..workers {
-        let (url, stop, done) = (
+        let (url, stop, done, failed) = (
             format!("{}/v1/chat/completions", s.proxy),
             stop.clone(),
             done.clone(),
+            failed.clone(),
         );
         tokio::spawn(async move {
             let c = client();
@@ -57,14 +59,16 @@ fn load(s: &Sluice, workers: usize, stop: Arc<AtomicBool>, done: Arc<AtomicU64>)
                     "messages": [{"role": "user", "content": "profile me"}],
                 });
                 let resp = c.post(&url).bearer_auth(VK).json(&body).send().await;
-                if let Ok(r) = resp {
-                    if r.status() == 200 && r.bytes().await.is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                let ok = match resp {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                let counter = if ok { &done } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         });
     }
+    failed
 }
 
 /// Gunzip and decode a pprof profile.
@@ -85,7 +89,7 @@ async fn a_profile_under_load_names_sluice_functions_and_the_admin_listener_keep
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
     );
-    load(&s, 8, stop.clone(), done.clone());
+    let failed = load(&s, 8, stop.clone(), done.clone());
 
     let url = format!("{}/debug/pprof/profile?seconds=2", s.admin);
     let asked = std::time::Instant::now();
@@ -138,6 +142,12 @@ async fn a_profile_under_load_names_sluice_functions_and_the_admin_listener_keep
         Some("attachment; filename=\"profile\"")
     );
     assert!(done.load(Ordering::Relaxed) > 0, "no request went through");
+    // SIGPROF interrupts the proxy's threads 99 times a second of CPU: no request may fail.
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed while profiling"
+    );
 
     let p = decode(&body);
     let name = |i: i64| p.string_table[usize::try_from(i).unwrap()].as_str();
