@@ -1,7 +1,7 @@
 //! The admin listener: `GET /metrics` (Prometheus text format), `/healthz` (process alive),
 //! `/readyz` (200 while serving, 503 once shutdown began), and with `debug.profiling` the
 //! profiling endpoints `/debug/pprof/profile` ([`pprof`]) and `/debug/allocator`
-//! ([`allocator`]), which answer 404 otherwise (and are never served by the proxy listener).
+//! (`allocator`), which answer 404 otherwise (and are never served by the proxy listener).
 //!
 //! It runs outside Pingora's services, on a thread and runtime of its own: Pingora closes every
 //! service's listener at SIGTERM, but during the drain the kubelet's readiness probe (a new
