@@ -1,5 +1,7 @@
 //! The admin listener: `GET /metrics` (Prometheus text format), `/healthz` (process alive),
-//! `/readyz` (200 while serving, 503 once shutdown began).
+//! `/readyz` (200 while serving, 503 once shutdown began), and with `debug.profiling` the
+//! profiling endpoints `/debug/pprof/profile` ([`pprof`]) and `/debug/allocator`
+//! (`allocator`), which answer 404 otherwise (and are never served by the proxy listener).
 //!
 //! It runs outside Pingora's services, on a thread and runtime of its own: Pingora closes every
 //! service's listener at SIGTERM, but during the drain the kubelet's readiness probe (a new
@@ -7,6 +9,11 @@
 //! It answers until the process exits. HTTP parsing is still Pingora's (the [`Admin`] app is
 //! driven through its `ServerApp` interface); only the accept loop is ours.
 
+mod allocator;
+pub mod pprof;
+
+use crate::config::Snapshot;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::{HttpServer, ServeHttp};
@@ -31,6 +38,12 @@ pub struct Bounds {
 pub struct Admin {
     /// Readiness flag shared with the shutdown logic.
     pub ready: Arc<AtomicBool>,
+    /// The config in force: its `debug` section (reloadable) turns profiling on or off.
+    pub config: Arc<ArcSwap<Snapshot>>,
+    /// The CPU profiler (one profile at a time).
+    pub profiles: pprof::CpuProfiles,
+    /// The connection bound ([`Bounds::connection_timeout`]) a profile must fit in.
+    pub connection_timeout: Duration,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -48,7 +61,9 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        match session.req_header().uri.path() {
+        let uri = session.req_header().uri.clone();
+        let profiling = self.config.load().profiling;
+        match uri.path() {
             "/metrics" => {
                 let mut buf = Vec::new();
                 let encoder = TextEncoder::new();
@@ -65,23 +80,40 @@ impl ServeHttp for Admin {
                     reply(503, "text/plain", b"draining\n".to_vec())
                 }
             }
+            "/debug/pprof/profile" if profiling.enabled => {
+                self.profiles
+                    .serve(uri.query(), profiling, self.connection_timeout)
+                    .await
+            }
+            "/debug/allocator" if profiling.enabled => allocator::serve(),
             _ => reply(404, "text/plain", b"not found\n".to_vec()),
         }
     }
 }
 
 /// Bind the admin listener on `addr` (`host:port`) and serve [`Admin`] from a thread of its own
-/// until the process exits (see the module doc for why it is not a Pingora service).
+/// until the process exits (see the module doc for why it is not a Pingora service). `config`
+/// is the config in force, read per request for the `debug` section.
 ///
 /// Errors: the bind failed (address in use, bad address), or the thread or its runtime could
 /// not be created.
-pub fn spawn(addr: &str, ready: Arc<AtomicBool>, bounds: Bounds) -> std::io::Result<()> {
+pub fn spawn(
+    addr: &str,
+    ready: Arc<AtomicBool>,
+    bounds: Bounds,
+    config: Arc<ArcSwap<Snapshot>>,
+) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let app = Arc::new(HttpServer::new_app(Admin { ready }));
+    let app = Arc::new(HttpServer::new_app(Admin {
+        ready,
+        config,
+        profiles: pprof::CpuProfiles::default(),
+        connection_timeout: bounds.connection_timeout,
+    }));
     std::thread::Builder::new()
         .name("sluice-admin".to_owned())
         .spawn(move || runtime.block_on(serve(listener, app, bounds)))?;

@@ -103,6 +103,7 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let config_for_reload = config.clone();
     let config_for_health = config.clone();
+    let config_for_admin = config.clone();
     // The attempts' upstream connector loads the root certificates: off the start-up path.
     crate::proxy::attempt::prepare_connector();
     // The proxy app behind the connection bounds.
@@ -127,7 +128,8 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     // thread of its own (`usage::estimate`), so a sidecar whose upstreams report usage never
     // holds one (o200k_base alone is about 28 MiB).
     // Not a Pingora service: it must keep answering through the drain (see `admin`).
-    if let Err(e) = crate::admin::spawn(&admin_addr, ready.clone(), admin_bounds) {
+    if let Err(e) = crate::admin::spawn(&admin_addr, ready.clone(), admin_bounds, config_for_admin)
+    {
         tracing::error!(admin = %admin_addr, error = %e, "admin listener: cannot bind");
         std::process::exit(1);
     }

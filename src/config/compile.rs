@@ -258,6 +258,12 @@ pub(crate) fn compile_with(
         &mut errs,
     );
 
+    let profiling = debug::compile_debug(
+        &file.debug,
+        file.server.admin_connection_timeout_ms,
+        &mut errs,
+    );
+
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
     }
@@ -308,6 +314,7 @@ pub(crate) fn compile_with(
             max_json_body_bytes: usize::try_from(acc.max_json_body_bytes).unwrap_or(usize::MAX),
             max_usage_tokens: acc.max_usage_tokens,
         },
+        profiling,
     })
 }
 
@@ -599,6 +606,7 @@ pub(super) fn read_file(path: &str) -> Result<String, String> {
 mod tests;
 
 mod cache;
+mod debug;
 mod failover;
 mod tenants;
 use tenants::compile_tenants;

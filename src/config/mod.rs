@@ -15,6 +15,7 @@ mod snapshot;
 pub use compile::{compile, Secrets};
 pub use key::Secret;
 pub use parse::{parse, parse_lenient, ConfigFile};
+pub use snapshot::Profiling;
 pub use snapshot::{
     Accounting, ConnectionLimits, Endpoint, Failover, HealthCheck, Pool, Retry, Route, Snapshot,
     TenantId, Tenants, Timeouts,

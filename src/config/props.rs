@@ -57,6 +57,10 @@ const KEYS: &[&str] = &[
     "accounting",
     "max_sse_event_bytes",
     "max_usage_tokens",
+    "debug",
+    "profiling",
+    "max_profile_seconds",
+    "profile_frequency_hz",
 ];
 
 const VALUES: &[&str] = &[

@@ -12,6 +12,8 @@ mod route;
 pub use cache::*;
 pub use limits::*;
 pub use route::*;
+mod debug;
+pub use debug::*;
 
 /// `listeners`: where sluice accepts connections. Addresses are `host:port`.
 #[derive(Debug, Clone, Deserialize)]
