@@ -7,8 +7,7 @@
 
 mod support;
 
-use std::time::Duration;
-use support::{Behavior, Config, Mock, Pool, Route, Sluice, Tenant};
+use support::{client, Behavior, Config, Mock, Pool, Route, Sluice, Tenant};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "AIza-real-upstream-key");
 const VK: &str = "sk-app-virtual-key";
@@ -25,13 +24,6 @@ fn start(mock: &Mock) -> Sluice {
         .tenant(Tenant::new("team-a").virtual_key(VK))
         .to_yaml();
     Sluice::start(&cfg, &[KEY_ENV])
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 fn fixture(path: &str) -> String {

@@ -6,7 +6,7 @@ mod support;
 
 use futures_util::future::join_all;
 use std::time::Duration;
-use support::{Behavior, Config, Mock, Pool, Route, Sluice, Tenant};
+use support::{client, Behavior, Config, Mock, Pool, Route, Sluice, Tenant};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 
@@ -20,13 +20,6 @@ fn config(mock: &Mock, limits: &str, extra: &str) -> String {
         .tenant(Tenant::new("t").allow_header().limits(limits))
         .yaml(extra)
         .to_yaml()
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 fn chat(s: &Sluice, body: serde_json::Value) -> reqwest::RequestBuilder {

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Config, Mock, Pool, Route, Sluice, Tenant};
+use support::{client, Config, Mock, Pool, Route, Sluice, Tenant};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 const VK: &str = "sk-app-virtual-key";
@@ -26,13 +26,6 @@ fn config(mock: &Mock, extra: &str) -> String {
         .tenant(Tenant::new("team-a").virtual_key(VK))
         .yaml(extra)
         .to_yaml()
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 /// `workers` tasks sending chat completions (streamed and not) through the proxy until `stop`;

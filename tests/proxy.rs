@@ -5,7 +5,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::{free_port, Config, Mock, Pool, Route, Sluice, Tenant};
+use support::{client, free_port, Config, Mock, Pool, Route, Sluice, Tenant};
 
 const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 const VK: &str = "sk-app-virtual-key";
@@ -45,13 +45,6 @@ async fn setup() -> (Mock, Mock, Sluice) {
     let b = Mock::start().await;
     let s = Sluice::start(&config(&a, &b, None), &[KEY_ENV]);
     (a, b, s)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]

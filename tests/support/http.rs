@@ -1,6 +1,6 @@
 //! Raw HTTP/1.1 on a socket: requests written byte for byte (reqwest and hyper normalize
 //! request-targets) and responses parsed by hand, plus the byte and header helpers the mock
-//! upstream shares.
+//! upstream shares, and the tests' usual reqwest [`client`].
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -90,4 +90,12 @@ pub async fn raw_http(addr: &str, request: &[u8]) -> RawResponse {
         headers,
         body,
     }
+}
+
+/// The reqwest client most tests use: a 30 s timeout per request, nothing else set.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }

@@ -7,7 +7,7 @@
 //! - [`launch`]: [`Sluice`], the binary on picked ports, ready on `/readyz`, killed on drop;
 //! - [`redis`]: [`Redis`], a `redis-server` on a picked port, killed on drop;
 //! - [`config`]: [`Config`] with [`Pool`], [`Route`], [`Tenant`], the YAML the tests share;
-//! - [`http`]: [`raw_http`], requests byte for byte and their [`RawResponse`];
+//! - [`http`]: [`raw_http`], requests byte for byte and their [`RawResponse`]; [`client`];
 //! - [`net`]: [`free_port`] and [`DelayProxy`], a relay that delays replies;
 //! - [`metrics`]: `Sluice::metric` / `Sluice::wait_metric` and `/proc` memory figures.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
@@ -21,7 +21,7 @@ pub mod net;
 pub mod redis;
 
 pub use config::{sha256_hex, Config, Pool, Route, Tenant};
-pub use http::{raw_http, RawResponse};
+pub use http::{client, raw_http, RawResponse};
 pub use launch::{readyz, sluice_bin, write_atomically, Sluice};
 pub use metrics::{proc_status_kib, reset_peak_rss, sample_sum};
 pub use mock::{Behavior, CutEnd, Mock, Recorded};
