@@ -258,6 +258,8 @@ pub(crate) fn compile_with(
         &mut errs,
     );
 
+    let tracing = traces::compile_tracing(&file.tracing, &mut errs);
+
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
     }
@@ -308,6 +310,7 @@ pub(crate) fn compile_with(
             max_json_body_bytes: usize::try_from(acc.max_json_body_bytes).unwrap_or(usize::MAX),
             max_usage_tokens: acc.max_usage_tokens,
         },
+        tracing,
     })
 }
 
@@ -601,6 +604,7 @@ mod tests;
 mod cache;
 mod failover;
 mod tenants;
+mod traces;
 use tenants::compile_tenants;
 
 /// Whether `path` is already in the form the proxy normalizes request paths to (a trailing

@@ -6,7 +6,7 @@
 
 use super::schema::{
     AccountingConf, CacheSection, LimitsSection, ListenersConf, ModelConf, PoolConf, ReloadConf,
-    RouteConf, ServerConf, TenantsConf,
+    RouteConf, ServerConf, TenantsConf, TracingConf,
 };
 use super::{ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -35,6 +35,8 @@ pub struct ConfigFile {
     pub accounting: AccountingConf,
     /// `cache`.
     pub cache: CacheSection,
+    /// `tracing`.
+    pub tracing: TracingConf,
     /// Names of pools that failed to parse (so routes naming them are not also reported as
     /// naming an unknown pool).
     pub broken_pools: Vec<String>,
@@ -51,6 +53,7 @@ const SECTIONS: &[&str] = &[
     "reload",
     "accounting",
     "cache",
+    "tracing",
 ];
 
 /// Parse YAML text. Errors: YAML syntax (one error, with line and column), an unknown top-level
@@ -99,6 +102,7 @@ pub fn parse_lenient(text: &str) -> Result<(ConfigFile, Vec<ConfigError>), Confi
             "reload" => section(name, value, &mut errors, &mut file.reload),
             "accounting" => section(name, value, &mut errors, &mut file.accounting),
             "cache" => section(name, value, &mut errors, &mut file.cache),
+            "tracing" => section(name, value, &mut errors, &mut file.tracing),
             "models" => file.models = list(name, value, &mut errors),
             "pools" => {
                 file.broken_pools = broken_names(&value);

@@ -9,9 +9,11 @@ use serde::Deserialize;
 mod cache;
 mod limits;
 mod route;
+mod traces;
 pub use cache::*;
 pub use limits::*;
 pub use route::*;
+pub use traces::*;
 
 /// `listeners`: where sluice accepts connections. Addresses are `host:port`.
 #[derive(Debug, Clone, Deserialize)]

@@ -176,8 +176,12 @@ pub async fn run<D: Downstream>(
     let mut t = Tally::default();
     for (i, lane) in lanes.into_iter().enumerate() {
         ctx.upstream.attempts.extend(lane.log.attempts);
-        if matches!(ended, Raced::Won(w, _) if w == i) && lane.log.last.is_some() {
+        let won = matches!(ended, Raced::Won(w, _) if w == i);
+        if won && lane.log.last.is_some() {
             ctx.upstream.last = lane.log.last;
+        }
+        if won {
+            ctx.upstream.served_span = lane.log.served_span;
         }
         t.merge(lane.tally);
     }
