@@ -52,3 +52,54 @@ pub(super) fn compile_tracing(t: &TracingConf, errs: &mut Errors) -> Option<Sett
         service_name: t.service_name.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{compile, Secrets};
+    use crate::config::parse;
+
+    const BASE: &str = "pools:\n  - name: oa\n    provider: openai\n    endpoints:\n      - url: http://127.0.0.1:9\n        keys: [{env: K}]\nroutes:\n  - name: r\n    match: {path_prefix: /v1}\n    pools: [oa]\n";
+
+    fn compiled(tracing: &str) -> Result<Option<crate::otel::Settings>, Vec<String>> {
+        let yaml = format!("{BASE}tracing: {tracing}\n");
+        compile(
+            &parse(&yaml).map_err(|e| vec![e.to_string()])?,
+            Secrets::Skip,
+        )
+        .map(|s| s.tracing)
+        .map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn tracing_is_off_without_an_endpoint_and_defaults_are_sidecar_sized() {
+        assert_eq!(compiled("{}"), Ok(None));
+        let s = compiled("{otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}")
+            .ok()
+            .flatten()
+            .unwrap();
+        assert_eq!(s.endpoint, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!((s.queue_spans, s.batch_spans), (2048, 512));
+        assert_eq!(s.export_timeout.as_millis(), 10_000);
+        assert_eq!((s.sample_ratio, s.service_name.as_str()), (1.0, "sluice"));
+    }
+
+    #[test]
+    fn bad_tracing_settings_are_listed_with_their_path() {
+        let errs = compiled(
+            "{otlp_endpoint: 'udp://x:1', sample_ratio: 1.5, queue_spans: 10, batch_spans: 20}",
+        )
+        .unwrap_err();
+        for want in [
+            "tracing.sample_ratio: must be between 0.0 and 1.0",
+            "tracing.batch_spans: must not exceed tracing.queue_spans",
+            "tracing.otlp_endpoint: must be an http:// or https:// URL, got \"udp://x:1\"",
+        ] {
+            assert!(
+                errs.iter().any(|e| e == want),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+        let typo = compiled("{otlp_endpont: 'http://x:1'}").unwrap_err();
+        assert!(typo.iter().any(|e| e.contains("otlp_endpont")), "{typo:?}");
+    }
+}
