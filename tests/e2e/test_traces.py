@@ -51,12 +51,15 @@ class Tap:
                 tap.seen.append(headers)
                 fwd = {k: v for k, v in headers.items()
                        if k not in ("host", "content-length", "connection")}
-                r = httpx.post(target + self.path, content=body, headers=fwd, timeout=10.0)
+                r = httpx.request(self.command, target + self.path, content=body or None,
+                                  headers=fwd, timeout=10.0)
                 self.send_response(r.status_code)
                 self.send_header("content-type", r.headers.get("content-type", "text/plain"))
                 self.send_header("content-length", str(len(r.content)))
                 self.end_headers()
                 self.wfile.write(r.content)
+
+            do_GET = do_POST  # noqa: N815 - http.server's naming
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -243,3 +246,24 @@ def test_collector_down_changes_nothing_and_counts_the_drops(
         time.sleep(0.1)
     assert dropped >= 2 * n, f"{dropped} spans counted as dropped, expected {2 * n}"
     assert sluice.scrape().sum("sluice_trace_spans_exported_total") == 0
+
+
+def test_passthrough_request_has_its_attempt_span(sluice_factory: SluiceFactory, tap: Tap,
+                                                  receiver: OtlpReceiver) -> None:
+    sluice = traced_sluice(sluice_factory, tap, receiver.url)
+    header, trace_id, app_span = app_traceparent()
+    client = openai_client(sluice.openai_url, VIRTUAL_KEY,
+                           default_headers={"traceparent": header})
+    models = client.models.list()
+    assert models.data, "llmock lists models"
+
+    spans = receiver.trace(trace_id, 2)
+    [server] = by_kind(spans, "server")
+    [attempt] = by_kind(spans, "client")
+    assert server.parent_span_id == app_span and attempt.parent_span_id == server.span_id
+    assert server.attrs["http.request.method"] == "GET"
+    assert server.attrs["url.path"] == "/v1/models"
+    assert "gen_ai.operation.name" not in server.attrs
+    assert attempt.attrs["http.response.status_code"] == 200
+    [seen] = tap.seen
+    assert parse_traceparent(seen["traceparent"])[:2] == (trace_id, attempt.span_id)
