@@ -7,8 +7,10 @@ use http::Uri;
 use std::time::Duration;
 
 /// The trace export settings, `None` when `tracing.otlp_endpoint` is absent (tracing off).
-/// Errors: an endpoint that is not an absolute `http`/`https` URL, a ratio outside 0..=1, a zero
-/// or inconsistent bound, an empty service name.
+/// Errors: an endpoint that is not an absolute `http://` URL (the exporter is built without a
+/// TLS stack: reqwest's rustls feature would add aws-lc-rs to the binary; a sidecar exports to
+/// a node-local or in-cluster collector), a ratio outside 0..=1, a zero or inconsistent bound,
+/// an empty service name.
 pub(super) fn compile_tracing(t: &TracingConf, errs: &mut Errors) -> Option<Settings> {
     if !(0.0..=1.0).contains(&t.sample_ratio) {
         errs.push("tracing.sample_ratio", "must be between 0.0 and 1.0");
@@ -34,11 +36,13 @@ pub(super) fn compile_tracing(t: &TracingConf, errs: &mut Errors) -> Option<Sett
     let endpoint = t.otlp_endpoint.as_ref()?;
     let ok = endpoint
         .parse::<Uri>()
-        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
+        .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
     if !ok {
         errs.push(
             "tracing.otlp_endpoint",
-            format!("must be an http:// or https:// URL, got {endpoint:?}"),
+            format!(
+                "must be an http:// URL (no TLS: export to a local collector), got {endpoint:?}"
+            ),
         );
         return None;
     }
@@ -92,13 +96,15 @@ mod tests {
         for want in [
             "tracing.sample_ratio: must be between 0.0 and 1.0",
             "tracing.batch_spans: must not exceed tracing.queue_spans",
-            "tracing.otlp_endpoint: must be an http:// or https:// URL, got \"udp://x:1\"",
+            "tracing.otlp_endpoint: must be an http:// URL (no TLS: export to a local collector), got \"udp://x:1\"",
         ] {
             assert!(
                 errs.iter().any(|e| e == want),
                 "missing {want:?} in {errs:#?}"
             );
         }
+        let tls = compiled("{otlp_endpoint: 'https://collector:4318/v1/traces'}").unwrap_err();
+        assert!(tls[0].starts_with("tracing.otlp_endpoint: must be an http:// URL"));
         let typo = compiled("{otlp_endpont: 'http://x:1'}").unwrap_err();
         assert!(typo.iter().any(|e| e.contains("otlp_endpont")), "{typo:?}");
     }

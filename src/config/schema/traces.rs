@@ -10,7 +10,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct TracingConf {
     /// OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces` (the collector's path
-    /// included). Absent: tracing is off and no span is ever built.
+    /// included; plain `http://` only: the exporter has no TLS stack). Absent: tracing is off
+    /// and no span is ever built.
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
     /// Share of new traces sampled, 0.0 to 1.0 (trace-id ratio). A request continuing an app's
