@@ -103,7 +103,10 @@ impl RequestSpan {
             .with_attributes(kv)
             .start_with_context(tracer, &self.cx);
         let header = HeaderValue::from_str(&propagate::traceparent(span.span_context())).ok()?;
-        Some(AttemptSpan { span, header })
+        Some(AttemptSpan {
+            span: Box::new(span),
+            header,
+        })
     }
 
     /// End the span with what the request became (`ctx` after the relay, `end` from the
@@ -196,7 +199,9 @@ impl RequestSpan {
 /// An upstream attempt's span (kind CLIENT).
 #[derive(Debug)]
 pub struct AttemptSpan {
-    span: opentelemetry_sdk::trace::Span,
+    /// Boxed: an SDK span is a few hundred bytes, and `Option<AttemptSpan>` sits in every
+    /// request's context and attempt, tracing on or off.
+    span: Box<opentelemetry_sdk::trace::Span>,
     /// Its `traceparent`, sent upstream.
     header: HeaderValue,
 }
