@@ -212,6 +212,11 @@ impl AttemptSpan {
         self.header.clone()
     }
 
+    /// Mark an attempt of a hedged lane (`sluice.hedge`).
+    pub fn mark_hedge(&mut self) {
+        self.span.set_attribute(KeyValue::new("sluice.hedge", true));
+    }
+
     /// End an attempt that was not served: its upstream status (0 when none) and outcome
     /// (`failover`, `retry`, `key_disabled`, `hedge_lost`, an error label...).
     pub fn end(mut self, status: u16, outcome: &str) {

@@ -20,6 +20,7 @@ import pytest
 from conftest import (ANTHROPIC_UPSTREAM_KEY, OPENAI_UPSTREAM_KEY, VIRTUAL_KEY, Sluice,
                       SluiceFactory, Upstream, anthropic_client, openai_client, stable)
 from harness import ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, free_port, pool, route
+from test_commit import Scripted, chat_call, scripted  # noqa: F401 - a fixture
 from upstreams.otlp import OtlpReceiver, ReceivedSpan
 
 pytestmark = pytest.mark.sluice
@@ -267,3 +268,31 @@ def test_passthrough_request_has_its_attempt_span(sluice_factory: SluiceFactory,
     assert attempt.attrs["http.response.status_code"] == 200
     [seen] = tap.seen
     assert parse_traceparent(seen["traceparent"])[:2] == (trace_id, attempt.span_id)
+
+
+def test_a_hedged_request_exports_both_lanes(sluice_factory: SluiceFactory, tap: Tap,
+                                             receiver: OtlpReceiver, scripted: Scripted) -> None:
+    primary = pool("primary-openai", "openai", scripted.url, OPENAI_KEY_ENV)
+    primary["breaker"] = {"consecutive_failures": 100}
+    hedged = route("hedged", "/v1", ["primary-openai", "openai"])
+    hedged["failover"] = {"first_token_ms": 20000}
+    hedged["hedge"] = {"after_ms": 200}
+    sluice = sluice_factory.start(
+        pools=[primary, pool("openai", "openai", tap.base, OPENAI_KEY_ENV)], routes=[hedged],
+        tracing={"otlp_endpoint": receiver.url, "export_delay_ms": EXPORT_DELAY_MS})
+    header, trace_id, _ = app_traceparent()
+    client = openai_client(sluice.openai_url, VIRTUAL_KEY, default_headers={"traceparent": header})
+    _, text, usage, _, _ = chat_call(client, {"x-script": "stall"})
+    assert text, "the fallback's answer was served"
+
+    spans = receiver.trace(trace_id, 3)
+    [server] = by_kind(spans, "server")
+    lost = [s for s in by_kind(spans, "client") if s.attrs["sluice.pool"] == "primary-openai"]
+    won = [s for s in by_kind(spans, "client") if s.attrs["sluice.pool"] == "openai"]
+    assert len(lost) == 1 and len(won) == 1, spans
+    assert lost[0].attrs["sluice.outcome"] == "hedge_lost" and lost[0].error
+    assert "sluice.hedge" not in lost[0].attrs
+    assert won[0].attrs["sluice.hedge"] is True and won[0].attrs["sluice.outcome"] == "ok"
+    assert won[0].attrs["gen_ai.usage.output_tokens"] == usage[1]
+    assert server.attrs["gen_ai.usage.input_tokens"] == usage[0]
+    assert parse_traceparent(tap.seen[0]["traceparent"])[:2] == (trace_id, won[0].span_id)

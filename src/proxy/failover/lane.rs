@@ -39,6 +39,8 @@ pub(super) struct Lane {
     pub in_flight: Option<InFlight>,
     /// What it learned for the final answer when no candidate served.
     pub tally: Tally,
+    /// A hedged lane (started because the lanes before it delivered no content in time).
+    pub hedge: bool,
 }
 
 /// Run candidates from `plan` until one is served (see the module doc).
@@ -113,10 +115,13 @@ async fn candidate<D: Downstream>(
             key,
         };
         let sent_at = tokio::time::Instant::now();
-        let span = ctx
+        let mut span = ctx
             .trace
             .as_ref()
             .and_then(|t| t.attempt(&pool, Some(ep), model, ctx.caller.api));
+        if let Some(s) = span.as_mut().filter(|_| lane.hedge) {
+            s.mark_hedge();
+        }
         out.traceparent = span.as_ref().map(AttemptSpan::traceparent);
         lane.in_flight = Some(InFlight {
             target: target.clone(),

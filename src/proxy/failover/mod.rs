@@ -158,7 +158,12 @@ pub async fn run<D: Downstream>(
     let body = ctx.body().cloned().unwrap_or_default();
     let plan = Plan::new(route, base, ctx.model(), body);
     let lanes_max = route.hedge.map_or(1, |h| h.max as usize + 1);
-    let mut lanes: Vec<Lane> = (0..lanes_max).map(|_| Lane::default()).collect();
+    let mut lanes: Vec<Lane> = (0..lanes_max)
+        .map(|i| Lane {
+            hedge: i > 0,
+            ..Lane::default()
+        })
+        .collect();
     let ended = match route.hedge {
         None => match lane::run(session, ctx, &plan, &mut lanes[0]).await {
             LaneEnd::Served(s) => Raced::Won(0, Box::new(s)),
