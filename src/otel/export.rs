@@ -31,6 +31,8 @@ pub struct Bounds {
     pub batch_spans: usize,
     /// Longest wait before a partial batch is exported.
     pub export_delay: Duration,
+    /// Longest a flush waits for the export thread (the process's exit waits on it).
+    pub flush_timeout: Duration,
 }
 
 /// A [`SpanProcessor`] over a bounded queue with counted drops (see the module doc).
@@ -118,13 +120,18 @@ impl SpanProcessor for CountingProcessor {
         }
     }
 
+    /// Export what is queued, waiting at most `flush_timeout`; never blocks on a full queue
+    /// (its spans are being exported already).
     fn force_flush(&self) -> OTelSdkResult {
         let (ack, done) = sync_channel(1);
-        self.tx
-            .send(Msg::Flush(ack))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
-        done.recv_timeout(Duration::from_secs(30))
-            .map_err(|_| OTelSdkError::Timeout(Duration::from_secs(30)))
+        let wait = self.bounds.flush_timeout;
+        match self.tx.try_send(Msg::Flush(ack)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(OTelSdkError::Timeout(Duration::ZERO)),
+            Err(TrySendError::Disconnected(_)) => return Err(OTelSdkError::AlreadyShutdown),
+        }
+        done.recv_timeout(wait)
+            .map_err(|_| OTelSdkError::Timeout(wait))
     }
 
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
@@ -228,6 +235,7 @@ mod tests {
             queue_spans: queue,
             batch_spans: queue,
             export_delay: Duration::from_secs(60),
+            flush_timeout: Duration::from_secs(10),
         };
         opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_span_processor(CountingProcessor::new(e, bounds))

@@ -73,6 +73,8 @@ pub fn init(s: &Settings) -> Result<(), String> {
             queue_spans: s.queue_spans,
             batch_spans: s.batch_spans,
             export_delay: s.export_delay,
+            // One export request's deadline, plus a margin for the batch before it.
+            flush_timeout: s.export_timeout * 2,
         },
     );
     let resource = Resource::builder()
@@ -98,7 +100,7 @@ pub fn init(s: &Settings) -> Result<(), String> {
         .map_err(|_| "tracing already started".to_owned())
 }
 
-/// Export the spans still queued (at shutdown); bounded by the export timeout.
+/// Export the spans still queued (at shutdown); waits at most twice the export timeout.
 pub fn flush() {
     if let Some(p) = PROVIDER.get() {
         let _ = p.force_flush();
