@@ -20,6 +20,7 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod provider;
 pub mod proxy;
 pub mod redis_link;

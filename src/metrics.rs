@@ -23,7 +23,9 @@ macro_rules! metric {
 }
 
 mod reuse;
+mod traces;
 pub use reuse::*;
+pub use traces::*;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -388,6 +390,7 @@ pub static STREAM_HELD: Lazy<HistogramVec> = Lazy::new(|| {
 /// Force registration of every metric (so `/metrics` lists them from the start).
 pub fn init() {
     reuse::init();
+    traces::init();
     Lazy::force(&CLIENT_CONNECTIONS);
     Lazy::force(&CLIENT_CONNECTIONS_CLOSED);
     Lazy::force(&REQUESTS);

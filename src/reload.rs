@@ -163,6 +163,8 @@ pub fn keep_start_only_fields(current: &Snapshot, next: &mut Snapshot) -> Vec<&'
     keep!("cache.max_bytes", cache.max_bytes);
     keep!("cache.max_entry_bytes", cache.max_entry_bytes);
     keep!("cache.redis", cache.redis);
+    // The OTLP exporter, its thread and queue are set up once, at start.
+    keep!("tracing", tracing);
     match (&current.redis, &next.redis) {
         (Some(_), None) | (None, Some(_)) => kept.push("limits.store"),
         (Some(c), Some(n)) => {
@@ -304,6 +306,8 @@ impl BackgroundService for Reloader {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     tracing::info!("drained: exiting");
+                    // The spans of the last requests, bounded by `tracing.export_timeout_ms`.
+                    let _ = tokio::task::spawn_blocking(crate::otel::flush).await;
                     std::process::exit(0);
                 }
                 Some(()) = events.recv() => {

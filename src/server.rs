@@ -67,6 +67,14 @@ impl pingora_core::services::background::BackgroundService for CacheRedisKeeper 
 /// `server.drain_timeout_seconds`, exit. SIGINT: exit at once. SIGHUP: reload. Never returns.
 pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     crate::metrics::init();
+    if let Some(t) = &snapshot.tracing {
+        // Before any runtime starts: the exporter's blocking HTTP client is built here.
+        if let Err(e) = crate::otel::init(t) {
+            tracing::error!(error = %e, "tracing: cannot start the OTLP exporter");
+            std::process::exit(1);
+        }
+        tracing::info!(endpoint = %t.endpoint, "tracing: exporting spans over OTLP/HTTP");
+    }
     let conf = ServerConf {
         threads: snapshot.threads,
         grace_period_seconds: Some(crate::drain::pingora_grace_seconds(snapshot.drain_timeout)),

@@ -96,6 +96,17 @@ pub fn sluice_variant_config(
     })
 }
 
+/// The `tracing` variant of the sluice arm: the same config with trace export on, every
+/// request sampled, spans batched to the OTLP/HTTP sink on `sink` (an in-process mock upstream
+/// of the harness answering 200, started on a port bound to 0): what one request span and one
+/// attempt span per request cost, exported.
+pub fn tracing_variant_config(proxy: u16, admin: u16, upstream: u16, sink: u16) -> String {
+    let cfg = config_with(proxy, admin, upstream, "{}");
+    format!(
+        "{cfg}\ntracing: {{otlp_endpoint: \"http://127.0.0.1:{sink}/v1/traces\", sample_ratio: 1.0}}\n"
+    )
+}
+
 /// Every policy of the sluice arm: a model with a price and an output ceiling, the virtual
 /// key (env `BENCH_VIRTUAL_KEY`) naming tenant `bench`, and every tenant limit and budget, set
 /// far above the load so nothing is rejected.

@@ -17,7 +17,8 @@ pub struct Opts {
     pub hold_streams: usize,
     pub hold_set: bool,
     pub extra_sluice: Vec<(String, PathBuf)>,
-    /// Config variants of the sluice arm run beside it (same binary): `reuse`.
+    /// Config variants of the sluice arm run beside it (same binary): `reuse` and `tracing`
+    /// by default.
     pub variants: Vec<String>,
     pub budget: Duration,
     pub proxy_core: u32,
@@ -41,7 +42,7 @@ pub fn parse_opts() -> Opts {
         hold_streams: 9_800,
         hold_set: false,
         extra_sluice: Vec::new(),
-        variants: vec!["reuse".into()],
+        variants: vec!["reuse".into(), "tracing".into()],
         budget: Duration::from_secs(13 * 60),
         proxy_core: 1,
         hold: true,

@@ -181,6 +181,17 @@ pub async fn checks(s: &Session, per_round: &[BTreeMap<String, Metrics>]) -> Vec
             .unwrap_or(0);
         checks.push(format!("sluice JSON log lines written: {log_lines}"));
     }
+    // The `tracing` variant: its CPU per request holds only if its spans were exported, not
+    // dropped.
+    if let Some(a) = arms.iter().find(|a| a.name == "sluice-tracing") {
+        if let Some((200, body)) = get(a.admin.unwrap_or(a.addr), "/metrics").await {
+            let spans = body
+                .lines()
+                .filter(|l| l.starts_with("sluice_trace_spans_"))
+                .collect::<Vec<_>>();
+            checks.push(format!("sluice-tracing /metrics: {}", spans.join("; ")));
+        }
+    }
 
     checks
 }

@@ -1,7 +1,7 @@
 //! Setting up a run: the upstream on this process's core, then every arm asked for on the
 //! proxy core (LiteLLM first: it needs ~30 s to become ready), each smoke-tested; an arm
 //! that cannot start is skipped with a note, except direct, bare and sluice.
-use crate::arms::{sluice_config, sluice_variant_config, smoke, Arm, Kind};
+use crate::arms::{sluice_config, sluice_variant_config, smoke, tracing_variant_config, Arm, Kind};
 use crate::arms::{UPSTREAM_KEY, VIRTUAL_KEY};
 use crate::client::get;
 use crate::load::{port_open, wait_until};
@@ -202,6 +202,9 @@ impl Session {
                 runs.push((format!("sluice-{v}"), bin(opts, "sluice"), Some(v.clone())));
             }
         }
+        // The `tracing` variant's OTLP sink: an in-process mock answering every export 200,
+        // alive until the harness exits.
+        let mut sink: Option<crate::support::mock::Mock> = None;
         for (name, exe, variant) in runs {
             let (port, admin) = (free_port(), free_port());
             // The config gets a directory of its own: sluice watches the config's directory, and a
@@ -211,9 +214,16 @@ impl Session {
             let cfg = conf_dir.join("sluice.yaml");
             let text = match &variant {
                 None => sluice_config(port, admin, up_addr.port()),
+                Some(v) if v == "tracing" => {
+                    if sink.is_none() {
+                        sink = Some(crate::support::mock::Mock::start().await);
+                    }
+                    let sink_port = sink.as_ref().map_or(0, |m| m.addr.port());
+                    tracing_variant_config(port, admin, up_addr.port(), sink_port)
+                }
                 Some(v) => {
                     sluice_variant_config(v, port, admin, up_addr.port()).ok_or_else(|| {
-                        format!("unknown sluice variant {v:?} (known: reuse, cache, cache-full, cache-nostore, cache-noretain, coalesce)")
+                        format!("unknown sluice variant {v:?} (known: reuse, cache, cache-full, cache-nostore, cache-noretain, coalesce, tracing)")
                     })?
                 }
             };

@@ -263,6 +263,7 @@ pub(crate) fn compile_with(
         file.server.admin_connection_timeout_ms,
         &mut errs,
     );
+    let tracing = traces::compile_tracing(&file.tracing, &mut errs);
 
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
@@ -315,6 +316,7 @@ pub(crate) fn compile_with(
             max_usage_tokens: acc.max_usage_tokens,
         },
         profiling,
+        tracing,
     })
 }
 
@@ -609,6 +611,7 @@ mod cache;
 mod debug;
 mod failover;
 mod tenants;
+mod traces;
 use tenants::compile_tenants;
 
 /// Whether `path` is already in the form the proxy normalizes request paths to (a trailing

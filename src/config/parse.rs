@@ -6,7 +6,7 @@
 
 use super::schema::{
     AccountingConf, CacheSection, DebugConf, LimitsSection, ListenersConf, ModelConf, PoolConf,
-    ReloadConf, RouteConf, ServerConf, TenantsConf,
+    ReloadConf, RouteConf, ServerConf, TenantsConf, TracingConf,
 };
 use super::{ConfigError, ConfigErrors};
 use serde::de::DeserializeOwned;
@@ -37,6 +37,8 @@ pub struct ConfigFile {
     pub cache: CacheSection,
     /// `debug`.
     pub debug: DebugConf,
+    /// `tracing`.
+    pub tracing: TracingConf,
     /// Names of pools that failed to parse (so routes naming them are not also reported as
     /// naming an unknown pool).
     pub broken_pools: Vec<String>,
@@ -54,6 +56,7 @@ const SECTIONS: &[&str] = &[
     "accounting",
     "cache",
     "debug",
+    "tracing",
 ];
 
 /// Parse YAML text. Errors: YAML syntax (one error, with line and column), an unknown top-level
@@ -103,6 +106,7 @@ pub fn parse_lenient(text: &str) -> Result<(ConfigFile, Vec<ConfigError>), Confi
             "accounting" => section(name, value, &mut errors, &mut file.accounting),
             "cache" => section(name, value, &mut errors, &mut file.cache),
             "debug" => section(name, value, &mut errors, &mut file.debug),
+            "tracing" => section(name, value, &mut errors, &mut file.tracing),
             "models" => file.models = list(name, value, &mut errors),
             "pools" => {
                 file.broken_pools = broken_names(&value);

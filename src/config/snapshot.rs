@@ -339,6 +339,8 @@ pub struct Snapshot {
     pub connections: ConnectionLimits,
     /// L4 buffer sizes of each client connection, fixed at start.
     pub client_buffers: ClientBuffers,
+    /// Trace export (`tracing`), `None` when off; fixed at start.
+    pub tracing: Option<crate::otel::Settings>,
 }
 
 /// Sizes (bytes) of the L4 read and write buffers Pingora puts in front of each client

@@ -231,4 +231,23 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         input_hash: &input_hash,
         coalesced: ctx.delivered.coalesced.as_deref().unwrap_or(""),
     });
+    end_spans(ctx, status, settled.map(|s| s.usage));
+}
+
+/// End the served attempt's span and the request's (tracing on), with the settled tokens.
+fn end_spans(ctx: &mut RequestCtx, status: u16, usage: Option<Usage>) {
+    if let Some(span) = ctx.upstream.served_span.take() {
+        let upstream_status = ctx
+            .upstream
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.outcome == "ok")
+            .map_or(status, |a| a.status);
+        let error = ctx.delivered.error.as_ref().map(|e| e.label());
+        span.end_served(upstream_status, usage, error);
+    }
+    if let Some(span) = ctx.trace.take() {
+        span.finish(ctx, crate::otel::RequestEnd { status, usage });
+    }
 }

@@ -113,6 +113,8 @@ pub struct Outgoing<'a> {
     pub model: Option<&'a str>,
     /// The body to send.
     pub body: Bytes,
+    /// The attempt span's W3C `traceparent` (tracing on), sent in place of the client's.
+    pub traceparent: Option<http::HeaderValue>,
 }
 
 /// The client's request header as every attempt forwards it: method, path and query, and the
@@ -357,6 +359,9 @@ fn build_request(target: &Target, out: &Outgoing<'_>) -> pingora_error::Result<R
     let host = ep.addr.strip_suffix(default_port).unwrap_or(&ep.addr);
     req.insert_header(header::HOST, host)?;
     req.insert_header(header::CONTENT_LENGTH, out.body.len())?;
+    if let Some(tp) = &out.traceparent {
+        req.insert_header("traceparent", tp.clone())?;
+    }
     // Last: a signing provider (Bedrock SigV4) signs the final host, path and body, anew for
     // each attempt.
     p.authorize(

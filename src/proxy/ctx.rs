@@ -98,6 +98,8 @@ pub struct UpstreamLog {
     pub attempts: Vec<AttemptRecord>,
     /// The pool and endpoint index of the last attempt (the one that served, if any).
     pub last: Option<(Arc<Pool>, usize)>,
+    /// The served attempt's trace span (tracing on), ended with the request.
+    pub served_span: Option<crate::otel::AttemptSpan>,
 }
 
 impl UpstreamLog {
@@ -189,6 +191,8 @@ pub struct RequestCtx {
     pub active: Option<super::ActiveGuard>,
     /// The response cache's outcome, on routes with `cache`.
     pub cache: Option<crate::cache::Outcome>,
+    /// The request's trace span (tracing on), ended by the log stage.
+    pub trace: Option<crate::otel::RequestSpan>,
 }
 
 impl Default for RequestCtx {
@@ -206,6 +210,7 @@ impl Default for RequestCtx {
             passthrough: None,
             active: None,
             cache: None,
+            trace: None,
         }
     }
 }

@@ -120,6 +120,7 @@ impl ProxyHttp for Sluice {
     /// Returns true when the response was already written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.active = Some(ActiveGuard::new());
+        ctx.trace = crate::otel::RequestSpan::start(session.req_header(), ctx.start);
         match request::handle(
             &self.limiter,
             &self.store,

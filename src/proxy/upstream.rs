@@ -47,8 +47,9 @@ pub async fn peer(ctx: &RequestCtx) -> Result<Box<HttpPeer>> {
     Ok(Box::new(peer))
 }
 
-/// upstream_request_filter: credentials, path, host, encoding.
-pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+/// upstream_request_filter: credentials, path, host, encoding; with tracing on, the
+/// attempt's span started and its `traceparent` sent in place of the client's.
+pub fn rewrite_request(req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
     let (pool, idx, key) = target(ctx).or_err(ErrorType::InternalError, "no upstream chosen")?;
     let ep = endpoint(pool, idx)?;
     let p = provider(pool.provider);
@@ -84,7 +85,17 @@ pub fn rewrite_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> 
     let default_port = if ep.tls { ":443" } else { ":80" };
     let host = ep.addr.strip_suffix(default_port).unwrap_or(&ep.addr);
     req.insert_header(http::header::HOST, host)?;
+    let span = ctx
+        .trace
+        .as_ref()
+        .and_then(|t| t.attempt(pool, Some(ep), model.as_deref(), ctx.caller.api));
+    if let Some(span) = &span {
+        req.insert_header("traceparent", span.traceparent())?;
+    }
     // A streamed-through body is not hashed: a signing provider signs `UNSIGNED-PAYLOAD`.
     p.authorize(req, key.expose(), None, pool.region.as_deref())?;
+    if span.is_some() {
+        ctx.upstream.served_span = span;
+    }
     Ok(())
 }

@@ -7,13 +7,15 @@
 use serde::Deserialize;
 
 mod cache;
+mod debug;
 mod limits;
 mod route;
+mod traces;
 pub use cache::*;
+pub use debug::*;
 pub use limits::*;
 pub use route::*;
-mod debug;
-pub use debug::*;
+pub use traces::*;
 
 /// `listeners`: where sluice accepts connections. Addresses are `host:port`.
 #[derive(Debug, Clone, Deserialize)]

@@ -114,10 +114,13 @@ pub(super) async fn race<D: Downstream>(
     };
     let mut prompt = None;
     for (i, lane) in lanes.iter_mut().enumerate() {
-        let Some(f) = lane.in_flight.take() else {
+        let Some(mut f) = lane.in_flight.take() else {
             continue;
         };
         super::record(&mut lane.log, &f.target, f.status, outcome);
+        if let Some(span) = f.span.take() {
+            span.end(f.status, outcome);
+        }
         if winner.is_none_or(|w| w == i) {
             continue;
         }

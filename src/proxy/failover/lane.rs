@@ -8,6 +8,7 @@ use super::rules::{decide, decide_error, Next};
 use super::{body_prefix, observe, record, usable, Served, Tally};
 use crate::balance::breaker::Outcome;
 use crate::metrics;
+use crate::otel::AttemptSpan;
 use crate::provider::NativeError;
 use crate::proxy::attempt::{Attempt, Outgoing, Target};
 use crate::proxy::commit::{self, Hold};
@@ -38,6 +39,8 @@ pub(super) struct Lane {
     pub in_flight: Option<InFlight>,
     /// What it learned for the final answer when no candidate served.
     pub tally: Tally,
+    /// A hedged lane (started because the lanes before it delivered no content in time).
+    pub hedge: bool,
 }
 
 /// Run candidates from `plan` until one is served (see the module doc).
@@ -72,10 +75,11 @@ async fn candidate<D: Downstream>(
         seq,
     } = c;
     let model = request.model.as_deref();
-    let out = Outgoing {
+    let mut out = Outgoing {
         base: &plan.base,
         model,
         body: request.body.clone(),
+        traceparent: None,
     };
     let ep = &pool.endpoints[ep_idx];
     // `_pass` holds a half-open breaker's probe slot until this endpoint is done.
@@ -111,10 +115,19 @@ async fn candidate<D: Downstream>(
             key,
         };
         let sent_at = tokio::time::Instant::now();
+        let mut span = ctx
+            .trace
+            .as_ref()
+            .and_then(|t| t.attempt(&pool, Some(ep), model, ctx.caller.api));
+        if let Some(s) = span.as_mut().filter(|_| lane.hedge) {
+            s.mark_hedge();
+        }
+        out.traceparent = span.as_ref().map(AttemptSpan::traceparent);
         lane.in_flight = Some(InFlight {
             target: target.clone(),
             status: 0,
             sent_at,
+            span,
         });
         // Commit on content: a streamed call's first-token deadline bounds the wait for the
         // header too.
@@ -287,12 +300,29 @@ pub(super) struct InFlight {
     pub status: u16,
     /// When its request was sent.
     pub sent_at: tokio::time::Instant,
+    /// Its trace span (tracing on).
+    pub span: Option<AttemptSpan>,
+}
+
+impl InFlight {
+    /// Record this attempt in `log` with `status` and `outcome`; its span ends, or, for the
+    /// served attempt (`ok`), is kept to end with the request.
+    pub fn settle(self, log: &mut UpstreamLog, status: u16, outcome: &'static str) {
+        record(log, &self.target, status, outcome);
+        if let Some(span) = self.span {
+            if outcome == "ok" {
+                log.served_span = Some(span);
+            } else {
+                span.end(status, outcome);
+            }
+        }
+    }
 }
 
 /// Record the attempt in flight with `status` and `outcome`.
 fn settle(lane: &mut Lane, status: u16, outcome: &'static str) {
     if let Some(f) = lane.in_flight.take() {
-        record(&mut lane.log, &f.target, status, outcome);
+        f.settle(&mut lane.log, status, outcome);
     }
 }
 

@@ -158,7 +158,12 @@ pub async fn run<D: Downstream>(
     let body = ctx.body().cloned().unwrap_or_default();
     let plan = Plan::new(route, base, ctx.model(), body);
     let lanes_max = route.hedge.map_or(1, |h| h.max as usize + 1);
-    let mut lanes: Vec<Lane> = (0..lanes_max).map(|_| Lane::default()).collect();
+    let mut lanes: Vec<Lane> = (0..lanes_max)
+        .map(|i| Lane {
+            hedge: i > 0,
+            ..Lane::default()
+        })
+        .collect();
     let ended = match route.hedge {
         None => match lane::run(session, ctx, &plan, &mut lanes[0]).await {
             LaneEnd::Served(s) => Raced::Won(0, Box::new(s)),
@@ -176,8 +181,12 @@ pub async fn run<D: Downstream>(
     let mut t = Tally::default();
     for (i, lane) in lanes.into_iter().enumerate() {
         ctx.upstream.attempts.extend(lane.log.attempts);
-        if matches!(ended, Raced::Won(w, _) if w == i) && lane.log.last.is_some() {
+        let won = matches!(ended, Raced::Won(w, _) if w == i);
+        if won && lane.log.last.is_some() {
             ctx.upstream.last = lane.log.last;
+        }
+        if won {
+            ctx.upstream.served_span = lane.log.served_span;
         }
         t.merge(lane.tally);
     }

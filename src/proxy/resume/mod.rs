@@ -271,6 +271,8 @@ pub(crate) async fn resume<D: Downstream>(
             base: &base,
             model: model.as_deref(),
             body: prefill.clone(),
+            // Continuations of a cut stream are not traced (the request's span counts them).
+            traceparent: None,
         };
         let leg_start = tracker.text().len();
         let mut status = 0;
