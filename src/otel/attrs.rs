@@ -15,6 +15,8 @@ pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
 pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
 /// `gen_ai.request.model`.
 pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+/// `gen_ai.response.model`.
+pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
 /// `gen_ai.usage.input_tokens`.
 pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
 /// `gen_ai.usage.output_tokens`.

@@ -149,6 +149,9 @@ impl RequestSpan {
         if let Some(u) = end.usage {
             kv.extend(usage_attrs(&u));
         }
+        if let Some(m) = &ctx.delivered.response_model {
+            kv.push(KeyValue::new(attrs::GEN_AI_RESPONSE_MODEL, m.clone()));
+        }
         if let Some(c) = ctx.cache {
             kv.push(KeyValue::new("sluice.cache", c.as_str()));
         }
@@ -224,11 +227,21 @@ impl AttemptSpan {
         self.span.end();
     }
 
-    /// End the served attempt once its answer was relayed: its settled tokens, and the
-    /// error that cut the answer short, if any.
-    pub fn end_served(mut self, status: u16, usage: Option<Usage>, error: Option<&str>) {
+    /// End the served attempt once its answer was relayed: its settled tokens, the model the
+    /// answer names (`model`), and the error that cut the answer short, if any.
+    pub fn end_served(
+        mut self,
+        status: u16,
+        usage: Option<Usage>,
+        model: Option<&str>,
+        error: Option<&str>,
+    ) {
         if let Some(u) = usage {
             self.span.set_attributes(usage_attrs(&u));
+        }
+        if let Some(m) = model {
+            self.span
+                .set_attribute(KeyValue::new(attrs::GEN_AI_RESPONSE_MODEL, m.to_owned()));
         }
         match error {
             Some(e) => self.set_status(status, e),

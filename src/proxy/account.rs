@@ -245,7 +245,12 @@ fn end_spans(ctx: &mut RequestCtx, status: u16, usage: Option<Usage>) {
             .find(|a| a.outcome == "ok")
             .map_or(status, |a| a.status);
         let error = ctx.delivered.error.as_ref().map(|e| e.label());
-        span.end_served(upstream_status, usage, error);
+        span.end_served(
+            upstream_status,
+            usage,
+            ctx.delivered.response_model.as_deref(),
+            error,
+        );
     }
     if let Some(span) = ctx.trace.take() {
         span.finish(ctx, crate::otel::RequestEnd { status, usage });

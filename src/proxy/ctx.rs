@@ -151,6 +151,9 @@ pub struct Delivered {
     /// finish reason and the usage report after the last content. What the response cache
     /// stores a stream on ([`crate::cache::record`]), without parsing it a second time.
     pub stream_whole: bool,
+    /// The model the answer names (tracing on only: the trace's `gen_ai.response.model`,
+    /// [`crate::usage::response_model`]).
+    pub response_model: Option<String>,
 }
 
 /// A passthrough request's upstream (stage `request`): served on Pingora's proxy path.

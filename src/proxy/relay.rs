@@ -102,6 +102,10 @@ enum Event {
     DrainDeadline,
 }
 
+/// Most bytes of a stream's head kept to read the model that answered from its first events
+/// (tracing on only; [`crate::usage::response_model::of_stream`]).
+const RESPONSE_MODEL_HEAD_BYTES: usize = 16 * 1024;
+
 /// Most bytes read after the client has its whole response to let the upstream connection go
 /// back to the pool (more: the connection is closed instead).
 const REUSE_DRAIN_BYTES: usize = 64 * 1024;
@@ -221,6 +225,11 @@ pub async fn relay<D: Downstream>(
     let drain_deadline = crate::drain::deadline();
     tokio::pin!(drain_deadline);
     let mut read_on = end.is_none();
+    // A stream's first bytes, for the trace's `gen_ai.response.model` (tracing on only).
+    let mut head = (ctx.trace.is_some() && is_sse).then(Vec::new);
+    if let Some(h) = head.as_mut() {
+        h.extend_from_slice(&held[..held.len().min(RESPONSE_MODEL_HEAD_BYTES)]);
+    }
     if let Some(End::Failed(e)) = end {
         failure = Some(e);
     }
@@ -271,6 +280,10 @@ pub async fn relay<D: Downstream>(
             Event::Chunk(Ok(Some(data))) => {
                 if let Some(r) = rec.as_mut() {
                     r.push(&data);
+                }
+                if let Some(h) = head.as_mut() {
+                    let room = RESPONSE_MODEL_HEAD_BYTES.saturating_sub(h.len());
+                    h.extend_from_slice(&data[..data.len().min(room)]);
                 }
                 let out = if data.is_empty() {
                     Bytes::new()
@@ -395,12 +408,18 @@ pub async fn relay<D: Downstream>(
         }
         Accounting::Json(a) => {
             d.usage = plausible(ctx, a.finish(), bounds.max_usage_tokens);
+            if let (true, Some(api)) = (ctx.trace.is_some(), ctx.caller.api) {
+                d.response_model = crate::usage::response_model::of_body(api, a.body());
+            }
             d.completed = failure.is_none() && !d.client_disconnected;
             if d.usage.is_none() {
                 d.output_text = Some(a.output_text());
             }
         }
         Accounting::Off => {}
+    }
+    if let (Some(h), Some(api)) = (head, ctx.caller.api) {
+        d.response_model = crate::usage::response_model::of_stream(api, &h);
     }
     if let (Some(err), Some(t), Some(target), Accounting::Sse(a)) =
         (&failure, tracker.as_mut(), &cut_target, &acc)

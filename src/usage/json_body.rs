@@ -63,6 +63,11 @@ impl JsonAccountant {
         self.body.extend_from_slice(chunk);
     }
 
+    /// The body copy held now (empty once it went over `max_bytes`).
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
     /// Bytes of the body copy held now: at most `max_bytes`.
     pub fn held_bytes(&self) -> usize {
         self.body.len()

@@ -18,6 +18,7 @@ mod eventstream;
 mod framing;
 mod json_body;
 mod ndjson;
+pub mod response_model;
 mod sse;
 mod stream;
 mod strip;

@@ -154,6 +154,8 @@ def test_openai_chat_continues_the_app_trace(sluice_factory: SluiceFactory, tap:
     assert a["gen_ai.provider.name"] == "openai"
     assert a["gen_ai.usage.input_tokens"] == answer.usage.prompt_tokens
     assert a["gen_ai.usage.output_tokens"] == answer.usage.completion_tokens
+    # The model the answer names, as the SDK read it from the body.
+    assert answer.model and a["gen_ai.response.model"] == answer.model
     assert a["http.response.status_code"] == 200
     assert (a["sluice.tenant"], a["sluice.route"], a["sluice.pool"]) == ("team-a", "openai",
                                                                          "openai")
@@ -162,6 +164,7 @@ def test_openai_chat_continues_the_app_trace(sluice_factory: SluiceFactory, tap:
     c = client_span.attrs
     assert c["sluice.outcome"] == "ok" and c["http.response.status_code"] == 200
     assert c["gen_ai.usage.output_tokens"] == answer.usage.completion_tokens
+    assert c["gen_ai.response.model"] == answer.model
     assert c["server.address"] == "127.0.0.1" and not client_span.error
 
     [seen] = tap.seen
@@ -189,6 +192,8 @@ def test_anthropic_stream_spans_carry_the_streamed_usage(
         assert s.attrs["gen_ai.usage.output_tokens"] == final.usage.output_tokens
         assert s.attrs["gen_ai.provider.name"] == "anthropic"
         assert s.attrs["gen_ai.request.model"] == CLAUDE
+        # From the stream's `message_start`, as the SDK assembled it.
+        assert final.model and s.attrs["gen_ai.response.model"] == final.model
     assert server.attrs["sluice.stream"] is True
     assert "gen_ai.first_token" in server.events and server.attrs["sluice.ttft_ms"] >= 0
     assert parse_traceparent(tap.seen[0]["traceparent"])[:2] == (trace_id, attempt.span_id)
