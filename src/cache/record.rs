@@ -274,16 +274,10 @@ fn check_json(
 /// `message.id` (Anthropic `message_start`) or `response.id` (Responses), from the first
 /// events that carry one. (A JSON answer's id comes from [`check_json`]'s pass.)
 fn response_id(body: &[u8]) -> Option<String> {
-    let of = |v: &Value| -> Option<String> {
-        [&v["id"], &v["message"]["id"], &v["response"]["id"]]
-            .into_iter()
-            .find_map(|id| id.as_str().map(str::to_owned))
-    };
-    body.split(|b| *b == b'\n')
-        .filter_map(|line| line.strip_prefix(b"data:"))
-        .take(8)
-        .filter_map(|data| serde_json::from_slice::<Value>(data.trim_ascii()).ok())
-        .find_map(|v| of(&v))
+    crate::usage::response_model::first_str(
+        body,
+        &[&["id"], &["message", "id"], &["response", "id"]],
+    )
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The model that answered, as each API's response names it: the trace's
 //! `gen_ai.response.model` (OpenTelemetry GenAI spans,
 //! <https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/>). Read only when tracing
-//! is on, from the JSON body or the first events of a stream.
+//! is on, from the JSON body or the first events of a stream. [`first_str`], the reader of a
+//! stream's first events, also gives the response cache a stored stream's response id.
 //!
 //! Where each API names it:
 //! - OpenAI chat and legacy completions, embeddings: `model` of the body and of every stream
@@ -44,6 +45,14 @@ pub fn of_stream(api: ApiKind, head: &[u8]) -> Option<String> {
         ApiKind::GeminiGenerateContent => &["modelVersion"],
         ApiKind::BedrockConverse | ApiKind::BedrockInvoke => return None,
     };
+    first_str(head, &[path])
+}
+
+/// The first string found at one of `paths` (each a chain of object keys; tried in order per
+/// event) in the first JSON events of a stream head: SSE `data:` lines or NDJSON lines, at most
+/// [`MAX_EVENTS`] of them; a line that is not a whole JSON object (`[DONE]`, a line cut at the
+/// end of `head`) is skipped.
+pub fn first_str(head: &[u8], paths: &[&[&str]]) -> Option<String> {
     head.split(|b| *b == b'\n')
         .map(|line| {
             let line = line.trim_ascii();
@@ -53,10 +62,12 @@ pub fn of_stream(api: ApiKind, head: &[u8]) -> Option<String> {
         .take(MAX_EVENTS)
         .filter_map(|json| serde_json::from_slice::<Value>(json).ok())
         .find_map(|v| {
-            path.iter()
-                .try_fold(&v, |at, key| at.get(key))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
+            paths.iter().find_map(|path| {
+                path.iter()
+                    .try_fold(&v, |at, key| at.get(key))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
         })
 }
 
