@@ -616,6 +616,26 @@ fn cache(c: &mut Criterion) {
             (key, sluice::cache::Intent::of(&headers, body.deterministic))
         })
     });
+    // Its two parts apart: the canonical text, and the digest of it with the rest.
+    g.bench_function("canonical_of_request", |b| {
+        b.iter(|| sluice::cache::canonical::of(black_box(&request)).unwrap())
+    });
+    let text = sluice::cache::canonical::of(&request).unwrap().text;
+    g.bench_function("digest_of_request", |b| {
+        b.iter(|| {
+            sluice::cache::key::compute(
+                sluice::cache::key::Scope {
+                    route: "chat",
+                    tenant: Some("bench"),
+                },
+                "POST",
+                "/v1/chat/completions",
+                &headers,
+                black_box(&text),
+                false,
+            )
+        })
+    });
     g.throughput(Throughput::Bytes(stream.len() as u64));
     g.bench_function("replay_stream", |b| {
         b.iter(|| replay::for_client(black_box(&entry), ApiKind::OpenAiChat, false, 1 << 20))

@@ -228,6 +228,12 @@ pub const MODEL: &str = "gpt-4o-mini";
 const SERIAL: &[u8] = b"#000000000000";
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
+/// Start the serial numbers at `n` (`--load-only` runs: each process its own range, so that
+/// runs one after the other do not repeat each other's requests).
+pub fn serials_from(n: u64) {
+    NEXT_SERIAL.store(n, Ordering::Relaxed);
+}
+
 /// `req` with the next serial number in place of its [`SERIAL`] (same length, so the
 /// `content-length` holds); `req` itself when it has none.
 pub fn stamped(req: &[u8]) -> Cow<'_, [u8]> {

@@ -75,6 +75,18 @@ fn load_only(args: &[String]) -> i32 {
     let streams_n: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(200);
     let conns: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(8);
     let auth = std::env::var("BENCH_AUTH").unwrap_or_else(|_| VIRTUAL_KEY.to_string());
+    // Distinct requests across runs: the serials start at BENCH_SERIAL_FROM, else at a
+    // number drawn from the clock.
+    client::serials_from(
+        std::env::var("BENCH_SERIAL_FROM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000_000)
+            }),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

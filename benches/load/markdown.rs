@@ -216,6 +216,42 @@ pub fn render(
             ),
         );
     }
+    let paired: Vec<&String> = names
+        .iter()
+        .filter(|a| sum.g(a, "paired_cpu_ratio").is_finite())
+        .collect();
+    if !paired.is_empty() {
+        let _ = writeln_s(
+            w,
+            "\n## Paired CPU: each other sluice against the sluice arm\n\nIn every round, after the phases above, the sluice arm and the other one alternate in closed-loop blocks (A B B A ..., 8 connections, each block with only its own proxy running); CPU is the on-CPU time from schedstat over the blocks of each. Neighbours' noise on the machine falls on adjacent blocks of both alike, which the separate CPU phases above cannot promise.\n",
+        );
+        let _ = writeln_s(
+            w,
+            "| arm | ratio to sluice, median | ratio per round | sluice µs/req per round | arm µs/req per round |",
+        );
+        let _ = writeln_s(w, "|---|---:|---|---|---|");
+        let per_round = |a: &str, k: &str, digits: usize| -> String {
+            res.rounds
+                .per_round
+                .iter()
+                .filter_map(|r| r.get(a)?.get(k).copied())
+                .map(|x| f(x, digits))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        for a in paired {
+            let _ = writeln_s(
+                w,
+                &format!(
+                    "| {a} | {} | {} | {} | {} |",
+                    f(sum.g(a, "paired_cpu_ratio"), 3),
+                    per_round(a, "paired_cpu_ratio", 3),
+                    per_round(a, "paired_base_cpu_us_per_req", 1),
+                    per_round(a, "paired_cpu_us_per_req", 1)
+                ),
+            );
+        }
+    }
     let _ = writeln_s(w, "\n## Targets\n");
     let _ = writeln_s(w, "| target | goal | measured | met |");
     let _ = writeln_s(w, "|---|---|---:|---|");

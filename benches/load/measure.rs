@@ -299,3 +299,42 @@ pub async fn measure_startup(
         "method": format!("taskset -c {core} sluice run -c CFG (bench config); poll GET /readyz every 0.5 ms; includes taskset's own exec"),
     })
 }
+
+/// On-CPU nanoseconds of `arm`'s process tree (schedstat: exact, not sampled at clock ticks).
+fn on_cpu_ns(arm: &Arm) -> u64 {
+    arm.pid.map_or(0, |p| cpu(p).1)
+}
+
+/// CPU per request of the sluice arm `base` and its config variant `variant`, measured in
+/// `blocks` pairs of closed-loop blocks of `per_block` requests each (8 connections), the two
+/// alternating A B B A A B ... so that what the machine's neighbours do to one block they do
+/// to the adjacent block of the other arm. Each block runs with only its own arm running (the
+/// others SIGSTOPped when `pause`). Returns (base µs/req, variant µs/req, errors); the ratio of
+/// the two sums is what `paired_cpu_ratio` reports.
+pub async fn paired_cpu(
+    arms: &[Arm],
+    base: usize,
+    variant: usize,
+    blocks: usize,
+    per_block: u64,
+    pause: bool,
+) -> (f64, f64, u64) {
+    let to = Duration::from_secs(10);
+    let (mut ns, mut ok, mut errors) = ([0u64; 2], [0u64; 2], 0u64);
+    for b in 0..blocks * 2 {
+        // A B B A A B B A ...: each arm goes first in half of the pairs.
+        let which = usize::from((b + b / 2) % 2 == 1);
+        let idx = [base, variant][which];
+        let arm = &arms[idx];
+        crate::rounds::pause_all(arms, Some(idx), pause);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let req = chat_request(arm.addr, &arm.auth, false, "");
+        let before = on_cpu_ns(arm);
+        let (o, e, _) = closed_count(arm.addr, &req, 8, per_block, to).await;
+        ns[which] += on_cpu_ns(arm) - before;
+        ok[which] += o;
+        errors += e;
+    }
+    let per = |w: usize| ns[w] as f64 / 1e3 / ok[w].max(1) as f64;
+    (per(0), per(1), errors)
+}

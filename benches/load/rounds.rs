@@ -3,7 +3,7 @@
 //! open-streams phase.
 use crate::arms::{Arm, Kind};
 use crate::client::get;
-use crate::measure::{hold_streams, measure_arm};
+use crate::measure::{hold_streams, measure_arm, paired_cpu};
 use crate::opts::Opts;
 use crate::procs::{mem_kib, signal, tree};
 use crate::report::{f, Metrics};
@@ -77,6 +77,34 @@ pub async fn run(opts: &Opts, s: &mut Session) -> Rounds {
                 ),
             );
             results.insert(arm.name.clone(), m);
+        }
+        // Every other sluice (a config variant or another build) against the sluice arm, in
+        // paired blocks: the figure its CPU targets are judged on.
+        if let Some(base) = arms.iter().position(|a| a.name == "sluice") {
+            let (blocks, per_block) = if opts.quick { (3, 2_000) } else { (6, 4_000) };
+            for (v, arm) in arms.iter().enumerate() {
+                if !arm.name.starts_with("sluice-") {
+                    continue;
+                }
+                let (b, x, errors) = paired_cpu(arms, base, v, blocks, per_block, opts.pause).await;
+                log(
+                    t0,
+                    format!(
+                        "round {} paired CPU: sluice {} us/req, {} {} us/req (x{}), errors {errors}",
+                        round + 1,
+                        f(b, 1),
+                        arm.name,
+                        f(x, 1),
+                        f(x / b, 3)
+                    ),
+                );
+                if let Some(m) = results.get_mut(&arm.name) {
+                    m.insert("paired_base_cpu_us_per_req".into(), b);
+                    m.insert("paired_cpu_us_per_req".into(), x);
+                    m.insert("paired_cpu_ratio".into(), x / b);
+                    *m.entry("errors".into()).or_default() += errors as f64;
+                }
+            }
         }
         // Added latency vs direct, same round.
         let direct = results.get("direct").cloned().unwrap_or_default();

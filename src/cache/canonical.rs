@@ -32,9 +32,22 @@ pub struct Canonical {
     pub deterministic: bool,
 }
 
+mod scan;
+
 /// `body` (JSON, any value) in canonical form. Errors: not JSON (serde_json's error, which
 /// says where).
+///
+/// The common body is written by a byte scanner ([`scan`]); whatever it does not take (an
+/// invalid body included) goes through serde_json's deserializer, which has the last word.
 pub fn of(body: &[u8]) -> Result<Canonical, serde_json::Error> {
+    match scan::of(body) {
+        Some(canonical) => Ok(canonical),
+        None => by_serde(body),
+    }
+}
+
+/// [`of`] through serde_json's streaming deserializer.
+fn by_serde(body: &[u8]) -> Result<Canonical, serde_json::Error> {
     let mut text = Vec::with_capacity(body.len());
     let mut facts = Facts::default();
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -107,6 +120,11 @@ impl<'de> Visitor<'de> for Canon<'_> {
         scalar(self.out, v)
     }
 
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        string(self.out, v, true);
+        Ok(())
+    }
+
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let out = self.out;
         out.push(b'[');
@@ -148,7 +166,7 @@ impl<'de> Visitor<'de> for Canon<'_> {
                 out.push(b',');
             }
             let start = out.len();
-            scalar::<str, A::Error>(out, key.as_ref())?;
+            string(out, key.as_ref(), matches!(key, Cow::Borrowed(_)));
             out.push(b':');
             let value_at = out.len();
             map.next_value_seed(Canon {
@@ -165,25 +183,50 @@ impl<'de> Visitor<'de> for Canon<'_> {
             }
             members.push((key, start, out.len()));
         }
-        // Already in order with no key twice (as written): done. Else sorted by key (stable:
-        // of a key given twice, the later stays later) and the last of each key kept.
-        if !members.windows(2).all(|w| w[0].0 < w[1].0) {
-            members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            let written = out.split_off(body);
-            let mut first = true;
-            for (i, (key, start, end)) in members.iter().enumerate() {
-                if members.get(i + 1).is_some_and(|next| next.0 == *key) {
-                    continue;
-                }
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                out.extend_from_slice(&written[start - body..end - body]);
-            }
-        }
+        in_key_order(out, body, &mut members);
         out.push(b'}');
         Ok(())
+    }
+}
+
+/// Puts the members of an object written to `out` from `body` on (each: its key, and where
+/// `"key":value` starts and ends in `out`, in the order given) in key order. Already in order
+/// with no key twice (as written): nothing to do. Else sorted by key (stable: of a key given
+/// twice, the later stays later) and the last of each key kept (as serde_json's `Value` does).
+fn in_key_order(out: &mut Vec<u8>, body: usize, members: &mut [(Cow<'_, str>, usize, usize)]) {
+    if members.windows(2).all(|w| w[0].0 < w[1].0) {
+        return;
+    }
+    members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let written = out.split_off(body);
+    let mut first = true;
+    for (i, (key, start, end)) in members.iter().enumerate() {
+        if members.get(i + 1).is_some_and(|next| next.0 == *key) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(&written[start - body..end - body]);
+    }
+}
+
+/// Writes a JSON string. `verbatim`: `v` is the text between the quotes of the body itself,
+/// with no escape in it (serde_json hands out a borrowed `&str` only then: its
+/// `Deserializer::deserialize_str` docs); such a text is already what serde_json prints,
+/// since JSON text cannot hold an unescaped `"`, `\` or control character in a string
+/// (RFC 8259 section 7), the only characters serde_json's printer escapes. Otherwise it is
+/// printed by serde_json.
+fn string(out: &mut Vec<u8>, v: &str, verbatim: bool) {
+    if verbatim {
+        out.reserve(v.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing to a `Vec` cannot fail, and a `&str` always serializes.
+        let _ = serde_json::to_writer(&mut *out, v);
     }
 }
 
@@ -365,12 +408,13 @@ mod tests {
             (-1e6f64..1e6).prop_map(|f| format!("{f:e}")),
             Just("0.0".to_owned()),
             Just("-0".to_owned()),
-            "[a-z \"\\\\é\u{1F600}\t]{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            // Printed with escapes (`"`, `\\`, tab) or verbatim (DEL, `/`, non-ASCII).
+            "[a-z \"\\\\é\u{1F600}\t\u{7f}/]{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap()),
             Just(r#""\u00e9\n""#.to_owned()),
         ];
         leaf.prop_recursive(4, 32, 5, |inner| {
             let key = prop_oneof![
-                "[a-z]{1,3}".prop_map(|k| serde_json::to_string(&k).unwrap()),
+                "[a-z/é\u{7f}]{1,3}".prop_map(|k| serde_json::to_string(&k).unwrap()),
                 Just(r#""\u0061""#.to_owned()),
                 prop::sample::select(vec![
                     "\"temperature\"",
@@ -407,9 +451,22 @@ mod tests {
             prop_assert_eq!(got, want, "{}", text);
         }
 
-        /// Whatever the bytes, an answer or an error, never a panic.
+        /// The scanner writes the serde path's text whenever it answers, and it answers for
+        /// every text here but those over its depth.
+        #[test]
+        fn the_scanner_equals_the_serde_path(text in json_text()) {
+            let fast = scan::of(text.as_bytes());
+            prop_assert!(fast.is_some(), "declined: {}", text);
+            prop_assert_eq!(fast, by_serde(text.as_bytes()).ok(), "{}", text);
+        }
+
+        /// Whatever the bytes, an answer or an error, never a panic; where the scanner
+        /// answers, serde_json reads the same.
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Some(fast) = scan::of(&bytes) {
+                prop_assert_eq!(Some(fast), by_serde(&bytes).ok());
+            }
             let _ = of(&bytes);
         }
     }

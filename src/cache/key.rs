@@ -19,6 +19,7 @@
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 
 /// Request headers that change what a provider answers, hashed with the body.
 /// (As `HeaderName`s, built at compile time: looked up without parsing a name per request.)
@@ -33,7 +34,7 @@ pub const IGNORED_FIELDS: [&str; 4] = ["stream", "stream_options", "user", "meta
 
 /// The client's own cache switch: request header `x-sluice-cache` with `on` (cache this
 /// request even when it does not ask for determinism) or `off` (bypass).
-pub const CLIENT_HEADER: &str = "x-sluice-cache";
+pub const CLIENT_HEADER: http::HeaderName = http::HeaderName::from_static("x-sluice-cache");
 
 /// SHA-256 of a request in canonical form (32 bytes). Printed as 64 lower-case hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,7 +43,10 @@ pub struct Key(pub [u8; 32]);
 impl Key {
     /// Lower-case hex (64 characters): the log line's `input_hash` and the Redis key suffix.
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        let mut out = [0u8; 64];
+        // 64 bytes of room for 32 bytes: `encode_to_slice` cannot fail here.
+        let _ = hex::encode_to_slice(self.0, &mut out);
+        std::str::from_utf8(&out).map_or_else(|_| String::new(), str::to_owned)
     }
 }
 
@@ -50,6 +54,38 @@ impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Key({})", self.hex())
     }
+}
+
+/// Hashes a [`Key`] by its first 8 bytes: a key is already a SHA-256 digest, uniform and not
+/// choosable by a client (finding inputs whose digests collide in 64 bits is a preimage
+/// search), so hashing it again buys nothing. For the response store's table and the
+/// registry of coalesced flights.
+#[derive(Clone, Copy, Default)]
+pub struct DigestHash;
+
+impl BuildHasher for DigestHash {
+    type Hasher = DigestHasher;
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+/// See [`DigestHash`]: keeps the first 8 bytes written (little-endian).
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]`'s `Hash` writes its length first (a `usize`), then the 32 bytes.
+        if bytes.len() >= 8 {
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            self.0 ^= u64::from_le_bytes(first);
+        }
+    }
+    fn write_usize(&mut self, _len: usize) {}
 }
 
 /// Where a request's key is shared: `route` always; `tenant` for the tenant scope (`None`:
@@ -95,7 +131,7 @@ impl Intent {
             }
         }
         match headers
-            .get(CLIENT_HEADER)
+            .get(&CLIENT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim().to_ascii_lowercase())
             .as_deref()
@@ -122,11 +158,13 @@ pub fn compute(
     canonical: &[u8],
     streamed: bool,
 ) -> Key {
-    let mut h = Sha256::new();
     // Every variable-length part is length-prefixed, so no two requests share a preimage.
+    // The parts before the body are gathered first and hashed in one update (the digest is
+    // of the concatenation either way).
+    let mut head: Vec<u8> = Vec::with_capacity(256);
     let mut part = |bytes: &[u8]| {
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
+        head.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        head.extend_from_slice(bytes);
     };
     part(b"sluice-cache-v1");
     part(scope.route.as_bytes());
@@ -149,7 +187,10 @@ pub fn compute(
         }
     }
     part(if streamed { b"stream" } else { b"json" });
-    part(canonical);
+    let mut h = Sha256::new();
+    h.update(&head);
+    h.update((canonical.len() as u64).to_be_bytes());
+    h.update(canonical);
     Key(h.finalize().into())
 }
 
@@ -233,6 +274,57 @@ mod tests {
         ] {
             assert_ne!(k, base, "{what} did not change the key");
         }
+    }
+
+    /// The digest is of the length-prefixed parts in their documented order (so keys stored
+    /// in a shared Redis tier by an older build stay valid), whatever the hashing is split into.
+    #[test]
+    fn the_digest_is_of_the_length_prefixed_parts() {
+        let mut headers = HeaderMap::new();
+        headers.append("anthropic-beta", "b2".parse().unwrap());
+        headers.append("anthropic-beta", "a1".parse().unwrap());
+        let body = br#"{"model":"m"}"#;
+        let got = compute(
+            Scope {
+                route: "chat",
+                tenant: Some("t"),
+            },
+            "POST",
+            "/v1/messages?x=1",
+            &headers,
+            body,
+            true,
+        );
+        let mut want = Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            want.update((bytes.len() as u64).to_be_bytes());
+            want.update(bytes);
+        };
+        for p in [
+            &b"sluice-cache-v1"[..],
+            b"chat",
+            b"tenant",
+            b"t",
+            b"POST",
+            b"/v1/messages?x=1",
+        ] {
+            part(p);
+        }
+        for (name, values) in [
+            ("anthropic-version", vec![]),
+            ("anthropic-beta", vec![&b"a1"[..], b"b2"]),
+            ("openai-beta", vec![]),
+        ] {
+            part(name.as_bytes());
+            part(&(values.len() as u64).to_be_bytes());
+            for v in values {
+                part(v);
+            }
+        }
+        part(b"stream");
+        part(body);
+        assert_eq!(got, Key(want.finalize().into()));
+        assert_eq!(got.hex(), hex::encode(got.0));
     }
 
     #[test]

@@ -16,13 +16,12 @@
 //! already counts.
 
 use super::entry::Entry;
-use super::key::Key;
+use super::key::{DigestHash, Key};
 use super::redis_tier::RedisTier;
 use crate::config::cache::{CacheSettings, CacheStoreKind};
 use crate::metrics;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,37 +41,6 @@ impl Weighter<Key, Stored> for ByWeight {
     fn weight(&self, _key: &Key, value: &Stored) -> u64 {
         u64::from(value.entry.weight())
     }
-}
-
-/// Hashes a [`Key`] by its first 8 bytes: a key is already a SHA-256 digest, uniform and not
-/// choosable by a client (finding inputs whose digests collide in 64 bits is a preimage
-/// search), so hashing it again buys nothing.
-#[derive(Clone, Copy, Default)]
-struct DigestHash;
-
-impl BuildHasher for DigestHash {
-    type Hasher = DigestHasher;
-    fn build_hasher(&self) -> DigestHasher {
-        DigestHasher(0)
-    }
-}
-
-/// See [`DigestHash`]: keeps the first 8 bytes written (little-endian).
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // `[u8; 32]`'s `Hash` writes its length first (a `usize`), then the 32 bytes.
-        if bytes.len() >= 8 {
-            let mut first = [0u8; 8];
-            first.copy_from_slice(&bytes[..8]);
-            self.0 ^= u64::from_le_bytes(first);
-        }
-    }
-    fn write_usize(&mut self, _len: usize) {}
 }
 
 /// Stores between two exports of the memory tier's gauges, at most.

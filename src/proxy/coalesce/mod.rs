@@ -29,7 +29,7 @@ mod flight;
 use super::ctx::{Delivered, RequestCtx};
 use super::downstream::Downstream;
 use super::{failover, limit, relay};
-use crate::cache::key::Key;
+use crate::cache::key::{DigestHash, Key};
 use crate::cache::record::Recorder;
 use crate::config::Snapshot;
 use crate::error::SluiceError;
@@ -49,9 +49,12 @@ pub type Ident = (Key, bool);
 
 /// The flights in progress that may take followers, by identity. Outside the config
 /// snapshot: a reload does not split a flight.
-static FLIGHTS: LazyLock<Mutex<HashMap<Ident, Weak<Flight>>>> = LazyLock::new(Mutex::default);
+/// Hashed by the key's own first bytes ([`DigestHash`]).
+static FLIGHTS: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
 
-fn flights() -> MutexGuard<'static, HashMap<Ident, Weak<Flight>>> {
+type Registry = HashMap<Ident, Weak<Flight>, DigestHash>;
+
+fn flights() -> MutexGuard<'static, Registry> {
     FLIGHTS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
