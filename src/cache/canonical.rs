@@ -183,7 +183,7 @@ impl<'de> Visitor<'de> for Canon<'_> {
             }
             members.push((key, start, out.len()));
         }
-        in_key_order(out, body, &mut members);
+        in_key_order(out, body, &mut members, &mut Vec::new());
         out.push(b'}');
         Ok(())
     }
@@ -193,12 +193,21 @@ impl<'de> Visitor<'de> for Canon<'_> {
 /// `"key":value` starts and ends in `out`, in the order given) in key order. Already in order
 /// with no key twice (as written): nothing to do. Else sorted by key (stable: of a key given
 /// twice, the later stays later) and the last of each key kept (as serde_json's `Value` does).
-fn in_key_order(out: &mut Vec<u8>, body: usize, members: &mut [(Cow<'_, str>, usize, usize)]) {
+/// `scratch`: room for the members as written while they are put back in order (emptied).
+fn in_key_order(
+    out: &mut Vec<u8>,
+    body: usize,
+    members: &mut [(Cow<'_, str>, usize, usize)],
+    scratch: &mut Vec<u8>,
+) {
     if members.windows(2).all(|w| w[0].0 < w[1].0) {
         return;
     }
     members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let written = out.split_off(body);
+    scratch.clear();
+    scratch.extend_from_slice(&out[body..]);
+    out.truncate(body);
+    let written = &scratch[..];
     let mut first = true;
     for (i, (key, start, end)) in members.iter().enumerate() {
         if members.get(i + 1).is_some_and(|next| next.0 == *key) {

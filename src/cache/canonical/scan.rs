@@ -27,6 +27,9 @@ pub(super) fn of(body: &[u8]) -> Option<Canonical> {
         b: body,
         i: 0,
         out: Vec::with_capacity(body.len()),
+        // Room for the members of a request body's usual objects without regrowing.
+        members: Vec::with_capacity(8),
+        scratch: Vec::new(),
     };
     let mut facts = Facts::default();
     s.ws();
@@ -43,6 +46,11 @@ struct Scan<'a> {
     b: &'a [u8],
     i: usize,
     out: Vec<u8>,
+    /// The members of the objects being written, innermost last (each: its key, and where
+    /// `"key":value` starts and ends in `out`): one allocation for every object of the body.
+    members: Vec<(Cow<'a, str>, usize, usize)>,
+    /// Room for reordering an object's members ([`in_key_order`]), reused.
+    scratch: Vec<u8>,
 }
 
 /// Where a string's content lies in the body (between its quotes), and whether it holds an
@@ -224,7 +232,7 @@ impl<'a> Scan<'a> {
             self.out.push(b'}');
             return Some(());
         }
-        let mut members: Vec<(Cow<'a, str>, usize, usize)> = Vec::new();
+        let first = self.members.len();
         loop {
             self.ws();
             if b.get(self.i) != Some(&b'"') {
@@ -244,7 +252,7 @@ impl<'a> Scan<'a> {
                 self.value(depth + 1, None)?;
                 self.out.truncate(mark);
             } else {
-                if !members.is_empty() {
+                if self.members.len() > first {
                     self.out.push(b',');
                 }
                 let start = self.out.len();
@@ -264,7 +272,7 @@ impl<'a> Scan<'a> {
                         _ => {}
                     }
                 }
-                members.push((key, start, self.out.len()));
+                self.members.push((key, start, self.out.len()));
             }
             self.ws();
             match *b.get(self.i)? {
@@ -274,7 +282,13 @@ impl<'a> Scan<'a> {
             }
         }
         self.i += 1;
-        in_key_order(&mut self.out, body, &mut members);
+        in_key_order(
+            &mut self.out,
+            body,
+            &mut self.members[first..],
+            &mut self.scratch,
+        );
+        self.members.truncate(first);
         self.out.push(b'}');
         Some(())
     }
