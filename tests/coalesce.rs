@@ -598,3 +598,64 @@ async fn a_hedged_call_is_shared_like_any_other() {
         "the stalled primary is closed when the hedge wins"
     );
 }
+
+/// With `scope: route`, tenants share a flight; each client still gets its own request id
+/// and its own tenant's `x-ratelimit-*` headers, never the leader's.
+#[tokio::test]
+async fn a_follower_gets_its_own_headers_not_the_leaders() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Paced {
+        events: 10,
+        gap_ms: 30,
+        reset_after: None,
+    });
+    const UNLIMITED: &str = "sk-coalesce-unlimited";
+    let config = Config::new()
+        .pool(Pool::openai("primary", &primary.url()))
+        .pool(Pool::openai("fallback", &fallback.url()))
+        .route(
+            Route::prefix("chat", "/v1", &["primary", "fallback"])
+                .yaml("{coalesce: true, cache: {scope: route, when: always}}"),
+        )
+        .tenant(
+            Tenant::new("t")
+                .virtual_key(VK)
+                .limits("requests_per_minute: 1000"),
+        )
+        .tenant(Tenant::new("u").virtual_key(UNLIMITED))
+        .to_yaml();
+    let s = Sluice::start(&config, &[KEY_ENV]);
+    let body = chat("own headers");
+    let mut leader = send(&s, &body).await;
+    let got = first_chunk(&mut leader).await;
+    let follower = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .bearer_auth(UNLIMITED)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follower.status(), 200);
+    let limits = |r: &reqwest::Response| {
+        r.headers()
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-ratelimit-"))
+            .count()
+    };
+    let id = |r: &reqwest::Response| r.headers()["x-sluice-request-id"].clone();
+    assert_eq!(
+        limits(&leader),
+        3,
+        "the leader's tenant has a request limit"
+    );
+    assert_eq!(limits(&follower), 0, "the follower's tenant has none");
+    assert_ne!(id(&leader), id(&follower));
+    assert_eq!(
+        follower.headers()["content-type"],
+        leader.headers()["content-type"]
+    );
+    let (a, b) = tokio::join!(rest(leader, got), rest(follower, Vec::new()));
+    assert_whole(&a, 10);
+    assert_eq!(a, b);
+    assert_eq!(primary.requests().len(), 1, "one shared call");
+}

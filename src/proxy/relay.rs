@@ -511,7 +511,8 @@ pub async fn relay<D: Downstream>(
 }
 
 /// sluice's request id on every response.
-const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-sluice-request-id");
+pub(crate) const REQUEST_ID: http::HeaderName =
+    http::HeaderName::from_static("x-sluice-request-id");
 
 /// Hop-by-hop response headers (RFC 9110 section 7.6.1), never relayed: the client
 /// connection's own are set by Pingora.

@@ -355,6 +355,28 @@ impl Drop for Publisher<'_> {
     }
 }
 
+/// The part of the leader's response header every client of the flight shares: all of it but
+/// the leader's own headers (its request id and its tenant's `x-ratelimit-*` values), which
+/// each follower gets its own of ([`OwnHeaders`]), so one tenant's limits never reach another
+/// tenant's client. Copying only that part also spares the allocations the leader's own
+/// header values would take to be shared.
+fn shared_part(header: &ResponseHeader) -> ResponseHeader {
+    let own = |name: &http::HeaderName| {
+        *name == relay::REQUEST_ID || crate::limits::is_rate_limit_header(name.as_str())
+    };
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = header.status;
+    parts.version = header.version;
+    parts.headers = http::HeaderMap::with_capacity(header.headers.len());
+    for (name, value) in header.headers.iter().filter(|(name, _)| !own(name)) {
+        parts.headers.append(name.clone(), value.clone());
+    }
+    let mut shared = ResponseHeader::from(parts);
+    // A phrase that is not a valid header value was refused when the header was built.
+    let _ = shared.set_reason_phrase(header.get_reason_phrase());
+    shared
+}
+
 fn everyone_left() -> Box<pingora_error::Error> {
     pingora_error::Error::explain(
         pingora_error::ErrorType::ConnectionClosed,
@@ -369,7 +391,7 @@ impl Downstream for Publisher<'_> {
 
     async fn write_header(&mut self, header: Box<ResponseHeader>) -> pingora_error::Result<()> {
         self.flight
-            .publish_header((*header).clone())
+            .publish_header(shared_part(&header))
             .map_err(|_| everyone_left())?;
         if !self.own_left
             && Downstream::write_header(&mut *self.session, header)
