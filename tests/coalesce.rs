@@ -31,15 +31,20 @@ fn chat(text: &str) -> serde_json::Value {
         "messages": [{"role": "user", "content": text}]})
 }
 
-async fn send(s: &Sluice, body: &serde_json::Value) -> reqwest::Response {
-    // A client of its own per request: each request on a connection of its own.
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", s.proxy))
-        .bearer_auth(VK)
+/// `POST /v1/chat/completions` of `body` to the proxy at `proxy` under virtual key `key`, on a
+/// client of its own (each request on a connection of its own).
+async fn post_chat(proxy: &str, key: &str, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{proxy}/v1/chat/completions"))
+        .bearer_auth(key)
         .json(body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn send(s: &Sluice, body: &serde_json::Value) -> reqwest::Response {
+    let resp = post_chat(&s.proxy, VK, body).await;
     assert_eq!(resp.status(), 200);
     resp
 }
@@ -100,13 +105,7 @@ async fn identical_concurrent_requests_share_one_upstream_call() {
         .map(|_| {
             let (proxy, body) = (s.proxy.clone(), body.clone());
             tokio::spawn(async move {
-                let resp = reqwest::Client::new()
-                    .post(format!("{proxy}/v1/chat/completions"))
-                    .bearer_auth(VK)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
+                let resp = post_chat(&proxy, VK, &body).await;
                 let id = resp.headers()["x-sluice-request-id"]
                     .to_str()
                     .unwrap()
@@ -283,13 +282,7 @@ async fn followers_follow_the_leaders_failover_before_content() {
     let leader = {
         let (proxy, body) = (s.proxy.clone(), body.clone());
         tokio::spawn(async move {
-            let resp = reqwest::Client::new()
-                .post(format!("{proxy}/v1/chat/completions"))
-                .bearer_auth(VK)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let resp = post_chat(&proxy, VK, &body).await;
             rest(resp, Vec::new()).await
         })
     };
@@ -411,22 +404,10 @@ async fn followers_reserve_no_tokens_but_count_against_request_limits() {
 
     // Request limits do apply to followers: a second request of a tenant allowed one at a
     // time is refused, coalesced or not.
-    let mut first = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", s.proxy))
-        .bearer_auth(ONE_AT_A_TIME)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut first = post_chat(&s.proxy, ONE_AT_A_TIME, &body).await;
     assert_eq!(first.status(), 200);
     first.chunk().await.unwrap();
-    let second = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", s.proxy))
-        .bearer_auth(ONE_AT_A_TIME)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let second = post_chat(&s.proxy, ONE_AT_A_TIME, &body).await;
     assert_eq!(second.status(), 429);
     assert_eq!(primary.requests().len(), 2, "tenants do not share calls");
 }
@@ -450,13 +431,7 @@ async fn a_failure_before_any_header_reaches_every_client_natively() {
         async move {
             // The leader first; the others join while it waits.
             tokio::time::sleep(Duration::from_millis(100 * i)).await;
-            let resp = reqwest::Client::new()
-                .post(format!("{proxy}/v1/chat/completions"))
-                .bearer_auth(VK)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let resp = post_chat(&proxy, VK, &body).await;
             let status = resp.status().as_u16();
             let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
             let json: serde_json::Value = resp.json().await.unwrap();
@@ -497,13 +472,7 @@ async fn identical_plain_json_requests_share_one_call_too() {
     let answers = futures_util::future::join_all((0..5).map(|_| {
         let (proxy, body) = (s.proxy.clone(), body.clone());
         async move {
-            let resp = reqwest::Client::new()
-                .post(format!("{proxy}/v1/chat/completions"))
-                .bearer_auth(VK)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let resp = post_chat(&proxy, VK, &body).await;
             assert_eq!(resp.status(), 200);
             resp.json::<serde_json::Value>().await.unwrap()
         }
@@ -628,13 +597,7 @@ async fn a_follower_gets_its_own_headers_not_the_leaders() {
     let body = chat("own headers");
     let mut leader = send(&s, &body).await;
     let got = first_chunk(&mut leader).await;
-    let follower = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", s.proxy))
-        .bearer_auth(UNLIMITED)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let follower = post_chat(&s.proxy, UNLIMITED, &body).await;
     assert_eq!(follower.status(), 200);
     let limits = |r: &reqwest::Response| {
         r.headers()
