@@ -40,12 +40,18 @@ pub const CLIENT_HEADER: http::HeaderName = http::HeaderName::from_static("x-slu
 pub struct Key(pub [u8; 32]);
 
 impl Key {
-    /// Lower-case hex (64 characters): the log line's `input_hash` and the Redis key suffix.
+    /// Lower-case hex (64 characters): the Redis key suffix.
     pub fn hex(&self) -> String {
-        let mut out = [0u8; 64];
-        // 64 bytes of room for 32 bytes: `encode_to_slice` cannot fail here.
-        let _ = hex::encode_to_slice(self.0, &mut out);
-        std::str::from_utf8(&out).map_or_else(|_| String::new(), str::to_owned)
+        self.hex_in(&mut [0u8; 64]).to_owned()
+    }
+
+    /// Lower-case hex (64 characters) written into `out` (no allocation): the log line's
+    /// `input_hash`.
+    pub fn hex_in<'b>(&self, out: &'b mut [u8; 64]) -> &'b str {
+        // 64 bytes of room for 32 bytes: `encode_to_slice` cannot fail here, and hex digits
+        // are ASCII.
+        let _ = hex::encode_to_slice(self.0, out);
+        std::str::from_utf8(out).unwrap_or_default()
     }
 }
 

@@ -16,6 +16,8 @@ pub mod record;
 pub mod redis_tier;
 pub mod replay;
 pub mod store;
+#[cfg(test)]
+mod test_json;
 
 pub use entry::Entry;
 pub use key::{Intent, Key};

@@ -28,6 +28,8 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod top;
+
 /// Where and how a miss's answer is stored, and what was received so far.
 pub struct Recorder {
     store: Arc<Store>,
@@ -224,7 +226,8 @@ fn check_stream(api: ApiKind, raw: &[u8], max_event_bytes: usize) -> Option<(Byt
     ok.then(|| (Bytes::from(out), acc.usage().unwrap_or_default()))
 }
 
-/// The members of a JSON answer the check reads, borrowed (one pass, no tree built).
+/// The members of a JSON answer the check reads, borrowed (one pass, no tree built): serde_json's
+/// reading, for a body no one parsed yet.
 #[derive(serde::Deserialize)]
 struct JsonPeek<'a> {
     #[serde(borrow, default)]
@@ -236,27 +239,39 @@ struct JsonPeek<'a> {
     status: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// A complete JSON answer: its response id, the body and its usage (`relayed`: what the
-/// relay's accountant read from the same bytes; counted again only when it read none);
-/// `None` if not one.
+/// A complete JSON answer: its response id, the body and its usage; `None` if not one.
+/// `relayed`: the usage the relay's accountant read from these same bytes. When it read one
+/// (every API but Bedrock `InvokeModel`, whose usage is in the header), serde_json parsed the
+/// body whole as one JSON document, so its top level is only skimmed ([`top`]); otherwise
+/// serde_json reads it here (and the usage is counted from it).
 fn check_json(
     api: ApiKind,
     raw: Vec<u8>,
     max_json_bytes: usize,
     relayed: Option<Usage>,
 ) -> Option<(Option<String>, Bytes, Usage)> {
-    let peek: JsonPeek<'_> = serde_json::from_slice(&raw).ok()?;
-    if peek.error.is_some() {
-        return None;
-    }
-    if peek
-        .status
-        .as_deref()
-        .is_some_and(|s| !matches!(s, "completed" | "incomplete"))
+    let parsed = relayed.filter(|_| api != ApiKind::BedrockInvoke);
+    let (id, error, status) = match parsed {
+        Some(_) => {
+            let t = top::of(&raw)?;
+            (t.id.map(std::borrow::Cow::into_owned), t.error, t.status)
+        }
+        None => {
+            let peek: JsonPeek<'_> = serde_json::from_slice(&raw).ok()?;
+            (
+                peek.id.map(std::borrow::Cow::into_owned),
+                peek.error.is_some(),
+                peek.status,
+            )
+        }
+    };
+    if error
+        || status
+            .as_deref()
+            .is_some_and(|s| !matches!(s, "completed" | "incomplete"))
     {
         return None;
     }
-    let id = peek.id.map(std::borrow::Cow::into_owned);
     let mut raw = raw;
     raw.shrink_to_fit();
     let usage = match relayed {

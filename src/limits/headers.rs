@@ -28,12 +28,6 @@ const TOKEN_HEADERS: [&str; 3] = [
     "x-ratelimit-reset-tokens",
 ];
 
-/// Whether `name` (lower case, as `http` keeps names) is one of the `x-ratelimit-*` headers
-/// [`RateHeaders`] writes: a tenant's own, never shared with another client.
-pub fn is_rate_limit_header(name: &str) -> bool {
-    REQUEST_HEADERS.contains(&name) || TOKEN_HEADERS.contains(&name)
-}
-
 impl RateHeaders {
     /// Insert the `x-ratelimit-*` headers of the limited windows into `h` (limit and
     /// remaining as integers, reset like OpenAI's `1s`/`6m0s`, see

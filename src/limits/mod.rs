@@ -27,7 +27,7 @@ use crate::config::TenantId;
 use crate::metrics;
 pub use admission::Admission;
 use budget::{Budgets, Period};
-pub use headers::{is_rate_limit_header, RateHeaders};
+pub use headers::RateHeaders;
 pub use key::{Counter, CounterRef, LimitKey};
 use pingora_limits::inflight::Inflight;
 use pingora_limits::rate::Rate;

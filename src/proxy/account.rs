@@ -202,7 +202,8 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
     let u = settled.map(|s| s.usage).unwrap_or_default();
     let token_source = settled.map_or("none", |s| s.completion_source.label());
     let endpoint = ctx.upstream.endpoint_addr().unwrap_or("none");
-    let input_hash = ctx.reuse.map(|r| r.key.hex()).unwrap_or_default();
+    let mut hex = [0u8; 64];
+    let input_hash = ctx.reuse.as_ref().map_or("", |r| r.key.hex_in(&mut hex));
     crate::access_log::write(&crate::access_log::AccessLine {
         request_id: &ctx.request_id,
         tenant,
@@ -228,7 +229,7 @@ pub fn finish(ctx: &mut RequestCtx, status: u16, est: Estimates) {
         resumes: ctx.delivered.resumes,
         legs: &ctx.delivered.legs,
         cache: ctx.cache.map_or("", crate::cache::Outcome::as_str),
-        input_hash: &input_hash,
+        input_hash,
         coalesced: ctx.delivered.coalesced.as_deref().unwrap_or(""),
     });
     end_spans(ctx, status, settled.map(|s| s.usage));

@@ -30,6 +30,11 @@ pub trait Downstream: Send {
 
     /// Close the client connection after this response (it ended abnormally).
     fn close_after(&mut self);
+
+    /// The served attempt's response header, once the client's header was built from it
+    /// (before [`Downstream::write_header`]): dropped, or kept by a coalesced flight for its
+    /// followers to build theirs from.
+    fn keep_upstream_header(&mut self, _header: Box<ResponseHeader>) {}
 }
 
 impl Downstream for Session {

@@ -142,11 +142,7 @@ pub async fn relay<D: Downstream>(
     let endpoint = attempt.target().addr().to_owned();
     let status = upstream_header.status.as_u16();
     d.status = status;
-    let is_sse = upstream_header
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(crate::usage::is_stream_content_type);
+    let is_sse = is_sse(&upstream_header);
     let success = upstream_header.status.is_success();
     let hide = is_sse && ctx.fields().injected_include_usage;
     // When the client has every byte of a sized response it may send its next request at
@@ -162,7 +158,7 @@ pub async fn relay<D: Downstream>(
     let mut rec = recorder
         .filter(|_| !raw_lost)
         .and_then(|r| r.begin(&upstream_header, opening_raw.as_deref()));
-    let mut parts = downstream_parts(&upstream_header, is_sse);
+    let parts = downstream_parts(&upstream_header, is_sse);
     // Bedrock InvokeModel reports its usage in the response header, not the body.
     let header_usage = (ctx.caller.api == Some(crate::usage::ApiKind::BedrockInvoke))
         .then(|| {
@@ -171,18 +167,10 @@ pub async fn relay<D: Downstream>(
             })
         })
         .flatten();
-    drop(upstream_header);
-    if let Some(outcome) = ctx.cache {
-        parts.headers.insert(
-            super::cache::HEADER,
-            http::HeaderValue::from_static(outcome.as_str()),
-        );
-    }
-    if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
-        parts.headers.insert(REQUEST_ID, id);
-    }
-    super::respond::rate_limit_headers_map(&mut parts.headers, ctx);
-    let header = Box::new(ResponseHeader::from(parts));
+    // The client's header is built from it: a coalesced flight keeps it for its followers
+    // to build theirs; otherwise it is dropped.
+    session.keep_upstream_header(upstream_header);
+    let header = client_header(parts, ctx);
     if session.write_header(header).await.is_err() {
         d.client_disconnected = true;
         return d;
@@ -511,8 +499,7 @@ pub async fn relay<D: Downstream>(
 }
 
 /// sluice's request id on every response.
-pub(crate) const REQUEST_ID: http::HeaderName =
-    http::HeaderName::from_static("x-sluice-request-id");
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-sluice-request-id");
 
 /// Hop-by-hop response headers (RFC 9110 section 7.6.1), never relayed: the client
 /// connection's own are set by Pingora.
@@ -524,6 +511,34 @@ const HOP_BY_HOP: [&str; 5] = [
     "trailer",
 ];
 
+/// Whether the upstream answers with an event stream (its `content-type`).
+pub(super) fn is_sse(up: &ResponseHeader) -> bool {
+    up.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::usage::is_stream_content_type)
+}
+
+/// One client's response header: `parts` ([`downstream_parts`] of the upstream's header) with
+/// the client's own headers: the cache outcome (`x-sluice-cache`), its request id and its
+/// tenant's `x-ratelimit-*` values.
+pub(super) fn client_header(
+    mut parts: http::response::Parts,
+    ctx: &RequestCtx,
+) -> Box<ResponseHeader> {
+    if let Some(outcome) = ctx.cache {
+        parts.headers.insert(
+            super::cache::HEADER,
+            http::HeaderValue::from_static(outcome.as_str()),
+        );
+    }
+    if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
+        parts.headers.insert(REQUEST_ID, id);
+    }
+    super::respond::rate_limit_headers_map(&mut parts.headers, ctx);
+    Box::new(ResponseHeader::from(parts))
+}
+
 /// The client's response header (as `http` parts) from the upstream's: its headers minus hop-by-hop ones (and
 /// `content-length` for a stream, which may change length: a hidden usage chunk, a partial
 /// event dropped, an error event appended), HTTP/1.1, and a body that has neither
@@ -532,7 +547,7 @@ const HOP_BY_HOP: [&str; 5] = [
 /// 204 and 304 carry no body. Built without a case map (header names go out lower-case, which
 /// HTTP allows: RFC 9110 section 5.1), so sluice's own headers are inserted straight into the
 /// map instead of through Pingora's name parse and case map on every response.
-fn downstream_parts(up: &ResponseHeader, is_sse: bool) -> http::response::Parts {
+pub(super) fn downstream_parts(up: &ResponseHeader, is_sse: bool) -> http::response::Parts {
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = up.status;
     parts.version = http::Version::HTTP_11;

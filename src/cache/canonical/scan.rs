@@ -17,6 +17,33 @@ use super::{in_key_order, is_zero, Canonical, Facts};
 use crate::cache::key::IGNORED_FIELDS;
 use std::borrow::Cow;
 
+/// Bytes that end a run of plain string content: `"`, `\\` and the control characters
+/// (RFC 8259 section 7).
+const STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// The first index at or after `j` that is not plain string content (see [`STRING_STOP`]),
+/// or `b.len()`. A table lookup per byte: request strings are short, and a vector search's
+/// setup per call costs more than it saves on them.
+pub(crate) fn skip_plain(b: &[u8], mut j: usize) -> usize {
+    while let Some(&c) = b.get(j) {
+        if STRING_STOP[usize::from(c)] {
+            break;
+        }
+        j += 1;
+    }
+    j
+}
+
 /// Deepest nesting taken here; deeper bodies go to serde_json (whose own limit is 128).
 const MAX_DEPTH: usize = 64;
 
@@ -109,6 +136,7 @@ impl<'a> Scan<'a> {
         let mut j = start;
         let mut escaped = false;
         loop {
+            j = skip_plain(self.b, j);
             match *self.b.get(j)? {
                 b'"' => break,
                 b'\\' => {
@@ -116,8 +144,7 @@ impl<'a> Scan<'a> {
                     // The escaped byte is skipped here and checked by serde_json below.
                     j += 2;
                 }
-                0..=0x1f => return None,
-                _ => j += 1,
+                _ => return None,
             }
         }
         self.i = j + 1;

@@ -1,6 +1,6 @@
-//! One coalesced upstream call (a flight): the client-visible response of the leader's
-//! attempt (header, body chunks, how it ended) as it is produced, read by every follower from
-//! its own cursor. The leader's own client is written to inline by the producer (no copy, no
+//! One coalesced upstream call (a flight): the response of the leader's attempt (the
+//! upstream's header, from which each follower builds its own; the client-visible body chunks;
+//! how it ended) as it is produced, read by every follower from its own cursor. The leader's own client is written to inline by the producer (no copy, no
 //! task of its own); the flight only records whether it is still there.
 //!
 //! Memory: while the flight takes new followers it keeps every chunk (a late joiner replays
@@ -186,7 +186,8 @@ impl Flight {
         s.joinable && s.end.is_none()
     }
 
-    /// Producer: publish the response header. Errors: every client has left.
+    /// Producer: publish the served attempt's response header (as the upstream sent it; each
+    /// follower builds its own from it). Errors: every client has left.
     pub fn publish_header(&self, header: ResponseHeader) -> Result<(), EveryoneLeft> {
         let mut s = self.lock();
         if s.everyone_left() {

@@ -10,7 +10,9 @@
 //!   failover and the relay (stages 4 and 5) through a [`Downstream`] ([`Publisher`]) that
 //!   writes to its own client as usual and also publishes into the flight, for the followers
 //!   (a leader without followers costs one buffered `Bytes` handle per chunk, no copy, no task
-//!   of its own). Nothing is published before commit on content,
+//!   of its own; the upstream's response header is moved into the flight, and each follower
+//!   builds its own header from it as the leader's relay did, with its own cache outcome,
+//!   request id and `x-ratelimit-*` values). Nothing is published before commit on content,
 //!   so followers see only the candidate that delivered; after content, an upstream failure
 //!   ends every client's stream with the same native error event (it is in the flight's
 //!   chunks); a failure before any header reaches every client as the same native error.
@@ -41,7 +43,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Instant;
 
 /// What makes two requests share a flight: their [`Key`], and whether sluice asked for the
 /// usage chunk on the client's behalf (then hidden from it).
@@ -142,6 +143,7 @@ async fn lead(
         flight,
         session,
         own_left: false,
+        upstream: None,
     };
     let produced = produce(&mut publisher, ctx, recorder).await;
     let own_left = publisher.own_left;
@@ -198,8 +200,7 @@ async fn follow(
         .with_label_values(&[ctx.route_name()])
         .inc();
     let leader = sub.flight().leader.clone();
-    let own = OwnHeaders::of(ctx);
-    let copied = copy(sub, session, &own, ctx.start).await;
+    let copied = copy(sub, session, ctx).await;
     ctx.delivered.coalesced = Some(leader.clone());
     let mut delivered = copied?;
     if delivered.client_disconnected {
@@ -212,37 +213,18 @@ async fn follow(
     Ok(())
 }
 
-/// The headers that are each client's own on a shared response: its request id and its
-/// tenant's `x-ratelimit-*` values.
-struct OwnHeaders(http::HeaderMap);
-
-impl OwnHeaders {
-    fn of(ctx: &RequestCtx) -> OwnHeaders {
-        let mut h = http::HeaderMap::new();
-        if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
-            h.insert("x-sluice-request-id", id);
-        }
-        super::respond::rate_limit_headers_map(&mut h, ctx);
-        OwnHeaders(h)
-    }
-
-    fn apply(&self, header: &mut ResponseHeader) {
-        for (name, value) in &self.0 {
-            let _ = header.insert_header(name, value.clone());
-        }
-    }
-}
-
-/// Copy the flight to one client: the header (with the client's own headers), the chunks
-/// from its cursor, then live, until the flight's end. Leaving (the client gone) drops the
+/// Copy the flight to one client: the header (built from the upstream's, as the leader's
+/// was, with the client's own cache outcome, request id and `x-ratelimit-*` values, so one
+/// tenant's limits never reach another tenant's client), the chunks from its cursor, then
+/// live, until the flight's end. Leaving (the client gone) drops the
 /// subscription at once. Errors: the leader's error before any header (not written: the
 /// caller answers it natively for this client).
 async fn copy(
     sub: Subscription,
     session: &mut Session,
-    own: &OwnHeaders,
-    start: Instant,
+    ctx: &RequestCtx,
 ) -> Result<Delivered, SluiceError> {
+    let start = ctx.start;
     let mut d = Delivered::default();
     let header = tokio::select! {
         h = sub.header() => h,
@@ -251,18 +233,14 @@ async fn copy(
             return Ok(d);
         }
     };
-    let mut header = match header {
-        Ok(h) => (*h).clone(),
+    let header = match header {
+        Ok(up) => relay::client_header(relay::downstream_parts(&up, relay::is_sse(&up)), ctx),
         Err(End::Failed(e)) => return Err(e),
         // No header and no error: the producer stopped (a bug): nothing to relay.
         Err(_) => return Err(SluiceError::Internal),
     };
-    own.apply(&mut header);
     d.status = header.status.as_u16();
-    if Downstream::write_header(session, Box::new(header))
-        .await
-        .is_err()
-    {
+    if Downstream::write_header(session, header).await.is_err() {
         d.client_disconnected = true;
         return Ok(d);
     }
@@ -335,6 +313,10 @@ pub struct Publisher<'a> {
     session: &'a mut Session,
     /// It left (or a write to it failed): no more writes to it.
     own_left: bool,
+    /// The served attempt's header, published to the flight with the leader's own header:
+    /// each follower builds its header from it (moved, not copied: a leader that no
+    /// follower joins pays nothing for it).
+    upstream: Option<Box<ResponseHeader>>,
 }
 
 impl Publisher<'_> {
@@ -355,28 +337,6 @@ impl Drop for Publisher<'_> {
     }
 }
 
-/// The part of the leader's response header every client of the flight shares: all of it but
-/// the leader's own headers (its request id and its tenant's `x-ratelimit-*` values), which
-/// each follower gets its own of ([`OwnHeaders`]), so one tenant's limits never reach another
-/// tenant's client. Copying only that part also spares the allocations the leader's own
-/// header values would take to be shared.
-fn shared_part(header: &ResponseHeader) -> ResponseHeader {
-    let own = |name: &http::HeaderName| {
-        *name == relay::REQUEST_ID || crate::limits::is_rate_limit_header(name.as_str())
-    };
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = header.status;
-    parts.version = header.version;
-    parts.headers = http::HeaderMap::with_capacity(header.headers.len());
-    for (name, value) in header.headers.iter().filter(|(name, _)| !own(name)) {
-        parts.headers.append(name.clone(), value.clone());
-    }
-    let mut shared = ResponseHeader::from(parts);
-    // A phrase that is not a valid header value was refused when the header was built.
-    let _ = shared.set_reason_phrase(header.get_reason_phrase());
-    shared
-}
-
 fn everyone_left() -> Box<pingora_error::Error> {
     pingora_error::Error::explain(
         pingora_error::ErrorType::ConnectionClosed,
@@ -390,9 +350,11 @@ impl Downstream for Publisher<'_> {
     }
 
     async fn write_header(&mut self, header: Box<ResponseHeader>) -> pingora_error::Result<()> {
-        self.flight
-            .publish_header(shared_part(&header))
-            .map_err(|_| everyone_left())?;
+        if let Some(up) = self.upstream.take() {
+            self.flight
+                .publish_header(*up)
+                .map_err(|_| everyone_left())?;
+        }
         if !self.own_left
             && Downstream::write_header(&mut *self.session, header)
                 .await
@@ -433,5 +395,9 @@ impl Downstream for Publisher<'_> {
     fn close_after(&mut self) {
         self.flight.close_after();
         self.session.set_keepalive(None);
+    }
+
+    fn keep_upstream_header(&mut self, header: Box<ResponseHeader>) {
+        self.upstream = Some(header);
     }
 }
