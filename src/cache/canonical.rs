@@ -157,7 +157,7 @@ impl<'de> Visitor<'de> for Canon<'_> {
         out.push(b'{');
         let body = out.len();
         // Each member as written: its key, and where `"key":value` starts and ends in `out`.
-        let mut members: Vec<(Cow<'de, str>, usize, usize)> = Vec::new();
+        let mut members: Vec<(Cow<'de, [u8]>, usize, usize)> = Vec::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             if top.is_some() && IGNORED_FIELDS.contains(&key.as_ref()) {
                 map.next_value::<IgnoredAny>()?;
@@ -182,6 +182,10 @@ impl<'de> Visitor<'de> for Canon<'_> {
                     _ => {}
                 }
             }
+            let key: Cow<'de, [u8]> = match key {
+                Cow::Borrowed(k) => Cow::Borrowed(k.as_bytes()),
+                Cow::Owned(k) => Cow::Owned(k.into_bytes()),
+            };
             members.push((key, start, out.len()));
         }
         in_key_order(out, body, &mut members, &mut Vec::new());
@@ -195,23 +199,29 @@ impl<'de> Visitor<'de> for Canon<'_> {
 /// with no key twice (as written): nothing to do. Else sorted by key (stable: of a key given
 /// twice, the later stays later) and the last of each key kept (as serde_json's `Value` does).
 /// `scratch`: room for the members as written while they are put back in order (emptied).
-fn in_key_order(
+fn in_key_order<K: AsRef<[u8]>>(
     out: &mut Vec<u8>,
     body: usize,
-    members: &mut [(Cow<'_, str>, usize, usize)],
+    members: &mut [(K, usize, usize)],
     scratch: &mut Vec<u8>,
 ) {
-    if members.windows(2).all(|w| w[0].0 < w[1].0) {
+    if members
+        .windows(2)
+        .all(|w| w[0].0.as_ref() < w[1].0.as_ref())
+    {
         return;
     }
-    members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    members.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
     scratch.clear();
     scratch.extend_from_slice(&out[body..]);
     out.truncate(body);
     let written = &scratch[..];
     let mut first = true;
     for (i, (key, start, end)) in members.iter().enumerate() {
-        if members.get(i + 1).is_some_and(|next| next.0 == *key) {
+        if members
+            .get(i + 1)
+            .is_some_and(|next| next.0.as_ref() == key.as_ref())
+        {
             continue;
         }
         if !first {

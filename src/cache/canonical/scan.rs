@@ -56,7 +56,9 @@ pub(super) fn of(body: &[u8]) -> Option<Canonical> {
         out: Vec::with_capacity(body.len()),
         // Room for the members of a request body's usual objects without regrowing.
         members: Vec::with_capacity(8),
-        scratch: Vec::new(),
+        // Room for the largest object's text (the canonical text is about as long as the
+        // body), so reordering seldom regrows it.
+        scratch: Vec::with_capacity(body.len()),
     };
     let mut facts = Facts::default();
     s.ws();
@@ -73,9 +75,10 @@ struct Scan<'a> {
     b: &'a [u8],
     i: usize,
     out: Vec<u8>,
-    /// The members of the objects being written, innermost last (each: its key, and where
-    /// `"key":value` starts and ends in `out`): one allocation for every object of the body.
-    members: Vec<(Cow<'a, str>, usize, usize)>,
+    /// The members of the objects being written, innermost last (each: its key's text, and
+    /// where `"key":value` starts and ends in `out`): one allocation for every object of the
+    /// body. Keys are compared as bytes (the canonical order is byte order).
+    members: Vec<(Cow<'a, [u8]>, usize, usize)>,
     /// Room for reordering an object's members ([`in_key_order`]), reused.
     scratch: Vec<u8>,
 }
@@ -266,14 +269,17 @@ impl<'a> Scan<'a> {
                 return None;
             }
             let k = self.string()?;
-            let key: Cow<'a, str> = if k.escaped {
-                Cow::Owned(serde_json::from_slice(self.quoted(k)).ok()?)
+            // The body is UTF-8 (checked first) and a key lies between two `"`: its bytes are
+            // its text.
+            let key: Cow<'a, [u8]> = if k.escaped {
+                let text: String = serde_json::from_slice(self.quoted(k)).ok()?;
+                Cow::Owned(text.into_bytes())
             } else {
-                Cow::Borrowed(std::str::from_utf8(&b[k.start..k.end]).ok()?)
+                Cow::Borrowed(&b[k.start..k.end])
             };
             self.eat(b':')?;
             self.ws();
-            if top.is_some() && IGNORED_FIELDS.contains(&key.as_ref()) {
+            if top.is_some() && IGNORED_FIELDS.iter().any(|f| f.as_bytes() == key.as_ref()) {
                 // Read (it must be valid) and left out.
                 let mark = self.out.len();
                 self.value(depth + 1, None)?;
@@ -284,7 +290,8 @@ impl<'a> Scan<'a> {
                 }
                 let start = self.out.len();
                 if k.escaped {
-                    serde_json::to_writer(&mut self.out, key.as_ref()).ok()?;
+                    let text = std::str::from_utf8(&key).ok()?;
+                    serde_json::to_writer(&mut self.out, text).ok()?;
                 } else {
                     self.out.extend_from_slice(self.quoted(k));
                 }
@@ -294,8 +301,8 @@ impl<'a> Scan<'a> {
                 if let Some(facts) = top.as_deref_mut() {
                     let value = &self.out[value_at..];
                     match key.as_ref() {
-                        "temperature" => facts.zero_temperature = is_zero(value),
-                        "seed" => facts.seeded = value != b"null",
+                        b"temperature" => facts.zero_temperature = is_zero(value),
+                        b"seed" => facts.seeded = value != b"null",
                         _ => {}
                     }
                 }
