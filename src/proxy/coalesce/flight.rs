@@ -194,15 +194,16 @@ impl Flight {
             return Err(EveryoneLeft);
         }
         s.header = Some(Arc::new(header));
+        let wake = s.subscribers > 0;
         drop(s);
-        self.progress.notify_waiters();
+        self.wake_subscribers(wake);
         Ok(())
     }
 
     /// Producer: publish body bytes (`end`: the last ones), waiting while the slowest client
     /// lags past the byte bound. Errors: every client has left.
     pub async fn publish_body(&self, data: Bytes, end: bool) -> Result<(), EveryoneLeft> {
-        let fits = {
+        let (fits, wake) = {
             let mut s = self.lock();
             if s.everyone_left() {
                 return Err(EveryoneLeft);
@@ -217,9 +218,9 @@ impl Flight {
                 s.trim();
             }
             s.body_end |= end;
-            s.retained <= self.max_bytes
+            (s.retained <= self.max_bytes, s.subscribers > 0)
         };
-        self.progress.notify_waiters();
+        self.wake_subscribers(wake);
         if fits {
             return Ok(());
         }
@@ -296,8 +297,19 @@ impl Flight {
             s.end = Some(end);
         }
         s.joinable = false;
+        let wake = s.subscribers > 0;
         drop(s);
-        self.progress.notify_waiters();
+        self.wake_subscribers(wake);
+    }
+
+    /// Wake the subscribers waiting for progress, if the flight has any (`any`, read under
+    /// the lock that published): a subscriber counts from its join, before it first waits,
+    /// so a flight without one has nobody to wake (the leader's own client is written to
+    /// inline).
+    fn wake_subscribers(&self, any: bool) {
+        if any {
+            self.progress.notify_waiters();
+        }
     }
 
     /// Bytes retained now (tests and the memory bound).
