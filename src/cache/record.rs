@@ -242,7 +242,8 @@ struct JsonPeek<'a> {
 /// A complete JSON answer: its response id, the body and its usage; `None` if not one.
 /// `relayed`: the usage the relay's accountant read from these same bytes. When it read one
 /// (every API but Bedrock `InvokeModel`, whose usage is in the header), serde_json parsed the
-/// body whole as one JSON document, so its top level is only skimmed ([`top`]); otherwise
+/// body whole as one JSON document, so its top level is only searched and skimmed ([`top`]);
+/// otherwise
 /// serde_json reads it here (and the usage is counted from it).
 fn check_json(
     api: ApiKind,
@@ -253,7 +254,7 @@ fn check_json(
     let parsed = relayed.filter(|_| api != ApiKind::BedrockInvoke);
     let (id, error, status) = match parsed {
         Some(_) => {
-            let t = top::of(&raw)?;
+            let t = top::read(&raw)?;
             (t.id.map(std::borrow::Cow::into_owned), t.error, t.status)
         }
         None => {

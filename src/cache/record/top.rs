@@ -1,11 +1,67 @@
 //! The top-level members of a JSON answer the recorder checks (`id`, `error`, `status`), read
-//! from a body the relay's accountant already parsed whole with serde_json: a skim that finds
-//! member boundaries (strings by their closing quote, containers by their brackets) and checks
-//! no syntax, since that parse did. On any other input it answers something or `None`, never
-//! panics; the recorder uses it only on bodies that parsed.
+//! from a body the relay's accountant already parsed whole with serde_json, so no syntax is
+//! checked here. On any other input it answers something or `None`, never panics; the
+//! recorder uses it only on bodies that parsed.
+//!
+//! [`read`] first looks for the three names as JSON strings (`"error"`, `"status"`, `"id"`):
+//! in JSON text those bytes are only ever a whole string (a string's content holds no
+//! unescaped `"`, RFC 8259 section 7), so when `"error"` and `"status"` appear nowhere and
+//! `"id"` appears once, as the first member's key, the answer is that member's string (the
+//! usual chat and Messages answer: `{"id":"chatcmpl-…",…}`). Otherwise [`of`] skims the top
+//! level member by member (strings by their closing quote, containers by their brackets).
 
 use crate::cache::canonical::skip_plain;
+use memchr::memmem;
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+/// The searchers for the three names as JSON strings, built once.
+static NAMES: LazyLock<[memmem::Finder<'static>; 3]> = LazyLock::new(|| {
+    [
+        memmem::Finder::new(b"\"error\""),
+        memmem::Finder::new(b"\"status\""),
+        memmem::Finder::new(b"\"id\""),
+    ]
+});
+
+/// The members of the object `raw` (valid JSON text): [`of`]'s answer, found by a search for
+/// the names first when that settles it (see the module docs).
+pub(super) fn read(raw: &[u8]) -> Option<Top<'_>> {
+    let [error, status, id] = &*NAMES;
+    if error.find(raw).is_none() && status.find(raw).is_none() {
+        if let Some(top) = leading_id(raw, id) {
+            return Some(top);
+        }
+    }
+    of(raw)
+}
+
+/// When `raw`'s first member is `"id"` with a string value and `"id"` appears nowhere else,
+/// the object's `id`; else `None` (undecided).
+fn leading_id<'a>(raw: &'a [u8], id: &memmem::Finder<'_>) -> Option<Top<'a>> {
+    let i = ws(raw, 0);
+    if raw.get(i) != Some(&b'{') {
+        return None;
+    }
+    let key = ws(raw, i + 1);
+    if raw.get(key..key + 4)? != b"\"id\"" || id.find(&raw[key + 4..]).is_some() {
+        return None;
+    }
+    let colon = ws(raw, key + 4);
+    if raw.get(colon) != Some(&b':') {
+        return None;
+    }
+    let start = ws(raw, colon + 1);
+    if raw.get(start) != Some(&b'"') {
+        return None;
+    }
+    let end = string_end(raw, start)?;
+    Some(Top {
+        id: Some(text(&raw[start..end])?),
+        error: false,
+        status: None,
+    })
+}
 
 /// What the recorder reads of a JSON answer's top level.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -199,6 +255,18 @@ mod tests {
         let top = of(raw).unwrap();
         assert_eq!(top.id.as_deref(), Some("chatcmpl-1"));
         assert!(!top.error);
+        assert_eq!(read(raw), Some(top));
+        // The shortcut: the leading id, no `"error"` or `"status"` anywhere.
+        let plain = br#"{"id":"chatcmpl-2","choices":[{"message":{"content":"say \"id\""}}]}"#;
+        assert_eq!(
+            leading_id(plain, &NAMES[2]).unwrap().id.as_deref(),
+            Some("chatcmpl-2")
+        );
+        assert_eq!(read(plain).unwrap().id.as_deref(), Some("chatcmpl-2"));
+        // `"id"` twice: undecided by the shortcut; the skim refuses the repeated member.
+        let twice = br#"{"id":"a","id":"b"}"#;
+        assert_eq!(leading_id(twice, &NAMES[2]), None);
+        assert_eq!(read(twice), None);
         assert_eq!(
             of(br#" { "error" : {"message":"x"} , "status":"failed"} "#).unwrap(),
             Top {
@@ -224,10 +292,22 @@ mod tests {
     proptest! {
         #![proptest_config(crate::proptest_config())]
 
-        /// On valid JSON it reads what serde_json reads.
+        /// On valid JSON both reads give what serde_json reads.
         #[test]
         fn equals_serde_on_valid_json(text in json_text(&["\"id\"", "\"error\"", "\"status\""])) {
-            prop_assert_eq!(of(text.as_bytes()), by_serde(text.as_bytes()), "{}", text);
+            let want = by_serde(text.as_bytes());
+            prop_assert_eq!(&of(text.as_bytes()), &want, "{}", text);
+            prop_assert_eq!(&read(text.as_bytes()), &want, "{}", text);
+        }
+
+        /// The search's shortcut, on answers shaped like chat and Messages ones.
+        #[test]
+        fn the_shortcut_equals_serde(
+            id in "[a-z_\"\\\\-]{0,12}",
+            rest in json_text(&["\"id\"", "\"model\""]),
+        ) {
+            let text = format!("{{ \"id\" : {}, \"x\": {rest} }}", serde_json::to_string(&id).unwrap());
+            prop_assert_eq!(read(text.as_bytes()), by_serde(text.as_bytes()), "{}", text);
         }
 
         /// Whatever the bytes, an answer or `None`, never a panic.
