@@ -33,7 +33,7 @@ pub struct Canonical {
 }
 
 mod scan;
-pub(crate) use scan::skip_plain;
+pub(crate) use scan::{skip_plain, skip_ws};
 
 /// `body` (JSON, any value) in canonical form. Errors: not JSON (serde_json's error, which
 /// says where).

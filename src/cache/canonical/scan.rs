@@ -44,6 +44,15 @@ pub(crate) fn skip_plain(b: &[u8], mut j: usize) -> usize {
     j
 }
 
+/// The first index at or after `i` that is not JSON whitespace (RFC 8259 section 2), or
+/// `b.len()`.
+pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
 /// Deepest nesting taken here; deeper bodies go to serde_json (whose own limit is 128).
 const MAX_DEPTH: usize = 64;
 
@@ -95,9 +104,7 @@ struct Str {
 impl<'a> Scan<'a> {
     /// Skips JSON whitespace (RFC 8259 section 2).
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
-            self.i += 1;
-        }
+        self.i = skip_ws(self.b, self.i);
     }
 
     /// Consumes `c` after whitespace.

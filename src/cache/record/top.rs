@@ -10,7 +10,7 @@
 //! usual chat and Messages answer: `{"id":"chatcmpl-…",…}`). Otherwise [`of`] skims the top
 //! level member by member (strings by their closing quote, containers by their brackets).
 
-use crate::cache::canonical::skip_plain;
+use crate::cache::canonical::{skip_plain, skip_ws as ws};
 use memchr::memmem;
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -135,14 +135,6 @@ fn slot_of(name: &[u8]) -> Option<usize> {
         b"status" => Some(2),
         _ => None,
     }
-}
-
-/// The first index at or after `i` that is not JSON whitespace (RFC 8259 section 2).
-fn ws(raw: &[u8], mut i: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = raw.get(i) {
-        i += 1;
-    }
-    i
 }
 
 /// The index just past the string whose opening quote is at `i`.
