@@ -3,32 +3,37 @@
 //! checked here. On any other input it answers something or `None`, never panics; the
 //! recorder uses it only on bodies that parsed.
 //!
-//! [`read`] first looks for the three names as JSON strings (`"error"`, `"status"`, `"id"`):
-//! in JSON text those bytes are only ever a whole string (a string's content holds no
-//! unescaped `"`, RFC 8259 section 7), so when `"error"` and `"status"` appear nowhere and
-//! `"id"` appears once, as the first member's key, the answer is that member's string (the
-//! usual chat and Messages answer: `{"id":"chatcmpl-…",…}`). Otherwise [`of`] skims the top
-//! level member by member (strings by their closing quote, containers by their brackets).
+//! [`read`] first looks for the three names as JSON strings (`"error"`, `"status"`, `"id"`)
+//! and for `\u`. A member named `error` shows the bytes `"error"` unless its name is written
+//! with an escape, and the only escape that spells a letter is `\u` (RFC 8259 section 7). So
+//! when the body holds no `\u`, no `"error"` and no `"status"`, it has neither member; and
+//! when `"id"` then appears once, as the first member's key, the answer is that member's
+//! string (the usual chat and Messages answer: `{"id":"chatcmpl-…",…}`). The bytes may also
+//! appear where there is no such member (as a value, or after an escaped quote): then, as in
+//! every other case, [`of`] skims the top level member by member (strings by their closing
+//! quote, containers by their brackets).
 
 use crate::cache::canonical::{skip_plain, skip_ws as ws};
 use memchr::memmem;
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-/// The searchers for the three names as JSON strings, built once.
-static NAMES: LazyLock<[memmem::Finder<'static>; 3]> = LazyLock::new(|| {
+/// The searchers for the three names as JSON strings and for a `\u` escape, built once.
+static NAMES: LazyLock<[memmem::Finder<'static>; 4]> = LazyLock::new(|| {
     [
         memmem::Finder::new(b"\"error\""),
         memmem::Finder::new(b"\"status\""),
         memmem::Finder::new(b"\"id\""),
+        memmem::Finder::new(b"\\u"),
     ]
 });
 
 /// The members of the object `raw` (valid JSON text): [`of`]'s answer, found by a search for
 /// the names first when that settles it (see the module docs).
 pub(super) fn read(raw: &[u8]) -> Option<Top<'_>> {
-    let [error, status, id] = &*NAMES;
-    if error.find(raw).is_none() && status.find(raw).is_none() {
+    let [error, status, id, escape] = &*NAMES;
+    let settled = |f: &memmem::Finder<'_>| f.find(raw).is_none();
+    if settled(escape) && settled(error) && settled(status) {
         if let Some(top) = leading_id(raw, id) {
             return Some(top);
         }
@@ -259,6 +264,11 @@ mod tests {
         let twice = br#"{"id":"a","id":"b"}"#;
         assert_eq!(leading_id(twice, &NAMES[2]), None);
         assert_eq!(read(twice), None);
+        // A name spelled with an escape is still that member: the skim decides.
+        let escaped = br#"{"id":"a","\u0065rror":{"message":"boom"}}"#;
+        assert_eq!(read(escaped), by_serde(escaped));
+        assert!(read(escaped).unwrap().error);
+        assert_eq!(read(br#"{"id":"a","\u0069d":"b"}"#), None);
         assert_eq!(
             of(br#" { "error" : {"message":"x"} , "status":"failed"} "#).unwrap(),
             Top {
@@ -281,12 +291,22 @@ mod tests {
         }
     }
 
+    /// The names read, as sent and spelled with escapes.
+    const NAMED: &[&str] = &[
+        "\"id\"",
+        "\"error\"",
+        "\"status\"",
+        r#""\u0069d""#,
+        r#""\u0065rror""#,
+        r#""st\u0061tus""#,
+    ];
+
     proptest! {
         #![proptest_config(crate::proptest_config())]
 
         /// On valid JSON both reads give what serde_json reads.
         #[test]
-        fn equals_serde_on_valid_json(text in json_text(&["\"id\"", "\"error\"", "\"status\""])) {
+        fn equals_serde_on_valid_json(text in json_text(NAMED)) {
             let want = by_serde(text.as_bytes());
             prop_assert_eq!(&of(text.as_bytes()), &want, "{}", text);
             prop_assert_eq!(&read(text.as_bytes()), &want, "{}", text);
@@ -296,7 +316,7 @@ mod tests {
         #[test]
         fn the_shortcut_equals_serde(
             id in "[a-z_\"\\\\-]{0,12}",
-            rest in json_text(&["\"id\"", "\"model\""]),
+            rest in json_text(NAMED),
         ) {
             let text = format!("{{ \"id\" : {}, \"x\": {rest} }}", serde_json::to_string(&id).unwrap());
             prop_assert_eq!(read(text.as_bytes()), by_serde(text.as_bytes()), "{}", text);
