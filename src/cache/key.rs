@@ -21,8 +21,9 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 
 /// Request headers that change what a provider answers, hashed with the body.
-/// (As `HeaderName`s, built at compile time: looked up without parsing a name per request.)
-pub const VERSION_HEADERS: [http::HeaderName; 3] = [
+/// (As `HeaderName`s, built at compile time: looked up without parsing a name per request; a
+/// `static`, not a `const`, so that a use is not a temporary array built and dropped.)
+pub static VERSION_HEADERS: [http::HeaderName; 3] = [
     http::HeaderName::from_static("anthropic-version"),
     http::HeaderName::from_static("anthropic-beta"),
     http::HeaderName::from_static("openai-beta"),
@@ -33,7 +34,7 @@ pub const IGNORED_FIELDS: [&str; 4] = ["stream", "stream_options", "user", "meta
 
 /// The client's own cache switch: request header `x-sluice-cache` with `on` (cache this
 /// request even when it does not ask for determinism) or `off` (bypass).
-pub const CLIENT_HEADER: http::HeaderName = http::HeaderName::from_static("x-sluice-cache");
+pub static CLIENT_HEADER: http::HeaderName = http::HeaderName::from_static("x-sluice-cache");
 
 /// SHA-256 of a request in canonical form (32 bytes). Printed as 64 lower-case hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -345,11 +346,11 @@ mod tests {
         assert_eq!(Intent::of(&none, false), Intent::default());
         let mut h = HeaderMap::new();
         h.insert("cache-control", "max-age=0, No-Cache".parse().unwrap());
-        h.insert(CLIENT_HEADER, "on".parse().unwrap());
+        h.insert(CLIENT_HEADER.clone(), "on".parse().unwrap());
         let i = Intent::of(&h, false);
         assert!(i.no_cache && i.opted_in && !i.no_store);
         let mut off = HeaderMap::new();
-        off.insert(CLIENT_HEADER, "off".parse().unwrap());
+        off.insert(CLIENT_HEADER.clone(), "off".parse().unwrap());
         let i = Intent::of(&off, false);
         assert!(i.no_cache && i.no_store);
     }
