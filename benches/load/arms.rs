@@ -19,7 +19,8 @@ pub enum Kind {
 }
 
 /// One arm: where to send requests, its process (none for direct), the bearer it takes,
-/// and sluice's admin listener.
+/// sluice's admin listener, and whether its config has the `plain` route
+/// ([`sluice_variant_config`]).
 pub struct Arm {
     pub name: String,
     pub kind: Kind,
@@ -27,6 +28,7 @@ pub struct Arm {
     pub pid: Option<u32>,
     pub auth: String,
     pub admin: Option<SocketAddr>,
+    pub plain_route: bool,
 }
 
 /// The virtual key clients send (sluice maps it to tenant `bench`; the others ignore it).
@@ -39,18 +41,29 @@ pub const LITELLM_MASTER: &str = "sk-bench-litellm-9f2c71d4e8a3";
 /// The sluice arm's config: listeners on `proxy` / `admin`, one OpenAI pool to the bench
 /// upstream on `upstream` with its key from env `BENCH_UPSTREAM_KEY`, and [`SLUICE_POLICIES`].
 pub fn sluice_config(proxy: u16, admin: u16, upstream: u16) -> String {
-    config_with(proxy, admin, upstream, "{}")
+    config_with(proxy, admin, upstream, "{}", false)
 }
 
-/// [`sluice_config`] with the YAML mapping `route` merged into its route.
-fn config_with(proxy: u16, admin: u16, upstream: u16, route: &str) -> String {
-    let cfg = Config::new()
+/// The header line that sends a request of a config variant's arm to its `plain` route
+/// ([`sluice_variant_config`]).
+pub const PLAIN_ROUTE_HEADER: &str = "x-bench-route: plain";
+
+/// [`sluice_config`] with the YAML mapping `route` merged into its route; with `plain`, a route
+/// named `plain` before it, the same but for `route` and taking only requests with
+/// [`PLAIN_ROUTE_HEADER`].
+fn config_with(proxy: u16, admin: u16, upstream: u16, route: &str, plain: bool) -> String {
+    let mut cfg = Config::new()
         // The hold phase opens ~10,000 streams: above the default client connection cap.
         .yaml("server: {threads: 1, log_format: json, drain_timeout_seconds: 1, max_client_connections: 12000}")
         .pool(
             Pool::openai("local", &format!("http://127.0.0.1:{upstream}"))
                 .key_envs(&["BENCH_UPSTREAM_KEY"]),
-        )
+        );
+    if plain {
+        let (name, value) = PLAIN_ROUTE_HEADER.split_once(": ").unwrap_or_default();
+        cfg = cfg.route(Route::prefix("plain", "/v1", &["local"]).header(name, value));
+    }
+    let cfg = cfg
         .route(Route::prefix("chat", "/v1", &["local"]).yaml(route))
         .yaml(SLUICE_POLICIES);
     format!(
@@ -60,7 +73,9 @@ fn config_with(proxy: u16, admin: u16, upstream: u16, route: &str) -> String {
 }
 
 /// A config variant of the sluice arm (`--sluice-variants`): the same config with one more
-/// feature on the route. `reuse`: the exact-match response cache (`when: always`, so every
+/// feature on the route, and before it a `plain` route without it for requests that carry
+/// [`PLAIN_ROUTE_HEADER`], so that the feature's cost is measured against the same route
+/// without it in the same process (`measure::route_pair_cpu`). `reuse`: the exact-match response cache (`when: always`, so every
 /// request is looked up and every answer stored) and request coalescing; the harness's
 /// requests are all distinct, so every lookup misses and nothing coalesces: what the two
 /// cost a route when they do not help; `cache` and `coalesce`: each alone; `cache-full`: the
@@ -82,7 +97,7 @@ pub fn sluice_variant_config(
         "coalesce" => "{coalesce: true}",
         _ => return None,
     };
-    let cfg = config_with(proxy, admin, upstream, route);
+    let cfg = config_with(proxy, admin, upstream, route, true);
     // `cache-full`: a 1 MiB memory tier, full after a few thousand misses: the cost of a
     // miss once the cache evicts (steady state), not while it grows.
     Some(match variant {
@@ -101,7 +116,7 @@ pub fn sluice_variant_config(
 /// of the harness answering 200, started on a port bound to 0): what one request span and one
 /// attempt span per request cost, exported.
 pub fn tracing_variant_config(proxy: u16, admin: u16, upstream: u16, sink: u16) -> String {
-    let cfg = config_with(proxy, admin, upstream, "{}");
+    let cfg = config_with(proxy, admin, upstream, "{}", false);
     format!(
         "{cfg}\ntracing: {{otlp_endpoint: \"http://127.0.0.1:{sink}/v1/traces\", sample_ratio: 1.0}}\n"
     )

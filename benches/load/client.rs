@@ -263,3 +263,15 @@ pub fn chat_request(addr: SocketAddr, auth: &str, stream: bool, query: &str) -> 
     )
     .into_bytes()
 }
+
+/// `req` (an HTTP/1.1 request) with the header line `line` (`name: value`) added after its
+/// request line.
+pub fn with_header(req: &[u8], line: &str) -> Vec<u8> {
+    let at = find(req, b"\r\n").map_or(req.len(), |i| i + 2);
+    let mut out = Vec::with_capacity(req.len() + line.len() + 2);
+    out.extend_from_slice(&req[..at]);
+    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&req[at..]);
+    out
+}

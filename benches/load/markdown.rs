@@ -223,11 +223,11 @@ pub fn render(
     if !paired.is_empty() {
         let _ = writeln_s(
             w,
-            "\n## Paired CPU: each other sluice against the sluice arm\n\nIn every round, after the phases above, the sluice arm and the other one alternate in closed-loop blocks (A B B A ..., 8 connections, each block with only its own proxy running); CPU is the on-CPU time from schedstat over the blocks of each. Neighbours' noise on the machine falls on adjacent blocks of both alike, which the separate CPU phases above cannot promise.\n",
+            "\n## Paired CPU: each other sluice against its base\n\nIn every round, after the phases above, two request streams alternate in closed-loop blocks (A B B A ..., 8 connections, only the measured proxy running); CPU is the on-CPU time from schedstat over each block. Neighbours' noise on the machine falls on adjacent blocks of both alike, which the separate CPU phases above cannot promise.\n\n- A route variant (`reuse`, `cache`, `coalesce`, ...): its route against the same route without the feature (`plain`, selected by a request header) in the variant's own process, 40 pairs of 1,500-request blocks (10 of 1,000 with `--quick`); the ratio is the median over the pairs. One process for both leaves out what differs between two processes of the same config.\n- Another build or a process-wide variant (`tracing`): the process against the sluice arm, 6 pairs of 4,000-request blocks (3 of 2,000 with `--quick`); the ratio is of the sums.\n",
         );
         let _ = writeln_s(
             w,
-            "| arm | ratio to sluice, median | ratio per round | sluice µs/req per round | arm µs/req per round |",
+            "| arm | ratio to its base, median over rounds | ratio per round | base µs/req per round | arm µs/req per round |",
         );
         let _ = writeln_s(w, "|---|---:|---|---|---|");
         let per_round = |a: &str, k: &str, digits: usize| -> String {

@@ -1,8 +1,8 @@
 //! One arm measured: every phase of a round ([`measure_arm`]: CPU per request, max RPS,
 //! latency sequential and open loop, streams), open streams held for memory
 //! ([`hold_streams`]), and sluice's start-to-ready ([`measure_startup`]).
-use crate::arms::{sluice_config, Arm, Kind};
-use crate::client::{chat_request, get};
+use crate::arms::{sluice_config, Arm, Kind, PLAIN_ROUTE_HEADER};
+use crate::client::{chat_request, get, with_header};
 use crate::load::{
     closed_count, closed_for, open_loop, open_stream, sequential, streams, wait_until,
 };
@@ -337,4 +337,58 @@ pub async fn paired_cpu(
     }
     let per = |w: usize| ns[w] as f64 / 1e3 / ok[w].max(1) as f64;
     (per(0), per(1), errors)
+}
+
+/// What [`route_pair_cpu`] measured: µs of CPU per request on the `plain` route and on the
+/// variant's route (means over the blocks), the median over the pairs of their ratio, and
+/// the requests that failed.
+pub struct RoutePair {
+    pub plain_us: f64,
+    pub variant_us: f64,
+    pub ratio: f64,
+    pub errors: u64,
+}
+
+/// CPU per request of a config variant's route against its `plain` route (the same route
+/// without the feature, [`crate::arms::sluice_variant_config`]) in the variant arm's own
+/// process: `pairs` pairs of closed-loop blocks of `per_block` requests each (8 connections),
+/// one block to each route, alternating A B B A ... so that each route goes first in half of
+/// the pairs. One process for both removes what differs between two processes of the same
+/// config (their memory layout, measured at up to 7%); short blocks close together put both
+/// halves of a pair under the same neighbours; the median of the pairs' ratios leaves out a
+/// pair that a burst on the machine hit. Only `idx` runs (the others SIGSTOPped when `pause`).
+pub async fn route_pair_cpu(
+    arms: &[Arm],
+    idx: usize,
+    pairs: usize,
+    per_block: u64,
+    pause: bool,
+) -> RoutePair {
+    let arm = &arms[idx];
+    let to = Duration::from_secs(10);
+    crate::rounds::pause_all(arms, Some(idx), pause);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let variant = chat_request(arm.addr, &arm.auth, false, "");
+    let plain = with_header(&variant, PLAIN_ROUTE_HEADER);
+    let (mut us, mut ratios, mut errors) = ([0f64; 2], Vec::with_capacity(pairs), 0u64);
+    for p in 0..pairs {
+        let mut pair = [0f64; 2];
+        for k in 0..2 {
+            let which = if p % 2 == 0 { k } else { 1 - k };
+            let req = if which == 0 { &plain } else { &variant };
+            let before = on_cpu_ns(arm);
+            let (o, e, _) = closed_count(arm.addr, req, 8, per_block, to).await;
+            pair[which] = (on_cpu_ns(arm) - before) as f64 / 1e3 / o.max(1) as f64;
+            errors += e;
+        }
+        us[0] += pair[0] / pairs as f64;
+        us[1] += pair[1] / pairs as f64;
+        ratios.push(pair[1] / pair[0]);
+    }
+    RoutePair {
+        plain_us: us[0],
+        variant_us: us[1],
+        ratio: median(&ratios),
+        errors,
+    }
 }

@@ -120,6 +120,7 @@ impl Session {
                         pid: Some(pid),
                         auth: VIRTUAL_KEY.into(),
                         admin: None,
+                        plain_route: false,
                     });
                 } else {
                     notes.push(format!(
@@ -154,6 +155,7 @@ impl Session {
                 pid: Some(pid),
                 auth: LITELLM_MASTER.into(),
                 admin: None,
+                plain_route: false,
             });
             log(t0, "litellm ready");
         } else {

@@ -234,7 +234,7 @@ pub fn targets(res: &Results, sum: &Summary) -> Vec<Target> {
     if res.names.iter().any(|n| n == "sluice-reuse") {
         let v = g("sluice-reuse", "paired_cpu_ratio");
         t.push((
-            "CPU/request, route with cache and coalescing on, every request a miss ÷ the same route without them (paired blocks, median over rounds)",
+            "CPU/request, route with cache and coalescing on, every request a miss ÷ the same route without them in the same process (paired blocks, median over rounds)",
             "≤ 1.05×",
             v,
             v <= 1.05,

@@ -3,7 +3,7 @@
 //! open-streams phase.
 use crate::arms::{Arm, Kind};
 use crate::client::get;
-use crate::measure::{hold_streams, measure_arm, paired_cpu};
+use crate::measure::{hold_streams, measure_arm, paired_cpu, route_pair_cpu};
 use crate::opts::Opts;
 use crate::procs::{mem_kib, signal, tree};
 use crate::report::{f, Metrics};
@@ -78,30 +78,43 @@ pub async fn run(opts: &Opts, s: &mut Session) -> Rounds {
             );
             results.insert(arm.name.clone(), m);
         }
-        // Every other sluice (a config variant or another build) against the sluice arm, in
-        // paired blocks: the figure its CPU targets are judged on.
+        // Every other sluice against its base in paired blocks: the figure its CPU targets
+        // are judged on. A route variant against its own `plain` route in its own process;
+        // another build or a process-wide variant against the sluice arm.
         if let Some(base) = arms.iter().position(|a| a.name == "sluice") {
             let (blocks, per_block) = if opts.quick { (3, 2_000) } else { (6, 4_000) };
+            let (pairs, per_pair_block) = if opts.quick { (10, 1_000) } else { (40, 1_500) };
             for (v, arm) in arms.iter().enumerate() {
                 if !arm.name.starts_with("sluice-") {
                     continue;
                 }
-                let (b, x, errors) = paired_cpu(arms, base, v, blocks, per_block, opts.pause).await;
+                let (b, x, ratio, errors) = if arm.plain_route {
+                    let r = route_pair_cpu(arms, v, pairs, per_pair_block, opts.pause).await;
+                    (r.plain_us, r.variant_us, r.ratio, r.errors)
+                } else {
+                    let (b, x, e) = paired_cpu(arms, base, v, blocks, per_block, opts.pause).await;
+                    (b, x, x / b, e)
+                };
                 log(
                     t0,
                     format!(
-                        "round {} paired CPU: sluice {} us/req, {} {} us/req (x{}), errors {errors}",
+                        "round {} paired CPU: {} {} us/req, {} {} us/req (x{}), errors {errors}",
                         round + 1,
+                        if arm.plain_route {
+                            "its plain route"
+                        } else {
+                            "sluice"
+                        },
                         f(b, 1),
                         arm.name,
                         f(x, 1),
-                        f(x / b, 3)
+                        f(ratio, 3)
                     ),
                 );
                 if let Some(m) = results.get_mut(&arm.name) {
                     m.insert("paired_base_cpu_us_per_req".into(), b);
                     m.insert("paired_cpu_us_per_req".into(), x);
-                    m.insert("paired_cpu_ratio".into(), x / b);
+                    m.insert("paired_cpu_ratio".into(), ratio);
                     *m.entry("errors".into()).or_default() += errors as f64;
                 }
             }

@@ -90,6 +90,7 @@ pub async fn start(opts: &Opts) -> Result<Session, String> {
         pid: None,
         auth: VIRTUAL_KEY.into(),
         admin: None,
+        plain_route: false,
     };
     let mut s = Session {
         t0,
@@ -179,6 +180,7 @@ impl Session {
             pid: Some(pid),
             auth: VIRTUAL_KEY.into(),
             admin: None,
+            plain_route: false,
         });
         Ok(())
     }
@@ -212,6 +214,9 @@ impl Session {
             let conf_dir = dir.join(format!("{name}-conf"));
             std::fs::create_dir_all(&conf_dir).map_err(|e| e.to_string())?;
             let cfg = conf_dir.join("sluice.yaml");
+            // A route variant's config also has the `plain` route (the same route without the
+            // feature), measured against it in the same process.
+            let plain_route = variant.as_deref().is_some_and(|v| v != "tracing");
             let text = match &variant {
                 None => sluice_config(port, admin, up_addr.port()),
                 Some(v) if v == "tracing" => {
@@ -268,6 +273,7 @@ impl Session {
                 pid: Some(pid),
                 auth: VIRTUAL_KEY.into(),
                 admin: Some(admin),
+                plain_route,
             });
         }
         Ok(())
