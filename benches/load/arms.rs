@@ -80,7 +80,9 @@ fn config_with(proxy: u16, admin: u16, upstream: u16, route: &str, plain: bool) 
 /// requests are all distinct, so every lookup misses and nothing coalesces: what the two
 /// cost a route when they do not help; `cache` and `coalesce`: each alone; `cache-full`: the
 /// cache alone in a 1 MiB memory tier (full, evicting); `cache-nostore` and `cache-noretain`:
-/// the cache's lookup alone, and its lookup, recording and check without keeping anything.
+/// the cache's lookup alone, and its lookup, recording and check without keeping anything;
+/// `same`: no feature at all (the control: its paired ratio against `plain` is the
+/// measurement's own noise).
 /// `None` for an unknown variant.
 pub fn sluice_variant_config(
     variant: &str,
@@ -95,6 +97,8 @@ pub fn sluice_variant_config(
             "{cache: {when: always, ttl_ms: 60000}}"
         }
         "coalesce" => "{coalesce: true}",
+        // The control: the same route twice, so its paired ratio is the method's own noise.
+        "same" => "{}",
         _ => return None,
     };
     let cfg = config_with(proxy, admin, upstream, route, true);

@@ -228,7 +228,7 @@ impl Session {
                 }
                 Some(v) => {
                     sluice_variant_config(v, port, admin, up_addr.port()).ok_or_else(|| {
-                        format!("unknown sluice variant {v:?} (known: reuse, cache, cache-full, cache-nostore, cache-noretain, coalesce, tracing)")
+                        format!("unknown sluice variant {v:?} (known: reuse, cache, cache-full, cache-nostore, cache-noretain, coalesce, same, tracing)")
                     })?
                 }
             };
