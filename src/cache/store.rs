@@ -180,10 +180,18 @@ impl Store {
 
     /// The memory tier's insert, and the gauges now and then.
     fn keep(&self, key: Key, entry: Arc<Entry>, ttl: Duration) {
-        let expires = Instant::now() + ttl;
-        self.memory.insert(key, Stored { entry, expires });
+        // One clock read for the expiry and the export cadence.
+        let now = Instant::now();
+        self.memory.insert(
+            key,
+            Stored {
+                entry,
+                expires: now + ttl,
+            },
+        );
         let stores = self.stores.fetch_add(1, Ordering::Relaxed) + 1;
-        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let since = now.saturating_duration_since(self.epoch);
+        let now_ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         let last_ms = self.exported_ms.load(Ordering::Relaxed);
         if stores % EXPORT_EVERY == 0
             || last_ms == u64::MAX
