@@ -72,17 +72,16 @@ fn config_with(proxy: u16, admin: u16, upstream: u16, route: &str, plain: bool) 
     )
 }
 
-/// A config variant of the sluice arm (`--sluice-variants`): the same config with one more
-/// feature on the route, and before it a `plain` route without it for requests that carry
-/// [`PLAIN_ROUTE_HEADER`], so that the feature's cost is measured against the same route
-/// without it in the same process (`measure::route_pair_cpu`). `reuse`: the exact-match response cache (`when: always`, so every
-/// request is looked up and every answer stored) and request coalescing; the harness's
-/// requests are all distinct, so every lookup misses and nothing coalesces: what the two
-/// cost a route when they do not help; `cache` and `coalesce`: each alone; `cache-full`: the
-/// cache alone in a 1 MiB memory tier (full, evicting); `cache-nostore` and `cache-noretain`:
-/// the cache's lookup alone, and its lookup, recording and check without keeping anything;
-/// `same`: no feature at all (the control: its paired ratio against `plain` is the
-/// measurement's own noise).
+/// A config variant of the sluice arm (`--sluice-variants`): the same config with one more feature
+/// on the route, and before it a `plain` route without it for requests that carry
+/// [`PLAIN_ROUTE_HEADER`], so that the feature's cost is measured against the same route without it
+/// in the same process (`measure::route_pair_cpu`). `reuse`: the exact-match response cache (`when:
+/// always`, so every request is looked up and every answer stored) and request coalescing; the
+/// harness's requests are all distinct, so every lookup misses and nothing coalesces: what the two
+/// cost a route when they do not help; `cache` and `coalesce`: each alone; `cache-full`: the cache
+/// alone in a 1 MiB memory tier (full, evicting); `cache-nostore` and `cache-noretain`: the cache's
+/// lookup alone, and its lookup, recording and check without keeping anything; `same`: no feature
+/// at all (the control: its paired ratio against `plain` is the measurement's own noise).
 /// `None` for an unknown variant.
 pub fn sluice_variant_config(
     variant: &str,
