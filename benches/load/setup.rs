@@ -216,20 +216,21 @@ impl Session {
             let cfg = conf_dir.join("sluice.yaml");
             // A route variant's config also has the `plain` route (the same route without the
             // feature), measured against it in the same process.
-            let plain_route = variant.as_deref().is_some_and(|v| v != "tracing");
-            let text = match &variant {
-                None => sluice_config(port, admin, up_addr.port()),
+            let (text, plain_route) = match &variant {
+                None => (sluice_config(port, admin, up_addr.port()), false),
                 Some(v) if v == "tracing" => {
                     if sink.is_none() {
                         sink = Some(crate::support::mock::Mock::start().await);
                     }
                     let sink_port = sink.as_ref().map_or(0, |m| m.addr.port());
-                    tracing_variant_config(port, admin, up_addr.port(), sink_port)
+                    let text = tracing_variant_config(port, admin, up_addr.port(), sink_port);
+                    (text, false)
                 }
                 Some(v) => {
-                    sluice_variant_config(v, port, admin, up_addr.port()).ok_or_else(|| {
+                    let text = sluice_variant_config(v, port, admin, up_addr.port()).ok_or_else(|| {
                         format!("unknown sluice variant {v:?} (known: reuse, cache, cache-full, cache-nostore, cache-noretain, coalesce, same, tracing)")
-                    })?
+                    })?;
+                    (text, true)
                 }
             };
             std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
