@@ -226,8 +226,8 @@ fn check_stream(api: ApiKind, raw: &[u8], max_event_bytes: usize) -> Option<(Byt
     ok.then(|| (Bytes::from(out), acc.usage().unwrap_or_default()))
 }
 
-/// The members of a JSON answer the check reads, borrowed (one pass, no tree built): serde_json's
-/// reading, for a body no one parsed yet.
+/// The members of a JSON answer the check reads, borrowed (one pass, no tree built):
+/// serde_json's reading, for a body no one parsed yet.
 #[derive(serde::Deserialize)]
 struct JsonPeek<'a> {
     #[serde(borrow, default)]
@@ -243,8 +243,7 @@ struct JsonPeek<'a> {
 /// `relayed`: the usage the relay's accountant read from these same bytes. When it read one
 /// (every API but Bedrock `InvokeModel`, whose usage is in the header), serde_json parsed the
 /// body whole as one JSON document, so its top level is only searched and skimmed ([`top`]);
-/// otherwise
-/// serde_json reads it here (and the usage is counted from it).
+/// otherwise serde_json reads it here (and the usage is counted from it).
 fn check_json(
     api: ApiKind,
     raw: Vec<u8>,

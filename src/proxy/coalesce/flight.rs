@@ -1,7 +1,8 @@
 //! One coalesced upstream call (a flight): the response of the leader's attempt (the
 //! upstream's header, from which each follower builds its own; the client-visible body chunks;
-//! how it ended) as it is produced, read by every follower from its own cursor. The leader's own client is written to inline by the producer (no copy, no
-//! task of its own); the flight only records whether it is still there.
+//! how it ended) as it is produced, read by every follower from its own cursor. The leader's
+//! own client is written to inline by the producer (no copy, no task of its own); the flight
+//! only records whether it is still there.
 //!
 //! Memory: while the flight takes new followers it keeps every chunk (a late joiner replays
 //! them from the first), up to `max_bytes`; past it the flight takes no new followers and
