@@ -560,6 +560,7 @@ fn cache(c: &mut Criterion) {
         max_bytes: 64 << 20,
         max_entry_bytes: 1 << 20,
         max_flight_bytes: 1 << 20,
+        admin_purge: false,
         redis: None,
     }));
     let key = |i: u64| {

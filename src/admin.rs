@@ -1,7 +1,9 @@
 //! The admin listener: `GET /metrics` (Prometheus text format), `/healthz` (process alive),
 //! `/readyz` (200 while serving, 503 once shutdown began), and with `debug.profiling` the
 //! profiling endpoints `/debug/pprof/profile` ([`pprof`]) and `/debug/allocator`
-//! (`allocator`), which answer 404 otherwise (and are never served by the proxy listener).
+//! (`allocator`), which answer 404 otherwise (and are never served by the proxy listener);
+//! with `cache.admin_purge` the response cache's purge endpoints ([`cache`]:
+//! `DELETE /cache/entries/{input_hash}` and `DELETE /cache/entries`), 404 otherwise.
 //!
 //! It runs outside Pingora's services, on a thread and runtime of its own: Pingora closes every
 //! service's listener at SIGTERM, but during the drain the kubelet's readiness probe (a new
@@ -10,8 +12,10 @@
 //! driven through its `ServerApp` interface); only the accept loop is ours.
 
 mod allocator;
+pub mod cache;
 pub mod pprof;
 
+use crate::cache::Store;
 use crate::config::Snapshot;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -44,6 +48,8 @@ pub struct Admin {
     pub profiles: pprof::CpuProfiles,
     /// The connection bound ([`Bounds::connection_timeout`]) a profile must fit in.
     pub connection_timeout: Duration,
+    /// The response cache's store (the purge endpoints).
+    pub store: Arc<Store>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -62,7 +68,16 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let uri = session.req_header().uri.clone();
-        let profiling = self.config.load().profiling;
+        let (profiling, purge) = {
+            let snapshot = self.config.load();
+            (snapshot.profiling, snapshot.cache.admin_purge)
+        };
+        if purge {
+            let method = session.req_header().method.clone();
+            if let Some(resp) = cache::serve(&self.store, &method, uri.path()).await {
+                return resp;
+            }
+        }
         match uri.path() {
             "/metrics" => {
                 let mut buf = Vec::new();
@@ -93,7 +108,8 @@ impl ServeHttp for Admin {
 
 /// Bind the admin listener on `addr` (`host:port`) and serve [`Admin`] from a thread of its own
 /// until the process exits (see the module doc for why it is not a Pingora service). `config`
-/// is the config in force, read per request for the `debug` section.
+/// is the config in force, read per request for the `debug` section and `cache.admin_purge`;
+/// `store` is the response cache's store.
 ///
 /// Errors: the bind failed (address in use, bad address), or the thread or its runtime could
 /// not be created.
@@ -102,6 +118,7 @@ pub fn spawn(
     ready: Arc<AtomicBool>,
     bounds: Bounds,
     config: Arc<ArcSwap<Snapshot>>,
+    store: Arc<Store>,
 ) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -113,6 +130,7 @@ pub fn spawn(
         config,
         profiles: pprof::CpuProfiles::default(),
         connection_timeout: bounds.connection_timeout,
+        store,
     }));
     std::thread::Builder::new()
         .name("sluice-admin".to_owned())

@@ -121,6 +121,7 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     let sluice = Sluice::new(config, limiter);
     // The response cache's Redis tier, built with the store from the first snapshot.
     let cache_redis = sluice.store().redis().cloned();
+    let cache_store = sluice.store().clone();
     let app = Arc::new(pingora_proxy::http_proxy(&server.configuration, sluice));
     let mut proxy = Service::new("sluice proxy".to_owned(), Listener::new(app, connections));
     // Sized L4 buffers instead of Pingora's 64 KiB read buffer per client connection.
@@ -136,8 +137,13 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     // thread of its own (`usage::estimate`), so a sidecar whose upstreams report usage never
     // holds one (o200k_base alone is about 28 MiB).
     // Not a Pingora service: it must keep answering through the drain (see `admin`).
-    if let Err(e) = crate::admin::spawn(&admin_addr, ready.clone(), admin_bounds, config_for_admin)
-    {
+    if let Err(e) = crate::admin::spawn(
+        &admin_addr,
+        ready.clone(),
+        admin_bounds,
+        config_for_admin,
+        cache_store,
+    ) {
         tracing::error!(admin = %admin_addr, error = %e, "admin listener: cannot bind");
         std::process::exit(1);
     }

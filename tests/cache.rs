@@ -3,8 +3,8 @@
 //! the usage chunk shown or hidden as on a live stream), what is never stored (errors, cut
 //! streams, error events, `cache-control: no-store` from the upstream, entries over
 //! `cache.max_entry_bytes`), TTL expiry, tenant vs route scope, the limits rule (a hit counts
-//! against request limits, never against tokens or budget), and the memory bound under a
-//! flood of distinct large responses (RSS measured).
+//! against request limits, never against tokens or budget), the admin listener's purge
+//! endpoints, and the memory bound under a flood of distinct large responses (RSS measured).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -353,6 +353,94 @@ async fn errors_cut_streams_error_events_and_upstream_no_store_are_never_stored(
     let (a, b) = twice(chat(0.0, "storable")).await;
     assert_eq!((a.cache.as_str(), b.cache.as_str()), ("miss", "hit"));
     assert_eq!(s.metric("sluice_cache_stored_total", &[]).await, 1.0);
+}
+
+/// `DELETE` on the admin listener's `path`: status and JSON body.
+async fn admin_delete(s: &Sluice, path: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .delete(format!("{}{path}", s.admin))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_admin_listener_purges_one_entry_by_input_hash_or_the_whole_memory_tier() {
+    let mock = Mock::start().await;
+    let log_env = (
+        "RUST_LOG",
+        "warn,sluice::access=info,sluice::reload=info,sluice::admin=info",
+    );
+    let s = Sluice::start(&config(&mock, "{}", "{}", ""), &[KEY_ENV, log_env]);
+    let (purge_me, keep_me) = (chat(0.0, "purge me"), chat(0.0, "keep me"));
+    assert_eq!(chat_a(&s, &purge_me, &[]).await.cache, "miss");
+    let log = s.wait_log("input_hash=\"").await;
+    let hash = log
+        .split("input_hash=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(hash.len(), 64, "{log}");
+    assert_eq!(chat_a(&s, &keep_me, &[]).await.cache, "miss");
+    // Off by default: the endpoints are not there.
+    let entry = format!("/cache/entries/{hash}");
+    assert_eq!(admin_delete(&s, &entry).await.0, 404);
+    assert_eq!(chat_a(&s, &purge_me, &[]).await.cache, "hit");
+
+    // On by a reload: the entry goes, the other stays.
+    let on = config(&mock, "{}", "{}", "cache: {admin_purge: true}");
+    s.reload(&on).await;
+    let (status, body) = admin_delete(&s, &entry).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["input_hash"], hash.as_str());
+    assert_eq!(
+        (body["memory"].as_str(), body["redis"].as_str()),
+        (Some("removed"), Some("off"))
+    );
+    assert_eq!(
+        s.metric("sluice_cache_purged_entries_total", &[("tier", "memory")])
+            .await,
+        1.0
+    );
+    let upstream_before = mock.requests().len();
+    assert_eq!(
+        chat_a(&s, &purge_me, &[]).await.cache,
+        "miss",
+        "purged: asked again"
+    );
+    assert_eq!(mock.requests().len(), upstream_before + 1);
+    assert_eq!(
+        chat_a(&s, &purge_me, &[]).await.cache,
+        "hit",
+        "and stored again"
+    );
+    assert_eq!(
+        chat_a(&s, &keep_me, &[]).await.cache,
+        "hit",
+        "the other entry stayed"
+    );
+    // A hash that is not one: 400, nothing purged.
+    assert_eq!(admin_delete(&s, "/cache/entries/nothex").await.0, 400);
+    assert_eq!(admin_delete(&s, "/cache/entries/").await.0, 400);
+
+    // The whole memory tier.
+    let (status, body) = admin_delete(&s, "/cache/entries").await;
+    assert_eq!(
+        (status, body["memory_entries_removed"].as_u64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    assert_eq!(s.metric("sluice_cache_entries", &[]).await, 0.0);
+    assert_eq!(chat_a(&s, &purge_me, &[]).await.cache, "miss");
+    assert_eq!(chat_a(&s, &keep_me, &[]).await.cache, "miss");
+    // The purge is in the log, without anything secret.
+    let log = s.wait_log("cache purge: memory tier emptied").await;
+    assert!(log.contains("cache purge: entry"), "{log}");
+    assert!(!log.contains(KEY_ENV.1) && !log.contains(VK_A), "{log}");
 }
 
 #[tokio::test]

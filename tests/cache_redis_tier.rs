@@ -1,7 +1,7 @@
 //! The response cache's Redis tier against a real `redis-server` (Debian package, started on a
 //! picked port and stopped by each test): bytes in, bytes out; misses; values over the bound;
 //! error replies; Redis killed mid-run (a miss within the timeout, then at once) and back
-//! (found again); and the store over it (two replicas' stores sharing entries).
+//! (found again); and the store over it (two replicas' stores sharing entries, a purge).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -195,6 +195,7 @@ mod store {
             max_bytes: 1 << 20,
             max_entry_bytes: 64 * 1024,
             max_flight_bytes: 64 * 1024,
+            admin_purge: false,
             redis: Some(CacheRedis {
                 url: redis.url(),
                 timeout: TIMEOUT,
@@ -259,6 +260,57 @@ mod store {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(b.get(&local, CacheStoreKind::Redis).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_purge_removes_the_entry_from_memory_and_from_redis_and_says_when_redis_failed() {
+        use sluice::cache::store::{Purged, RedisPurge};
+        let redis = Redis::start();
+        let (a, b) = (store(&redis), store(&redis));
+        let key = Key([11; 32]);
+        a.put(key, entry(), Duration::from_secs(30), CacheStoreKind::Redis);
+        assert!(eventually_get(a.redis().unwrap(), &key).await.is_some());
+        let purged = a.purge(&key).await;
+        assert_eq!(
+            purged,
+            Purged {
+                memory: true,
+                redis: RedisPurge::Removed
+            }
+        );
+        assert!(redis.keys(&redis_key(&key)).is_empty(), "still in Redis");
+        // Gone for every replica: B finds it in neither tier.
+        assert!(b.get(&key, CacheStoreKind::Redis).await.is_none());
+        assert!(a.get(&key, CacheStoreKind::Redis).await.is_none());
+        let again = a.purge(&key).await;
+        assert_eq!(
+            again,
+            Purged {
+                memory: false,
+                redis: RedisPurge::Absent
+            }
+        );
+        // Redis gone: the memory tier is purged all the same, Redis's part is a failure,
+        // within the tier's timeout.
+        let other = Key([12; 32]);
+        a.put(
+            other,
+            entry(),
+            Duration::from_secs(30),
+            CacheStoreKind::Memory,
+        );
+        drop(redis);
+        let t0 = Instant::now();
+        let down = a.purge(&other).await;
+        assert_eq!(
+            down,
+            Purged {
+                memory: true,
+                redis: RedisPurge::Failed
+            }
+        );
+        let took = t0.elapsed();
+        assert!(took < TIMEOUT + Duration::from_millis(200), "took {took:?}");
     }
 
     #[tokio::test]

@@ -54,6 +54,14 @@ impl Key {
         let _ = hex::encode_to_slice(self.0, out);
         std::str::from_utf8(out).unwrap_or_default()
     }
+
+    /// The key printed as `hex` (64 hex digits, either case: the log line's `input_hash`, the
+    /// admin listener's purge path). `None` for anything else.
+    pub fn from_hex(hex: &str) -> Option<Key> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex, &mut out).ok()?;
+        Some(Key(out))
+    }
 }
 
 impl fmt::Debug for Key {

@@ -173,6 +173,40 @@ impl RedisTier {
         });
     }
 
+    /// Remove `key`'s value (`DEL key`, <https://redis.io/docs/latest/commands/del/>), waiting
+    /// at most the tier's `timeout`: `Ok(true)` removed, `Ok(false)` there was none. Errors
+    /// (`Err(())`, counted in `sluice_cache_redis_errors_total{op="delete"}`): Redis failed,
+    /// timed out, or the tier fails fast now.
+    pub async fn delete(&self, key: &Key) -> Result<bool, ()> {
+        if self.link.is_down() {
+            metrics::CACHE_REDIS_ERRORS
+                .with_label_values(&["delete"])
+                .inc();
+            return Err(());
+        }
+        let deadline = Instant::now() + self.link.timeout();
+        let Some(mut conn) = self.link.connection(deadline).await else {
+            metrics::CACHE_REDIS_ERRORS
+                .with_label_values(&["delete"])
+                .inc();
+            self.link.mark_down();
+            return Err(());
+        };
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(redis_key(key));
+        match tokio::time::timeout_at(deadline, cmd.query_async::<i64>(&mut conn)).await {
+            Ok(Ok(n)) => Ok(n > 0),
+            Ok(Err(e)) => {
+                self.failed("delete", Some(&e));
+                Err(())
+            }
+            Err(_) => {
+                self.failed("delete", None);
+                Err(())
+            }
+        }
+    }
+
     /// `SET key value PX ttl_ms`, bounded by the tier's `timeout`.
     async fn write(&self, key: &Key, value: Vec<u8>, ttl_ms: u64) {
         let deadline = Instant::now() + self.link.timeout();

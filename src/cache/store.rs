@@ -61,6 +61,40 @@ const MAX_SHARDS: u64 = 16;
 /// Weight of a typical entry, for the memory tier's initial sizing only (bytes).
 const TYPICAL_ENTRY_BYTES: u64 = 4096;
 
+/// What [`Store::purge`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// The memory tier held the key.
+    pub memory: bool,
+    /// What the Redis tier did.
+    pub redis: RedisPurge,
+}
+
+/// The Redis tier's part of a [`Store::purge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisPurge {
+    /// The store has no Redis tier.
+    Off,
+    /// Redis held the key; it is removed.
+    Removed,
+    /// Redis did not hold the key.
+    Absent,
+    /// Redis failed or timed out (or the tier fails fast now): the key may still be there.
+    Failed,
+}
+
+impl RedisPurge {
+    /// `off`, `removed`, `absent` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisPurge::Off => "off",
+            RedisPurge::Removed => "removed",
+            RedisPurge::Absent => "absent",
+            RedisPurge::Failed => "failed",
+        }
+    }
+}
+
 /// The process's response store: the memory tier (`cache.max_bytes`), and the Redis tier when
 /// the first snapshot has one (some route with `store: redis`).
 pub struct Store {
@@ -202,6 +236,44 @@ impl Store {
         }
     }
 
+    /// Remove `key`'s entry from the memory tier and, when the store has a Redis tier, from
+    /// Redis (waiting at most `cache.redis.timeout_ms`). An answer being recorded for `key`
+    /// at the time is still stored when it completes. Counts
+    /// `sluice_cache_purged_entries_total` and updates the memory tier's gauges.
+    pub async fn purge(&self, key: &Key) -> Purged {
+        let memory = self.memory.remove(key).is_some();
+        if memory {
+            metrics::CACHE_PURGED.with_label_values(&["memory"]).inc();
+            self.export();
+        }
+        let redis = match &self.redis {
+            None => RedisPurge::Off,
+            Some(tier) => match tier.delete(key).await {
+                Ok(true) => {
+                    metrics::CACHE_PURGED.with_label_values(&["redis"]).inc();
+                    RedisPurge::Removed
+                }
+                Ok(false) => RedisPurge::Absent,
+                Err(()) => RedisPurge::Failed,
+            },
+        };
+        Purged { memory, redis }
+    }
+
+    /// Empty the memory tier; returns how many entries it held. The Redis tier is left as it
+    /// is (it is shared by every replica; a route with `store: redis` finds its entries there
+    /// again). Counts `sluice_cache_purged_entries_total{tier="memory"}` and updates the
+    /// gauges.
+    pub fn purge_memory(&self) -> u64 {
+        let held = self.entries();
+        self.memory.clear();
+        metrics::CACHE_PURGED
+            .with_label_values(&["memory"])
+            .inc_by(held);
+        self.export();
+        held
+    }
+
     /// Weighted size of the memory tier now (bytes).
     pub fn weighted_bytes(&self) -> u64 {
         self.memory.weight()
@@ -259,6 +331,7 @@ mod tests {
             max_bytes,
             max_entry_bytes,
             max_flight_bytes: max_entry_bytes,
+            admin_purge: false,
             redis: None,
         }
     }

@@ -4,7 +4,7 @@
 pub use super::schema::{CacheScope, CacheStoreKind, CacheWhen};
 use std::time::Duration;
 
-/// The process's response store (`cache`). Fixed at start.
+/// The process's response store (`cache`). Fixed at start, but for `admin_purge`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSettings {
     /// Memory tier bound, bytes (`cache.max_bytes`).
@@ -15,6 +15,9 @@ pub struct CacheSettings {
     pub redis: Option<CacheRedis>,
     /// Most response bytes a coalesced call keeps for late joiners (`cache.max_flight_bytes`).
     pub max_flight_bytes: usize,
+    /// The admin listener serves the purge endpoints (`cache.admin_purge`; read from the
+    /// config in force, so a reload applies it).
+    pub admin_purge: bool,
 }
 
 /// The Redis tier's server (`cache.redis`, else the limits' `limits.redis`).

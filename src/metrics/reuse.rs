@@ -42,13 +42,24 @@ pub static HEDGE_COST_USD: Lazy<prometheus::CounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_cache_purged_entries_total{tier}`: entries the admin listener's purge endpoints
+/// removed (`memory`: this process's memory tier; `redis`: the shared Redis tier).
+pub static CACHE_PURGED: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_cache_purged_entries_total",
+        "Response cache entries removed by the admin listener's purge endpoints, by tier (memory, redis)",
+        &["tier"]
+    ))
+});
+
 /// `sluice_cache_redis_errors_total{op}`: calls of the response cache's Redis tier that failed,
-/// timed out or were skipped while the tier fails fast (`get`, `put`), and its failed
-/// background `connect` attempts. A failed `get` is a miss; a failed `put` only this count.
+/// timed out or were skipped while the tier fails fast (`get`, `put`, and `delete` from the
+/// admin listener's purge), and its failed background `connect` attempts. A failed `get` is
+/// a miss; a failed `put` only this count.
 pub static CACHE_REDIS_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     metric!(register_int_counter_vec!(
         "sluice_cache_redis_errors_total",
-        "Response cache Redis tier calls failed, timed out or skipped while Redis is down (get, put), and failed connects",
+        "Response cache Redis tier calls failed, timed out or skipped while Redis is down (get, put, delete), and failed connects",
         &["op"]
     ))
 });
@@ -146,6 +157,7 @@ pub(super) fn init() {
     Lazy::force(&HEDGE_COST_TOKENS);
     Lazy::force(&HEDGE_COST_USD);
     Lazy::force(&CACHE_REDIS_ERRORS);
+    Lazy::force(&CACHE_PURGED);
     Lazy::force(&CACHE_REDIS_LOOKUPS);
     Lazy::force(&CACHE_REDIS_SKIPPED_PUTS);
     Lazy::force(&COALESCED);

@@ -1,7 +1,8 @@
 """Response cache (README "Response cache") with the official SDKs against llmock: the same
 deterministic request sent twice, stream and non-stream, OpenAI (chat and Responses) and
 Anthropic, costs one upstream call; the second answer's content equals the first's; the
-`x-sluice-cache` header says `miss` then `hit` (read through the SDKs' raw responses).
+`x-sluice-cache` header says `miss` then `hit` (read through the SDKs' raw responses); an
+entry purged through the admin listener is a miss again.
 
 The added latency of a hit is measured, not asserted (timing belongs in benches): the p50 of
 hits through this (debug) build is printed beside the p50 of the same request answered by
@@ -144,6 +145,33 @@ def test_the_same_deterministic_request_twice_costs_one_upstream_call(
     assert [e["cache"] for e in lines] == ["miss", "hit"], lines
     assert lines[0]["input_hash"] == lines[1]["input_hash"]
     assert len(lines[0]["input_hash"]) == 64
+
+
+def test_a_purged_entry_is_asked_again(sluice_factory: SluiceFactory,
+                                       cache_upstream: Upstream) -> None:
+    """`cache.admin_purge`: the entry named by the access log's input_hash is removed through
+    the admin listener, and the SDK's next identical request is a miss again (README
+    "Purging entries")."""
+    cache = {"ttl_ms": 60000}
+    s = sluice_factory.start(
+        pools=[pool("openai", "openai", cache_upstream.base, OPENAI_KEY_ENV)],
+        routes=[{**route("openai", "/v1", ["openai"]), "cache": cache}],
+        cache={"admin_purge": True},
+    )
+    client = openai_client(s.openai_url, VIRTUAL_KEY)
+    assert [openai_answer(client, True)[0] for _ in range(2)] == ["miss", "hit"]
+    deadline = time.monotonic() + 5
+    while not (lines := [e for e in s.access_log() if e.get("cache") == "miss"]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    input_hash = lines[0]["input_hash"]
+    purged = httpx.delete(f"http://{s.admin}/cache/entries/{input_hash}", timeout=5.0)
+    assert purged.status_code == 200, purged.text
+    assert purged.json() == {"input_hash": input_hash, "memory": "removed", "redis": "off"}
+    third = openai_answer(client, True)
+    assert third[0] == "miss" and third[1], third
+    assert upstream_calls(cache_upstream, "/chat/completions") == 2
+    assert openai_answer(client, True)[0] == "hit", "stored again after the purge"
 
 
 def route_name(api: str) -> str:

@@ -100,6 +100,7 @@ pub(super) fn compile_settings(
         max_entry_bytes,
         redis: if uses_redis { redis } else { None },
         max_flight_bytes: usize::try_from(c.max_flight_bytes).unwrap_or(usize::MAX),
+        admin_purge: c.admin_purge,
     }
 }
 

@@ -26,6 +26,11 @@ pub struct CacheSection {
     /// upstream read waits for that client beyond it). Default 1 MiB.
     #[serde(default = "default_max_flight_bytes")]
     pub max_flight_bytes: u64,
+    /// Serve the purge endpoints on the admin listener (`DELETE /cache/entries/{input_hash}`,
+    /// `DELETE /cache/entries`). Default false: they answer 404. Unlike the bounds above, a
+    /// reload applies it at once.
+    #[serde(default)]
+    pub admin_purge: bool,
 }
 
 impl Default for CacheSection {
@@ -35,6 +40,7 @@ impl Default for CacheSection {
             max_entry_bytes: default_max_entry_bytes(),
             redis: None,
             max_flight_bytes: default_max_flight_bytes(),
+            admin_purge: false,
         }
     }
 }
