@@ -152,6 +152,12 @@ pub fn keep_start_only_fields(current: &Snapshot, next: &mut Snapshot) -> Vec<&'
     );
     keep!("server.max_client_connections", connections.max_connections);
     keep!("server.client_write_timeout_ms", connections.write_timeout);
+    // The proxy listener's L4 buffers are set when it is built, at start.
+    keep!("server.client_read_buffer_bytes", client_buffers.read_bytes);
+    keep!(
+        "server.client_write_buffer_bytes",
+        client_buffers.write_bytes
+    );
     keep!("server.admin_max_connections", admin_max_connections);
     keep!(
         "server.admin_connection_timeout_ms",
@@ -378,6 +384,24 @@ mod tests {
             ["cache.max_bytes", "cache.max_entry_bytes"]
         );
         assert_eq!(bigger.cache, snapshot("").cache);
+        // So are the client connections' buffers (the listener is built once).
+        let mut buffers =
+            snapshot("server: {client_read_buffer_bytes: 4096, client_write_buffer_bytes: 0}\n");
+        assert_eq!(
+            keep_start_only_fields(&snapshot(""), &mut buffers),
+            [
+                "server.client_read_buffer_bytes",
+                "server.client_write_buffer_bytes"
+            ]
+        );
+        assert_eq!(
+            buffers.client_buffers.read_bytes,
+            snapshot("").client_buffers.read_bytes
+        );
+        // The purge switch is read per request: it applies.
+        let mut purge = snapshot("cache: {admin_purge: true}\n");
+        assert!(keep_start_only_fields(&snapshot(""), &mut purge).is_empty());
+        assert!(purge.cache.admin_purge);
     }
 
     #[test]
