@@ -68,13 +68,18 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let uri = session.req_header().uri.clone();
-        let (profiling, purge) = {
+        let (profiling, purge, token) = {
             let snapshot = self.config.load();
-            (snapshot.profiling, snapshot.cache.admin_purge)
+            let c = &snapshot.cache;
+            (
+                snapshot.profiling,
+                c.admin_purge,
+                c.admin_purge_token_sha256,
+            )
         };
         if purge {
-            let method = session.req_header().method.clone();
-            if let Some(resp) = cache::serve(&self.store, &method, uri.path()).await {
+            let served = cache::serve(&self.store, session.req_header(), token.as_ref()).await;
+            if let Some(resp) = served {
                 return resp;
             }
         }

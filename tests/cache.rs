@@ -355,10 +355,15 @@ async fn errors_cut_streams_error_events_and_upstream_no_store_are_never_stored(
     assert_eq!(s.metric("sluice_cache_stored_total", &[]).await, 1.0);
 }
 
-/// `DELETE` on the admin listener's `path`: status and JSON body.
+/// The purge token of the admin purge test (env `SLUICE_PURGE_TOKEN`).
+const PURGE_TOKEN: &str = "purge-token-not-a-key";
+
+/// `DELETE` on the admin listener's `path` with [`PURGE_TOKEN`] as the bearer token: status and
+/// JSON body.
 async fn admin_delete(s: &Sluice, path: &str) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .delete(format!("{}{path}", s.admin))
+        .bearer_auth(PURGE_TOKEN)
         .timeout(Duration::from_secs(10))
         .send()
         .await
@@ -374,7 +379,11 @@ async fn the_admin_listener_purges_one_entry_by_input_hash_or_the_whole_memory_t
         "RUST_LOG",
         "warn,sluice::access=info,sluice::reload=info,sluice::admin=info",
     );
-    let s = Sluice::start(&config(&mock, "{}", "{}", ""), &[KEY_ENV, log_env]);
+    let token_env = ("SLUICE_PURGE_TOKEN", PURGE_TOKEN);
+    let s = Sluice::start(
+        &config(&mock, "{}", "{}", ""),
+        &[KEY_ENV, log_env, token_env],
+    );
     let (purge_me, keep_me) = (chat(0.0, "purge me"), chat(0.0, "keep me"));
     assert_eq!(chat_a(&s, &purge_me, &[]).await.cache, "miss");
     let log = s.wait_log("input_hash=\"").await;
@@ -391,9 +400,22 @@ async fn the_admin_listener_purges_one_entry_by_input_hash_or_the_whole_memory_t
     assert_eq!(admin_delete(&s, &entry).await.0, 404);
     assert_eq!(chat_a(&s, &purge_me, &[]).await.cache, "hit");
 
-    // On by a reload: the entry goes, the other stays.
-    let on = config(&mock, "{}", "{}", "cache: {admin_purge: true}");
+    // On by a reload, behind a bearer token: without it, 401 and nothing purged.
+    let on = config(
+        &mock,
+        "{}",
+        "{}",
+        "cache: {admin_purge: true, admin_purge_token: {env: SLUICE_PURGE_TOKEN}}",
+    );
     s.reload(&on).await;
+    let anonymous = reqwest::Client::new()
+        .delete(format!("{}{entry}", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    assert_eq!(chat_a(&s, &purge_me, &[]).await.cache, "hit");
+    // With it: the entry goes, the other stays.
     let (status, body) = admin_delete(&s, &entry).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["input_hash"], hash.as_str());
@@ -440,7 +462,9 @@ async fn the_admin_listener_purges_one_entry_by_input_hash_or_the_whole_memory_t
     // The purge is in the log, without anything secret.
     let log = s.wait_log("cache purge: memory tier emptied").await;
     assert!(log.contains("cache purge: entry"), "{log}");
-    assert!(!log.contains(KEY_ENV.1) && !log.contains(VK_A), "{log}");
+    for secret in [KEY_ENV.1, VK_A, PURGE_TOKEN] {
+        assert!(!log.contains(secret), "{log}");
+    }
 }
 
 #[tokio::test]

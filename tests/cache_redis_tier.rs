@@ -196,6 +196,7 @@ mod store {
             max_entry_bytes: 64 * 1024,
             max_flight_bytes: 64 * 1024,
             admin_purge: false,
+            admin_purge_token_sha256: None,
             redis: Some(CacheRedis {
                 url: redis.url(),
                 timeout: TIMEOUT,

@@ -11,6 +11,10 @@
 //!   `{"memory_entries_removed": n}`. The Redis tier is left as it is: it is shared by every
 //!   replica, and its entries expire with their TTL (or are removed one by one as above).
 //!
+//! With `cache.admin_purge_token`, both ask for `Authorization: Bearer <token>` (RFC 6750
+//! section 2.1): without it, or with another token, 401 with `WWW-Authenticate: Bearer` (section
+//! 3), and nothing is purged. The token is compared by its SHA-256, never kept.
+//!
 //! Another method on these paths: 405 with `Allow: DELETE`. Each replica has its own memory
 //! tier: an entry another replica holds in memory is served there until its TTL or a purge
 //! on that replica's admin listener. An answer being recorded at the time of a purge is
@@ -19,19 +23,45 @@
 use super::reply;
 use crate::cache::{Key, Store};
 use http::{Method, Response};
+use pingora_http::RequestHeader;
+use sha2::{Digest, Sha256};
 
 /// Path of the purge endpoints; an entry's path adds `/{input_hash}`.
 pub const ENTRIES_PATH: &str = "/cache/entries";
 
-/// Serve `method` on `path` (under [`ENTRIES_PATH`]) against `store`; `None` when `path` is
-/// not one of the purge endpoints.
-pub async fn serve(store: &Store, method: &Method, path: &str) -> Option<Response<Vec<u8>>> {
+/// Serve `req` against `store` when its path is one of the purge endpoints (under
+/// [`ENTRIES_PATH`]); `None` otherwise. `token`: the SHA-256 of the bearer token asked for
+/// (`cache.admin_purge_token`), if any.
+pub async fn serve(
+    store: &Store,
+    req: &RequestHeader,
+    token: Option<&[u8; 32]>,
+) -> Option<Response<Vec<u8>>> {
+    let (method, path) = (&req.method, req.uri.path());
     let rest = path.strip_prefix(ENTRIES_PATH)?;
     // `/cache/entries/` with nothing after it is a missing hash (400), never a purge of all.
     let hash = match rest {
         "" => None,
         _ => Some(rest.strip_prefix('/')?),
     };
+    if let Some(want) = token {
+        let presented = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| bearer(v.as_bytes()));
+        if presented.is_none_or(|t| Sha256::digest(t).as_slice() != want.as_slice()) {
+            let mut resp = reply(
+                401,
+                "text/plain",
+                b"a valid bearer token is required\n".to_vec(),
+            );
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return Some(resp);
+        }
+    }
     if method != Method::DELETE {
         let mut resp = reply(
             405,
@@ -85,6 +115,14 @@ pub async fn serve(store: &Store, method: &Method, path: &str) -> Option<Respons
     ))
 }
 
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case, RFC 6750
+/// section 2.1 and RFC 9110 section 11.1); `None` for another scheme or an empty token.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    let token = token.trim_ascii();
+    (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +139,7 @@ mod tests {
             max_entry_bytes: 1 << 16,
             max_flight_bytes: 1 << 16,
             admin_purge: true,
+            admin_purge_token_sha256: None,
             redis: None,
         })
     }
@@ -116,6 +155,14 @@ mod tests {
         store.put(key, entry, Duration::from_secs(60), CacheStoreKind::Memory);
     }
 
+    fn req(method: Method, path: &str, authorization: Option<&str>) -> RequestHeader {
+        let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        if let Some(a) = authorization {
+            r.insert_header(http::header::AUTHORIZATION, a).unwrap();
+        }
+        r
+    }
+
     fn json(resp: &Response<Vec<u8>>) -> Value {
         serde_json::from_slice(resp.body()).unwrap_or_default()
     }
@@ -128,7 +175,9 @@ mod tests {
         put(&s, b);
         // Upper-case hex names the same key.
         let path = format!("{ENTRIES_PATH}/{}", a.hex().to_uppercase());
-        let resp = serve(&s, &Method::DELETE, &path).await.unwrap();
+        let resp = serve(&s, &req(Method::DELETE, &path, None), None)
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         let body = json(&resp);
         assert_eq!(body["input_hash"], a.hex());
@@ -139,7 +188,9 @@ mod tests {
         assert!(s.get_memory(&a).is_none());
         assert!(s.get_memory(&b).is_some(), "another entry stays");
         // Again: nothing left to remove.
-        let again = serve(&s, &Method::DELETE, &path).await.unwrap();
+        let again = serve(&s, &req(Method::DELETE, &path, None), None)
+            .await
+            .unwrap();
         assert_eq!(json(&again)["memory"], "absent");
     }
 
@@ -149,7 +200,9 @@ mod tests {
         for i in 0..5u8 {
             put(&s, Key([i; 32]));
         }
-        let resp = serve(&s, &Method::DELETE, ENTRIES_PATH).await.unwrap();
+        let resp = serve(&s, &req(Method::DELETE, ENTRIES_PATH, None), None)
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(json(&resp)["memory_entries_removed"], 5);
         assert_eq!(s.entries(), 0);
@@ -161,18 +214,54 @@ mod tests {
         let s = store();
         put(&s, Key([7; 32]));
         for bad in ["", "abc", &"g".repeat(64), &"a".repeat(66)] {
-            let resp = serve(&s, &Method::DELETE, &format!("{ENTRIES_PATH}/{bad}"))
-                .await
-                .unwrap();
+            let resp = serve(
+                &s,
+                &req(Method::DELETE, &format!("{ENTRIES_PATH}/{bad}"), None),
+                None,
+            )
+            .await
+            .unwrap();
             assert_eq!(resp.status(), 400, "{bad}");
         }
-        let get = serve(&s, &Method::GET, ENTRIES_PATH).await.unwrap();
+        let get = serve(&s, &req(Method::GET, ENTRIES_PATH, None), None)
+            .await
+            .unwrap();
         assert_eq!(get.status(), 405);
         assert_eq!(get.headers()[http::header::ALLOW], "DELETE");
-        assert!(serve(&s, &Method::DELETE, "/cache/entriesx")
+        assert!(
+            serve(&s, &req(Method::DELETE, "/cache/entriesx", None), None)
+                .await
+                .is_none()
+        );
+        assert!(serve(&s, &req(Method::DELETE, "/metrics", None), None)
             .await
             .is_none());
-        assert!(serve(&s, &Method::DELETE, "/metrics").await.is_none());
         assert_eq!(s.entries(), 1, "nothing was purged");
+    }
+
+    #[tokio::test]
+    async fn with_a_token_only_its_bearer_purges() {
+        let s = store();
+        put(&s, Key([9; 32]));
+        let token: [u8; 32] = Sha256::digest(b"purge-secret").into();
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Basic purge-secret"),
+            Some("Bearer "),
+        ] {
+            let resp = serve(&s, &req(Method::DELETE, ENTRIES_PATH, auth), Some(&token))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 401, "{auth:?}");
+            assert_eq!(resp.headers()[http::header::WWW_AUTHENTICATE], "Bearer");
+            assert!(!String::from_utf8_lossy(resp.body()).contains("purge-secret"));
+        }
+        assert_eq!(s.entries(), 1, "nothing was purged");
+        // The scheme in any case.
+        let ok = req(Method::DELETE, ENTRIES_PATH, Some("bearer purge-secret"));
+        let resp = serve(&s, &ok, Some(&token)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(s.entries(), 0);
     }
 }

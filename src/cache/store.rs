@@ -332,6 +332,7 @@ mod tests {
             max_entry_bytes,
             max_flight_bytes: max_entry_bytes,
             admin_purge: false,
+            admin_purge_token_sha256: None,
             redis: None,
         }
     }

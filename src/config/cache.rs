@@ -18,6 +18,9 @@ pub struct CacheSettings {
     /// The admin listener serves the purge endpoints (`cache.admin_purge`; read from the
     /// config in force, so a reload applies it).
     pub admin_purge: bool,
+    /// SHA-256 of the bearer token the purge endpoints require (`cache.admin_purge_token`);
+    /// the token itself is never kept. `None`: no token is asked for.
+    pub admin_purge_token_sha256: Option<[u8; 32]>,
 }
 
 /// The Redis tier's server (`cache.redis`, else the limits' `limits.redis`).

@@ -255,6 +255,7 @@ pub(crate) fn compile_with(
         file.routes
             .iter()
             .any(|r| cache::uses_redis(r.cache.as_ref())),
+        secrets,
         &mut errs,
     );
 
@@ -586,6 +587,42 @@ fn compile_endpoint(
         base_path,
         keys,
     })
+}
+
+/// The SHA-256 of the secret `src` names (exactly one of `env`, `file`, `sha256`), for
+/// comparing what a client presents without keeping the secret. `None` when there is none to
+/// compare with: an error (pushed at `path`), or `secrets` is `Skip` for an `env` or `file`.
+pub(super) fn secret_digest(
+    src: &crate::config::schema::VirtualKeySource,
+    path: &str,
+    secrets: Secrets,
+    errs: &mut Errors,
+) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let loaded = match (&src.env, &src.file, &src.sha256) {
+        (None, None, Some(hexed)) => {
+            let mut d = [0u8; 32];
+            if hex::decode_to_slice(hexed.trim(), &mut d).is_err() {
+                errs.push(path, "sha256 must be 64 hex characters");
+                return None;
+            }
+            return Some(d);
+        }
+        (Some(_), None, None) | (None, Some(_), None) if secrets == Secrets::Skip => return None,
+        (Some(name), None, None) => read_env(name),
+        (None, Some(f), None) => read_file(f),
+        _ => {
+            errs.push(path, "set exactly one of env, file, sha256");
+            return None;
+        }
+    };
+    match loaded {
+        Ok(secret) => Some(Sha256::digest(secret.as_bytes()).into()),
+        Err(msg) => {
+            errs.push(path, msg);
+            None
+        }
+    }
 }
 
 pub(super) fn read_env(name: &str) -> Result<String, String> {

@@ -1,7 +1,7 @@
 //! The `cache` section and each route's `cache` / `hedge` compiled and validated (each problem
 //! with its path).
 
-use super::Errors;
+use super::{secret_digest, Errors, Secrets};
 use crate::config::cache::{
     CacheRedis, CacheSettings, Hedge, RouteCache, REDIS_VALUE_ALLOWANCE_BYTES,
 };
@@ -15,11 +15,13 @@ const DEFAULT_MAX_PENDING_PUT_BYTES: usize = 8 * 1024 * 1024;
 const MAX_HEDGES: u32 = 4;
 
 /// The `cache` section; `limits_redis` is the limits' Redis, the default of the Redis tier.
-/// `uses_redis`: some route stores in Redis (then a Redis server is required).
+/// `uses_redis`: some route stores in Redis (then a Redis server is required). `secrets`:
+/// whether `cache.admin_purge_token` is read.
 pub(super) fn compile_settings(
     c: &CacheSection,
     limits_redis: Option<&RedisConf>,
     uses_redis: bool,
+    secrets: Secrets,
     errs: &mut Errors,
 ) -> CacheSettings {
     if c.max_bytes == 0 {
@@ -101,6 +103,10 @@ pub(super) fn compile_settings(
         redis: if uses_redis { redis } else { None },
         max_flight_bytes: usize::try_from(c.max_flight_bytes).unwrap_or(usize::MAX),
         admin_purge: c.admin_purge,
+        admin_purge_token_sha256: c
+            .admin_purge_token
+            .as_ref()
+            .and_then(|t| secret_digest(t, "cache.admin_purge_token", secrets, errs)),
     }
 }
 

@@ -1,11 +1,10 @@
 //! `tenants:` -> [`Tenants`]: virtual keys hashed (SHA-256, never kept in clear), the tenant
 //! header and who may be selected by it, the default tenant; every error path-qualified.
 
-use super::{read_env, read_file, Errors, Secrets};
+use super::{secret_digest, Errors, Secrets};
 use crate::config::parse::ConfigFile;
 use crate::config::snapshot::{TenantId, Tenants};
 use http::HeaderName;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 pub(super) fn compile_tenants(file: &ConfigFile, secrets: Secrets, errs: &mut Errors) -> Tenants {
@@ -40,26 +39,7 @@ pub(super) fn compile_tenants(file: &ConfigFile, secrets: Secrets, errs: &mut Er
         }
         for (k, vk) in tc.virtual_keys.iter().enumerate() {
             let kp = format!("{path}.virtual_keys[{k}]");
-            let digest = match (&vk.env, &vk.file, &vk.sha256) {
-                (None, None, Some(hexed)) => match hex::decode(hexed.trim()) {
-                    Ok(bytes) if bytes.len() == 32 => {
-                        let mut d = [0u8; 32];
-                        d.copy_from_slice(&bytes);
-                        Some(d)
-                    }
-                    _ => {
-                        errs.push(kp.clone(), "sha256 must be 64 hex characters");
-                        None
-                    }
-                },
-                (Some(_), None, None) | (None, Some(_), None) if secrets == Secrets::Skip => None,
-                (Some(name), None, None) => hash_loaded(read_env(name), &kp, errs),
-                (None, Some(f), None) => hash_loaded(read_file(f), &kp, errs),
-                _ => {
-                    errs.push(kp.clone(), "set exactly one of env, file, sha256");
-                    None
-                }
-            };
+            let digest = secret_digest(vk, &kp, secrets, errs);
             if let Some(d) = digest {
                 if t.by_key_sha256.insert(d, id.clone()).is_some() {
                     errs.push(kp, "virtual key already assigned to another tenant");
@@ -98,14 +78,4 @@ pub(super) fn compile_tenants(file: &ConfigFile, secrets: Secrets, errs: &mut Er
         t.default = Some(id);
     }
     t
-}
-
-fn hash_loaded(v: Result<String, String>, path: &str, errs: &mut Errors) -> Option<[u8; 32]> {
-    match v {
-        Ok(key) => Some(Sha256::digest(key.as_bytes()).into()),
-        Err(msg) => {
-            errs.push(path, msg);
-            None
-        }
-    }
 }

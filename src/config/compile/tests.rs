@@ -478,3 +478,33 @@ fn bedrock_pools_need_a_region_and_only_they_take_one() {
         ["pools[0].region: only for provider bedrock"]
     );
 }
+
+#[test]
+fn the_purge_token_is_kept_as_its_digest_and_a_missing_one_is_an_error_when_loading() {
+    let hexed = hex::encode(Sha256::digest(b"t0ken"));
+    let yaml =
+        format!("{POOL}cache: {{admin_purge: true, admin_purge_token: {{sha256: {hexed}}}}}\n");
+    let snap = compile(&parse(&yaml).unwrap(), Secrets::Skip).unwrap();
+    assert!(snap.cache.admin_purge);
+    assert_eq!(
+        snap.cache.admin_purge_token_sha256,
+        Some(<[u8; 32]>::from(Sha256::digest(b"t0ken")))
+    );
+    let unset = format!(
+        "{POOL}cache: {{admin_purge: true, admin_purge_token: {{env: SLUICE_TEST_SURELY_UNSET_VAR}}}}\n"
+    );
+    let file = parse(&unset).unwrap();
+    assert!(compile(&file, Secrets::Skip).is_ok());
+    let errs = compile(&file, Secrets::Load).unwrap_err().to_string();
+    assert!(
+        errs.contains(
+            "cache.admin_purge_token: environment variable SLUICE_TEST_SURELY_UNSET_VAR is not set"
+        ),
+        "{errs}"
+    );
+    let both = format!("{POOL}cache: {{admin_purge_token: {{env: A, sha256: {hexed}}}}}\n");
+    assert_eq!(
+        errors(&both),
+        ["cache.admin_purge_token: set exactly one of env, file, sha256"]
+    );
+}

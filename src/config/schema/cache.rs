@@ -31,6 +31,11 @@ pub struct CacheSection {
     /// reload applies it at once.
     #[serde(default)]
     pub admin_purge: bool,
+    /// The bearer token the purge endpoints require (`Authorization: Bearer <token>`): exactly
+    /// one of `env`, `file` (a Secret mount; a reload reads it again) or `sha256` (hex of the
+    /// token). Default: none, and the endpoints answer whoever reaches the admin listener.
+    #[serde(default)]
+    pub admin_purge_token: Option<super::VirtualKeySource>,
 }
 
 impl Default for CacheSection {
@@ -41,6 +46,7 @@ impl Default for CacheSection {
             redis: None,
             max_flight_bytes: default_max_flight_bytes(),
             admin_purge: false,
+            admin_purge_token: None,
         }
     }
 }

@@ -241,9 +241,9 @@ pub struct KeySource {
     pub file: Option<String>,
 }
 
-/// Where a virtual key (the key an app sends) comes from: exactly one of `env`, `file` or
-/// `sha256`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Where a virtual key (the key an app sends), or another secret a client presents (the
+/// cache purge token), comes from: exactly one of `env`, `file` or `sha256`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualKeySource {
     /// Name of an environment variable holding the key.
