@@ -101,17 +101,15 @@ impl Reloader {
                 let pools = next.pools.len();
                 crate::logging::remember_keys(&next);
                 self.config.store(Arc::new(next));
+                record_success(&sha);
+                // Logged before it is counted: whoever sees the count can read the line.
+                tracing::info!(trigger = trigger.as_str(), sha256 = %sha, routes, pools, "config reloaded");
                 metrics::CONFIG_RELOADS
                     .with_label_values(&["success"])
                     .inc();
-                record_success(&sha);
-                tracing::info!(trigger = trigger.as_str(), sha256 = %sha, routes, pools, "config reloaded");
                 true
             }
             Err(errors) => {
-                metrics::CONFIG_RELOADS
-                    .with_label_values(&["failure"])
-                    .inc();
                 for e in &errors.0 {
                     tracing::error!(trigger = trigger.as_str(), "config rejected: {e}");
                 }
@@ -120,6 +118,9 @@ impl Reloader {
                     errors = errors.0.len(),
                     "config rejected: the last good config keeps serving"
                 );
+                metrics::CONFIG_RELOADS
+                    .with_label_values(&["failure"])
+                    .inc();
                 false
             }
         }
@@ -200,15 +201,16 @@ pub fn keep_start_only_fields(current: &Snapshot, next: &mut Snapshot) -> Vec<&'
     }
     next.redis.clone_from(&current.redis);
     if !kept.is_empty() {
+        // The warning first: whoever sees the count can read the warning too.
+        tracing::warn!(
+            fields = %kept.join(","),
+            "config reload: these fields are read only at start and keep their running values until a restart; the rest of the reload applies"
+        );
         for field in &kept {
             metrics::CONFIG_RELOAD_IGNORED
                 .with_label_values(&[field])
                 .inc();
         }
-        tracing::warn!(
-            fields = %kept.join(","),
-            "config reload: these fields are read only at start and keep their running values until a restart; the rest of the reload applies"
-        );
     }
     kept
 }

@@ -611,7 +611,8 @@ async fn a_reload_changing_the_store_keeps_it_logs_counts_and_applies_the_rest()
         )
         .await;
     assert_eq!(ignored, 1.0);
-    assert!(s.log().contains("limits.store"), "no warning: {}", s.log());
+    let log = s.wait_log("limits.store").await;
+    assert!(log.contains("limits.store"), "no warning: {log}");
     // The new limit applies (the local store kept counting the 3 requests).
     assert_eq!(drive(std::slice::from_ref(&s.proxy), 3, body).await, (1, 2));
 }
