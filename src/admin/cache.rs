@@ -50,29 +50,21 @@ pub async fn serve(
             .get(http::header::AUTHORIZATION)
             .and_then(|v| bearer(v.as_bytes()));
         if presented.is_none_or(|t| Sha256::digest(t).as_slice() != want.as_slice()) {
-            let mut resp = reply(
+            return Some(refusal(
                 401,
-                "text/plain",
-                b"a valid bearer token is required\n".to_vec(),
-            );
-            resp.headers_mut().insert(
+                "a valid bearer token is required\n",
                 http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-            return Some(resp);
+                "Bearer",
+            ));
         }
     }
     if method != Method::DELETE {
-        let mut resp = reply(
+        return Some(refusal(
             405,
-            "text/plain",
-            b"method not allowed: use DELETE\n".to_vec(),
-        );
-        resp.headers_mut().insert(
+            "method not allowed: use DELETE\n",
             http::header::ALLOW,
-            http::HeaderValue::from_static("DELETE"),
-        );
-        return Some(resp);
+            "DELETE",
+        ));
     }
     let Some(hash) = hash else {
         let removed = store.purge_memory();
@@ -113,6 +105,19 @@ pub async fn serve(
         "application/json",
         body.to_string().into_bytes(),
     ))
+}
+
+/// A plain-text refusal with `status`, `text` and the header that says what to do instead.
+fn refusal(
+    status: u16,
+    text: &str,
+    name: http::HeaderName,
+    value: &'static str,
+) -> Response<Vec<u8>> {
+    let mut resp = reply(status, "text/plain", text.as_bytes().to_vec());
+    resp.headers_mut()
+        .insert(name, http::HeaderValue::from_static(value));
+    resp
 }
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme in any case, RFC 6750

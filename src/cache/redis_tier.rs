@@ -89,20 +89,10 @@ impl RedisTier {
     /// trip: a pipeline of `GET` and `PTTL`; <https://redis.io/docs/latest/commands/pttl/>).
     /// The time left is `None` when the key has no expiry (not written by sluice).
     pub async fn get_with_ttl(&self, key: &Key) -> Option<(Vec<u8>, Option<Duration>)> {
-        if self.link.is_down() {
-            metrics::CACHE_REDIS_ERRORS
-                .with_label_values(&["get"])
-                .inc();
+        if self.fails_fast("get") {
             return None;
         }
-        let deadline = Instant::now() + self.link.timeout();
-        let Some(mut conn) = self.link.connection(deadline).await else {
-            metrics::CACHE_REDIS_ERRORS
-                .with_label_values(&["get"])
-                .inc();
-            self.link.mark_down();
-            return None;
-        };
+        let (mut conn, deadline) = self.connect("get").await?;
         let rkey = redis_key(key);
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(&rkey).cmd("PTTL").arg(&rkey);
@@ -128,6 +118,28 @@ impl RedisTier {
         }
     }
 
+    /// Whether the tier fails fast now; if so, `op` is counted as failed
+    /// (`sluice_cache_redis_errors_total{op}`) and not tried.
+    fn fails_fast(&self, op: &str) -> bool {
+        let down = self.link.is_down();
+        if down {
+            metrics::CACHE_REDIS_ERRORS.with_label_values(&[op]).inc();
+        }
+        down
+    }
+
+    /// A connection for `op` and the deadline of its call (the tier's `timeout` from now);
+    /// `None` when none came by then: `op` is counted as failed and the tier fails fast.
+    async fn connect(&self, op: &str) -> Option<(redis::aio::ConnectionManager, Instant)> {
+        let deadline = Instant::now() + self.link.timeout();
+        let conn = self.link.connection(deadline).await;
+        if conn.is_none() {
+            metrics::CACHE_REDIS_ERRORS.with_label_values(&[op]).inc();
+            self.link.mark_down();
+        }
+        Some((conn?, deadline))
+    }
+
     /// Count a failed `op`; when the connection is at fault (an I/O error, one redis-rs says
     /// needs a new connection, or the timeout: `None`), fail fast and reconnect. An error
     /// reply (a key of another type, Redis out of memory...) came back at once over a working
@@ -151,10 +163,7 @@ impl RedisTier {
                 .inc();
             return;
         }
-        if self.link.is_down() {
-            metrics::CACHE_REDIS_ERRORS
-                .with_label_values(&["put"])
-                .inc();
+        if self.fails_fast("put") {
             return;
         }
         // One permit per byte (an empty value takes one), held until the write ends.
@@ -178,20 +187,10 @@ impl RedisTier {
     /// (`Err(())`, counted in `sluice_cache_redis_errors_total{op="delete"}`): Redis failed,
     /// timed out, or the tier fails fast now.
     pub async fn delete(&self, key: &Key) -> Result<bool, ()> {
-        if self.link.is_down() {
-            metrics::CACHE_REDIS_ERRORS
-                .with_label_values(&["delete"])
-                .inc();
+        if self.fails_fast("delete") {
             return Err(());
         }
-        let deadline = Instant::now() + self.link.timeout();
-        let Some(mut conn) = self.link.connection(deadline).await else {
-            metrics::CACHE_REDIS_ERRORS
-                .with_label_values(&["delete"])
-                .inc();
-            self.link.mark_down();
-            return Err(());
-        };
+        let (mut conn, deadline) = self.connect("delete").await.ok_or(())?;
         let mut cmd = redis::cmd("DEL");
         cmd.arg(redis_key(key));
         match tokio::time::timeout_at(deadline, cmd.query_async::<i64>(&mut conn)).await {
@@ -209,12 +208,7 @@ impl RedisTier {
 
     /// `SET key value PX ttl_ms`, bounded by the tier's `timeout`.
     async fn write(&self, key: &Key, value: Vec<u8>, ttl_ms: u64) {
-        let deadline = Instant::now() + self.link.timeout();
-        let Some(mut conn) = self.link.connection(deadline).await else {
-            metrics::CACHE_REDIS_ERRORS
-                .with_label_values(&["put"])
-                .inc();
-            self.link.mark_down();
+        let Some((mut conn, deadline)) = self.connect("put").await else {
             return;
         };
         let mut cmd = redis::cmd("SET");
