@@ -158,7 +158,7 @@ async fn a_200_mb_sse_line_streams_through_in_bounded_memory_with_estimated_toke
             .await;
         assert!(after > before, "{mode}: completion tokens not estimated");
     }
-    let log = s.log();
+    let log = s.wait_log("forwarded unparsed").await;
     assert!(log.contains("forwarded unparsed"), "{log}");
 }
 
@@ -255,7 +255,8 @@ async fn u64_max_usage_is_estimated_never_billed_and_never_wraps_a_counter() {
     assert!(settled > 0.0 && settled < 1e4, "settled {settled}");
     let spend = s.metric("sluice_spend_usd_total", &[("tenant", "t")]).await;
     assert!(spend < 0.01, "spend {spend} USD");
-    assert!(s.log().contains("over the plausibility bound"));
+    let log = s.wait_log("over the plausibility bound").await;
+    assert!(log.contains("over the plausibility bound"), "{log}");
 
     // The tenant is not refused afterwards, and plausible usage is exact again.
     mock.set(Behavior::Normal);

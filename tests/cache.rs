@@ -183,7 +183,7 @@ async fn hits_misses_bypasses_and_the_clients_switches() {
         .await;
     assert_eq!(tokens, 10.0, "a hit adds no upstream tokens");
     // The log line carries the outcome and the input hash.
-    let log = s.log();
+    let log = s.wait_log("cache=\"hit\"").await;
     assert!(log.contains("cache=\"hit\""), "{log}");
     let hash = log
         .split("input_hash=\"")

@@ -217,7 +217,7 @@ async fn a_client_that_leaves_during_the_hold_closes_the_upstream_at_once() {
         fallback.requests().is_empty(),
         "no failover for a client that left"
     );
-    let entry = s.log();
+    let entry = s.wait_log(":200:client_gone").await;
     assert!(entry.contains(":200:client_gone"), "{entry}");
 }
 

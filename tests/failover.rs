@@ -111,9 +111,10 @@ async fn primary_503_fails_over() {
         .await
             >= 3.0
     );
+    let log = s.wait_log("primary/").await;
     assert!(
-        s.log().contains("primary/"),
-        "attempts listed in the log line"
+        log.contains("primary/"),
+        "attempts listed in the log line\n{log}"
     );
 }
 
