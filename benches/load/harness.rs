@@ -16,10 +16,10 @@
 //! Usage: see `scripts/bench_load.sh` (it builds, installs the peers and pins the cores).
 //! `bench_load [--rounds N] [--quick] [--arms direct,bare,nginx,sluice,litellm]
 //!   [--bin-dir target/bench/bin] [--out-dir target/bench] [--litellm-venv DIR]
-//!   [--hold-streams N] [--budget-s S] [--proxy-core C] [--no-hold] [--no-pause]
+//!   [--hold-streams N] [--budget-s S] [--proxy-core C] [--no-hold] [--no-pause] [--paired-stream]
 //!   [--extra-sluice NAME=PATH ...]`   (another sluice build as arm `sluice-NAME`, same config)
 //! `bench_load --load-only ADDR [REQUESTS [STREAMS [CONNS]]]` and
-//! `bench_load --sluice-config PROXY_PORT ADMIN_PORT UPSTREAM_PORT`: helpers for
+//! `bench_load --sluice-config PROXY_PORT ADMIN_PORT UPSTREAM_PORT [VARIANT]`: helpers for
 //! scripts/bench_load_profile.sh.
 #![allow(
     clippy::print_stdout,
@@ -110,13 +110,20 @@ fn main() {
         std::process::exit(load_only(&argv[2..]));
     }
     if argv.get(1).map(String::as_str) == Some("--sluice-config") {
-        // `bench_load --sluice-config PROXY_PORT ADMIN_PORT UPSTREAM_PORT`: the bench config.
+        // `bench_load --sluice-config PROXY_PORT ADMIN_PORT UPSTREAM_PORT [VARIANT]`: the bench config.
         let port = |i: usize| {
             argv.get(i)
                 .and_then(|a| a.parse::<u16>().ok())
                 .expect("ports")
         };
-        print!("{}", sluice_config(port(2), port(3), port(4)));
+        // An optional fifth argument names a config variant (`--sluice-variants`), to
+        // profile a route variant: requests without `x-bench-route: plain` take its route.
+        let config = match argv.get(5) {
+            Some(v) => arms::sluice_variant_config(v, port(2), port(3), port(4))
+                .unwrap_or_else(|| panic!("unknown variant {v}")),
+            None => sluice_config(port(2), port(3), port(4)),
+        };
+        print!("{config}");
         return;
     }
     let opts = parse_opts();

@@ -239,7 +239,7 @@ pub fn render(
                 .collect::<Vec<_>>()
                 .join(" / ")
         };
-        for a in paired {
+        for a in &paired {
             let _ = writeln_s(
                 w,
                 &format!(
@@ -250,6 +250,33 @@ pub fn render(
                     per_round(a, "paired_cpu_us_per_req", 1)
                 ),
             );
+        }
+        let streamed: Vec<&&String> = paired
+            .iter()
+            .filter(|a| sum.g(a, "paired_stream_cpu_ratio").is_finite())
+            .collect();
+        if !streamed.is_empty() {
+            let _ = writeln_s(
+                w,
+                "\nStreamed (`--paired-stream`; informational, the targets read the table above): the same pairing with the workload's request streamed, 20 chunks 1 ms apart plus the usage chunk and `[DONE]`, 64 connections, 40 pairs of 600-request blocks (10 of 300 with `--quick`).\n",
+            );
+            let _ = writeln_s(
+                w,
+                "| arm | ratio to its plain route, median over rounds | ratio per round | plain µs/req per round | arm µs/req per round |",
+            );
+            let _ = writeln_s(w, "|---|---:|---|---|---|");
+            for a in streamed {
+                let _ = writeln_s(
+                    w,
+                    &format!(
+                        "| {a} | {} | {} | {} | {} |",
+                        f(sum.g(a, "paired_stream_cpu_ratio"), 3),
+                        per_round(a, "paired_stream_cpu_ratio", 3),
+                        per_round(a, "paired_stream_base_cpu_us_per_req", 1),
+                        per_round(a, "paired_stream_cpu_us_per_req", 1)
+                    ),
+                );
+            }
         }
     }
     let _ = writeln_s(w, "\n## Targets\n");

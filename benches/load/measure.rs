@@ -349,6 +349,24 @@ pub struct RoutePair {
     pub errors: u64,
 }
 
+/// The request [`route_pair_cpu`] sends to both routes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PairLoad {
+    /// The workload's non-streamed chat request, 8 connections: the figure the targets read.
+    Json,
+    /// The same request streamed (`--paired-stream`): 20 chunks 1 ms apart plus the usage
+    /// chunk and `[DONE]` ([`STREAM_PAIR_QUERY`]), [`STREAM_PAIR_CONNS`] connections so that
+    /// the paced streams keep the proxy busy. Each chunk is read and written on its own, as
+    /// a live LLM stream is, so this is the per-request CPU of streamed traffic.
+    Stream,
+}
+
+/// The upstream's pacing of a [`PairLoad::Stream`] request (`benches/load/upstream.rs`).
+pub const STREAM_PAIR_QUERY: &str = "?chunks=20&gap_ms=1";
+/// Connections of a [`PairLoad::Stream`] block: a stream takes about 21 ms, so 64 of them
+/// offer about 3,000 requests a second, more than one proxy core serves.
+pub const STREAM_PAIR_CONNS: usize = 64;
+
 /// CPU per request of a config variant's route against its `plain` route (the same route
 /// without the feature, [`crate::arms::sluice_variant_config`]) in the variant arm's own
 /// process: `pairs` pairs of closed-loop blocks of `per_block` requests each (8 connections),
@@ -363,12 +381,17 @@ pub async fn route_pair_cpu(
     pairs: usize,
     per_block: u64,
     pause: bool,
+    load: PairLoad,
 ) -> RoutePair {
     let arm = &arms[idx];
     let to = Duration::from_secs(10);
     crate::rounds::pause_all(arms, Some(idx), pause);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let variant = chat_request(arm.addr, &arm.auth, false, "");
+    let (stream, query, conns) = match load {
+        PairLoad::Json => (false, "", 8),
+        PairLoad::Stream => (true, STREAM_PAIR_QUERY, STREAM_PAIR_CONNS),
+    };
+    let variant = chat_request(arm.addr, &arm.auth, stream, query);
     let plain = with_header(&variant, PLAIN_ROUTE_HEADER);
     let (mut us, mut ratios, mut errors) = ([0f64; 2], Vec::with_capacity(pairs), 0u64);
     for p in 0..pairs {
@@ -377,7 +400,7 @@ pub async fn route_pair_cpu(
             let which = if p % 2 == 0 { k } else { 1 - k };
             let req = if which == 0 { &plain } else { &variant };
             let before = on_cpu_ns(arm);
-            let (o, e, _) = closed_count(arm.addr, req, 8, per_block, to).await;
+            let (o, e, _) = closed_count(arm.addr, req, conns, per_block, to).await;
             pair[which] = (on_cpu_ns(arm) - before) as f64 / 1e3 / o.max(1) as f64;
             errors += e;
         }

@@ -24,6 +24,9 @@ pub struct Opts {
     pub proxy_core: u32,
     pub hold: bool,
     pub pause: bool,
+    /// `--paired-stream`: route variants are also paired with streamed requests
+    /// ([`crate::measure::PairLoad::Stream`]).
+    pub paired_stream: bool,
 }
 
 /// The flags of `std::env::args` (see `benches/load/harness.rs`); panics on a bad one.
@@ -47,6 +50,7 @@ pub fn parse_opts() -> Opts {
         proxy_core: 1,
         hold: true,
         pause: true,
+        paired_stream: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -78,6 +82,7 @@ pub fn parse_opts() -> Opts {
             }
             "--no-hold" => o.hold = false,
             "--no-pause" => o.pause = false,
+            "--paired-stream" => o.paired_stream = true,
             _ => panic!("unknown option {a} (see benches/load/harness.rs)"),
         }
     }

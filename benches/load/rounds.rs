@@ -3,7 +3,7 @@
 //! open-streams phase.
 use crate::arms::{Arm, Kind};
 use crate::client::get;
-use crate::measure::{hold_streams, measure_arm, paired_cpu, route_pair_cpu};
+use crate::measure::{hold_streams, measure_arm, paired_cpu, route_pair_cpu, PairLoad};
 use crate::opts::Opts;
 use crate::procs::{mem_kib, signal, tree};
 use crate::report::{f, Metrics};
@@ -89,7 +89,9 @@ pub async fn run(opts: &Opts, s: &mut Session) -> Rounds {
                     continue;
                 }
                 let (b, x, ratio, errors) = if arm.plain_route {
-                    let r = route_pair_cpu(arms, v, pairs, per_pair_block, opts.pause).await;
+                    let r =
+                        route_pair_cpu(arms, v, pairs, per_pair_block, opts.pause, PairLoad::Json)
+                            .await;
                     (r.plain_us, r.variant_us, r.ratio, r.errors)
                 } else {
                     let (b, x, e) = paired_cpu(arms, base, v, blocks, per_block, opts.pause).await;
@@ -116,6 +118,30 @@ pub async fn run(opts: &Opts, s: &mut Session) -> Rounds {
                     m.insert("paired_cpu_us_per_req".into(), x);
                     m.insert("paired_cpu_ratio".into(), ratio);
                     *m.entry("errors".into()).or_default() += errors as f64;
+                }
+                if arm.plain_route && opts.paired_stream {
+                    // The same pairing with streamed requests: informational (the targets
+                    // read the JSON figure above).
+                    let per = if opts.quick { 300 } else { 600 };
+                    let r = route_pair_cpu(arms, v, pairs, per, opts.pause, PairLoad::Stream).await;
+                    log(
+                        t0,
+                        format!(
+                            "round {} paired CPU, streamed: its plain route {} us/req, {} {} us/req (x{}), errors {}",
+                            round + 1,
+                            f(r.plain_us, 1),
+                            arm.name,
+                            f(r.variant_us, 1),
+                            f(r.ratio, 3),
+                            r.errors
+                        ),
+                    );
+                    if let Some(m) = results.get_mut(&arm.name) {
+                        m.insert("paired_stream_base_cpu_us_per_req".into(), r.plain_us);
+                        m.insert("paired_stream_cpu_us_per_req".into(), r.variant_us);
+                        m.insert("paired_stream_cpu_ratio".into(), r.ratio);
+                        *m.entry("errors".into()).or_default() += r.errors as f64;
+                    }
                 }
             }
         }
