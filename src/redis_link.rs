@@ -75,6 +75,17 @@ impl RedisLink {
         self.timeout
     }
 
+    /// The bound on one connect attempt (the users' `connect_timeout_ms`, at least 1 ms).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The client of this link's server, for a connection of another kind (a pub/sub
+    /// subscriber holds one of its own).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     fn clock_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }

@@ -48,16 +48,23 @@ impl pingora_core::services::background::BackgroundService for SharedFlush {
     }
 }
 
-/// Keeps the response cache's Redis tier connected (see [`RedisTier::maintain`]) until
-/// shutdown.
-struct CacheRedisKeeper(Arc<RedisTier>);
+/// Keeps the response cache's Redis tier connected (see [`RedisTier::maintain`]) and listens
+/// on its purge channel for the store (see [`crate::cache::purge_channel`]) until shutdown.
+struct CacheRedisKeeper(Arc<RedisTier>, Arc<crate::cache::Store>);
 
 #[async_trait::async_trait]
 impl pingora_core::services::background::BackgroundService for CacheRedisKeeper {
     async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let (tier, store) = (self.0.clone(), self.1.clone());
+        let both = async move {
+            tokio::join!(
+                tier.clone().maintain(),
+                crate::cache::purge_channel::listen(tier, store)
+            );
+        };
         tokio::select! {
             _ = shutdown.changed() => {}
-            () = self.0.clone().maintain() => {}
+            () = both => {}
         }
     }
 }
@@ -122,6 +129,7 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     // The response cache's Redis tier, built with the store from the first snapshot.
     let cache_redis = sluice.store().redis().cloned();
     let cache_store = sluice.store().clone();
+    let cache_store_for_channel = cache_store.clone();
     let app = Arc::new(pingora_proxy::http_proxy(&server.configuration, sluice));
     let mut proxy = Service::new("sluice proxy".to_owned(), Listener::new(app, connections));
     // Sized L4 buffers instead of Pingora's 64 KiB read buffer per client connection.
@@ -161,7 +169,7 @@ pub fn run(path: PathBuf, snapshot: Snapshot) -> ! {
     if let Some(tier) = cache_redis {
         server.add_service(background_service(
             "cache redis tier",
-            CacheRedisKeeper(tier),
+            CacheRedisKeeper(tier, cache_store_for_channel),
         ));
     }
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "sluice starting");

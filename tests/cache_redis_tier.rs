@@ -1,12 +1,14 @@
 //! The response cache's Redis tier against a real `redis-server` (Debian package, started on a
 //! picked port and stopped by each test): bytes in, bytes out; misses; values over the bound;
 //! error replies; Redis killed mid-run (a miss within the timeout, then at once) and back
-//! (found again); and the store over it (two replicas' stores sharing entries, a purge).
+//! (found again); and the store over it (two replicas' stores sharing entries, a purge, and
+//! the purge channel that carries it to the other replica's memory tier).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use futures_util::FutureExt;
+use sluice::cache::purge_channel;
 use sluice::cache::redis_tier::{redis_key, RedisTier};
 use sluice::cache::Key;
 use sluice::config::cache::CacheRedis;
@@ -276,7 +278,8 @@ mod store {
             purged,
             Purged {
                 memory: true,
-                redis: RedisPurge::Removed
+                redis: RedisPurge::Removed,
+                replicas_told: Some(0),
             }
         );
         assert!(redis.keys(&redis_key(&key)).is_empty(), "still in Redis");
@@ -288,7 +291,8 @@ mod store {
             again,
             Purged {
                 memory: false,
-                redis: RedisPurge::Absent
+                redis: RedisPurge::Absent,
+                replicas_told: Some(0),
             }
         );
         // Redis gone: the memory tier is purged all the same, Redis's part is a failure,
@@ -307,11 +311,160 @@ mod store {
             down,
             Purged {
                 memory: true,
-                redis: RedisPurge::Failed
+                redis: RedisPurge::Failed,
+                replicas_told: None,
             }
         );
         let took = t0.elapsed();
         assert!(took < TIMEOUT + Duration::from_millis(200), "took {took:?}");
+    }
+
+    /// Subscribers of the purge channel now (`PUBSUB NUMSUB`), polled (10 s at most) until
+    /// there are `n`.
+    async fn subscribers(redis: &Redis, n: i64) -> i64 {
+        let mut conn = direct(redis).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, got): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(purge_channel::CHANNEL)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if got == n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `store.entries()` (10 s at most) until it is `n`.
+    async fn entries(store: &Store, n: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.entries() != n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store.entries()
+    }
+
+    #[tokio::test]
+    async fn a_purge_reaches_every_replicas_memory_through_the_channel_and_after_a_redis_restart() {
+        use sluice::cache::store::RedisPurge;
+        let redis = Redis::start();
+        let port = redis.addr().port();
+        let (a, b) = (Arc::new(store(&redis)), Arc::new(store(&redis)));
+        for s in [&a, &b] {
+            tokio::spawn(purge_channel::listen(s.redis().unwrap().clone(), s.clone()));
+        }
+        assert_eq!(subscribers(&redis, 2).await, 2, "both replicas subscribe");
+        // A stores it (memory and Redis); B finds it in Redis and keeps it in memory.
+        let key = Key([21; 32]);
+        a.put(key, entry(), Duration::from_secs(30), CacheStoreKind::Redis);
+        assert!(eventually(&b, &key).await.is_some());
+        assert_eq!(b.entries(), 1);
+        // B's memory-only copy would be served until its TTL; A's purge reaches it.
+        let purged = a.purge(&key).await;
+        assert_eq!(purged.redis, RedisPurge::Removed);
+        assert_eq!(purged.replicas_told, Some(2), "{purged:?}");
+        assert_eq!(entries(&b, 0).await, 0, "B still holds the purged entry");
+        assert!(b.get(&key, CacheStoreKind::Memory).await.is_none());
+        // A message that is not a key is ignored; the subscription goes on.
+        let mut conn = direct(&redis).await;
+        let local = Key([22; 32]);
+        b.put(
+            local,
+            entry(),
+            Duration::from_secs(30),
+            CacheStoreKind::Memory,
+        );
+        for junk in ["", "not a key", &"z".repeat(64), &local.hex()[..63]] {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(purge_channel::CHANNEL)
+                .arg(junk)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        assert_eq!(subscribers(&redis, 2).await, 2);
+        assert_eq!(b.entries(), 1, "junk removed an entry");
+        // Redis restarted: the replicas subscribe again, and purges reach them again.
+        drop(conn);
+        drop(redis);
+        let redis = Redis::start_on(port);
+        assert_eq!(subscribers(&redis, 2).await, 2, "not subscribed again");
+        let told: i64 = redis::cmd("PUBLISH")
+            .arg(purge_channel::CHANNEL)
+            .arg(local.hex().to_uppercase())
+            .query_async(&mut direct(&redis).await)
+            .await
+            .unwrap();
+        assert_eq!(told, 2);
+        assert_eq!(
+            entries(&b, 0).await,
+            0,
+            "a purge after the restart did not reach B"
+        );
+    }
+
+    /// The ids of the clients subscribed to something now (`CLIENT LIST TYPE pubsub`).
+    async fn subscriber_ids(redis: &Redis) -> Vec<String> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut direct(redis).await)
+            .await
+            .unwrap();
+        list.lines()
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A Redis that stops answering without closing the connection (SIGSTOP): the idle
+    /// subscription's `PING` goes unanswered, so it is dropped and, once Redis answers again,
+    /// made anew on a new connection, and purges reach the store again.
+    #[tokio::test]
+    async fn a_silent_redis_ends_the_subscription_by_its_ping_and_it_is_made_again() {
+        let redis = Redis::start();
+        let s = Arc::new(store(&redis));
+        tokio::spawn(purge_channel::listen(s.redis().unwrap().clone(), s.clone()));
+        assert_eq!(subscribers(&redis, 1).await, 1);
+        let before = subscriber_ids(&redis).await;
+        assert_eq!(before.len(), 1, "{before:?}");
+        redis.signal("STOP");
+        // One PING interval plus its timeout (the 1 s connect timeout), and some slack.
+        tokio::time::sleep(purge_channel::PING_EVERY + Duration::from_millis(1_500)).await;
+        redis.signal("CONT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut now = subscriber_ids(&redis).await;
+        while (now.len() != 1 || now == before) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            now = subscriber_ids(&redis).await;
+        }
+        assert!(
+            now.len() == 1 && now != before,
+            "before {before:?}, now {now:?}"
+        );
+        let key = Key([23; 32]);
+        s.put(
+            key,
+            entry(),
+            Duration::from_secs(30),
+            CacheStoreKind::Memory,
+        );
+        let told: i64 = redis::cmd("PUBLISH")
+            .arg(purge_channel::CHANNEL)
+            .arg(key.hex())
+            .query_async(&mut direct(&redis).await)
+            .await
+            .unwrap();
+        assert_eq!(told, 1);
+        assert_eq!(
+            entries(&s, 0).await,
+            0,
+            "the new subscription does not apply purges"
+        );
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //! `redis-server` (Debian package, started on a picked port and stopped): an answer stored by
 //! one is a hit on the other, with one upstream request in all; with Redis killed both keep
 //! serving (what they hold in memory as hits, the rest upstream), no request failing or waiting
-//! much past the tier's timeout; with Redis back, sharing resumes by itself.
+//! much past the tier's timeout; with Redis back, sharing resumes by itself; a purge on one
+//! reaches the other's memory tier.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -15,12 +16,13 @@ const KEY_ENV: (&str, &str) = ("SLUICE_TEST_KEY", "sk-real-upstream-key");
 const TIMEOUT_MS: u64 = 50;
 const ENTRIES: &str = "sluice:cache:v1:*";
 
-fn config(mock: &Mock, redis_url: &str) -> String {
+/// The replicas' config; `cache_extra`: more `cache` settings (`key: value, ` each).
+fn config(mock: &Mock, redis_url: &str, cache_extra: &str) -> String {
     Config::new()
         .pool(Pool::openai("p", &mock.url()))
         .route(Route::prefix("main", "/v1", &["p"]).yaml("cache: {store: redis, ttl_ms: 60000}"))
         .yaml(&format!(
-            "cache: {{redis: {{url: \"{redis_url}\", timeout_ms: {TIMEOUT_MS}}}}}"
+            "cache: {{{cache_extra}redis: {{url: \"{redis_url}\", timeout_ms: {TIMEOUT_MS}}}}}"
         ))
         .yaml("tenants: {default: t}")
         .tenant(Tenant::new("t"))
@@ -28,7 +30,7 @@ fn config(mock: &Mock, redis_url: &str) -> String {
 }
 
 fn replicas(mock: &Mock, redis: &Redis) -> (Sluice, Sluice) {
-    let conf = config(mock, &redis.url());
+    let conf = config(mock, &redis.url(), "");
     (
         Sluice::start(&conf, &[KEY_ENV]),
         Sluice::start(&conf, &[KEY_ENV]),
@@ -136,6 +138,70 @@ async fn wait_entries_within(redis: &Redis, n: usize, limit: Duration) -> usize 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A purge on one replica's admin listener reaches the other replica's memory tier through
+/// the Redis tier's purge channel: without it, B would serve its in-memory copy until the TTL.
+#[tokio::test]
+async fn a_purge_on_one_replica_reaches_the_memory_tier_of_the_other() {
+    let redis = Redis::start();
+    let mock = Mock::start().await;
+    let conf = config(&mock, &redis.url(), "admin_purge: true, ");
+    // The purge lines are logged at info under `sluice::admin`.
+    let env = [
+        KEY_ENV,
+        ("RUST_LOG", "warn,sluice::access=info,sluice::admin=info"),
+    ];
+    let (a, b) = (Sluice::start(&conf, &env), Sluice::start(&conf, &env));
+    for s in [&a, &b] {
+        let on = s
+            .wait_metric("sluice_cache_purge_channel_subscribed", &[], |v| v == 1.0)
+            .await;
+        assert_eq!(on, 1.0, "not subscribed to the purge channel\n{}", s.log());
+    }
+    let q = chat("a wrong answer to purge", false);
+    let (_, cache, _, _) = send(&a, &q).await;
+    assert_eq!(cache, "miss");
+    assert_eq!(wait_entries(&redis, 1).await, 1);
+    // B finds it in Redis and keeps it in memory: a hit from memory from now on.
+    let (_, cache, _, _) = send(&b, &q).await;
+    assert_eq!(cache, "hit");
+    assert_eq!(mock.requests().len(), 1);
+    let log = a.wait_log("input_hash=\"").await;
+    let hash = log
+        .split("input_hash=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(hash.len(), 64, "{log}");
+
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/cache/entries/{hash}", a.admin))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["memory"], "removed", "{body}");
+    assert_eq!(body["redis"], "removed", "{body}");
+    assert_eq!(body["replicas_told"], 2, "{body}");
+    let forgot = b
+        .wait_metric(
+            "sluice_cache_purged_entries_total",
+            &[("tier", "memory")],
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(forgot, 1.0, "B kept its copy\n{}", b.log());
+    let line = "cache purge from another replica";
+    assert!(b.wait_log(line).await.contains(&hash), "{}", b.log());
+    // B asks the upstream again, and stores the fresh answer.
+    let (status, cache, _, _) = send(&b, &q).await;
+    assert_eq!((status, cache.as_str()), (200, "miss"));
+    assert_eq!(mock.requests().len(), 2, "B answered the purged entry");
+    assert_eq!(wait_entries(&redis, 1).await, 1);
 }
 
 #[tokio::test]

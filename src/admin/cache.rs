@@ -2,8 +2,11 @@
 //! is on (404 otherwise):
 //!
 //! - `DELETE /cache/entries/{input_hash}`: remove one entry, named by the `input_hash` of an
-//!   access log line (64 hex digits, the entry's key), from this process's memory tier and from
-//!   the Redis tier (`DEL`). 200 with `{"input_hash", "memory", "redis"}`: `memory` is
+//!   access log line (64 hex digits, the entry's key), from this process's memory tier, from
+//!   the Redis tier (`DEL`) and, through the Redis tier's purge channel
+//!   ([`crate::cache::purge_channel`]), from the memory tier of every replica subscribed to it.
+//!   200 with `{"input_hash", "memory", "redis"}`, plus `"replicas_told": n` when Redis
+//!   answered (the subscribers that got the purge, this process included): `memory` is
 //!   `removed` or `absent`; `redis` is `removed`, `absent`, `off` (no Redis tier) or `failed`
 //!   (Redis failed or timed out: the entry may still be there, and a replica may find it).
 //!   400 for a hash that is not 64 hex digits.
@@ -16,9 +19,9 @@
 //! 3), and nothing is purged. The token is compared by its SHA-256, never kept.
 //!
 //! Another method on these paths: 405 with `Allow: DELETE`. Each replica has its own memory
-//! tier: an entry another replica holds in memory is served there until its TTL or a purge
-//! on that replica's admin listener. An answer being recorded at the time of a purge is
-//! stored when it completes.
+//! tier: without a Redis tier (or for a replica not subscribed at the time), an entry another
+//! replica holds in memory is served there until its TTL or a purge on that replica's admin
+//! listener. An answer being recorded at the time of a purge is stored when it completes.
 
 use super::reply;
 use crate::cache::{Key, Store};
@@ -93,13 +96,17 @@ pub async fn serve(
         input_hash = %hex,
         memory,
         redis = purged.redis.as_str(),
+        replicas_told = purged.replicas_told,
         "cache purge: entry"
     );
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "input_hash": hex,
         "memory": memory,
         "redis": purged.redis.as_str(),
     });
+    if let Some(told) = purged.replicas_told {
+        body["replicas_told"] = told.into();
+    }
     Some(reply(
         200,
         "application/json",

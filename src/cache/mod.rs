@@ -6,12 +6,14 @@
 //! - [`entry`]: a stored response and its binary form;
 //! - [`store`]: the process's store (memory tier, then the Redis tier);
 //! - [`redis_tier`]: the Redis tier, bytes in and out, shared by the replicas;
+//! - [`purge_channel`]: a purge on one replica reaches every replica's memory tier;
 //! - [`record`]: the relay's recorder, which stores a complete response;
 //! - [`replay`]: a stored response made fresh for a hit (new id and creation time).
 
 pub mod canonical;
 pub mod entry;
 pub mod key;
+pub mod purge_channel;
 pub mod record;
 pub mod redis_tier;
 pub mod replay;

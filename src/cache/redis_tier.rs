@@ -73,6 +73,11 @@ impl RedisTier {
         self.link.timeout()
     }
 
+    /// The link to the tier's server (the purge channel subscribes through its client).
+    pub fn link(&self) -> &RedisLink {
+        &self.link
+    }
+
     /// Whether the tier fails fast now (Redis failed less than the pause ago).
     pub fn is_down(&self) -> bool {
         self.link.is_down()
@@ -182,19 +187,28 @@ impl RedisTier {
         });
     }
 
-    /// Remove `key`'s value (`DEL key`, <https://redis.io/docs/latest/commands/del/>), waiting
-    /// at most the tier's `timeout`: `Ok(true)` removed, `Ok(false)` there was none. Errors
-    /// (`Err(())`, counted in `sluice_cache_redis_errors_total{op="delete"}`): Redis failed,
-    /// timed out, or the tier fails fast now.
-    pub async fn delete(&self, key: &Key) -> Result<bool, ()> {
+    /// Remove `key`'s value (`DEL key`, <https://redis.io/docs/latest/commands/del/>) and tell
+    /// every replica to drop it from its memory tier (`PUBLISH` of its hex on
+    /// [`super::purge_channel::CHANNEL`], <https://redis.io/docs/latest/commands/publish/>),
+    /// in one round trip, waiting at most the tier's `timeout`. `Ok((removed, told))`:
+    /// whether Redis held the key, and how many subscribers (this process's own included)
+    /// received the message. Errors (`Err(())`, counted in
+    /// `sluice_cache_redis_errors_total{op="delete"}`): Redis failed, timed out, or the tier
+    /// fails fast now.
+    pub async fn delete(&self, key: &Key) -> Result<(bool, u64), ()> {
         if self.fails_fast("delete") {
             return Err(());
         }
         let (mut conn, deadline) = self.connect("delete").await.ok_or(())?;
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(redis_key(key));
-        match tokio::time::timeout_at(deadline, cmd.query_async::<i64>(&mut conn)).await {
-            Ok(Ok(n)) => Ok(n > 0),
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(redis_key(key))
+            .cmd("PUBLISH")
+            .arg(super::purge_channel::CHANNEL)
+            .arg(key.hex());
+        let res = pipe.query_async::<(i64, i64)>(&mut conn);
+        match tokio::time::timeout_at(deadline, res).await {
+            Ok(Ok((n, told))) => Ok((n > 0, u64::try_from(told).unwrap_or(0))),
             Ok(Err(e)) => {
                 self.failed("delete", Some(&e));
                 Err(())

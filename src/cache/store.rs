@@ -68,6 +68,9 @@ pub struct Purged {
     pub memory: bool,
     /// What the Redis tier did.
     pub redis: RedisPurge,
+    /// How many replicas' purge channel subscribers (this process's own included) were told
+    /// to drop the key from their memory tier; `None` without a Redis tier or when it failed.
+    pub replicas_told: Option<u64>,
 }
 
 /// The Redis tier's part of a [`Store::purge`].
@@ -237,27 +240,40 @@ impl Store {
     }
 
     /// Remove `key`'s entry from the memory tier and, when the store has a Redis tier, from
-    /// Redis (waiting at most `cache.redis.timeout_ms`). An answer being recorded for `key`
+    /// Redis and, through the purge channel, from every subscribed replica's memory tier
+    /// (waiting at most `cache.redis.timeout_ms`). An answer being recorded for `key`
     /// at the time is still stored when it completes. Counts
     /// `sluice_cache_purged_entries_total` and updates the memory tier's gauges.
     pub async fn purge(&self, key: &Key) -> Purged {
-        let memory = self.memory.remove(key).is_some();
-        if memory {
+        let memory = self.forget(key);
+        let (redis, replicas_told) = match &self.redis {
+            None => (RedisPurge::Off, None),
+            Some(tier) => match tier.delete(key).await {
+                Ok((true, told)) => {
+                    metrics::CACHE_PURGED.with_label_values(&["redis"]).inc();
+                    (RedisPurge::Removed, Some(told))
+                }
+                Ok((false, told)) => (RedisPurge::Absent, Some(told)),
+                Err(()) => (RedisPurge::Failed, None),
+            },
+        };
+        Purged {
+            memory,
+            redis,
+            replicas_told,
+        }
+    }
+
+    /// Another replica purged `key` (heard on the purge channel): remove it from this
+    /// process's memory tier only. Returns whether the tier held it; counts
+    /// `sluice_cache_purged_entries_total{tier="memory"}` then.
+    pub fn forget(&self, key: &Key) -> bool {
+        let held = self.memory.remove(key).is_some();
+        if held {
             metrics::CACHE_PURGED.with_label_values(&["memory"]).inc();
             self.export();
         }
-        let redis = match &self.redis {
-            None => RedisPurge::Off,
-            Some(tier) => match tier.delete(key).await {
-                Ok(true) => {
-                    metrics::CACHE_PURGED.with_label_values(&["redis"]).inc();
-                    RedisPurge::Removed
-                }
-                Ok(false) => RedisPurge::Absent,
-                Err(()) => RedisPurge::Failed,
-            },
-        };
-        Purged { memory, redis }
+        held
     }
 
     /// Empty the memory tier; returns how many entries it held. The Redis tier is left as it

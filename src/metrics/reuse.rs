@@ -43,7 +43,8 @@ pub static HEDGE_COST_USD: Lazy<prometheus::CounterVec> = Lazy::new(|| {
 });
 
 /// `sluice_cache_purged_entries_total{tier}`: entries the admin listener's purge endpoints
-/// removed (`memory`: this process's memory tier; `redis`: the shared Redis tier).
+/// removed (`memory`: this process's memory tier, by its own admin listener or by another
+/// replica's purge heard on the purge channel; `redis`: the shared Redis tier).
 pub static CACHE_PURGED: Lazy<IntCounterVec> = Lazy::new(|| {
     metric!(register_int_counter_vec!(
         "sluice_cache_purged_entries_total",
@@ -54,7 +55,8 @@ pub static CACHE_PURGED: Lazy<IntCounterVec> = Lazy::new(|| {
 
 /// `sluice_cache_redis_errors_total{op}`: calls of the response cache's Redis tier that failed,
 /// timed out or were skipped while the tier fails fast (`get`, `put`, and `delete` from the
-/// admin listener's purge), and its failed background `connect` attempts. A failed `get` is
+/// admin listener's purge), its failed background `connect` attempts, and the purge channel's
+/// failed or lost subscriptions (`subscribe`). A failed `get` is
 /// a miss; a failed `put` only this count.
 pub static CACHE_REDIS_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     metric!(register_int_counter_vec!(
@@ -150,6 +152,15 @@ pub static CACHE_SAVED_USD: Lazy<prometheus::CounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_cache_purge_channel_subscribed`: 1 while this process listens on the Redis tier's
+/// purge channel (`crate::cache::purge_channel`), else 0.
+pub static CACHE_PURGE_SUBSCRIBED: Lazy<IntGauge> = Lazy::new(|| {
+    metric!(register_int_gauge!(
+        "sluice_cache_purge_channel_subscribed",
+        "1 while this process listens on the response cache's Redis purge channel (other replicas' purges reach its memory tier), else 0"
+    ))
+});
+
 /// Force registration of these metrics.
 pub(super) fn init() {
     Lazy::force(&HEDGES);
@@ -158,6 +169,7 @@ pub(super) fn init() {
     Lazy::force(&HEDGE_COST_USD);
     Lazy::force(&CACHE_REDIS_ERRORS);
     Lazy::force(&CACHE_PURGED);
+    Lazy::force(&CACHE_PURGE_SUBSCRIBED);
     Lazy::force(&CACHE_REDIS_LOOKUPS);
     Lazy::force(&CACHE_REDIS_SKIPPED_PUTS);
     Lazy::force(&COALESCED);

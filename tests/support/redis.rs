@@ -51,6 +51,15 @@ impl Redis {
     pub fn try_start() -> std::io::Result<Redis> {
         Self::try_start_on(free_port())
     }
+    /// Send `signal` (`STOP`: it stops answering but keeps its connections open; `CONT`) to
+    /// the server.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} redis-server");
+    }
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
