@@ -193,6 +193,11 @@ mod store {
     use sluice::config::cache::{CacheSettings, CacheStoreKind};
 
     fn store(redis: &Redis) -> Store {
+        store_at(&redis.url())
+    }
+
+    /// A store whose Redis tier is at `url`.
+    fn store_at(url: &str) -> Store {
         let settings = CacheSettings {
             max_bytes: 1 << 20,
             max_entry_bytes: 64 * 1024,
@@ -200,7 +205,7 @@ mod store {
             admin_purge: false,
             admin_purge_token_sha256: None,
             redis: Some(CacheRedis {
-                url: redis.url(),
+                url: url.to_owned(),
                 timeout: TIMEOUT,
                 connect_timeout: Duration::from_millis(1000),
                 max_value_bytes: 128 * 1024,
@@ -404,6 +409,46 @@ mod store {
             0,
             "a purge after the restart did not reach B"
         );
+    }
+
+    /// A Redis user without the purge channel's permission (ACL `resetchannels`): the purge
+    /// still removes the entry from Redis; only the telling fails, and is counted.
+    #[tokio::test]
+    async fn a_purge_whose_publish_is_refused_still_removes_the_entry() {
+        use sluice::cache::store::RedisPurge;
+        let redis = Redis::start();
+        let _: () = redis::cmd("ACL")
+            .arg(&[
+                "SETUSER",
+                "nochan",
+                "on",
+                ">pw",
+                "~*",
+                "+@all",
+                "resetchannels",
+            ])
+            .query_async(&mut direct(&redis).await)
+            .await
+            .unwrap();
+        let url = format!("redis://nochan:pw@{}", redis.addr());
+        let s = store_at(&url);
+        let refused = || {
+            sluice::metrics::CACHE_REDIS_ERRORS
+                .with_label_values(&["publish"])
+                .get()
+        };
+        let before = refused();
+        let key = Key([24; 32]);
+        s.put(key, entry(), Duration::from_secs(30), CacheStoreKind::Redis);
+        assert!(eventually_get(s.redis().unwrap(), &key).await.is_some());
+        let purged = s.purge(&key).await;
+        assert_eq!(purged.redis, RedisPurge::Removed, "{purged:?}");
+        assert!(purged.memory);
+        assert_eq!(purged.replicas_told, None);
+        assert_eq!(refused(), before + 1);
+        assert!(redis.keys(&redis_key(&key)).is_empty(), "still in Redis");
+        // An error reply over a working connection: the tier does not fail fast for it.
+        assert!(!s.redis().unwrap().is_down());
     }
 
     /// The ids of the clients subscribed to something now (`CLIENT LIST TYPE pubsub`).

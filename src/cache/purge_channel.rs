@@ -1,9 +1,10 @@
 //! The response cache's purge channel: a purge on one replica's admin listener
 //! ([`super::Store::purge`]) reaches every replica's memory tier, not only Redis and its own.
 //!
-//! - The purging replica sends `DEL` and `PUBLISH` [`CHANNEL`] `<key hex>` in one round trip
-//!   ([`super::redis_tier::RedisTier::delete`]); `PUBLISH` answers how many subscribers got
-//!   the message, which the purge's answer reports (`replicas_told`).
+//! - The purging replica sends `DEL`, then `PUBLISH` [`CHANNEL`] `<key hex>`
+//!   ([`super::redis_tier::RedisTier::publish_purge`]); `PUBLISH` answers how many subscribers
+//!   got the message, which the purge's answer reports (`replicas_told`). A Redis user needs
+//!   the permission of this channel (ACL `&sluice:cache:v1:purge`) for both sides.
 //! - Every process with a Redis tier subscribes to [`CHANNEL`] on a connection of its own
 //!   (Redis pub/sub, <https://redis.io/docs/latest/develop/interact/pubsub/>; redis-rs's
 //!   `aio::PubSub`, <https://docs.rs/redis/0.32/redis/aio/struct.PubSub.html>) and removes each

@@ -187,34 +187,45 @@ impl RedisTier {
         });
     }
 
-    /// Remove `key`'s value (`DEL key`, <https://redis.io/docs/latest/commands/del/>) and tell
-    /// every replica to drop it from its memory tier (`PUBLISH` of its hex on
-    /// [`super::purge_channel::CHANNEL`], <https://redis.io/docs/latest/commands/publish/>),
-    /// in one round trip, waiting at most the tier's `timeout`. `Ok((removed, told))`:
-    /// whether Redis held the key, and how many subscribers (this process's own included)
-    /// received the message. Errors (`Err(())`, counted in
-    /// `sluice_cache_redis_errors_total{op="delete"}`): Redis failed, timed out, or the tier
-    /// fails fast now.
-    pub async fn delete(&self, key: &Key) -> Result<(bool, u64), ()> {
-        if self.fails_fast("delete") {
+    /// Remove `key`'s value (`DEL key`, <https://redis.io/docs/latest/commands/del/>), waiting
+    /// at most the tier's `timeout`: `Ok(true)` removed, `Ok(false)` there was none. Errors
+    /// (`Err(())`, counted in `sluice_cache_redis_errors_total{op="delete"}`): Redis failed,
+    /// timed out, or the tier fails fast now.
+    pub async fn delete(&self, key: &Key) -> Result<bool, ()> {
+        self.call("delete", redis::cmd("DEL").arg(redis_key(key)))
+            .await
+            .map(|n| n > 0)
+    }
+
+    /// Tell every replica to drop `key` from its memory tier: `PUBLISH` of its hex on
+    /// [`super::purge_channel::CHANNEL`] (<https://redis.io/docs/latest/commands/publish/>),
+    /// waiting at most the tier's `timeout`. `Ok(n)`: how many subscribers (this process's own
+    /// included) received it. Errors (`Err(())`, counted in
+    /// `sluice_cache_redis_errors_total{op="publish"}`): as [`RedisTier::delete`]'s (a Redis
+    /// user without the channel's permission gets an error reply).
+    pub async fn publish_purge(&self, key: &Key) -> Result<u64, ()> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(super::purge_channel::CHANNEL).arg(key.hex());
+        self.call("publish", &cmd)
+            .await
+            .map(|n| u64::try_from(n).unwrap_or(0))
+    }
+
+    /// One command answering an integer, as `op`, bounded by the tier's `timeout`; failures
+    /// counted (see [`RedisTier::failed`]).
+    async fn call(&self, op: &str, cmd: &redis::Cmd) -> Result<i64, ()> {
+        if self.fails_fast(op) {
             return Err(());
         }
-        let (mut conn, deadline) = self.connect("delete").await.ok_or(())?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(redis_key(key))
-            .cmd("PUBLISH")
-            .arg(super::purge_channel::CHANNEL)
-            .arg(key.hex());
-        let res = pipe.query_async::<(i64, i64)>(&mut conn);
-        match tokio::time::timeout_at(deadline, res).await {
-            Ok(Ok((n, told))) => Ok((n > 0, u64::try_from(told).unwrap_or(0))),
+        let (mut conn, deadline) = self.connect(op).await.ok_or(())?;
+        match tokio::time::timeout_at(deadline, cmd.query_async::<i64>(&mut conn)).await {
+            Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => {
-                self.failed("delete", Some(&e));
+                self.failed(op, Some(&e));
                 Err(())
             }
             Err(_) => {
-                self.failed("delete", None);
+                self.failed(op, None);
                 Err(())
             }
         }

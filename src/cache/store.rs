@@ -69,7 +69,8 @@ pub struct Purged {
     /// What the Redis tier did.
     pub redis: RedisPurge,
     /// How many replicas' purge channel subscribers (this process's own included) were told
-    /// to drop the key from their memory tier; `None` without a Redis tier or when it failed.
+    /// to drop the key from their memory tier; `None` without a Redis tier or when the
+    /// `PUBLISH` failed.
     pub replicas_told: Option<u64>,
 }
 
@@ -248,14 +249,19 @@ impl Store {
         let memory = self.forget(key);
         let (redis, replicas_told) = match &self.redis {
             None => (RedisPurge::Off, None),
-            Some(tier) => match tier.delete(key).await {
-                Ok((true, told)) => {
-                    metrics::CACHE_PURGED.with_label_values(&["redis"]).inc();
-                    (RedisPurge::Removed, Some(told))
-                }
-                Ok((false, told)) => (RedisPurge::Absent, Some(told)),
-                Err(()) => (RedisPurge::Failed, None),
-            },
+            Some(tier) => {
+                let redis = match tier.delete(key).await {
+                    Ok(true) => {
+                        metrics::CACHE_PURGED.with_label_values(&["redis"]).inc();
+                        RedisPurge::Removed
+                    }
+                    Ok(false) => RedisPurge::Absent,
+                    Err(()) => RedisPurge::Failed,
+                };
+                // The other replicas are told even when the `DEL` failed: their memory
+                // copies go all the same.
+                (redis, tier.publish_purge(key).await.ok())
+            }
         };
         Purged {
             memory,

@@ -54,9 +54,9 @@ pub static CACHE_PURGED: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// `sluice_cache_redis_errors_total{op}`: calls of the response cache's Redis tier that failed,
-/// timed out or were skipped while the tier fails fast (`get`, `put`, and `delete` from the
-/// admin listener's purge), its failed background `connect` attempts, and the purge channel's
-/// failed or lost subscriptions (`subscribe`). A failed `get` is
+/// timed out or were skipped while the tier fails fast (`get`, `put`, and `delete` and
+/// `publish` from the admin listener's purge), its failed background `connect` attempts, and
+/// the purge channel's failed or lost subscriptions (`subscribe`). A failed `get` is
 /// a miss; a failed `put` only this count.
 pub static CACHE_REDIS_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     metric!(register_int_counter_vec!(
