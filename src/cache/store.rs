@@ -270,9 +270,9 @@ impl Store {
         }
     }
 
-    /// Another replica purged `key` (heard on the purge channel): remove it from this
-    /// process's memory tier only. Returns whether the tier held it; counts
-    /// `sluice_cache_purged_entries_total{tier="memory"}` then.
+    /// Remove `key` from this process's memory tier only: the first step of a purge here, and
+    /// all of one another replica sent (heard on the purge channel). Returns whether the
+    /// tier held it; counts `sluice_cache_purged_entries_total{tier="memory"}` then.
     pub fn forget(&self, key: &Key) -> bool {
         let held = self.memory.remove(key).is_some();
         if held {
