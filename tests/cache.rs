@@ -185,12 +185,7 @@ async fn hits_misses_bypasses_and_the_clients_switches() {
     // The log line carries the outcome and the input hash.
     let log = s.wait_log("cache=\"hit\"").await;
     assert!(log.contains("cache=\"hit\""), "{log}");
-    let hash = log
-        .split("input_hash=\"")
-        .nth(1)
-        .map(|rest| rest.split('"').next().unwrap_or(""))
-        .unwrap_or("");
-    assert_eq!(hash.len(), 64, "{log}");
+    assert_eq!(s.input_hash().await.len(), 64, "{log}");
 }
 
 /// A complete OpenAI chat stream: content, a finish reason, the usage chunk, `[DONE]`.
@@ -386,14 +381,8 @@ async fn the_admin_listener_purges_one_entry_by_input_hash_or_the_whole_memory_t
     );
     let (purge_me, keep_me) = (chat(0.0, "purge me"), chat(0.0, "keep me"));
     assert_eq!(chat_a(&s, &purge_me, &[]).await.cache, "miss");
-    let log = s.wait_log("input_hash=\"").await;
-    let hash = log
-        .split("input_hash=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_default()
-        .to_owned();
-    assert_eq!(hash.len(), 64, "{log}");
+    let hash = s.input_hash().await;
+    assert_eq!(hash.len(), 64, "{}", s.log());
     assert_eq!(chat_a(&s, &keep_me, &[]).await.cache, "miss");
     // Off by default: the endpoints are not there.
     let entry = format!("/cache/entries/{hash}");

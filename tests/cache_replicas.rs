@@ -167,14 +167,8 @@ async fn a_purge_on_one_replica_reaches_the_memory_tier_of_the_other() {
     let (_, cache, _, _) = send(&b, &q).await;
     assert_eq!(cache, "hit");
     assert_eq!(mock.requests().len(), 1);
-    let log = a.wait_log("input_hash=\"").await;
-    let hash = log
-        .split("input_hash=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_default()
-        .to_owned();
-    assert_eq!(hash.len(), 64, "{log}");
+    let hash = a.input_hash().await;
+    assert_eq!(hash.len(), 64, "{}", a.log());
 
     let resp = reqwest::Client::new()
         .delete(format!("{}/cache/entries/{hash}", a.admin))

@@ -239,20 +239,26 @@ pub fn render(
                 .collect::<Vec<_>>()
                 .join(" / ")
         };
-        for a in &paired {
-            let _ = writeln_s(
-                w,
-                &format!(
-                    "| {a} | {} | {} | {} | {} |",
-                    f(sum.g(a, "paired_cpu_ratio"), 3),
-                    per_round(a, "paired_cpu_ratio", 3),
-                    per_round(a, "paired_base_cpu_us_per_req", 1),
-                    per_round(a, "paired_cpu_us_per_req", 1)
-                ),
-            );
-        }
-        let streamed: Vec<&&String> = paired
+        // One row per arm from the keys `{p}cpu_ratio`, `{p}base_cpu_us_per_req` and
+        // `{p}cpu_us_per_req` (`p`: `paired_`, or `paired_stream_` for the streamed pairing).
+        let rows = |w: &mut String, arms: &[&String], p: &str| {
+            for a in arms {
+                let _ = writeln_s(
+                    w,
+                    &format!(
+                        "| {a} | {} | {} | {} | {} |",
+                        f(sum.g(a, &format!("{p}cpu_ratio")), 3),
+                        per_round(a, &format!("{p}cpu_ratio"), 3),
+                        per_round(a, &format!("{p}base_cpu_us_per_req"), 1),
+                        per_round(a, &format!("{p}cpu_us_per_req"), 1)
+                    ),
+                );
+            }
+        };
+        rows(w, &paired, "paired_");
+        let streamed: Vec<&String> = paired
             .iter()
+            .copied()
             .filter(|a| sum.g(a, "paired_stream_cpu_ratio").is_finite())
             .collect();
         if !streamed.is_empty() {
@@ -265,18 +271,7 @@ pub fn render(
                 "| arm | ratio to its plain route, median over rounds | ratio per round | plain µs/req per round | arm µs/req per round |",
             );
             let _ = writeln_s(w, "|---|---:|---|---|---|");
-            for a in streamed {
-                let _ = writeln_s(
-                    w,
-                    &format!(
-                        "| {a} | {} | {} | {} | {} |",
-                        f(sum.g(a, "paired_stream_cpu_ratio"), 3),
-                        per_round(a, "paired_stream_cpu_ratio", 3),
-                        per_round(a, "paired_stream_base_cpu_us_per_req", 1),
-                        per_round(a, "paired_stream_cpu_us_per_req", 1)
-                    ),
-                );
-            }
+            rows(w, &streamed, "paired_stream_");
         }
     }
     let _ = writeln_s(w, "\n## Targets\n");

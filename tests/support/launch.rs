@@ -181,6 +181,18 @@ impl Sluice {
         }
     }
 
+    /// The `input_hash` of the first access line that has one (the response cache's key,
+    /// 64 hex digits), once the log holds it (see [`Sluice::wait_log`]); empty if none came.
+    pub async fn input_hash(&self) -> String {
+        const FIELD: &str = "input_hash=\"";
+        let log = self.wait_log(FIELD).await;
+        log.split(FIELD)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = self.admin.trim_start_matches("http://").to_owned();
