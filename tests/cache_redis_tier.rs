@@ -343,6 +343,17 @@ mod store {
         }
     }
 
+    /// `PUBLISH` `payload` on the purge channel behind the stores' back; returns how many
+    /// subscribers got it.
+    async fn publish(redis: &Redis, payload: &str) -> i64 {
+        redis::cmd("PUBLISH")
+            .arg(purge_channel::CHANNEL)
+            .arg(payload)
+            .query_async(&mut direct(redis).await)
+            .await
+            .unwrap()
+    }
+
     /// Polls `store.entries()` (10 s at most) until it is `n`.
     async fn entries(store: &Store, n: u64) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -374,7 +385,6 @@ mod store {
         assert_eq!(entries(&b, 0).await, 0, "B still holds the purged entry");
         assert!(b.get(&key, CacheStoreKind::Memory).await.is_none());
         // A message that is not a key is ignored; the subscription goes on.
-        let mut conn = direct(&redis).await;
         let local = Key([22; 32]);
         b.put(
             local,
@@ -382,28 +392,33 @@ mod store {
             Duration::from_secs(30),
             CacheStoreKind::Memory,
         );
+        let marker = Key([25; 32]);
+        b.put(
+            marker,
+            entry(),
+            Duration::from_secs(30),
+            CacheStoreKind::Memory,
+        );
         for junk in ["", "not a key", &"z".repeat(64), &local.hex()[..63]] {
-            let _: i64 = redis::cmd("PUBLISH")
-                .arg(purge_channel::CHANNEL)
-                .arg(junk)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            publish(&redis, junk).await;
         }
+        // Messages arrive in order: once the marker's purge is applied, so was the junk.
+        assert_eq!(publish(&redis, &marker.hex()).await, 2);
+        assert_eq!(
+            entries(&b, 1).await,
+            1,
+            "the marker's purge did not reach B"
+        );
+        assert!(
+            b.get(&local, CacheStoreKind::Memory).await.is_some(),
+            "junk removed an entry"
+        );
         assert_eq!(subscribers(&redis, 2).await, 2);
-        assert_eq!(b.entries(), 1, "junk removed an entry");
         // Redis restarted: the replicas subscribe again, and purges reach them again.
-        drop(conn);
         drop(redis);
         let redis = Redis::start_on(port);
         assert_eq!(subscribers(&redis, 2).await, 2, "not subscribed again");
-        let told: i64 = redis::cmd("PUBLISH")
-            .arg(purge_channel::CHANNEL)
-            .arg(local.hex().to_uppercase())
-            .query_async(&mut direct(&redis).await)
-            .await
-            .unwrap();
-        assert_eq!(told, 2);
+        assert_eq!(publish(&redis, &local.hex().to_uppercase()).await, 2);
         assert_eq!(
             entries(&b, 0).await,
             0,
@@ -498,13 +513,7 @@ mod store {
             Duration::from_secs(30),
             CacheStoreKind::Memory,
         );
-        let told: i64 = redis::cmd("PUBLISH")
-            .arg(purge_channel::CHANNEL)
-            .arg(key.hex())
-            .query_async(&mut direct(&redis).await)
-            .await
-            .unwrap();
-        assert_eq!(told, 1);
+        assert_eq!(publish(&redis, &key.hex()).await, 1);
         assert_eq!(
             entries(&s, 0).await,
             0,
