@@ -575,6 +575,7 @@ fn cache(c: &mut Criterion) {
         body: stream.clone(),
         id,
         usage: Default::default(),
+        stored_at_ms: 0,
     };
     let ttl = Duration::from_secs(300);
     let memory = CacheStoreKind::Memory;

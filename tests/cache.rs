@@ -43,6 +43,8 @@ fn chat(temperature: f64, content: &str) -> Value {
 struct Answer {
     status: u16,
     cache: String,
+    /// The `age` header, when there is one.
+    age: Option<u64>,
     body: String,
 }
 
@@ -69,6 +71,10 @@ async fn post(s: &Sluice, path: &str, vk: &str, body: &Value, headers: &[(&str, 
             .get("x-sluice-cache")
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default(),
+        age: resp
+            .headers()
+            .get("age")
+            .map(|v| v.to_str().unwrap().parse().unwrap()),
         body: resp.text().await.unwrap(),
     }
 }
@@ -479,6 +485,45 @@ async fn entries_expire_and_scope_decides_who_shares_them() {
     let b = post(&s, "/v1/chat/completions", VK_B, &body, &shared).await;
     assert_eq!((a.cache.as_str(), b.cache.as_str()), ("miss", "hit"));
     assert_eq!(mock.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn a_hit_says_its_age_and_a_clients_max_age_refuses_older_answers() {
+    let mock = Mock::start().await;
+    let s = Sluice::start(&config(&mock, "{}", "{}", ""), &[KEY_ENV]);
+    let body = chat(0.0, "age");
+    let miss = chat_a(&s, &body, &[]).await;
+    assert_eq!((miss.cache.as_str(), miss.age), ("miss", None));
+    let hit = chat_a(&s, &body, &[]).await;
+    assert_eq!((hit.cache.as_str(), hit.age), ("hit", Some(0)));
+    // Whole seconds since the answer was stored.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let hit = chat_a(&s, &body, &[("cache-control", "max-age=60")]).await;
+    assert_eq!(hit.cache, "hit");
+    // 1 s, or 2 on a machine that took most of a second over the requests.
+    assert!(matches!(hit.age, Some(1 | 2)), "{:?}", hit.age);
+    assert_eq!(mock.requests().len(), 1);
+    // Older than the client takes: a miss, and the fresh answer replaces the entry.
+    let fresh = chat_a(&s, &body, &[("cache-control", "max-age=0")]).await;
+    assert_eq!(
+        (fresh.status, fresh.cache.as_str(), fresh.age),
+        (200, "miss", None)
+    );
+    assert_eq!(mock.requests().len(), 2);
+    let hit = chat_a(&s, &body, &[("cache-control", "max-age=0")]).await;
+    assert_eq!(
+        (hit.cache.as_str(), hit.age),
+        ("hit", Some(0)),
+        "the replaced entry"
+    );
+    assert_eq!(mock.requests().len(), 2);
+    let misses = s
+        .metric(
+            "sluice_cache_requests_total",
+            &[("route", "chat"), ("outcome", "miss")],
+        )
+        .await;
+    assert_eq!(misses, 2.0);
 }
 
 #[tokio::test]

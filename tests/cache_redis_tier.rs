@@ -224,6 +224,7 @@ mod store {
             body: Bytes::from_static(br#"{"id":"c1","choices":[]}"#),
             id: Some("c1".to_owned()),
             usage: Default::default(),
+            stored_at_ms: 0,
         }
     }
 

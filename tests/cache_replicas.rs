@@ -56,6 +56,20 @@ fn chat(question: &str, stream: bool) -> serde_json::Value {
 
 /// Status, `x-sluice-cache` header, body and time taken of `body` sent to `sluice`.
 async fn send(sluice: &Sluice, body: &serde_json::Value) -> (u16, String, String, Duration) {
+    let (status, headers, text, took) = send_for_headers(sluice, body).await;
+    let cache = headers
+        .get("x-sluice-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (status, cache, text, took)
+}
+
+/// [`send`] with every response header.
+async fn send_for_headers(
+    sluice: &Sluice,
+    body: &serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, String, Duration) {
     let t0 = Instant::now();
     let r = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", sluice.proxy))
@@ -65,14 +79,9 @@ async fn send(sluice: &Sluice, body: &serde_json::Value) -> (u16, String, String
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let cache = r
-        .headers()
-        .get("x-sluice-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let headers = r.headers().clone();
     let text = r.text().await.unwrap();
-    (status, cache, text, t0.elapsed())
+    (status, headers, text, t0.elapsed())
 }
 
 /// The assistant's answer in a JSON completion.
@@ -213,9 +222,17 @@ async fn an_answer_stored_by_one_replica_is_a_hit_on_the_other() {
         1,
         "the answer never reached Redis"
     );
-    // B never saw it: a hit from Redis, no upstream request, the same answer.
-    let (status, cache, second, _) = send(&b, &q).await;
-    assert_eq!((status, cache.as_str()), (200, "hit"), "{second}");
+    // B never saw it: a hit from Redis, no upstream request, the same answer, as old as
+    // A's answer (its `age` counts from when A stored it, not from B's lookup).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (status, headers, second, _) = send_for_headers(&b, &q).await;
+    assert_eq!(
+        (status, headers["x-sluice-cache"].to_str().unwrap()),
+        (200, "hit"),
+        "{second}"
+    );
+    let age: u64 = headers["age"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3).contains(&age), "age {age}");
     assert_eq!(answer(&second), answer(&first));
     assert_eq!(mock.requests().len(), 1, "the hit went upstream");
     assert_eq!(from_redis(&b).await, 1.0);

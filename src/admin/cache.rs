@@ -163,6 +163,7 @@ mod tests {
             body: Bytes::from_static(b"{\"id\":\"x\"}"),
             id: Some("x".to_owned()),
             usage: Usage::default(),
+            stored_at_ms: 0,
         };
         store.put(key, entry, Duration::from_secs(60), CacheStoreKind::Memory);
     }

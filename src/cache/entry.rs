@@ -3,13 +3,16 @@
 
 use crate::usage::Usage;
 use bytes::Bytes;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Bytes an entry costs beyond its own fields (the memory tier's node, key, hash slot and
 /// `Arc`s, rounded up), so that a flood of tiny entries is bounded too.
 pub const ENTRY_OVERHEAD_BYTES: u32 = 256;
 
-/// First byte of [`Entry::encode`]'s output: the format version (bumped on any change).
-const VERSION: u8 = 1;
+/// First byte of [`Entry::encode`]'s output: the format version (bumped on any change; an
+/// entry of another version, written by another sluice release, is a miss and is stored again).
+/// Version 2 added `stored_at_ms`.
+const VERSION: u8 = 2;
 
 /// Longest `content_type` or `id` kept (bytes); longer ones are not stored.
 const MAX_SHORT_FIELD: usize = u16::MAX as usize;
@@ -30,6 +33,16 @@ pub struct Entry {
     pub id: Option<String>,
     /// The upstream's usage report: the tokens (and so the USD) a hit saves.
     pub usage: Usage,
+    /// When the answer was stored: milliseconds since the Unix epoch, by the wall clock of
+    /// the replica that stored it (a wall clock, not an `Instant`, so that the replicas
+    /// sharing the Redis tier agree on it). A hit's `age` ([`Entry::age`]) is read from it.
+    pub stored_at_ms: u64,
+}
+
+/// `t` in milliseconds since the Unix epoch (0 before it; saturating far after it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Entry {
@@ -43,19 +56,27 @@ impl Entry {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
-    /// The versioned binary form: `[version u8][flags u8: bit 0 sse, bit 1 id present]`, the
-    /// five usage counts (u64 big-endian: prompt, completion, cached, cache write, reasoning),
-    /// `content_type` and `id` (u16 length + bytes), then the body (u32 length + bytes).
+    /// How long before `now` it was stored (zero when `stored_at_ms` is ahead of `now`: the
+    /// clocks of two replicas differ). The `age` of a hit (RFC 9111 section 5.1).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        Duration::from_millis(unix_ms(now).saturating_sub(self.stored_at_ms))
+    }
+
+    /// The versioned binary form: `[version u8][flags u8: bit 0 sse, bit 1 id present]`,
+    /// `stored_at_ms` (u64 big-endian), the five usage counts (u64 big-endian: prompt,
+    /// completion, cached, cache write, reasoning), `content_type` and `id` (u16 length +
+    /// bytes), then the body (u32 length + bytes).
     /// Entries whose strings do not fit a u16 length or whose body does not fit a u32 are not
     /// stored (the store checks sizes first), so the lengths here are never truncated in
     /// practice; an overlong field is cut to empty rather than panicking.
     pub fn encode(&self) -> Vec<u8> {
         let id = self.id.as_deref().unwrap_or("");
         let mut out = Vec::with_capacity(
-            2 + 40 + 4 + self.content_type.len() + id.len() + 4 + self.body.len(),
+            2 + 8 + 40 + 4 + self.content_type.len() + id.len() + 4 + self.body.len(),
         );
         out.push(VERSION);
         out.push(u8::from(self.sse) | (u8::from(self.id.is_some()) << 1));
+        out.extend_from_slice(&self.stored_at_ms.to_be_bytes());
         let u = &self.usage;
         for n in [
             u.prompt_tokens,
@@ -93,6 +114,7 @@ impl Entry {
             return None;
         }
         let flags = *r.take(1)?.first()?;
+        let stored_at_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
         let mut counts = [0u64; 5];
         for c in &mut counts {
             *c = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
@@ -116,6 +138,7 @@ impl Entry {
                 cache_write_tokens: counts[3],
                 reasoning_tokens: counts[4],
             },
+            stored_at_ms,
         })
     }
 }
@@ -157,6 +180,7 @@ mod tests {
                 cache_write_tokens: 2,
                 reasoning_tokens: 3,
             },
+            stored_at_ms: 1_764_547_200_123,
         }
     }
 
@@ -183,6 +207,20 @@ mod tests {
         bytes.pop();
         bytes[0] = VERSION + 1;
         assert_eq!(Entry::decode(&bytes), None);
+    }
+
+    #[test]
+    fn age_is_the_time_since_it_was_stored_and_never_negative() {
+        let e = sample();
+        let stored = UNIX_EPOCH + Duration::from_millis(e.stored_at_ms);
+        assert_eq!(e.age(stored), Duration::ZERO);
+        assert_eq!(
+            e.age(stored + Duration::from_millis(2_500)),
+            Duration::from_millis(2_500)
+        );
+        // Another replica's clock behind this one's.
+        assert_eq!(e.age(stored - Duration::from_secs(3)), Duration::ZERO);
+        assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_secs(1)), 0);
     }
 
     #[test]

@@ -125,6 +125,38 @@ pub struct Intent {
     /// `cache-control: no-store` (RFC 9111 section 5.2.1.5) or `x-sluice-cache: off`: do not
     /// store this request's answer.
     pub no_store: bool,
+    /// `cache-control: max-age=N` (RFC 9111 section 5.2.1.1), in seconds: the client takes no
+    /// stored answer older than this; an older one is a miss whose fresh answer replaces it.
+    /// The smallest of several; a value that is not a non-negative integer is ignored, and
+    /// one past 2^31 is taken as 2^31 (RFC 9111 section 1.2.2).
+    pub max_age_s: Option<u64>,
+}
+
+/// The largest delta-seconds value a recipient keeps (RFC 9111 section 1.2.2).
+const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// The value of a `max-age=N` directive (`directive` trimmed, its name in any case), if it
+/// is one with a valid delta-seconds (digits only, optionally quoted, RFC 9111 section
+/// 5.2: "a sender SHOULD NOT generate the quoted-string form" but a recipient accepts it).
+fn max_age(directive: &str) -> Option<u64> {
+    let (name, value) = directive.split_once('=')?;
+    if !name.trim_end().eq_ignore_ascii_case("max-age") {
+        return None;
+    }
+    let value = value.trim_start();
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits: only an overflow fails to parse, and it is past the cap anyway.
+    Some(
+        value
+            .parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS)),
+    )
 }
 
 impl Intent {
@@ -137,10 +169,13 @@ impl Intent {
         };
         for v in headers.get_all(http::header::CACHE_CONTROL) {
             for directive in v.to_str().unwrap_or("").split(',') {
-                match directive.trim().to_ascii_lowercase().as_str() {
-                    "no-cache" => intent.no_cache = true,
-                    "no-store" => intent.no_store = true,
-                    _ => {}
+                let directive = directive.trim();
+                if directive.eq_ignore_ascii_case("no-cache") {
+                    intent.no_cache = true;
+                } else if directive.eq_ignore_ascii_case("no-store") {
+                    intent.no_store = true;
+                } else if let Some(n) = max_age(directive) {
+                    intent.max_age_s = Some(intent.max_age_s.map_or(n, |m| m.min(n)));
                 }
             }
         }
@@ -361,6 +396,36 @@ mod tests {
         off.insert(CLIENT_HEADER.clone(), "off".parse().unwrap());
         let i = Intent::of(&off, false);
         assert!(i.no_cache && i.no_store);
+        assert_eq!(i.max_age_s, None);
+    }
+
+    #[test]
+    fn intent_reads_max_age_in_seconds() {
+        let of = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("cache-control", v.parse().unwrap());
+            }
+            Intent::of(&h, false).max_age_s
+        };
+        assert_eq!(of(&["max-age=0, No-Cache"]), Some(0));
+        assert_eq!(of(&["MAX-AGE = 30"]), Some(30));
+        assert_eq!(of(&["max-age=\"12\""]), Some(12));
+        // The smallest of several, across header lines too.
+        assert_eq!(of(&["max-age=60", "no-transform, max-age=5"]), Some(5));
+        // Past 2^31 (or past u64) is 2^31.
+        assert_eq!(of(&["max-age=99999999999999999999999"]), Some(1 << 31));
+        // Not delta-seconds: ignored.
+        for bad in [
+            "max-age=-1",
+            "max-age=",
+            "max-age=1.5",
+            "max-age",
+            "s-maxage=3",
+            "max-age=0x10",
+        ] {
+            assert_eq!(of(&[bad]), None, "{bad}");
+        }
     }
 
     /// Arbitrary JSON values (bounded depth and size).

@@ -14,7 +14,7 @@
 //! - a JSON body: valid JSON, an object without `error`, and (Responses) a `status` that is
 //!   `completed` or `incomplete` when present.
 
-use super::entry::Entry;
+use super::entry::{unix_ms, Entry};
 use super::key::Key;
 use super::store::Store;
 use crate::config::cache::CacheStoreKind;
@@ -26,7 +26,7 @@ use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 mod top;
 
@@ -155,6 +155,7 @@ impl Recorder {
                 body,
                 id,
                 usage,
+                stored_at_ms: unix_ms(SystemTime::now()),
             },
             ttl,
             route_store,

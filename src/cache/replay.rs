@@ -132,6 +132,7 @@ mod tests {
             body: Bytes::from_static(body.as_bytes()),
             id: Some(id.to_owned()),
             usage: Usage::default(),
+            stored_at_ms: 0,
         }
     }
 

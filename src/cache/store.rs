@@ -366,6 +366,7 @@ mod tests {
             body: Bytes::from(vec![b'x'; len]),
             id: None,
             usage: Usage::default(),
+            stored_at_ms: 0,
         }
     }
 

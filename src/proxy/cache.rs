@@ -11,6 +11,9 @@
 //!   stored JSON, or the stored stream replayed as whole events; with a fresh response id and
 //!   creation time ([`crate::cache::replay`]), and the usage chunk shown or hidden by the same
 //!   rule as a live stream (hidden when sluice added `stream_options.include_usage`).
+//! - `cache-control: max-age=N` from the client: a stored answer more than `N` seconds old is
+//!   not used (`miss`; the fresh answer replaces it). A hit says its age in `age` (seconds
+//!   since the answer was stored, RFC 9111 section 5.1).
 //! - A hit spends no tokens and no budget: it is looked up before token/budget admission, and
 //!   counts only against the tenant's request limits (`hits_count_toward_limits`).
 
@@ -25,6 +28,7 @@ use crate::usage::ApiKind;
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// The response header (and client request header) naming the cache outcome.
 pub const HEADER: http::HeaderName = http::HeaderName::from_static("x-sluice-cache");
@@ -64,7 +68,10 @@ pub async fn lookup(store: &Arc<Store>, ctx: &mut RequestCtx) -> Lookup {
     };
     let mut found = None;
     if let (true, Some(r)) = (look, &ctx.reuse) {
-        found = store.get(&r.key, conf.store).await;
+        found = store
+            .get(&r.key, conf.store)
+            .await
+            .filter(|e| young_enough(e, r.intent.max_age_s, SystemTime::now()));
         if found.is_some() {
             outcome = Outcome::Hit;
         }
@@ -89,6 +96,14 @@ pub async fn lookup(store: &Arc<Store>, ctx: &mut RequestCtx) -> Lookup {
         _ => None,
     };
     Lookup::Upstream(recorder)
+}
+
+/// Whether `entry` may answer a client that takes nothing older than `max_age_s` seconds
+/// (`cache-control: max-age`, RFC 9111 section 5.2.1.1: a stored response whose age is
+/// greater than that is not used; its age is counted in whole seconds, as the `age` header
+/// says it). No `max-age`: any live entry.
+fn young_enough(entry: &Entry, max_age_s: Option<u64>, now: SystemTime) -> bool {
+    max_age_s.is_none_or(|max| entry.age(now).as_secs() <= max)
 }
 
 /// A request on a caching route that sluice does not inspect (passthrough: not JSON, or not an
@@ -146,6 +161,11 @@ pub async fn serve<D: Downstream>(session: &mut D, ctx: &RequestCtx, entry: &Ent
         );
     }
     h.insert(HEADER, http::HeaderValue::from_static("hit"));
+    // A cache MUST send `age` with a stored response it serves (RFC 9111 sections 4 and 5.1).
+    h.insert(
+        http::header::AGE,
+        http::HeaderValue::from(entry.age(SystemTime::now()).as_secs()),
+    );
     super::respond::rate_limit_headers_map(h, ctx);
     let header = Box::new(ResponseHeader::from(parts));
     if session.write_header(header).await.is_err() {
@@ -194,5 +214,30 @@ fn count_saved(ctx: &RequestCtx, entry: &Entry) {
         metrics::CACHE_SAVED_USD
             .with_label_values(&[route])
             .inc_by(budget::cost_usd(u, &price, anthropic));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn max_age_counts_whole_seconds_of_age() {
+        let entry = Entry {
+            sse: false,
+            content_type: "application/json".to_owned(),
+            body: Bytes::from_static(b"{}"),
+            id: None,
+            usage: Default::default(),
+            stored_at_ms: 10_000,
+        };
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        assert!(young_enough(&entry, None, at(1_000_000)));
+        // 0.9 s old is age 0: what `max-age=0` takes.
+        assert!(young_enough(&entry, Some(0), at(10_900)));
+        assert!(!young_enough(&entry, Some(0), at(11_000)));
+        assert!(young_enough(&entry, Some(5), at(15_999)));
+        assert!(!young_enough(&entry, Some(5), at(16_000)));
     }
 }

@@ -1,8 +1,9 @@
 """Response cache (README "Response cache") with the official SDKs against llmock: the same
 deterministic request sent twice, stream and non-stream, OpenAI (chat and Responses) and
 Anthropic, costs one upstream call; the second answer's content equals the first's; the
-`x-sluice-cache` header says `miss` then `hit` (read through the SDKs' raw responses); an
-entry purged through the admin listener is a miss again.
+`x-sluice-cache` header says `miss` then `hit` (read through the SDKs' raw responses); a hit
+says its `age` and the client's `cache-control: max-age` refuses an older one; an entry purged
+through the admin listener is a miss again.
 
 The added latency of a hit is measured, not asserted (timing belongs in benches): the p50 of
 hits through this (debug) build is printed beside the p50 of the same request answered by
@@ -172,6 +173,34 @@ def test_a_purged_entry_is_asked_again(sluice_factory: SluiceFactory,
     assert third[0] == "miss" and third[1], third
     assert upstream_calls(cache_upstream, "/chat/completions") == 2
     assert openai_answer(client, True)[0] == "hit", "stored again after the purge"
+
+
+def test_a_hit_says_its_age_and_max_age_asks_for_a_younger_answer(
+        sluice_factory: SluiceFactory, cache_upstream: Upstream) -> None:
+    """A hit carries `age` (whole seconds since the answer was stored, RFC 9111 section
+    5.1); the client's `cache-control: max-age=N`, sent through the SDK's `extra_headers`,
+    refuses an older answer: a miss, whose fresh answer replaces the entry."""
+    s = start(sluice_factory, cache_upstream)
+    client = openai_client(s.openai_url, VIRTUAL_KEY)
+
+    def ask(headers: dict[str, str]) -> tuple[str, str | None, str]:
+        raw = client.chat.completions.with_raw_response.create(**CHAT, extra_headers=headers)
+        content = raw.parse().choices[0].message.content or ""
+        return raw.headers.get("x-sluice-cache", ""), raw.headers.get("age"), content
+
+    miss = ask({})
+    assert miss[:2] == ("miss", None) and miss[2], miss
+    assert ask({})[:2] == ("hit", "0")
+    time.sleep(1.1)
+    old = ask({"cache-control": "max-age=60"})
+    assert old[0] == "hit" and old[1] in ("1", "2"), old
+    assert old[2] == miss[2]
+    assert upstream_calls(cache_upstream, "/chat/completions") == 1
+    fresh = ask({"cache-control": "max-age=0"})
+    assert fresh[:2] == ("miss", None) and fresh[2], fresh
+    assert upstream_calls(cache_upstream, "/chat/completions") == 2
+    assert ask({"cache-control": "max-age=0"})[:2] == ("hit", "0"), "the replaced entry"
+    assert upstream_calls(cache_upstream, "/chat/completions") == 2
 
 
 def route_name(api: str) -> str:
