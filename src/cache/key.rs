@@ -136,8 +136,9 @@ pub struct Intent {
 const MAX_DELTA_SECONDS: u64 = 1 << 31;
 
 /// The value of a `max-age=N` directive (`directive` trimmed, its name in any case), if it
-/// is one with a valid delta-seconds (digits only, optionally quoted, RFC 9111 section
-/// 5.2: "a sender SHOULD NOT generate the quoted-string form" but a recipient accepts it).
+/// is one with a valid delta-seconds: digits only, optionally quoted (a sender must not
+/// generate the quoted form, RFC 9111 section 5.2.1.1, but recipients ought to accept both
+/// forms, section 5.2).
 fn max_age(directive: &str) -> Option<u64> {
     let (name, value) = directive.split_once('=')?;
     if !name.trim_end().eq_ignore_ascii_case("max-age") {
