@@ -432,7 +432,10 @@ pub async fn relay<D: Downstream>(
             let r = if session.write_body(sent, false).await.is_err() {
                 None
             } else {
-                Some(super::resume::resume(session, ctx, t, cut).await)
+                // Boxed: only a cut stream runs it, and inline its state (about 12 KB, most
+                // of it the continuation's connect) would make every request's future, which
+                // is moved once per request, that much larger.
+                Some(Box::pin(super::resume::resume(session, ctx, t, cut)).await)
             };
             d.client_disconnected = r.as_ref().is_none_or(|r| r.client_gone);
             if let Some(r) = r {
