@@ -560,6 +560,7 @@ fn cache(c: &mut Criterion) {
         max_bytes: 64 << 20,
         max_entry_bytes: 1 << 20,
         max_flight_bytes: 1 << 20,
+        max_flight_lag: std::time::Duration::from_secs(1),
         admin_purge: false,
         admin_purge_token_sha256: None,
         redis: None,

@@ -125,6 +125,11 @@ pub enum SluiceError {
     /// the new one is answered (before its request is read) and closed.
     #[error("too many client connections (limit {0}), retry shortly")]
     TooManyConnections(usize),
+    /// A follower of a coalesced call read so slowly that it fell more than `.0` bytes
+    /// (`cache.max_flight_bytes`) behind the shared call for longer than
+    /// `cache.max_flight_lag_ms`: it was cut so that the call goes on for its other clients.
+    #[error("this client fell more than {0} bytes behind the shared upstream call and was cut; retry the request")]
+    FellBehind(usize),
 }
 
 impl SluiceError {
@@ -152,7 +157,7 @@ impl SluiceError {
             SluiceError::NoUpstreamAvailable { .. }
             | SluiceError::LimitStoreUnavailable
             | SluiceError::ShuttingDown => 503,
-            SluiceError::TooManyConnections(_) => 503,
+            SluiceError::TooManyConnections(_) | SluiceError::FellBehind(_) => 503,
         }
     }
 
@@ -182,6 +187,7 @@ impl SluiceError {
             SluiceError::InvalidPath(_) => "invalid_path",
             SluiceError::InvalidModel(_) => "invalid_model",
             SluiceError::TooManyConnections(_) => "too_many_connections",
+            SluiceError::FellBehind(_) => "fell_behind",
         }
     }
 
@@ -276,6 +282,7 @@ impl SluiceError {
             SluiceError::TooManyConnections(_) => {
                 ("server_error", "overloaded_error", "too_many_connections")
             }
+            SluiceError::FellBehind(_) => ("server_error", "api_error", "fell_behind"),
         };
         let message = format!("sluice: {self}");
         match style {
@@ -450,6 +457,7 @@ mod tests {
             SluiceError::InvalidPath("x"),
             SluiceError::InvalidModel("p".into()),
             SluiceError::TooManyConnections(8),
+            SluiceError::FellBehind(1024),
         ];
         let mut labels = std::collections::HashSet::new();
         for e in &all {

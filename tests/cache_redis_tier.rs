@@ -202,6 +202,7 @@ mod store {
             max_bytes: 1 << 20,
             max_entry_bytes: 64 * 1024,
             max_flight_bytes: 64 * 1024,
+            max_flight_lag: std::time::Duration::from_secs(1),
             admin_purge: false,
             admin_purge_token_sha256: None,
             redis: Some(CacheRedis {

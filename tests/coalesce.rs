@@ -622,3 +622,102 @@ async fn a_follower_gets_its_own_headers_not_the_leaders() {
     assert_eq!(a, b);
     assert_eq!(primary.requests().len(), 1, "one shared call");
 }
+
+/// A follower that sends the leader's request on a socket with a small receive buffer, then
+/// reads nothing until told: sluice's writes to it stop making progress once its socket
+/// buffers are full.
+async fn stuck_follower(s: &Sluice, body: &serde_json::Value) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let addr = s.proxy.trim_start_matches("http://").parse().unwrap();
+    let mut conn = sock.connect(addr).await.unwrap();
+    let body = serde_json::to_vec(body).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\nauthorization: Bearer {VK}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body).await.unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_others() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    // About 17 MB in 1 KB events: far more than a stuck client's socket buffers hold.
+    let events = 16_000;
+    primary.set(Behavior::GatedBurst { events, pad: 1000 });
+    let config = Config::new()
+        .pool(Pool::openai("primary", &primary.url()))
+        .pool(Pool::openai("fallback", &fallback.url()))
+        .route(Route::prefix("chat", "/v1", &["primary", "fallback"]).yaml("{coalesce: true}"))
+        .tenant(Tenant::new("t").virtual_key(VK))
+        // The write timeout is far longer than the test waits: only the lag bound can free
+        // the leader.
+        .yaml("server: {client_write_timeout_ms: 600000}")
+        .yaml("cache: {max_flight_bytes: 65536, max_flight_lag_ms: 300}")
+        .to_yaml();
+    let s = Sluice::start(&config, &[KEY_ENV]);
+    let body = chat("a very long answer");
+    let mut leader = send(&s, &body).await;
+    let got = first_chunk(&mut leader).await;
+    let mut follower = stuck_follower(&s, &body).await;
+    s.wait_metric(
+        "sluice_coalesced_requests_total",
+        &[("route", "chat")],
+        |v| v >= 1.0,
+    )
+    .await;
+    primary.gate.notify_one();
+    // The leader's client gets the whole answer while the follower still reads nothing.
+    let whole = rest(leader, got).await;
+    let mut at = 0;
+    for i in 0..events {
+        let tok = format!("\"tok{i} ");
+        at += whole[at..]
+            .find(&tok)
+            .unwrap_or_else(|| panic!("{tok} missing or out of order"));
+    }
+    assert!(
+        whole.ends_with("data: [DONE]\n\n"),
+        "the leader's answer is whole"
+    );
+    assert_eq!(primary.requests().len(), 1, "one shared upstream call");
+    // The follower, reading at last, finds the answer's start, then the native error event
+    // on an event boundary, then the end of the connection.
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), follower.read_to_end(&mut seen))
+        .await
+        .expect("the cut follower's connection ends")
+        .unwrap();
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200"), "{}", &seen[..200]);
+    assert!(seen.contains("\"tok1 "), "it got the answer's start");
+    assert!(!seen.contains("[DONE]"), "it did not get the rest");
+    let err = seen
+        .rfind("data: {\"error\"")
+        .expect("a native error event");
+    // Before it, the previous chunk ended on an event boundary (`\n\n`, then the chunked
+    // framing: CRLF, the error event's own chunk-size line).
+    let before = seen[..err]
+        .strip_suffix("\r\n")
+        .expect("a chunk-size line")
+        .trim_end_matches(|c: char| c.is_ascii_hexdigit());
+    assert!(before.ends_with("\n\n\r\n"), "on an event boundary");
+    assert!(
+        seen[err..].contains("\"code\":\"fell_behind\""),
+        "{}",
+        &seen[err..]
+    );
+    // Counted when the follower saw it was cut (its next read of the flight).
+    let cut = s
+        .wait_metric(
+            "sluice_coalesce_followers_cut_total",
+            &[("route", "chat")],
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(cut, 1.0);
+}

@@ -353,6 +353,7 @@ mod tests {
             max_bytes,
             max_entry_bytes,
             max_flight_bytes: max_entry_bytes,
+            max_flight_lag: std::time::Duration::from_secs(1),
             admin_purge: false,
             admin_purge_token_sha256: None,
             redis: None,

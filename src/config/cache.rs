@@ -15,6 +15,9 @@ pub struct CacheSettings {
     pub redis: Option<CacheRedis>,
     /// Most response bytes a coalesced call keeps for late joiners (`cache.max_flight_bytes`).
     pub max_flight_bytes: usize,
+    /// How long a coalesced call waits for a follower lagging past `max_flight_bytes` before
+    /// cutting it (`cache.max_flight_lag_ms`).
+    pub max_flight_lag: Duration,
     /// The admin listener serves the purge endpoints (`cache.admin_purge`; read from the
     /// config in force, so a reload applies it).
     pub admin_purge: bool,

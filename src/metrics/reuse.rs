@@ -98,6 +98,17 @@ pub static COALESCED: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_coalesce_followers_cut_total{route}`: followers of a coalesced call cut for
+/// lagging more than `cache.max_flight_bytes` behind it for longer than
+/// `cache.max_flight_lag_ms` (their stream ended with a native error event).
+pub static COALESCE_CUT: Lazy<IntCounterVec> = Lazy::new(|| {
+    metric!(register_int_counter_vec!(
+        "sluice_coalesce_followers_cut_total",
+        "Followers of a coalesced call cut for lagging too far behind it, by route",
+        &["route"]
+    ))
+});
+
 /// `sluice_cache_requests_total{route,outcome}`: requests of caching routes by cache outcome
 /// (`hit`, `miss`, `bypass`).
 pub static CACHE_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -173,6 +184,7 @@ pub(super) fn init() {
     Lazy::force(&CACHE_REDIS_LOOKUPS);
     Lazy::force(&CACHE_REDIS_SKIPPED_PUTS);
     Lazy::force(&COALESCED);
+    Lazy::force(&COALESCE_CUT);
     Lazy::force(&CACHE_REQUESTS);
     Lazy::force(&CACHE_BYTES);
     Lazy::force(&CACHE_ENTRIES);

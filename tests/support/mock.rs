@@ -95,6 +95,10 @@ pub enum Behavior {
     Delay(Duration),
     /// A 200 with this content type and binary `body` (an AWS event stream), sent chunked.
     CannedBytes { content_type: String, body: Vec<u8> },
+    /// A 200 OpenAI chat SSE stream: content chunk `tok0 `, then (once `Mock::gate` is
+    /// notified) chunks `tok1 ` to `tok{events-1} ` back to back, each padded with `pad`
+    /// spaces of content, then a finish chunk, a usage chunk and `[DONE]`.
+    GatedBurst { events: usize, pad: usize },
 }
 
 /// How a [`Behavior::CutAt`] stream ends after its bytes.
@@ -367,6 +371,10 @@ impl Mock {
                 gap_ms,
                 reset_after,
             } => return self.paced(sock, events, gap_ms, reset_after).await,
+            Behavior::GatedBurst { events, pad } => {
+                self.gated_burst(sock, events, pad).await?;
+                return Ok(true);
+            }
             Behavior::CutAfterThree => {
                 sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
                 for i in 0..3 {
@@ -494,6 +502,41 @@ impl Mock {
         sock.write_all(chunk(&end).as_bytes()).await?;
         sock.write_all(b"0\r\n\r\n").await?;
         Ok(true)
+    }
+
+    /// [`Behavior::GatedBurst`].
+    async fn gated_burst(
+        &self,
+        sock: &mut TcpStream,
+        events: usize,
+        pad: usize,
+    ) -> std::io::Result<()> {
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+        let pad = " ".repeat(pad);
+        let event = |i: usize| {
+            format!("data: {{\"id\":\"b1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} {pad}\"}},\"finish_reason\":null}}]}}\n\n")
+        };
+        let chunk = |e: &str| format!("{:x}\r\n{e}\r\n", e.len());
+        sock.write_all(chunk(&event(0)).as_bytes()).await?;
+        sock.flush().await?;
+        self.gate.notified().await;
+        let mut burst = String::new();
+        for i in 1..events {
+            burst.push_str(&event(i));
+            if burst.len() >= 64 * 1024 || i + 1 == events {
+                sock.write_all(chunk(&burst).as_bytes()).await?;
+                burst.clear();
+            }
+        }
+        let end = format!(
+            "data: {{\"id\":\"b1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n\
+             data: {{\"id\":\"b1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{events},\"total_tokens\":{}}}}}\n\n\
+             data: [DONE]\n\n",
+            9 + events
+        );
+        sock.write_all(chunk(&end).as_bytes()).await?;
+        sock.write_all(b"0\r\n\r\n").await?;
+        Ok(())
     }
 
     /// [`Behavior::HugeSseLine`].

@@ -102,6 +102,7 @@ pub(super) fn compile_settings(
         max_entry_bytes,
         redis: if uses_redis { redis } else { None },
         max_flight_bytes: usize::try_from(c.max_flight_bytes).unwrap_or(usize::MAX),
+        max_flight_lag: Duration::from_millis(c.max_flight_lag_ms),
         admin_purge: c.admin_purge,
         admin_purge_token_sha256: c
             .admin_purge_token

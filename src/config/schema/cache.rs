@@ -23,9 +23,16 @@ pub struct CacheSection {
     /// Request coalescing (`routes[].coalesce`): most response bytes a shared upstream call
     /// keeps for clients that join it late; past it the call takes no new followers (they
     /// make their own call) and keeps only what its slowest client has not read yet (the
-    /// upstream read waits for that client beyond it). Default 1 MiB.
+    /// upstream read waits for that client beyond it, up to `max_flight_lag_ms`). Default
+    /// 1 MiB.
     #[serde(default = "default_max_flight_bytes")]
     pub max_flight_bytes: u64,
+    /// Request coalescing: how long a shared upstream call waits for a follower that lags
+    /// more than `max_flight_bytes` behind, ms; then that follower is cut (its stream ends
+    /// with the API's native error event, a plain body is closed short) and the call goes on
+    /// for its other clients. 0 cuts at once. Default 1000.
+    #[serde(default = "default_max_flight_lag_ms")]
+    pub max_flight_lag_ms: u64,
     /// Serve the purge endpoints on the admin listener (`DELETE /cache/entries/{input_hash}`,
     /// `DELETE /cache/entries`). Default false: they answer 404. Unlike the bounds above, a
     /// reload applies it at once.
@@ -45,6 +52,7 @@ impl Default for CacheSection {
             max_entry_bytes: default_max_entry_bytes(),
             redis: None,
             max_flight_bytes: default_max_flight_bytes(),
+            max_flight_lag_ms: default_max_flight_lag_ms(),
             admin_purge: false,
             admin_purge_token: None,
         }
@@ -59,6 +67,9 @@ fn default_max_entry_bytes() -> u64 {
 }
 fn default_max_flight_bytes() -> u64 {
     1024 * 1024
+}
+fn default_max_flight_lag_ms() -> u64 {
+    1000
 }
 
 /// `cache.redis`: the Redis tier's own server.

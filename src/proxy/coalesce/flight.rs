@@ -6,15 +6,19 @@
 //!
 //! Memory: while the flight takes new followers it keeps every chunk (a late joiner replays
 //! them from the first), up to `max_bytes`; past it the flight takes no new followers and
-//! drops the chunks every remaining client has read. A client that lags more than `max_bytes`
-//! behind holds the producer back (the upstream read waits), as one slow client of an
-//! unshared call would: the buffer never grows past `max_bytes` plus one chunk.
+//! drops the chunks every remaining client has read. A follower that lags more than
+//! `max_bytes` behind holds the producer back (the upstream read waits) for at most `max_lag`;
+//! then it is cut (it reads [`Next::Cut`] and ends its response) and the call goes on for the
+//! others, so one client that stops reading never stalls the rest for longer than that. The
+//! buffer never grows past `max_bytes` plus one chunk. (A broadcast channel's lagging receiver
+//! is dropped the same way: `tokio::sync::broadcast`'s `RecvError::Lagged`.)
 
 use crate::error::SluiceError;
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// How a flight ended.
@@ -47,6 +51,20 @@ pub enum Next {
     Chunks,
     /// The body is over and the subscriber has read all of it.
     BodyEnd,
+    /// The subscriber lagged past the flight's byte bound for longer than its lag bound and
+    /// was cut: the rest of the response is not kept for it.
+    Cut,
+}
+
+/// A follower's place in the flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// The slot is free (its follower left).
+    Free,
+    /// The next chunk number it reads.
+    At(usize),
+    /// It was cut for lagging (no longer counted among the subscribers); it has not left yet.
+    Cut,
 }
 
 struct State {
@@ -56,8 +74,8 @@ struct State {
     first: usize,
     /// Bytes in `chunks`.
     retained: usize,
-    /// Each follower's cursor (the next chunk number it reads); `None` once it left.
-    cursors: Vec<Option<usize>>,
+    /// Each follower's cursor.
+    cursors: Vec<Cursor>,
     /// Slots of `cursors` freed by followers that left, reused by the next ones.
     free: Vec<usize>,
     subscribers: usize,
@@ -90,8 +108,10 @@ impl State {
         let min = self
             .cursors
             .iter()
-            .flatten()
-            .copied()
+            .filter_map(|c| match c {
+                Cursor::At(n) => Some(*n),
+                Cursor::Free | Cursor::Cut => None,
+            })
             .min()
             .unwrap_or_else(|| self.published());
         while self.first < min {
@@ -101,6 +121,32 @@ impl State {
             }
             self.first += 1;
         }
+    }
+
+    /// Cut the followers furthest behind until what is retained fits `max_bytes` (every
+    /// follower, if need be). Returns how many were cut.
+    fn cut_laggards(&mut self, max_bytes: usize) -> usize {
+        let mut cut = 0;
+        while self.retained > max_bytes {
+            let slowest = self
+                .cursors
+                .iter()
+                .enumerate()
+                .filter_map(|(id, c)| match c {
+                    Cursor::At(n) => Some((*n, id)),
+                    Cursor::Free | Cursor::Cut => None,
+                })
+                .min();
+            let Some((_, id)) = slowest else { break };
+            self.cursors[id] = Cursor::Cut;
+            self.subscribers -= 1;
+            cut += 1;
+            self.trim();
+        }
+        if self.everyone_left() {
+            self.joinable = false;
+        }
+        cut
     }
 }
 
@@ -113,6 +159,8 @@ pub struct Flight {
     drained: Notify,
     /// Most bytes retained (see the module docs).
     max_bytes: usize,
+    /// Longest the producer waits for a follower lagging past `max_bytes` before cutting it.
+    max_lag: Duration,
     /// The leader's request id (the followers' log lines name it).
     pub leader: Arc<str>,
     /// Its entry in the registry of flights.
@@ -126,8 +174,14 @@ impl Drop for Flight {
 }
 
 impl Flight {
-    /// A flight started by request `leader`, whose client is there.
-    pub fn start(ident: super::Ident, leader: &str, max_bytes: usize) -> Arc<Flight> {
+    /// A flight started by request `leader`, whose client is there, retaining at most
+    /// `max_bytes` and waiting at most `max_lag` for a follower lagging past them.
+    pub fn start(
+        ident: super::Ident,
+        leader: &str,
+        max_bytes: usize,
+        max_lag: Duration,
+    ) -> Arc<Flight> {
         Arc::new(Flight {
             state: Mutex::new(State {
                 header: None,
@@ -146,6 +200,7 @@ impl Flight {
             progress: Notify::new(),
             drained: Notify::new(),
             max_bytes,
+            max_lag,
             leader: leader.into(),
             ident,
         })
@@ -167,12 +222,12 @@ impl Flight {
         let id = match s.free.pop() {
             Some(id) => id,
             None => {
-                s.cursors.push(None);
+                s.cursors.push(Cursor::Free);
                 s.cursors.len() - 1
             }
         };
         if let Some(c) = s.cursors.get_mut(id) {
-            *c = Some(0);
+            *c = Cursor::At(0);
         }
         s.subscribers += 1;
         Some(Subscription {
@@ -201,8 +256,9 @@ impl Flight {
         Ok(())
     }
 
-    /// Producer: publish body bytes (`end`: the last ones), waiting while the slowest client
-    /// lags past the byte bound. Errors: every client has left.
+    /// Producer: publish body bytes (`end`: the last ones), waiting while the slowest follower
+    /// lags past the byte bound, for at most the lag bound: then the followers furthest
+    /// behind are cut until the rest fits. Errors: every client has left.
     pub async fn publish_body(&self, data: Bytes, end: bool) -> Result<(), EveryoneLeft> {
         let (fits, wake) = {
             let mut s = self.lock();
@@ -225,7 +281,9 @@ impl Flight {
         if fits {
             return Ok(());
         }
-        // Back-pressure: wait until what some follower has not read fits the bound again.
+        // Back-pressure: wait until what some follower has not read fits the bound again,
+        // for at most the lag bound.
+        let deadline = tokio::time::Instant::now() + self.max_lag;
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
@@ -240,7 +298,15 @@ impl Flight {
                     return Ok(());
                 }
             }
-            drained.await;
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                let mut s = self.lock();
+                s.cut_laggards(self.max_bytes);
+                let left = s.everyone_left();
+                drop(s);
+                // The cut followers read `Next::Cut` at once (whatever they wait on).
+                self.progress.notify_waiters();
+                return if left { Err(EveryoneLeft) } else { Ok(()) };
+            }
         }
     }
 
@@ -361,13 +427,17 @@ impl Subscription {
             progress.as_mut().enable();
             {
                 let mut s = self.flight.lock();
-                let cursor = s.cursors.get(self.id).copied().flatten().unwrap_or(0);
+                let cursor = match s.cursors.get(self.id).copied() {
+                    Some(Cursor::At(n)) => n,
+                    Some(Cursor::Cut) => return Next::Cut,
+                    Some(Cursor::Free) | None => 0,
+                };
                 let published = s.published();
                 if cursor < published {
                     let from = cursor.saturating_sub(s.first);
                     out.extend(s.chunks.iter().skip(from).cloned());
                     if let Some(c) = s.cursors.get_mut(self.id) {
-                        *c = Some(published);
+                        *c = Cursor::At(published);
                     }
                     let lagging = !s.joinable;
                     drop(s);
@@ -402,9 +472,15 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let mut s = self.flight.lock();
         if let Some(c) = s.cursors.get_mut(self.id) {
-            if c.take().is_some() {
-                s.subscribers -= 1;
-                s.free.push(self.id);
+            let was = std::mem::replace(c, Cursor::Free);
+            match was {
+                Cursor::At(_) => {
+                    s.subscribers -= 1;
+                    s.free.push(self.id);
+                }
+                // A cut follower no longer counted among the subscribers.
+                Cursor::Cut => s.free.push(self.id),
+                Cursor::Free => {}
             }
         }
         if s.everyone_left() {

@@ -19,6 +19,9 @@
 //! - A follower joins while the flight takes followers (it has kept every chunk, up to
 //!   `cache.max_flight_bytes`): it is admitted under its tenant's request limits only (no
 //!   token or budget reservation), gets the chunks already sent, then follows live.
+//! - A follower that lags more than `cache.max_flight_bytes` behind holds the call back for at
+//!   most `cache.max_flight_lag_ms`; then it is cut (its stream ends with the native
+//!   `fell_behind` error event) and the call goes on for the others.
 //! - The upstream call is cancelled (the attempt dropped, closing its connection) only when
 //!   every client (the leader's own included) has left.
 //! - Charging: the leader's tenant pays the upstream tokens and budget, and its log line has
@@ -43,6 +46,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 /// What makes two requests share a flight: their [`Key`], and whether sluice asked for the
 /// usage chunk on the client's behalf (then hidden from it).
@@ -84,15 +88,16 @@ pub enum Role {
     Follower(Subscription),
 }
 
-/// Join the flight in progress for `ident`, or start one led by request `request_id`.
-pub fn join_or_lead(ident: Ident, request_id: &str, max_bytes: usize) -> Role {
+/// Join the flight in progress for `ident`, or start one led by request `request_id`
+/// (retaining at most `max_bytes` and waiting at most `max_lag` for a lagging follower).
+pub fn join_or_lead(ident: Ident, request_id: &str, max_bytes: usize, max_lag: Duration) -> Role {
     let mut map = flights();
     let existing = map.get(&ident).and_then(Weak::upgrade);
     let joined = existing.as_ref().and_then(Flight::join);
     let role = match joined {
         Some(sub) => Role::Follower(sub),
         None => {
-            let flight = Flight::start(ident, request_id, max_bytes);
+            let flight = Flight::start(ident, request_id, max_bytes, max_lag);
             map.insert(ident, Arc::downgrade(&flight));
             Role::Leader(flight)
         }
@@ -125,10 +130,13 @@ pub async fn serve(
     } else {
         limit::admit(limiter, snapshot, ctx).await?;
     }
-    let max_bytes = snapshot.cache.max_flight_bytes;
-    match join_or_lead(ident, &ctx.request_id, max_bytes) {
+    let (max_bytes, max_lag) = (
+        snapshot.cache.max_flight_bytes,
+        snapshot.cache.max_flight_lag,
+    );
+    match join_or_lead(ident, &ctx.request_id, max_bytes, max_lag) {
         Role::Leader(flight) => lead(session, ctx, flight, recorder).await,
-        Role::Follower(sub) => follow(session, ctx, sub).await,
+        Role::Follower(sub) => follow(session, ctx, sub, max_bytes).await,
     }
 }
 
@@ -195,12 +203,13 @@ async fn follow(
     session: &mut Session,
     ctx: &mut RequestCtx,
     sub: Subscription,
+    max_bytes: usize,
 ) -> Result<(), SluiceError> {
     metrics::COALESCED
         .with_label_values(&[ctx.route_name()])
         .inc();
     let leader = sub.flight().leader.clone();
-    let copied = copy(sub, session, ctx).await;
+    let copied = copy(sub, session, ctx, max_bytes).await;
     ctx.delivered.coalesced = Some(leader.clone());
     let mut delivered = copied?;
     if delivered.client_disconnected {
@@ -217,12 +226,15 @@ async fn follow(
 /// was, with the client's own cache outcome, request id and `x-ratelimit-*` values, so one
 /// tenant's limits never reach another tenant's client), the chunks from its cursor, then
 /// live, until the flight's end. Leaving (the client gone) drops the
-/// subscription at once. Errors: the leader's error before any header (not written: the
-/// caller answers it natively for this client).
+/// subscription at once. A follower cut for lagging (more than `max_bytes` behind: see
+/// [`flight`]) ends its stream with the API's native error event (the flight's chunks are
+/// whole events), or its plain body short, and closes. Errors: the leader's error before any
+/// header (not written: the caller answers it natively for this client).
 async fn copy(
     sub: Subscription,
     session: &mut Session,
     ctx: &RequestCtx,
+    max_bytes: usize,
 ) -> Result<Delivered, SluiceError> {
     let start = ctx.start;
     let mut d = Delivered::default();
@@ -240,6 +252,7 @@ async fn copy(
         Err(_) => return Err(SluiceError::Internal),
     };
     d.status = header.status.as_u16();
+    let sse = relay::is_sse(&header);
     if Downstream::write_header(session, header).await.is_err() {
         d.client_disconnected = true;
         return Ok(d);
@@ -265,6 +278,26 @@ async fn copy(
                 }
             }
             Some(Next::BodyEnd) => break,
+            Some(Next::Cut) => {
+                drop(sub);
+                metrics::COALESCE_CUT
+                    .with_label_values(&[ctx.route_name()])
+                    .inc();
+                let err = SluiceError::FellBehind(max_bytes);
+                if sse {
+                    // Written at this client's own pace, bounded by the write timeout.
+                    let event = crate::provider::stream_error_event(
+                        ctx.caller.api,
+                        ctx.caller.style,
+                        &err,
+                        0,
+                    );
+                    let _ = Downstream::write_body(session, event, false).await;
+                }
+                d.error = Some(err);
+                session.set_keepalive(None);
+                return Ok(d);
+            }
             None => {
                 d.client_disconnected = true;
                 session.set_keepalive(None);

@@ -6,6 +6,9 @@ use super::*;
 use crate::cache::key::Key;
 use std::time::Duration;
 
+/// A lag bound no test reaches unless it means to (those use their own).
+const LAG: Duration = Duration::from_secs(60);
+
 fn ident(n: u8) -> crate::proxy::coalesce::Ident {
     (Key([n; 32]), false)
 }
@@ -20,6 +23,7 @@ async fn read_all(sub: &Subscription) -> Vec<u8> {
         match sub.next(&mut chunks).await {
             Next::Chunks => chunks.drain(..).for_each(|b| out.extend_from_slice(&b)),
             Next::BodyEnd => return out,
+            Next::Cut => panic!("cut"),
         }
     }
 }
@@ -33,7 +37,7 @@ async fn read_one(sub: &Subscription) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_late_joiner_gets_every_chunk_from_the_first() {
-    let flight = Flight::start(ident(1), "lead", 1024);
+    let flight = Flight::start(ident(1), "lead", 1024, LAG);
     let early = flight.join().expect("joinable from the start");
     flight.publish_header(header()).unwrap();
     flight
@@ -70,7 +74,7 @@ async fn a_late_joiner_gets_every_chunk_from_the_first() {
 
 #[tokio::test]
 async fn past_the_bound_no_follower_joins_and_read_chunks_are_released() {
-    let flight = Flight::start(ident(2), "lead", 10);
+    let flight = Flight::start(ident(2), "lead", 10, LAG);
     let slow = flight.join().unwrap();
     flight.publish_header(header()).unwrap();
     flight
@@ -105,9 +109,74 @@ async fn past_the_bound_no_follower_joins_and_read_chunks_are_released() {
     assert_eq!(flight.retained_bytes(), 0, "read chunks are released");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_follower_lagging_past_the_bound_longer_than_the_lag_bound_is_cut() {
+    let lag = Duration::from_millis(1000);
+    let flight = Flight::start(ident(6), "lead", 10, lag);
+    let stuck = flight.join().unwrap();
+    let reading = flight.join().unwrap();
+    flight.publish_header(header()).unwrap();
+    flight
+        .publish_body(Bytes::from_static(b"12345678"), false)
+        .await
+        .unwrap();
+    assert_eq!(read_one(&reading).await, b"12345678");
+    // 14 bytes retained for `stuck`, which reads nothing: the producer waits the lag bound
+    // (virtual time), then cuts it and goes on.
+    let started = tokio::time::Instant::now();
+    flight
+        .publish_body(Bytes::from_static(b"abcdef"), false)
+        .await
+        .expect("`reading` is still there");
+    assert_eq!(started.elapsed(), lag, "it waited exactly the lag bound");
+    assert_eq!(
+        flight.retained_bytes(),
+        6,
+        "only what `reading` has not read is kept: the cut follower's chunks are released"
+    );
+    let mut chunks = Vec::new();
+    assert_eq!(stuck.next(&mut chunks).await, Next::Cut);
+    assert!(chunks.is_empty());
+    assert_eq!(read_one(&reading).await, b"abcdef", "the others go on");
+    flight
+        .publish_body(Bytes::from_static(b"!"), true)
+        .await
+        .unwrap();
+    assert_eq!(read_all(&reading).await, b"!");
+    drop(stuck);
+    assert!(
+        !flight.all_left(),
+        "`reading` and the leader's client remain"
+    );
+    drop(reading);
+    flight.leader_left();
+    // (A cut follower counted twice would underflow the count: a panic in this build.)
+    assert!(
+        flight.all_left(),
+        "a cut follower that leaves is not counted twice"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cutting_the_last_follower_of_a_call_whose_leader_left_ends_the_call() {
+    let flight = Flight::start(ident(7), "lead", 4, Duration::ZERO);
+    let stuck = flight.join().unwrap();
+    flight.leader_left();
+    flight.publish_header(header()).unwrap();
+    assert_eq!(
+        flight
+            .publish_body(Bytes::from_static(b"12345"), false)
+            .await,
+        Err(EveryoneLeft),
+        "with a lag bound of 0 the laggard is cut at once, and nobody is left"
+    );
+    let mut chunks = Vec::new();
+    assert_eq!(stuck.next(&mut chunks).await, Next::Cut);
+}
+
 #[tokio::test]
 async fn the_producer_sees_everyone_gone_only_when_the_last_client_leaves() {
-    let flight = Flight::start(ident(3), "lead", 1024);
+    let flight = Flight::start(ident(3), "lead", 1024, LAG);
     drop(flight.join().unwrap());
     let mut gone = Box::pin(flight.all_gone());
     assert!(
@@ -142,7 +211,7 @@ async fn the_producer_sees_everyone_gone_only_when_the_last_client_leaves() {
 
 #[tokio::test]
 async fn an_error_before_the_header_reaches_every_follower() {
-    let flight = Flight::start(ident(4), "lead", 1024);
+    let flight = Flight::start(ident(4), "lead", 1024, LAG);
     let (one, two) = (flight.join().unwrap(), flight.join().unwrap());
     flight.finish(End::Failed(SluiceError::NoUpstreamAvailable {
         retry_after: None,
@@ -158,7 +227,7 @@ async fn an_error_before_the_header_reaches_every_follower() {
 
 #[tokio::test]
 async fn a_body_that_ends_without_its_end_write_closes_the_clients() {
-    let flight = Flight::start(ident(5), "lead", 1024);
+    let flight = Flight::start(ident(5), "lead", 1024, LAG);
     let follower = flight.join().unwrap();
     flight.publish_header(header()).unwrap();
     flight
