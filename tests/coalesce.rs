@@ -26,6 +26,16 @@ fn config(primary: &Mock, fallback: &Mock) -> String {
         .to_yaml()
 }
 
+/// A coalescing route over `primary` then `fallback`, with neither a breaker setting nor
+/// commit on content; more YAML can be merged in.
+fn plain_config(primary: &Mock, fallback: &Mock) -> Config {
+    Config::new()
+        .pool(Pool::openai("primary", &primary.url()))
+        .pool(Pool::openai("fallback", &fallback.url()))
+        .route(Route::prefix("chat", "/v1", &["primary", "fallback"]).yaml("{coalesce: true}"))
+        .tenant(Tenant::new("t").virtual_key(VK))
+}
+
 fn chat(text: &str) -> serde_json::Value {
     serde_json::json!({"model": "gpt-4o-mini", "stream": true,
         "messages": [{"role": "user", "content": text}]})
@@ -491,11 +501,7 @@ async fn past_the_flight_bound_a_new_request_makes_its_own_call() {
         gap_ms: 20,
         reset_after: None,
     });
-    let config = Config::new()
-        .pool(Pool::openai("primary", &primary.url()))
-        .pool(Pool::openai("fallback", &fallback.url()))
-        .route(Route::prefix("chat", "/v1", &["primary", "fallback"]).yaml("{coalesce: true}"))
-        .tenant(Tenant::new("t").virtual_key(VK))
+    let config = plain_config(&primary, &fallback)
         .yaml("cache: {max_flight_bytes: 2000}")
         .to_yaml();
     let s = Sluice::start(&config, &[KEY_ENV]);
@@ -648,11 +654,7 @@ async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_other
     // About 17 MB in 1 KB events: far more than a stuck client's socket buffers hold.
     let events = 16_000;
     primary.set(Behavior::GatedBurst { events, pad: 1000 });
-    let config = Config::new()
-        .pool(Pool::openai("primary", &primary.url()))
-        .pool(Pool::openai("fallback", &fallback.url()))
-        .route(Route::prefix("chat", "/v1", &["primary", "fallback"]).yaml("{coalesce: true}"))
-        .tenant(Tenant::new("t").virtual_key(VK))
+    let config = plain_config(&primary, &fallback)
         // The write timeout is far longer than the test waits: only the lag bound can free
         // the leader.
         .yaml("server: {client_write_timeout_ms: 600000}")

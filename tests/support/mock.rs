@@ -493,13 +493,8 @@ impl Mock {
                 return Ok(false);
             }
         }
-        let end = format!(
-            "data: {{\"id\":\"p1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n\
-             data: {{\"id\":\"p1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{events},\"total_tokens\":{}}}}}\n\n\
-             data: [DONE]\n\n",
-            9 + events
-        );
-        sock.write_all(chunk(&end).as_bytes()).await?;
+        sock.write_all(chunk(&stream_end("p1", events)).as_bytes())
+            .await?;
         sock.write_all(b"0\r\n\r\n").await?;
         Ok(true)
     }
@@ -528,13 +523,8 @@ impl Mock {
                 burst.clear();
             }
         }
-        let end = format!(
-            "data: {{\"id\":\"b1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n\
-             data: {{\"id\":\"b1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{events},\"total_tokens\":{}}}}}\n\n\
-             data: [DONE]\n\n",
-            9 + events
-        );
-        sock.write_all(chunk(&end).as_bytes()).await?;
+        sock.write_all(chunk(&stream_end("b1", events)).as_bytes())
+            .await?;
         sock.write_all(b"0\r\n\r\n").await?;
         Ok(())
     }
@@ -577,4 +567,15 @@ async fn write_json(sock: &mut TcpStream, status: u16, body: &str) -> std::io::R
     );
     sock.write_all(head.as_bytes()).await?;
     sock.write_all(body.as_bytes()).await
+}
+
+/// The end of a mock OpenAI chat stream of `events` content chunks with id `id`: a finish
+/// chunk, a usage chunk (9 prompt tokens, `events` completion tokens) and `[DONE]`.
+fn stream_end(id: &str, events: usize) -> String {
+    format!(
+        "data: {{\"id\":\"{id}\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n\
+         data: {{\"id\":\"{id}\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{events},\"total_tokens\":{}}}}}\n\n\
+         data: [DONE]\n\n",
+        9 + events
+    )
 }
