@@ -124,9 +124,8 @@ impl State {
     }
 
     /// Cut the followers furthest behind until what is retained fits `max_bytes` (every
-    /// follower, if need be). Returns how many were cut.
-    fn cut_laggards(&mut self, max_bytes: usize) -> usize {
-        let mut cut = 0;
+    /// follower, if need be).
+    fn cut_laggards(&mut self, max_bytes: usize) {
         while self.retained > max_bytes {
             let slowest = self
                 .cursors
@@ -140,13 +139,11 @@ impl State {
             let Some((_, id)) = slowest else { break };
             self.cursors[id] = Cursor::Cut;
             self.subscribers -= 1;
-            cut += 1;
             self.trim();
         }
         if self.everyone_left() {
             self.joinable = false;
         }
-        cut
     }
 }
 
