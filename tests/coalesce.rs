@@ -629,10 +629,10 @@ async fn a_follower_gets_its_own_headers_not_the_leaders() {
     assert_eq!(primary.requests().len(), 1, "one shared call");
 }
 
-/// A follower that sends the leader's request on a socket with a small receive buffer, then
+/// A client that sends `body` on a socket with a small receive buffer, then
 /// reads nothing until told: sluice's writes to it stop making progress once its socket
 /// buffers are full.
-async fn stuck_follower(s: &Sluice, body: &serde_json::Value) -> tokio::net::TcpStream {
+async fn stuck_client(s: &Sluice, body: &serde_json::Value) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
@@ -664,7 +664,7 @@ async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_other
     let body = chat("a very long answer");
     let mut leader = send(&s, &body).await;
     let got = first_chunk(&mut leader).await;
-    let mut follower = stuck_follower(&s, &body).await;
+    let mut follower = stuck_client(&s, &body).await;
     s.wait_metric(
         "sluice_coalesced_requests_total",
         &[("route", "chat")],
@@ -716,10 +716,72 @@ async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_other
     // Counted when the follower saw it was cut (its next read of the flight).
     let cut = s
         .wait_metric(
-            "sluice_coalesce_followers_cut_total",
+            "sluice_coalesce_clients_cut_total",
             &[("route", "chat")],
             |v| v >= 1.0,
         )
         .await;
     assert_eq!(cut, 1.0);
+}
+
+#[tokio::test]
+async fn a_leader_whose_client_stops_reading_is_cut_and_its_followers_get_the_whole_answer() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    let events = 16_000;
+    primary.set(Behavior::GatedBurst { events, pad: 1000 });
+    let config = plain_config(&primary, &fallback)
+        .yaml("server: {client_write_timeout_ms: 600000}")
+        .yaml("cache: {max_flight_bytes: 65536, max_flight_lag_ms: 300}")
+        .to_yaml();
+    let s = Sluice::start(&config, &[KEY_ENV]);
+    let body = chat("another very long answer");
+    // The leader's request comes from the client that will not read.
+    let mut stuck = stuck_client(&s, &body).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while primary.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the leader's call starts");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut follower = send(&s, &body).await;
+    let got = first_chunk(&mut follower).await;
+    s.wait_metric(
+        "sluice_coalesced_requests_total",
+        &[("route", "chat")],
+        |v| v >= 1.0,
+    )
+    .await;
+    primary.gate.notify_one();
+    let whole = rest(follower, got).await;
+    let mut at = 0;
+    for i in 0..events {
+        let tok = format!("\"tok{i} ");
+        at += whole[at..]
+            .find(&tok)
+            .unwrap_or_else(|| panic!("{tok} missing or out of order"));
+    }
+    assert!(
+        whole.ends_with("data: [DONE]\n\n"),
+        "the follower's answer is whole"
+    );
+    assert_eq!(primary.requests().len(), 1, "one shared upstream call");
+    let cut = s
+        .wait_metric(
+            "sluice_coalesce_clients_cut_total",
+            &[("route", "chat")],
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(cut, 1.0);
+    // The leader's client, reading at last, gets the answer's start and then the end of its
+    // connection, never the rest.
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stuck.read_to_end(&mut seen))
+        .await
+        .expect("the cut leader's connection ends")
+        .unwrap();
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200"));
+    assert!(seen.contains("\"tok1 "), "it got the answer's start");
+    assert!(!seen.contains("[DONE]"), "it did not get the rest");
 }

@@ -98,13 +98,14 @@ pub static COALESCED: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
-/// `sluice_coalesce_followers_cut_total{route}`: followers of a coalesced call cut for
-/// lagging more than `cache.max_flight_bytes` behind it for longer than
-/// `cache.max_flight_lag_ms` (their stream ended with a native error event).
+/// `sluice_coalesce_clients_cut_total{route}`: clients of a coalesced call cut for holding it
+/// back longer than `cache.max_flight_lag_ms`: a follower more than `cache.max_flight_bytes`
+/// behind (its stream ended with a native error event), or the leader's own client with a
+/// write blocked that long while followers were there (closed mid-response).
 pub static COALESCE_CUT: Lazy<IntCounterVec> = Lazy::new(|| {
     metric!(register_int_counter_vec!(
-        "sluice_coalesce_followers_cut_total",
-        "Followers of a coalesced call cut for lagging too far behind it, by route",
+        "sluice_coalesce_clients_cut_total",
+        "Clients of a coalesced call cut for holding it back too long, by route",
         &["route"]
     ))
 });

@@ -255,8 +255,9 @@ impl Flight {
 
     /// Producer: publish body bytes (`end`: the last ones), waiting while the slowest follower
     /// lags past the byte bound, for at most the lag bound: then the followers furthest
-    /// behind are cut until the rest fits. Errors: every client has left.
-    pub async fn publish_body(&self, data: Bytes, end: bool) -> Result<(), EveryoneLeft> {
+    /// behind are cut until the rest fits. Returns whether any follower is there (the call
+    /// is shared). Errors: every client has left.
+    pub async fn publish_body(&self, data: Bytes, end: bool) -> Result<bool, EveryoneLeft> {
         let (fits, wake) = {
             let mut s = self.lock();
             if s.everyone_left() {
@@ -276,7 +277,7 @@ impl Flight {
         };
         self.wake_subscribers(wake);
         if fits {
-            return Ok(());
+            return Ok(wake);
         }
         // Back-pressure: wait until what some follower has not read fits the bound again,
         // for at most the lag bound.
@@ -292,17 +293,17 @@ impl Flight {
                 }
                 s.trim();
                 if s.retained <= self.max_bytes {
-                    return Ok(());
+                    return Ok(s.subscribers > 0);
                 }
             }
             if tokio::time::timeout_at(deadline, drained).await.is_err() {
                 let mut s = self.lock();
                 s.cut_laggards(self.max_bytes);
-                let left = s.everyone_left();
+                let (left, shared) = (s.everyone_left(), s.subscribers > 0);
                 drop(s);
                 // The cut followers read `Next::Cut` at once (whatever they wait on).
                 self.progress.notify_waiters();
-                return if left { Err(EveryoneLeft) } else { Ok(()) };
+                return if left { Err(EveryoneLeft) } else { Ok(shared) };
             }
         }
     }
@@ -374,6 +375,11 @@ impl Flight {
         if any {
             self.progress.notify_waiters();
         }
+    }
+
+    /// The longest a follower may hold the call back (`cache.max_flight_lag_ms`).
+    pub fn max_lag(&self) -> Duration {
+        self.max_lag
     }
 
     /// Bytes retained now (tests and the memory bound).

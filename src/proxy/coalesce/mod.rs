@@ -21,7 +21,9 @@
 //!   token or budget reservation), gets the chunks already sent, then follows live.
 //! - A follower that lags more than `cache.max_flight_bytes` behind holds the call back for at
 //!   most `cache.max_flight_lag_ms`; then it is cut (its stream ends with the native
-//!   `fell_behind` error event) and the call goes on for the others.
+//!   `fell_behind` error event) and the call goes on for the others. The leader's own client,
+//!   written to inline, is cut likewise when, with followers there, one write to it stays
+//!   blocked that long (it is closed mid-response: its stream position is unknown).
 //! - The upstream call is cancelled (the attempt dropped, closing its connection) only when
 //!   every client (the leader's own included) has left.
 //! - Charging: the leader's tenant pays the upstream tokens and budget, and its log line has
@@ -151,12 +153,18 @@ async fn lead(
         flight,
         session,
         own_left: false,
+        own_cut: false,
         upstream: None,
     };
     let produced = produce(&mut publisher, ctx, recorder).await;
-    let own_left = publisher.own_left;
+    let (own_left, own_cut) = (publisher.own_left, publisher.own_cut);
     drop(publisher);
     produced?;
+    if own_cut {
+        metrics::COALESCE_CUT
+            .with_label_values(&[ctx.route_name()])
+            .inc();
+    }
     if own_left && !ctx.delivered.client_disconnected {
         // The shared call went on for the followers; its usage stays the leader's. (When
         // every client left, the relay counted the disconnect already.)
@@ -346,6 +354,8 @@ pub struct Publisher<'a> {
     session: &'a mut Session,
     /// It left (or a write to it failed): no more writes to it.
     own_left: bool,
+    /// It was cut for holding a shared call back longer than the lag bound.
+    own_cut: bool,
     /// The served attempt's header, published to the flight with the leader's own header:
     /// each follower builds its header from it (moved, not copied: a leader that no
     /// follower joins pays nothing for it).
@@ -399,15 +409,31 @@ impl Downstream for Publisher<'_> {
     }
 
     async fn write_body(&mut self, data: Bytes, end: bool) -> pingora_error::Result<()> {
-        self.flight
+        let shared = self
+            .flight
             .publish_body(data.clone(), end)
             .await
             .map_err(|_| everyone_left())?;
-        if !self.own_left
-            && Downstream::write_body(&mut *self.session, data, end)
-                .await
-                .is_err()
-        {
+        if self.own_left {
+            return Ok(());
+        }
+        let write = Downstream::write_body(&mut *self.session, data, end);
+        let written = if shared {
+            // With followers there, the leader's own client holds the call back no longer
+            // than a follower may: a write still blocked after the lag bound (its socket
+            // buffers full: it stopped reading) cuts it. The write is dropped, as Pingora
+            // drops one at its own write timeout, and its connection is closed.
+            match tokio::time::timeout(self.flight.max_lag(), write).await {
+                Ok(result) => result.is_ok(),
+                Err(_) => {
+                    self.own_cut = true;
+                    false
+                }
+            }
+        } else {
+            write.await.is_ok()
+        };
+        if !written {
             self.own_client_left();
             if self.flight.all_left() {
                 return Err(everyone_left());
