@@ -280,8 +280,8 @@ impl Flight {
             return Ok(wake);
         }
         // Back-pressure: wait until what some follower has not read fits the bound again,
-        // for at most the lag bound.
-        let deadline = tokio::time::Instant::now() + self.max_lag;
+        // for at most the lag bound (a bound past what an `Instant` holds never expires).
+        let deadline = tokio::time::Instant::now().checked_add(self.max_lag);
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
@@ -296,7 +296,14 @@ impl Flight {
                     return Ok(s.subscribers > 0);
                 }
             }
-            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+            let expired = match deadline {
+                Some(at) => tokio::time::timeout_at(at, drained).await.is_err(),
+                None => {
+                    drained.await;
+                    false
+                }
+            };
+            if expired {
                 let mut s = self.lock();
                 s.cut_laggards(self.max_bytes);
                 let (left, shared) = (s.everyone_left(), s.subscribers > 0);

@@ -175,6 +175,28 @@ async fn cutting_the_last_follower_of_a_call_whose_leader_left_ends_the_call() {
 }
 
 #[tokio::test]
+async fn the_largest_lag_bound_the_config_takes_waits_for_the_follower() {
+    // `max_flight_lag_ms: 18446744073709551615` (u64::MAX): the deadline is computed and
+    // far off; the producer waits as long as the follower takes.
+    let flight = Flight::start(ident(8), "lead", 4, Duration::from_millis(u64::MAX));
+    let slow = flight.join().unwrap();
+    flight.publish_header(header()).unwrap();
+    let mut publish = Box::pin(flight.publish_body(Bytes::from_static(b"12345"), false));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut publish)
+            .await
+            .is_err(),
+        "the producer waits for the follower"
+    );
+    assert_eq!(read_one(&slow).await, b"12345");
+    assert_eq!(
+        publish.await,
+        Ok(true),
+        "the follower read it: the call goes on"
+    );
+}
+
+#[tokio::test]
 async fn the_producer_sees_everyone_gone_only_when_the_last_client_leaves() {
     let flight = Flight::start(ident(3), "lead", 1024, LAG);
     drop(flight.join().unwrap());
