@@ -648,23 +648,27 @@ async fn stuck_client(s: &Sluice, body: &serde_json::Value) -> tokio::net::TcpSt
     conn
 }
 
-#[tokio::test]
-async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_others() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    // About 17 MB in 1 KB events: far more than a stuck client's socket buffers hold.
-    let events = 16_000;
-    primary.set(Behavior::GatedBurst { events, pad: 1000 });
-    let config = plain_config(&primary, &fallback)
-        // The write timeout is far longer than the test waits: only the lag bound can free
-        // the leader.
+/// Content chunks of the burst below: about 17 MB in 1 KB events, far more than a stuck
+/// client's socket buffers hold.
+const BURST_EVENTS: usize = 16_000;
+
+/// A proxy whose coalesced calls cut a client after 300 ms of holding one back, with a write
+/// timeout far longer than the tests wait (only the lag bound can free the others), over a
+/// primary that sends one event, then (once its gate opens) [`BURST_EVENTS`] more at once.
+fn burst_proxy(primary: &Mock, fallback: &Mock) -> Sluice {
+    primary.set(Behavior::GatedBurst {
+        events: BURST_EVENTS,
+        pad: 1000,
+    });
+    let config = plain_config(primary, fallback)
         .yaml("server: {client_write_timeout_ms: 600000}")
         .yaml("cache: {max_flight_bytes: 65536, max_flight_lag_ms: 300}")
         .to_yaml();
-    let s = Sluice::start(&config, &[KEY_ENV]);
-    let body = chat("a very long answer");
-    let mut leader = send(&s, &body).await;
-    let got = first_chunk(&mut leader).await;
-    let mut follower = stuck_client(&s, &body).await;
+    Sluice::start(&config, &[KEY_ENV])
+}
+
+/// Once a follower has joined, open the primary's gate: the burst flows.
+async fn open_gate_once_coalesced(s: &Sluice, primary: &Mock) {
     s.wait_metric(
         "sluice_coalesced_requests_total",
         &[("route", "chat")],
@@ -672,32 +676,63 @@ async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_other
     )
     .await;
     primary.gate.notify_one();
-    // The leader's client gets the whole answer while the follower still reads nothing.
-    let whole = rest(leader, got).await;
+}
+
+/// `whole` is the burst's whole answer: every token in order, then `[DONE]`.
+fn assert_whole_burst(whole: &str) {
     let mut at = 0;
-    for i in 0..events {
+    for i in 0..BURST_EVENTS {
         let tok = format!("\"tok{i} ");
         at += whole[at..]
             .find(&tok)
             .unwrap_or_else(|| panic!("{tok} missing or out of order"));
     }
-    assert!(
-        whole.ends_with("data: [DONE]\n\n"),
-        "the leader's answer is whole"
-    );
+    assert!(whole.ends_with("data: [DONE]\n\n"), "the answer is whole");
+}
+
+/// Once one client was cut, `sluice_coalesce_clients_cut_total` reads exactly 1.
+async fn assert_one_cut(s: &Sluice) {
+    let cut = s
+        .wait_metric(
+            "sluice_coalesce_clients_cut_total",
+            &[("route", "chat")],
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(cut, 1.0);
+}
+
+/// What a cut client reads once it reads at last, to the end of its connection: the
+/// answer's start and never its end (`[DONE]`).
+async fn read_cut(mut stuck: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stuck.read_to_end(&mut seen))
+        .await
+        .expect("the cut client's connection ends")
+        .unwrap();
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    assert!(seen.starts_with("HTTP/1.1 200"));
+    assert!(seen.contains("\"tok1 "), "it got the answer's start");
+    assert!(!seen.contains("[DONE]"), "it did not get the rest");
+    seen
+}
+
+#[tokio::test]
+async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_others() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    let s = burst_proxy(&primary, &fallback);
+    let body = chat("a very long answer");
+    let mut leader = send(&s, &body).await;
+    let got = first_chunk(&mut leader).await;
+    let follower = stuck_client(&s, &body).await;
+    open_gate_once_coalesced(&s, &primary).await;
+    // The leader's client gets the whole answer while the follower still reads nothing.
+    assert_whole_burst(&rest(leader, got).await);
     assert_eq!(primary.requests().len(), 1, "one shared upstream call");
     // The follower, reading at last, finds the answer's start, then the native error event
     // on an event boundary, then the end of the connection.
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), follower.read_to_end(&mut seen))
-        .await
-        .expect("the cut follower's connection ends")
-        .unwrap();
-    let seen = String::from_utf8_lossy(&seen);
-    assert!(seen.starts_with("HTTP/1.1 200"), "{}", &seen[..200]);
-    assert!(seen.contains("\"tok1 "), "it got the answer's start");
-    assert!(!seen.contains("[DONE]"), "it did not get the rest");
+    let seen = read_cut(follower).await;
     let err = seen
         .rfind("data: {\"error\"")
         .expect("a native error event");
@@ -714,29 +749,16 @@ async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_other
         &seen[err..]
     );
     // Counted when the follower saw it was cut (its next read of the flight).
-    let cut = s
-        .wait_metric(
-            "sluice_coalesce_clients_cut_total",
-            &[("route", "chat")],
-            |v| v >= 1.0,
-        )
-        .await;
-    assert_eq!(cut, 1.0);
+    assert_one_cut(&s).await;
 }
 
 #[tokio::test]
 async fn a_leader_whose_client_stops_reading_is_cut_and_its_followers_get_the_whole_answer() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    let events = 16_000;
-    primary.set(Behavior::GatedBurst { events, pad: 1000 });
-    let config = plain_config(&primary, &fallback)
-        .yaml("server: {client_write_timeout_ms: 600000}")
-        .yaml("cache: {max_flight_bytes: 65536, max_flight_lag_ms: 300}")
-        .to_yaml();
-    let s = Sluice::start(&config, &[KEY_ENV]);
+    let s = burst_proxy(&primary, &fallback);
     let body = chat("another very long answer");
     // The leader's request comes from the client that will not read.
-    let mut stuck = stuck_client(&s, &body).await;
+    let stuck = stuck_client(&s, &body).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while primary.requests().is_empty() {
         assert!(Instant::now() < deadline, "the leader's call starts");
@@ -744,44 +766,11 @@ async fn a_leader_whose_client_stops_reading_is_cut_and_its_followers_get_the_wh
     }
     let mut follower = send(&s, &body).await;
     let got = first_chunk(&mut follower).await;
-    s.wait_metric(
-        "sluice_coalesced_requests_total",
-        &[("route", "chat")],
-        |v| v >= 1.0,
-    )
-    .await;
-    primary.gate.notify_one();
-    let whole = rest(follower, got).await;
-    let mut at = 0;
-    for i in 0..events {
-        let tok = format!("\"tok{i} ");
-        at += whole[at..]
-            .find(&tok)
-            .unwrap_or_else(|| panic!("{tok} missing or out of order"));
-    }
-    assert!(
-        whole.ends_with("data: [DONE]\n\n"),
-        "the follower's answer is whole"
-    );
+    open_gate_once_coalesced(&s, &primary).await;
+    assert_whole_burst(&rest(follower, got).await);
     assert_eq!(primary.requests().len(), 1, "one shared upstream call");
-    let cut = s
-        .wait_metric(
-            "sluice_coalesce_clients_cut_total",
-            &[("route", "chat")],
-            |v| v >= 1.0,
-        )
-        .await;
-    assert_eq!(cut, 1.0);
+    assert_one_cut(&s).await;
     // The leader's client, reading at last, gets the answer's start and then the end of its
-    // connection, never the rest.
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stuck.read_to_end(&mut seen))
-        .await
-        .expect("the cut leader's connection ends")
-        .unwrap();
-    let seen = String::from_utf8_lossy(&seen);
-    assert!(seen.starts_with("HTTP/1.1 200"));
-    assert!(seen.contains("\"tok1 "), "it got the answer's start");
-    assert!(!seen.contains("[DONE]"), "it did not get the rest");
+    // connection (closed mid-response), never the rest.
+    read_cut(stuck).await;
 }
