@@ -629,10 +629,10 @@ async fn a_follower_gets_its_own_headers_not_the_leaders() {
     assert_eq!(primary.requests().len(), 1, "one shared call");
 }
 
-/// A client that sends `body` on a socket with a small receive buffer, then
+/// A client that posts `body` to `path` on a socket with a small receive buffer, then
 /// reads nothing until told: sluice's writes to it stop making progress once its socket
 /// buffers are full.
-async fn stuck_client(s: &Sluice, body: &serde_json::Value) -> tokio::net::TcpStream {
+async fn stuck_client(s: &Sluice, path: &str, body: &serde_json::Value) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
@@ -640,7 +640,7 @@ async fn stuck_client(s: &Sluice, body: &serde_json::Value) -> tokio::net::TcpSt
     let mut conn = sock.connect(addr).await.unwrap();
     let body = serde_json::to_vec(body).unwrap();
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\nauthorization: Bearer {VK}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nhost: sluice\r\nauthorization: Bearer {VK}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
     conn.write_all(head.as_bytes()).await.unwrap();
@@ -725,7 +725,7 @@ async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_other
     let body = chat("a very long answer");
     let mut leader = send(&s, &body).await;
     let got = first_chunk(&mut leader).await;
-    let follower = stuck_client(&s, &body).await;
+    let follower = stuck_client(&s, "/v1/chat/completions", &body).await;
     open_gate_once_coalesced(&s, &primary).await;
     // The leader's client gets the whole answer while the follower still reads nothing.
     assert_whole_burst(&rest(leader, got).await);
@@ -758,7 +758,7 @@ async fn a_leader_whose_client_stops_reading_is_cut_and_its_followers_get_the_wh
     let s = burst_proxy(&primary, &fallback);
     let body = chat("another very long answer");
     // The leader's request comes from the client that will not read.
-    let stuck = stuck_client(&s, &body).await;
+    let stuck = stuck_client(&s, "/v1/chat/completions", &body).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while primary.requests().is_empty() {
         assert!(Instant::now() < deadline, "the leader's call starts");
@@ -773,4 +773,54 @@ async fn a_leader_whose_client_stops_reading_is_cut_and_its_followers_get_the_wh
     // The leader's client, reading at last, gets the answer's start and then the end of its
     // connection (closed mid-response), never the rest.
     read_cut(stuck).await;
+}
+
+#[tokio::test]
+async fn a_cut_responses_follower_gets_an_error_event_numbered_after_its_last_event() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    let s = burst_proxy(&primary, &fallback);
+    let body = serde_json::json!({"model": "gpt-4o-mini", "stream": true,
+        "input": "a very long answer"});
+    let mut leader = reqwest::Client::new()
+        .post(format!("{}/v1/responses", s.proxy))
+        .bearer_auth(VK)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(leader.status(), 200);
+    let got = first_chunk(&mut leader).await;
+    let follower = stuck_client(&s, "/v1/responses", &body).await;
+    open_gate_once_coalesced(&s, &primary).await;
+    let whole = rest(leader, got).await;
+    assert!(
+        whole.contains("event: response.completed"),
+        "the leader's answer is whole"
+    );
+    let seen = read_cut(follower).await;
+    assert!(
+        !seen.contains("response.completed"),
+        "it did not get the rest"
+    );
+    let err = seen.rfind("event: error").expect("a native error event");
+    let number = |text: &str| -> u64 {
+        let at = text
+            .rfind("\"sequence_number\":")
+            .expect("a sequence number")
+            + 18;
+        let digits: String = text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let last = number(&seen[..err]);
+    assert!(last >= 1, "it got events past the first");
+    assert_eq!(
+        number(&seen[err..]),
+        last + 1,
+        "numbered right after the last event it got: {}",
+        &seen[err..]
+    );
+    assert!(seen[err..].contains("fell_behind"));
 }

@@ -32,6 +32,7 @@ pub use eventstream::encode_message as encode_eventstream_message;
 pub use json_body::JsonAccountant;
 pub use stream::SseAccountant;
 pub use wire::bedrock_converse::invoke_header_usage;
+pub(crate) use wire::openai_responses::last_sequence_number;
 
 /// Token counts of one response, as the upstream reported them. All counts are tokens (u64);
 /// a field the upstream did not send (absent or `null`) is 0.

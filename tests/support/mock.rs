@@ -97,7 +97,9 @@ pub enum Behavior {
     CannedBytes { content_type: String, body: Vec<u8> },
     /// A 200 OpenAI chat SSE stream: content chunk `tok0 `, then (once `Mock::gate` is
     /// notified) chunks `tok1 ` to `tok{events-1} ` back to back, each padded with `pad`
-    /// spaces of content, then a finish chunk, a usage chunk and `[DONE]`.
+    /// spaces of content, then a finish chunk, a usage chunk and `[DONE]`. To a request for
+    /// `/responses`, the same as Responses events: `response.output_text.delta` numbered from
+    /// `sequence_number` 0, then `response.completed` with usage.
     GatedBurst { events: usize, pad: usize },
 }
 
@@ -372,7 +374,8 @@ impl Mock {
                 reset_after,
             } => return self.paced(sock, events, gap_ms, reset_after).await,
             Behavior::GatedBurst { events, pad } => {
-                self.gated_burst(sock, events, pad).await?;
+                let responses = rec.path.contains("/responses");
+                self.gated_burst(sock, events, pad, responses).await?;
                 return Ok(true);
             }
             Behavior::CutAfterThree => {
@@ -505,11 +508,16 @@ impl Mock {
         sock: &mut TcpStream,
         events: usize,
         pad: usize,
+        responses: bool,
     ) -> std::io::Result<()> {
         sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
         let pad = " ".repeat(pad);
         let event = |i: usize| {
-            format!("data: {{\"id\":\"b1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} {pad}\"}},\"finish_reason\":null}}]}}\n\n")
+            if responses {
+                format!("event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"item_id\":\"msg_b1\",\"output_index\":0,\"content_index\":0,\"delta\":\"tok{i} {pad}\",\"sequence_number\":{i}}}\n\n")
+            } else {
+                format!("data: {{\"id\":\"b1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} {pad}\"}},\"finish_reason\":null}}]}}\n\n")
+            }
         };
         let chunk = |e: &str| format!("{:x}\r\n{e}\r\n", e.len());
         sock.write_all(chunk(&event(0)).as_bytes()).await?;
@@ -523,8 +531,12 @@ impl Mock {
                 burst.clear();
             }
         }
-        sock.write_all(chunk(&stream_end("b1", events)).as_bytes())
-            .await?;
+        let end = if responses {
+            format!("event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"id\":\"resp_b1\",\"object\":\"response\",\"status\":\"completed\",\"usage\":{{\"input_tokens\":9,\"output_tokens\":{events},\"total_tokens\":{}}}}},\"sequence_number\":{events}}}\n\n", 9 + events)
+        } else {
+            stream_end("b1", events)
+        };
+        sock.write_all(chunk(&end).as_bytes()).await?;
         sock.write_all(b"0\r\n\r\n").await?;
         Ok(())
     }

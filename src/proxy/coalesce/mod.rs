@@ -266,6 +266,9 @@ async fn copy(
         return Ok(d);
     }
     let mut chunks = Vec::new();
+    // A Responses stream's last chunk written, to number a cut's error event after it.
+    let responses = ctx.caller.api == Some(crate::usage::ApiKind::OpenAiResponses);
+    let mut last_written: Option<Bytes> = None;
     loop {
         let next = tokio::select! {
             biased;
@@ -277,6 +280,9 @@ async fn copy(
                 for chunk in chunks.drain(..) {
                     if d.ttft.is_none() {
                         d.ttft = Some(start.elapsed());
+                    }
+                    if responses {
+                        last_written = Some(chunk.clone());
                     }
                     if Downstream::write_body(session, chunk, false).await.is_err() {
                         d.client_disconnected = true;
@@ -294,11 +300,17 @@ async fn copy(
                 let err = SluiceError::FellBehind(max_bytes);
                 if sse {
                     // Written at this client's own pace, bounded by the write timeout.
+                    // Numbered after the last Responses event this client got (0 for other
+                    // APIs, which have no sequence numbers).
+                    let seq = last_written
+                        .as_deref()
+                        .and_then(crate::usage::last_sequence_number)
+                        .map_or(0, |n| n.saturating_add(1));
                     let event = crate::provider::stream_error_event(
                         ctx.caller.api,
                         ctx.caller.style,
                         &err,
-                        0,
+                        seq,
                     );
                     let _ = Downstream::write_body(session, event, false).await;
                 }

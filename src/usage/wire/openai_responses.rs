@@ -181,3 +181,48 @@ pub(crate) fn body(raw: &[u8], text: &mut TextBuf) -> Option<Usage> {
     }
     body.usage.map(|u| u.to_usage())
 }
+
+/// The `sequence_number` of the last event in `events` (whole Responses stream events, as a
+/// client received them), read from the last `"sequence_number"` key in the text, so that an
+/// event appended after them can be numbered next. A key's quotes are bare while a quote
+/// inside a JSON string is escaped (RFC 8259 section 7), so generated text cannot fake it.
+/// `None` when no event carries one.
+pub(crate) fn last_sequence_number(events: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"sequence_number\"";
+    let at = memchr::memmem::rfind(events, KEY)?;
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let rest = &events[at + KEY.len()..];
+    let rest = rest.strip_prefix(b":".as_slice()).or_else(|| {
+        let i = rest.iter().position(|b| !ws(b))?;
+        rest[i..].strip_prefix(b":".as_slice())
+    })?;
+    let start = rest.iter().position(|b| !ws(b))?;
+    let digits = rest[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&rest[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod sequence_tests {
+    use super::last_sequence_number;
+
+    #[test]
+    fn the_last_events_sequence_number_is_read_and_generated_text_cannot_fake_it() {
+        let events = b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"\\\"sequence_number\\\":99\",\"sequence_number\":7}\n\n\
+event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"x\",\"sequence_number\" : 8}\n\n";
+        assert_eq!(last_sequence_number(events), Some(8));
+        let faked = b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"\\\"sequence_number\\\":99\",\"sequence_number\":12}\n\n";
+        assert_eq!(last_sequence_number(faked), Some(12));
+        assert_eq!(last_sequence_number(b"data: {\"type\":\"ping\"}\n\n"), None);
+        assert_eq!(
+            last_sequence_number(b"data: {\"sequence_number\":null}\n\n"),
+            None,
+            "not a number"
+        );
+    }
+}
