@@ -253,14 +253,19 @@ async fn copy(
             return Ok(d);
         }
     };
-    let header = match header {
-        Ok(up) => relay::client_header(relay::downstream_parts(&up, relay::is_sse(&up)), ctx),
+    let (header, sse) = match header {
+        Ok(up) => {
+            let sse = relay::is_sse(&up);
+            (
+                relay::client_header(relay::downstream_parts(&up, sse), ctx),
+                sse,
+            )
+        }
         Err(End::Failed(e)) => return Err(e),
         // No header and no error: the producer stopped (a bug): nothing to relay.
         Err(_) => return Err(SluiceError::Internal),
     };
     d.status = header.status.as_u16();
-    let sse = relay::is_sse(&header);
     if Downstream::write_header(session, header).await.is_err() {
         d.client_disconnected = true;
         return Ok(d);
