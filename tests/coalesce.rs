@@ -718,6 +718,32 @@ async fn read_cut(mut stuck: tokio::net::TcpStream) -> String {
     seen
 }
 
+/// The access line of the cut client whose raw response (head included) is `seen`: it says
+/// `error="fell_behind"`, not that the client disconnected, and no disconnect is counted.
+async fn assert_cut_logged(s: &Sluice, seen: &str) -> String {
+    let id = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("x-sluice-request-id: "))
+        .expect("a request id")
+        .trim();
+    let needle = format!("request_id={id} ");
+    let log = s.wait_log(&needle).await;
+    let line = log
+        .lines()
+        .find(|l| l.contains(&needle))
+        .unwrap_or_else(|| panic!("no access line for {id}: {log}"))
+        .to_owned();
+    assert!(line.contains("error=\"fell_behind\""), "{line}");
+    assert!(line.contains("client_disconnected=false"), "{line}");
+    assert_eq!(
+        s.metric("sluice_client_disconnects_total", &[("route", "chat")])
+            .await,
+        0.0,
+        "a cut is not a disconnect"
+    );
+    line
+}
+
 #[tokio::test]
 async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_others() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
@@ -750,6 +776,7 @@ async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_other
     );
     // Counted when the follower saw it was cut (its next read of the flight).
     assert_one_cut(&s).await;
+    assert_cut_logged(&s, &seen).await;
 }
 
 #[tokio::test]
@@ -772,7 +799,11 @@ async fn a_leader_whose_client_stops_reading_is_cut_and_its_followers_get_the_wh
     assert_one_cut(&s).await;
     // The leader's client, reading at last, gets the answer's start and then the end of its
     // connection (closed mid-response), never the rest.
-    read_cut(stuck).await;
+    let seen = read_cut(stuck).await;
+    // Its log line says it was cut, not that it left; the call is still the leader's.
+    let line = assert_cut_logged(&s, &seen).await;
+    assert!(line.contains("completed=true"), "{line}");
+    assert!(line.contains("coalesced=\"\""), "{line}");
 }
 
 #[tokio::test]

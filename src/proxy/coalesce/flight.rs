@@ -389,6 +389,11 @@ impl Flight {
         self.max_lag
     }
 
+    /// The most bytes retained for followers (`cache.max_flight_bytes`).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Bytes retained now (tests and the memory bound).
     pub fn retained_bytes(&self) -> usize {
         self.lock().retained

@@ -158,14 +158,21 @@ async fn lead(
     };
     let produced = produce(&mut publisher, ctx, recorder).await;
     let (own_left, own_cut) = (publisher.own_left, publisher.own_cut);
+    let max_bytes = publisher.flight.max_bytes();
     drop(publisher);
     produced?;
     if own_cut {
+        // Sluice closed it, it did not leave: its log line says so (`error=fell_behind`, not
+        // counted as a client disconnect), as a cut follower's does; the call's own outcome
+        // (`completed`, usage) stays the leader's. (`client_disconnected` is set only when
+        // every follower left too: the relay saw the call abandoned.)
         metrics::COALESCE_CUT
             .with_label_values(&[ctx.route_name()])
             .inc();
-    }
-    if own_left && !ctx.delivered.client_disconnected {
+        ctx.delivered
+            .error
+            .get_or_insert(SluiceError::FellBehind(max_bytes));
+    } else if own_left && !ctx.delivered.client_disconnected {
         // The shared call went on for the followers; its usage stays the leader's. (When
         // every client left, the relay counted the disconnect already.)
         metrics::CLIENT_DISCONNECTS
