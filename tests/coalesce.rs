@@ -655,13 +655,15 @@ const BURST_EVENTS: usize = 16_000;
 /// A proxy whose coalesced calls cut a client after 300 ms of holding one back, with a write
 /// timeout far longer than the tests wait (only the lag bound can free the others), over a
 /// primary that sends one event, then (once its gate opens) [`BURST_EVENTS`] more at once.
-fn burst_proxy(primary: &Mock, fallback: &Mock) -> Sluice {
+fn burst_proxy(primary: &Mock, fallback: &Mock, write_timeout_ms: u64) -> Sluice {
     primary.set(Behavior::GatedBurst {
         events: BURST_EVENTS,
         pad: 1000,
     });
     let config = plain_config(primary, fallback)
-        .yaml("server: {client_write_timeout_ms: 600000}")
+        .yaml(&format!(
+            "server: {{client_write_timeout_ms: {write_timeout_ms}}}"
+        ))
         .yaml("cache: {max_flight_bytes: 65536, max_flight_lag_ms: 300}")
         .to_yaml();
     Sluice::start(&config, &[KEY_ENV])
@@ -747,7 +749,7 @@ async fn assert_cut_logged(s: &Sluice, seen: &str) -> String {
 #[tokio::test]
 async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_others() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    let s = burst_proxy(&primary, &fallback);
+    let s = burst_proxy(&primary, &fallback, 600_000);
     let body = chat("a very long answer");
     let mut leader = send(&s, &body).await;
     let got = first_chunk(&mut leader).await;
@@ -756,6 +758,8 @@ async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_other
     // The leader's client gets the whole answer while the follower still reads nothing.
     assert_whole_burst(&rest(leader, got).await);
     assert_eq!(primary.requests().len(), 1, "one shared upstream call");
+    // Counted when it was cut, before it reads again.
+    assert_one_cut(&s).await;
     // The follower, reading at last, finds the answer's start, then the native error event
     // on an event boundary, then the end of the connection.
     let seen = read_cut(follower).await;
@@ -774,15 +778,44 @@ async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_other
         "{}",
         &seen[err..]
     );
-    // Counted when the follower saw it was cut (its next read of the flight).
-    assert_one_cut(&s).await;
     assert_cut_logged(&s, &seen).await;
+}
+
+#[tokio::test]
+async fn a_cut_follower_that_never_reads_again_is_logged_as_cut_at_its_write_timeout() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    let s = burst_proxy(&primary, &fallback, 1000);
+    let body = chat("a very long answer for a hung client");
+    let mut leader = send(&s, &body).await;
+    let got = first_chunk(&mut leader).await;
+    let stuck = stuck_client(&s, "/v1/chat/completions", &body).await;
+    open_gate_once_coalesced(&s, &primary).await;
+    assert_whole_burst(&rest(leader, got).await);
+    assert_one_cut(&s).await;
+    // Its blocked write gives up after `server.client_write_timeout_ms`; its line says
+    // sluice cut it, not that it left.
+    let log = s.wait_log("error=\"fell_behind\"").await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("error=\"fell_behind\""))
+        .unwrap_or_else(|| panic!("no cut line: {log}"));
+    assert!(line.contains("client_disconnected=false"), "{line}");
+    assert!(
+        !line.contains("coalesced=\"\""),
+        "the follower's line: {line}"
+    );
+    assert_eq!(
+        s.metric("sluice_client_disconnects_total", &[("route", "chat")])
+            .await,
+        0.0
+    );
+    drop(stuck);
 }
 
 #[tokio::test]
 async fn a_leader_whose_client_stops_reading_is_cut_and_its_followers_get_the_whole_answer() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    let s = burst_proxy(&primary, &fallback);
+    let s = burst_proxy(&primary, &fallback, 600_000);
     let body = chat("another very long answer");
     // The leader's request comes from the client that will not read.
     let stuck = stuck_client(&s, "/v1/chat/completions", &body).await;
@@ -809,7 +842,7 @@ async fn a_leader_whose_client_stops_reading_is_cut_and_its_followers_get_the_wh
 #[tokio::test]
 async fn a_cut_responses_follower_gets_an_error_event_numbered_after_its_last_event() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    let s = burst_proxy(&primary, &fallback);
+    let s = burst_proxy(&primary, &fallback, 600_000);
     let body = serde_json::json!({"model": "gpt-4o-mini", "stream": true,
         "input": "a very long answer"});
     let mut leader = reqwest::Client::new()

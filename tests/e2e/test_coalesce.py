@@ -1,7 +1,8 @@
 """Request coalescing (`coalesce: true`) as the official openai SDK sees it: 100 identical
 streamed chat requests in flight at the same time make one upstream request; every client
 receives the complete stream, those that join mid-stream included; when every client leaves,
-the upstream request is abandoned."""
+the upstream request is abandoned; a client that stops reading a long answer is cut (the SDK
+raises the native `fell_behind` error when it reads again) while the others get all of it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from conftest import (OPENAI_KEY_ENV, SDK_TIMEOUT_S, VIRTUAL_KEY, Sluice, SluiceFactory,
                       Upstream, llmock_upstream)
 from harness import pool, route
+from upstreams import burst
 
 pytestmark = pytest.mark.sluice
 
@@ -126,3 +128,76 @@ def test_every_client_leaving_abandons_the_upstream_request(
     records = paced_upstream.wait_for_requests(1)
     assert len(records) == 1, records
     assert records[0]["completed"] is False, "the upstream stream was cut when all left"
+
+
+# A long answer: 16,000 events of about 1 KB, far more than a client's socket buffers hold.
+BURST_EVENTS, BURST_PAD = 16_000, 1000
+LONG: dict[str, Any] = {"model": "gpt-4o-mini", "stream": True,
+                        "stream_options": {"include_usage": True},
+                        "messages": [{"role": "user", "content": "a very long answer"}]}
+
+
+@pytest.fixture
+def burst_upstream() -> Iterator[burst.Upstream]:
+    upstream = burst.Upstream(BURST_EVENTS, BURST_PAD)
+    yield upstream
+    upstream.stop()
+
+
+def wait_sum(s: Sluice, name: str, at_least: float, timeout_s: float = 10.0) -> float:
+    """`name`'s sum over the route's series once it reaches `at_least` (bounded wait)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = s.scrape().sum(name, route="openai")
+        if value >= at_least or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def test_a_follower_that_stops_reading_is_cut_with_a_native_error_and_the_others_get_it_all(
+        sluice_factory: SluiceFactory, burst_upstream: burst.Upstream) -> None:
+    coalesce = route("openai", "/v1", ["burst"])
+    coalesce["coalesce"] = True
+    s = sluice_factory.start(
+        pools=[pool("burst", "openai", burst_upstream.url, OPENAI_KEY_ENV)], routes=[coalesce],
+        cache={"max_flight_bytes": 65536, "max_flight_lag_ms": 300})
+
+    def client() -> openai.OpenAI:
+        return openai.OpenAI(base_url=s.openai_url, api_key=VIRTUAL_KEY, max_retries=0,
+                             timeout=SDK_TIMEOUT_S)
+
+    leader = iter(client().chat.completions.create(**LONG))
+    first = next(leader).choices[0].delta
+    assert first.role == "assistant"
+    # The follower reads its first chunk, then nothing while the answer is sent.
+    raw = client().chat.completions.with_raw_response.create(**LONG)
+    follower_id = raw.headers["x-sluice-request-id"]
+    follower = iter(raw.parse())
+    got = [next(follower).choices[0].delta.content or ""]
+    assert wait_sum(s, "sluice_coalesced_requests_total", 1) == 1
+    burst_upstream.release()
+
+    # The leader's client gets the whole answer and its usage, never held back for long.
+    text, finish, usage = [first.content or ""], None, None
+    for chunk in leader:
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+        usage = chunk.usage or usage
+    assert "".join(text) == burst_upstream.answer()
+    assert finish == "stop"
+    assert usage is not None and usage.completion_tokens == BURST_EVENTS
+    assert len(burst_upstream.requests) == 1, "one shared upstream call"
+    assert wait_sum(s, "sluice_coalesce_clients_cut_total", 1) == 1
+
+    # The follower, reading at last, gets the start of the answer, then the SDK raises the
+    # native error event sluice ended its stream with.
+    with pytest.raises(openai.APIError) as cut:
+        for chunk in follower:
+            got.extend(c.delta.content or "" for c in chunk.choices)
+    assert cut.value.code == "fell_behind", cut.value
+    assert "".join(got) and burst_upstream.answer().startswith("".join(got))
+    assert len("".join(got)) < len(burst_upstream.answer())
+    entry = s.access_entry(follower_id)
+    assert entry["error"] == "fell_behind", entry
+    assert entry["client_disconnected"] == "false", entry

@@ -469,6 +469,21 @@ impl Subscription {
         }
     }
 
+    /// Resolves once this follower is cut (it will read [`Next::Cut`]); pending for as long
+    /// as it is not. Cancel-safe. (A follower whose write to its client is blocked learns of
+    /// its cut here, not at its next [`Subscription::next`], which may never come.)
+    pub async fn cut(&self) {
+        loop {
+            let progress = self.flight.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if self.flight.lock().cursors.get(self.id) == Some(&Cursor::Cut) {
+                return;
+            }
+            progress.await;
+        }
+    }
+
     /// Wait for how the flight ended (it comes right after the body's end).
     pub async fn end(&self) -> End {
         loop {

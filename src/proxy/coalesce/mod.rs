@@ -281,6 +281,18 @@ async fn copy(
     // A Responses stream's last chunk written, to number a cut's error event after it.
     let responses = ctx.caller.api == Some(crate::usage::ApiKind::OpenAiResponses);
     let mut last_written: Option<Bytes> = None;
+    // Counted and logged once, when the follower is cut: while a write to it is blocked (it
+    // stopped reading) if that is when, not only once it reads again, which may never be.
+    let mut cut = false;
+    let mut count_cut = |d: &mut Delivered| {
+        if !cut {
+            cut = true;
+            metrics::COALESCE_CUT
+                .with_label_values(&[ctx.route_name()])
+                .inc();
+            d.error = Some(SluiceError::FellBehind(max_bytes));
+        }
+    };
     loop {
         let next = tokio::select! {
             biased;
@@ -296,8 +308,24 @@ async fn copy(
                     if responses {
                         last_written = Some(chunk.clone());
                     }
-                    if Downstream::write_body(session, chunk, false).await.is_err() {
-                        d.client_disconnected = true;
+                    let written = {
+                        let write = Downstream::write_body(session, chunk, false);
+                        tokio::pin!(write);
+                        // The cut is only looked at while the write is pending (`biased`).
+                        tokio::select! {
+                            biased;
+                            w = &mut write => w,
+                            () = sub.cut() => {
+                                count_cut(&mut d);
+                                // Its client may still read: the write goes on, bounded by
+                                // `server.client_write_timeout_ms`; the error event follows.
+                                write.await
+                            }
+                        }
+                    };
+                    if written.is_err() {
+                        // Sluice cut it first: its line says `fell_behind`, not a disconnect.
+                        d.client_disconnected = d.error.is_none();
                         session.set_keepalive(None);
                         return Ok(d);
                     }
@@ -306,9 +334,7 @@ async fn copy(
             Some(Next::BodyEnd) => break,
             Some(Next::Cut) => {
                 drop(sub);
-                metrics::COALESCE_CUT
-                    .with_label_values(&[ctx.route_name()])
-                    .inc();
+                count_cut(&mut d);
                 let err = SluiceError::FellBehind(max_bytes);
                 if sse {
                     // Written at this client's own pace, bounded by the write timeout.
@@ -326,7 +352,6 @@ async fn copy(
                     );
                     let _ = Downstream::write_body(session, event, false).await;
                 }
-                d.error = Some(err);
                 session.set_keepalive(None);
                 return Ok(d);
             }
