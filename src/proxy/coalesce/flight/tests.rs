@@ -122,12 +122,18 @@ async fn a_follower_lagging_past_the_bound_longer_than_the_lag_bound_is_cut() {
         .unwrap();
     assert_eq!(read_one(&reading).await, b"12345678");
     // 14 bytes retained for `stuck`, which reads nothing: the producer waits the lag bound
-    // (virtual time), then cuts it and goes on.
+    // (virtual time), then cuts it and goes on; `stuck`, waiting on its cut (as a follower
+    // whose write to its client is blocked does), sees it then.
+    assert!(
+        futures_util::FutureExt::now_or_never(stuck.cut()).is_none(),
+        "not cut yet"
+    );
     let started = tokio::time::Instant::now();
-    flight
-        .publish_body(Bytes::from_static(b"abcdef"), false)
-        .await
-        .expect("`reading` is still there");
+    let (published, ()) = tokio::join!(
+        flight.publish_body(Bytes::from_static(b"abcdef"), false),
+        stuck.cut()
+    );
+    published.expect("`reading` is still there");
     assert_eq!(started.elapsed(), lag, "it waited exactly the lag bound");
     assert_eq!(
         flight.retained_bytes(),
