@@ -632,3 +632,47 @@ async fn a_follower_gets_its_own_headers_not_the_leaders() {
     assert_eq!(a, b);
     assert_eq!(primary.requests().len(), 1, "one shared call");
 }
+
+#[tokio::test]
+async fn past_the_drain_deadline_the_leader_and_its_followers_end_with_the_same_error_event() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    // About 8 s of stream, far past the 1 s drain deadline.
+    primary.set(Behavior::Paced {
+        events: 400,
+        gap_ms: 20,
+        reset_after: None,
+    });
+    let config = plain_config(&primary, &fallback)
+        .yaml("server: {drain_timeout_seconds: 1}")
+        .to_yaml();
+    let mut s = Sluice::start(&config, &[KEY_ENV]);
+    let body = chat("drain me");
+    let mut leader = send(&s, &body).await;
+    let got = first_chunk(&mut leader).await;
+    let mut follower = send(&s, &body).await;
+    let joined = first_chunk(&mut follower).await;
+    s.signal("TERM");
+    let (a, b) = tokio::join!(rest(leader, got), rest(follower, joined));
+    assert_eq!(primary.requests().len(), 1, "one shared call");
+    for body in [&a, &b] {
+        assert!(
+            body.contains("\"tok5 \""),
+            "the stream flowed during the drain"
+        );
+        let last = body.trim_end().rsplit("\n\n").next().unwrap_or("");
+        assert!(
+            last.starts_with("data: {\"error\"") && last.contains("shutting_down"),
+            "ended with {last:?}"
+        );
+        assert!(!body.contains("[DONE]"));
+    }
+    assert_eq!(
+        a, b,
+        "the follower got the leader's stream, error event included"
+    );
+    assert!(
+        s.wait_exit(Duration::from_secs(10)).is_some(),
+        "sluice exits once the shared call ended: {}",
+        s.log()
+    );
+}
