@@ -1,8 +1,9 @@
-"""Request coalescing (`coalesce: true`) as the official openai SDK sees it: 100 identical
+"""Request coalescing (`coalesce: true`) as the official SDKs see it: 100 identical
 streamed chat requests in flight at the same time make one upstream request; every client
 receives the complete stream, those that join mid-stream included; when every client leaves,
-the upstream request is abandoned; a client that stops reading a long answer is cut (the SDK
-raises the native `fell_behind` error when it reads again) while the others get all of it."""
+the upstream request is abandoned; a client that stops reading a long answer is cut (its SDK
+raises the native error when it reads again: openai's code `fell_behind`, anthropic's type
+`api_error`) while the others get all of it."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import anthropic
 import httpx
 import openai
 import pytest
 
-from conftest import (OPENAI_KEY_ENV, SDK_TIMEOUT_S, VIRTUAL_KEY, Sluice, SluiceFactory,
+from conftest import (ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, SDK_TIMEOUT_S, VIRTUAL_KEY, Sluice, SluiceFactory,
                       Upstream, llmock_upstream)
 from harness import pool, route
 from upstreams import burst
@@ -132,9 +134,7 @@ def test_every_client_leaving_abandons_the_upstream_request(
 
 # A long answer: 16,000 events of about 1 KB, far more than a client's socket buffers hold.
 BURST_EVENTS, BURST_PAD = 16_000, 1000
-LONG: dict[str, Any] = {"model": "gpt-4o-mini", "stream": True,
-                        "stream_options": {"include_usage": True},
-                        "messages": [{"role": "user", "content": "a very long answer"}]}
+LONG_PROMPT = [{"role": "user", "content": "a very long answer"}]
 
 
 @pytest.fixture
@@ -144,60 +144,104 @@ def burst_upstream() -> Iterator[burst.Upstream]:
     upstream.stop()
 
 
-def wait_sum(s: Sluice, name: str, at_least: float, timeout_s: float = 10.0) -> float:
+def wait_sum(s: Sluice, name: str, route_name: str, at_least: float,
+             timeout_s: float = 10.0) -> float:
     """`name`'s sum over the route's series once it reaches `at_least` (bounded wait)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        value = s.scrape().sum(name, route="openai")
+        value = s.scrape().sum(name, route=route_name)
         if value >= at_least or time.monotonic() > deadline:
             return value
         time.sleep(0.05)
 
 
+class LongStream:
+    """One API's long streamed request through the official SDK: start it, read a part of
+    it or the rest of it as (text, finish reason, completion tokens)."""
+
+    def __init__(self, api: str, s: Sluice) -> None:
+        self.api = api
+        if api == "openai":
+            self.client: Any = openai.OpenAI(base_url=s.openai_url, api_key=VIRTUAL_KEY,
+                                             max_retries=0, timeout=SDK_TIMEOUT_S)
+        else:
+            self.client = anthropic.Anthropic(base_url=s.anthropic_url, api_key=VIRTUAL_KEY,
+                                              max_retries=0, timeout=SDK_TIMEOUT_S)
+
+    def start(self) -> tuple[Iterator[Any], str]:
+        """The SDK's stream and the request id sluice answered with."""
+        if self.api == "openai":
+            raw = self.client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
+                messages=LONG_PROMPT)
+        else:
+            raw = self.client.messages.with_raw_response.create(
+                model="claude-sonnet-4-6", max_tokens=64, stream=True,
+                messages=LONG_PROMPT)
+        return iter(raw.parse()), raw.headers["x-sluice-request-id"]
+
+    def read(self, stream: Iterator[Any], first_only: bool = False
+             ) -> tuple[str, str | None, int | None]:
+        """What `stream` yields up to its first text (`first_only`) or its end."""
+        text: list[str] = []
+        finish, completion = None, None
+        for item in stream:
+            if self.api == "openai":
+                for choice in item.choices:
+                    text.append(choice.delta.content or "")
+                    finish = choice.finish_reason or finish
+                completion = item.usage.completion_tokens if item.usage else completion
+            elif item.type == "content_block_delta":
+                text.append(item.delta.text)
+            elif item.type == "message_delta":
+                finish, completion = item.delta.stop_reason, item.usage.output_tokens
+            if first_only and "".join(text):
+                break
+        return "".join(text), finish, completion
+
+    def cut_error(self, exc: Exception) -> str:
+        """The error code (OpenAI) or type (Anthropic) of the native error event the SDK
+        raised."""
+        body = getattr(exc, "body", None)
+        if self.api == "openai":
+            return str(getattr(exc, "code", None))
+        return str(body["error"]["type"]) if isinstance(body, dict) else repr(body)
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
 def test_a_follower_that_stops_reading_is_cut_with_a_native_error_and_the_others_get_it_all(
-        sluice_factory: SluiceFactory, burst_upstream: burst.Upstream) -> None:
-    coalesce = route("openai", "/v1", ["burst"])
+        sluice_factory: SluiceFactory, burst_upstream: burst.Upstream, api: str) -> None:
+    key_env = OPENAI_KEY_ENV if api == "openai" else ANTHROPIC_KEY_ENV
+    coalesce = route(api, "/v1/messages" if api == "anthropic" else "/v1", ["burst"])
     coalesce["coalesce"] = True
     s = sluice_factory.start(
-        pools=[pool("burst", "openai", burst_upstream.url, OPENAI_KEY_ENV)], routes=[coalesce],
+        pools=[pool("burst", api, burst_upstream.url, key_env)], routes=[coalesce],
         cache={"max_flight_bytes": 65536, "max_flight_lag_ms": 300})
-
-    def client() -> openai.OpenAI:
-        return openai.OpenAI(base_url=s.openai_url, api_key=VIRTUAL_KEY, max_retries=0,
-                             timeout=SDK_TIMEOUT_S)
-
-    leader = iter(client().chat.completions.create(**LONG))
-    first = next(leader).choices[0].delta
-    assert first.role == "assistant"
-    # The follower reads its first chunk, then nothing while the answer is sent.
-    raw = client().chat.completions.with_raw_response.create(**LONG)
-    follower_id = raw.headers["x-sluice-request-id"]
-    follower = iter(raw.parse())
-    got = [next(follower).choices[0].delta.content or ""]
-    assert wait_sum(s, "sluice_coalesced_requests_total", 1) == 1
+    sdk = LongStream(api, s)
+    leader, _ = sdk.start()
+    first, _, _ = sdk.read(leader, first_only=True)
+    # The follower reads its first text, then nothing while the answer is sent.
+    follower, follower_id = sdk.start()
+    got, _, _ = sdk.read(follower, first_only=True)
+    assert got == first == burst.token(0, BURST_PAD)
+    assert wait_sum(s, "sluice_coalesced_requests_total", api, 1) == 1
     burst_upstream.release()
 
     # The leader's client gets the whole answer and its usage, never held back for long.
-    text, finish, usage = [first.content or ""], None, None
-    for chunk in leader:
-        for choice in chunk.choices:
-            text.append(choice.delta.content or "")
-            finish = choice.finish_reason or finish
-        usage = chunk.usage or usage
-    assert "".join(text) == burst_upstream.answer()
-    assert finish == "stop"
-    assert usage is not None and usage.completion_tokens == BURST_EVENTS
+    rest, finish, completion = sdk.read(leader)
+    assert first + rest == burst_upstream.answer()
+    assert finish == ("stop" if api == "openai" else "end_turn")
+    assert completion == BURST_EVENTS
     assert len(burst_upstream.requests) == 1, "one shared upstream call"
-    assert wait_sum(s, "sluice_coalesce_clients_cut_total", 1) == 1
+    # Counted when it is cut, while it still reads nothing.
+    assert wait_sum(s, "sluice_coalesce_clients_cut_total", api, 1) == 1
 
-    # The follower, reading at last, gets the start of the answer, then the SDK raises the
-    # native error event sluice ended its stream with.
-    with pytest.raises(openai.APIError) as cut:
-        for chunk in follower:
-            got.extend(c.delta.content or "" for c in chunk.choices)
-    assert cut.value.code == "fell_behind", cut.value
-    assert "".join(got) and burst_upstream.answer().startswith("".join(got))
-    assert len("".join(got)) < len(burst_upstream.answer())
+    # The follower, reading at last, gets more of the answer, then its SDK raises the native
+    # error event sluice ended its stream with.
+    with pytest.raises((openai.APIError, anthropic.APIError)) as cut:
+        sdk.read(follower)
+    assert sdk.cut_error(cut.value) == ("fell_behind" if api == "openai" else "api_error")
+    assert "fell more than 65536 bytes behind" in str(cut.value)
     entry = s.access_entry(follower_id)
     assert entry["error"] == "fell_behind", entry
     assert entry["client_disconnected"] == "false", entry
