@@ -30,10 +30,16 @@ async fn stuck_client(s: &Sluice, path: &str, body: &serde_json::Value) -> tokio
 /// client's socket buffers hold.
 const BURST_EVENTS: usize = 16_000;
 
-/// A proxy whose coalesced calls cut a client after 300 ms of holding one back, with a write
-/// timeout far longer than the tests wait (only the lag bound can free the others), over a
-/// primary that sends one event, then (once its gate opens) [`BURST_EVENTS`] more at once.
-fn burst_proxy(primary: &Mock, fallback: &Mock, write_timeout_ms: u64) -> Sluice {
+/// A proxy whose coalesced calls retain `flight_bytes` and cut a client after 300 ms of
+/// holding one back, with a client write timeout of `write_timeout_ms` (far longer than the
+/// tests wait: only the lag bound can free the others), over a primary that sends one event,
+/// then (once its gate opens) [`BURST_EVENTS`] more at once.
+fn burst_proxy(
+    primary: &Mock,
+    fallback: &Mock,
+    write_timeout_ms: u64,
+    flight_bytes: usize,
+) -> Sluice {
     primary.set(Behavior::GatedBurst {
         events: BURST_EVENTS,
         pad: 1000,
@@ -42,7 +48,9 @@ fn burst_proxy(primary: &Mock, fallback: &Mock, write_timeout_ms: u64) -> Sluice
         .yaml(&format!(
             "server: {{client_write_timeout_ms: {write_timeout_ms}}}"
         ))
-        .yaml("cache: {max_flight_bytes: 65536, max_flight_lag_ms: 300}")
+        .yaml(&format!(
+            "cache: {{max_flight_bytes: {flight_bytes}, max_flight_lag_ms: 300}}"
+        ))
         .to_yaml();
     Sluice::start(&config, &[KEY_ENV])
 }
@@ -127,7 +135,7 @@ async fn assert_cut_logged(s: &Sluice, seen: &str) -> String {
 #[tokio::test]
 async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_others() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    let s = burst_proxy(&primary, &fallback, 600_000);
+    let s = burst_proxy(&primary, &fallback, 600_000, 65_536);
     let body = chat("a very long answer");
     let mut leader = send(&s, &body).await;
     let got = first_chunk(&mut leader).await;
@@ -162,7 +170,7 @@ async fn a_follower_that_stops_reading_is_cut_and_the_call_goes_on_for_the_other
 #[tokio::test]
 async fn a_cut_follower_that_never_reads_again_is_logged_as_cut_at_its_write_timeout() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    let s = burst_proxy(&primary, &fallback, 1000);
+    let s = burst_proxy(&primary, &fallback, 1000, 65_536);
     let body = chat("a very long answer for a hung client");
     let mut leader = send(&s, &body).await;
     let got = first_chunk(&mut leader).await;
@@ -193,7 +201,7 @@ async fn a_cut_follower_that_never_reads_again_is_logged_as_cut_at_its_write_tim
 #[tokio::test]
 async fn a_leader_whose_client_stops_reading_is_cut_and_its_followers_get_the_whole_answer() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    let s = burst_proxy(&primary, &fallback, 600_000);
+    let s = burst_proxy(&primary, &fallback, 600_000, 65_536);
     let body = chat("another very long answer");
     // The leader's request comes from the client that will not read.
     let stuck = stuck_client(&s, "/v1/chat/completions", &body).await;
@@ -220,7 +228,7 @@ async fn a_leader_whose_client_stops_reading_is_cut_and_its_followers_get_the_wh
 #[tokio::test]
 async fn a_cut_responses_follower_gets_an_error_event_numbered_after_its_last_event() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    let s = burst_proxy(&primary, &fallback, 600_000);
+    let s = burst_proxy(&primary, &fallback, 600_000, 65_536);
     let body = serde_json::json!({"model": "gpt-4o-mini", "stream": true,
         "input": "a very long answer"});
     let mut leader = reqwest::Client::new()
@@ -265,4 +273,80 @@ async fn a_cut_responses_follower_gets_an_error_event_numbered_after_its_last_ev
         &seen[err..]
     );
     assert!(seen[err..].contains("fell_behind"));
+}
+
+#[tokio::test]
+async fn a_leader_whose_write_blocked_before_any_follower_joined_is_cut_once_one_has() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    // The flight stays joinable over everything the stuck leader's socket takes.
+    let s = burst_proxy(&primary, &fallback, 600_000, 64 << 20);
+    let body = chat("a long answer nobody else wants yet");
+    let stuck = stuck_client(&s, "/v1/chat/completions", &body).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while primary.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the leader's call starts");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The burst flows to the leader's client alone until its socket buffers are full and a
+    // write to it blocks (an unshared call: nothing to cut for).
+    primary.gate.notify_one();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        s.metric("sluice_coalesce_clients_cut_total", &[("route", "chat")])
+            .await,
+        0.0,
+        "without followers the leader's client holds back only its own call"
+    );
+    // A follower joins the blocked call: within the lag bound the leader's client is cut
+    // and the follower gets the whole answer.
+    let mut follower = send(&s, &body).await;
+    let got = first_chunk(&mut follower).await;
+    assert_whole_burst(&rest(follower, got).await);
+    assert_eq!(primary.requests().len(), 1, "one shared upstream call");
+    assert_one_cut(&s).await;
+    let seen = read_cut(stuck).await;
+    assert_cut_logged(&s, &seen).await;
+}
+
+#[tokio::test]
+async fn a_leader_whose_followers_all_left_while_its_write_blocked_is_not_cut() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    let s = burst_proxy(&primary, &fallback, 600_000, 65_536);
+    let body = chat("a long answer its follower gives up on");
+    let mut stuck = stuck_client(&s, "/v1/chat/completions", &body).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while primary.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the leader's call starts");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut follower = send(&s, &body).await;
+    first_chunk(&mut follower).await;
+    open_gate_once_coalesced(&s, &primary).await;
+    // The leader's write blocks with the follower there (its 4 KiB receive buffer fills in
+    // a few ms); the follower leaves before the 300 ms lag bound: then nobody is held back
+    // but the leader's own call, so its client is not cut.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(follower);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        s.metric("sluice_coalesce_clients_cut_total", &[("route", "chat")])
+            .await,
+        0.0
+    );
+    // Reading at last, it gets the whole answer, to its last chunk (the connection stays
+    // open for the next request).
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let read = async {
+        let mut buf = vec![0u8; 1 << 16];
+        while !seen.ends_with(b"data: [DONE]\n\n\r\n0\r\n\r\n") {
+            let n = stuck.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the end of the answer");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the whole answer comes");
+    assert!(!String::from_utf8_lossy(&seen).contains("fell_behind"));
 }

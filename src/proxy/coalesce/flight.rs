@@ -10,8 +10,10 @@
 //! `max_bytes` behind holds the producer back (the upstream read waits) for at most `max_lag`;
 //! then it is cut (it reads [`Next::Cut`] and ends its response) and the call goes on for the
 //! others, so one client that stops reading never stalls the rest for longer than that. The
-//! buffer never grows past `max_bytes` plus one chunk. (A broadcast channel's lagging receiver
-//! is dropped the same way: `tokio::sync::broadcast`'s `RecvError::Lagged`.)
+//! buffer never grows past `max_bytes` plus one chunk; a follower holds at most
+//! [`HANDOFF_BYTES`] (or one chunk) of it outside the flight while it writes them. (A broadcast
+//! channel's lagging receiver is dropped the same way: `tokio::sync::broadcast`'s
+//! `RecvError::Lagged`.)
 
 use crate::error::SluiceError;
 use bytes::Bytes;
@@ -20,6 +22,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// Most bytes a follower is handed by one [`Subscription::next`] (one chunk when a chunk is
+/// larger).
+const HANDOFF_BYTES: usize = 16 * 1024;
 
 /// How a flight ended.
 #[derive(Debug, Clone)]
@@ -332,6 +338,11 @@ impl Flight {
         self.drained.notify_waiters();
     }
 
+    /// Producer: whether any follower is there (not counting cut ones).
+    pub fn followed(&self) -> bool {
+        self.lock().subscribers > 0
+    }
+
     /// Producer: whether every client (the leader's and every follower) has left.
     pub fn all_left(&self) -> bool {
         self.lock().everyone_left()
@@ -432,8 +443,9 @@ impl Subscription {
         }
     }
 
-    /// The next chunks from this client's cursor, appended to `out` (a buffer the caller
-    /// reuses), or [`Next::BodyEnd`] once it read the last ones. Cancel-safe (the cursor moves
+    /// The next chunks from this client's cursor (at most [`HANDOFF_BYTES`], at least one
+    /// chunk), appended to `out` (a buffer the caller reuses), or [`Next::BodyEnd`] once it
+    /// read the last ones. Cancel-safe (the cursor moves
     /// only when chunks are handed over).
     pub async fn next(&self, out: &mut Vec<Bytes>) -> Next {
         loop {
@@ -449,10 +461,23 @@ impl Subscription {
                 };
                 let published = s.published();
                 if cursor < published {
+                    // At most `HANDOFF_BYTES` (at least one chunk) at a time: what a follower
+                    // holds outside the flight stays small, and the flight's count of what it
+                    // has not read (the lag it is cut on) stays exact to within that.
                     let from = cursor.saturating_sub(s.first);
-                    out.extend(s.chunks.iter().skip(from).cloned());
+                    let mut bytes = 0;
+                    let mut taken = 0;
+                    for chunk in s.chunks.iter().skip(from) {
+                        if taken > 0 && bytes + chunk.len() > HANDOFF_BYTES {
+                            break;
+                        }
+                        bytes += chunk.len();
+                        taken += 1;
+                        out.push(chunk.clone());
+                    }
+                    let at = (s.first + from + taken).min(published);
                     if let Some(c) = s.cursors.get_mut(self.id) {
-                        *c = Cursor::At(published);
+                        *c = Cursor::At(at);
                     }
                     let lagging = !s.joinable;
                     drop(s);

@@ -284,9 +284,9 @@ async fn copy(
     // Counted and logged once, when the follower is cut: while a write to it is blocked (it
     // stopped reading) if that is when, not only once it reads again, which may never be.
     let mut cut = false;
-    let mut count_cut = |d: &mut Delivered| {
-        if !cut {
-            cut = true;
+    let count_cut = |cut: &mut bool, d: &mut Delivered| {
+        if !*cut {
+            *cut = true;
             metrics::COALESCE_CUT
                 .with_label_values(&[ctx.route_name()])
                 .inc();
@@ -316,7 +316,7 @@ async fn copy(
                             biased;
                             w = &mut write => w,
                             () = sub.cut() => {
-                                count_cut(&mut d);
+                                count_cut(&mut cut, &mut d);
                                 // Its client may still read: the write goes on, bounded by
                                 // `server.client_write_timeout_ms`; the error event follows.
                                 write.await
@@ -329,12 +329,17 @@ async fn copy(
                         session.set_keepalive(None);
                         return Ok(d);
                     }
+                    if cut {
+                        // The rest of its batch is dropped: the error event comes next, on
+                        // the event boundary this whole chunk ended on.
+                        break;
+                    }
                 }
             }
             Some(Next::BodyEnd) => break,
             Some(Next::Cut) => {
                 drop(sub);
-                count_cut(&mut d);
+                count_cut(&mut cut, &mut d);
                 let err = SluiceError::FellBehind(max_bytes);
                 if sse {
                     // Written at this client's own pace, bounded by the write timeout.
@@ -466,21 +471,40 @@ impl Downstream for Publisher<'_> {
         if self.own_left {
             return Ok(());
         }
-        let write = Downstream::write_body(&mut *self.session, data, end);
-        let written = if shared {
-            // With followers there, the leader's own client holds the call back no longer
-            // than a follower may: a write still blocked after the lag bound (its socket
-            // buffers full: it stopped reading) cuts it. The write is dropped, as Pingora
-            // drops one at its own write timeout, and its connection is closed.
-            match tokio::time::timeout(self.flight.max_lag(), write).await {
-                Ok(result) => result.is_ok(),
-                Err(_) => {
+        let written = {
+            let flight = &self.flight;
+            let write = Downstream::write_body(&mut *self.session, data, end);
+            tokio::pin!(write);
+            match futures_util::poll!(write.as_mut()) {
+                // The common case: no timer at all.
+                std::task::Poll::Ready(result) => result.is_ok(),
+                // With followers there, the leader's own client holds the call back no longer
+                // than a follower may: a write still blocked after the lag bound (its socket
+                // buffers full: it stopped reading) cuts it. Followers are looked for at each
+                // lag bound, not only when the chunk was published: one may join while the
+                // write is blocked, and all may leave (then it holds back only its own call,
+                // as on an unshared route, bounded by `server.client_write_timeout_ms`). A
+                // cut write is dropped, as Pingora drops one at its own write timeout, and
+                // its connection is closed.
+                std::task::Poll::Pending if shared && flight.max_lag().is_zero() => {
                     self.own_cut = true;
                     false
                 }
+                std::task::Poll::Pending => {
+                    // A lag bound of 0 (cut at once) looks every millisecond, no faster.
+                    let period = flight.max_lag().max(std::time::Duration::from_millis(1));
+                    loop {
+                        match tokio::time::timeout(period, write.as_mut()).await {
+                            Ok(result) => break result.is_ok(),
+                            Err(_) if flight.followed() => {
+                                self.own_cut = true;
+                                break false;
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
             }
-        } else {
-            write.await.is_ok()
         };
         if !written {
             self.own_client_left();

@@ -273,3 +273,31 @@ async fn a_body_that_ends_without_its_end_write_closes_the_clients() {
         End::Answered { close: true, .. }
     ));
 }
+
+#[tokio::test]
+async fn a_follower_is_handed_at_most_the_handoff_bound_at_a_time() {
+    let flight = Flight::start(ident(9), "lead", 1 << 20, LAG);
+    let sub = flight.join().unwrap();
+    flight.publish_header(header()).unwrap();
+    for _ in 0..10 {
+        flight
+            .publish_body(Bytes::from(vec![b'x'; 4096]), false)
+            .await
+            .unwrap();
+    }
+    let big = HANDOFF_BYTES + 1;
+    flight
+        .publish_body(Bytes::from(vec![b'y'; big]), true)
+        .await
+        .unwrap();
+    let mut handed = Vec::new();
+    let mut chunks = Vec::new();
+    while sub.next(&mut chunks).await == Next::Chunks {
+        handed.push(chunks.drain(..).map(|c| c.len()).collect::<Vec<_>>());
+    }
+    // 16 KiB is four 4 KiB chunks; a chunk over the bound comes alone.
+    assert_eq!(
+        handed,
+        vec![vec![4096; 4], vec![4096; 4], vec![4096; 2], vec![big]]
+    );
+}
