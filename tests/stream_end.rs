@@ -340,3 +340,47 @@ async fn a_stream_stalled_inside_an_event_ends_on_a_boundary_with_a_timeout_erro
         "{last:?}"
     );
 }
+
+#[tokio::test]
+async fn a_plain_json_body_cut_by_the_upstream_reaches_the_client_as_a_broken_transfer() {
+    let (chat, responses, anthropic) = (
+        Mock::start().await,
+        Mock::start().await,
+        Mock::start().await,
+    );
+    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    // A whole chat completion (chunked, no content-length), reset after 40 bytes.
+    let whole = serde_json::json!({"id": "chatcmpl-cut", "object": "chat.completion",
+        "created": 1, "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": "a plain answer cut by its upstream"}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}});
+    chat.set(Behavior::CutJsonAt {
+        body: serde_json::to_vec(&whole).unwrap(),
+        end: CutEnd::Reset,
+    });
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.proxy))
+        .bearer_auth(VK)
+        .header("x-cut-at", "40")
+        .json(&serde_json::json!({"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    // Either a native error before any byte of the body, or a transfer the client sees
+    // break (no end of its chunked body): never a truncated body framed as whole.
+    if resp.status() == 200 {
+        let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
+            .await
+            .expect("the transfer ends");
+        assert!(
+            body.is_err(),
+            "a body cut short was framed as complete: {:?}",
+            body.map(|b| String::from_utf8_lossy(&b).into_owned())
+        );
+    } else {
+        assert_eq!(resp.status(), 502);
+        let err: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "upstream_error", "{err}");
+    }
+}

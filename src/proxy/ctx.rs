@@ -151,6 +151,11 @@ pub struct Delivered {
     /// finish reason and the usage report after the last content. What the response cache
     /// stores a stream on ([`crate::cache::record`]), without parsing it a second time.
     pub stream_whole: bool,
+    /// The client's response went out short after its header (a plain body cut by the
+    /// upstream, a coalesced client cut for lagging): the transfer is broken off, without
+    /// the end of its framing (HTTP/1.1 `0\r\n\r\n` chunk, RFC 9112 section 7.1; an HTTP/2
+    /// stream is reset), so the client sees it fail, never a truncated body framed as whole.
+    pub cut_short: bool,
     /// The model the answer names (tracing on only: the trace's `gen_ai.response.model`,
     /// [`crate::usage::response_model`]).
     pub response_model: Option<String>,

@@ -131,6 +131,13 @@ impl ProxyHttp for Sluice {
         .await
         {
             Ok(request::Flow::Passthrough) => Ok(false),
+            // Pingora ends a response it is told was sent (`Ok(true)`) with the end of its
+            // framing; an error instead drops the connection as it is (`fail_to_proxy` then
+            // writes nothing).
+            Ok(request::Flow::Done) if ctx.delivered.cut_short => Err(Error::explain(
+                pingora_error::ErrorType::WriteError,
+                "response cut short: transfer broken off",
+            )),
             Ok(request::Flow::Done) => Ok(true),
             Err(e) => {
                 respond::send_error(session, ctx, e).await;
@@ -181,6 +188,13 @@ impl ProxyHttp for Sluice {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if ctx.delivered.cut_short {
+            // The response went out short (`request_filter`): nothing more is written.
+            return FailToProxy {
+                error_code: ctx.delivered.status,
+                can_reuse_downstream: false,
+            };
+        }
         let endpoint = ctx
             .upstream
             .endpoint_addr()
@@ -204,6 +218,12 @@ impl ProxyHttp for Sluice {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// A response broken off on purpose (`Delivered::cut_short`) is not a proxy error: its
+    /// access line says what happened.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        ctx.delivered.cut_short
     }
 
     /// Passthrough: passive health from the upstream's own outcome (its status, or an

@@ -462,8 +462,10 @@ pub async fn relay<D: Downstream>(
             // A native in-stream error event: the SDK raises instead of silently stopping.
             tail.extend_from_slice(&error_event(ctx, &acc, err));
         } else {
-            // A non-streamed body cut short: close the connection so the client sees it.
+            // A non-streamed body cut short: no event can say so; the transfer is broken off
+            // (see `Delivered::cut_short`) so the client sees it.
             session.close_after();
+            d.cut_short = true;
         }
     }
     if let Some(err) = failure {

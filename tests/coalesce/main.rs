@@ -498,6 +498,45 @@ async fn identical_plain_json_requests_share_one_call_too() {
 }
 
 #[tokio::test]
+async fn a_plain_json_answer_cut_by_the_upstream_breaks_off_for_every_client() {
+    let mock = Mock::start().await;
+    // Half of a whole chat completion (chunked), then silence past the pool's idle timeout.
+    let whole = serde_json::json!({"id": "chatcmpl-cut", "object": "chat.completion",
+        "created": 1, "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": "a plain answer its upstream stalls on"}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}});
+    let whole = serde_json::to_vec(&whole).unwrap();
+    mock.set(Behavior::CutJsonAt {
+        body: whole[..whole.len() / 2].to_vec(),
+        end: CutEnd::Stall,
+    });
+    let config = Config::new()
+        .pool(Pool::openai("stall", &mock.url()).yaml("{timeouts: {idle_ms: 500}}"))
+        .route(Route::prefix("chat", "/v1", &["stall"]).yaml("{coalesce: true}"))
+        .tenant(Tenant::new("t").virtual_key(VK))
+        .to_yaml();
+    let s = Sluice::start(&config, &[KEY_ENV]);
+    let body = serde_json::json!({"model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "plain, cut"}]});
+    let leader = post_chat(&s.proxy, VK, &body).await;
+    let follower = post_chat(&s.proxy, VK, &body).await;
+    assert_eq!(
+        (leader.status().as_u16(), follower.status().as_u16()),
+        (200, 200)
+    );
+    let (a, b) = tokio::join!(leader.bytes(), follower.bytes());
+    // Neither gets half a JSON body framed as whole: the transfer breaks off.
+    assert!(a.is_err(), "leader: {a:?}");
+    assert!(b.is_err(), "follower: {b:?}");
+    assert_eq!(mock.requests().len(), 1, "one shared call");
+    assert_eq!(
+        s.metric("sluice_coalesced_requests_total", &[("route", "chat")])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn past_the_flight_bound_a_new_request_makes_its_own_call() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
     primary.set(Behavior::Paced {

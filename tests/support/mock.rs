@@ -81,6 +81,9 @@ pub enum Behavior {
     /// A 200 SSE stream of `body` cut after the number of bytes in the request's `x-cut-at`
     /// header (the whole body without it), sent chunked in two pieces; then `end`.
     CutAt { body: Vec<u8>, end: CutEnd },
+    /// [`Behavior::CutAt`] with a JSON body (`application/json`, chunked: no
+    /// `content-length`).
+    CutJsonAt { body: Vec<u8>, end: CutEnd },
     /// A 200 OpenAI chat SSE stream of `events` content chunks (`tok0 `, `tok1 `, ...) sent
     /// `gap_ms` apart, then a finish chunk, a usage chunk and `[DONE]`; with `reset_after`,
     /// a TCP reset after that many content chunks instead. The time the proxy closes the
@@ -334,39 +337,12 @@ impl Mock {
                 return Ok(true);
             }
             Behavior::CutAt { body, end } => {
-                let cut = rec
-                    .header("x-cut-at")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(body.len())
-                    .min(body.len());
-                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await?;
-                let (a, b) = body[..cut].split_at(cut / 2);
-                for piece in [a, b].into_iter().filter(|p| !p.is_empty()) {
-                    sock.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
-                        .await?;
-                    sock.write_all(piece).await?;
-                    sock.write_all(b"\r\n").await?;
-                    sock.flush().await?;
-                }
-                match end {
-                    CutEnd::Eof => {
-                        sock.write_all(b"0\r\n\r\n").await?;
-                        return Ok(true);
-                    }
-                    CutEnd::Reset => sock.set_zero_linger()?,
-                    CutEnd::Stall => {
-                        // Nothing more for 30 s, unless the proxy closes the connection first
-                        // (its time is recorded in `slow_closed_at`).
-                        let mut probe = [0u8; 1];
-                        let read = sock.read(&mut probe);
-                        if let Ok(Ok(0) | Err(_)) =
-                            tokio::time::timeout(Duration::from_secs(30), read).await
-                        {
-                            *self.slow_closed_at.lock().unwrap() = Some(Instant::now());
-                        }
-                    }
-                }
-                return Ok(false);
+                return self
+                    .cut_at(sock, rec, "text/event-stream", &body, end)
+                    .await;
+            }
+            Behavior::CutJsonAt { body, end } => {
+                return self.cut_at(sock, rec, "application/json", &body, end).await;
             }
             Behavior::Paced {
                 events,
@@ -465,6 +441,57 @@ impl Mock {
                 Ok(true)
             }
         }
+    }
+}
+
+impl Mock {
+    /// [`Behavior::CutAt`] and [`Behavior::CutJsonAt`]: `body` as `content_type`, chunked, cut
+    /// after the request's `x-cut-at` bytes, then `end`; returns whether the connection stays
+    /// open.
+    async fn cut_at(
+        &self,
+        sock: &mut TcpStream,
+        rec: &Recorded,
+        content_type: &str,
+        body: &[u8],
+        end: CutEnd,
+    ) -> std::io::Result<bool> {
+        let cut = rec
+            .header("x-cut-at")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(body.len())
+            .min(body.len());
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        sock.write_all(head.as_bytes()).await?;
+        let (a, b) = body[..cut].split_at(cut / 2);
+        for piece in [a, b].into_iter().filter(|p| !p.is_empty()) {
+            sock.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                .await?;
+            sock.write_all(piece).await?;
+            sock.write_all(b"\r\n").await?;
+            sock.flush().await?;
+        }
+        match end {
+            CutEnd::Eof => {
+                sock.write_all(b"0\r\n\r\n").await?;
+                return Ok(true);
+            }
+            CutEnd::Reset => sock.set_zero_linger()?,
+            CutEnd::Stall => {
+                // Nothing more for 30 s, unless the proxy closes the connection first
+                // (its time is recorded in `slow_closed_at`).
+                let mut probe = [0u8; 1];
+                let read = sock.read(&mut probe);
+                if let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_secs(30), read).await
+                {
+                    *self.slow_closed_at.lock().unwrap() = Some(Instant::now());
+                }
+            }
+        }
+        Ok(false)
     }
 }
 

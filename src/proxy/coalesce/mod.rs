@@ -172,6 +172,8 @@ async fn lead(
         ctx.delivered
             .error
             .get_or_insert(SluiceError::FellBehind(max_bytes));
+        // Its last write was dropped part-way: no end of framing may follow it.
+        ctx.delivered.cut_short = true;
     } else if own_left && !ctx.delivered.client_disconnected {
         // The shared call went on for the followers; its usage stays the leader's. (When
         // every client left, the relay counted the disconnect already.)
@@ -341,23 +343,7 @@ async fn copy(
                 drop(sub);
                 count_cut(&mut cut, &mut d);
                 let err = SluiceError::FellBehind(max_bytes);
-                if sse {
-                    // Written at this client's own pace, bounded by the write timeout.
-                    // Numbered after the last Responses event this client got (0 for other
-                    // APIs, which have no sequence numbers).
-                    let seq = last_written
-                        .as_deref()
-                        .and_then(crate::usage::last_sequence_number)
-                        .map_or(0, |n| n.saturating_add(1));
-                    let event = crate::provider::stream_error_event(
-                        ctx.caller.api,
-                        ctx.caller.style,
-                        &err,
-                        seq,
-                    );
-                    let _ = Downstream::write_body(session, event, false).await;
-                }
-                session.set_keepalive(None);
+                end_short(session, ctx, sse, &err, last_written.as_deref(), &mut d).await;
                 return Ok(d);
             }
             None => {
@@ -379,6 +365,9 @@ async fn copy(
             d.error = error;
             if close {
                 session.set_keepalive(None);
+                // A plain body that did not reach its end went out short (a stream's end,
+                // its error event included, came as the leader's chunks).
+                d.cut_short = !sse && !completed;
             } else if Downstream::write_body(session, Bytes::new(), true)
                 .await
                 .is_err()
@@ -387,16 +376,43 @@ async fn copy(
                 d.client_disconnected = true;
             }
         }
+        // The producer failed or stopped after the header (not expected: failover ends
+        // before it, the relay answers): the client's response ends short, natively.
         End::Failed(e) => {
+            end_short(session, ctx, sse, &e, last_written.as_deref(), &mut d).await;
             d.error = Some(e);
-            session.set_keepalive(None);
         }
         End::Abandoned => {
-            d.error = Some(SluiceError::Internal);
-            session.set_keepalive(None);
+            let e = SluiceError::Internal;
+            end_short(session, ctx, sse, &e, last_written.as_deref(), &mut d).await;
+            d.error = Some(e);
         }
     }
     Ok(d)
+}
+
+/// End a follower's response short for `err`: a stream with the API's native error event
+/// (written at this client's own pace, bounded by the write timeout; a Responses event
+/// numbered after `last`, the last chunk it got), a plain body by breaking the transfer off
+/// ([`Delivered::cut_short`]); the connection is closed after it.
+async fn end_short(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    sse: bool,
+    err: &SluiceError,
+    last: Option<&[u8]>,
+    d: &mut Delivered,
+) {
+    if sse {
+        let seq = last
+            .and_then(crate::usage::last_sequence_number)
+            .map_or(0, |n| n.saturating_add(1));
+        let event = crate::provider::stream_error_event(ctx.caller.api, ctx.caller.style, err, seq);
+        let _ = Downstream::write_body(session, event, false).await;
+    } else {
+        d.cut_short = true;
+    }
+    session.set_keepalive(None);
 }
 
 /// The client side failover and the relay write to on a leader's behalf: its own client
