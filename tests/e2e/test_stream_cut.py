@@ -2,7 +2,8 @@
 of each API served cut at a chosen byte offset (inside a data line, inside a `\\r\\n`, inside
 an Anthropic `ping`, between events), by a clean end of body or a TCP reset, makes the SDK raise
 its native error class (never a JSON decode error, never a silent end); a chat stream that
-only lacks `data: [DONE]` is complete, with exact usage."""
+only lacks `data: [DONE]` is complete, with exact usage; a plain answer cut mid-body is a
+connection error the SDK retries (before, a truncated body framed as whole: a JSONDecodeError)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import anthropic
 import openai
 import pytest
 
-from conftest import (ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, VIRTUAL_KEY, Sluice, SluiceFactory,
-                      anthropic_client, openai_client)
+from conftest import (ANTHROPIC_KEY_ENV, OPENAI_KEY_ENV, SDK_TIMEOUT_S, VIRTUAL_KEY, Sluice,
+                      SluiceFactory, anthropic_client, openai_client)
 from harness import pool, route
 from test_js_sdk import js
 
@@ -43,20 +44,41 @@ def fixture(path: str, crlf: bool = False, drop_done: bool = False) -> bytes:
     return raw.replace(b"\n", b"\r\n") if crlf else raw
 
 
+# Whole non-streamed answers (`x-plain: 1`), as the APIs send them.
+PLAIN = {
+    "/v1/chat/completions": {
+        "id": "chatcmpl-plain", "object": "chat.completion", "created": 1700000000,
+        "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "a plain answer its upstream cuts"}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9}},
+    "/v1/messages": {
+        "id": "msg_plain", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+        "content": [{"type": "text", "text": "a plain answer its upstream cuts"}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 6}},
+}
+
+
 class CutHandler(BaseHTTPRequestHandler):
     """Serves the fixture of the request's path cut after `x-cut-at` bytes (whole without
     it), chunked, then ends the body (`x-cut-mode: eof`) or resets the connection (`reset`).
-    `x-crlf: 1` serves it with `\\r\\n` line ends, `x-drop-done: 1` without `data: [DONE]`."""
+    `x-crlf: 1` serves it with `\\r\\n` line ends, `x-drop-done: 1` without `data: [DONE]`,
+    `x-plain: 1` the path's whole non-streamed answer (`PLAIN`, `application/json`) instead.
+    Counts the requests it served (`server.requests`)."""
 
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         self.rfile.read(int(self.headers.get("content-length", "0")))
-        raw = fixture(self.path.split("?")[0], crlf=self.headers.get("x-crlf") == "1",
-                      drop_done=self.headers.get("x-drop-done") == "1")
+        self.server.requests += 1  # type: ignore[attr-defined]
+        path = self.path.split("?")[0]
+        plain = self.headers.get("x-plain") == "1"
+        raw = (json.dumps(PLAIN[path]).encode() if plain else
+               fixture(path, crlf=self.headers.get("x-crlf") == "1",
+                       drop_done=self.headers.get("x-drop-done") == "1"))
         cut = min(int(self.headers.get("x-cut-at", len(raw))), len(raw))
         self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-type", "application/json" if plain else "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
         body = raw[:cut]
@@ -76,20 +98,27 @@ class CutHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def cut_sluice(sluice_factory: SluiceFactory) -> Iterator[Sluice]:
+def cut_upstream() -> Iterator[ThreadingHTTPServer]:
+    """The `CutHandler` server; its URL is `http://127.0.0.1:{server_address[1]}`."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), CutHandler)
+    server.requests = 0  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        yield sluice_factory.start(
-            pools=[pool("cut-openai", "openai", url, OPENAI_KEY_ENV),
-                   pool("cut-anthropic", "anthropic", url, ANTHROPIC_KEY_ENV)],
-            routes=[route("anthropic-messages", "/v1/messages", ["cut-anthropic"]),
-                    route("openai", "/v1", ["cut-openai"])])
+        yield server
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def cut_sluice(sluice_factory: SluiceFactory, cut_upstream: ThreadingHTTPServer) -> Sluice:
+    url = f"http://127.0.0.1:{cut_upstream.server_address[1]}"
+    return sluice_factory.start(
+        pools=[pool("cut-openai", "openai", url, OPENAI_KEY_ENV),
+               pool("cut-anthropic", "anthropic", url, ANTHROPIC_KEY_ENV)],
+        routes=[route("anthropic-messages", "/v1/messages", ["cut-anthropic"]),
+                route("openai", "/v1", ["cut-openai"])])
 
 
 def offsets(path: str) -> dict[str, tuple[int, bool]]:
@@ -177,3 +206,27 @@ def test_openai_js_sdk_raises_apierror_on_a_stream_cut_inside_a_data_line(
              headers=headers(cut, False, "eof"))
     assert not got["ok"]
     assert got["error"]["class"] == "APIError", got
+
+
+def plain_cut(cut: int) -> dict[str, str]:
+    """Headers asking `CutHandler` for its plain answer reset after `cut` bytes."""
+    return {"x-plain": "1", "x-cut-at": str(cut), "x-cut-mode": "reset"}
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_a_plain_answer_cut_mid_body_is_a_connection_error_the_sdk_retries(
+        cut_sluice: Sluice, cut_upstream: ThreadingHTTPServer, sdk: str) -> None:
+    """A non-streamed answer cut after its header went out: no event can say so, so sluice
+    breaks the transfer off; the SDK sees a connection error (its retryable class), never a
+    truncated JSON body framed as whole (a decode error, or a half answer)."""
+    if sdk == "openai":
+        client: Any = openai.OpenAI(base_url=cut_sluice.openai_url, api_key=VIRTUAL_KEY,
+                                    max_retries=1, timeout=SDK_TIMEOUT_S)
+        with pytest.raises(openai.APIConnectionError):
+            client.chat.completions.create(**CHAT, extra_headers=plain_cut(40))
+    else:
+        client = anthropic.Anthropic(base_url=cut_sluice.anthropic_url, api_key=VIRTUAL_KEY,
+                                     max_retries=1, timeout=SDK_TIMEOUT_S)
+        with pytest.raises(anthropic.APIConnectionError):
+            client.messages.create(**MESSAGE, extra_headers=plain_cut(40))
+    assert cut_upstream.requests == 2, "the SDK retried once, as on any connection error"  # type: ignore[attr-defined]
