@@ -247,3 +247,55 @@ async fn bad_chunked_framing_is_a_native_400_that_closes_the_connection() {
     assert_eq!(labelled, 6.0);
     assert_eq!(breaker(&s, "p").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_half_closed_client_taken_for_gone_never_gets_a_cut_stream_framed_as_whole() {
+    let mock = Mock::start().await;
+    // About 2 s of stream: the half-close comes long before its end.
+    mock.set(Behavior::Paced {
+        events: 100,
+        gap_ms: 20,
+        reset_after: None,
+    });
+    let s = Sluice::start(&config(&mock, ""), &[KEY_ENV]);
+    let proxy = s.proxy.trim_start_matches("http://").to_owned();
+    let body =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut sock = TcpStream::connect(&proxy).await.unwrap();
+    sock.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The stream has started; then the client half-closes (it still reads). Pingora takes
+    // that for a client that left, and sluice stops the call.
+    while !String::from_utf8_lossy(&out).contains("tok1 ") {
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf))
+            .await
+            .expect("the stream starts")
+            .unwrap();
+        assert!(n > 0);
+        out.extend_from_slice(&buf[..n]);
+    }
+    sock.shutdown().await.unwrap();
+    let read = async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the connection ends");
+    let got = String::from_utf8_lossy(&out);
+    // Either the whole stream, or one the client sees broken: never a stream that stopped
+    // mid-way and then ended its chunked framing as if whole.
+    assert!(
+        got.contains("data: [DONE]") || !got.ends_with("\r\n0\r\n\r\n"),
+        "a cut stream framed as whole: {got}"
+    );
+}

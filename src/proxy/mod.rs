@@ -121,29 +121,46 @@ impl ProxyHttp for Sluice {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.active = Some(ActiveGuard::new());
         ctx.trace = crate::otel::RequestSpan::start(session.req_header(), ctx.start);
-        match request::handle(
+        let handled = request::handle(
             &self.limiter,
             &self.store,
             self.config.load_full(),
             session,
             ctx,
         )
-        .await
-        {
-            Ok(request::Flow::Passthrough) => Ok(false),
+        .await;
+        let started = session.response_written().is_some();
+        match handled {
+            Ok(request::Flow::Passthrough) => return Ok(false),
+            Ok(request::Flow::Done) if ctx.delivered.client_disconnected => {
+                // Pingora takes a client for gone on a half-close or a pipelined byte too,
+                // while it may still read: its connection is never reused, and a response it
+                // did not get whole is never ended with the end of its framing.
+                session.set_keepalive(None);
+                ctx.delivered.cut_short |= started;
+            }
+            Ok(request::Flow::Done) => {}
+            Err(e) if started => {
+                // After the header no native answer can follow: break the transfer off.
+                crate::metrics::ERRORS.with_label_values(&[e.label()]).inc();
+                ctx.delivered.error = Some(e);
+                ctx.delivered.cut_short = true;
+            }
+            Err(e) => {
+                respond::send_error(session, ctx, e).await;
+                return Ok(true);
+            }
+        }
+        if ctx.delivered.cut_short {
             // Pingora ends a response it is told was sent (`Ok(true)`) with the end of its
             // framing; an error instead drops the connection as it is (`fail_to_proxy` then
             // writes nothing).
-            Ok(request::Flow::Done) if ctx.delivered.cut_short => Err(Error::explain(
+            return Err(Error::explain(
                 pingora_error::ErrorType::WriteError,
                 "response cut short: transfer broken off",
-            )),
-            Ok(request::Flow::Done) => Ok(true),
-            Err(e) => {
-                respond::send_error(session, ctx, e).await;
-                Ok(true)
-            }
+            ));
         }
+        Ok(true)
     }
 
     async fn upstream_peer(
