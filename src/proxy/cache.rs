@@ -173,12 +173,15 @@ pub async fn serve<D: Downstream>(session: &mut D, ctx: &RequestCtx, entry: &Ent
         return d;
     }
     d.ttft = Some(ctx.start.elapsed());
+    // The upstream call is saved whether or not the client reads the answer to its end; and
+    // counted before the body goes out, so a client that reads the metrics once it has the
+    // answer sees the hit counted.
+    count_saved(ctx, entry);
     if session.write_body(body, true).await.is_err() {
         d.client_disconnected = true;
         return d;
     }
     d.completed = true;
-    count_saved(ctx, entry);
     d
 }
 
