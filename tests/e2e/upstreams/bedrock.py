@@ -28,15 +28,15 @@ import hmac
 import json
 import re
 import struct
-import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from upstreams import base
 
 WORDS = """amber basalt cobalt delta ember fjord garnet harbor indigo jasper kestrel lagoon
 meadow nectar onyx prism quartz rapids sierra tundra umbra valley willow xenon yarrow zephyr
@@ -94,7 +94,7 @@ def verify_sigv4(method: str, path: str, headers: dict[str, str], body: bytes,
     return hmac.compare_digest(expected, signature), akid
 
 
-class Upstream:
+class Upstream(base.Upstream):
     """One instance on 127.0.0.1, port bound to 0; `stop()` ends it. Give it either AWS
     credentials (`access_key`, `secret_key`, `region`) or an `api_key`."""
 
@@ -103,35 +103,11 @@ class Upstream:
         self.creds = Credentials(access_key, secret_key) if access_key else None
         self.region = region
         self.api_key = api_key
-        self.faults: dict[str, Any] = {}
-        self.requests: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        upstream = self
-
-        class Handler(_Handler):
-            owner = upstream
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def configure(self, **faults: Any) -> None:
-        with self.lock:
-            self.faults = faults
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(_Handler)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(base.Handler):
     owner: Upstream
-
-    def log_message(self, *_: Any) -> None:
-        pass
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         raw = self.rfile.read(int(self.headers.get("content-length", "0")))

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
+
+from upstreams import base
 
 PROMPT_TOKENS = 7
 
@@ -27,24 +28,13 @@ def token(i: int, pad: int) -> str:
     return f"t{i} " + " " * pad
 
 
-class Upstream:
+class Upstream(base.Upstream):
     """One instance on 127.0.0.1, port bound to 0; `stop()` ends it."""
 
     def __init__(self, events: int, pad: int) -> None:
         self.events, self.pad = events, pad
-        self.requests: list[dict[str, Any]] = []
         self.released = threading.Event()
-        self.lock = threading.Lock()
-        upstream = self
-
-        class Handler(_Handler):
-            owner = upstream
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(_Handler)
 
     def answer(self) -> str:
         """The whole streamed text."""
@@ -55,17 +45,11 @@ class Upstream:
 
     def stop(self) -> None:
         self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().stop()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(base.Handler):
     owner: Upstream
-
-    def log_message(self, *_: Any) -> None:
-        pass
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))

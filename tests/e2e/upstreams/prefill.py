@@ -26,10 +26,10 @@ import random
 import re
 import socket
 import struct
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from upstreams import base
 
 VOCAB = """apple river stone cloud maple amber falcon harbor meadow copper lantern orchid
 pepper quartz saddle timber velvet walnut yonder zephyr anchor bramble cedar dune ember
@@ -64,41 +64,15 @@ def text_of(content: Any) -> str:
     return "".join(part.get("text", "") for part in content or [] if isinstance(part, dict))
 
 
-class Upstream:
+class Upstream(base.Upstream):
     """One instance on 127.0.0.1, port bound to 0; `stop()` ends it."""
 
     def __init__(self) -> None:
-        self.faults: dict[str, Any] = {}
-        self.requests: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        upstream = self
-
-        class Handler(_Handler):
-            owner = upstream
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def configure(self, **faults: Any) -> None:
-        with self.lock:
-            self.faults = faults
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(_Handler)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Each event goes out at once (no Nagle delay waiting for the proxy's ACK).
-    disable_nagle_algorithm = True
+class _Handler(base.Handler):
     owner: Upstream
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
         api = "anthropic" if self.path.split("?")[0].endswith("/messages") else "openai"
