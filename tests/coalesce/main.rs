@@ -277,10 +277,9 @@ async fn the_leaders_client_leaving_does_not_stop_a_follower() {
     );
 }
 
-#[tokio::test]
-async fn followers_follow_the_leaders_failover_before_content() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    // The primary answers its header and a role-only chunk, then stalls: no content.
+/// The primary answers its header and a role-only chunk, then stalls (no content); the
+/// fallback streams 5 paced events.
+fn stall_before_content(primary: &Mock, fallback: &Mock) {
     let role_only = "data: {\"id\":\"PRIMARY-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n";
     primary.set(Behavior::CutAt {
         body: role_only.as_bytes().to_vec(),
@@ -291,6 +290,12 @@ async fn followers_follow_the_leaders_failover_before_content() {
         gap_ms: 20,
         reset_after: None,
     });
+}
+
+#[tokio::test]
+async fn followers_follow_the_leaders_failover_before_content() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    stall_before_content(&primary, &fallback);
     let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
     let body = chat("failover");
     let leader = {
@@ -574,16 +579,7 @@ async fn past_the_flight_bound_a_new_request_makes_its_own_call() {
 #[tokio::test]
 async fn a_hedged_call_is_shared_like_any_other() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    let role_only = "data: {\"id\":\"PRIMARY-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n";
-    primary.set(Behavior::CutAt {
-        body: role_only.as_bytes().to_vec(),
-        end: CutEnd::Stall,
-    });
-    fallback.set(Behavior::Paced {
-        events: 5,
-        gap_ms: 20,
-        reset_after: None,
-    });
+    stall_before_content(&primary, &fallback);
     let config = Config::new()
         .pool(Pool::openai("primary", &primary.url()))
         .pool(Pool::openai("fallback", &fallback.url()))
