@@ -384,3 +384,45 @@ async fn a_plain_json_body_cut_by_the_upstream_reaches_the_client_as_a_broken_tr
         assert_eq!(err["error"]["code"], "upstream_error", "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_passthrough_body_cut_by_the_upstream_is_a_broken_transfer_logged_with_the_status_sent() {
+    let (chat, responses, anthropic) = (
+        Mock::start().await,
+        Mock::start().await,
+        Mock::start().await,
+    );
+    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    // A passthrough request (a GET: never inspected) whose 200 answer is reset mid-body.
+    chat.set(Behavior::CutJsonAt {
+        body: br#"{"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}"#.to_vec(),
+        end: CutEnd::Reset,
+    });
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/models", s.proxy))
+        .bearer_auth(VK)
+        .header("x-cut-at", "30")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp
+        .headers()
+        .get("x-sluice-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("request id")
+        .to_owned();
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
+        .await
+        .expect("the transfer ends");
+    assert!(
+        body.is_err(),
+        "a body cut short was framed as complete: {body:?}"
+    );
+    // Its access line says what the client got (the 200 that went out) and why it ended short.
+    let line = s.wait_log(&id).await;
+    let line = line.lines().find(|l| l.contains(&id)).unwrap().to_owned();
+    assert!(line.contains(" status=200 "), "{line}");
+    assert!(line.contains(" error=\"upstream_"), "{line}");
+    assert!(line.contains(" completed=false "), "{line}");
+}

@@ -8,11 +8,14 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 /// Write `err` as the whole response (when nothing was sent yet) and record it in `ctx`.
+/// After a response header went out (a passthrough answer cut mid-body), nothing is written
+/// and the status recorded stays the one the client got: its access line says that status
+/// and the error.
 pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: SluiceError) {
     metrics::ERRORS.with_label_values(&[err.label()]).inc();
-    let status = err.status();
-    ctx.delivered.status = status;
     if session.response_written().is_none() {
+        let status = err.status();
+        ctx.delivered.status = status;
         let body = err.body(ctx.caller.style);
         if let Ok(header) = error_header(status, body.len(), ctx, Some(err.headers())) {
             let sent = session.write_response_header(Box::new(header), false).await;
