@@ -29,12 +29,26 @@ fn config(mock: &Mock, redis_url: &str, cache_extra: &str) -> String {
         .to_yaml()
 }
 
-fn replicas(mock: &Mock, redis: &Redis) -> (Sluice, Sluice) {
+/// Two replicas, each subscribed to the purge channel (a subscription empties the memory
+/// tier: one made after the first answers would drop what a test expects kept).
+async fn replicas(mock: &Mock, redis: &Redis) -> (Sluice, Sluice) {
     let conf = config(mock, &redis.url(), "");
-    (
+    let (a, b) = (
         Sluice::start(&conf, &[KEY_ENV]),
         Sluice::start(&conf, &[KEY_ENV]),
-    )
+    );
+    for s in [&a, &b] {
+        wait_subscribed(s).await;
+    }
+    (a, b)
+}
+
+/// Wait (10 s at most) until `s` listens on the purge channel.
+async fn wait_subscribed(s: &Sluice) {
+    let on = s
+        .wait_metric("sluice_cache_purge_channel_subscribed", &[], |v| v == 1.0)
+        .await;
+    assert_eq!(on, 1.0, "not subscribed to the purge channel\n{}", s.log());
 }
 
 /// Entries `sluice` found in the Redis tier (`sluice_cache_redis_lookups_total{result="hit"}`).
@@ -163,10 +177,7 @@ async fn a_purge_on_one_replica_reaches_the_memory_tier_of_the_other() {
     ];
     let (a, b) = (Sluice::start(&conf, &env), Sluice::start(&conf, &env));
     for s in [&a, &b] {
-        let on = s
-            .wait_metric("sluice_cache_purge_channel_subscribed", &[], |v| v == 1.0)
-            .await;
-        assert_eq!(on, 1.0, "not subscribed to the purge channel\n{}", s.log());
+        wait_subscribed(s).await;
     }
     let q = chat("a wrong answer to purge", false);
     let (_, cache, _, _) = send(&a, &q).await;
@@ -207,11 +218,86 @@ async fn a_purge_on_one_replica_reaches_the_memory_tier_of_the_other() {
     assert_eq!(wait_entries(&redis, 1).await, 1);
 }
 
+/// Pub/sub delivers at most once: a purge sent while B's subscription was down never reaches
+/// B. So B empties its memory tier when it subscribes again, instead of serving the purged
+/// answer from memory until its TTL.
+#[tokio::test]
+async fn a_replica_whose_purge_subscription_dropped_forgets_what_it_kept_in_memory() {
+    let redis = Redis::start();
+    let mock = Mock::start().await;
+    let conf = config(&mock, &redis.url(), "admin_purge: true, ");
+    let (a, b) = (
+        Sluice::start(&conf, &[KEY_ENV]),
+        Sluice::start(&conf, &[KEY_ENV]),
+    );
+    for s in [&a, &b] {
+        wait_subscribed(s).await;
+    }
+    let q = chat(
+        "a wrong answer purged while a replica was not listening",
+        false,
+    );
+    assert_eq!(send(&a, &q).await.1, "miss");
+    assert_eq!(wait_entries(&redis, 1).await, 1);
+    // B keeps A's answer in memory.
+    assert_eq!(send(&b, &q).await.1, "hit");
+    assert_eq!(send(&b, &q).await.1, "hit");
+    assert_eq!(mock.requests().len(), 1);
+    let hash = a.input_hash().await;
+    assert_eq!(hash.len(), 64, "{}", a.log());
+
+    // Every subscriber's connection dropped, then at once (within the replicas' 0.5 s pause
+    // before subscribing again) the purge on A: B is not listening and misses it.
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed.trim(), "2", "subscribers killed: {killed}");
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/cache/entries/{hash}", a.admin))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["redis"], "removed", "{body}");
+    assert_eq!(body["replicas_told"], 0, "a replica heard it: {body}");
+    assert!(b.metric("sluice_cache_purged_entries_total", &[]).await == 0.0);
+
+    // B notices, subscribes again and empties its memory tier: the purged answer is gone.
+    let lost = b
+        .wait_metric(
+            "sluice_cache_redis_errors_total",
+            &[("op", "subscribe")],
+            |v| v >= 1.0,
+        )
+        .await;
+    assert!(
+        lost >= 1.0,
+        "B did not notice its subscription drop\n{}",
+        b.log()
+    );
+    wait_subscribed(&b).await;
+    let dropped = b
+        .wait_metric(
+            "sluice_cache_purged_entries_total",
+            &[("tier", "memory")],
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(dropped, 1.0, "B kept its memory tier\n{}", b.log());
+    assert!(
+        b.log().contains("the memory tier was emptied"),
+        "{}",
+        b.log()
+    );
+    let (status, cache, _, _) = send(&b, &q).await;
+    assert_eq!((status, cache.as_str()), (200, "miss"));
+    assert_eq!(mock.requests().len(), 2, "B answered the purged entry");
+}
+
 #[tokio::test]
 async fn an_answer_stored_by_one_replica_is_a_hit_on_the_other() {
     let redis = Redis::start();
     let mock = Mock::start().await;
-    let (a, b) = replicas(&mock, &redis);
+    let (a, b) = replicas(&mock, &redis).await;
 
     // Plain JSON: answered by A upstream, stored in A's memory and in Redis.
     let q = chat("what is a sidecar?", false);
@@ -265,7 +351,7 @@ async fn with_redis_killed_both_replicas_keep_serving_and_sharing_resumes_when_i
     let redis = Redis::start();
     let port = redis.addr().port();
     let mock = Mock::start().await;
-    let (a, b) = replicas(&mock, &redis);
+    let (a, b) = replicas(&mock, &redis).await;
 
     // Warm: one answer shared (A stored it, B kept its Redis hit in memory).
     let warm = chat("warm", false);
@@ -346,7 +432,7 @@ async fn a_silent_redis_adds_at_most_the_tier_timeout_to_a_request() {
     let redis = Redis::start();
     let port = redis.addr().port();
     let mock = Mock::start().await;
-    let (a, b) = replicas(&mock, &redis);
+    let (a, b) = replicas(&mock, &redis).await;
     let mut healthy = Vec::new();
     for i in 0..10 {
         let s = if i % 2 == 0 { &a } else { &b };

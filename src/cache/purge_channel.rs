@@ -14,8 +14,12 @@
 //!   (checked every [`PING_EVERY`] while idle) is counted in
 //!   `sluice_cache_redis_errors_total{op="subscribe"}` and made again after
 //!   [`crate::redis_link::RETRY_AFTER_FAILURE`]; `sluice_cache_purge_channel_subscribed` is 0
-//!   meanwhile. A purge sent while a replica was not subscribed does not reach it (its copy
-//!   leaves at its TTL); `replicas_told` says how many it reached.
+//!   meanwhile. A purge sent while a replica was not subscribed does not reach it;
+//!   `replicas_told` says how many it reached. So every subscription, once made, starts by
+//!   emptying the memory tier ([`Store::purge_memory`]): whatever it held while no purge could
+//!   be heard may have been purged elsewhere. Entries of `store: redis` routes come back from
+//!   Redis (where a purge's `DEL` did reach), the rest from the upstream. At start the tier is
+//!   empty and nothing is lost.
 //! - A message that is not 64 hex digits is ignored.
 
 use super::redis_tier::RedisTier;
@@ -42,7 +46,17 @@ pub async fn listen(tier: Arc<RedisTier>, store: Arc<Store>) {
         match subscribe(&tier).await {
             Some((sink, stream)) => {
                 metrics::CACHE_PURGE_SUBSCRIBED.set(1);
-                tracing::info!(channel = CHANNEL, "cache purge channel: subscribed");
+                // Purges are heard from now on; the ones sent before may have been missed.
+                let dropped = store.purge_memory();
+                if dropped > 0 {
+                    tracing::warn!(
+                        channel = CHANNEL,
+                        dropped_entries = dropped,
+                        "cache purge channel: subscribed again; the memory tier was emptied, as purges sent while unsubscribed may have been missed"
+                    );
+                } else {
+                    tracing::info!(channel = CHANNEL, "cache purge channel: subscribed");
+                }
                 follow(&tier, &store, sink, stream).await;
                 metrics::CACHE_PURGE_SUBSCRIBED.set(0);
                 tracing::warn!(

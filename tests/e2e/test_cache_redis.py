@@ -90,7 +90,15 @@ def replicas(factory: SluiceFactory, upstream: Upstream, redis_url: str) -> tupl
             cache={"redis": {"url": redis_url, "timeout_ms": TIMEOUT_MS}},
         )
 
-    return start(), start()
+    a, b = start(), start()
+    # A subscription to the purge channel empties the memory tier (what it held while no purge
+    # could be heard may have been purged): wait for it before anything is kept there.
+    for s in (a, b):
+        deadline = time.monotonic() + 10
+        while s.scrape().sum("sluice_cache_purge_channel_subscribed") != 1:
+            assert time.monotonic() < deadline, "not subscribed to the purge channel"
+            time.sleep(0.02)
+    return a, b
 
 
 def chat(client: openai.OpenAI, prompt: str) -> tuple[str, str, float]:

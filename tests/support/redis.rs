@@ -68,29 +68,25 @@ impl Redis {
     pub fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
+    /// One `redis-cli` command against this server; its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
     /// Sum of the integer values of the keys matching `pattern` (e.g. one tenant's windows).
     pub fn sum_keys(&self, pattern: &str) -> u64 {
-        let cli = |args: &[&str]| {
-            let out = Command::new("redis-cli")
-                .args(["-p", &self.port.to_string()])
-                .args(args)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
-        cli(&["--scan", "--pattern", pattern])
-            .lines()
-            .filter(|k| !k.is_empty())
-            .map(|k| cli(&["GET", k]).trim().parse::<u64>().unwrap_or(0))
+        self.keys(pattern)
+            .iter()
+            .map(|k| self.cli(&["GET", k]).trim().parse::<u64>().unwrap_or(0))
             .sum()
     }
     /// The keys matching `pattern` (e.g. `sluice:cache:v1:*`), through `redis-cli --scan`.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--scan", "--pattern", pattern])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
+        self.cli(&["--scan", "--pattern", pattern])
             .lines()
             .filter(|k| !k.is_empty())
             .map(str::to_owned)
@@ -98,11 +94,7 @@ impl Redis {
     }
     /// `INFO commandstats` calls of EVALSHA + EVAL.
     pub fn script_calls(&self) -> u64 {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "INFO", "commandstats"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
+        self.cli(&["INFO", "commandstats"])
             .lines()
             .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
             .filter_map(|l| {
