@@ -96,6 +96,45 @@ async fn whatever_bytes_redis_holds_come_back_as_they_are() {
     assert_eq!(eventually_get(&tier, &key).await, Some(garbage));
 }
 
+/// A value larger than the tier ever writes (put there by something else) is a miss that is
+/// never read whole: the lookup reads at most the tier's value bound. One at the bound comes
+/// back whole.
+#[tokio::test]
+async fn a_value_over_the_bound_found_in_redis_is_a_miss_read_no_further() {
+    let redis = Redis::start();
+    let tier = tier(&redis);
+    let (big, fits) = (Key([13; 32]), Key([14; 32]));
+    let mut c = direct(&redis).await;
+    for (key, len) in [(big, 64 * 1024 + 1), (fits, 64 * 1024)] {
+        let _: () = redis::cmd("SET")
+            .arg(redis_key(&key))
+            .arg(vec![b'z'; len])
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        eventually_get(&tier, &fits).await.map(|v| v.len()),
+        Some(64 * 1024)
+    );
+    let too_large = || {
+        sluice::metrics::CACHE_REDIS_LOOKUPS
+            .with_label_values(&["too_large"])
+            .get()
+    };
+    let before = too_large();
+    assert_eq!(
+        tier.get(&big).await,
+        None,
+        "an oversized value was returned"
+    );
+    assert_eq!(too_large(), before + 1);
+    assert!(
+        !tier.is_down(),
+        "an oversized value made the tier fail fast"
+    );
+}
+
 /// An error reply (here WRONGTYPE: the key holds a list) is a miss for that key only: the
 /// connection works, so the tier does not fail fast for the others.
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The response cache's Redis tier: encoded entries (bytes in, bytes out) shared by the
 //! replicas, under `sluice:cache:v1:{key hex}` with Redis's own expiry (`SET key value PX ttl`,
-//! <https://redis.io/docs/latest/commands/set/>; `GET`,
-//! <https://redis.io/docs/latest/commands/get/>).
+//! <https://redis.io/docs/latest/commands/set/>; read back with `GETRANGE`, never more than
+//! the tier writes, see [`RedisTier::get_with_ttl`]).
 //!
 //! A Redis failure never fails a request and never delays one noticeably:
 //! - a lookup ([`RedisTier::get`]) waits at most the tier's `timeout` (`cache.redis.timeout_ms`,
@@ -91,26 +91,52 @@ impl RedisTier {
     }
 
     /// [`RedisTier::get`], with the entry's time left to live (`PTTL`, in the same round
-    /// trip: a pipeline of `GET` and `PTTL`; <https://redis.io/docs/latest/commands/pttl/>).
-    /// The time left is `None` when the key has no expiry (not written by sluice).
+    /// trip; <https://redis.io/docs/latest/commands/pttl/>). The time left is `None` when the
+    /// key has no expiry (not written by sluice).
+    ///
+    /// Never reads more than the tier's value bound (`max_value_bytes`, what it writes at
+    /// most): the round trip is a pipeline of `STRLEN`, `GETRANGE key 0 bound-1` and `PTTL`
+    /// (<https://redis.io/docs/latest/commands/strlen/>,
+    /// <https://redis.io/docs/latest/commands/getrange/>), so a larger value (written by
+    /// something else) is a miss of which at most the bound is read, counted in
+    /// `sluice_cache_redis_lookups_total{result="too_large"}`. A missing key reads as length
+    /// 0: a miss.
     pub async fn get_with_ttl(&self, key: &Key) -> Option<(Vec<u8>, Option<Duration>)> {
         if self.fails_fast("get") {
             return None;
         }
+        // `GETRANGE key 0 -1` would be the whole value: a bound of 0 reads nothing.
+        let last = i64::try_from(self.max_value_bytes.checked_sub(1)?).unwrap_or(i64::MAX);
         let (mut conn, deadline) = self.connect("get").await?;
         let rkey = redis_key(key);
         let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(&rkey).cmd("PTTL").arg(&rkey);
-        let res = tokio::time::timeout_at(
-            deadline,
-            pipe.query_async::<(Option<Vec<u8>>, i64)>(&mut conn),
-        );
+        pipe.cmd("STRLEN")
+            .arg(&rkey)
+            .cmd("GETRANGE")
+            .arg(&rkey)
+            .arg(0)
+            .arg(last)
+            .cmd("PTTL")
+            .arg(&rkey);
+        let res =
+            tokio::time::timeout_at(deadline, pipe.query_async::<(u64, Vec<u8>, i64)>(&mut conn));
         match res.await {
-            // PTTL: -1 no expiry, -2 gone meanwhile (then a miss: it just expired).
-            Ok(Ok((Some(v), ms))) if ms > 0 => {
+            Ok(Ok((0, _, _))) => None,
+            Ok(Ok((len, _, _)))
+                if len > u64::try_from(self.max_value_bytes).unwrap_or(u64::MAX) =>
+            {
+                metrics::CACHE_REDIS_LOOKUPS
+                    .with_label_values(&["too_large"])
+                    .inc();
+                None
+            }
+            // PTTL: -1 no expiry, -2 gone meanwhile (then a miss: it just expired). A value
+            // replaced between the two reads by a longer one comes back cut: it does not
+            // decode (a miss).
+            Ok(Ok((_, v, ms))) if ms > 0 => {
                 Some((v, Some(Duration::from_millis(ms.unsigned_abs()))))
             }
-            Ok(Ok((Some(v), -1))) => Some((v, None)),
+            Ok(Ok((_, v, -1))) => Some((v, None)),
             Ok(Ok(_)) => None,
             Ok(Err(e)) => {
                 self.failed("get", Some(&e));
