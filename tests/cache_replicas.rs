@@ -163,52 +163,76 @@ async fn wait_entries_within(redis: &Redis, n: usize, limit: Duration) -> usize 
     }
 }
 
+/// Replicas A and B whose admin listeners purge (`admin_purge: true`), both subscribed to the
+/// purge channel; A answered `q` (a miss, stored in Redis) and B keeps it in memory (a hit
+/// from Redis, then from memory): one upstream call. Returns them and the entry's hash.
+async fn a_kept_answer(
+    mock: &Mock,
+    redis: &Redis,
+    env: &[(&str, &str)],
+    q: &serde_json::Value,
+) -> (Sluice, Sluice, String) {
+    let conf = config(mock, &redis.url(), "admin_purge: true, ");
+    let (a, b) = (Sluice::start(&conf, env), Sluice::start(&conf, env));
+    for s in [&a, &b] {
+        wait_subscribed(s).await;
+    }
+    assert_eq!(send(&a, q).await.1, "miss");
+    assert_eq!(wait_entries(redis, 1).await, 1);
+    assert_eq!(send(&b, q).await.1, "hit");
+    assert_eq!(send(&b, q).await.1, "hit");
+    assert_eq!(mock.requests().len(), 1);
+    let hash = a.input_hash().await;
+    assert_eq!(hash.len(), 64, "{}", a.log());
+    (a, b, hash)
+}
+
+/// `DELETE /cache/entries/{hash}` on `s`'s admin listener: its JSON answer (status 200).
+async fn purge(s: &Sluice, hash: &str) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/cache/entries/{hash}", s.admin))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.unwrap()
+}
+
+/// Entries `s` removed from its memory tier, once there is one (10 s at most).
+async fn wait_forgotten(s: &Sluice) -> f64 {
+    s.wait_metric(
+        "sluice_cache_purged_entries_total",
+        &[("tier", "memory")],
+        |v| v >= 1.0,
+    )
+    .await
+}
+
 /// A purge on one replica's admin listener reaches the other replica's memory tier through
 /// the Redis tier's purge channel: without it, B would serve its in-memory copy until the TTL.
 #[tokio::test]
 async fn a_purge_on_one_replica_reaches_the_memory_tier_of_the_other() {
     let redis = Redis::start();
     let mock = Mock::start().await;
-    let conf = config(&mock, &redis.url(), "admin_purge: true, ");
     // The purge lines are logged at info under `sluice::admin`.
     let env = [
         KEY_ENV,
         ("RUST_LOG", "warn,sluice::access=info,sluice::admin=info"),
     ];
-    let (a, b) = (Sluice::start(&conf, &env), Sluice::start(&conf, &env));
-    for s in [&a, &b] {
-        wait_subscribed(s).await;
-    }
     let q = chat("a wrong answer to purge", false);
-    let (_, cache, _, _) = send(&a, &q).await;
-    assert_eq!(cache, "miss");
-    assert_eq!(wait_entries(&redis, 1).await, 1);
-    // B finds it in Redis and keeps it in memory: a hit from memory from now on.
-    let (_, cache, _, _) = send(&b, &q).await;
-    assert_eq!(cache, "hit");
-    assert_eq!(mock.requests().len(), 1);
-    let hash = a.input_hash().await;
-    assert_eq!(hash.len(), 64, "{}", a.log());
+    let (a, b, hash) = a_kept_answer(&mock, &redis, &env, &q).await;
 
-    let resp = reqwest::Client::new()
-        .delete(format!("{}/cache/entries/{hash}", a.admin))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let body = purge(&a, &hash).await;
     assert_eq!(body["memory"], "removed", "{body}");
     assert_eq!(body["redis"], "removed", "{body}");
     assert_eq!(body["replicas_told"], 2, "{body}");
-    let forgot = b
-        .wait_metric(
-            "sluice_cache_purged_entries_total",
-            &[("tier", "memory")],
-            |v| v >= 1.0,
-        )
-        .await;
-    assert_eq!(forgot, 1.0, "B kept its copy\n{}", b.log());
+    assert_eq!(
+        wait_forgotten(&b).await,
+        1.0,
+        "B kept its copy\n{}",
+        b.log()
+    );
     let line = "cache purge from another replica";
     assert!(b.wait_log(line).await.contains(&hash), "{}", b.log());
     // B asks the upstream again, and stores the fresh answer.
@@ -225,38 +249,17 @@ async fn a_purge_on_one_replica_reaches_the_memory_tier_of_the_other() {
 async fn a_replica_whose_purge_subscription_dropped_forgets_what_it_kept_in_memory() {
     let redis = Redis::start();
     let mock = Mock::start().await;
-    let conf = config(&mock, &redis.url(), "admin_purge: true, ");
-    let (a, b) = (
-        Sluice::start(&conf, &[KEY_ENV]),
-        Sluice::start(&conf, &[KEY_ENV]),
-    );
-    for s in [&a, &b] {
-        wait_subscribed(s).await;
-    }
     let q = chat(
         "a wrong answer purged while a replica was not listening",
         false,
     );
-    assert_eq!(send(&a, &q).await.1, "miss");
-    assert_eq!(wait_entries(&redis, 1).await, 1);
-    // B keeps A's answer in memory.
-    assert_eq!(send(&b, &q).await.1, "hit");
-    assert_eq!(send(&b, &q).await.1, "hit");
-    assert_eq!(mock.requests().len(), 1);
-    let hash = a.input_hash().await;
-    assert_eq!(hash.len(), 64, "{}", a.log());
+    let (a, b, hash) = a_kept_answer(&mock, &redis, &[KEY_ENV], &q).await;
 
     // Every subscriber's connection dropped, then at once (within the replicas' 0.5 s pause
     // before subscribing again) the purge on A: B is not listening and misses it.
     let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert_eq!(killed.trim(), "2", "subscribers killed: {killed}");
-    let resp = reqwest::Client::new()
-        .delete(format!("{}/cache/entries/{hash}", a.admin))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let body = purge(&a, &hash).await;
     assert_eq!(body["redis"], "removed", "{body}");
     assert_eq!(body["replicas_told"], 0, "a replica heard it: {body}");
     assert!(b.metric("sluice_cache_purged_entries_total", &[]).await == 0.0);
@@ -271,23 +274,18 @@ async fn a_replica_whose_purge_subscription_dropped_forgets_what_it_kept_in_memo
         .await;
     assert!(
         lost >= 1.0,
-        "B did not notice its subscription drop\n{}",
+        "B did not notice its lost subscription\n{}",
         b.log()
     );
     wait_subscribed(&b).await;
-    let dropped = b
-        .wait_metric(
-            "sluice_cache_purged_entries_total",
-            &[("tier", "memory")],
-            |v| v >= 1.0,
-        )
-        .await;
-    assert_eq!(dropped, 1.0, "B kept its memory tier\n{}", b.log());
-    assert!(
-        b.log().contains("the memory tier was emptied"),
-        "{}",
+    assert_eq!(
+        wait_forgotten(&b).await,
+        1.0,
+        "B kept its memory tier\n{}",
         b.log()
     );
+    let log = b.log();
+    assert!(log.contains("the memory tier was emptied"), "{log}");
     let (status, cache, _, _) = send(&b, &q).await;
     assert_eq!((status, cache.as_str()), (200, "miss"));
     assert_eq!(mock.requests().len(), 2, "B answered the purged entry");

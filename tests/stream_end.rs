@@ -36,6 +36,17 @@ fn config(openai: &Mock, responses: &Mock, anthropic: &Mock) -> String {
         .to_yaml()
 }
 
+/// Three mock upstreams (chat, responses, anthropic) and a sluice routing to them.
+async fn start() -> (Sluice, Mock, Mock, Mock) {
+    let (chat, responses, anthropic) = (
+        Mock::start().await,
+        Mock::start().await,
+        Mock::start().await,
+    );
+    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    (s, chat, responses, anthropic)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Api {
     Chat,
@@ -211,12 +222,7 @@ async fn sweep(s: &Sluice, mock: &Mock, api: Api, name: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_cut_at_every_offset_end_in_their_native_error_event() {
-    let (chat, responses, anthropic) = (
-        Mock::start().await,
-        Mock::start().await,
-        Mock::start().await,
-    );
-    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    let (s, chat, responses, anthropic) = start().await;
     let started = std::time::Instant::now();
     let mut n = 0;
     n += sweep(
@@ -239,12 +245,7 @@ async fn streams_cut_at_every_offset_end_in_their_native_error_event() {
 
 #[tokio::test]
 async fn a_chat_stream_without_done_is_complete_with_exact_usage() {
-    let (chat, responses, anthropic) = (
-        Mock::start().await,
-        Mock::start().await,
-        Mock::start().await,
-    );
-    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    let (s, chat, _responses, _anthropic) = start().await;
     let raw = String::from_utf8(fixture("openai_chat/llmock_capture_include_usage.sse")).unwrap();
     let without_done = raw.replace("data: [DONE]\n\n", "");
     assert_ne!(raw, without_done);
@@ -300,12 +301,7 @@ fn upstream_error_seen(events: &[(String, String)]) -> bool {
 
 #[tokio::test]
 async fn a_stream_stalled_inside_an_event_ends_on_a_boundary_with_a_timeout_error() {
-    let (chat, responses, anthropic) = (
-        Mock::start().await,
-        Mock::start().await,
-        Mock::start().await,
-    );
-    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    let (s, _chat, _responses, anthropic) = start().await;
     let raw = fixture("anthropic/llmock_capture.sse");
     let original = parse_strict(&raw).unwrap();
     // Inside the `ping` event: its `event:` line and part of its data.
@@ -343,12 +339,7 @@ async fn a_stream_stalled_inside_an_event_ends_on_a_boundary_with_a_timeout_erro
 
 #[tokio::test]
 async fn a_plain_json_body_cut_by_the_upstream_reaches_the_client_as_a_broken_transfer() {
-    let (chat, responses, anthropic) = (
-        Mock::start().await,
-        Mock::start().await,
-        Mock::start().await,
-    );
-    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    let (s, chat, _responses, _anthropic) = start().await;
     // A whole chat completion (chunked, no content-length), reset after 40 bytes.
     let whole = serde_json::json!({"id": "chatcmpl-cut", "object": "chat.completion",
         "created": 1, "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop",
@@ -387,12 +378,7 @@ async fn a_plain_json_body_cut_by_the_upstream_reaches_the_client_as_a_broken_tr
 
 #[tokio::test]
 async fn a_passthrough_body_cut_by_the_upstream_is_a_broken_transfer_logged_with_the_status_sent() {
-    let (chat, responses, anthropic) = (
-        Mock::start().await,
-        Mock::start().await,
-        Mock::start().await,
-    );
-    let s = Sluice::start(&config(&chat, &responses, &anthropic), &[KEY_ENV]);
+    let (s, chat, _responses, _anthropic) = start().await;
     // A passthrough request (a GET: never inspected) whose 200 answer is reset mid-body.
     chat.set(Behavior::CutJsonAt {
         body: br#"{"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}"#.to_vec(),
