@@ -85,6 +85,9 @@ impl ServeHttp for Admin {
         }
         match uri.path() {
             "/metrics" => {
+                crate::metrics::COALESCE_RETAINED.set(
+                    i64::try_from(crate::proxy::coalesce::RETAINED.bytes()).unwrap_or(i64::MAX),
+                );
                 let mut buf = Vec::new();
                 let encoder = TextEncoder::new();
                 if encoder.encode(&prometheus::gather(), &mut buf).is_err() {

@@ -354,6 +354,7 @@ mod tests {
             max_entry_bytes,
             max_flight_bytes: max_entry_bytes,
             max_flight_lag: std::time::Duration::from_secs(1),
+            max_flights_total_bytes: 1 << 20,
             admin_purge: false,
             admin_purge_token_sha256: None,
             redis: None,

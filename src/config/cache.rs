@@ -18,6 +18,8 @@ pub struct CacheSettings {
     /// How long a coalesced call waits for a follower lagging past `max_flight_bytes` before
     /// cutting it (`cache.max_flight_lag_ms`).
     pub max_flight_lag: Duration,
+    /// Most response bytes all coalesced calls keep together (`cache.max_flights_total_bytes`).
+    pub max_flights_total_bytes: usize,
     /// The admin listener serves the purge endpoints (`cache.admin_purge`; read from the
     /// config in force, so a reload applies it).
     pub admin_purge: bool,

@@ -111,6 +111,16 @@ pub static COALESCE_CUT: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_coalesce_retained_bytes`: response bytes the coalesced calls in flight keep
+/// together (bounded for late joiners by `cache.max_flights_total_bytes`); read when
+/// `/metrics` is scraped.
+pub static COALESCE_RETAINED: Lazy<IntGauge> = Lazy::new(|| {
+    metric!(register_int_gauge!(
+        "sluice_coalesce_retained_bytes",
+        "Response bytes the coalesced calls in flight keep, together"
+    ))
+});
+
 /// `sluice_cache_requests_total{route,outcome}`: requests of caching routes by cache outcome
 /// (`hit`, `miss`, `bypass`).
 pub static CACHE_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -187,6 +197,7 @@ pub(super) fn init() {
     Lazy::force(&CACHE_REDIS_SKIPPED_PUTS);
     Lazy::force(&COALESCED);
     Lazy::force(&COALESCE_CUT);
+    Lazy::force(&COALESCE_RETAINED);
     Lazy::force(&CACHE_REQUESTS);
     Lazy::force(&CACHE_BYTES);
     Lazy::force(&CACHE_ENTRIES);

@@ -576,6 +576,64 @@ async fn past_the_flight_bound_a_new_request_makes_its_own_call() {
     );
 }
 
+/// What all flights keep for late joiners is bounded together (`max_flights_total_bytes`):
+/// with one flight keeping about 1,500 bytes (its upstream stalled after one large event), a
+/// second one goes past the 2,000 of both after a few of its own events, far below its own
+/// bound (1 MiB): a late request identical to it then makes its own call. What they keep
+/// reads in `sluice_coalesce_retained_bytes`, 0 once they are over.
+#[tokio::test]
+async fn past_the_bound_of_all_flights_together_a_new_request_makes_its_own_call() {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    let config = plain_config(&primary, &fallback)
+        .yaml("cache: {max_flights_total_bytes: 2000}")
+        .to_yaml();
+    let s = Sluice::start(&config, &[KEY_ENV]);
+    // The first flight: one content event of about 1,500 bytes, then nothing.
+    let big = format!(
+        "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}},\"finish_reason\":null}}]}}\n\n",
+        "x".repeat(1400)
+    );
+    primary.set(Behavior::CutAt {
+        body: big.into_bytes(),
+        end: CutEnd::Stall,
+    });
+    let mut stalled = send(&s, &chat("an answer that stalls")).await;
+    let held = first_chunk(&mut stalled).await;
+    assert!(held.len() > 1400, "{}", held.len());
+    // The second flight: events of about 130 bytes; the two keep 2,000 together after about
+    // 4 of them.
+    primary.set(Behavior::Paced {
+        events: 40,
+        gap_ms: 20,
+        reset_after: None,
+    });
+    let body = chat("a long answer");
+    let mut leader = send(&s, &body).await;
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("tok8 ") {
+        got.extend_from_slice(&first_chunk(&mut leader).await);
+    }
+    let kept = s.metric("sluice_coalesce_retained_bytes", &[]).await;
+    assert!(
+        (1400.0..=2200.0).contains(&kept),
+        "the flights keep {kept} bytes together"
+    );
+    let late = send(&s, &body).await;
+    let (a, b) = tokio::join!(rest(leader, got), rest(late, Vec::new()));
+    assert_whole(&a, 40);
+    assert_whole(&b, 40);
+    assert_eq!(
+        primary.requests().len(),
+        3,
+        "a flight took a follower past the bound of all flights"
+    );
+    drop(stalled);
+    let kept = s
+        .wait_metric("sluice_coalesce_retained_bytes", &[], |v| v == 0.0)
+        .await;
+    assert_eq!(kept, 0.0, "bytes still counted after every flight ended");
+}
+
 #[tokio::test]
 async fn a_hedged_call_is_shared_like_any_other() {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);

@@ -36,6 +36,9 @@ pub(super) fn compile_settings(
     if c.max_flight_bytes == 0 {
         errs.push("cache.max_flight_bytes", "must be greater than 0");
     }
+    if c.max_flights_total_bytes == 0 {
+        errs.push("cache.max_flights_total_bytes", "must be greater than 0");
+    }
     let max_entry_bytes = usize::try_from(c.max_entry_bytes).unwrap_or(usize::MAX);
     let max_value_bytes = max_entry_bytes.saturating_add(REDIS_VALUE_ALLOWANCE_BYTES);
     // Room for at least one largest entry, so every storable entry can be written.
@@ -103,6 +106,7 @@ pub(super) fn compile_settings(
         redis: if uses_redis { redis } else { None },
         max_flight_bytes: usize::try_from(c.max_flight_bytes).unwrap_or(usize::MAX),
         max_flight_lag: Duration::from_millis(c.max_flight_lag_ms),
+        max_flights_total_bytes: usize::try_from(c.max_flights_total_bytes).unwrap_or(usize::MAX),
         admin_purge: c.admin_purge,
         admin_purge_token_sha256: c
             .admin_purge_token

@@ -33,6 +33,13 @@ pub struct CacheSection {
     /// for its other clients. 0 cuts at once. Default 1000.
     #[serde(default = "default_max_flight_lag_ms")]
     pub max_flight_lag_ms: u64,
+    /// Request coalescing: most response bytes all shared calls of the process keep at once,
+    /// together. Past it, a call that receives more takes no new followers and keeps only
+    /// what its followers have not read yet, as past its own `max_flight_bytes`, so many long
+    /// answers in flight at the same time cannot grow the sidecar by `max_flight_bytes` each.
+    /// Default 16 MiB.
+    #[serde(default = "default_max_flights_total_bytes")]
+    pub max_flights_total_bytes: u64,
     /// Serve the purge endpoints on the admin listener (`DELETE /cache/entries/{input_hash}`,
     /// `DELETE /cache/entries`). Default false: they answer 404. Unlike the bounds above, a
     /// reload applies it at once.
@@ -53,6 +60,7 @@ impl Default for CacheSection {
             redis: None,
             max_flight_bytes: default_max_flight_bytes(),
             max_flight_lag_ms: default_max_flight_lag_ms(),
+            max_flights_total_bytes: default_max_flights_total_bytes(),
             admin_purge: false,
             admin_purge_token: None,
         }
@@ -67,6 +75,9 @@ fn default_max_entry_bytes() -> u64 {
 }
 fn default_max_flight_bytes() -> u64 {
     1024 * 1024
+}
+fn default_max_flights_total_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 fn default_max_flight_lag_ms() -> u64 {
     1000

@@ -14,11 +14,18 @@
 //! [`HANDOFF_BYTES`] (or one chunk) of it outside the flight while it writes them. (A broadcast
 //! channel's lagging receiver is dropped the same way: `tokio::sync::broadcast`'s
 //! `RecvError::Lagged`.)
+//!
+//! Every flight of the process also counts what it retains in one [`Retained`]
+//! ([`RETAINED`]): once that total is over its bound (`cache.max_flights_total_bytes`), a
+//! flight that receives more stops taking followers and drops what its followers have read,
+//! as past its own `max_bytes`. So what many flights keep for late joiners is bounded
+//! together; what followers still have to read stays bounded per flight by `max_bytes`.
 
 use crate::error::SluiceError;
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -26,6 +33,49 @@ use tokio::sync::Notify;
 /// Most bytes a follower is handed by one [`Subscription::next`] (one chunk when a chunk is
 /// larger).
 const HANDOFF_BYTES: usize = 16 * 1024;
+
+/// The bytes a set of flights retains together, bytes (exact: every flight adds what it
+/// keeps and takes back what it drops, and all it still holds when it ends).
+#[derive(Debug, Default)]
+pub struct Retained(AtomicUsize);
+
+impl Retained {
+    /// Nothing retained.
+    pub const fn new() -> Self {
+        Self(AtomicUsize::new(0))
+    }
+
+    /// Bytes retained now.
+    pub fn bytes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Count `after - before` (a flight's own retained bytes before and after a change).
+    fn moved(&self, before: usize, after: usize) {
+        if after > before {
+            self.0.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            self.0.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What every flight of this process retains (`sluice_coalesce_retained_bytes`).
+pub static RETAINED: Retained = Retained::new();
+
+/// A flight's bounds: its own, and the one it shares with the other flights of `total`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Most bytes it retains (`cache.max_flight_bytes`).
+    pub max_bytes: usize,
+    /// Longest it waits for a follower lagging past `max_bytes` (`cache.max_flight_lag_ms`).
+    pub max_lag: Duration,
+    /// Most bytes `total`'s flights retain together for late joiners
+    /// (`cache.max_flights_total_bytes`).
+    pub max_total: usize,
+    /// What it and the other flights retain ([`RETAINED`] outside tests).
+    pub total: &'static Retained,
+}
 
 /// How a flight ended.
 #[derive(Debug, Clone)]
@@ -164,6 +214,10 @@ pub struct Flight {
     max_bytes: usize,
     /// Longest the producer waits for a follower lagging past `max_bytes` before cutting it.
     max_lag: Duration,
+    /// Most bytes the flights of `total` retain together.
+    max_total: usize,
+    /// What this flight and the others retain.
+    total: &'static Retained,
     /// The leader's request id (the followers' log lines name it).
     pub leader: Arc<str>,
     /// Its entry in the registry of flights.
@@ -172,19 +226,21 @@ pub struct Flight {
 
 impl Drop for Flight {
     fn drop(&mut self) {
+        let held = self.lock().retained;
+        self.total.moved(held, 0);
         super::forget(&self.ident, self);
     }
 }
 
 impl Flight {
-    /// A flight started by request `leader`, whose client is there, retaining at most
-    /// `max_bytes` and waiting at most `max_lag` for a follower lagging past them.
-    pub fn start(
-        ident: super::Ident,
-        leader: &str,
-        max_bytes: usize,
-        max_lag: Duration,
-    ) -> Arc<Flight> {
+    /// A flight started by request `leader`, whose client is there, within `bounds`.
+    pub fn start(ident: super::Ident, leader: &str, bounds: Bounds) -> Arc<Flight> {
+        let Bounds {
+            max_bytes,
+            max_lag,
+            max_total,
+            total,
+        } = bounds;
         Arc::new(Flight {
             state: Mutex::new(State {
                 header: None,
@@ -204,6 +260,8 @@ impl Flight {
             drained: Notify::new(),
             max_bytes,
             max_lag,
+            max_total,
+            total,
             leader: leader.into(),
             ident,
         })
@@ -270,13 +328,16 @@ impl Flight {
                 return Err(EveryoneLeft);
             }
             if !data.is_empty() {
+                let before = s.retained;
                 s.retained += data.len();
                 s.chunks.push_back(data);
-                if s.retained > self.max_bytes {
-                    // Late joiners could no longer replay the whole response.
+                self.total.moved(before, s.retained);
+                if s.retained > self.max_bytes || self.total.bytes() > self.max_total {
+                    // Late joiners could no longer replay the whole response, or every
+                    // flight together keeps too much for them.
                     s.joinable = false;
                 }
-                s.trim();
+                self.trim(&mut s);
             }
             s.body_end |= end;
             (s.retained <= self.max_bytes, s.subscribers > 0)
@@ -297,7 +358,7 @@ impl Flight {
                 if s.everyone_left() {
                     return Err(EveryoneLeft);
                 }
-                s.trim();
+                self.trim(&mut s);
                 if s.retained <= self.max_bytes {
                     return Ok(s.subscribers > 0);
                 }
@@ -311,7 +372,9 @@ impl Flight {
             };
             if expired {
                 let mut s = self.lock();
+                let before = s.retained;
                 s.cut_laggards(self.max_bytes);
+                self.total.moved(before, s.retained);
                 let (left, shared) = (s.everyone_left(), s.subscribers > 0);
                 drop(s);
                 // The cut followers read `Next::Cut` at once (whatever they wait on).
@@ -319,6 +382,13 @@ impl Flight {
                 return if left { Err(EveryoneLeft) } else { Ok(shared) };
             }
         }
+    }
+
+    /// [`State::trim`], counted in the flights' total.
+    fn trim(&self, s: &mut State) {
+        let before = s.retained;
+        s.trim();
+        self.total.moved(before, s.retained);
     }
 
     /// Producer: close client connections after the response (it ended abnormally).

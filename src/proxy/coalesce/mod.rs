@@ -43,12 +43,11 @@ use crate::error::SluiceError;
 use crate::limits::Limiter;
 use crate::metrics;
 use bytes::Bytes;
-pub use flight::{End, EveryoneLeft, Flight, Next, Subscription};
+pub use flight::{Bounds, End, EveryoneLeft, Flight, Next, Retained, Subscription, RETAINED};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
 
 /// What makes two requests share a flight: their [`Key`], and whether sluice asked for the
 /// usage chunk on the client's behalf (then hidden from it).
@@ -90,16 +89,16 @@ pub enum Role {
     Follower(Subscription),
 }
 
-/// Join the flight in progress for `ident`, or start one led by request `request_id`
-/// (retaining at most `max_bytes` and waiting at most `max_lag` for a lagging follower).
-pub fn join_or_lead(ident: Ident, request_id: &str, max_bytes: usize, max_lag: Duration) -> Role {
+/// Join the flight in progress for `ident`, or start one led by request `request_id` within
+/// `bounds`.
+pub fn join_or_lead(ident: Ident, request_id: &str, bounds: Bounds) -> Role {
     let mut map = flights();
     let existing = map.get(&ident).and_then(Weak::upgrade);
     let joined = existing.as_ref().and_then(Flight::join);
     let role = match joined {
         Some(sub) => Role::Follower(sub),
         None => {
-            let flight = Flight::start(ident, request_id, max_bytes, max_lag);
+            let flight = Flight::start(ident, request_id, bounds);
             map.insert(ident, Arc::downgrade(&flight));
             Role::Leader(flight)
         }
@@ -132,13 +131,16 @@ pub async fn serve(
     } else {
         limit::admit(limiter, snapshot, ctx).await?;
     }
-    let (max_bytes, max_lag) = (
-        snapshot.cache.max_flight_bytes,
-        snapshot.cache.max_flight_lag,
-    );
-    match join_or_lead(ident, &ctx.request_id, max_bytes, max_lag) {
+    let c = &snapshot.cache;
+    let bounds = Bounds {
+        max_bytes: c.max_flight_bytes,
+        max_lag: c.max_flight_lag,
+        max_total: c.max_flights_total_bytes,
+        total: &RETAINED,
+    };
+    match join_or_lead(ident, &ctx.request_id, bounds) {
         Role::Leader(flight) => lead(session, ctx, flight, recorder).await,
-        Role::Follower(sub) => follow(session, ctx, sub, max_bytes).await,
+        Role::Follower(sub) => follow(session, ctx, sub, bounds.max_bytes).await,
     }
 }
 

@@ -13,6 +13,22 @@ fn ident(n: u8) -> crate::proxy::coalesce::Ident {
     (Key([n; 32]), false)
 }
 
+/// A flight of its own set (no bound shared with other tests' flights): `max_bytes` and
+/// `max_lag` its own.
+fn start(n: u8, max_bytes: usize, max_lag: Duration) -> Arc<Flight> {
+    let total: &'static Retained = Box::leak(Box::new(Retained::new()));
+    Flight::start(
+        ident(n),
+        "lead",
+        Bounds {
+            max_bytes,
+            max_lag,
+            max_total: usize::MAX,
+            total,
+        },
+    )
+}
+
 fn header() -> ResponseHeader {
     ResponseHeader::build(200, None).unwrap()
 }
@@ -37,7 +53,7 @@ async fn read_one(sub: &Subscription) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_late_joiner_gets_every_chunk_from_the_first() {
-    let flight = Flight::start(ident(1), "lead", 1024, LAG);
+    let flight = start(1, 1024, LAG);
     let early = flight.join().expect("joinable from the start");
     flight.publish_header(header()).unwrap();
     flight
@@ -74,7 +90,7 @@ async fn a_late_joiner_gets_every_chunk_from_the_first() {
 
 #[tokio::test]
 async fn past_the_bound_no_follower_joins_and_read_chunks_are_released() {
-    let flight = Flight::start(ident(2), "lead", 10, LAG);
+    let flight = start(2, 10, LAG);
     let slow = flight.join().unwrap();
     flight.publish_header(header()).unwrap();
     flight
@@ -112,7 +128,7 @@ async fn past_the_bound_no_follower_joins_and_read_chunks_are_released() {
 #[tokio::test(start_paused = true)]
 async fn a_follower_lagging_past_the_bound_longer_than_the_lag_bound_is_cut() {
     let lag = Duration::from_millis(1000);
-    let flight = Flight::start(ident(6), "lead", 10, lag);
+    let flight = start(6, 10, lag);
     let stuck = flight.join().unwrap();
     let reading = flight.join().unwrap();
     flight.publish_header(header()).unwrap();
@@ -165,7 +181,7 @@ async fn a_follower_lagging_past_the_bound_longer_than_the_lag_bound_is_cut() {
 
 #[tokio::test(start_paused = true)]
 async fn cutting_the_last_follower_of_a_call_whose_leader_left_ends_the_call() {
-    let flight = Flight::start(ident(7), "lead", 4, Duration::ZERO);
+    let flight = start(7, 4, Duration::ZERO);
     let stuck = flight.join().unwrap();
     flight.leader_left();
     flight.publish_header(header()).unwrap();
@@ -184,7 +200,7 @@ async fn cutting_the_last_follower_of_a_call_whose_leader_left_ends_the_call() {
 async fn the_largest_lag_bound_the_config_takes_waits_for_the_follower() {
     // `max_flight_lag_ms: 18446744073709551615` (u64::MAX): the deadline is computed and
     // far off; the producer waits as long as the follower takes.
-    let flight = Flight::start(ident(8), "lead", 4, Duration::from_millis(u64::MAX));
+    let flight = start(8, 4, Duration::from_millis(u64::MAX));
     let slow = flight.join().unwrap();
     flight.publish_header(header()).unwrap();
     let mut publish = Box::pin(flight.publish_body(Bytes::from_static(b"12345"), false));
@@ -204,7 +220,7 @@ async fn the_largest_lag_bound_the_config_takes_waits_for_the_follower() {
 
 #[tokio::test]
 async fn the_producer_sees_everyone_gone_only_when_the_last_client_leaves() {
-    let flight = Flight::start(ident(3), "lead", 1024, LAG);
+    let flight = start(3, 1024, LAG);
     drop(flight.join().unwrap());
     let mut gone = Box::pin(flight.all_gone());
     assert!(
@@ -239,7 +255,7 @@ async fn the_producer_sees_everyone_gone_only_when_the_last_client_leaves() {
 
 #[tokio::test]
 async fn an_error_before_the_header_reaches_every_follower() {
-    let flight = Flight::start(ident(4), "lead", 1024, LAG);
+    let flight = start(4, 1024, LAG);
     let (one, two) = (flight.join().unwrap(), flight.join().unwrap());
     flight.finish(End::Failed(SluiceError::NoUpstreamAvailable {
         retry_after: None,
@@ -255,7 +271,7 @@ async fn an_error_before_the_header_reaches_every_follower() {
 
 #[tokio::test]
 async fn a_body_that_ends_without_its_end_write_closes_the_clients() {
-    let flight = Flight::start(ident(5), "lead", 1024, LAG);
+    let flight = start(5, 1024, LAG);
     let follower = flight.join().unwrap();
     flight.publish_header(header()).unwrap();
     flight
@@ -276,7 +292,7 @@ async fn a_body_that_ends_without_its_end_write_closes_the_clients() {
 
 #[tokio::test]
 async fn a_follower_is_handed_at_most_the_handoff_bound_at_a_time() {
-    let flight = Flight::start(ident(9), "lead", 1 << 20, LAG);
+    let flight = start(9, 1 << 20, LAG);
     let sub = flight.join().unwrap();
     flight.publish_header(header()).unwrap();
     for _ in 0..10 {
@@ -300,4 +316,61 @@ async fn a_follower_is_handed_at_most_the_handoff_bound_at_a_time() {
         handed,
         vec![vec![4096; 4], vec![4096; 4], vec![4096; 2], vec![big]]
     );
+}
+
+/// Flights that together keep more than their shared bound for late joiners: the one that
+/// receives more stops taking followers and drops what no follower still needs; the count is
+/// exact, back to 0 once they are gone.
+#[tokio::test]
+async fn flights_over_their_shared_bound_stop_keeping_chunks_for_late_joiners() {
+    let total: &'static Retained = Box::leak(Box::new(Retained::new()));
+    let bounds = Bounds {
+        max_bytes: 1024,
+        max_lag: LAG,
+        max_total: 100,
+        total,
+    };
+    let (a, b) = (
+        Flight::start(ident(20), "a", bounds),
+        Flight::start(ident(21), "b", bounds),
+    );
+    let follower = b.join().expect("joinable from the start");
+    for f in [&a, &b] {
+        f.publish_header(header()).unwrap();
+    }
+    a.publish_body(Bytes::from(vec![b'a'; 60]), false)
+        .await
+        .unwrap();
+    b.publish_body(Bytes::from(vec![b'b'; 30]), false)
+        .await
+        .unwrap();
+    assert_eq!(total.bytes(), 90, "both keep everything under the bound");
+    assert!(a.joinable() && b.joinable());
+    // 120 > 100: B takes no new followers and keeps only what its follower has not read.
+    b.publish_body(Bytes::from(vec![b'c'; 30]), false)
+        .await
+        .unwrap();
+    assert!(
+        !b.joinable(),
+        "over the shared bound B still takes followers"
+    );
+    assert!(b.join().is_none());
+    assert_eq!(total.bytes(), 120, "its follower has read nothing yet");
+    assert_eq!(read_one(&follower).await.len(), 60);
+    b.publish_body(Bytes::from(vec![b'd'; 10]), false)
+        .await
+        .unwrap();
+    assert_eq!(b.retained_bytes(), 10, "what the follower read is dropped");
+    assert_eq!(total.bytes(), 70);
+    // A, still joinable, stops at its next chunk while the total stays over the bound.
+    assert!(a.joinable());
+    a.publish_body(Bytes::from(vec![b'e'; 50]), false)
+        .await
+        .unwrap();
+    assert!(!a.joinable());
+    assert_eq!(a.retained_bytes(), 0, "no follower: A keeps nothing");
+    assert_eq!(total.bytes(), 10);
+    drop(follower);
+    drop((a, b));
+    assert_eq!(total.bytes(), 0, "every byte given back");
 }
