@@ -30,6 +30,19 @@ fn config(primary: &Mock, fallback: &Mock) -> String {
         .to_yaml()
 }
 
+/// A sluice on [`config`] whose primary streams `events` content events `gap_ms` apart
+/// (`Behavior::Paced`), with its primary and fallback.
+async fn paced(events: usize, gap_ms: u64) -> (Sluice, Mock, Mock) {
+    let (primary, fallback) = (Mock::start().await, Mock::start().await);
+    primary.set(Behavior::Paced {
+        events,
+        gap_ms,
+        reset_after: None,
+    });
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    (s, primary, fallback)
+}
+
 /// A coalescing route over `primary` then `fallback`, with neither a breaker setting nor
 /// commit on content; more YAML can be merged in.
 fn plain_config(primary: &Mock, fallback: &Mock) -> Config {
@@ -106,13 +119,7 @@ fn assert_whole(body: &str, events: usize) {
 
 #[tokio::test]
 async fn identical_concurrent_requests_share_one_upstream_call() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    primary.set(Behavior::Paced {
-        events: 10,
-        gap_ms: 30,
-        reset_after: None,
-    });
-    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let (s, primary, _fallback) = paced(10, 30).await;
     const N: usize = 20;
     let body = chat("the same question");
     let clients: Vec<_> = (0..N)
@@ -188,13 +195,7 @@ async fn identical_concurrent_requests_share_one_upstream_call() {
 
 #[tokio::test]
 async fn a_late_joiner_gets_the_whole_answer() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    primary.set(Behavior::Paced {
-        events: 12,
-        gap_ms: 40,
-        reset_after: None,
-    });
-    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let (s, primary, _fallback) = paced(12, 40).await;
     let body = chat("late joiner");
     let mut leader = send(&s, &body).await;
     let mut got = first_chunk(&mut leader).await;
@@ -211,13 +212,7 @@ async fn a_late_joiner_gets_the_whole_answer() {
 
 #[tokio::test]
 async fn every_client_leaving_cancels_the_upstream_call_at_once() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    primary.set(Behavior::Paced {
-        events: 400,
-        gap_ms: 20,
-        reset_after: None,
-    });
-    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let (s, primary, _fallback) = paced(400, 20).await;
     let body = chat("everyone leaves");
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -249,13 +244,7 @@ async fn every_client_leaving_cancels_the_upstream_call_at_once() {
 
 #[tokio::test]
 async fn the_leaders_client_leaving_does_not_stop_a_follower() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    primary.set(Behavior::Paced {
-        events: 15,
-        gap_ms: 20,
-        reset_after: None,
-    });
-    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let (s, primary, _fallback) = paced(15, 20).await;
     let body = chat("leader leaves");
     let mut leader = send(&s, &body).await;
     first_chunk(&mut leader).await;
@@ -350,13 +339,7 @@ async fn a_failure_after_content_reaches_every_client_as_the_same_error_event() 
 
 #[tokio::test]
 async fn different_requests_are_not_coalesced() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    primary.set(Behavior::Paced {
-        events: 5,
-        gap_ms: 30,
-        reset_after: None,
-    });
-    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    let (s, primary, _fallback) = paced(5, 30).await;
     let (one, another) = (chat("one question"), chat("another question"));
     let (a, b) = tokio::join!(send(&s, &one), send(&s, &another));
     let (a, b) = tokio::join!(rest(a, Vec::new()), rest(b, Vec::new()));
