@@ -100,6 +100,12 @@ async fn first_chunk(resp: &mut reqwest::Response) -> Vec<u8> {
     c.to_vec()
 }
 
+/// `sluice_coalesced_requests_total` of the `chat` route now.
+async fn coalesced(s: &Sluice) -> f64 {
+    s.metric("sluice_coalesced_requests_total", &[("route", "chat")])
+        .await
+}
+
 /// A whole answer of a `Paced { events }` stream: every token in order, then `[DONE]`.
 fn assert_whole(body: &str, events: usize) {
     let mut at = 0;
@@ -346,11 +352,7 @@ async fn different_requests_are_not_coalesced() {
     assert_whole(&a, 5);
     assert_whole(&b, 5);
     assert_eq!(primary.requests().len(), 2);
-    assert_eq!(
-        s.metric("sluice_coalesced_requests_total", &[("route", "chat")])
-            .await,
-        0.0
-    );
+    assert_eq!(coalesced(&s).await, 0.0);
 }
 
 #[tokio::test]
@@ -517,11 +519,7 @@ async fn a_plain_json_answer_cut_by_the_upstream_breaks_off_for_every_client() {
     assert!(a.is_err(), "leader: {a:?}");
     assert!(b.is_err(), "follower: {b:?}");
     assert_eq!(mock.requests().len(), 1, "one shared call");
-    assert_eq!(
-        s.metric("sluice_coalesced_requests_total", &[("route", "chat")])
-            .await,
-        1.0
-    );
+    assert_eq!(coalesced(&s).await, 1.0);
 }
 
 #[tokio::test]
@@ -552,11 +550,7 @@ async fn past_the_flight_bound_a_new_request_makes_its_own_call() {
         2,
         "the flight took no follower past its bound"
     );
-    assert_eq!(
-        s.metric("sluice_coalesced_requests_total", &[("route", "chat")])
-            .await,
-        0.0
-    );
+    assert_eq!(coalesced(&s).await, 0.0);
 }
 
 /// What all flights keep for late joiners is bounded together (`max_flights_total_bytes`):
