@@ -52,7 +52,7 @@ pub async fn listen(tier: Arc<RedisTier>, store: Arc<Store>) {
                     tracing::warn!(
                         channel = CHANNEL,
                         dropped_entries = dropped,
-                        "cache purge channel: subscribed again; the memory tier was emptied, as purges sent while unsubscribed may have been missed"
+                        "cache purge channel: subscribed; the memory tier was emptied, as purges sent while unsubscribed may have been missed"
                     );
                 } else {
                     tracing::info!(channel = CHANNEL, "cache purge channel: subscribed");

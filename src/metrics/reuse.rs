@@ -68,8 +68,8 @@ pub static CACHE_REDIS_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
 
 /// `sluice_cache_redis_lookups_total{result}`: memory misses of `store: redis` routes answered
 /// by the Redis tier: `hit` (an entry that decodes), `undecodable` (a value that does not decode
-/// as an entry: a miss), `too_large` (a value over the tier's value bound, read no further than it: a miss).
-/// Redis misses and failures are not counted here.
+/// as an entry: a miss), `too_large` (a value over the tier's value bound, read no further
+/// than it: a miss). Redis misses and failures are not counted here.
 pub static CACHE_REDIS_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
     metric!(register_int_counter_vec!(
         "sluice_cache_redis_lookups_total",
