@@ -33,14 +33,21 @@ fn config(primary: &Mock, fallback: &Mock) -> String {
 /// A sluice on [`config`] whose primary streams `events` content events `gap_ms` apart
 /// (`Behavior::Paced`), with its primary and fallback.
 async fn paced(events: usize, gap_ms: u64) -> (Sluice, Mock, Mock) {
+    let (primary, fallback) = paced_mocks(events, gap_ms).await;
+    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
+    (s, primary, fallback)
+}
+
+/// A primary that streams `events` content events `gap_ms` apart (`Behavior::Paced`), and an
+/// idle fallback.
+async fn paced_mocks(events: usize, gap_ms: u64) -> (Mock, Mock) {
     let (primary, fallback) = (Mock::start().await, Mock::start().await);
     primary.set(Behavior::Paced {
         events,
         gap_ms,
         reset_after: None,
     });
-    let s = Sluice::start(&config(&primary, &fallback), &[KEY_ENV]);
-    (s, primary, fallback)
+    (primary, fallback)
 }
 
 /// A coalescing route over `primary` then `fallback`, with neither a breaker setting nor
@@ -357,12 +364,7 @@ async fn different_requests_are_not_coalesced() {
 
 #[tokio::test]
 async fn followers_reserve_no_tokens_but_count_against_request_limits() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    primary.set(Behavior::Paced {
-        events: 10,
-        gap_ms: 30,
-        reset_after: None,
-    });
+    let (primary, fallback) = paced_mocks(10, 30).await;
     const ONE_AT_A_TIME: &str = "sk-coalesce-one-at-a-time";
     let config = Config::new()
         .pool(Pool::openai("primary", &primary.url()))
@@ -524,12 +526,7 @@ async fn a_plain_json_answer_cut_by_the_upstream_breaks_off_for_every_client() {
 
 #[tokio::test]
 async fn past_the_flight_bound_a_new_request_makes_its_own_call() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    primary.set(Behavior::Paced {
-        events: 40,
-        gap_ms: 20,
-        reset_after: None,
-    });
+    let (primary, fallback) = paced_mocks(40, 20).await;
     let config = plain_config(&primary, &fallback)
         .yaml("cache: {max_flight_bytes: 2000}")
         .to_yaml();
@@ -652,12 +649,7 @@ async fn a_hedged_call_is_shared_like_any_other() {
 /// and its own tenant's `x-ratelimit-*` headers, never the leader's.
 #[tokio::test]
 async fn a_follower_gets_its_own_headers_not_the_leaders() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
-    primary.set(Behavior::Paced {
-        events: 10,
-        gap_ms: 30,
-        reset_after: None,
-    });
+    let (primary, fallback) = paced_mocks(10, 30).await;
     const UNLIMITED: &str = "sk-coalesce-unlimited";
     let config = Config::new()
         .pool(Pool::openai("primary", &primary.url()))
@@ -705,13 +697,8 @@ async fn a_follower_gets_its_own_headers_not_the_leaders() {
 
 #[tokio::test]
 async fn past_the_drain_deadline_the_leader_and_its_followers_end_with_the_same_error_event() {
-    let (primary, fallback) = (Mock::start().await, Mock::start().await);
     // About 8 s of stream, far past the 1 s drain deadline.
-    primary.set(Behavior::Paced {
-        events: 400,
-        gap_ms: 20,
-        reset_after: None,
-    });
+    let (primary, fallback) = paced_mocks(400, 20).await;
     let config = plain_config(&primary, &fallback)
         .yaml("server: {drain_timeout_seconds: 1}")
         .to_yaml();
