@@ -40,6 +40,16 @@ async fn direct(redis: &Redis) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// `SET` `key`'s Redis key to `value` behind the tier's back (no expiry).
+async fn set_behind(redis: &Redis, key: &Key, value: &[u8]) {
+    let _: () = redis::cmd("SET")
+        .arg(redis_key(key))
+        .arg(value)
+        .query_async(&mut direct(redis).await)
+        .await
+        .unwrap();
+}
+
 /// Poll `tier.get(key)` (at most 10 s) until it returns something.
 async fn eventually_get(tier: &RedisTier, key: &Key) -> Option<Vec<u8>> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -85,13 +95,7 @@ async fn whatever_bytes_redis_holds_come_back_as_they_are() {
     let tier = tier(&redis);
     let key = Key([9; 32]);
     let garbage = b"\x00\xffnot an entry\r\n".to_vec();
-    let mut c = direct(&redis).await;
-    let _: () = redis::cmd("SET")
-        .arg(redis_key(&key))
-        .arg(&garbage)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    set_behind(&redis, &key, &garbage).await;
     // The tier does not interpret values: the memory tier's decoder rejects garbage.
     assert_eq!(eventually_get(&tier, &key).await, Some(garbage));
 }
@@ -104,14 +108,8 @@ async fn a_value_over_the_bound_found_in_redis_is_a_miss_read_no_further() {
     let redis = Redis::start();
     let tier = tier(&redis);
     let (big, fits) = (Key([13; 32]), Key([14; 32]));
-    let mut c = direct(&redis).await;
     for (key, len) in [(big, 64 * 1024 + 1), (fits, 64 * 1024)] {
-        let _: () = redis::cmd("SET")
-            .arg(redis_key(&key))
-            .arg(vec![b'z'; len])
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        set_behind(&redis, &key, &vec![b'z'; len]).await;
     }
     assert_eq!(
         eventually_get(&tier, &fits).await.map(|v| v.len()),
