@@ -18,9 +18,11 @@
 //!   [--bin-dir target/bench/bin] [--out-dir target/bench] [--litellm-venv DIR]
 //!   [--hold-streams N] [--budget-s S] [--proxy-core C] [--no-hold] [--no-pause] [--paired-stream]
 //!   [--extra-sluice NAME=PATH ...]`   (another sluice build as arm `sluice-NAME`, same config)
-//! `bench_load --load-only ADDR [REQUESTS [STREAMS [CONNS]]]` and
+//! `bench_load --load-only ADDR [REQUESTS [STREAMS [CONNS]]]` (`BENCH_PLAIN=1`: the `plain` route, `0`: the variant's with the same headers) and
 //! `bench_load --sluice-config PROXY_PORT ADMIN_PORT UPSTREAM_PORT [VARIANT]`: helpers for
 //! scripts/bench_load_profile.sh.
+//! `bench_load --pair-only ADDR PID [PAIRS [BLOCK]]`: the paired route CPU of a variant's
+//! process started by hand (its route against its `plain` route), to try a change quickly.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -93,7 +95,16 @@ fn load_only(args: &[String]) -> i32 {
         .expect("runtime");
     rt.block_on(async move {
         let to = Duration::from_secs(120);
-        let (ok, err, secs) = closed_count(addr, &chat_request(addr, &auth, false, ""), conns, n, to).await;
+        // BENCH_PLAIN=1: the variant config's `plain` route, BENCH_PLAIN=0 the variant's own
+        // (a profile of the route without the feature, to set beside the variant's, with
+        // the same headers as in the paired CPU phase).
+        let mut req = chat_request(addr, &auth, false, "");
+        match std::env::var("BENCH_PLAIN").as_deref() {
+            Ok("1") => req = client::with_header(&req, arms::PLAIN_ROUTE_HEADER),
+            Ok("0") => req = client::with_header(&req, arms::VARIANT_ROUTE_HEADER),
+            _ => {}
+        }
+        let (ok, err, secs) = closed_count(addr, &req, conns, n, to).await;
         let (ttft, _) = streams(addr, &chat_request(addr, &auth, true, ""), streams_n, to).await;
         eprintln!(
             "load-only: {ok} ok / {err} errors in {secs:.2} s on {conns} connections; {} streams ok, {} failed",
@@ -104,10 +115,69 @@ fn load_only(args: &[String]) -> i32 {
     })
 }
 
+/// `bench_load --pair-only ADDR PID [PAIRS [BLOCK]]`: warm-up, then `PAIRS` (default 40)
+/// pairs of `BLOCK`-request (default 1,500) JSON blocks to the variant route and its `plain`
+/// route of the sluice process `PID` listening on `ADDR`, as the paired CPU phase runs them
+/// ([`measure::route_pair_cpu`]); prints the median ratio and both routes' µs per request.
+fn pair_only(args: &[String]) -> i32 {
+    let addr: SocketAddr = args.first().and_then(|a| a.parse().ok()).expect("ADDR");
+    let pid: u32 = args.get(1).and_then(|a| a.parse().ok()).expect("PID");
+    let pairs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(40);
+    let block: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1500);
+    client::serials_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000_000),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let to = Duration::from_secs(10);
+        let request = chat_request(addr, VIRTUAL_KEY, false, "");
+        let plain = client::with_header(&request, arms::PLAIN_ROUTE_HEADER);
+        let variant = client::with_header(&request, arms::VARIANT_ROUTE_HEADER);
+        for req in [&plain, &variant] {
+            closed_count(addr, req, 8, 3000, to).await;
+        }
+        let (mut ratios, mut us, mut errors) = (Vec::new(), [Vec::new(), Vec::new()], 0);
+        for p in 0..pairs {
+            let mut pair = [0f64; 2];
+            for k in 0..2 {
+                let which = if p % 2 == 0 { k } else { 1 - k };
+                let req = if which == 0 { &plain } else { &variant };
+                let before = procs::cpu(pid).1;
+                let (ok, e, _) = closed_count(addr, req, 8, block, to).await;
+                pair[which] = (procs::cpu(pid).1 - before) as f64 / 1e3 / ok.max(1) as f64;
+                errors += e;
+            }
+            ratios.push(pair[1] / pair[0]);
+            us[0].push(pair[0]);
+            us[1].push(pair[1]);
+        }
+        let m = report::median;
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "ratio {:.3} (quartiles {:.3} / {:.3}); plain {:.1} µs/req, variant {:.1} µs/req; {errors} errors",
+            m(&ratios),
+            sorted[sorted.len() / 4],
+            sorted[sorted.len() * 3 / 4],
+            m(&us[0]),
+            m(&us[1])
+        );
+        i32::from(errors > 0)
+    })
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("--load-only") {
         std::process::exit(load_only(&argv[2..]));
+    }
+    if argv.get(1).map(String::as_str) == Some("--pair-only") {
+        std::process::exit(pair_only(&argv[2..]));
     }
     if argv.get(1).map(String::as_str) == Some("--sluice-config") {
         // `bench_load --sluice-config PROXY_PORT ADMIN_PORT UPSTREAM_PORT [VARIANT]`: the bench config.

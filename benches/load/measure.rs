@@ -1,7 +1,7 @@
 //! One arm measured: every phase of a round ([`measure_arm`]: CPU per request, max RPS,
 //! latency sequential and open loop, streams), open streams held for memory
 //! ([`hold_streams`]), and sluice's start-to-ready ([`measure_startup`]).
-use crate::arms::{sluice_config, Arm, Kind, PLAIN_ROUTE_HEADER};
+use crate::arms::{sluice_config, Arm, Kind, PLAIN_ROUTE_HEADER, VARIANT_ROUTE_HEADER};
 use crate::client::{chat_request, get, with_header};
 use crate::load::{
     closed_count, closed_for, open_loop, open_stream, sequential, streams, wait_until,
@@ -391,8 +391,9 @@ pub async fn route_pair_cpu(
         PairLoad::Json => (false, "", 8),
         PairLoad::Stream => (true, STREAM_PAIR_QUERY, STREAM_PAIR_CONNS),
     };
-    let variant = chat_request(arm.addr, &arm.auth, stream, query);
-    let plain = with_header(&variant, PLAIN_ROUTE_HEADER);
+    let request = chat_request(arm.addr, &arm.auth, stream, query);
+    let plain = with_header(&request, PLAIN_ROUTE_HEADER);
+    let variant = with_header(&request, VARIANT_ROUTE_HEADER);
     let (mut us, mut ratios, mut errors) = ([0f64; 2], Vec::with_capacity(pairs), 0u64);
     for p in 0..pairs {
         let mut pair = [0f64; 2];
