@@ -342,24 +342,27 @@ fn memory_tier(settings: &CacheSettings) -> Cache<Key, Stored, ByWeight, DigestH
     }
 }
 
+/// Settings for a store in unit tests: a memory tier of `max_bytes` taking entries up to
+/// `max_entry_bytes`, no Redis tier.
+#[cfg(test)]
+pub(crate) fn test_settings(max_bytes: u64, max_entry_bytes: usize) -> CacheSettings {
+    CacheSettings {
+        max_bytes,
+        max_entry_bytes,
+        max_flight_bytes: max_entry_bytes,
+        max_flight_lag: std::time::Duration::from_secs(1),
+        max_flights_total_bytes: 1 << 20,
+        admin_purge: false,
+        admin_purge_token_sha256: None,
+        redis: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::usage::Usage;
     use bytes::Bytes;
-
-    fn settings(max_bytes: u64, max_entry_bytes: usize) -> CacheSettings {
-        CacheSettings {
-            max_bytes,
-            max_entry_bytes,
-            max_flight_bytes: max_entry_bytes,
-            max_flight_lag: std::time::Duration::from_secs(1),
-            max_flights_total_bytes: 1 << 20,
-            admin_purge: false,
-            admin_purge_token_sha256: None,
-            redis: None,
-        }
-    }
 
     fn entry(len: usize) -> Entry {
         Entry {
@@ -380,7 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn stores_and_serves() {
-        let s = Store::new(&settings(1 << 20, 1 << 16));
+        let s = Store::new(&test_settings(1 << 20, 1 << 16));
         let ttl = Duration::from_secs(60);
         s.put(key(1), entry(10), ttl, CacheStoreKind::Memory);
         let got = s.get(&key(1), CacheStoreKind::Memory).await;
@@ -390,7 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_max_entry_bytes_is_not_stored() {
-        let s = Store::new(&settings(1 << 20, 100));
+        let s = Store::new(&test_settings(1 << 20, 100));
         s.put(
             key(1),
             entry(101),
@@ -410,7 +413,7 @@ mod tests {
     #[tokio::test]
     async fn weighted_size_stays_within_the_bound() {
         let max = 64 * 1024;
-        let s = Store::new(&settings(max, 8 * 1024));
+        let s = Store::new(&test_settings(max, 8 * 1024));
         for i in 0..200 {
             s.put(
                 key(i),
@@ -432,7 +435,7 @@ mod tests {
         // The tier is sharded; a shard's share must still hold the largest entry.
         for (max_bytes, max_entry) in [(1 << 20, 1 << 19), (3 << 20, 1 << 20), (32 << 20, 1 << 16)]
         {
-            let s = Store::new(&settings(max_bytes, max_entry));
+            let s = Store::new(&test_settings(max_bytes, max_entry));
             s.put(
                 key(7),
                 entry(max_entry),
@@ -450,7 +453,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_expire_after_their_ttl() {
-        let s = Store::new(&settings(1 << 20, 1 << 16));
+        let s = Store::new(&test_settings(1 << 20, 1 << 16));
         s.put(
             key(1),
             entry(10),
