@@ -66,6 +66,22 @@ use setup::{bin, log, sluice_env};
 
 // ------------------------------------------------------------------------------------------
 
+/// A number drawn from the clock, where a run's request serials start (distinct requests
+/// across runs).
+fn clock_serial() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000_000)
+}
+
+/// The single-threaded runtime the load generator runs on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// `bench_load --load-only ADDR [REQUESTS [STREAMS [CONNS]]]`: just send a fixed load (for
 /// profiling a proxy under callgrind/perf: scripts/bench_load_profile.sh).
 fn load_only(args: &[String]) -> i32 {
@@ -83,16 +99,9 @@ fn load_only(args: &[String]) -> i32 {
         std::env::var("BENCH_SERIAL_FROM")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000_000)
-            }),
+            .unwrap_or_else(clock_serial),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async move {
         let to = Duration::from_secs(120);
         // BENCH_PLAIN=1: the variant config's `plain` route, BENCH_PLAIN=0 the variant's own
@@ -124,15 +133,8 @@ fn pair_only(args: &[String]) -> i32 {
     let pid: u32 = args.get(1).and_then(|a| a.parse().ok()).expect("PID");
     let pairs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(40);
     let block: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1500);
-    client::serials_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000_000),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    client::serials_from(clock_serial());
+    let rt = runtime();
     rt.block_on(async move {
         let to = Duration::from_secs(10);
         let request = chat_request(addr, VIRTUAL_KEY, false, "");
@@ -197,10 +199,7 @@ fn main() {
         return;
     }
     let opts = parse_opts();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let code = rt.block_on(async {
         tokio::select! {
             r = run(opts) => match r {
