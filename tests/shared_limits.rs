@@ -611,6 +611,14 @@ async fn a_reload_changing_the_store_keeps_it_logs_counts_and_applies_the_rest()
         )
         .await;
     assert_eq!(ignored, 1.0);
+    // The ignored field is counted while the reload is built, before the new snapshot is
+    // stored; the success count comes after the store, so the new limit is in force by then.
+    s.wait_metric(
+        "sluice_config_reload_total",
+        &[("result", "success")],
+        |v| v >= 1.0,
+    )
+    .await;
     let log = s.wait_log("limits.store").await;
     assert!(log.contains("limits.store"), "no warning: {log}");
     // The new limit applies (the local store kept counting the 3 requests).
