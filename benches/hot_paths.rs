@@ -562,6 +562,7 @@ fn cache(c: &mut Criterion) {
         max_flight_bytes: 1 << 20,
         max_flight_lag: std::time::Duration::from_secs(1),
         max_flights_total_bytes: 1 << 20,
+        admission_keys: 65536,
         admin_purge: false,
         admin_purge_token_sha256: None,
         redis: None,

@@ -583,7 +583,8 @@ async fn hits_count_against_request_limits_but_never_tokens_or_budget() {
     assert_eq!(mock.requests().len(), 1);
 }
 
-/// 200 distinct 200 KiB answers into a memory tier of 8 MiB: the weighted size stays within
+/// 200 distinct 200 KiB answers into a memory tier of 8 MiB that keeps them all
+/// (`admission_keys: 0`): the weighted size stays within
 /// the bound and the process's RSS grows by no more than the bound plus a margin (allocator
 /// and connection buffers).
 #[tokio::test]
@@ -600,7 +601,8 @@ async fn the_memory_bound_holds_under_a_flood_of_distinct_large_responses() {
         content_type: "application/json".into(),
         body: big,
     });
-    let top = format!("cache: {{max_bytes: {MAX_BYTES}}}");
+    // Every answer kept (no doorkeeper): the worst case for memory.
+    let top = format!("cache: {{max_bytes: {MAX_BYTES}, admission_keys: 0}}");
     let s = Sluice::start(&config(&mock, "{}", "{}", &top), &[KEY_ENV]);
     // Warm up (connections, buffers, allocator arenas) before the baseline.
     for i in 0..5 {
@@ -640,4 +642,58 @@ async fn the_memory_bound_holds_under_a_flood_of_distinct_large_responses() {
         peak - before,
         MAX_BYTES >> 10
     );
+}
+
+/// Once the memory tier is full, the answer to a request that never missed before is not kept
+/// (it would only evict another); the same request's second miss is kept and its third
+/// request is a hit. Counted by `sluice_cache_admission_skipped_total`.
+#[tokio::test]
+async fn a_full_memory_tier_keeps_only_answers_asked_for_again() {
+    let mock = Mock::start().await;
+    let text = "y".repeat(16 << 10);
+    mock.set(Behavior::Canned {
+        content_type: "application/json".into(),
+        body: json!({"id": "c-16k", "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4096, "total_tokens": 4101}})
+        .to_string(),
+    });
+    let top = "cache: {max_bytes: 262144, max_entry_bytes: 65536}";
+    let s = Sluice::start(&config(&mock, "{}", "{}", top), &[KEY_ENV]);
+    // Before the tier is full every answer is kept: the first of a request's is a hit later.
+    let early = chat(0.0, "early");
+    assert_eq!(chat_a(&s, &early, &[]).await.cache, "miss");
+    assert_eq!(chat_a(&s, &early, &[]).await.cache, "hit");
+    for i in 0..40 {
+        let a = chat_a(&s, &chat(0.0, &format!("fill {i}")), &[]).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    // Whether the tier is full is read with its gauges, at most 100 ms late: one more answer.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    chat_a(&s, &chat(0.0, "fill last"), &[]).await;
+    let skipped = s.metric("sluice_cache_admission_skipped_total", &[]).await;
+    assert!(
+        skipped > 0.0,
+        "the fill's last one-off answers were turned away"
+    );
+
+    let again = chat(0.0, "asked again");
+    let calls = mock.requests().len();
+    let outcomes: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let a = chat_a(&s, &again, &[]).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            v.push(a.cache);
+        }
+        v
+    };
+    assert_eq!(outcomes, ["miss", "miss", "hit"]);
+    assert_eq!(mock.requests().len(), calls + 2, "the hit made no call");
+    assert_eq!(
+        s.metric("sluice_cache_admission_skipped_total", &[]).await,
+        skipped + 1.0,
+        "only the first of the two misses was turned away"
+    );
+    assert!(s.metric("sluice_cache_bytes", &[]).await <= 262_144.0);
 }

@@ -241,6 +241,7 @@ mod store {
             max_flight_bytes: 64 * 1024,
             max_flight_lag: std::time::Duration::from_secs(1),
             max_flights_total_bytes: 1 << 20,
+            admission_keys: 65536,
             admin_purge: false,
             admin_purge_token_sha256: None,
             redis: Some(CacheRedis {

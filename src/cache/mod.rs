@@ -5,11 +5,13 @@
 //! - [`key`]: the request's key and the client's cache intent;
 //! - [`entry`]: a stored response and its binary form;
 //! - [`store`]: the process's store (memory tier, then the Redis tier);
+//! - [`admission`]: which answers a full memory tier takes (a doorkeeper of one-off keys);
 //! - [`redis_tier`]: the Redis tier, bytes in and out, shared by the replicas;
 //! - [`purge_channel`]: a purge on one replica reaches every replica's memory tier;
 //! - [`record`]: the relay's recorder, which stores a complete response;
 //! - [`replay`]: a stored response made fresh for a hit (new id and creation time).
 
+pub mod admission;
 pub mod canonical;
 pub mod entry;
 pub mod key;

@@ -15,6 +15,7 @@
 //! expired entry is a miss and is removed); until then it only takes room the size bound
 //! already counts.
 
+use super::admission::Doorkeeper;
 use super::entry::Entry;
 use super::key::{DigestHash, Key};
 use super::redis_tier::RedisTier;
@@ -22,7 +23,7 @@ use crate::config::cache::{CacheSettings, CacheStoreKind};
 use crate::metrics;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,13 @@ impl RedisPurge {
 pub struct Store {
     memory: Cache<Key, Stored, ByWeight, DigestHash>,
     max_entry_bytes: usize,
+    /// The memory tier's bound as the crate applies it (its shards' capacities), bytes.
+    capacity: u64,
+    /// The memory tier was full at the last export of its gauges: new answers go through
+    /// the doorkeeper.
+    full: AtomicBool,
+    /// `cache.admission_keys`; `None` for 0.
+    doorkeeper: Option<Doorkeeper>,
     /// Stores so far (gauge export cadence).
     stores: AtomicU64,
     /// When the gauges were last exported (ms since `epoch`; `u64::MAX`: never).
@@ -130,9 +138,13 @@ impl Store {
                     None
                 }
             });
+        let memory = memory_tier(settings);
         Store {
-            memory: memory_tier(settings),
+            capacity: memory.capacity(),
+            memory,
             max_entry_bytes: settings.max_entry_bytes,
+            full: AtomicBool::new(false),
+            doorkeeper: Doorkeeper::new(settings.admission_keys),
             stores: AtomicU64::new(0),
             exported_ms: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
@@ -194,6 +206,26 @@ impl Store {
         }
         self.memory.remove_if(key, |s| s.expires <= now);
         None
+    }
+
+    /// Whether the answer to a miss on `key` is worth recording to be stored: always on a
+    /// route with the Redis tier (`route_store`; shared by the replicas, bounded by Redis)
+    /// and while the memory tier has room; once it is full (at or over 15/16 of its bound at
+    /// the last gauge export), only when the key missed before ([`Doorkeeper::seen`];
+    /// `cache.admission_keys: 0` admits every answer). Counts
+    /// `sluice_cache_admission_skipped_total` when not.
+    pub fn admits(&self, key: &Key, route_store: CacheStoreKind) -> bool {
+        let Some(door) = &self.doorkeeper else {
+            return true;
+        };
+        if route_store == CacheStoreKind::Redis || !self.full.load(Ordering::Relaxed) {
+            return true;
+        }
+        let seen = door.seen(key);
+        if !seen {
+            metrics::CACHE_ADMISSION_SKIPPED.inc();
+        }
+        seen
     }
 
     /// Store `entry` under `key` for `ttl`, replacing any entry there. An entry whose body is
@@ -306,9 +338,14 @@ impl Store {
         self.memory.len() as u64
     }
 
-    /// `sluice_cache_bytes` and `sluice_cache_entries` from the memory tier.
+    /// `sluice_cache_bytes` and `sluice_cache_entries` from the memory tier, and whether it is
+    /// full for [`Store::admits`].
     fn export(&self) {
         let (bytes, entries) = (self.weighted_bytes(), self.entries());
+        self.full.store(
+            bytes >= self.capacity - self.capacity / 16,
+            Ordering::Relaxed,
+        );
         metrics::CACHE_BYTES.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         metrics::CACHE_ENTRIES.set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
@@ -349,6 +386,7 @@ pub(crate) fn test_settings(max_bytes: u64, max_entry_bytes: usize) -> CacheSett
     CacheSettings {
         max_bytes,
         max_entry_bytes,
+        admission_keys: 1024,
         max_flight_bytes: max_entry_bytes,
         max_flight_lag: std::time::Duration::from_secs(1),
         max_flights_total_bytes: 1 << 20,
@@ -378,7 +416,48 @@ mod tests {
     fn key(i: u32) -> Key {
         let mut k = [0u8; 32];
         k[..4].copy_from_slice(&i.to_be_bytes());
+        // Where the doorkeeper reads a digest's bits: spread, as SHA-256's are.
+        let spread = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        k[8..16].copy_from_slice(&spread.to_le_bytes());
         Key(k)
+    }
+
+    #[tokio::test]
+    async fn a_full_tier_keeps_only_answers_whose_key_missed_before() {
+        let ttl = Duration::from_secs(60);
+        let s = Store::new(&test_settings(64 * 1024, 8 * 1024));
+        // Room: every answer is admitted, the doorkeeper is not asked.
+        assert!(s.admits(&key(1_000), CacheStoreKind::Memory));
+        assert!(s.admits(&key(1_000), CacheStoreKind::Memory));
+        let skipped = metrics::CACHE_ADMISSION_SKIPPED.get();
+        for i in 0..200 {
+            s.put(key(i), entry(1024), ttl, CacheStoreKind::Memory);
+        }
+        // Full now (the gauges, and the flag, are exported every 32 stores).
+        assert!(!s.admits(&key(5_000), CacheStoreKind::Memory), "first miss");
+        assert!(metrics::CACHE_ADMISSION_SKIPPED.get() > skipped);
+        assert!(s.admits(&key(5_000), CacheStoreKind::Memory), "second miss");
+        // The Redis tier's routes are not turned away: the shared tier has its own bound.
+        assert!(s.admits(&key(6_000), CacheStoreKind::Redis));
+        // Emptied: room again.
+        s.purge_memory();
+        assert!(s.admits(&key(7_000), CacheStoreKind::Memory));
+    }
+
+    #[tokio::test]
+    async fn admission_keys_zero_keeps_every_answer() {
+        let ttl = Duration::from_secs(60);
+        let mut settings = test_settings(64 * 1024, 8 * 1024);
+        settings.admission_keys = 0;
+        let s = Store::new(&settings);
+        for i in 0..200 {
+            s.put(key(i), entry(1024), ttl, CacheStoreKind::Memory);
+        }
+        assert!(
+            s.weighted_bytes() * 16 >= 64 * 1024 * 15,
+            "the tier is full"
+        );
+        assert!(s.admits(&key(5_000), CacheStoreKind::Memory));
     }
 
     #[tokio::test]

@@ -11,6 +11,9 @@ pub struct CacheSettings {
     pub max_bytes: u64,
     /// Largest response stored, bytes (`cache.max_entry_bytes`).
     pub max_entry_bytes: usize,
+    /// Keys the memory tier's doorkeeper remembers; 0: no admission check
+    /// (`cache.admission_keys`).
+    pub admission_keys: usize,
     /// The Redis tier, when a route uses `store: redis`.
     pub redis: Option<CacheRedis>,
     /// Most response bytes a coalesced call keeps for late joiners (`cache.max_flight_bytes`).

@@ -2,7 +2,10 @@
 //! request coalescing and hedging. Registered with the rest by [`super::init`].
 
 use once_cell::sync::Lazy;
-use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
+use prometheus::{
+    register_int_counter, register_int_counter_vec, register_int_gauge, IntCounter, IntCounterVec,
+    IntGauge,
+};
 
 /// `sluice_hedges_total{route}`: hedged lanes started (`routes[].hedge`).
 pub static HEDGES: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -147,6 +150,16 @@ pub static CACHE_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
     ))
 });
 
+/// `sluice_cache_admission_skipped_total`: misses whose answer was not recorded because the
+/// memory tier was full and its doorkeeper had not seen the key miss before
+/// (`crate::cache::admission`).
+pub static CACHE_ADMISSION_SKIPPED: Lazy<IntCounter> = Lazy::new(|| {
+    metric!(register_int_counter!(
+        "sluice_cache_admission_skipped_total",
+        "Response cache misses not recorded: the memory tier was full and the key had not missed before (a one-off request)"
+    ))
+});
+
 /// `sluice_cache_stored_total{route}`: complete responses stored.
 pub static CACHE_STORED: Lazy<IntCounterVec> = Lazy::new(|| {
     metric!(register_int_counter_vec!(
@@ -192,6 +205,7 @@ pub(super) fn init() {
     Lazy::force(&HEDGE_COST_USD);
     Lazy::force(&CACHE_REDIS_ERRORS);
     Lazy::force(&CACHE_PURGED);
+    Lazy::force(&CACHE_ADMISSION_SKIPPED);
     Lazy::force(&CACHE_PURGE_SUBSCRIBED);
     Lazy::force(&CACHE_REDIS_LOOKUPS);
     Lazy::force(&CACHE_REDIS_SKIPPED_PUTS);

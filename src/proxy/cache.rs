@@ -14,6 +14,9 @@
 //! - `cache-control: max-age=N` from the client: a stored answer more than `N` seconds old is
 //!   not used (`miss`; the fresh answer replaces it). A hit says its age in `age` (seconds
 //!   since the answer was stored, RFC 9111 section 5.1).
+//! - A miss's answer is recorded to be stored unless the memory tier is full and the key
+//!   never missed before ([`Store::admits`]: a one-off request is not kept once the tier is
+//!   full; its second miss is).
 //! - A hit spends no tokens and no budget: it is looked up before token/budget admission, and
 //!   counts only against the tenant's request limits (`hits_count_toward_limits`).
 
@@ -67,11 +70,13 @@ pub async fn lookup(store: &Arc<Store>, ctx: &mut RequestCtx) -> Lookup {
         _ => (Outcome::Bypass, false, false),
     };
     let mut found = None;
+    // The key missed outright (no entry at all, not even one too old for `max-age`): only
+    // then may a full tier's doorkeeper turn the answer away.
+    let mut unknown = false;
     if let (true, Some(r)) = (look, &ctx.reuse) {
-        found = store
-            .get(&r.key, conf.store)
-            .await
-            .filter(|e| young_enough(e, r.intent.max_age_s, SystemTime::now()));
+        let held = store.get(&r.key, conf.store).await;
+        unknown = held.is_none();
+        found = held.filter(|e| young_enough(e, r.intent.max_age_s, SystemTime::now()));
         if found.is_some() {
             outcome = Outcome::Hit;
         }
@@ -84,15 +89,17 @@ pub async fn lookup(store: &Arc<Store>, ctx: &mut RequestCtx) -> Lookup {
         return Lookup::Hit(entry);
     }
     let recorder = match (keep, &ctx.reuse, ctx.caller.api) {
-        (true, Some(r), Some(api)) => Some(Recorder::new(
-            store.clone(),
-            r.key,
-            conf.ttl,
-            conf.store,
-            route.name.clone(),
-            api,
-            snapshot.accounting,
-        )),
+        (true, Some(r), Some(api)) if !unknown || store.admits(&r.key, conf.store) => {
+            Some(Recorder::new(
+                store.clone(),
+                r.key,
+                conf.ttl,
+                conf.store,
+                route.name.clone(),
+                api,
+                snapshot.accounting,
+            ))
+        }
         _ => None,
     };
     Lookup::Upstream(recorder)

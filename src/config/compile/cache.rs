@@ -11,6 +11,9 @@ use std::time::Duration;
 /// Default bound on the bytes of Redis tier writes in flight (`cache.redis.max_pending_put_bytes`).
 const DEFAULT_MAX_PENDING_PUT_BYTES: usize = 8 * 1024 * 1024;
 
+/// Largest `cache.admission_keys`: a doorkeeper of about 20 MiB.
+const MAX_ADMISSION_KEYS: u64 = 1 << 24;
+
 /// Most hedged attempts a route may ask for.
 const MAX_HEDGES: u32 = 4;
 
@@ -35,6 +38,12 @@ pub(super) fn compile_settings(
     }
     if c.max_flight_bytes == 0 {
         errs.push("cache.max_flight_bytes", "must be greater than 0");
+    }
+    if c.admission_keys > MAX_ADMISSION_KEYS {
+        errs.push(
+            "cache.admission_keys",
+            format!("must be at most {MAX_ADMISSION_KEYS}"),
+        );
     }
     if c.max_flights_total_bytes == 0 {
         errs.push("cache.max_flights_total_bytes", "must be greater than 0");
@@ -103,6 +112,7 @@ pub(super) fn compile_settings(
     CacheSettings {
         max_bytes: c.max_bytes,
         max_entry_bytes,
+        admission_keys: usize::try_from(c.admission_keys.min(MAX_ADMISSION_KEYS)).unwrap_or(0),
         redis: if uses_redis { redis } else { None },
         max_flight_bytes: usize::try_from(c.max_flight_bytes).unwrap_or(usize::MAX),
         max_flight_lag: Duration::from_millis(c.max_flight_lag_ms),

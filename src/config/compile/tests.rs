@@ -374,6 +374,7 @@ fn cache_coalesce_and_hedge_default_off_compile_and_are_validated() {
     assert_eq!(snap.cache.max_entry_bytes, 1 << 20);
     assert_eq!(snap.cache.max_flight_bytes, 1 << 20);
     assert_eq!(snap.cache.max_flights_total_bytes, 16 << 20);
+    assert_eq!(snap.cache.admission_keys, 65536);
     assert!(snap.cache.redis.is_none());
 
     let on = format!(
@@ -400,7 +401,7 @@ fn cache_coalesce_and_hedge_default_off_compile_and_are_validated() {
     assert_eq!(redis.timeout, Duration::from_millis(20));
 
     let bad = format!(
-        "{POOL}{route}    cache: {{ttl_ms: 0, store: redis}}\n    hedge: {{after_ms: 0, max: 9}}\ncache: {{max_bytes: 10, max_entry_bytes: 20, max_flight_bytes: 0, max_flights_total_bytes: 0, redis: {{url: 'http://x'}}}}\n"
+        "{POOL}{route}    cache: {{ttl_ms: 0, store: redis}}\n    hedge: {{after_ms: 0, max: 9}}\ncache: {{max_bytes: 10, max_entry_bytes: 20, max_flight_bytes: 0, max_flights_total_bytes: 0, admission_keys: 16777217, redis: {{url: 'http://x'}}}}\n"
     );
     let errs = errors(&bad);
     for e in [
@@ -411,6 +412,7 @@ fn cache_coalesce_and_hedge_default_off_compile_and_are_validated() {
         "cache.redis.url: must be a redis:// (or rediss:// for TLS) URL",
         "cache.max_flight_bytes: must be greater than 0",
         "cache.max_flights_total_bytes: must be greater than 0",
+        "cache.admission_keys: must be at most 16777216",
     ] {
         assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
     }

@@ -16,6 +16,13 @@ pub struct CacheSection {
     /// served but not stored. Default 1 MiB.
     #[serde(default = "default_max_entry_bytes")]
     pub max_entry_bytes: u64,
+    /// Scan resistance of the memory tier: once it is full, an answer is kept only when its
+    /// key already missed once among about this many recent first-time misses (a doorkeeper
+    /// Bloom filter of about 10 bits per key, cleared after this many keys), so a stream of
+    /// one-off requests neither evicts answers that are asked for again nor pays for being
+    /// kept. 0 keeps every answer. Default 65536 (80 KiB).
+    #[serde(default = "default_admission_keys")]
+    pub admission_keys: u64,
     /// The Redis tier of routes with `cache.store: redis`. Default: the limits' Redis
     /// (`limits.redis`: its `url`, `timeout_ms` and `connect_timeout_ms`).
     #[serde(default)]
@@ -57,6 +64,7 @@ impl Default for CacheSection {
         Self {
             max_bytes: default_max_bytes(),
             max_entry_bytes: default_max_entry_bytes(),
+            admission_keys: default_admission_keys(),
             redis: None,
             max_flight_bytes: default_max_flight_bytes(),
             max_flight_lag_ms: default_max_flight_lag_ms(),
@@ -72,6 +80,9 @@ fn default_max_bytes() -> u64 {
 }
 fn default_max_entry_bytes() -> u64 {
     1024 * 1024
+}
+fn default_admission_keys() -> u64 {
+    65536
 }
 fn default_max_flight_bytes() -> u64 {
     1024 * 1024
