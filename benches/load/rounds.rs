@@ -26,6 +26,29 @@ pub fn pause_all(arms: &[Arm], except: Option<usize>, pause: bool) {
     }
 }
 
+/// The response cache's memory tier of `arm` from its `/metrics`: entries, weighted bytes,
+/// answers stored and answers the doorkeeper turned away (`None`: no cache metrics).
+async fn cache_state(arm: &Arm) -> Option<String> {
+    let (200, body) = get(arm.admin?, "/metrics").await? else {
+        return None;
+    };
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let stored = value("sluice_cache_stored_total");
+    (stored > 0.0).then(|| {
+        format!(
+            "cache tier {} entries, {} bytes; stored {stored}, admission skipped {}",
+            value("sluice_cache_entries"),
+            value("sluice_cache_bytes"),
+            value("sluice_cache_admission_skipped_total")
+        )
+    })
+}
+
 /// What the rounds measured: per round, per arm, metric -> value.
 pub struct Rounds {
     pub per_round: Vec<BTreeMap<String, Metrics>>,
@@ -113,6 +136,11 @@ pub async fn run(opts: &Opts, s: &mut Session) -> Rounds {
                         f(ratio, 3)
                     ),
                 );
+                // Whether the variant's memory tier was full (its doorkeeper turning one-off
+                // answers away) or still filling during these blocks.
+                if let Some(state) = cache_state(arm).await {
+                    log(t0, format!("round {} {}: {state}", round + 1, arm.name));
+                }
                 if let Some(m) = results.get_mut(&arm.name) {
                     m.insert("paired_base_cpu_us_per_req".into(), b);
                     m.insert("paired_cpu_us_per_req".into(), x);
