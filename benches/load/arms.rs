@@ -86,9 +86,11 @@ fn config_with(proxy: u16, admin: u16, upstream: u16, route: &str, plain: bool) 
 /// in the same process (`measure::route_pair_cpu`). `reuse`: the exact-match response cache (`when:
 /// always`, so every request is looked up and every answer stored) and request coalescing; the
 /// harness's requests are all distinct, so every lookup misses and nothing coalesces: what the two
-/// cost a route when they do not help; `cache` and `coalesce`: each alone; `cache-full`: the cache
-/// alone in a 1 MiB memory tier (full, evicting); `cache-nostore` and `cache-noretain`: the cache's
-/// lookup alone, and its lookup, recording and check without keeping anything; `same`: no feature
+/// cost a route when they do not help (once the 32 MiB tier is full, its doorkeeper records none
+/// of these one-off answers); `reuse-keepall`: the same keeping every answer
+/// (`cache.admission_keys: 0`); `cache` and `coalesce`: each alone; `cache-full`: the cache
+/// alone in a 1 MiB memory tier (full from the start); `cache-nostore` and `cache-noretain`: the
+/// cache's lookup alone, and its lookup, recording and check without keeping anything; `same`: no feature
 /// at all (the control: its paired ratio against `plain` is the measurement's own noise).
 /// `None` for an unknown variant.
 pub fn sluice_variant_config(
@@ -98,7 +100,7 @@ pub fn sluice_variant_config(
     upstream: u16,
 ) -> Option<String> {
     let route = match variant {
-        "reuse" => "{cache: {when: always, ttl_ms: 60000}, coalesce: true}",
+        "reuse" | "reuse-keepall" => "{cache: {when: always, ttl_ms: 60000}, coalesce: true}",
         // Each alone, to tell their costs apart.
         "cache" | "cache-full" | "cache-nostore" | "cache-noretain" => {
             "{cache: {when: always, ttl_ms: 60000}}"
@@ -117,7 +119,14 @@ pub fn sluice_variant_config(
         // is over a 1-byte `max_entry_bytes`); `cache-noretain` also checks and offers every
         // answer to a tier too small to keep it (weight over a 600-byte bound).
         "cache-nostore" => format!("{cfg}\ncache: {{max_bytes: 33554432, max_entry_bytes: 1}}\n"),
-        "cache-noretain" => format!("{cfg}\ncache: {{max_bytes: 600, max_entry_bytes: 600}}\n"),
+        // (Without the doorkeeper, which would turn these one-off answers away unrecorded once
+        // the tier is full.)
+        "cache-noretain" => format!(
+            "{cfg}\ncache: {{max_bytes: 600, max_entry_bytes: 600, admission_keys: 0}}\n"
+        ),
+        // `reuse` keeping every answer (no doorkeeper: `admission_keys: 0`), as before
+        // 2026-12-02: each miss once the tier is full records, keeps and evicts.
+        "reuse-keepall" => format!("{cfg}\ncache: {{admission_keys: 0}}\n"),
         _ => cfg,
     })
 }
