@@ -121,9 +121,9 @@ pub fn sluice_variant_config(
         "cache-nostore" => format!("{cfg}\ncache: {{max_bytes: 33554432, max_entry_bytes: 1}}\n"),
         // (Without the doorkeeper, which would turn these one-off answers away unrecorded once
         // the tier is full.)
-        "cache-noretain" => format!(
-            "{cfg}\ncache: {{max_bytes: 600, max_entry_bytes: 600, admission_keys: 0}}\n"
-        ),
+        "cache-noretain" => {
+            format!("{cfg}\ncache: {{max_bytes: 600, max_entry_bytes: 600, admission_keys: 0}}\n")
+        }
         // `reuse` keeping every answer (no doorkeeper: `admission_keys: 0`), as before
         // 2026-12-02: each miss once the tier is full records, keeps and evicts.
         "reuse-keepall" => format!("{cfg}\ncache: {{admission_keys: 0}}\n"),
