@@ -78,15 +78,8 @@ fn bits(key: &Key) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::key::test_key as key;
     use super::*;
-
-    fn key(i: u64) -> Key {
-        // Distinct, well-spread bits where the doorkeeper reads them, as a digest has.
-        let mut k = [0u8; 32];
-        let mixed = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ i;
-        k[8..16].copy_from_slice(&mixed.to_le_bytes());
-        Key(k)
-    }
 
     #[test]
     fn zero_keys_means_no_doorkeeper() {

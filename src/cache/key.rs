@@ -274,6 +274,18 @@ pub fn compute(
     Key(key)
 }
 
+/// A distinct key for unit tests: `i` in the first 8 bytes (the memory tier's shards and table),
+/// and bits spread from it in bytes 8..16 (where the admission doorkeeper reads a digest), as
+/// SHA-256's are.
+#[cfg(test)]
+pub(crate) fn test_key(i: u64) -> Key {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&i.to_be_bytes());
+    let spread = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ i;
+    k[8..16].copy_from_slice(&spread.to_le_bytes());
+    Key(k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -398,6 +398,7 @@ pub(crate) fn test_settings(max_bytes: u64, max_entry_bytes: usize) -> CacheSett
 
 #[cfg(test)]
 mod tests {
+    use super::super::key::test_key as key;
     use super::*;
     use crate::usage::Usage;
     use bytes::Bytes;
@@ -411,15 +412,6 @@ mod tests {
             usage: Usage::default(),
             stored_at_ms: 0,
         }
-    }
-
-    fn key(i: u32) -> Key {
-        let mut k = [0u8; 32];
-        k[..4].copy_from_slice(&i.to_be_bytes());
-        // Where the doorkeeper reads a digest's bits: spread, as SHA-256's are.
-        let spread = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        k[8..16].copy_from_slice(&spread.to_le_bytes());
-        Key(k)
     }
 
     #[tokio::test]
