@@ -5,6 +5,8 @@
 # same load when perf is allowed. Loopback only; every process started here is stopped.
 #
 #   scripts/bench_load_profile.sh [REQUESTS] [STREAMS]     (default 2000 and 200)
+#   PROFILE_VARIANT=reuse [PROFILE_CONFIG=YAML] [PROFILE_WARM=N] scripts/bench_load_profile.sh [REQUESTS]
+#       (a variant's route against its plain route, with the cache simulation: see below)
 #
 # Builds an unstripped sluice with line tables into target/prof (the [profile.release] of
 # Cargo.toml is not touched: CARGO_PROFILE_RELEASE_* overrides). Output: target/bench/profile/.
@@ -55,6 +57,59 @@ PIDS+=($!)
 for _ in $(seq 1 50); do grep -q listening "$TMP/up.out" 2>/dev/null && break; sleep 0.1; done
 UP=$(sed -n 's/^listening 127.0.0.1://p' "$TMP/up.out")
 export BENCH_UPSTREAM_KEY=sk-bench-upstream-key BENCH_VIRTUAL_KEY=sk-bench-virtual-key-0001
+
+# --- route comparison (PROFILE_VARIANT=NAME, one of `--sluice-variants`): the variant's route
+# against its `plain` route in one process, under callgrind with its cache simulation: each
+# route's instructions and simulated L1 instruction and data cache misses per JSON request
+# (README "Response cache"). PROFILE_CONFIG: YAML appended to the config (for example
+# 'cache: {max_bytes: 1048576}', a tier that is full after the warm-up); PROFILE_WARM: requests
+# sent to each route before measuring (default 300). REQUESTS is per route.
+if [ -n "${PROFILE_VARIANT:-}" ]; then
+    PX=$(free_port); AD=$(free_port)
+    mkdir -p "$TMP/c3"
+    "$BIN/bench_load" --sluice-config "$PX" "$AD" "$UP" "$PROFILE_VARIANT" > "$TMP/c3/s.yaml"
+    if [ -n "${PROFILE_CONFIG:-}" ]; then printf '%s\n' "$PROFILE_CONFIG" >> "$TMP/c3/s.yaml"; fi
+    rm -f "$OUT"/routes.out*
+    taskset -c 1 valgrind --tool=callgrind --cache-sim=yes --instr-atstart=no \
+        --callgrind-out-file="$OUT/routes.out" "$PROF" run -c "$TMP/c3/s.yaml" 2> "$TMP/vg3.err" &
+    VG=$!; PIDS+=($VG)
+    wait_ready "$AD" 120
+    for plain in 1 0; do
+        BENCH_PLAIN=$plain taskset -c 0 "$BIN/bench_load" --load-only "127.0.0.1:$PX" \
+            "${PROFILE_WARM:-300}" 0 4 > /dev/null
+    done
+    callgrind_control -z "$VG" > /dev/null 2>&1
+    callgrind_control -i on "$VG" > /dev/null
+    for plain in 1 0; do
+        BENCH_PLAIN=$plain taskset -c 0 "$BIN/bench_load" --load-only "127.0.0.1:$PX" "$N" 0 8
+        callgrind_control -d "plain=$plain" "$VG" > /dev/null 2>&1
+    done
+    callgrind_control -i off "$VG" > /dev/null
+    kill -INT "$VG" 2>/dev/null || true; wait "$VG" 2>/dev/null || true
+    for i in 1 2; do
+        callgrind_annotate --inclusive=yes "$OUT/routes.out.$i" > "$OUT/routes-$i-inclusive.txt" 2>/dev/null || true
+    done
+    python3 - "$OUT" "$N" <<'PY'
+import re, sys
+out, n = sys.argv[1], int(sys.argv[2])
+def totals(path):
+    for line in open(path):
+        if "PROGRAM TOTALS" in line:
+            return [int(x.replace(",", "")) for x in re.findall(r"([\d,]+) \(", line)]
+    sys.exit(f"no totals in {path}")
+# Events of --cache-sim=yes: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
+rows = []
+for name, i in (("plain", 1), ("variant", 2)):
+    t = totals(f"{out}/routes-{i}-inclusive.txt")
+    rows.append((name, t[0] / n, t[3] / n, (t[4] + t[5]) / n))
+for name, ir, i1, d1 in rows:
+    print(f"{name:8} {ir:10.0f} instructions {i1:7.0f} L1i misses {d1:7.0f} L1d misses per request")
+(_, a, b, c), (_, x, y, z) = rows
+print(f"variant/plain: instructions {x / a:.3f}, L1i misses {y / b:.3f}, L1d misses {z / c:.3f}")
+PY
+    echo "  inclusive: $OUT/routes-1-inclusive.txt (plain), $OUT/routes-2-inclusive.txt (variant)"
+    exit 0
+fi
 
 # --- callgrind: instruction counts, repeatable
 PX=$(free_port); AD=$(free_port)
