@@ -25,8 +25,10 @@ from upstreams import burst
 pytestmark = pytest.mark.sluice
 
 CLIENTS = 100
-# llmock's reply to it has about 15 words, one event each, 60 ms apart: the stream lasts
-# about 0.5 s and the clients overlap.
+# llmock's reply to it has about 15 words, one event each, 150 ms apart: the stream lasts
+# over 2 s, so the 50 clients started at its first content all join it even on a slow,
+# loaded machine (with 60 ms, about 1.4 s through a debug build, one CI run saw a late
+# client arrive after the stream had ended and make a call of its own).
 PROMPT = ("Please summarise the coalescing design of the sidecar proxy in one long sentence "
           "that mentions leaders followers flights cursors bounds and cancellation")
 CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "stream": True,
@@ -35,7 +37,7 @@ CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "stream": True,
 
 @pytest.fixture(scope="module")
 def paced_upstream(workdir: Path) -> Iterator[Upstream]:
-    with llmock_upstream(workdir, "llmock-paced", ["--stream-chunk-delay-ms", "60"]) as u:
+    with llmock_upstream(workdir, "llmock-paced", ["--stream-chunk-delay-ms", "150"]) as u:
         yield u
 
 
