@@ -58,7 +58,7 @@ const TENANT_PARTS: &[&[u8]] = &[b"tenant"];
 const ROUTE_PARTS: &[&[u8]] = &[b"route"];
 const STREAM_PARTS: &[&[u8]] = &[b"stream"];
 const JSON_PARTS: &[&[u8]] = &[b"json"];
-/// Every name of [`VERSION_HEADERS`], in order, each with a count of 0.
+/// Every name of [`super::VERSION_HEADERS`], in order, each with a count of 0.
 const NO_VERSION_PARTS: &[&[u8]] = &[
     super::VERSION_HEADER_NAMES[0].as_bytes(),
     &ZERO,
