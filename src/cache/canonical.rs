@@ -188,23 +188,19 @@ impl<'de> Visitor<'de> for Canon<'_> {
             };
             members.push((key, start, out.len()));
         }
-        in_key_order(out, body, &mut members, &mut Vec::new());
+        in_key_order(out, body, &mut members);
         out.push(b'}');
         Ok(())
     }
 }
 
 /// Puts the members of an object written to `out` from `body` on (each: its key, and where
-/// `"key":value` starts and ends in `out`, in the order given) in key order. Already in order
-/// with no key twice (as written): nothing to do. Else sorted by key (stable: of a key given
-/// twice, the later stays later) and the last of each key kept (as serde_json's `Value` does).
-/// `scratch`: room for the members as written while they are put back in order (emptied).
-fn in_key_order<K: AsRef<[u8]>>(
-    out: &mut Vec<u8>,
-    body: usize,
-    members: &mut [(K, usize, usize)],
-    scratch: &mut Vec<u8>,
-) {
+/// `"key":value` starts and ends in `out`, in the order given; `out[body..]` is exactly those
+/// members joined by `,`) in key order. Already in order with no key twice (as written):
+/// nothing to do. Else sorted by key (stable: of a key given twice, the later stays later) and
+/// the last of each key kept (as serde_json's `Value` does). The ordered text is built after
+/// the end of `out` and moved back over the original (no buffer of its own).
+fn in_key_order<K: AsRef<[u8]>>(out: &mut Vec<u8>, body: usize, members: &mut [(K, usize, usize)]) {
     if members
         .windows(2)
         .all(|w| w[0].0.as_ref() < w[1].0.as_ref())
@@ -212,12 +208,9 @@ fn in_key_order<K: AsRef<[u8]>>(
         return;
     }
     members.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
-    scratch.clear();
-    scratch.extend_from_slice(&out[body..]);
-    out.truncate(body);
-    let written = &scratch[..];
+    let end = out.len();
     let mut first = true;
-    for (i, (key, start, end)) in members.iter().enumerate() {
+    for (i, (key, start, stop)) in members.iter().enumerate() {
         if members
             .get(i + 1)
             .is_some_and(|next| next.0.as_ref() == key.as_ref())
@@ -228,8 +221,11 @@ fn in_key_order<K: AsRef<[u8]>>(
             out.push(b',');
         }
         first = false;
-        out.extend_from_slice(&written[start - body..end - body]);
+        out.extend_from_within(*start..*stop);
     }
+    let ordered = out.len() - end;
+    out.copy_within(end.., body);
+    out.truncate(body + ordered);
 }
 
 /// Writes a JSON string. `verbatim`: `v` is the text between the quotes of the body itself,

@@ -3,7 +3,8 @@
 
 use proptest::prelude::*;
 
-/// JSON text with every kind of value, duplicate and escaped keys, and whitespace; `named`:
+/// JSON text with every kind of value, duplicate and escaped keys, compact or with
+/// whitespace; `named`:
 /// keys (JSON-quoted) drawn often besides random ones, the members the code under test reads.
 pub fn json_text(named: &'static [&'static str]) -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
@@ -24,15 +25,17 @@ pub fn json_text(named: &'static [&'static str]) -> impl Strategy<Value = String
             Just(r#""\u0061""#.to_owned()),
             prop::sample::select(named.to_vec()).prop_map(str::to_owned),
         ];
+        // Compact (as SDKs send), spaced, or spread over lines.
+        let ws = || prop::sample::select(vec!["", " ", "\n  "]);
         prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4)
-                .prop_map(|items| format!("[ {} ]", items.join(" ,\n"))),
-            prop::collection::vec((key, inner), 0..5).prop_map(|members| {
+            (prop::collection::vec(inner.clone(), 0..4), ws())
+                .prop_map(|(items, w)| format!("[{w}{}{w}]", items.join(&format!("{w},{w}")))),
+            (prop::collection::vec((key, inner), 0..5), ws()).prop_map(|(members, w)| {
                 let members: Vec<String> = members
                     .into_iter()
-                    .map(|(k, v)| format!("{k} : {v}"))
+                    .map(|(k, v)| format!("{k}{w}:{w}{v}"))
                     .collect();
-                format!("{{{}}}", members.join(",  "))
+                format!("{{{w}{}{w}}}", members.join(&format!("{w},{w}")))
             }),
         ]
     })

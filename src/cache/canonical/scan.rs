@@ -1,17 +1,23 @@
-//! The canonical form's fast path: one pass of a byte scanner over the body, writing the
-//! canonical text as it goes. It takes the bodies SDKs send (objects, arrays, strings with or
-//! without escapes, integers, decimals) and declines (`None`) anything it is not sure of,
-//! invalid JSON included; [`super::of`] then hands the body to serde_json's deserializer.
+//! The canonical form's fast path: one pass of a byte scanner over the body. It takes the
+//! bodies SDKs send (objects, arrays, strings with or without escapes, integers, decimals) and
+//! declines (`None`) anything it is not sure of, invalid JSON included; [`super::of`] then
+//! hands the body to serde_json's deserializer.
 //!
 //! Its text is the serde path's byte for byte (a property test holds the two together):
-//! - a string without escapes is copied as sent: JSON text holds no unescaped `"`, `\` or
+//! - a string without escapes is kept as sent: JSON text holds no unescaped `"`, `\` or
 //!   control character in a string (RFC 8259 section 7), the only characters serde_json's
 //!   printer escapes, so it prints that string as sent; the body is checked for UTF-8 first,
 //!   as serde_json checks every string it reads;
 //! - a string with escapes is read and printed by serde_json;
-//! - an integer that fits an `i64` or a `u64` (and is not `-0`) is copied as sent: serde_json
+//! - an integer that fits an `i64` or a `u64` (and is not `-0`) is kept as sent: serde_json
 //!   reads it as that integer and prints it back unchanged; any other number is read and
 //!   printed by serde_json as the `f64` it reads (`1e2` is `100.0`, `-0` is `-0.0`).
+//!
+//! So most of a body is its own canonical text. The scanner copies it in runs: the bytes read
+//! since the last change are pending (`copied..i`), and are copied out in one piece only where
+//! the text differs from the body (whitespace dropped, a string or number printed anew, an
+//! ignored member left out, an object put in key order). A compact body whose objects are in
+//! key order is one copy.
 
 use super::{in_key_order, is_zero, Canonical, Facts};
 use crate::cache::key::IGNORED_FIELDS;
@@ -31,10 +37,34 @@ const STRING_STOP: [bool; 256] = {
     t
 };
 
+/// `0x01` in every byte of a word.
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+/// `0x80` in every byte of a word.
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The high bit of each byte of `w` that is below `n` (`n` at most 0x80), and possibly of
+/// bytes after the first such one: exact for the lowest (the "has less" test of Sean
+/// Anderson's Bit Twiddling Hacks, <https://graphics.stanford.edu/~seander/bithacks.html>).
+const fn below(w: u64, n: u8) -> u64 {
+    w.wrapping_sub(ONES * n as u64) & !w & HIGHS
+}
+
 /// The first index at or after `j` that is not plain string content (see [`STRING_STOP`]),
-/// or `b.len()`. A table lookup per byte: request strings are short, and a vector search's
-/// setup per call costs more than it saves on them.
+/// or `b.len()`. Eight bytes at a time (a word's stop bytes found with [`below`]) while eight
+/// are left (a string's closing quote is followed by more of the body, so this is nearly
+/// always), then one at a time.
 pub(crate) fn skip_plain(b: &[u8], mut j: usize) -> usize {
+    while let Some(word) = b.get(j..).and_then(|rest| rest.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*word);
+        let stops = below(w, 0x20)
+            | below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1);
+        if stops != 0 {
+            // Little-endian: the lowest flagged byte is the first in the body.
+            return j + (stops.trailing_zeros() / 8) as usize;
+        }
+        j += 8;
+    }
     while let Some(&c) = b.get(j) {
         if STRING_STOP[usize::from(c)] {
             break;
@@ -62,34 +92,38 @@ pub(super) fn of(body: &[u8]) -> Option<Canonical> {
     let mut s = Scan {
         b: body,
         i: 0,
+        copied: 0,
         out: Vec::with_capacity(body.len()),
         // Room for the members of a request body's usual objects without regrowing.
         members: Vec::with_capacity(8),
-        // Room for the largest object's text (the canonical text is about as long as the
-        // body), so reordering seldom regrows it.
-        scratch: Vec::with_capacity(body.len()),
     };
     let mut facts = Facts::default();
     s.ws();
     s.value(0, Some(&mut facts))?;
     s.ws();
-    (s.i == body.len()).then_some(Canonical {
+    if s.i != body.len() {
+        return None;
+    }
+    s.flush(s.i);
+    Some(Canonical {
         text: s.out,
         deterministic: facts.zero_temperature || facts.seeded,
     })
 }
 
-/// A cursor over the body (`b[i..]` not read yet) and the text written so far.
+/// A cursor over the body (`b[i..]` not read yet) and the text written so far: `out`, then
+/// the pending run `b[copied..i]`, which is canonical text as it stands.
 struct Scan<'a> {
     b: &'a [u8],
     i: usize,
+    /// Where the pending run starts (at most `i`).
+    copied: usize,
     out: Vec<u8>,
     /// The members of the objects being written, innermost last (each: its key's text, and
-    /// where `"key":value` starts and ends in `out`): one allocation for every object of the
-    /// body. Keys are compared as bytes (the canonical order is byte order).
+    /// where `"key":value` starts and ends in the text, as [`Scan::at`] gives): one
+    /// allocation for every object of the body. Keys are compared as bytes (the canonical
+    /// order is byte order).
     members: Vec<(Cow<'a, [u8]>, usize, usize)>,
-    /// Room for reordering an object's members ([`in_key_order`]), reused.
-    scratch: Vec<u8>,
 }
 
 /// Where a string's content lies in the body (between its quotes), and whether it holds an
@@ -102,9 +136,38 @@ struct Str {
 }
 
 impl<'a> Scan<'a> {
-    /// Skips JSON whitespace (RFC 8259 section 2).
+    /// Copies the pending run up to body index `to` to `out`.
+    fn flush(&mut self, to: usize) {
+        self.out.extend_from_slice(&self.b[self.copied..to]);
+        self.copied = to;
+    }
+
+    /// Leaves `b[from..to]` out of the text (the pending run before it is copied).
+    fn drop_span(&mut self, from: usize, to: usize) {
+        self.flush(from);
+        self.copied = to;
+    }
+
+    /// Where the byte at body index `j` (pending, at or after `copied`) lands in the text.
+    fn at(&self, j: usize) -> usize {
+        self.out.len() + (j - self.copied)
+    }
+
+    /// Skips JSON whitespace (RFC 8259 section 2), leaving it out of the text. Inline: it is
+    /// called before and after every token, and a compact body (what SDKs send) has none.
+    #[inline(always)]
     fn ws(&mut self) {
-        self.i = skip_ws(self.b, self.i);
+        if let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.drop_ws();
+        }
+    }
+
+    /// The whitespace at the cursor, left out of the text.
+    #[cold]
+    fn drop_ws(&mut self) {
+        let j = skip_ws(self.b, self.i);
+        self.drop_span(self.i, j);
+        self.i = j;
     }
 
     /// Consumes `c` after whitespace.
@@ -113,14 +176,17 @@ impl<'a> Scan<'a> {
         (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
     }
 
-    /// One value at the cursor, written; `top`: the body itself (its members' facts).
+    /// One value at the cursor; `top`: the body itself (its members' facts).
     fn value(&mut self, depth: usize, top: Option<&mut Facts>) -> Option<()> {
         match *self.b.get(self.i)? {
             b'{' if depth < MAX_DEPTH => self.object(depth, top),
             b'[' if depth < MAX_DEPTH => self.array(depth),
             b'"' => {
                 let s = self.string()?;
-                self.write_string(s)
+                if s.escaped {
+                    self.reprint_string(s)?;
+                }
+                Some(())
             }
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
@@ -133,9 +199,8 @@ impl<'a> Scan<'a> {
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.i + word.len();
         (self.b.get(self.i..end)? == word).then_some(())?;
-        self.i = end;
-        self.out.extend_from_slice(word);
         // What follows is checked by the caller (a separator, or the end).
+        self.i = end;
         Some(())
     }
 
@@ -170,17 +235,14 @@ impl<'a> Scan<'a> {
         &self.b[s.start - 1..=s.end]
     }
 
-    fn write_string(&mut self, s: Str) -> Option<()> {
-        if s.escaped {
-            let text: String = serde_json::from_slice(self.quoted(s)).ok()?;
-            serde_json::to_writer(&mut self.out, &text).ok()
-        } else {
-            self.out.extend_from_slice(self.quoted(s));
-            Some(())
-        }
+    /// The escaped string `s` (just consumed), read and printed by serde_json in its place.
+    fn reprint_string(&mut self, s: Str) -> Option<()> {
+        let text: String = serde_json::from_slice(self.quoted(s)).ok()?;
+        self.drop_span(s.start - 1, s.end + 1);
+        serde_json::to_writer(&mut self.out, &text).ok()
     }
 
-    /// A number (RFC 8259 section 6 grammar), written as serde_json prints what it reads.
+    /// A number (RFC 8259 section 6 grammar), as serde_json prints what it reads.
     fn number(&mut self) -> Option<()> {
         let b = self.b;
         let start = self.i;
@@ -224,22 +286,19 @@ impl<'a> Scan<'a> {
             } else {
                 text.parse::<u64>().is_ok()
             };
-        if as_sent {
-            self.out.extend_from_slice(text.as_bytes());
-            Some(())
-        } else {
+        if !as_sent {
             let v: f64 = serde_json::from_str(text).ok()?;
-            serde_json::to_writer(&mut self.out, &v).ok()
+            self.drop_span(start, j);
+            serde_json::to_writer(&mut self.out, &v).ok()?;
         }
+        Some(())
     }
 
     fn array(&mut self, depth: usize) -> Option<()> {
         self.i += 1;
-        self.out.push(b'[');
         self.ws();
         if self.b.get(self.i) == Some(&b']') {
             self.i += 1;
-            self.out.push(b']');
             return Some(());
         }
         loop {
@@ -247,34 +306,37 @@ impl<'a> Scan<'a> {
             self.value(depth + 1, None)?;
             self.ws();
             match *self.b.get(self.i)? {
-                b',' => self.out.push(b','),
+                b',' => self.i += 1,
                 b']' => break,
                 _ => return None,
             }
-            self.i += 1;
         }
         self.i += 1;
-        self.out.push(b']');
         Some(())
     }
 
     fn object(&mut self, depth: usize, mut top: Option<&mut Facts>) -> Option<()> {
         let b = self.b;
         self.i += 1;
-        self.out.push(b'{');
-        let body = self.out.len();
+        // Where the members' text starts (after the `{`).
+        let body = self.at(self.i);
         self.ws();
         if b.get(self.i) == Some(&b'}') {
             self.i += 1;
-            self.out.push(b'}');
             return Some(());
         }
         let first = self.members.len();
+        // Where the `,` before this member is in the text (`None` before the first).
+        let mut comma: Option<usize> = None;
+        // A left-out member had no kept member before it: the `,` after it goes too.
+        let mut drop_comma = false;
         loop {
             self.ws();
             if b.get(self.i) != Some(&b'"') {
                 return None;
             }
+            // Where the member's text starts.
+            let start = self.at(self.i);
             let k = self.string()?;
             // The body is UTF-8 (checked first) and a key lies between two `"`: its bytes are
             // its text.
@@ -287,50 +349,68 @@ impl<'a> Scan<'a> {
             self.eat(b':')?;
             self.ws();
             if top.is_some() && IGNORED_FIELDS.iter().any(|f| f.as_bytes() == key.as_ref()) {
-                // Read (it must be valid) and left out.
-                let mark = self.out.len();
+                // Read (it must be valid) and left out, with one `,` next to it.
+                self.flush(self.i);
+                let mark = match comma {
+                    Some(c) if self.members.len() > first => c,
+                    _ => {
+                        drop_comma = true;
+                        start
+                    }
+                };
+                self.out.truncate(mark);
                 self.value(depth + 1, None)?;
                 self.out.truncate(mark);
+                self.copied = self.i;
             } else {
-                if self.members.len() > first {
-                    self.out.push(b',');
-                }
-                let start = self.out.len();
                 if k.escaped {
+                    // The key printed anew, then its `:` (whitespace around it was left out).
                     let text = std::str::from_utf8(&key).ok()?;
+                    self.flush(self.i);
+                    self.out.truncate(start);
                     serde_json::to_writer(&mut self.out, text).ok()?;
-                } else {
-                    self.out.extend_from_slice(self.quoted(k));
+                    self.out.push(b':');
                 }
-                self.out.push(b':');
-                let value_at = self.out.len();
+                let value_at = self.at(self.i);
                 self.value(depth + 1, None)?;
                 if let Some(facts) = top.as_deref_mut() {
-                    let value = &self.out[value_at..];
-                    match key.as_ref() {
-                        b"temperature" => facts.zero_temperature = is_zero(value),
-                        b"seed" => facts.seeded = value != b"null",
-                        _ => {}
+                    if let b"temperature" | b"seed" = key.as_ref() {
+                        self.flush(self.i);
+                        let value = &self.out[value_at..];
+                        if key.as_ref() == b"seed" {
+                            facts.seeded = value != b"null";
+                        } else {
+                            facts.zero_temperature = is_zero(value);
+                        }
                     }
                 }
-                self.members.push((key, start, self.out.len()));
+                let end = self.at(self.i);
+                self.members.push((key, start, end));
             }
             self.ws();
             match *b.get(self.i)? {
-                b',' => self.i += 1,
+                b',' => {
+                    if drop_comma {
+                        self.drop_span(self.i, self.i + 1);
+                        drop_comma = false;
+                    } else {
+                        comma = Some(self.at(self.i));
+                    }
+                    self.i += 1;
+                }
                 b'}' => break,
                 _ => return None,
             }
         }
-        self.i += 1;
-        in_key_order(
-            &mut self.out,
-            body,
-            &mut self.members[first..],
-            &mut self.scratch,
-        );
+        let ordered = self.members[first..]
+            .windows(2)
+            .all(|w| w[0].0.as_ref() < w[1].0.as_ref());
+        if !ordered {
+            self.flush(self.i);
+            in_key_order(&mut self.out, body, &mut self.members[first..]);
+        }
         self.members.truncate(first);
-        self.out.push(b'}');
+        self.i += 1;
         Some(())
     }
 }
@@ -351,6 +431,60 @@ mod tests {
             assert!(fast.is_some(), "declined: {body}");
             assert_eq!(fast.unwrap(), super::super::by_serde(body.as_bytes()).unwrap(), "{body}");
         }
+    }
+
+    #[test]
+    fn leaves_out_ignored_members_wherever_they_are() {
+        for body in [
+            r#"{"stream":true,"model":"m"}"#,
+            r#"{"model":"m","stream":true}"#,
+            r#"{"a":1,"stream":true,"user":"u","b":2}"#,
+            r#"{"stream":true,"user":"u"}"#,
+            r#"{"stream":true,"user":"u","a":[1,{"user":"kept"}]}"#,
+            r#"{ "user" : "\u0041" , "b" : 1 , "metadata" : {"x":"\n"} }"#,
+            r#"{"b":1,"metadata":{"x":"\n"},"a":0}"#,
+        ] {
+            let fast = of(body.as_bytes()).expect(body);
+            assert_eq!(
+                fast,
+                super::super::by_serde(body.as_bytes()).unwrap(),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            of(br#"{"b":1,"stream":true,"a":2,"user":"u"}"#)
+                .unwrap()
+                .text,
+            br#"{"a":2,"b":1}"#
+        );
+    }
+
+    #[test]
+    fn a_compact_body_in_key_order_is_its_own_text() {
+        let body = br#"{"a":[1,"x",{"b":null,"c":true}],"d":-2}"#;
+        assert_eq!(of(body).unwrap().text, body);
+    }
+
+    #[test]
+    fn plain_runs_stop_at_the_first_stop_byte_at_every_offset() {
+        for stop in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+            for at in 0..24 {
+                // Bytes that are plain content around it: printable ASCII, DEL, UTF-8 bytes.
+                let mut b: Vec<u8> = (0..24)
+                    .map(|i| [b'a', b' ', 0x7f, 0xc3, 0xa9, b'~'][i % 6])
+                    .collect();
+                b[at] = stop;
+                for from in 0..=at {
+                    assert_eq!(
+                        skip_plain(&b, from),
+                        at,
+                        "stop {stop:#x} at {at} from {from}"
+                    );
+                }
+            }
+        }
+        assert_eq!(skip_plain(b"abcdefghijklmnopq", 3), 17);
+        assert_eq!(skip_plain(b"", 0), 0);
     }
 
     #[test]
