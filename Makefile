@@ -37,6 +37,8 @@ validate: build
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
+	# Doc comments' links resolve (public and private items): rustdoc's own check.
+	RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --lib --document-private-items
 
 bench: deps ## criterion micro-benchmarks of the hot paths -> target/criterion
 	cargo bench --locked

@@ -86,7 +86,7 @@ static KNOWN_KEYS: Lazy<KnownKeys> = Lazy::new(|| KnownKeys {
 
 /// Remember the provider keys of `snapshot` for verbatim redaction. Call it for every
 /// snapshot put in service (start and each reload); keys of earlier snapshots stay
-/// remembered (up to [`MAX_REMEMBERED_KEYS`]).
+/// remembered (up to `MAX_REMEMBERED_KEYS`, 256).
 pub fn remember_keys(snapshot: &Snapshot) {
     let new = snapshot
         .pools

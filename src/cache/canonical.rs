@@ -38,7 +38,7 @@ pub(crate) use scan::{skip_plain, skip_ws};
 /// `body` (JSON, any value) in canonical form. Errors: not JSON (serde_json's error, which
 /// says where).
 ///
-/// The common body is written by a byte scanner ([`scan`]); whatever it does not take (an
+/// The common body is written by a byte scanner (module `scan`); whatever it does not take (an
 /// invalid body included) goes through serde_json's deserializer, which has the last word.
 pub fn of(body: &[u8]) -> Result<Canonical, serde_json::Error> {
     match scan::of(body) {

@@ -44,8 +44,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Lease: grant up to ARGV[2] of limit ARGV[1] on KEYS[1] (the window's granted total),
-/// expiring after ARGV[3] ms. Returns the amount granted.
+/// Lease: grant up to `ARGV[2]` of limit `ARGV[1]` on `KEYS[1]` (the window's granted total),
+/// expiring after `ARGV[3]` ms. Returns the amount granted.
 const LEASE: &str = r"
 local granted = tonumber(redis.call('GET', KEYS[1]) or '0')
 local give = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - granted)
@@ -55,7 +55,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return give
 ";
 
-/// Return ARGV[1] units to KEYS[1] (never below zero). Returns the amount returned.
+/// Return `ARGV[1]` units to `KEYS[1]` (never below zero). Returns the amount returned.
 const RETURN: &str = r"
 local granted = tonumber(redis.call('GET', KEYS[1]) or '0')
 local back = math.min(tonumber(ARGV[1]), granted)

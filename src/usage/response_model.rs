@@ -50,7 +50,7 @@ pub fn of_stream(api: ApiKind, head: &[u8]) -> Option<String> {
 
 /// The first string found at one of `paths` (each a chain of object keys; tried in order per
 /// event) in the first JSON events of a stream head: SSE `data:` lines or NDJSON lines, at most
-/// [`MAX_EVENTS`] of them; a line that is not a whole JSON object (`[DONE]`, a line cut at the
+/// `MAX_EVENTS` (16) of them; a line that is not a whole JSON object (`[DONE]`, a line cut at the
 /// end of `head`) is skipped.
 pub fn first_str(head: &[u8], paths: &[&[&str]]) -> Option<String> {
     head.split(|b| *b == b'\n')

@@ -3,7 +3,7 @@
 //! [`super::SseAccountant`]'s doc for the rule).
 
 /// Removes the first top-level-looking `"usage":null` member from raw event bytes (see
-/// [`SseAccountant`]'s doc for the rule). Returns whether something was removed.
+/// [`crate::usage::SseAccountant`]'s doc for the rule). Returns whether something was removed.
 pub(crate) fn strip_usage_null(raw: &mut Vec<u8>) -> bool {
     const KEY: &[u8] = b"\"usage\"";
     let is_blank = |b: u8| b == b' ' || b == b'\t';

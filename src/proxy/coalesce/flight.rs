@@ -513,7 +513,7 @@ impl Subscription {
         }
     }
 
-    /// The next chunks from this client's cursor (at most [`HANDOFF_BYTES`], at least one
+    /// The next chunks from this client's cursor (at most `HANDOFF_BYTES`, 16 KiB, at least one
     /// chunk), appended to `out` (a buffer the caller reuses), or [`Next::BodyEnd`] once it
     /// read the last ones. Cancel-safe (the cursor moves
     /// only when chunks are handed over).

@@ -5,7 +5,7 @@
 //! a streamed answer is first held by [`super::commit`] until its first content event, and
 //! failover goes on until then.
 //!
-//! The decision after each attempt is [`decide`] / [`decide_error`] in `rules` (outcome × the
+//! The decision after each attempt is `decide` / `decide_error` in `rules` (outcome × the
 //! route's rules: serve, another key, the same endpoint again after a jittered backoff, the
 //! next candidate, or stop); the endpoint
 //! bookkeeping an answer implies (breaker outcome, a key disabled after 401/403, a key and

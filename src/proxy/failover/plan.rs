@@ -146,7 +146,7 @@ impl<'a> Plan<'a> {
     }
 
     /// The next candidate no lane took yet; `None` when every one was taken (or the request
-    /// must end: see [`Plan::fatal`]).
+    /// must end: the cursor's `fatal`).
     pub fn next_candidate(&self) -> Option<Candidate> {
         let Ok(mut c) = self.cursor.lock() else {
             return None;
