@@ -188,25 +188,30 @@ impl<'de> Visitor<'de> for Canon<'_> {
             };
             members.push((key, start, out.len()));
         }
-        in_key_order(out, body, &mut members);
+        if !in_key_order(&members) {
+            reorder(out, body, &mut members);
+        }
         out.push(b'}');
         Ok(())
     }
 }
 
-/// Puts the members of an object written to `out` from `body` on (each: its key, and where
-/// `"key":value` starts and ends in `out`, in the order given; `out[body..]` is exactly those
-/// members joined by `,`) in key order. Already in order with no key twice (as written):
-/// nothing to do. Else sorted by key (stable: of a key given twice, the later stays later) and
-/// the last of each key kept (as serde_json's `Value` does). The ordered text is built after
-/// the end of `out` and moved back over the original (no buffer of its own).
-fn in_key_order<K: AsRef<[u8]>>(out: &mut Vec<u8>, body: usize, members: &mut [(K, usize, usize)]) {
-    if members
+/// Whether an object's members (each: its key, and where `"key":value` starts and ends in the
+/// text) are in key order with no key twice, as written: then the object's text is canonical
+/// as it stands.
+fn in_key_order<K: AsRef<[u8]>>(members: &[(K, usize, usize)]) -> bool {
+    members
         .windows(2)
         .all(|w| w[0].0.as_ref() < w[1].0.as_ref())
-    {
-        return;
-    }
+}
+
+/// Puts the members of an object written to `out` from `body` on (each: its key, and where
+/// `"key":value` starts and ends in `out`, in the order given; `out[body..]` is exactly those
+/// members joined by `,`; not [`in_key_order`]) in key order: sorted by key (stable: of a key
+/// given twice, the later stays later) and the last of each key kept (as serde_json's `Value`
+/// does). The ordered text is built after the end of `out` and moved back over the original
+/// (no buffer of its own).
+fn reorder<K: AsRef<[u8]>>(out: &mut Vec<u8>, body: usize, members: &mut [(K, usize, usize)]) {
     members.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
     let end = out.len();
     let mut first = true;

@@ -19,7 +19,7 @@
 //! ignored member left out, an object put in key order). A compact body whose objects are in
 //! key order is one copy.
 
-use super::{in_key_order, is_zero, Canonical, Facts};
+use super::{in_key_order, is_zero, reorder, Canonical, Facts};
 use crate::cache::key::IGNORED_FIELDS;
 use std::borrow::Cow;
 
@@ -405,12 +405,9 @@ impl<'a> Scan<'a> {
                 _ => return None,
             }
         }
-        let ordered = self.members[first..]
-            .windows(2)
-            .all(|w| w[0].0.as_ref() < w[1].0.as_ref());
-        if !ordered {
+        if !in_key_order(&self.members[first..]) {
             self.flush(self.i);
-            in_key_order(&mut self.out, body, &mut self.members[first..]);
+            reorder(&mut self.out, body, &mut self.members[first..]);
         }
         self.members.truncate(first);
         self.i += 1;
