@@ -19,7 +19,7 @@
 //! ignored member left out, an object put in key order). A compact body whose objects are in
 //! key order is one copy.
 
-use super::{in_key_order, is_zero, reorder, Canonical, Facts};
+use super::{in_key_order, is_zero, reorder, text_capacity, Canonical, Facts};
 use crate::cache::key::IGNORED_FIELDS;
 use std::borrow::Cow;
 
@@ -96,7 +96,7 @@ pub(super) fn of(body: &[u8]) -> Option<Canonical> {
         b: body,
         i: 0,
         copied: 0,
-        out: Vec::with_capacity(body.len()),
+        out: Vec::with_capacity(text_capacity(body.len())),
         // Room for the members of a request body's usual objects without regrowing.
         members: Vec::with_capacity(8),
     };
