@@ -124,7 +124,9 @@ enum Cursor {
 }
 
 struct State {
-    header: Option<Arc<ResponseHeader>>,
+    /// Moved in from the leader's relay (no copy for a flight no follower joins); each
+    /// follower takes a copy ([`Subscription::header`]).
+    header: Option<Box<ResponseHeader>>,
     /// Retained chunks; `chunks[0]` is chunk number `first`.
     chunks: VecDeque<Bytes>,
     first: usize,
@@ -305,12 +307,12 @@ impl Flight {
 
     /// Producer: publish the served attempt's response header (as the upstream sent it; each
     /// follower builds its own from it). Errors: every client has left.
-    pub fn publish_header(&self, header: ResponseHeader) -> Result<(), EveryoneLeft> {
+    pub fn publish_header(&self, header: Box<ResponseHeader>) -> Result<(), EveryoneLeft> {
         let mut s = self.lock();
         if s.everyone_left() {
             return Err(EveryoneLeft);
         }
-        s.header = Some(Arc::new(header));
+        s.header = Some(header);
         let wake = s.subscribers > 0;
         drop(s);
         self.wake_subscribers(wake);
@@ -494,8 +496,9 @@ impl Subscription {
         &self.flight
     }
 
-    /// Wait for the response header, or the end that came instead. Cancel-safe.
-    pub async fn header(&self) -> Result<Arc<ResponseHeader>, End> {
+    /// Wait for the response header (a copy of the upstream's), or the end that came
+    /// instead. Cancel-safe.
+    pub async fn header(&self) -> Result<ResponseHeader, End> {
         loop {
             let progress = self.flight.progress.notified();
             tokio::pin!(progress);
@@ -503,7 +506,7 @@ impl Subscription {
             {
                 let s = self.flight.lock();
                 if let Some(h) = &s.header {
-                    return Ok(h.clone());
+                    return Ok(ResponseHeader::clone(h));
                 }
                 if let Some(end) = &s.end {
                     return Err(end.clone());

@@ -474,7 +474,7 @@ impl Downstream for Publisher<'_> {
     async fn write_header(&mut self, header: Box<ResponseHeader>) -> pingora_error::Result<()> {
         if let Some(up) = self.upstream.take() {
             self.flight
-                .publish_header(*up)
+                .publish_header(up)
                 .map_err(|_| everyone_left())?;
         }
         if !self.own_left
