@@ -33,6 +33,7 @@ pub struct Canonical {
 }
 
 mod scan;
+pub(crate) use scan::{skip_plain, skip_ws};
 
 /// The room given to the canonical text of a body of `len` bytes: the text (at most the
 /// body's length, but for the rare string or number printed longer than sent) and, after it,
@@ -42,7 +43,6 @@ mod scan;
 fn text_capacity(len: usize) -> usize {
     len.saturating_mul(2).saturating_add(64)
 }
-pub(crate) use scan::{skip_plain, skip_ws};
 
 /// `body` (JSON, any value) in canonical form. Errors: not JSON (serde_json's error, which
 /// says where).
