@@ -61,8 +61,9 @@ impl Key {
         // Both digits of a byte from one table entry (built at compile time): written on
         // every logged request of a caching or coalescing route, where the `hex` crate's
         // general `encode_to_slice` cost about 700 instructions (callgrind, 2026-12-01), a
-        // digit at a time about 350 and this about 100 (callgrind route profile,
-        // 2026-12-02). `from_hex` keeps the crate (a purge request's rare path).
+        // digit at a time about 470 and this about 280, the UTF-8 check below included
+        // (callgrind route profile, 2026-12-02). `from_hex` keeps the crate (a purge
+        // request's rare path).
         const PAIRS: [[u8; 2]; 256] = {
             const DIGITS: &[u8; 16] = b"0123456789abcdef";
             let mut t = [[0u8; 2]; 256];
