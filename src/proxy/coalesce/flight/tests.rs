@@ -29,8 +29,8 @@ fn start(n: u8, max_bytes: usize, max_lag: Duration) -> Arc<Flight> {
     )
 }
 
-fn header() -> ResponseHeader {
-    ResponseHeader::build(200, None).unwrap()
+fn header() -> Box<ResponseHeader> {
+    Box::new(ResponseHeader::build(200, None).unwrap())
 }
 
 async fn read_all(sub: &Subscription) -> Vec<u8> {
@@ -55,7 +55,7 @@ async fn read_one(sub: &Subscription) -> Vec<u8> {
 async fn a_late_joiner_gets_every_chunk_from_the_first() {
     let flight = start(1, 1024, LAG);
     let early = flight.join().expect("joinable from the start");
-    flight.publish_header(Box::new(header())).unwrap();
+    flight.publish_header(header()).unwrap();
     flight
         .publish_body(Bytes::from_static(b"one "), false)
         .await
@@ -92,7 +92,7 @@ async fn a_late_joiner_gets_every_chunk_from_the_first() {
 async fn past_the_bound_no_follower_joins_and_read_chunks_are_released() {
     let flight = start(2, 10, LAG);
     let slow = flight.join().unwrap();
-    flight.publish_header(Box::new(header())).unwrap();
+    flight.publish_header(header()).unwrap();
     flight
         .publish_body(Bytes::from_static(b"12345678"), false)
         .await
@@ -131,7 +131,7 @@ async fn a_follower_lagging_past_the_bound_longer_than_the_lag_bound_is_cut() {
     let flight = start(6, 10, lag);
     let stuck = flight.join().unwrap();
     let reading = flight.join().unwrap();
-    flight.publish_header(Box::new(header())).unwrap();
+    flight.publish_header(header()).unwrap();
     flight
         .publish_body(Bytes::from_static(b"12345678"), false)
         .await
@@ -184,7 +184,7 @@ async fn cutting_the_last_follower_of_a_call_whose_leader_left_ends_the_call() {
     let flight = start(7, 4, Duration::ZERO);
     let stuck = flight.join().unwrap();
     flight.leader_left();
-    flight.publish_header(Box::new(header())).unwrap();
+    flight.publish_header(header()).unwrap();
     assert_eq!(
         flight
             .publish_body(Bytes::from_static(b"12345"), false)
@@ -202,7 +202,7 @@ async fn the_largest_lag_bound_the_config_takes_waits_for_the_follower() {
     // far off; the producer waits as long as the follower takes.
     let flight = start(8, 4, Duration::from_millis(u64::MAX));
     let slow = flight.join().unwrap();
-    flight.publish_header(Box::new(header())).unwrap();
+    flight.publish_header(header()).unwrap();
     let mut publish = Box::pin(flight.publish_body(Bytes::from_static(b"12345"), false));
     assert!(
         tokio::time::timeout(Duration::from_millis(50), &mut publish)
@@ -246,7 +246,7 @@ async fn the_producer_sees_everyone_gone_only_when_the_last_client_leaves() {
         flight.join().is_none(),
         "a call about to be cancelled takes no one"
     );
-    assert!(flight.publish_header(Box::new(header())).is_err());
+    assert!(flight.publish_header(header()).is_err());
     assert!(flight
         .publish_body(Bytes::from_static(b"x"), false)
         .await
@@ -273,7 +273,7 @@ async fn an_error_before_the_header_reaches_every_follower() {
 async fn a_body_that_ends_without_its_end_write_closes_the_clients() {
     let flight = start(5, 1024, LAG);
     let follower = flight.join().unwrap();
-    flight.publish_header(Box::new(header())).unwrap();
+    flight.publish_header(header()).unwrap();
     flight
         .publish_body(Bytes::from_static(b"{\"cut"), false)
         .await
@@ -294,7 +294,7 @@ async fn a_body_that_ends_without_its_end_write_closes_the_clients() {
 async fn a_follower_is_handed_at_most_the_handoff_bound_at_a_time() {
     let flight = start(9, 1 << 20, LAG);
     let sub = flight.join().unwrap();
-    flight.publish_header(Box::new(header())).unwrap();
+    flight.publish_header(header()).unwrap();
     for _ in 0..10 {
         flight
             .publish_body(Bytes::from(vec![b'x'; 4096]), false)
@@ -336,7 +336,7 @@ async fn flights_over_their_shared_bound_stop_keeping_chunks_for_late_joiners() 
     );
     let follower = b.join().expect("joinable from the start");
     for f in [&a, &b] {
-        f.publish_header(Box::new(header())).unwrap();
+        f.publish_header(header()).unwrap();
     }
     a.publish_body(Bytes::from(vec![b'a'; 60]), false)
         .await
